@@ -1,0 +1,36 @@
+//! qbdi-core: a dynamic binary instrumentation engine for x86-64 Linux.
+//!
+//! Guest code of the current process runs natively from a cache of translated basic blocks;
+//! blocks are linked to each other and indirect branches are resolved inside the cache, so an
+//! uninstrumented run costs little more than native. The API follows QBDI's, in Rust
+//! (`../shared/API.md` is the contract): create a [`Vm`], add instrumented ranges, give the
+//! guest a stack, and [`Vm::call`] or [`Vm::run`].
+//!
+//! ```no_run
+//! use qbdi_core::{Vm, allocate_virtual_stack};
+//! extern "C" fn square(x: u64) -> u64 { x * x }
+//! let mut vm = Vm::new();
+//! let _stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).unwrap();
+//! vm.add_instrumented_module_from_addr(square as usize as u64).unwrap();
+//! assert_eq!(vm.call(square as usize as u64, &[7]).unwrap(), 49);
+//! ```
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+mod engine;
+mod error;
+mod maps;
+mod memory;
+mod options;
+mod range;
+mod state;
+mod vm;
+
+pub use error::VmError;
+pub use maps::{MemoryMap, Permission, current_process_maps, module_names};
+pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};
+pub use options::Options;
+pub use range::{Range, RangeSet};
+pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
+pub use vm::{FAKE_RETURN_ADDRESS, Vm};

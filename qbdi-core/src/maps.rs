@@ -1,0 +1,117 @@
+//! The process's memory maps (`/proc/self/maps`) and module lookup.
+
+use crate::range::Range;
+use crate::state::Rword;
+
+bitflags::bitflags! {
+    /// Access rights of a memory mapping.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+    pub struct Permission: u8 {
+        /// Readable.
+        const READ = 1;
+        /// Writable.
+        const WRITE = 2;
+        /// Executable.
+        const EXEC = 4;
+    }
+}
+
+/// One mapping of the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemoryMap {
+    /// Its addresses.
+    pub range: Range,
+    /// Its access rights.
+    pub permission: Permission,
+    /// The file it maps (basename, or full path when asked), `[stack]`-like pseudo names, or
+    /// an empty string for anonymous memory.
+    pub name: String,
+}
+
+/// The mappings of the current process, in address order. With `full_path` false, file
+/// names are reduced to their basename (`libc.so.6`), as QBDI does.
+#[must_use]
+pub fn current_process_maps(full_path: bool) -> Vec<MemoryMap> {
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    text.lines().filter_map(|l| parse_line(l, full_path)).collect()
+}
+
+/// Names of the mapped modules (each file with at least one executable mapping), full
+/// paths, in address order, without duplicates.
+#[must_use]
+pub fn module_names() -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for m in current_process_maps(true) {
+        if m.permission.contains(Permission::EXEC) && m.name.starts_with('/') && !names.contains(&m.name) {
+            names.push(m.name);
+        }
+    }
+    names
+}
+
+fn parse_line(line: &str, full_path: bool) -> Option<MemoryMap> {
+    // "start-end perms offset dev inode   name"
+    let mut fields = line.splitn(6, ' ');
+    let (start, end) = fields.next()?.split_once('-')?;
+    let perms = fields.next()?.as_bytes();
+    let name = fields.nth(3).unwrap_or("").trim_start();
+    let mut permission = Permission::empty();
+    if perms.first() == Some(&b'r') {
+        permission |= Permission::READ;
+    }
+    if perms.get(1) == Some(&b'w') {
+        permission |= Permission::WRITE;
+    }
+    if perms.get(2) == Some(&b'x') {
+        permission |= Permission::EXEC;
+    }
+    let name = if !full_path && name.starts_with('/') {
+        name.rsplit('/').next().unwrap_or(name)
+    } else {
+        name
+    };
+    Some(MemoryMap {
+        range: Range::new(
+            Rword::from_str_radix(start, 16).ok()?,
+            Rword::from_str_radix(end, 16).ok()?,
+        ),
+        permission,
+        name: name.to_string(),
+    })
+}
+
+/// Whether a map's name designates `name`: same full path, or same basename.
+pub(crate) fn map_is_module(map_full_name: &str, name: &str) -> bool {
+    !name.is_empty()
+        && (map_full_name == name
+            || (map_full_name.starts_with('/') && map_full_name.rsplit('/').next() == Some(name)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_maps_line() {
+        let m = parse_line(
+            "7f1c2a000000-7f1c2a028000 r-xp 00000000 fe:01 1234   /usr/lib/x86_64-linux-gnu/libc.so.6",
+            false,
+        )
+        .unwrap();
+        assert_eq!(m.range, Range::new(0x7f1c2a000000, 0x7f1c2a028000));
+        assert_eq!(m.permission, Permission::READ | Permission::EXEC);
+        assert_eq!(m.name, "libc.so.6");
+        let anon = parse_line("7f1c2a000000-7f1c2a028000 rw-p 00000000 00:00 0 ", true).unwrap();
+        assert_eq!(anon.name, "");
+    }
+
+    #[test]
+    fn own_executable_code_is_in_an_executable_map() {
+        let here = parses_a_maps_line as fn() as usize as Rword;
+        let maps = current_process_maps(true);
+        let m = maps.iter().find(|m| m.range.contains(here)).expect("a map holds our code");
+        assert!(m.permission.contains(Permission::EXEC));
+        assert!(module_names().iter().any(|n| n == &m.name));
+        assert!(map_is_module(&m.name, m.name.rsplit('/').next().unwrap()));
+    }
+}

@@ -1,0 +1,35 @@
+//! Builds the guest programs of the tests and benchmarks: every `guest/*.c` and `guest/*.S`
+//! file goes into one static library, `libguest.a`, linked into each test and bench.
+
+fn main() {
+    let mut c_files = Vec::new();
+    let mut asm_files = Vec::new();
+    let mut entries: Vec<_> = std::fs::read_dir("guest")
+        .expect("tests/guest holds the guest sources")
+        .map(|e| e.expect("readable directory entry").path())
+        .collect();
+    entries.sort();
+    for path in entries {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("c") => c_files.push(path),
+            Some("S") => asm_files.push(path),
+            Some("h") => println!("cargo:rerun-if-changed={}", path.display()),
+            _ => {}
+        }
+    }
+    for f in c_files.iter().chain(&asm_files) {
+        println!("cargo:rerun-if-changed={}", f.display());
+    }
+    println!("cargo:rerun-if-changed=guest");
+    cc::Build::new()
+        .files(&c_files)
+        .files(&asm_files)
+        // Guest code is compiled like ordinary distribution code: optimised, PIC, with
+        // frame pointers where the compiler wants them. Per-function target attributes
+        // select SSE/AVX2/AVX-512 where a test needs them.
+        .opt_level(2)
+        .flag("-fno-strict-aliasing")
+        .flag("-Wno-unused-parameter")
+        .warnings(true)
+        .compile("guest");
+}

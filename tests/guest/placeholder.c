@@ -1,0 +1,1 @@
+int guest_placeholder(int x) { return x + 1; }
