@@ -31,5 +31,14 @@ fn main() {
         .flag("-fno-strict-aliasing")
         .flag("-Wno-unused-parameter")
         .warnings(true)
+        .cargo_metadata(false)
         .compile("guest");
+    // Link the whole archive into every test and bench executable (they declare the guest
+    // functions with `extern "C"` and do not go through this package's library crate).
+    let out = std::env::var("OUT_DIR").expect("cargo sets OUT_DIR");
+    for kind in ["tests", "benches"] {
+        println!("cargo:rustc-link-arg-{kind}=-Wl,--whole-archive");
+        println!("cargo:rustc-link-arg-{kind}={out}/libguest.a");
+        println!("cargo:rustc-link-arg-{kind}=-Wl,--no-whole-archive");
+    }
 }

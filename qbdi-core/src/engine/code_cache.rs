@@ -1,0 +1,157 @@
+//! The code cache region: one mapping holding the context, the inline indirect-branch
+//! table, the shared routines and the translated blocks, in that order. Placed within
+//! +/-2 GiB of the guest code it is created for, so RIP-relative guest operands usually
+//! stay RIP-relative after translation; every piece of generated code reaches the context
+//! and the table RIP-relative.
+//!
+//! The mapping is read-write-execute: the engine writes and patches code only from the
+//! dispatcher, while no guest code of this Vm runs. It never frees code piecemeal: blocks
+//! are invalidated in place (their entry becomes a jump back to the dispatcher) and the
+//! space is reused only when the whole cache is reset.
+
+use super::context::Context;
+use super::context_switch::{Runtime, emit_runtime};
+use super::emitter::Asm;
+use super::ib_table::{IbTable, TABLE_BYTES};
+use super::xstate::XSaveKind;
+use crate::error::VmError;
+
+const CONTEXT_BYTES: usize = 4096;
+const TABLE_OFFSET: usize = CONTEXT_BYTES;
+const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
+/// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory
+/// only once written. 128 MiB holds on the order of a million blocks.
+const CODE_BYTES: usize = 128 << 20;
+const REGION_BYTES: usize = CODE_OFFSET + CODE_BYTES;
+/// Placement search: try this far apart, this many times, below then above the guest.
+const PLACEMENT_STEP: u64 = 64 << 20;
+const PLACEMENT_TRIES: u64 = 24;
+
+pub(crate) struct CodeCache {
+    base: u64,
+    /// First byte after the shared routines.
+    code_start: u64,
+    cursor: u64,
+    end: u64,
+    pub runtime: Runtime,
+    pub table: IbTable,
+}
+
+impl CodeCache {
+    /// A cache placed near `near`, with FP state saved as `fp` says (None: not at all).
+    pub fn new(near: u64, fp: Option<XSaveKind>) -> Result<CodeCache, VmError> {
+        let base = map_near(near)?;
+        let ctx = base;
+        let table = base + TABLE_OFFSET as u64;
+        let code = base + CODE_OFFSET as u64;
+        let mut a = Asm::new();
+        a.reset(code);
+        let runtime = emit_runtime(&mut a, ctx, table, fp);
+        // SAFETY: the region is ours, writable, and `a` fits far inside CODE_BYTES.
+        unsafe { std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len()) };
+        let code_start = (code + a.len() as u64).next_multiple_of(64);
+        // SAFETY: the table lies inside the mapping, which lives as long as the cache.
+        let table = unsafe { IbTable::new(table, runtime.ib_miss) };
+        Ok(CodeCache {
+            base,
+            code_start,
+            cursor: code_start,
+            end: base + REGION_BYTES as u64,
+            runtime,
+            table,
+        })
+    }
+
+    pub fn ctx_addr(&self) -> u64 {
+        self.base
+    }
+
+    pub fn ctx(&self) -> *mut Context {
+        self.base as *mut Context
+    }
+
+    pub fn table_addr(&self) -> u64 {
+        self.base + TABLE_OFFSET as u64
+    }
+
+    /// Whether `addr` is translated code of this cache.
+    pub fn contains_code(&self, addr: u64) -> bool {
+        (self.code_start..self.end).contains(&addr)
+    }
+
+    /// Where the next block will go, if `len` more bytes fit.
+    pub fn next_addr(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn room(&self) -> u64 {
+        self.end - self.cursor
+    }
+
+    /// Copies assembled code to the cursor (the address it was assembled for).
+    pub fn commit(&mut self, a: &Asm) {
+        assert_eq!(a.base, self.cursor, "code assembled for the cursor address");
+        assert!(a.len() as u64 <= self.room(), "caller checked room");
+        // SAFETY: [cursor, cursor+len) is inside the writable mapping and not executing.
+        unsafe { std::ptr::copy_nonoverlapping(a.buf.as_ptr(), self.cursor as *mut u8, a.len()) };
+        self.cursor = (self.cursor + a.len() as u64).next_multiple_of(16);
+    }
+
+    /// Forgets every block: the space after the shared routines is reused.
+    pub fn reset(&mut self) {
+        self.cursor = self.code_start;
+        self.table.clear();
+    }
+}
+
+impl Drop for CodeCache {
+    fn drop(&mut self) {
+        // SAFETY: the region was mapped by map_near with this size; nothing runs in it now.
+        unsafe { libc::munmap(self.base as *mut libc::c_void, REGION_BYTES) };
+    }
+}
+
+fn try_map(addr: u64, flags: libc::c_int) -> Option<u64> {
+    // SAFETY: anonymous mapping; with MAP_FIXED_NOREPLACE it never replaces an existing one.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut libc::c_void,
+            REGION_BYTES,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | flags,
+            -1,
+            0,
+        )
+    };
+    (p != libc::MAP_FAILED).then_some(p as u64)
+}
+
+/// Maps the region within reach of `near` if possible, anywhere otherwise.
+fn map_near(near: u64) -> Result<u64, VmError> {
+    let size = REGION_BYTES as u64;
+    let near = near & !0xfff;
+    for i in 0..PLACEMENT_TRIES {
+        let below = near.checked_sub(size + (i + 1) * PLACEMENT_STEP);
+        let above = near.checked_add((i + 1) * PLACEMENT_STEP);
+        for cand in [below, above].into_iter().flatten() {
+            if cand < 0x1_0000 || cand + size >= 0x7fff_ffff_f000 {
+                continue;
+            }
+            if let Some(p) = try_map(cand, libc::MAP_FIXED_NOREPLACE) {
+                if p == cand {
+                    return Ok(p);
+                }
+                // An old kernel ignoring MAP_FIXED_NOREPLACE put it elsewhere.
+                // SAFETY: we just mapped it.
+                unsafe { libc::munmap(p as *mut libc::c_void, REGION_BYTES) };
+            }
+        }
+    }
+    try_map(0, 0).ok_or_else(|| {
+        VmError::OutOfMemory(format!(
+            "cannot map a {} MiB code cache: {}",
+            REGION_BYTES >> 20,
+            std::io::Error::last_os_error()
+        ))
+    })
+}

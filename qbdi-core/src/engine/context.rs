@@ -1,0 +1,81 @@
+//! The per-Vm context: the guest state while it is outside registers, and the slots the
+//! generated code uses. It sits at the start of the code cache region so that every piece
+//! of generated code reaches it RIP-relative, without a register.
+
+use crate::state::{FprState, GprState};
+use core::mem::offset_of;
+
+/// Exit reasons below this are special; stub ids start here.
+pub(crate) const FIRST_STUB_ID: u32 = 16;
+/// An indirect branch target was not in the inline table (target in `ib_target`).
+pub(crate) const EXIT_IB_MISS: u32 = 0;
+/// A native function was entered but its return address was not translatable inline
+/// (target in `ib_target`).
+pub(crate) const EXIT_BROKER: u32 = 1;
+/// Native code returned to the run's stop address.
+pub(crate) const EXIT_STOP: u32 = 2;
+
+#[repr(C, align(64))]
+pub(crate) struct Context {
+    /// Guest FP/vector state while the guest is out of the cache (XSAVE image).
+    pub fpr: FprState,
+    /// Guest general purpose registers while the guest is out of the cache.
+    pub gpr: GprState,
+    /// Host stack pointer saved by `enter`, restored by the common exit.
+    pub host_rsp: u64,
+    /// Host code address `enter` jumps to.
+    pub target: u64,
+    /// Why the guest left the cache: an `EXIT_*` constant or a stub id.
+    pub exit_id: u32,
+    pub host_mxcsr: u32,
+    pub host_fcw: u16,
+    pub _pad: [u16; 3],
+    /// Guest target of the last indirect branch.
+    pub ib_target: u64,
+    /// Host target of an inline table hit.
+    pub ib_jump: u64,
+    /// Scratch spills of the indirect branch sequence (rax, rcx, rdx).
+    pub spill: [u64; 3],
+    /// Spill slot for far RIP-relative rewriting.
+    pub spill_far: u64,
+}
+
+/// Byte offsets of the context fields the generated code addresses.
+pub(crate) mod off {
+    use super::*;
+    pub const FPR: u64 = offset_of!(Context, fpr) as u64;
+    pub const GPR: u64 = offset_of!(Context, gpr) as u64;
+    pub const HOST_RSP: u64 = offset_of!(Context, host_rsp) as u64;
+    pub const TARGET: u64 = offset_of!(Context, target) as u64;
+    pub const EXIT_ID: u64 = offset_of!(Context, exit_id) as u64;
+    pub const HOST_MXCSR: u64 = offset_of!(Context, host_mxcsr) as u64;
+    pub const HOST_FCW: u64 = offset_of!(Context, host_fcw) as u64;
+    pub const IB_TARGET: u64 = offset_of!(Context, ib_target) as u64;
+    pub const IB_JUMP: u64 = offset_of!(Context, ib_jump) as u64;
+    pub const SPILL: u64 = offset_of!(Context, spill) as u64;
+    pub const SPILL_FAR: u64 = offset_of!(Context, spill_far) as u64;
+
+    /// Offset of general purpose register `reg` (emitter numbering: 0 = rax .. 15 = r15).
+    pub const fn gpr(reg: u8) -> u64 {
+        // GprState order: rax rbx rcx rdx rsi rdi r8..r15 rbp rsp; encoding order:
+        // rax rcx rdx rbx rsp rbp rsi rdi r8..r15.
+        let field = match reg {
+            0 => 0,
+            1 => 2,
+            2 => 3,
+            3 => 1,
+            4 => 15,
+            5 => 14,
+            6 => 4,
+            7 => 5,
+            r => r as u64 - 2,
+        };
+        GPR + field * 8
+    }
+    pub const EFLAGS: u64 = GPR + offset_of!(GprState, eflags) as u64;
+}
+
+const _: () = assert!(core::mem::size_of::<Context>() <= 4096);
+const _: () = assert!(off::gpr(4) == off::GPR + offset_of!(GprState, rsp) as u64);
+const _: () = assert!(off::gpr(13) == off::GPR + offset_of!(GprState, r13) as u64);
+const _: () = assert!(off::gpr(3) == off::GPR + offset_of!(GprState, rbx) as u64);

@@ -1,0 +1,436 @@
+//! Hand emission of the few x86-64 instruction forms the engine generates itself.
+//!
+//! Code is assembled into a reusable byte buffer whose final address (`base`) is known
+//! before emission, so RIP-relative operands and rel32 branches are computed directly.
+//! Forward branches use labels fixed up by `finish`. Nothing here allocates once the buffer
+//! has grown to its working size. None of these forms touch RFLAGS unless the name says so.
+
+/// A general purpose register number (0 = rax .. 15 = r15), as encoded in ModRM/REX.
+pub(crate) type Reg = u8;
+pub(crate) const RAX: Reg = 0;
+pub(crate) const RCX: Reg = 1;
+pub(crate) const RDX: Reg = 2;
+pub(crate) const RBX: Reg = 3;
+pub(crate) const RSP: Reg = 4;
+pub(crate) const RBP: Reg = 5;
+pub(crate) const R12: Reg = 12;
+pub(crate) const R13: Reg = 13;
+pub(crate) const R14: Reg = 14;
+pub(crate) const R15: Reg = 15;
+
+/// A forward or backward branch target inside the buffer being assembled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Label(u32);
+
+/// An assembly buffer for code that will live at `base`.
+pub(crate) struct Asm {
+    pub base: u64,
+    pub buf: Vec<u8>,
+    labels: Vec<Option<u32>>,
+    /// (offset of a rel32 or rel8 field, label, field size)
+    fixups: Vec<(u32, Label, u8)>,
+}
+
+impl Asm {
+    pub fn new() -> Asm {
+        Asm { base: 0, buf: Vec::with_capacity(4096), labels: Vec::new(), fixups: Vec::new() }
+    }
+
+    /// Starts a new piece of code that will be copied to `base`.
+    pub fn reset(&mut self, base: u64) {
+        self.base = base;
+        self.buf.clear();
+        self.labels.clear();
+        self.fixups.clear();
+    }
+
+    /// Address the next byte will have.
+    pub fn here(&self) -> u64 {
+        self.base + self.buf.len() as u64
+    }
+
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    pub fn bytes(&mut self, b: &[u8]) {
+        self.buf.extend_from_slice(b);
+    }
+
+    fn u32(&mut self, v: u32) {
+        self.buf.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub fn new_label(&mut self) -> Label {
+        self.labels.push(None);
+        Label(self.labels.len() as u32 - 1)
+    }
+
+    pub fn bind(&mut self, l: Label) {
+        self.labels[l.0 as usize] = Some(self.buf.len() as u32);
+    }
+
+    pub fn label_addr(&self, l: Label) -> Option<u64> {
+        self.labels[l.0 as usize].map(|o| self.base + u64::from(o))
+    }
+
+    /// Resolves label fixups. Panics on an unbound label or a rel8 out of reach: both
+    /// are bugs of the emitting code, never of the guest.
+    pub fn finish(&mut self) {
+        for &(at, l, size) in &self.fixups {
+            let target = self.labels[l.0 as usize].expect("every label is bound before finish") as i64;
+            let end = i64::from(at) + i64::from(size);
+            let rel = target - end;
+            let at = at as usize;
+            if size == 1 {
+                let r = i8::try_from(rel).expect("rel8 label within reach");
+                self.buf[at] = r as u8;
+            } else {
+                let r = i32::try_from(rel).expect("rel32 label within reach");
+                self.buf[at..at + 4].copy_from_slice(&r.to_le_bytes());
+            }
+        }
+        self.fixups.clear();
+    }
+
+    /// disp32 of a RIP-relative operand whose instruction ends `tail` bytes after the
+    /// displacement field.
+    fn rip_disp(&self, target: u64, tail: u64) -> u32 {
+        let end = self.here() + 4 + tail;
+        let rel = target.wrapping_sub(end) as i64;
+        i32::try_from(rel).expect("engine data is within +/-2 GiB of the code cache") as u32
+    }
+
+    /// rel32 from the end of a 4-byte field starting here to `target`, if it fits.
+    pub fn rel32_to(&self, target: u64) -> Option<i32> {
+        let end = self.here() + 4;
+        i32::try_from(target.wrapping_sub(end) as i64).ok()
+    }
+
+    fn rex_w(&mut self, reg: Reg, rm: Reg) {
+        self.buf.push(0x48 | ((reg >> 3) << 2) | (rm >> 3));
+    }
+
+    /// `mov [rip+addr], reg64`
+    pub fn store(&mut self, addr: u64, reg: Reg) {
+        self.rex_w(reg, 0);
+        self.bytes(&[0x89, 0x05 | ((reg & 7) << 3)]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `mov reg64, [rip+addr]`
+    pub fn load(&mut self, reg: Reg, addr: u64) {
+        self.rex_w(reg, 0);
+        self.bytes(&[0x8b, 0x05 | ((reg & 7) << 3)]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `lea reg64, [rip+addr]`
+    pub fn lea_rip(&mut self, reg: Reg, addr: u64) {
+        self.rex_w(reg, 0);
+        self.bytes(&[0x8d, 0x05 | ((reg & 7) << 3)]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `mov dword [rip+addr], imm32`
+    pub fn store_imm32(&mut self, addr: u64, imm: u32) {
+        self.bytes(&[0xc7, 0x05]);
+        let d = self.rip_disp(addr, 4);
+        self.u32(d);
+        self.u32(imm);
+    }
+
+    /// `mov reg64, imm64`
+    pub fn mov_imm64(&mut self, reg: Reg, imm: u64) {
+        self.rex_w(0, reg);
+        self.buf.push(0xb8 + (reg & 7));
+        self.buf.extend_from_slice(&imm.to_le_bytes());
+    }
+
+    /// `mov r32, imm32` (zero-extends)
+    pub fn mov_imm32(&mut self, reg: Reg, imm: u32) {
+        if reg >= 8 {
+            self.buf.push(0x41);
+        }
+        self.buf.push(0xb8 + (reg & 7));
+        self.u32(imm);
+    }
+
+    /// `mov dst64, src64`
+    pub fn mov_rr(&mut self, dst: Reg, src: Reg) {
+        self.rex_w(dst, src);
+        self.bytes(&[0x8b, 0xc0 | ((dst & 7) << 3) | (src & 7)]);
+    }
+
+    pub fn push(&mut self, reg: Reg) {
+        if reg >= 8 {
+            self.buf.push(0x41);
+        }
+        self.buf.push(0x50 + (reg & 7));
+    }
+
+    pub fn pop(&mut self, reg: Reg) {
+        if reg >= 8 {
+            self.buf.push(0x41);
+        }
+        self.buf.push(0x58 + (reg & 7));
+    }
+
+    /// `push qword [rip+addr]`
+    pub fn push_mem(&mut self, addr: u64) {
+        self.bytes(&[0xff, 0x35]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `pop qword [rip+addr]`
+    pub fn pop_mem(&mut self, addr: u64) {
+        self.bytes(&[0x8f, 0x05]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// Pushes a 64-bit constant without a scratch register and without touching flags:
+    /// `push imm32` (sign-extended low half) then `mov dword [rsp+4], high half`.
+    pub fn push_imm64(&mut self, value: u64) {
+        self.buf.push(0x68);
+        self.u32(value as u32);
+        if (value as u32 as i32 as i64 as u64) != value {
+            self.bytes(&[0xc7, 0x44, 0x24, 0x04]);
+            self.u32((value >> 32) as u32);
+        }
+    }
+
+    /// Like `push_imm64`, always in the 13-byte form (so its length is known in advance).
+    pub fn push_imm64_long(&mut self, value: u64) {
+        self.buf.push(0x68);
+        self.u32(value as u32);
+        self.bytes(&[0xc7, 0x44, 0x24, 0x04]);
+        self.u32((value >> 32) as u32);
+    }
+
+    /// `lea rsp, [rsp+disp]`: moves the stack pointer without touching flags.
+    pub fn lea_rsp(&mut self, disp: i32) {
+        self.bytes(&[0x48, 0x8d, 0xa4, 0x24]);
+        self.u32(disp as u32);
+    }
+
+    /// `mov rcx, [rsp]`
+    pub fn load_rcx_from_stack_top(&mut self) {
+        self.bytes(&[0x48, 0x8b, 0x0c, 0x24]);
+    }
+
+    /// `mov [rsp], rax`
+    pub fn store_rax_to_stack_top(&mut self) {
+        self.bytes(&[0x48, 0x89, 0x04, 0x24]);
+    }
+
+    /// `jmp rel32` to an absolute address; returns the address of the rel32 field.
+    pub fn jmp_to(&mut self, target: u64) -> u64 {
+        self.buf.push(0xe9);
+        let site = self.here();
+        let rel = self.rel32_to(target).expect("code cache branch within +/-2 GiB");
+        self.u32(rel as u32);
+        site
+    }
+
+    /// `jmp rel32` to a label; returns the address of the rel32 field.
+    pub fn jmp_label(&mut self, l: Label) -> u64 {
+        self.buf.push(0xe9);
+        let site = self.here();
+        self.fixups.push((self.buf.len() as u32, l, 4));
+        self.u32(0);
+        site
+    }
+
+    /// `jcc rel32` (condition code `cc` 0..16) to a label; returns the rel32 field address.
+    pub fn jcc_label(&mut self, cc: u8, l: Label) -> u64 {
+        self.bytes(&[0x0f, 0x80 | cc]);
+        let site = self.here();
+        self.fixups.push((self.buf.len() as u32, l, 4));
+        self.u32(0);
+        site
+    }
+
+    /// `jrcxz rel8` to a label.
+    pub fn jrcxz_label(&mut self, l: Label) {
+        self.buf.push(0xe3);
+        self.fixups.push((self.buf.len() as u32, l, 1));
+        self.buf.push(0);
+    }
+
+    /// `jmp qword [rip+addr]`
+    pub fn jmp_mem(&mut self, addr: u64) {
+        self.bytes(&[0xff, 0x25]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `jmp qword [rip+0]; dq target`: an absolute jump reaching anywhere (14 bytes).
+    pub fn jmp_abs(&mut self, target: u64) {
+        self.bytes(&[0xff, 0x25, 0, 0, 0, 0]);
+        self.buf.extend_from_slice(&target.to_le_bytes());
+    }
+
+    /// Makes rcx zero exactly when the 64-bit values in rcx and `reg` are equal, without
+    /// touching flags: `not rcx; lea rcx, [rcx+reg+1]` computes reg - rcx.
+    pub fn rcx_diff(&mut self, reg: Reg) {
+        debug_assert!(reg < 8 && reg != RSP && reg != RBP);
+        self.bytes(&[0x48, 0xf7, 0xd1]);
+        self.bytes(&[0x48, 0x8d, 0x4c, (reg << 3) | RCX, 0x01]);
+    }
+
+    pub fn pushfq(&mut self) {
+        self.buf.push(0x9c);
+    }
+
+    pub fn popfq(&mut self) {
+        self.buf.push(0x9d);
+    }
+
+    pub fn ret(&mut self) {
+        self.buf.push(0xc3);
+    }
+
+    /// `push imm8` (sign-extended to 64 bits).
+    pub fn push_imm8(&mut self, v: i8) {
+        self.bytes(&[0x6a, v as u8]);
+    }
+
+    /// `stmxcsr [rip+addr]`
+    pub fn stmxcsr(&mut self, addr: u64) {
+        self.bytes(&[0x0f, 0xae, 0x1d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `ldmxcsr [rip+addr]`
+    pub fn ldmxcsr(&mut self, addr: u64) {
+        self.bytes(&[0x0f, 0xae, 0x15]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `fnstcw [rip+addr]`
+    pub fn fnstcw(&mut self, addr: u64) {
+        self.bytes(&[0xd9, 0x3d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `fldcw [rip+addr]`
+    pub fn fldcw(&mut self, addr: u64) {
+        self.bytes(&[0xd9, 0x2d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    pub fn fninit(&mut self) {
+        self.bytes(&[0xdb, 0xe3]);
+    }
+
+    pub fn vzeroupper(&mut self) {
+        self.bytes(&[0xc5, 0xf8, 0x77]);
+    }
+
+    /// `xsave [rip+addr]` (components in edx:eax; 32-bit FPU pointer format)
+    pub fn xsave(&mut self, addr: u64) {
+        self.bytes(&[0x0f, 0xae, 0x25]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `xrstor [rip+addr]`
+    pub fn xrstor(&mut self, addr: u64) {
+        self.bytes(&[0x0f, 0xae, 0x2d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `fxsave [rip+addr]`
+    pub fn fxsave(&mut self, addr: u64) {
+        self.bytes(&[0x0f, 0xae, 0x05]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `fxrstor [rip+addr]`
+    pub fn fxrstor(&mut self, addr: u64) {
+        self.bytes(&[0x0f, 0xae, 0x0d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+}
+
+/// Writes `rel32` at `site` so that the branch whose field it is lands on `target`.
+///
+/// # Safety
+/// `site` must be the 4-byte displacement field of a branch in writable code memory that no
+/// thread is executing concurrently in a way that could observe a torn write (the engine
+/// patches only from the dispatcher, with no guest code running on this Vm).
+pub(crate) unsafe fn patch_rel32(site: u64, target: u64) {
+    let rel = target.wrapping_sub(site + 4) as i64;
+    let rel = i32::try_from(rel).expect("code cache branches stay within +/-2 GiB");
+    // SAFETY: per the function contract.
+    unsafe { (site as *mut i32).write_unaligned(rel) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+
+    fn disasm(a: &Asm) -> Vec<String> {
+        let mut d = Decoder::with_ip(64, &a.buf, a.base, DecoderOptions::NONE);
+        let mut f = IntelFormatter::new();
+        f.options_mut().set_rip_relative_addresses(false);
+        let mut out = Vec::new();
+        for i in &mut d {
+            let mut s = String::new();
+            f.format(&i, &mut s);
+            out.push(s);
+        }
+        out
+    }
+
+    #[test]
+    fn hand_encodings_decode_as_intended() {
+        let mut a = Asm::new();
+        a.reset(0x1000);
+        a.store(0x2000, R13);
+        a.load(RAX, 0x2000);
+        a.store_imm32(0x2000, 7);
+        a.push_imm64(0x7fff_1234_5678);
+        a.lea_rsp(24);
+        a.rcx_diff(RAX);
+        a.bytes(&[0x0f, 0xb7, 0xd1, 0x48, 0x8d, 0x14, 0xd5, 0, 0, 0, 0, 0x48, 0x8d, 0x14, 0x50]);
+        a.mov_imm64(R12, 5);
+        a.mov_rr(RCX, R15);
+        a.push_mem(0x2000);
+        a.pop_mem(0x2000);
+        a.jmp_mem(0x2000);
+        let got = disasm(&a);
+        let want = [
+            "mov [2000h],r13",
+            "mov rax,[2000h]",
+            "mov dword ptr [2000h],7",
+            "push 12345678h",
+            "mov dword ptr [rsp+4],7FFFh",
+            "lea rsp,[rsp+18h]",
+            "not rcx",
+            "lea rcx,[rcx+rax+1]",
+            "movzx edx,cx",
+            "lea rdx,[rdx*8]",
+            "lea rdx,[rax+rdx*2]",
+            "mov r12,5",
+            "mov rcx,r15",
+            "push qword ptr [2000h]",
+            "pop qword ptr [2000h]",
+            "jmp qword ptr [2000h]",
+        ];
+        assert_eq!(got, want);
+    }
+}

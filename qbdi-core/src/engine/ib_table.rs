@@ -1,0 +1,117 @@
+//! The inline indirect-branch table: guest address -> host address, looked up by generated
+//! code without leaving the cache and without touching RFLAGS.
+//!
+//! Direct-mapped on the low 16 bits of the guest address: 65,536 entries of 16 bytes
+//! (1 MiB), so a hot indirect target almost never collides with another in programs of
+//! ordinary size, and the index needs no arithmetic that touches flags (`movzx edx, cx`).
+//! An empty entry holds guest 0 and the `ib_miss` routine as host: a lookup of 0 "hits"
+//! and lands in the miss path anyway, so the generated code needs no empty check.
+
+use super::context::off;
+use super::emitter::{Asm, Label, RAX, RCX, RDX};
+
+pub(crate) const ENTRIES: usize = 1 << 16;
+pub(crate) const TABLE_BYTES: usize = ENTRIES * 16;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Entry {
+    guest: u64,
+    host: u64,
+}
+
+pub(crate) struct IbTable {
+    entries: *mut Entry,
+    empty_host: u64,
+}
+
+impl IbTable {
+    /// # Safety
+    /// `base` points to `TABLE_BYTES` writable bytes that outlive the table.
+    pub unsafe fn new(base: u64, empty_host: u64) -> IbTable {
+        let t = IbTable { entries: base as *mut Entry, empty_host };
+        t.clear();
+        t
+    }
+
+    fn slot(&self, guest: u64) -> *mut Entry {
+        // SAFETY: the index is masked to the table size.
+        unsafe { self.entries.add(guest as usize & (ENTRIES - 1)) }
+    }
+
+    pub fn insert(&self, guest: u64, host: u64) {
+        // SAFETY: slot() is in bounds; generated code reads the table only while the
+        // dispatcher is not running, so there is no concurrent reader of a half-written entry.
+        unsafe { self.slot(guest).write(Entry { guest, host }) }
+    }
+
+    pub fn get(&self, guest: u64) -> Option<u64> {
+        // SAFETY: slot() is in bounds.
+        let e = unsafe { self.slot(guest).read() };
+        (e.guest == guest && e.host != self.empty_host).then_some(e.host)
+    }
+
+    pub fn remove(&self, guest: u64) {
+        let s = self.slot(guest);
+        // SAFETY: in bounds, as above.
+        unsafe {
+            if (*s).guest == guest {
+                s.write(Entry { guest: 0, host: self.empty_host });
+            }
+        }
+    }
+
+    pub fn clear(&self) {
+        for i in 0..ENTRIES {
+            // SAFETY: i < ENTRIES.
+            unsafe { self.entries.add(i).write(Entry { guest: 0, host: self.empty_host }) }
+        }
+    }
+}
+
+/// Where a lookup goes when the address is not in the table.
+pub(crate) enum Miss {
+    Addr(u64),
+    Label(Label),
+}
+
+/// Emits the lookup of the guest address in rcx (rax, rcx, rdx already spilled). Falls
+/// through on a hit with rax = host address; jumps to `miss` otherwise. When
+/// `record_target`, the guest address is also stored in the context's `ib_target`.
+pub(crate) fn emit_lookup(a: &mut Asm, ctx: u64, table: u64, miss: Miss, record_target: bool) {
+    if record_target {
+        a.store(ctx + off::IB_TARGET, RCX);
+    }
+    // movzx edx, cx: the index
+    a.bytes(&[0x0f, 0xb7, 0xd1]);
+    a.lea_rip(RAX, table);
+    // lea rdx, [rdx*8]; lea rdx, [rax+rdx*2]: rdx = &table[index] (16-byte entries)
+    a.bytes(&[0x48, 0x8d, 0x14, 0xd5, 0, 0, 0, 0]);
+    a.bytes(&[0x48, 0x8d, 0x14, 0x50]);
+    // mov rax, [rdx]: the entry's guest address; rcx = 0 iff it is ours
+    a.bytes(&[0x48, 0x8b, 0x02]);
+    a.rcx_diff(RAX);
+    let hit: Label = a.new_label();
+    a.jrcxz_label(hit);
+    match miss {
+        Miss::Addr(addr) => a.jmp_to(addr),
+        Miss::Label(l) => a.jmp_label(l),
+    };
+    a.bind(hit);
+    // mov rax, [rdx+8]: the host address
+    a.bytes(&[0x48, 0x8b, 0x42, 0x08]);
+}
+
+/// Spills the three scratch registers of an indirect branch.
+pub(crate) fn emit_spill(a: &mut Asm, ctx: u64) {
+    a.store(ctx + off::SPILL, RAX);
+    a.store(ctx + off::SPILL + 8, RCX);
+    a.store(ctx + off::SPILL + 16, RDX);
+}
+
+/// Restores the three scratch registers of an indirect branch.
+pub(crate) fn emit_restore(a: &mut Asm, ctx: u64) {
+    a.load(RAX, ctx + off::SPILL);
+    a.load(RCX, ctx + off::SPILL + 8);
+    a.load(RDX, ctx + off::SPILL + 16);
+}

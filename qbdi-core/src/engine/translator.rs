@@ -1,0 +1,455 @@
+//! The translator: decodes one guest basic block with iced-x86 and emits its host code.
+//!
+//! A block ends at the first instruction that may change the instruction pointer (QBDI's
+//! definition), at a size limit, at the end of the instrumented range, or before the run's
+//! stop address. Straight-line instructions are copied byte for byte, except those with a
+//! RIP-relative operand, which are re-encoded for their new address (or rewritten through a
+//! scratch register when the operand is out of rel32 reach). Every control-flow
+//! instruction is replaced by code that keeps the guest's view intact:
+//!
+//! | guest | host |
+//! | --- | --- |
+//! | `jcc rel` | `jcc rel32` + `jmp rel32`, each to an exit stub (later linked) |
+//! | `loop*`, `jrcxz`, `jecxz` | the same instruction (rel8) over a `jmp rel32` fall-through, then `jmp rel32` taken |
+//! | `jmp rel` | `jmp rel32` to an exit stub (later linked) |
+//! | `call rel`, target instrumented | push the guest return address, `jmp rel32` |
+//! | `call rel`, target native | push a return stub of this block, absolute `jmp` to the target |
+//! | `jmp r/m`, `call r/m`, `ret`, `ret imm16` | compute the target, (push the guest return address), inline table lookup |
+//! | far and transactional forms | an exit that reports `UnsupportedInstruction` |
+//! | undecodable bytes | an exit that reports `InvalidInstruction` |
+//!
+//! Nothing emitted touches RFLAGS or writes below the guest's rsp.
+
+use super::blocks::ExitKind;
+use super::context::off;
+use super::context_switch::Runtime;
+use super::emitter::{Asm, Label, RCX};
+use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
+use crate::error::VmError;
+use iced_x86::{
+    Code, ConditionCode, Decoder, DecoderOptions, Encoder, FlowControl, Formatter,
+    Instruction, InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
+};
+
+/// At most this many guest instructions per block.
+pub(crate) const MAX_BLOCK_INSTRUCTIONS: usize = 128;
+/// Host bytes a block can need at most (guest instructions rewritten through a scratch
+/// register take 40 bytes; the terminator and stubs fit in the rest).
+pub(crate) const MAX_BLOCK_HOST_BYTES: u64 = (MAX_BLOCK_INSTRUCTIONS as u64) * 48 + 1024;
+
+/// What the translator needs to know about the place a block goes.
+pub(crate) struct Env<'a> {
+    pub ctx: u64,
+    pub table: u64,
+    pub runtime: Runtime,
+    /// Is this guest address instrumented?
+    pub in_range: &'a dyn Fn(u64) -> bool,
+    /// Guest instructions must start below this address.
+    pub limit: u64,
+    /// Bytes may be read up to here (page end of `limit`, or the mapping end).
+    pub readable_end: u64,
+    /// The run's stop address: a block never contains it past its first instruction.
+    pub boundary: u64,
+    /// Id the first exit stub of this block gets.
+    pub first_stub_id: u32,
+}
+
+/// An exit the block was emitted with, in stub-id order.
+pub(crate) struct EmittedExit {
+    pub target: u64,
+    pub site: u64,
+    pub stub: u64,
+    pub kind: ExitKind,
+}
+
+pub(crate) struct Translated {
+    pub guest_end: u64,
+    /// Index in `exits` of the reentry stub.
+    pub reentry: usize,
+}
+
+pub(crate) struct Translator {
+    pub asm: Asm,
+    encoder: Encoder,
+    info: InstructionInfoFactory,
+    pub exits: Vec<EmittedExit>,
+    pending: Vec<(Label, u64, u64, ExitKind)>,
+}
+
+impl Translator {
+    pub fn new() -> Translator {
+        Translator {
+            asm: Asm::new(),
+            encoder: Encoder::new(64),
+            info: InstructionInfoFactory::new(),
+            exits: Vec::new(),
+            pending: Vec::new(),
+        }
+    }
+
+    /// Translates the block at `pc` into `self.asm` (base = `host`); `self.exits` lists the
+    /// stubs it ends with.
+    pub fn translate(&mut self, pc: u64, host: u64, env: &Env<'_>) -> Result<Translated, VmError> {
+        self.asm.reset(host);
+        self.exits.clear();
+        self.pending.clear();
+        let len = env.readable_end.saturating_sub(pc) as usize;
+        // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
+        let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
+        let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
+        let mut instr = Instruction::default();
+        let mut count = 0usize;
+        let mut ip = pc;
+        loop {
+            let ends_here = count > 0
+                && (ip >= env.limit || ip == env.boundary || count >= MAX_BLOCK_INSTRUCTIONS);
+            if ends_here || !decoder.can_decode() && count > 0 {
+                self.exit_to(ip, ExitKind::Branch, true);
+                break;
+            }
+            if !decoder.can_decode() {
+                self.exit_to(ip, ExitKind::Invalid, false);
+                break;
+            }
+            decoder.decode_out(&mut instr);
+            if instr.is_invalid() {
+                // Translate up to the bad bytes; reaching them is an exit of its own.
+                if count > 0 {
+                    self.exit_to(ip, ExitKind::Branch, true);
+                } else {
+                    self.exit_to(ip, ExitKind::Invalid, false);
+                }
+                break;
+            }
+            count += 1;
+            if self.emit_instruction(&instr, bytes, pc, env)? {
+                break;
+            }
+            ip = instr.next_ip();
+        }
+        let guest_end = if count == 0 { pc + 1 } else { instr.next_ip().max(ip) };
+        // The reentry stub: where an invalidated block's entry will jump.
+        let reentry_label = self.asm.new_label();
+        self.pending.push((reentry_label, pc, 0, ExitKind::Reentry));
+        let reentry = self.pending.len() - 1;
+        self.emit_stubs(env);
+        self.asm.finish();
+        Ok(Translated { guest_end, reentry })
+    }
+
+    /// Emits one guest instruction. Returns true when it ended the block.
+    fn emit_instruction(
+        &mut self,
+        instr: &Instruction,
+        bytes: &[u8],
+        pc: u64,
+        env: &Env<'_>,
+    ) -> Result<bool, VmError> {
+        let ip = instr.ip();
+        let next = instr.next_ip();
+        let code = instr.code();
+        if is_unsupported(code) {
+            self.unsupported(instr);
+            return Ok(true);
+        }
+        if code == Code::Syscall {
+            // The kernel returns to the next instruction: it runs in place, like QBDI.
+            self.emit_body(instr, bytes, pc, env)?;
+            return Ok(false);
+        }
+        match instr.flow_control() {
+            FlowControl::Next | FlowControl::XbeginXabortXend => {
+                self.emit_body(instr, bytes, pc, env)?;
+                Ok(false)
+            }
+            FlowControl::Interrupt | FlowControl::Exception => {
+                // int3, int n, ud2...: run as they are (same fault as native), then go on.
+                let start = (ip - pc) as usize;
+                self.asm.bytes(&bytes[start..start + instr.len()]);
+                self.exit_to(next, ExitKind::Branch, true);
+                Ok(true)
+            }
+            FlowControl::UnconditionalBranch => {
+                self.exit_to(instr.near_branch_target(), ExitKind::Branch, true);
+                Ok(true)
+            }
+            FlowControl::ConditionalBranch => {
+                let taken = instr.near_branch_target();
+                if instr.condition_code() != ConditionCode::None
+                    && !matches!(code, Code::Jrcxz_rel8_64 | Code::Jecxz_rel8_64)
+                {
+                    let cc = instr.condition_code() as u8 - 1;
+                    let l = self.asm.new_label();
+                    let site = self.asm.jcc_label(cc, l);
+                    self.pending.push((l, taken, site, ExitKind::Branch));
+                    self.exit_to(next, ExitKind::Branch, true);
+                } else {
+                    // loop/loope/loopne/jrcxz/jecxz exist only as rel8: keep the instruction,
+                    // aimed over the 5-byte fall-through jump at the taken jump.
+                    let start = (ip - pc) as usize;
+                    let mut raw = [0u8; 15];
+                    raw[..instr.len()].copy_from_slice(&bytes[start..start + instr.len()]);
+                    raw[instr.len() - 1] = 5;
+                    self.asm.bytes(&raw[..instr.len()]);
+                    self.exit_to(next, ExitKind::Branch, true);
+                    self.exit_to(taken, ExitKind::Branch, true);
+                }
+                Ok(true)
+            }
+            FlowControl::Call => {
+                let target = instr.near_branch_target();
+                if (env.in_range)(target) || target == env.boundary {
+                    self.asm.push_imm64(next);
+                    self.exit_to(target, ExitKind::Branch, true);
+                } else {
+                    // Native callee: it returns into a stub of ours that continues at `next`.
+                    let ret_stub = self.asm.here() + 13 + 14;
+                    self.asm.push_imm64_long(ret_stub);
+                    self.asm.jmp_abs(target);
+                    debug_assert_eq!(self.asm.here(), ret_stub);
+                    self.exit_to(next, ExitKind::Branch, true);
+                }
+                Ok(true)
+            }
+            FlowControl::IndirectBranch | FlowControl::IndirectCall | FlowControl::Return => {
+                self.emit_indirect(instr, env)?;
+                Ok(true)
+            }
+        }
+    }
+
+    fn unsupported(&mut self, instr: &Instruction) {
+        let mut text = String::new();
+        IntelFormatter::new().format(instr, &mut text);
+        self.exit_to(instr.ip(), ExitKind::Unsupported(text), false);
+    }
+
+    /// A straight-line instruction: copied, or re-encoded if RIP-relative.
+    fn emit_body(
+        &mut self,
+        instr: &Instruction,
+        bytes: &[u8],
+        pc: u64,
+        env: &Env<'_>,
+    ) -> Result<(), VmError> {
+        if !instr.is_ip_rel_memory_operand() {
+            let start = (instr.ip() - pc) as usize;
+            self.asm.bytes(&bytes[start..start + instr.len()]);
+            return Ok(());
+        }
+        if self.encoder.encode(instr, self.asm.here()).is_ok() {
+            self.append_encoded();
+            return Ok(());
+        }
+        // Out of rel32 reach: address the operand through a scratch register the
+        // instruction does not use, spilled to the context.
+        let target = instr.ip_rel_memory_address();
+        let scratch = self.free_register(instr).ok_or_else(|| VmError::Translation {
+            address: instr.ip(),
+            reason: "a far RIP-relative operand and no free register to rewrite it".into(),
+        })?;
+        let (r, n) = scratch;
+        self.asm.store(env.ctx + off::SPILL_FAR, n);
+        self.asm.mov_imm64(n, target);
+        let mut rewritten = *instr;
+        rewritten.set_memory_base(r);
+        rewritten.set_memory_displacement64(0);
+        rewritten.set_memory_displ_size(0);
+        self.encode_or_err(&rewritten, instr.ip())?;
+        self.asm.load(n, env.ctx + off::SPILL_FAR);
+        Ok(())
+    }
+
+    /// Moves what the encoder just produced into the block, keeping its buffer for reuse.
+    fn append_encoded(&mut self) {
+        let mut buf = self.encoder.take_buffer();
+        self.asm.bytes(&buf);
+        buf.clear();
+        self.encoder.set_buffer(buf);
+    }
+
+    fn encode_or_err(&mut self, instr: &Instruction, guest_ip: u64) -> Result<(), VmError> {
+        match self.encoder.encode(instr, self.asm.here()) {
+            Ok(_) => {
+                self.append_encoded();
+                Ok(())
+            }
+            Err(e) => Err(VmError::Translation { address: guest_ip, reason: e.to_string() }),
+        }
+    }
+
+    /// A 64-bit register (iced name, encoding number) the instruction does not touch.
+    fn free_register(&mut self, instr: &Instruction) -> Option<(Register, u8)> {
+        const CANDIDATES: [(Register, u8); 12] = [
+            (Register::RAX, 0),
+            (Register::RCX, 1),
+            (Register::RDX, 2),
+            (Register::RBX, 3),
+            (Register::RSI, 6),
+            (Register::RDI, 7),
+            (Register::R8, 8),
+            (Register::R9, 9),
+            (Register::R10, 10),
+            (Register::R11, 11),
+            (Register::R14, 14),
+            (Register::R15, 15),
+        ];
+        let info = self.info.info(instr);
+        CANDIDATES.into_iter().find(|(c, _)| {
+            info.used_registers().iter().all(|u| u.register().full_register() != *c)
+        })
+    }
+
+    /// `jmp r/m`, `call r/m`, `ret`, `ret imm16`: target into rcx, then the inline lookup.
+    fn emit_indirect(&mut self, instr: &Instruction, env: &Env<'_>) -> Result<(), VmError> {
+        let ctx = env.ctx;
+        emit_spill(&mut self.asm, ctx);
+        match instr.flow_control() {
+            FlowControl::Return => {
+                self.asm.load_rcx_from_stack_top();
+                let pop = 8 + if instr.op_count() > 0 { i32::from(instr.immediate16()) } else { 0 };
+                self.asm.lea_rsp(pop);
+            }
+            _ => {
+                self.load_branch_target(instr, ctx)?;
+                if instr.flow_control() == FlowControl::IndirectCall {
+                    self.asm.push_imm64(instr.next_ip());
+                }
+            }
+        }
+        emit_lookup(&mut self.asm, ctx, env.table, Miss::Addr(env.runtime.ib_miss), true);
+        self.asm.store(ctx + off::IB_JUMP, super::emitter::RAX);
+        emit_restore(&mut self.asm, ctx);
+        self.asm.jmp_mem(ctx + off::IB_JUMP);
+        Ok(())
+    }
+
+    /// rcx = the target of `jmp/call r/m64` (the guest's rax, rcx, rdx are still in place).
+    fn load_branch_target(&mut self, instr: &Instruction, ctx: u64) -> Result<(), VmError> {
+        match instr.op0_kind() {
+            OpKind::Register => {
+                let reg = instr.op0_register();
+                let n = reg_number(reg).ok_or_else(|| VmError::Translation {
+                    address: instr.ip(),
+                    reason: format!("branch through {reg:?}"),
+                })?;
+                self.asm.mov_rr(RCX, n);
+                Ok(())
+            }
+            OpKind::Memory => {
+                let mem = if instr.is_ip_rel_memory_operand() {
+                    MemoryOperand::with_base_displ(Register::RIP, instr.ip_rel_memory_address() as i64)
+                } else {
+                    MemoryOperand::new(
+                        instr.memory_base(),
+                        instr.memory_index(),
+                        instr.memory_index_scale(),
+                        instr.memory_displacement64() as i64,
+                        instr.memory_displ_size(),
+                        false,
+                        instr.segment_prefix(),
+                    )
+                };
+                let mov = Instruction::with2(Code::Mov_r64_rm64, Register::RCX, mem)
+                    .map_err(|e| VmError::Translation { address: instr.ip(), reason: e.to_string() })?;
+                if self.encoder.encode(&mov, self.asm.here()).is_ok() {
+                    self.append_encoded();
+                } else {
+                    // A RIP-relative slot out of reach: load its address first.
+                    self.asm.mov_imm64(RCX, instr.ip_rel_memory_address());
+                    self.asm.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
+                }
+                let _ = ctx;
+                Ok(())
+            }
+            _ => Err(VmError::Translation {
+                address: instr.ip(),
+                reason: "indirect branch without a register or memory operand".into(),
+            }),
+        }
+    }
+
+    /// Ends the block (or one path of it) with a jump to an exit stub for `target`.
+    fn exit_to(&mut self, target: u64, kind: ExitKind, linkable: bool) {
+        let l = self.asm.new_label();
+        let site = self.asm.jmp_label(l);
+        self.pending.push((l, target, if linkable { site } else { 0 }, kind));
+    }
+
+    /// Emits the stubs: `mov dword [ctx.exit_id], id; jmp exit`.
+    fn emit_stubs(&mut self, env: &Env<'_>) {
+        for (i, (label, target, site, kind)) in self.pending.drain(..).enumerate() {
+            self.asm.bind(label);
+            let stub = self.asm.here();
+            self.asm.store_imm32(env.ctx + off::EXIT_ID, env.first_stub_id + i as u32);
+            self.asm.jmp_to(env.runtime.exit);
+            self.exits.push(EmittedExit { target, site, stub, kind });
+        }
+    }
+}
+
+/// Far, transactional and 16-bit control flow: refused with a clear error.
+fn is_unsupported(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Jmp_ptr1616
+            | Code::Jmp_ptr1632
+            | Code::Jmp_m1616
+            | Code::Jmp_m1632
+            | Code::Jmp_m1664
+            | Code::Call_ptr1616
+            | Code::Call_ptr1632
+            | Code::Call_m1616
+            | Code::Call_m1632
+            | Code::Call_m1664
+            | Code::Retfw
+            | Code::Retfw_imm16
+            | Code::Retfd
+            | Code::Retfd_imm16
+            | Code::Retfq
+            | Code::Retfq_imm16
+            | Code::Iretw
+            | Code::Iretd
+            | Code::Iretq
+            | Code::Retnw
+            | Code::Retnw_imm16
+            | Code::Call_rel16
+            | Code::Call_rm16
+            | Code::Jmp_rm16
+            | Code::Jmp_rel16
+            | Code::Xbegin_rel16
+            | Code::Xbegin_rel32
+            | Code::Sysenter
+            | Code::Sysexitd
+            | Code::Sysexitq
+            | Code::Sysretd
+            | Code::Sysretq
+    )
+}
+
+/// Encoding number of a 64-bit general purpose register.
+fn reg_number(r: Register) -> Option<u8> {
+    let n = r.number();
+    (r.is_gpr64()).then_some(n as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rip_relative_load_encodes_the_absolute_slot() {
+        let mov = Instruction::with2(
+            Code::Mov_r64_rm64,
+            Register::RCX,
+            MemoryOperand::with_base_displ(Register::RIP, 0x5000_1000),
+        )
+        .unwrap();
+        let mut e = Encoder::new(64);
+        e.encode(&mov, 0x5000_0000).unwrap();
+        let b = e.take_buffer();
+        let mut d = Decoder::with_ip(64, &b, 0x5000_0000, DecoderOptions::NONE);
+        let i = d.decode();
+        assert_eq!(i.ip_rel_memory_address(), 0x5000_1000);
+    }
+}

@@ -1,0 +1,112 @@
+//! Which FP/vector state components the engine saves, checked against CPUID, and keeping
+//! an `FprState` image valid for `xrstor`.
+
+use crate::state::{FprState, xsave_offsets};
+use core::arch::x86_64::{__cpuid_count, _xgetbv};
+
+const X87: u64 = 1 << 0;
+const SSE: u64 = 1 << 1;
+const AVX: u64 = 1 << 2;
+const OPMASK: u64 = 1 << 5;
+const ZMM_HI256: u64 = 1 << 6;
+const HI16_ZMM: u64 = 1 << 7;
+
+/// How guest FP state is saved on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum XSaveKind {
+    /// `xsave`/`xrstor` of the components in the mask.
+    XSave(u64),
+    /// No XSAVE support: `fxsave`/`fxrstor` (x87 and SSE only).
+    FxSave,
+}
+
+impl XSaveKind {
+    pub fn detect() -> XSaveKind {
+        if !std::arch::is_x86_feature_detected!("xsave") {
+            return XSaveKind::FxSave;
+        }
+        // SAFETY: XSAVE is supported (checked above), so XGETBV with ECX=0 is valid.
+        let xcr0 = unsafe { _xgetbv(0) };
+        let mut mask = xcr0 & (X87 | SSE | AVX | OPMASK | ZMM_HI256 | HI16_ZMM);
+        // The FprState layout hard-codes the standard-format offsets; keep a component only
+        // if CPUID agrees (and AVX-512 only as a whole).
+        let checks = [
+            (AVX, 2, xsave_offsets::AVX),
+            (OPMASK, 5, xsave_offsets::OPMASK),
+            (ZMM_HI256, 6, xsave_offsets::ZMM_HI256),
+            (HI16_ZMM, 7, xsave_offsets::HI16_ZMM),
+        ];
+        for (bit, leaf, offset) in checks {
+            if mask & bit != 0 {
+                // SAFETY: CPUID leaf 0xD exists when XSAVE is supported.
+                let r = __cpuid_count(0xd, leaf);
+                if r.ebx as usize != offset {
+                    mask &= !bit;
+                }
+            }
+        }
+        if mask & (OPMASK | ZMM_HI256 | HI16_ZMM) != (OPMASK | ZMM_HI256 | HI16_ZMM) {
+            mask &= !(OPMASK | ZMM_HI256 | HI16_ZMM);
+        }
+        if mask & AVX == 0 {
+            mask &= !(OPMASK | ZMM_HI256 | HI16_ZMM);
+        }
+        XSaveKind::XSave(mask)
+    }
+
+    /// Whether the CPU state includes AVX (so `vzeroupper` exists).
+    pub fn has_avx(self) -> bool {
+        matches!(self, XSaveKind::XSave(m) if m & AVX != 0)
+    }
+
+    /// Makes `fpr` a complete image: components the last `xsave` reported in their initial
+    /// configuration get their initial values written out, and the header says every
+    /// component is present, so a user may edit any field and `xrstor` loads it.
+    pub fn normalize(self, fpr: &mut FprState) {
+        fpr.mxcsr &= 0xffff;
+        fpr.mxcsrmask = if fpr.mxcsrmask == 0 { 0xffff } else { fpr.mxcsrmask };
+        let XSaveKind::XSave(mask) = self else {
+            return;
+        };
+        let present = fpr.xstate_bv;
+        let missing = mask & !present;
+        if missing & X87 != 0 {
+            fpr.fcw = 0x37f;
+            fpr.fsw = 0;
+            fpr.ftw = 0;
+            fpr.fop = 0;
+            fpr.ip = 0;
+            fpr.cs = 0;
+            fpr.dp = 0;
+            fpr.ds = 0;
+            for r in [
+                &mut fpr.stmm0, &mut fpr.stmm1, &mut fpr.stmm2, &mut fpr.stmm3, &mut fpr.stmm4,
+                &mut fpr.stmm5, &mut fpr.stmm6, &mut fpr.stmm7,
+            ] {
+                *r = [0; 16];
+            }
+        }
+        if missing & SSE != 0 {
+            for n in 0..16 {
+                *fpr.xmm_mut(n) = [0; 16];
+            }
+        }
+        if missing & AVX != 0 {
+            for n in 0..16 {
+                *fpr.ymm_hi_mut(n) = [0; 16];
+            }
+        }
+        if missing & OPMASK != 0 {
+            fpr.k = [0; 8];
+        }
+        if missing & ZMM_HI256 != 0 {
+            fpr.zmm_hi256 = [[0; 32]; 16];
+        }
+        if missing & HI16_ZMM != 0 {
+            fpr.hi16_zmm = [[0; 64]; 16];
+        }
+        fpr.xstate_bv = mask;
+        fpr.xcomp_bv = 0;
+        fpr.header_reserved = [0; 48];
+    }
+}
