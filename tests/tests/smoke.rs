@@ -12,7 +12,8 @@ unsafe extern "C" {
 fn check(f: unsafe extern "C" fn(i64) -> i64, args: &[i64]) {
     let mut vm = Vm::new();
     let _stack = allocate_virtual_stack(vm.gpr_state_mut(), 8 << 20).unwrap();
-    vm.add_instrumented_module_from_addr(f as usize as u64).unwrap();
+    vm.add_instrumented_module_from_addr(f as usize as u64)
+        .unwrap();
     for &a in args {
         // SAFETY: the guest functions take and return plain integers.
         let native = unsafe { f(a) };

@@ -74,11 +74,6 @@ impl CodeCache {
         self.base + TABLE_OFFSET as u64
     }
 
-    /// Whether `addr` is translated code of this cache.
-    pub fn contains_code(&self, addr: u64) -> bool {
-        (self.code_start..self.end).contains(&addr)
-    }
-
     /// Where the next block will go, if `len` more bytes fit.
     pub fn next_addr(&self) -> u64 {
         self.cursor

@@ -40,7 +40,7 @@ impl Engine {
             (*ctx).gpr = *gpr;
             (*ctx).fpr = *fpr;
             if let Some(fp) = self.fp {
-                fp.normalize(&mut (*ctx).fpr);
+                fp.prepare_for_restore(&mut (*ctx).fpr);
             }
         }
         let mut pc = start;
@@ -53,17 +53,16 @@ impl Engine {
                 Ok(n) => n,
                 Err(e) => break Err(e),
             };
+            // The exit we came through now has a translated target: link it.
+            let link = link_from.take();
             let target = match next {
                 Next::Block(host) => {
-                    if let Some(i) = link_from.take() {
+                    if let Some(i) = link {
                         self.link(i, host);
                     }
                     host
                 }
-                Next::Native(addr) => {
-                    link_from = None;
-                    addr
-                }
+                Next::Native(addr) => addr,
             };
             let cache = self.cache();
             // SAFETY: as above; `enter` is the context switch routine of this cache, which
@@ -79,7 +78,7 @@ impl Engine {
                     *errno = *libc::__errno_location();
                 }
                 if let Some(fp) = self.fp {
-                    fp.normalize(&mut (*ctx).fpr);
+                    fp.complete_after_save(&mut (*ctx).fpr);
                 }
             }
             // SAFETY: as above.

@@ -70,10 +70,6 @@ impl Asm {
         self.labels[l.0 as usize] = Some(self.buf.len() as u32);
     }
 
-    pub fn label_addr(&self, l: Label) -> Option<u64> {
-        self.labels[l.0 as usize].map(|o| self.base + u64::from(o))
-    }
-
     /// Resolves label fixups. Panics on an unbound label or a rel8 out of reach: both
     /// are bugs of the emitting code, never of the guest.
     pub fn finish(&mut self) {

@@ -45,12 +45,6 @@ impl IbTable {
         unsafe { self.slot(guest).write(Entry { guest, host }) }
     }
 
-    pub fn get(&self, guest: u64) -> Option<u64> {
-        // SAFETY: slot() is in bounds.
-        let e = unsafe { self.slot(guest).read() };
-        (e.guest == guest && e.host != self.empty_host).then_some(e.host)
-    }
-
     pub fn remove(&self, guest: u64) {
         let s = self.slot(guest);
         // SAFETY: in bounds, as above.

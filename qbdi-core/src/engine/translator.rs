@@ -27,7 +27,7 @@ use super::emitter::{Asm, Label, RCX};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use crate::error::VmError;
 use iced_x86::{
-    Code, ConditionCode, Decoder, DecoderOptions, Encoder, FlowControl, Formatter,
+    Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter,
     Instruction, InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
 };
 
@@ -175,9 +175,7 @@ impl Translator {
             }
             FlowControl::ConditionalBranch => {
                 let taken = instr.near_branch_target();
-                if instr.condition_code() != ConditionCode::None
-                    && !matches!(code, Code::Jrcxz_rel8_64 | Code::Jecxz_rel8_64)
-                {
+                if instr.is_jcc_short_or_near() {
                     let cc = instr.condition_code() as u8 - 1;
                     let l = self.asm.new_label();
                     let site = self.asm.jcc_label(cc, l);

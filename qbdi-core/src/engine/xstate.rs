@@ -59,10 +59,21 @@ impl XSaveKind {
         matches!(self, XSaveKind::XSave(m) if m & AVX != 0)
     }
 
-    /// Makes `fpr` a complete image: components the last `xsave` reported in their initial
+    /// Makes a user-supplied image loadable as it is: every field counts (the header says all
+    /// components are present) and MXCSR has no reserved bit set.
+    pub fn prepare_for_restore(self, fpr: &mut FprState) {
+        fpr.mxcsr &= 0xffff;
+        if let XSaveKind::XSave(mask) = self {
+            fpr.xstate_bv = mask;
+            fpr.xcomp_bv = 0;
+            fpr.header_reserved = [0; 48];
+        }
+    }
+
+    /// After an `xsave`, makes `fpr` a complete image: components the last `xsave` reported in their initial
     /// configuration get their initial values written out, and the header says every
     /// component is present, so a user may edit any field and `xrstor` loads it.
-    pub fn normalize(self, fpr: &mut FprState) {
+    pub fn complete_after_save(self, fpr: &mut FprState) {
         fpr.mxcsr &= 0xffff;
         fpr.mxcsrmask = if fpr.mxcsrmask == 0 { 0xffff } else { fpr.mxcsrmask };
         let XSaveKind::XSave(mask) = self else {

@@ -1,0 +1,397 @@
+// Control-flow forms for tests/tests/control_flow.rs: conditional and unconditional
+// branches, calls and returns in every encoding the translator must handle.
+// Hand-written so that the exact instruction forms (rel8/rel32, memory operands with
+// a register base, RIP-relative, SIB) are present. Comments use // (this file goes
+// through the C preprocessor).
+
+    .intel_syntax noprefix
+
+.macro FUNC name
+    .text
+    .globl \name
+    .type \name,@function
+    .p2align 4
+\name:
+.endm
+
+.macro ENDF name
+    .globl \name\()_end
+\name\()_end:
+    .size \name, . - \name
+.endm
+
+// ---------------------------------------------------------------------------------------
+// jcc: cf_<jcc>_rel8 / cf_<jcc>_rel32 (u64 rflags) -> 1 if taken, 0 if not.
+// The flags come from the argument (push rdi; popfq), so one function covers both paths.
+
+.macro CF_JCC cc
+FUNC cf_\cc\()_rel8
+    push rdi
+    popfq
+    {disp8} \cc 1f
+    xor eax, eax
+    ret
+1:  mov eax, 1
+    ret
+ENDF cf_\cc\()_rel8
+
+FUNC cf_\cc\()_rel32
+    push rdi
+    popfq
+    {disp32} \cc 1f
+    xor eax, eax
+    ret
+1:  mov eax, 1
+    ret
+ENDF cf_\cc\()_rel32
+.endm
+
+    CF_JCC je
+    CF_JCC jne
+    CF_JCC jb
+    CF_JCC jae
+    CF_JCC jbe
+    CF_JCC ja
+    CF_JCC jl
+    CF_JCC jge
+    CF_JCC jle
+    CF_JCC jg
+    CF_JCC js
+    CF_JCC jns
+    CF_JCC jo
+    CF_JCC jno
+    CF_JCC jp
+    CF_JCC jnp
+
+// ---------------------------------------------------------------------------------------
+// jmp rel8 / rel32: () -> 11 / 22 (100 if the skipped instruction ran).
+
+FUNC cf_jmp_rel8
+    mov eax, 1
+    {disp8} jmp 1f
+    mov eax, 100
+1:  add eax, 10
+    ret
+ENDF cf_jmp_rel8
+
+FUNC cf_jmp_rel32
+    mov eax, 2
+    {disp32} jmp 1f
+    mov eax, 100
+1:  add eax, 20
+    ret
+ENDF cf_jmp_rel32
+
+// Shared callees: double(x) = 2x, triple(x) = 3x.
+    .text
+    .p2align 4
+.Lcf_double:
+    lea rax, [rdi + rdi]
+    ret
+.Lcf_triple:
+    lea rax, [rdi + rdi*2]
+    ret
+
+// call rel32 (x) -> 2x + x: the callee result combined with state kept across the call.
+FUNC cf_call_rel32
+    push rbx
+    mov rbx, rdi
+    call 2f
+    add rax, rbx
+    pop rbx
+    ret
+2:  lea rax, [rdi + rdi]
+    ret
+ENDF cf_call_rel32
+
+// call through a register (x) -> 3x + 1.
+FUNC cf_call_reg
+    push rbx
+    lea rcx, [rip + .Lcf_triple]
+    call rcx
+    add rax, 1
+    pop rbx
+    ret
+ENDF cf_call_reg
+
+// jmp through a register (x) -> x + 5.
+FUNC cf_jmp_reg
+    lea rcx, [rip + 1f]
+    mov eax, 5
+    jmp rcx
+    mov eax, 100
+1:  add rax, rdi
+    ret
+ENDF cf_jmp_reg
+
+// call through memory, register base + displacement (x) -> 3x + 2.
+FUNC cf_call_mem_reg
+    push rbx
+    lea rbx, [rip + .Lcf_fnptrs]
+    call qword ptr [rbx + 8]
+    add rax, 2
+    pop rbx
+    ret
+ENDF cf_call_mem_reg
+
+// jmp through memory, plain register base (x) -> x + 7.
+FUNC cf_jmp_mem_reg
+    lea rcx, [rip + .Lcf_jmp_mem_reg_slot]
+    mov eax, 7
+    jmp qword ptr [rcx]
+    mov eax, 100
+    ret
+.Lcf_jmp_mem_reg_target:
+    add rax, rdi
+    ret
+ENDF cf_jmp_mem_reg
+
+// call [rip + x] (x) -> 2x + 3.
+FUNC cf_call_mem_rip
+    push rbx
+    call qword ptr [rip + .Lcf_fnptrs]
+    add rax, 3
+    pop rbx
+    ret
+ENDF cf_call_mem_rip
+
+// jmp [rip + x] (x) -> x + 9.
+FUNC cf_jmp_mem_rip
+    mov eax, 9
+    jmp qword ptr [rip + .Lcf_jmp_mem_rip_slot]
+    mov eax, 100
+    ret
+.Lcf_jmp_mem_rip_target:
+    add rax, rdi
+    ret
+ENDF cf_jmp_mem_rip
+
+// Jump tables: (index 0..3, x) -> a different function of x per case.
+// Absolute entries, SIB base + index*8: jmp [rdx + rdi*8].
+FUNC cf_jt_base_index
+    lea rdx, [rip + .Lcf_abs_table]
+    jmp qword ptr [rdx + rdi*8]
+.Lcf_case0:
+    lea rax, [rsi + 1]
+    ret
+.Lcf_case1:
+    lea rax, [rsi + rsi]
+    ret
+.Lcf_case2:
+    mov rax, rsi
+    not rax
+    ret
+.Lcf_case3:
+    imul rax, rsi, 7
+    ret
+ENDF cf_jt_base_index
+
+// Absolute entries, SIB without base: jmp [index*8 + disp32]. In a position-independent
+// executable the table address is not a link-time constant, so the index register holds
+// table/8 - 2 + index and the displacement is 16: the same addressing form as
+// `jmp [rax*8 + table]`.
+FUNC cf_jt_index_disp
+    lea rax, [rip + .Lcf_abs_table]
+    shr rax, 3
+    lea rax, [rax + rdi - 2]
+    jmp qword ptr [rax*8 + 16]
+ENDF cf_jt_index_disp
+
+// Relative entries (as compilers emit for PIC): movsxd + add + jmp reg.
+FUNC cf_jt_relative
+    lea rdx, [rip + .Lcf_rel_table]
+    movsxd rax, dword ptr [rdx + rdi*4]
+    add rax, rdx
+    jmp rax
+ENDF cf_jt_relative
+
+// ret imm16: the caller pushes two arguments, the callee pops them with `ret 16`.
+// (a, b) -> a*b + a, plus (stack imbalance << 32) (0 when ret 16 popped exactly 16 bytes).
+FUNC cf_ret_imm16
+    push rbx
+    mov rbx, rsp
+    push rsi
+    push rdi
+    call .Lcf_ret16_callee
+    sub rbx, rsp
+    shl rbx, 32
+    add rax, rbx
+    pop rbx
+    ret
+.Lcf_ret16_callee:
+    mov rax, [rsp + 8]
+    imul rax, [rsp + 16]
+    add rax, [rsp + 8]
+    ret 16
+ENDF cf_ret_imm16
+
+// ---------------------------------------------------------------------------------------
+// loop family: result = iterations | (final rcx << 32).
+
+// loop (n >= 1) -> n iterations.
+FUNC cf_loop
+    mov rcx, rdi
+    xor eax, eax
+1:  add rax, 1
+    loop 1b
+    shl rcx, 32
+    or rax, rcx
+    ret
+ENDF cf_loop
+
+// loope (n, lim): continues while rcx != 0 and the counter <= lim.
+FUNC cf_loope
+    mov rcx, rdi
+    xor eax, eax
+1:  add rax, 1
+    cmp rsi, rax
+    sbb edx, edx
+    loope 1b
+    shl rcx, 32
+    or rax, rcx
+    ret
+ENDF cf_loope
+
+// loopne (n, lim): continues while rcx != 0 and the counter < lim.
+FUNC cf_loopne
+    mov rcx, rdi
+    xor eax, eax
+1:  add rax, 1
+    cmp rax, rsi
+    sbb edx, edx
+    loopne 1b
+    shl rcx, 32
+    or rax, rcx
+    ret
+ENDF cf_loopne
+
+// jrcxz / jecxz (rcx) -> 1 if taken, 2 if not.
+FUNC cf_jrcxz
+    mov rcx, rdi
+    xor eax, eax
+    jrcxz 1f
+    mov eax, 2
+    ret
+1:  mov eax, 1
+    ret
+ENDF cf_jrcxz
+
+FUNC cf_jecxz
+    mov rcx, rdi
+    xor eax, eax
+    jecxz 1f
+    mov eax, 2
+    ret
+1:  mov eax, 1
+    ret
+ENDF cf_jecxz
+
+// ---------------------------------------------------------------------------------------
+// Tail call: (x) -> 4(x + 3) + 1, the second half in another function (cf_tail_target,
+// in cf_special.S, so the jmp is a linker-resolved rel32) reached by jmp.
+FUNC cf_tail_call
+    add rdi, 3
+    jmp cf_tail_target
+ENDF cf_tail_call
+
+// Computed goto: (sel) -> 11 if sel == 0 else 22.
+FUNC cf_computed_goto
+    lea rax, [rip + 1f]
+    lea rcx, [rip + 2f]
+    test rdi, rdi
+    cmovnz rax, rcx
+    jmp rax
+1:  mov eax, 11
+    ret
+2:  mov eax, 22
+    ret
+ENDF cf_computed_goto
+
+// push + ret as a jump: (x) -> x + 3.
+FUNC cf_push_ret
+    lea rax, [rip + 1f]
+    push rax
+    mov eax, 3
+    ret
+    mov eax, 100
+    ret
+1:  add rax, rdi
+    ret
+ENDF cf_push_ret
+
+// call $+5; pop rax: returns the address of the instruction after the call.
+FUNC cf_call_next_pop
+    call 1f
+    .globl cf_call_next_pop_after
+cf_call_next_pop_after:
+1:  pop rax
+    ret
+ENDF cf_call_next_pop
+
+// lea rax, [rip + 0]: returns the address of the next instruction.
+FUNC cf_lea_rip
+    lea rax, [rip + 0]
+    .globl cf_lea_rip_after
+cf_lea_rip_after:
+    ret
+ENDF cf_lea_rip
+
+// RIP-relative load and store of data: () -> the constant, read back through a store.
+FUNC cf_rip_data
+    mov rax, qword ptr [rip + .Lcf_magic]
+    mov qword ptr [rip + .Lcf_scratch], rax
+    xor eax, eax
+    add rax, qword ptr [rip + .Lcf_scratch]
+    ret
+ENDF cf_rip_data
+
+// Returns its own return address.
+FUNC cf_read_ret
+    mov rax, [rsp]
+    ret
+ENDF cf_read_ret
+
+// Calls cf_read_ret and returns what it read: the address of cf_call_read_ret_after.
+FUNC cf_call_read_ret
+    sub rsp, 8
+    call cf_read_ret
+    .globl cf_call_read_ret_after
+cf_call_read_ret_after:
+    add rsp, 8
+    ret
+ENDF cf_call_read_ret
+
+// ---------------------------------------------------------------------------------------
+// Data: function pointers and jump tables.
+
+    .section .data.rel.ro,"aw"
+    .p2align 3
+.Lcf_fnptrs:
+    .quad .Lcf_double
+    .quad .Lcf_triple
+.Lcf_jmp_mem_reg_slot:
+    .quad .Lcf_jmp_mem_reg_target
+.Lcf_jmp_mem_rip_slot:
+    .quad .Lcf_jmp_mem_rip_target
+.Lcf_abs_table:
+    .quad .Lcf_case0
+    .quad .Lcf_case1
+    .quad .Lcf_case2
+    .quad .Lcf_case3
+
+    .section .rodata
+    .p2align 3
+.Lcf_magic:
+    .quad 0x1122334455667788
+.Lcf_rel_table:
+    .long .Lcf_case0 - .Lcf_rel_table
+    .long .Lcf_case1 - .Lcf_rel_table
+    .long .Lcf_case2 - .Lcf_rel_table
+    .long .Lcf_case3 - .Lcf_rel_table
+
+    .data
+    .p2align 3
+.Lcf_scratch:
+    .quad 0
+
+    .section .note.GNU-stack,"",@progbits

@@ -1,1 +1,0 @@
-int guest_placeholder(int x) { return x + 1; }
