@@ -274,3 +274,26 @@ fn resolve(name: &str) -> u64 {
         p as u64
     }
 }
+
+#[test]
+fn instrumented_malloc_and_free_do_not_deadlock_with_the_dispatcher() {
+    // The first calls translate blocks while the guest holds malloc's arena lock: the
+    // dispatcher must not allocate from the same heap then.
+    let (mut vm, _stack) = libc_vm();
+    let malloc_fn = addr(libc::malloc as unsafe extern "C" fn(usize) -> *mut c_void);
+    let free_fn = addr(libc::free as unsafe extern "C" fn(*mut c_void));
+    let mut held = Vec::new();
+    for size in (0..2000usize).map(|i| (i * 97) % 70_000 + 1) {
+        let p = vm.call(malloc_fn, &[size as u64]).unwrap();
+        assert_ne!(p, 0, "malloc({size})");
+        // SAFETY: p is a fresh allocation of `size` bytes.
+        unsafe { std::ptr::write_bytes(p as *mut u8, 0xab, size) };
+        held.push(p);
+        if held.len() > 50 {
+            vm.call(free_fn, &[held.remove(0)]).unwrap();
+        }
+    }
+    for p in held {
+        vm.call(free_fn, &[p]).unwrap();
+    }
+}

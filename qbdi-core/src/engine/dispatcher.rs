@@ -4,11 +4,12 @@
 //! reports errors, and ends the run at the stop address.
 
 use super::context::{EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, FIRST_STUB_ID};
-use super::blocks::ExitKind;
+use super::directory::ExitKind;
+use super::translator::disassemble_at;
 use super::{Engine, NO_STOP};
 use crate::error::VmError;
 use crate::options::Options;
-use crate::range::{Range, RangeSet};
+use crate::range::RangeSet;
 use crate::state::{FprState, GprState};
 
 /// Where the dispatcher sends the guest next.
@@ -111,26 +112,19 @@ impl Engine {
     /// linked to it, and the inline table must not know it.
     fn begin_run(&mut self, stop: u64) {
         self.stop = stop;
-        self.clear_cache_keep_natives(Range::new(stop, stop.saturating_add(1)));
-        self.cache().table.remove(stop);
-    }
-
-    fn clear_cache_keep_natives(&mut self, range: Range) {
-        let from = range.start.saturating_sub(super::MAX_BLOCK_GUEST_BYTES);
-        let doomed: Vec<u64> = self
-            .blocks
-            .range(from..range.end)
-            .filter(|(_, b)| Range::new(b.start, b.end).overlaps(&range))
-            .map(|(s, _)| *s)
-            .collect();
-        for s in doomed {
-            self.invalidate_block(s);
+        let mut doomed = std::mem::take(&mut self.scratch);
+        let (_, dir) = self.cache.as_mut().expect("cache exists");
+        dir.overlapping(stop, stop.saturating_add(1), &mut doomed);
+        for &start in &doomed {
+            self.invalidate_block(start);
         }
+        self.scratch = doomed;
+        self.cache().table.remove(stop);
     }
 
     /// Where to go for guest address `pc`.
     fn next_for(&mut self, pc: u64, ranges: &RangeSet) -> Result<Next, VmError> {
-        if let Some(b) = self.blocks.get(&pc) {
+        if let Some(b) = self.dir().lookup(pc) {
             return Ok(Next::Block(b.host));
         }
         if ranges.contains(pc) {
@@ -154,17 +148,17 @@ impl Engine {
             EXIT_STOP => Ok((stop, None)),
             id => {
                 let i = id - FIRST_STUB_ID;
-                let s = &self.stubs[i as usize];
-                match &s.kind {
+                let s = self.dir().stub(i);
+                match s.kind {
                     ExitKind::Branch => {
                         let link = (s.site != 0 && !s.linked && s.target != stop).then_some(i);
                         Ok((s.target, link))
                     }
                     ExitKind::Reentry => Ok((s.target, None)),
                     ExitKind::Invalid => Err(VmError::InvalidInstruction(s.target)),
-                    ExitKind::Unsupported(text) => Err(VmError::UnsupportedInstruction {
+                    ExitKind::Unsupported => Err(VmError::UnsupportedInstruction {
                         address: s.target,
-                        disassembly: text.clone(),
+                        disassembly: disassemble_at(s.target),
                     }),
                 }
             }

@@ -33,7 +33,17 @@ pub(crate) struct Asm {
 
 impl Asm {
     pub fn new() -> Asm {
-        Asm { base: 0, buf: Vec::with_capacity(4096), labels: Vec::new(), fixups: Vec::new() }
+        Asm::with_capacity(4096)
+    }
+
+    /// A buffer that holds `bytes` (and a block's worth of labels) without growing.
+    pub fn with_capacity(bytes: usize) -> Asm {
+        Asm {
+            base: 0,
+            buf: Vec::with_capacity(bytes),
+            labels: Vec::with_capacity(64),
+            fixups: Vec::with_capacity(64),
+        }
     }
 
     /// Starts a new piece of code that will be copied to `base`.

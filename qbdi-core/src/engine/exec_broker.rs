@@ -34,7 +34,7 @@ impl Engine {
             let redirect = if value == self.stop {
                 self.cache().runtime.stop_return
             } else if ranges.contains(value) {
-                match self.blocks.get(&value) {
+                match self.dir().lookup(value) {
                     Some(b) => b.host,
                     None => self.translate(value, ranges)?,
                 }
@@ -45,8 +45,7 @@ impl Engine {
             unsafe { slot.write(redirect) };
             if i == 0 && value != self.stop {
                 let cache = self.cache();
-                cache.table.insert(pc, cache.runtime.broker);
-                self.natives.insert(pc);
+                cache.table.insert_native(pc, cache.runtime.broker);
             }
             return Ok(true);
         }

@@ -23,13 +23,15 @@ struct Entry {
 pub(crate) struct IbTable {
     entries: *mut Entry,
     empty_host: u64,
+    /// Whether any native (broker) entry was inserted since the last clear.
+    has_natives: std::cell::Cell<bool>,
 }
 
 impl IbTable {
     /// # Safety
     /// `base` points to `TABLE_BYTES` writable bytes that outlive the table.
     pub unsafe fn new(base: u64, empty_host: u64) -> IbTable {
-        let t = IbTable { entries: base as *mut Entry, empty_host };
+        let t = IbTable { entries: base as *mut Entry, empty_host, has_natives: false.into() };
         t.clear();
         t
     }
@@ -55,7 +57,31 @@ impl IbTable {
         }
     }
 
+    /// Removes entries of native targets (host = `broker`) whose guest address is in
+    /// `[start, end)`.
+    pub fn remove_natives_in(&self, start: u64, end: u64, broker: u64) {
+        if !self.has_natives.get() {
+            return;
+        }
+        for i in 0..ENTRIES {
+            // SAFETY: i < ENTRIES.
+            unsafe {
+                let e = self.entries.add(i);
+                if (*e).host == broker && (start..end).contains(&(*e).guest) {
+                    e.write(Entry { guest: 0, host: self.empty_host });
+                }
+            }
+        }
+    }
+
+    /// Enters a native target: its host code is the broker routine.
+    pub fn insert_native(&self, guest: u64, broker: u64) {
+        self.has_natives.set(true);
+        self.insert(guest, broker);
+    }
+
     pub fn clear(&self) {
+        self.has_natives.set(false);
         for i in 0..ENTRIES {
             // SAFETY: i < ENTRIES.
             unsafe { self.entries.add(i).write(Entry { guest: 0, host: self.empty_host }) }

@@ -11,49 +11,42 @@
 //! This module owns the cache directory (which guest block is where, which stubs are
 //! linked) and its invalidation. It never runs guest code itself: the dispatcher does.
 
-mod blocks;
 mod code_cache;
 mod context;
 mod context_switch;
+mod directory;
 mod dispatcher;
 mod emitter;
 mod exec_broker;
 mod ib_table;
+mod maps_reader;
 mod translator;
 mod xstate;
 
 use crate::error::VmError;
-use crate::maps::{Permission, current_process_maps};
 use crate::options::Options;
 use crate::range::{Range, RangeSet};
-use blocks::{Block, ExitKind, ExitStub};
 use code_cache::CodeCache;
 use context::FIRST_STUB_ID;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use translator::{Env, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_INSTRUCTIONS, Translator};
+use directory::{Directory, ExitKind};
+use maps_reader::ReadableMaps;
+use translator::{Env, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_STUBS, Translator};
 use xstate::XSaveKind;
 
 /// No run in progress: no stop address.
 const NO_STOP: u64 = u64::MAX;
-/// A block never spans more guest bytes than this.
-const MAX_BLOCK_GUEST_BYTES: u64 = MAX_BLOCK_INSTRUCTIONS as u64 * 15;
 
 pub(crate) struct Engine {
     options: Options,
     /// How FP state is saved at each cache exit (None: OPT_DISABLE_FPR).
     fp: Option<XSaveKind>,
-    cache: Option<CodeCache>,
-    /// Translated blocks by guest start address.
-    blocks: BTreeMap<u64, Block>,
-    /// Exit stubs; stub id `FIRST_STUB_ID + i` is `stubs[i]`.
-    stubs: Vec<ExitStub>,
-    /// For each guest address, the stubs whose branch is linked to its block.
-    incoming: HashMap<u64, Vec<u32>>,
-    /// Native addresses entered in the inline table (they go to the broker routine).
-    natives: HashSet<u64>,
+    /// The code cache and its directory, created at the first run near the guest's code.
+    cache: Option<(CodeCache, Directory)>,
     translator: Translator,
-    /// Readable memory, as last read from the process maps: merged (start, end) pairs.
-    readable: Vec<(u64, u64)>,
+    /// Readable memory, as last read from the process maps.
+    readable: ReadableMaps,
+    /// Scratch list of block starts (reserved capacity, reused).
+    scratch: Vec<u64>,
     /// The current run's stop address.
     stop: u64,
 }
@@ -64,12 +57,9 @@ impl Engine {
             options,
             fp: fp_mode(options),
             cache: None,
-            blocks: BTreeMap::new(),
-            stubs: Vec::new(),
-            incoming: HashMap::new(),
-            natives: HashSet::new(),
             translator: Translator::new(),
-            readable: Vec::new(),
+            readable: ReadableMaps::new(),
+            scratch: Vec::with_capacity(1024),
             stop: NO_STOP,
         }
     }
@@ -79,7 +69,6 @@ impl Engine {
         self.options = options;
         self.fp = fp_mode(options);
         self.cache = None;
-        self.forget_all();
     }
 
     /// The instrumented ranges changed: translations made with the old ones (which calls
@@ -89,85 +78,78 @@ impl Engine {
     }
 
     pub fn precache(&mut self, addr: u64, ranges: &RangeSet) -> Result<bool, VmError> {
-        if self.blocks.contains_key(&addr) {
+        self.ensure_cache(addr)?;
+        if self.dir().lookup(addr).is_some() {
             return Ok(false);
         }
-        self.ensure_cache(addr)?;
         self.translate(addr, ranges)?;
         Ok(true)
     }
 
-    /// Drops the translations of every block overlapping `range`.
+    /// Drops the translations of every block overlapping `range`, and native entries of the
+    /// inline table inside it.
     pub fn clear_cache(&mut self, range: Range) {
+        self.readable.invalidate();
+        let Some((cache, dir)) = &mut self.cache else {
+            return;
+        };
         if range.is_empty() {
             return;
         }
-        let from = range.start.saturating_sub(MAX_BLOCK_GUEST_BYTES);
-        let doomed: Vec<u64> = self
-            .blocks
-            .range(from..range.end)
-            .filter(|(_, b)| Range::new(b.start, b.end).overlaps(&range))
-            .map(|(s, _)| *s)
-            .collect();
-        for start in doomed {
+        cache.table.remove_natives_in(range.start, range.end, cache.runtime.broker);
+        let mut doomed = std::mem::take(&mut self.scratch);
+        dir.overlapping(range.start, range.end, &mut doomed);
+        for &start in &doomed {
             self.invalidate_block(start);
         }
-        if let Some(cache) = &self.cache {
-            self.natives.retain(|n| {
-                let keep = !range.contains(*n);
-                if !keep {
-                    cache.table.remove(*n);
-                }
-                keep
-            });
-        }
-        self.readable.clear();
+        self.scratch = doomed;
     }
 
     /// Drops every translation. Code memory is reused only when the cache fills up, so a
     /// translation address still held somewhere (a native frame's return address) leads
     /// back to the dispatcher instead of to freed code.
     pub fn clear_all_cache(&mut self) {
-        let starts: Vec<u64> = self.blocks.keys().copied().collect();
-        for start in starts {
+        self.readable.invalidate();
+        let Some((cache, dir)) = &self.cache else {
+            return;
+        };
+        cache.table.clear();
+        let mut doomed = std::mem::take(&mut self.scratch);
+        dir.all_live(&mut doomed);
+        for &start in &doomed {
             self.invalidate_block(start);
         }
-        if let Some(cache) = &self.cache {
-            cache.table.clear();
-        }
-        self.natives.clear();
-        self.readable.clear();
+        doomed.clear();
+        doomed.shrink_to(1024);
+        self.scratch = doomed;
     }
 
-    fn forget_all(&mut self) {
-        self.blocks.clear();
-        self.stubs.clear();
-        self.incoming.clear();
-        self.natives.clear();
-        self.readable.clear();
-    }
-
-    fn ensure_cache(&mut self, near: u64) -> Result<&mut CodeCache, VmError> {
+    fn ensure_cache(&mut self, near: u64) -> Result<(), VmError> {
         if self.cache.is_none() {
-            self.cache = Some(CodeCache::new(near, self.fp)?);
+            self.cache = Some((CodeCache::new(near, self.fp)?, Directory::new()));
         }
-        Ok(self.cache.as_mut().expect("just created"))
+        Ok(())
     }
 
     fn cache(&self) -> &CodeCache {
-        self.cache.as_ref().expect("the cache exists once a run or precache started")
+        &self.cache.as_ref().expect("the cache exists once a run or precache started").0
+    }
+
+    fn dir(&self) -> &Directory {
+        &self.cache.as_ref().expect("the cache exists once a run or precache started").1
     }
 
     /// Translates the block at `pc` and enters it in the directory and the inline table.
+    /// Allocates nothing (see `directory`).
     fn translate(&mut self, pc: u64, ranges: &RangeSet) -> Result<u64, VmError> {
-        let readable_end = self.readable_end(pc)?;
+        let readable_end = self.readable.end_of(pc).ok_or(VmError::AddressNotMapped(pc))?;
         let limit = ranges.range_containing(pc).map_or(readable_end, |r| r.end);
-        if self.cache().room() < MAX_BLOCK_HOST_BYTES {
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) {
             // Full: start over. Nothing of this Vm is executing (we are in the dispatcher).
-            self.forget_all();
-            self.cache.as_mut().expect("cache exists").reset();
+            cache.reset();
+            dir.reset();
         }
-        let cache = self.cache.as_ref().expect("cache exists");
         let host = cache.next_addr();
         let in_range = |a: u64| ranges.contains(a);
         let env = Env {
@@ -178,41 +160,26 @@ impl Engine {
             limit,
             readable_end,
             boundary: self.stop,
-            first_stub_id: FIRST_STUB_ID + self.stubs.len() as u32,
+            first_stub_id: FIRST_STUB_ID + dir.next_stub(),
         };
         let t = self.translator.translate(pc, host, &env)?;
-        let cache = self.cache.as_mut().expect("cache exists");
         cache.commit(&self.translator.asm);
-        let first = self.stubs.len() as u32;
-        for e in self.translator.exits.drain(..) {
-            self.stubs.push(ExitStub {
-                target: e.target,
-                site: e.site,
-                stub: e.stub,
-                kind: e.kind,
-                linked: false,
-            });
+        let first = dir.next_stub();
+        for e in &self.translator.exits {
+            dir.push_stub(e.target, e.site, e.stub, e.kind);
         }
-        let block = Block {
-            start: pc,
-            end: t.guest_end,
-            host,
-            reentry_stub: first + t.reentry as u32,
-        };
-        if self.blocks.insert(pc, block).is_some() {
-            unreachable!("a block is translated only when absent");
-        }
+        dir.insert(pc, t.guest_end, host, first + t.reentry as u32);
         if pc != self.stop {
             cache.table.insert(pc, host);
         }
-        // Link this block's exits to blocks that already exist.
-        for i in first..self.stubs.len() as u32 {
-            let s = &self.stubs[i as usize];
-            if s.site != 0 && s.target != self.stop {
-                if let Some(b) = self.blocks.get(&s.target) {
-                    let h = b.host;
-                    self.link(i, h);
-                }
+        // Link this block's exits to blocks that already exist (itself included).
+        for i in first..dir.stub_count() {
+            let s = dir.stub(i);
+            if s.site == 0 || s.kind != ExitKind::Branch || s.target == self.stop {
+                continue;
+            }
+            if let Some(h) = dir.lookup(s.target).map(|b| b.host) {
+                link(dir, i, h);
             }
         }
         Ok(host)
@@ -220,32 +187,20 @@ impl Engine {
 
     /// Points stub `i`'s branch straight at `host`.
     fn link(&mut self, i: u32, host: u64) {
-        let s = &mut self.stubs[i as usize];
-        debug_assert!(s.site != 0 && s.kind == ExitKind::Branch);
-        // SAFETY: `site` is the rel32 of a branch of committed code; no guest code of this
-        // Vm runs while the dispatcher links.
-        unsafe { emitter::patch_rel32(s.site, host) };
-        s.linked = true;
-        self.incoming.entry(s.target).or_default().push(i);
+        link(&mut self.cache.as_mut().expect("cache exists").1, i, host);
     }
 
     /// Removes a block: out of the directory and the table, its incoming links back to
     /// their stubs, and its entry turned into a jump to its reentry stub.
     fn invalidate_block(&mut self, start: u64) {
-        let Some(block) = self.blocks.remove(&start) else {
+        let (cache, dir) = self.cache.as_mut().expect("blocks exist only with a cache");
+        // SAFETY (closure): as in `link`: each site is a committed branch, nothing runs.
+        let Some(block) = dir.remove(start, |s| unsafe { emitter::patch_rel32(s.site, s.stub) })
+        else {
             return;
         };
-        let cache = self.cache.as_ref().expect("blocks exist only with a cache");
         cache.table.remove(start);
-        for i in self.incoming.remove(&start).unwrap_or_default() {
-            let s = &mut self.stubs[i as usize];
-            if s.linked {
-                // SAFETY: as in `link`.
-                unsafe { emitter::patch_rel32(s.site, s.stub) };
-                s.linked = false;
-            }
-        }
-        let reentry = self.stubs[block.reentry_stub as usize].stub;
+        let reentry = dir.stub(block.reentry_stub).stub;
         // jmp rel32 to the reentry stub, written over the block's first bytes (every block
         // is longer than 5 bytes). Written rel32 first, opcode last.
         // SAFETY: the block's code is committed, writable, and not executing.
@@ -254,29 +209,16 @@ impl Engine {
             (block.host as *mut u8).write_volatile(0xe9);
         }
     }
-
-    /// End of the readable memory that contains `pc` (contiguous readable mappings).
-    fn readable_end(&mut self, pc: u64) -> Result<u64, VmError> {
-        if let Some(end) = find_readable(&self.readable, pc) {
-            return Ok(end);
-        }
-        self.readable.clear();
-        for m in current_process_maps(false) {
-            if !m.permission.contains(Permission::READ) {
-                continue;
-            }
-            match self.readable.last_mut() {
-                Some(last) if last.1 == m.range.start => last.1 = m.range.end,
-                _ => self.readable.push((m.range.start, m.range.end)),
-            }
-        }
-        find_readable(&self.readable, pc).ok_or(VmError::AddressNotMapped(pc))
-    }
 }
 
-fn find_readable(readable: &[(u64, u64)], pc: u64) -> Option<u64> {
-    let i = readable.partition_point(|r| r.1 <= pc);
-    readable.get(i).filter(|r| r.0 <= pc).map(|r| r.1)
+/// Points stub `i`'s branch straight at `host` (the translation of its target).
+fn link(dir: &mut Directory, i: u32, host: u64) {
+    let s = dir.stub(i);
+    debug_assert!(s.site != 0 && s.kind == ExitKind::Branch && !s.linked);
+    // SAFETY: `site` is the rel32 of a branch of committed code; no guest code of this Vm
+    // runs while the dispatcher links.
+    unsafe { emitter::patch_rel32(s.site, host) };
+    dir.mark_linked(i);
 }
 
 fn fp_mode(options: Options) -> Option<XSaveKind> {

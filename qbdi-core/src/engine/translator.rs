@@ -20,15 +20,15 @@
 //!
 //! Nothing emitted touches RFLAGS or writes below the guest's rsp.
 
-use super::blocks::ExitKind;
+use super::directory::ExitKind;
 use super::context::off;
 use super::context_switch::Runtime;
 use super::emitter::{Asm, Label, RCX};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use crate::error::VmError;
 use iced_x86::{
-    Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter,
-    Instruction, InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
+    Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter, Instruction,
+    InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
 };
 
 /// At most this many guest instructions per block.
@@ -36,6 +36,9 @@ pub(crate) const MAX_BLOCK_INSTRUCTIONS: usize = 128;
 /// Host bytes a block can need at most (guest instructions rewritten through a scratch
 /// register take 40 bytes; the terminator and stubs fit in the rest).
 pub(crate) const MAX_BLOCK_HOST_BYTES: u64 = (MAX_BLOCK_INSTRUCTIONS as u64) * 48 + 1024;
+
+/// A block has at most this many exit stubs (two branch paths and its reentry stub).
+pub(crate) const MAX_BLOCK_STUBS: usize = 4;
 
 /// What the translator needs to know about the place a block goes.
 pub(crate) struct Env<'a> {
@@ -78,12 +81,20 @@ pub(crate) struct Translator {
 
 impl Translator {
     pub fn new() -> Translator {
+        // Every buffer is sized for the largest block now: translation must not allocate
+        // (see `directory`).
+        let mut encoder = Encoder::new(64);
+        encoder.set_buffer(Vec::with_capacity(64));
+        let mut info = InstructionInfoFactory::new();
+        // Let the factory size its internal buffers on an instruction with many operands.
+        let mut warm = Decoder::with_ip(64, &[0x62, 0xf2, 0x7d, 0x49, 0x90, 0x04, 0x88], 0, DecoderOptions::NONE);
+        let _ = info.info(&warm.decode()).used_registers().len();
         Translator {
-            asm: Asm::new(),
-            encoder: Encoder::new(64),
-            info: InstructionInfoFactory::new(),
-            exits: Vec::new(),
-            pending: Vec::new(),
+            asm: Asm::with_capacity(MAX_BLOCK_HOST_BYTES as usize),
+            encoder,
+            info,
+            exits: Vec::with_capacity(MAX_BLOCK_STUBS),
+            pending: Vec::with_capacity(MAX_BLOCK_STUBS),
         }
     }
 
@@ -217,9 +228,7 @@ impl Translator {
     }
 
     fn unsupported(&mut self, instr: &Instruction) {
-        let mut text = String::new();
-        IntelFormatter::new().format(instr, &mut text);
-        self.exit_to(instr.ip(), ExitKind::Unsupported(text), false);
+        self.exit_to(instr.ip(), ExitKind::Unsupported, false);
     }
 
     /// A straight-line instruction: copied, or re-encoded if RIP-relative.
@@ -384,6 +393,17 @@ impl Translator {
             self.exits.push(EmittedExit { target, site, stub, kind });
         }
     }
+}
+
+/// Disassembly of the instruction at `address` (for error messages).
+pub(crate) fn disassemble_at(address: u64) -> String {
+    // SAFETY: only called for an address the translator decoded before, so at least one
+    // instruction's bytes (15 at most, within the mapping it read) are readable.
+    let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, 15) };
+    let instr = Decoder::with_ip(64, bytes, address, DecoderOptions::NONE).decode();
+    let mut text = String::new();
+    IntelFormatter::new().format(&instr, &mut text);
+    text
 }
 
 /// Far, transactional and 16-bit control flow: refused with a clear error.

@@ -1,0 +1,118 @@
+//! Which memory is readable, from `/proc/self/maps`, without allocating: the translator
+//! needs to know how far it may read guest bytes, and it may run while the guest holds the
+//! heap lock (see `directory`).
+
+/// At most this many merged readable areas are remembered.
+const MAX_AREAS: usize = 8192;
+/// Buffer for one `read` of the maps file.
+const CHUNK: usize = 16 << 10;
+
+pub(crate) struct ReadableMaps {
+    /// Sorted, merged (start, end) of readable mappings; capacity reserved up front.
+    areas: Vec<(u64, u64)>,
+    valid: bool,
+}
+
+impl ReadableMaps {
+    pub fn new() -> ReadableMaps {
+        ReadableMaps { areas: Vec::with_capacity(MAX_AREAS), valid: false }
+    }
+
+    /// Forget what was read (mappings may have changed).
+    pub fn invalidate(&mut self) {
+        self.valid = false;
+    }
+
+    /// End of the contiguous readable memory containing `addr`, reading the maps again if
+    /// `addr` is not known to be readable.
+    pub fn end_of(&mut self, addr: u64) -> Option<u64> {
+        if self.valid {
+            if let Some(end) = self.find(addr) {
+                return Some(end);
+            }
+        }
+        self.reload();
+        self.find(addr)
+    }
+
+    fn find(&self, addr: u64) -> Option<u64> {
+        let i = self.areas.partition_point(|a| a.1 <= addr);
+        self.areas.get(i).filter(|a| a.0 <= addr).map(|a| a.1)
+    }
+
+    fn reload(&mut self) {
+        self.areas.clear();
+        self.valid = true;
+        // SAFETY: a plain open(2) of a NUL-terminated path; the descriptor is closed below.
+        let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            self.valid = false;
+            return;
+        }
+        let mut buf = [0u8; CHUNK];
+        let mut filled = 0usize;
+        loop {
+            // SAFETY: reading into the unused tail of our stack buffer.
+            let n = unsafe { libc::read(fd, buf[filled..].as_mut_ptr().cast(), CHUNK - filled) };
+            if n <= 0 {
+                break;
+            }
+            filled += n as usize;
+            let mut consumed = 0;
+            while let Some(nl) = buf[consumed..filled].iter().position(|&b| b == b'\n') {
+                self.add_line(&buf[consumed..consumed + nl]);
+                consumed += nl + 1;
+            }
+            buf.copy_within(consumed..filled, 0);
+            filled -= consumed;
+        }
+        // SAFETY: fd is ours.
+        unsafe { libc::close(fd) };
+    }
+
+    /// "start-end perms ...": keeps readable ones, merging adjacent areas.
+    fn add_line(&mut self, line: &[u8]) {
+        let mut fields = line.split(|&b| b == b' ');
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            return;
+        };
+        if perms.first() != Some(&b'r') {
+            return;
+        }
+        let Some(dash) = range.iter().position(|&b| b == b'-') else {
+            return;
+        };
+        let (Some(start), Some(end)) = (hex(&range[..dash]), hex(&range[dash + 1..])) else {
+            return;
+        };
+        if let Some(last) = self.areas.last_mut().filter(|l| l.1 == start) {
+            last.1 = end;
+        } else if self.areas.len() < MAX_AREAS {
+            self.areas.push((start, end));
+        }
+    }
+}
+
+fn hex(digits: &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for &d in digits {
+        v = v.checked_mul(16)? + (d as char).to_digit(16)? as u64;
+    }
+    Some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_stack_and_code_are_readable() {
+        let mut m = ReadableMaps::new();
+        let local = 5u64;
+        let here = &local as *const u64 as u64;
+        assert!(m.end_of(here).is_some_and(|e| e > here));
+        let code = own_stack_and_code_are_readable as fn() as usize as u64;
+        assert!(m.end_of(code).is_some_and(|e| e > code));
+        assert_eq!(m.end_of(8), None);
+    }
+}
