@@ -72,13 +72,19 @@ impl fmt::Display for VmError {
                 f,
                 "the guest reached undecodable bytes at {addr:#x}; the run stopped there with the guest state as it was before them"
             ),
-            VmError::UnsupportedInstruction { address, disassembly } => write!(
+            VmError::UnsupportedInstruction {
+                address,
+                disassembly,
+            } => write!(
                 f,
                 "the guest reached `{disassembly}` at {address:#x}, which the engine does not run (far, privileged or transactional control flow); exclude this code from the instrumented ranges"
             ),
             VmError::OutOfMemory(what) => write!(f, "out of memory: {what}"),
             VmError::Translation { address, reason } => {
-                write!(f, "cannot translate the instruction at {address:#x}: {reason}")
+                write!(
+                    f,
+                    "cannot translate the instruction at {address:#x}: {reason}"
+                )
             }
             VmError::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
         }

@@ -33,7 +33,9 @@ pub struct MemoryMap {
 #[must_use]
 pub fn current_process_maps(full_path: bool) -> Vec<MemoryMap> {
     let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    text.lines().filter_map(|l| parse_line(l, full_path)).collect()
+    text.lines()
+        .filter_map(|l| parse_line(l, full_path))
+        .collect()
 }
 
 /// Names of the mapped modules (each file with at least one executable mapping), full
@@ -42,7 +44,10 @@ pub fn current_process_maps(full_path: bool) -> Vec<MemoryMap> {
 pub fn module_names() -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     for m in current_process_maps(true) {
-        if m.permission.contains(Permission::EXEC) && m.name.starts_with('/') && !names.contains(&m.name) {
+        if m.permission.contains(Permission::EXEC)
+            && m.name.starts_with('/')
+            && !names.contains(&m.name)
+        {
             names.push(m.name);
         }
     }
@@ -109,7 +114,10 @@ mod tests {
     fn own_executable_code_is_in_an_executable_map() {
         let here = parses_a_maps_line as fn() as usize as Rword;
         let maps = current_process_maps(true);
-        let m = maps.iter().find(|m| m.range.contains(here)).expect("a map holds our code");
+        let m = maps
+            .iter()
+            .find(|m| m.range.contains(here))
+            .expect("a map holds our code");
         assert!(m.permission.contains(Permission::EXEC));
         assert!(module_names().iter().any(|n| n == &m.name));
         assert!(map_is_module(&m.name, m.name.rsplit('/').next().unwrap()));

@@ -65,7 +65,10 @@ pub fn allocate_virtual_stack(gpr: &mut GprState, size: usize) -> Result<Virtual
     let top = (p as Rword + size as Rword) & !15;
     gpr.rsp = top;
     gpr.rbp = top;
-    Ok(VirtualStack { base: p.cast(), size })
+    Ok(VirtualStack {
+        base: p.cast(),
+        size,
+    })
 }
 
 /// Prepares `gpr` as if a `call` had just been made with the SysV x86-64 convention: the
@@ -76,7 +79,10 @@ pub fn allocate_virtual_stack(gpr: &mut GprState, size: usize) -> Result<Virtual
 /// # Panics
 /// If `gpr.rsp` is 0 (no stack).
 pub fn simulate_call(gpr: &mut GprState, return_address: Rword, args: &[Rword]) {
-    assert!(gpr.rsp != 0, "simulate_call needs a stack: call allocate_virtual_stack first");
+    assert!(
+        gpr.rsp != 0,
+        "simulate_call needs a stack: call allocate_virtual_stack first"
+    );
     let regs = [
         &mut gpr.rdi as *mut Rword,
         &mut gpr.rsi,
@@ -94,7 +100,11 @@ pub fn simulate_call(gpr: &mut GprState, return_address: Rword, args: &[Rword]) 
     if stack_args.len() % 2 == 1 {
         sp -= 8;
     }
-    for value in stack_args.iter().rev().chain(std::iter::once(&return_address)) {
+    for value in stack_args
+        .iter()
+        .rev()
+        .chain(std::iter::once(&return_address))
+    {
         sp -= 8;
         // SAFETY: the caller gave the guest a stack at rsp; we write just below it, as a
         // native caller would.
@@ -121,9 +131,15 @@ pub fn aligned_alloc(size: usize, align: usize) -> Result<AlignedBuf, VmError> {
     // SAFETY: the layout has a non-zero size.
     let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
     if ptr.is_null() {
-        return Err(VmError::OutOfMemory(format!("{size} bytes aligned to {align}")));
+        return Err(VmError::OutOfMemory(format!(
+            "{size} bytes aligned to {align}"
+        )));
     }
-    Ok(AlignedBuf { ptr, len: size, layout })
+    Ok(AlignedBuf {
+        ptr,
+        len: size,
+        layout,
+    })
 }
 
 impl AlignedBuf {
@@ -166,11 +182,17 @@ mod tests {
         let _stack = allocate_virtual_stack(&mut gpr, 0x4000).unwrap();
         let top = gpr.rsp;
         simulate_call(&mut gpr, 0x42, &[1, 2, 3, 4, 5, 6, 7, 8, 9]);
-        assert_eq!((gpr.rdi, gpr.rsi, gpr.rdx, gpr.rcx, gpr.r8, gpr.r9), (1, 2, 3, 4, 5, 6));
+        assert_eq!(
+            (gpr.rdi, gpr.rsi, gpr.rdx, gpr.rcx, gpr.r8, gpr.r9),
+            (1, 2, 3, 4, 5, 6)
+        );
         assert_eq!((gpr.rsp + 8) % 16, 0);
         let read = |a: Rword| unsafe { *(a as *const Rword) };
         assert_eq!(read(gpr.rsp), 0x42);
-        assert_eq!([read(gpr.rsp + 8), read(gpr.rsp + 16), read(gpr.rsp + 24)], [7, 8, 9]);
+        assert_eq!(
+            [read(gpr.rsp + 8), read(gpr.rsp + 16), read(gpr.rsp + 24)],
+            [7, 8, 9]
+        );
         assert!(gpr.rsp < top);
     }
 

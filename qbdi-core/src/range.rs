@@ -97,7 +97,10 @@ impl RangeSet {
     /// Whether every address of `r` is in the set.
     #[must_use]
     pub fn contains_range(&self, r: Range) -> bool {
-        r.is_empty() || self.range_containing(r.start).is_some_and(|c| r.end <= c.end)
+        r.is_empty()
+            || self
+                .range_containing(r.start)
+                .is_some_and(|c| r.end <= c.end)
     }
 
     /// Whether some address of `r` is in the set.

@@ -49,9 +49,26 @@ impl GprState {
     #[must_use]
     pub fn as_array(&self) -> [Rword; 20] {
         [
-            self.rax, self.rbx, self.rcx, self.rdx, self.rsi, self.rdi, self.r8, self.r9,
-            self.r10, self.r11, self.r12, self.r13, self.r14, self.r15, self.rbp, self.rsp,
-            self.rip, self.eflags, self.fs, self.gs,
+            self.rax,
+            self.rbx,
+            self.rcx,
+            self.rdx,
+            self.rsi,
+            self.rdi,
+            self.r8,
+            self.r9,
+            self.r10,
+            self.r11,
+            self.r12,
+            self.r13,
+            self.r14,
+            self.r15,
+            self.rbp,
+            self.rsp,
+            self.rip,
+            self.eflags,
+            self.fs,
+            self.gs,
         ]
     }
 }

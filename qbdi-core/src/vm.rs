@@ -43,7 +43,10 @@ impl Vm {
     /// A Vm with the given options.
     #[must_use]
     pub fn with_options(options: Options) -> Vm {
-        let gpr = GprState { eflags: DEFAULT_EFLAGS, ..GprState::default() };
+        let gpr = GprState {
+            eflags: DEFAULT_EFLAGS,
+            ..GprState::default()
+        };
         Vm {
             options,
             gpr,
@@ -211,7 +214,13 @@ impl Vm {
         }
         self.errno_set = false;
         self.gpr.rip = start;
-        let result = self.engine.run(&mut self.gpr, &mut self.fpr, &mut self.errno, &self.ranges, stop);
+        let result = self.engine.run(
+            &mut self.gpr,
+            &mut self.fpr,
+            &mut self.errno,
+            &self.ranges,
+            stop,
+        );
         if !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP) {
             // The guest's errno is what the thread sees after the run, as after a native call.
             // SAFETY: as above.

@@ -151,7 +151,7 @@ fn instrumented_qsort_calls_a_native_comparator_and_sorts() {
             v.as_mut_ptr() as u64,
             v.len() as u64,
             4,
-            compare_u32 as usize as u64,
+            compare_u32 as extern "C" fn(*const c_void, *const c_void) -> c_int as usize as u64,
         ],
     )
     .unwrap();
@@ -175,7 +175,7 @@ fn instrumented_snprintf_formats_like_native() {
             128,
             fmt.as_ptr(),
             -42,
-            3.14159f64,
+            1.23456f64,
             6.02e23f64,
             word.as_ptr(),
             0xbeefu32,
@@ -184,7 +184,7 @@ fn instrumented_snprintf_formats_like_native() {
     };
     let mut guest = [0u8; 128];
     let fpr = vm.fpr_state_mut();
-    fpr.xmm0[..8].copy_from_slice(&3.14159f64.to_le_bytes());
+    fpr.xmm0[..8].copy_from_slice(&1.23456f64.to_le_bytes());
     fpr.xmm1[..8].copy_from_slice(&6.02e23f64.to_le_bytes());
     fpr.xmm2[..8].copy_from_slice(&1e-5f64.to_le_bytes());
     vm.gpr_state_mut().rax = 3;
@@ -209,7 +209,7 @@ fn instrumented_snprintf_formats_like_native() {
     assert_eq!(a, b);
     assert_eq!(
         a.to_str().unwrap(),
-        "-42| 3.14|6.020000e+23|word|beef|1e-05"
+        "-42| 1.23|6.020000e+23|word|beef|1e-05"
     );
 }
 
@@ -251,7 +251,7 @@ fn instrumented_libm_sin_and_pow_match_native() {
     let sin_addr = resolve("sin");
     vm.add_instrumented_module_from_addr(sin_addr).unwrap();
     let _ = sin_fn;
-    for x in [0.0f64, 0.5, 1.0, -2.5, 3.141592653589793, 1e6, 1e-300] {
+    for x in [0.0f64, 0.5, 1.0, -2.5, std::f64::consts::PI, 1e6, 1e-300] {
         vm.fpr_state_mut().xmm0[..8].copy_from_slice(&x.to_le_bytes());
         vm.call(sin_addr, &[]).unwrap();
         let got = f64::from_le_bytes(vm.fpr_state().xmm0[..8].try_into().unwrap());

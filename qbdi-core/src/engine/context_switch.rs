@@ -66,7 +66,13 @@ pub(crate) fn emit_runtime(a: &mut Asm, ctx: u64, table: u64, fp: Option<XSaveKi
     a.store_imm32(ctx + off::EXIT_ID, EXIT_STOP);
     a.jmp_to(exit);
     a.finish();
-    Runtime { enter, exit, ib_miss, broker, stop_return }
+    Runtime {
+        enter,
+        exit,
+        ib_miss,
+        broker,
+        stop_return,
+    }
 }
 
 fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {

@@ -118,7 +118,14 @@ impl Directory {
 
     pub fn push_stub(&mut self, target: u64, site: u64, stub: u64, kind: ExitKind) {
         assert!(self.stubs.len() < MAX_STUBS, "callers check has_room");
-        self.stubs.push(ExitStub { target, site, stub, kind, linked: false, next_incoming: NONE });
+        self.stubs.push(ExitStub {
+            target,
+            site,
+            stub,
+            kind,
+            linked: false,
+            next_incoming: NONE,
+        });
     }
 
     fn slot_of(&self, start: u64) -> usize {
@@ -180,7 +187,9 @@ impl Directory {
     /// Records that stub `i` is linked to the block at its target.
     pub fn mark_linked(&mut self, i: u32) {
         let target = self.stubs[i as usize].target;
-        let b = self.lookup_index(target).expect("linked only to live blocks");
+        let b = self
+            .lookup_index(target)
+            .expect("linked only to live blocks");
         let head = self.blocks[b as usize].incoming;
         let s = &mut self.stubs[i as usize];
         s.linked = true;
@@ -247,7 +256,10 @@ impl Directory {
         let last_page = (end - 1) >> 12;
         if last_page - first_page >= PAGE_BUCKETS as u64 {
             out.extend(
-                self.blocks.iter().filter(|b| b.live && b.start < end && start < b.end).map(|b| b.start),
+                self.blocks
+                    .iter()
+                    .filter(|b| b.live && b.start < end && start < b.end)
+                    .map(|b| b.start),
             );
             return;
         }

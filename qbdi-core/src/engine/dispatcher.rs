@@ -91,7 +91,9 @@ impl Engine {
                 }
                 Err(e) => {
                     // The guest stopped at the faulting instruction, state as it was.
-                    if let VmError::InvalidInstruction(a) | VmError::UnsupportedInstruction { address: a, .. } = e {
+                    if let VmError::InvalidInstruction(a)
+                    | VmError::UnsupportedInstruction { address: a, .. } = e
+                    {
                         pc = a;
                     }
                     break Err(e);

@@ -84,7 +84,8 @@ impl Asm {
     /// are bugs of the emitting code, never of the guest.
     pub fn finish(&mut self) {
         for &(at, l, size) in &self.fixups {
-            let target = self.labels[l.0 as usize].expect("every label is bound before finish") as i64;
+            let target =
+                self.labels[l.0 as usize].expect("every label is bound before finish") as i64;
             let end = i64::from(at) + i64::from(size);
             let rel = target - end;
             let at = at as usize;
@@ -238,7 +239,9 @@ impl Asm {
     pub fn jmp_to(&mut self, target: u64) -> u64 {
         self.buf.push(0xe9);
         let site = self.here();
-        let rel = self.rel32_to(target).expect("code cache branch within +/-2 GiB");
+        let rel = self
+            .rel32_to(target)
+            .expect("code cache branch within +/-2 GiB");
         self.u32(rel as u32);
         site
     }
@@ -412,7 +415,9 @@ mod tests {
         a.push_imm64(0x7fff_1234_5678);
         a.lea_rsp(24);
         a.rcx_diff(RAX);
-        a.bytes(&[0x0f, 0xb7, 0xd1, 0x48, 0x8d, 0x14, 0xd5, 0, 0, 0, 0, 0x48, 0x8d, 0x14, 0x50]);
+        a.bytes(&[
+            0x0f, 0xb7, 0xd1, 0x48, 0x8d, 0x14, 0xd5, 0, 0, 0, 0, 0x48, 0x8d, 0x14, 0x50,
+        ]);
         a.mov_imm64(R12, 5);
         a.mov_rr(RCX, R15);
         a.push_mem(0x2000);

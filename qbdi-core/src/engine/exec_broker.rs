@@ -18,7 +18,11 @@ const RETURN_ADDRESS_SLOTS: u64 = 3;
 impl Engine {
     /// Prepares a native transfer to `pc`: finds the guest return address on the stack and
     /// redirects it into the cache. Returns false when there is none.
-    pub(super) fn transfer_to_native(&mut self, pc: u64, ranges: &RangeSet) -> Result<bool, VmError> {
+    pub(super) fn transfer_to_native(
+        &mut self,
+        pc: u64,
+        ranges: &RangeSet,
+    ) -> Result<bool, VmError> {
         let ctx = self.cache().ctx();
         // SAFETY: the context is live; the dispatcher is not running guest code.
         let rsp = unsafe { (*ctx).gpr.rsp };

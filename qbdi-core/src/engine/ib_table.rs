@@ -31,7 +31,11 @@ impl IbTable {
     /// # Safety
     /// `base` points to `TABLE_BYTES` writable bytes that outlive the table.
     pub unsafe fn new(base: u64, empty_host: u64) -> IbTable {
-        let t = IbTable { entries: base as *mut Entry, empty_host, has_natives: false.into() };
+        let t = IbTable {
+            entries: base as *mut Entry,
+            empty_host,
+            has_natives: false.into(),
+        };
         t.clear();
         t
     }
@@ -52,7 +56,10 @@ impl IbTable {
         // SAFETY: in bounds, as above.
         unsafe {
             if (*s).guest == guest {
-                s.write(Entry { guest: 0, host: self.empty_host });
+                s.write(Entry {
+                    guest: 0,
+                    host: self.empty_host,
+                });
             }
         }
     }
@@ -68,7 +75,10 @@ impl IbTable {
             unsafe {
                 let e = self.entries.add(i);
                 if (*e).host == broker && (start..end).contains(&(*e).guest) {
-                    e.write(Entry { guest: 0, host: self.empty_host });
+                    e.write(Entry {
+                        guest: 0,
+                        host: self.empty_host,
+                    });
                 }
             }
         }
@@ -84,7 +94,12 @@ impl IbTable {
         self.has_natives.set(false);
         for i in 0..ENTRIES {
             // SAFETY: i < ENTRIES.
-            unsafe { self.entries.add(i).write(Entry { guest: 0, host: self.empty_host }) }
+            unsafe {
+                self.entries.add(i).write(Entry {
+                    guest: 0,
+                    host: self.empty_host,
+                })
+            }
         }
     }
 }

@@ -15,7 +15,10 @@ pub(crate) struct ReadableMaps {
 
 impl ReadableMaps {
     pub fn new() -> ReadableMaps {
-        ReadableMaps { areas: Vec::with_capacity(MAX_AREAS), valid: false }
+        ReadableMaps {
+            areas: Vec::with_capacity(MAX_AREAS),
+            valid: false,
+        }
     }
 
     /// Forget what was read (mappings may have changed).
@@ -26,10 +29,8 @@ impl ReadableMaps {
     /// End of the contiguous readable memory containing `addr`, reading the maps again if
     /// `addr` is not known to be readable.
     pub fn end_of(&mut self, addr: u64) -> Option<u64> {
-        if self.valid {
-            if let Some(end) = self.find(addr) {
-                return Some(end);
-            }
+        if let Some(end) = self.find(addr).filter(|_| self.valid) {
+            return Some(end);
         }
         self.reload();
         self.find(addr)
@@ -44,7 +45,12 @@ impl ReadableMaps {
         self.areas.clear();
         self.valid = true;
         // SAFETY: a plain open(2) of a NUL-terminated path; the descriptor is closed below.
-        let fd = unsafe { libc::open(c"/proc/self/maps".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::open(
+                c"/proc/self/maps".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
         if fd < 0 {
             self.valid = false;
             return;

@@ -96,7 +96,9 @@ impl Engine {
         if range.is_empty() {
             return;
         }
-        cache.table.remove_natives_in(range.start, range.end, cache.runtime.broker);
+        cache
+            .table
+            .remove_natives_in(range.start, range.end, cache.runtime.broker);
         let mut doomed = std::mem::take(&mut self.scratch);
         dir.overlapping(range.start, range.end, &mut doomed);
         for &start in &doomed {
@@ -132,17 +134,28 @@ impl Engine {
     }
 
     fn cache(&self) -> &CodeCache {
-        &self.cache.as_ref().expect("the cache exists once a run or precache started").0
+        &self
+            .cache
+            .as_ref()
+            .expect("the cache exists once a run or precache started")
+            .0
     }
 
     fn dir(&self) -> &Directory {
-        &self.cache.as_ref().expect("the cache exists once a run or precache started").1
+        &self
+            .cache
+            .as_ref()
+            .expect("the cache exists once a run or precache started")
+            .1
     }
 
     /// Translates the block at `pc` and enters it in the directory and the inline table.
     /// Allocates nothing (see `directory`).
     fn translate(&mut self, pc: u64, ranges: &RangeSet) -> Result<u64, VmError> {
-        let readable_end = self.readable.end_of(pc).ok_or(VmError::AddressNotMapped(pc))?;
+        let readable_end = self
+            .readable
+            .end_of(pc)
+            .ok_or(VmError::AddressNotMapped(pc))?;
         let limit = ranges.range_containing(pc).map_or(readable_end, |r| r.end);
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
         if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) {

@@ -20,9 +20,9 @@
 //!
 //! Nothing emitted touches RFLAGS or writes below the guest's rsp.
 
-use super::directory::ExitKind;
 use super::context::off;
 use super::context_switch::Runtime;
+use super::directory::ExitKind;
 use super::emitter::{Asm, Label, RCX};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use crate::error::VmError;
@@ -87,7 +87,12 @@ impl Translator {
         encoder.set_buffer(Vec::with_capacity(64));
         let mut info = InstructionInfoFactory::new();
         // Let the factory size its internal buffers on an instruction with many operands.
-        let mut warm = Decoder::with_ip(64, &[0x62, 0xf2, 0x7d, 0x49, 0x90, 0x04, 0x88], 0, DecoderOptions::NONE);
+        let mut warm = Decoder::with_ip(
+            64,
+            &[0x62, 0xf2, 0x7d, 0x49, 0x90, 0x04, 0x88],
+            0,
+            DecoderOptions::NONE,
+        );
         let _ = info.info(&warm.decode()).used_registers().len();
         Translator {
             asm: Asm::with_capacity(MAX_BLOCK_HOST_BYTES as usize),
@@ -138,7 +143,11 @@ impl Translator {
             }
             ip = instr.next_ip();
         }
-        let guest_end = if count == 0 { pc + 1 } else { instr.next_ip().max(ip) };
+        let guest_end = if count == 0 {
+            pc + 1
+        } else {
+            instr.next_ip().max(ip)
+        };
         // The reentry stub: where an invalidated block's entry will jump.
         let reentry_label = self.asm.new_label();
         self.pending.push((reentry_label, pc, 0, ExitKind::Reentry));
@@ -251,10 +260,12 @@ impl Translator {
         // Out of rel32 reach: address the operand through a scratch register the
         // instruction does not use, spilled to the context.
         let target = instr.ip_rel_memory_address();
-        let scratch = self.free_register(instr).ok_or_else(|| VmError::Translation {
-            address: instr.ip(),
-            reason: "a far RIP-relative operand and no free register to rewrite it".into(),
-        })?;
+        let scratch = self
+            .free_register(instr)
+            .ok_or_else(|| VmError::Translation {
+                address: instr.ip(),
+                reason: "a far RIP-relative operand and no free register to rewrite it".into(),
+            })?;
         let (r, n) = scratch;
         self.asm.store(env.ctx + off::SPILL_FAR, n);
         self.asm.mov_imm64(n, target);
@@ -281,7 +292,10 @@ impl Translator {
                 self.append_encoded();
                 Ok(())
             }
-            Err(e) => Err(VmError::Translation { address: guest_ip, reason: e.to_string() }),
+            Err(e) => Err(VmError::Translation {
+                address: guest_ip,
+                reason: e.to_string(),
+            }),
         }
     }
 
@@ -303,7 +317,9 @@ impl Translator {
         ];
         let info = self.info.info(instr);
         CANDIDATES.into_iter().find(|(c, _)| {
-            info.used_registers().iter().all(|u| u.register().full_register() != *c)
+            info.used_registers()
+                .iter()
+                .all(|u| u.register().full_register() != *c)
         })
     }
 
@@ -314,7 +330,11 @@ impl Translator {
         match instr.flow_control() {
             FlowControl::Return => {
                 self.asm.load_rcx_from_stack_top();
-                let pop = 8 + if instr.op_count() > 0 { i32::from(instr.immediate16()) } else { 0 };
+                let pop = 8 + if instr.op_count() > 0 {
+                    i32::from(instr.immediate16())
+                } else {
+                    0
+                };
                 self.asm.lea_rsp(pop);
             }
             _ => {
@@ -324,7 +344,13 @@ impl Translator {
                 }
             }
         }
-        emit_lookup(&mut self.asm, ctx, env.table, Miss::Addr(env.runtime.ib_miss), true);
+        emit_lookup(
+            &mut self.asm,
+            ctx,
+            env.table,
+            Miss::Addr(env.runtime.ib_miss),
+            true,
+        );
         self.asm.store(ctx + off::IB_JUMP, super::emitter::RAX);
         emit_restore(&mut self.asm, ctx);
         self.asm.jmp_mem(ctx + off::IB_JUMP);
@@ -345,7 +371,10 @@ impl Translator {
             }
             OpKind::Memory => {
                 let mem = if instr.is_ip_rel_memory_operand() {
-                    MemoryOperand::with_base_displ(Register::RIP, instr.ip_rel_memory_address() as i64)
+                    MemoryOperand::with_base_displ(
+                        Register::RIP,
+                        instr.ip_rel_memory_address() as i64,
+                    )
                 } else {
                     MemoryOperand::new(
                         instr.memory_base(),
@@ -357,8 +386,13 @@ impl Translator {
                         instr.segment_prefix(),
                     )
                 };
-                let mov = Instruction::with2(Code::Mov_r64_rm64, Register::RCX, mem)
-                    .map_err(|e| VmError::Translation { address: instr.ip(), reason: e.to_string() })?;
+                let mov =
+                    Instruction::with2(Code::Mov_r64_rm64, Register::RCX, mem).map_err(|e| {
+                        VmError::Translation {
+                            address: instr.ip(),
+                            reason: e.to_string(),
+                        }
+                    })?;
                 if self.encoder.encode(&mov, self.asm.here()).is_ok() {
                     self.append_encoded();
                 } else {
@@ -380,7 +414,8 @@ impl Translator {
     fn exit_to(&mut self, target: u64, kind: ExitKind, linkable: bool) {
         let l = self.asm.new_label();
         let site = self.asm.jmp_label(l);
-        self.pending.push((l, target, if linkable { site } else { 0 }, kind));
+        self.pending
+            .push((l, target, if linkable { site } else { 0 }, kind));
     }
 
     /// Emits the stubs: `mov dword [ctx.exit_id], id; jmp exit`.
@@ -388,9 +423,15 @@ impl Translator {
         for (i, (label, target, site, kind)) in self.pending.drain(..).enumerate() {
             self.asm.bind(label);
             let stub = self.asm.here();
-            self.asm.store_imm32(env.ctx + off::EXIT_ID, env.first_stub_id + i as u32);
+            self.asm
+                .store_imm32(env.ctx + off::EXIT_ID, env.first_stub_id + i as u32);
             self.asm.jmp_to(env.runtime.exit);
-            self.exits.push(EmittedExit { target, site, stub, kind });
+            self.exits.push(EmittedExit {
+                target,
+                site,
+                stub,
+                kind,
+            });
         }
     }
 }

@@ -75,7 +75,11 @@ impl XSaveKind {
     /// component is present, so a user may edit any field and `xrstor` loads it.
     pub fn complete_after_save(self, fpr: &mut FprState) {
         fpr.mxcsr &= 0xffff;
-        fpr.mxcsrmask = if fpr.mxcsrmask == 0 { 0xffff } else { fpr.mxcsrmask };
+        fpr.mxcsrmask = if fpr.mxcsrmask == 0 {
+            0xffff
+        } else {
+            fpr.mxcsrmask
+        };
         let XSaveKind::XSave(mask) = self else {
             return;
         };
@@ -91,8 +95,14 @@ impl XSaveKind {
             fpr.dp = 0;
             fpr.ds = 0;
             for r in [
-                &mut fpr.stmm0, &mut fpr.stmm1, &mut fpr.stmm2, &mut fpr.stmm3, &mut fpr.stmm4,
-                &mut fpr.stmm5, &mut fpr.stmm6, &mut fpr.stmm7,
+                &mut fpr.stmm0,
+                &mut fpr.stmm1,
+                &mut fpr.stmm2,
+                &mut fpr.stmm3,
+                &mut fpr.stmm4,
+                &mut fpr.stmm5,
+                &mut fpr.stmm6,
+                &mut fpr.stmm7,
             ] {
                 *r = [0; 16];
             }
