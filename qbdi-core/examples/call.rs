@@ -42,7 +42,9 @@ fn run(library: &str, symbol: &str, args: &[String]) -> Result<bool, String> {
     let function = unsafe {
         let handle = libc::dlopen(lib.as_ptr(), libc::RTLD_NOW);
         if handle.is_null() {
-            return Err(format!("cannot load {library}: check the name (e.g. libc.so.6) or give a path"));
+            return Err(format!(
+                "cannot load {library}: check the name (e.g. libc.so.6) or give a path"
+            ));
         }
         let f = libc::dlsym(handle, sym.as_ptr());
         if f.is_null() {
@@ -53,7 +55,10 @@ fn run(library: &str, symbol: &str, args: &[String]) -> Result<bool, String> {
     let texts: Vec<CString> = args
         .iter()
         .filter(|a| parse_int(a).is_none())
-        .map(|a| CString::new(a.strip_prefix("s:").unwrap_or(a)).map_err(|_| format!("argument {a:?} contains a NUL byte")))
+        .map(|a| {
+            CString::new(a.strip_prefix("s:").unwrap_or(a))
+                .map_err(|_| format!("argument {a:?} contains a NUL byte"))
+        })
         .collect::<Result<_, _>>()?;
     let mut next_text = texts.iter();
     let values: Vec<u64> = args
@@ -66,10 +71,13 @@ fn run(library: &str, symbol: &str, args: &[String]) -> Result<bool, String> {
 
     let mut vm = Vm::new();
     let _stack = allocate_virtual_stack(vm.gpr_state_mut(), 8 << 20).map_err(|e| e.to_string())?;
-    vm.add_instrumented_module_from_addr(function).map_err(|e| e.to_string())?;
+    vm.add_instrumented_module_from_addr(function)
+        .map_err(|e| e.to_string())?;
     let under_vm = vm.call(function, &values).map_err(|e| e.to_string())?;
     let native = call_native(function, &values);
-    println!("{symbol}{args:?}: native {native:#x} ({native}), under the Vm {under_vm:#x} ({under_vm})");
+    println!(
+        "{symbol}{args:?}: native {native:#x} ({native}), under the Vm {under_vm:#x} ({under_vm})"
+    );
     Ok(native == under_vm)
 }
 
@@ -79,7 +87,8 @@ fn call_native(function: u64, a: &[u64]) -> u64 {
     // SAFETY: the user names a function taking up to six integer arguments; extra zero
     // arguments in registers are ignored by a SysV callee.
     unsafe {
-        let f: extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64 = std::mem::transmute(function as usize);
+        let f: extern "C" fn(u64, u64, u64, u64, u64, u64) -> u64 =
+            std::mem::transmute(function as usize);
         f(v[0], v[1], v[2], v[3], v[4], v[5])
     }
 }

@@ -69,12 +69,14 @@ diff_asm_flags_chain:
 8:  ret
     .size diff_asm_flags_chain, .-diff_asm_flags_chain
 
-/* uint64_t diff_asm_loops(uint64_t n): loop, jrcxz, loopnz and jecxz. */
+/* uint64_t diff_asm_loops(uint64_t n): loop and jrcxz over n & 0xfffff, loopnz, and jecxz
+ * on the full n (n = 1 << 32 takes jecxz, not jrcxz). */
     .globl diff_asm_loops
     .type diff_asm_loops,@function
 diff_asm_loops:
     xor eax, eax
     mov rcx, rdi
+    and rcx, 0xfffff
     jrcxz 2f
 1:  add rax, rcx
     loop 1b
@@ -86,10 +88,12 @@ diff_asm_loops:
     loopnz 3b
     imul rcx, rcx, 1000
     add rax, rcx
-    mov ecx, edi
+    mov rcx, rdi
     jecxz 4f
     add rax, 7
-4:  ret
+4:  jrcxz 5f
+    add rax, 11
+5:  ret
     .size diff_asm_loops, .-diff_asm_loops
 
 /* uint64_t diff_asm_pushf_popf(uint64_t a): sets CF PF AF ZF SF OF from a with popfq and

@@ -737,7 +737,18 @@ fn loops_nested_early_exit_and_data_dependent() {
     for x in [0u64, 1, 2, 27, 97, 871, 837_799, 1 << 40] {
         same!(&mut g, diff_collatz_steps(x));
     }
-    for n in [0u64, 1, 2, 100, 255, 256, 100_000, 0x1_0000_0000] {
+    for n in [
+        0u64,
+        1,
+        2,
+        100,
+        255,
+        256,
+        100_000,
+        0x1_0000_0000,
+        0x1_0000_0003,
+        u64::MAX,
+    ] {
         same!(&mut g, diff_asm_loops(n));
     }
 }
@@ -907,9 +918,11 @@ fn rip_relative_tables_and_addresses() {
         same!(&mut g, diff_asm_riprel(i));
     }
     // The guest sees guest addresses: lea rip, call/pop and a pushed return address.
-    same!(&mut g, diff_asm_lea_rip());
-    same!(&mut g, diff_asm_get_pc());
-    same!(&mut g, diff_asm_ret_addr());
+    for _ in 0..3 {
+        same!(&mut g, diff_asm_lea_rip());
+        same!(&mut g, diff_asm_get_pc());
+        same!(&mut g, diff_asm_ret_addr());
+    }
 }
 
 #[test]
@@ -1302,20 +1315,42 @@ fn strtol_sets_errno_erange_like_native() {
             );
         }
     }
-    let strs = [
-        c"1",
-        c"18446744073709551616",
-        c"0x10",
-        c"-1",
-        c"99999999999999999999999",
-        c"7",
+    // Lists of strings for strtoul; the guest resets errno before each and counts ERANGE.
+    let lists: [(&[&CStr], i32); 3] = [
+        (
+            &[
+                c"1",
+                c"18446744073709551616",
+                c"0x10",
+                c"-1",
+                c"99999999999999999999999",
+                c"7",
+            ],
+            2,
+        ),
+        (&[c"18446744073709551615", c"0", c"", c"0777"], 0),
+        (&[c"0xffffffffffffffffff"], 1),
     ];
-    let ptrs: Vec<*const c_char> = strs.iter().map(|s| s.as_ptr()).collect();
-    let p = ptrs.as_ptr();
-    let n = ptrs.len();
-    let (ranges, _) = same_buf!(&mut g, &[0xcc; 48], diff_strtoul_count_erange(p, n, OUT));
-    assert_eq!(ranges, 2, "native ERANGE count");
-    assert_eq!(g.vm.errno(), 0, "errno left by the last strtoul");
+    for (strs, erange) in lists {
+        let ptrs: Vec<*const c_char> = strs.iter().map(|s| s.as_ptr()).collect();
+        let p = ptrs.as_ptr();
+        let n = ptrs.len();
+        set_errno(0);
+        g.vm.set_errno(0);
+        let (ranges, _) = same_buf!(&mut g, &[0xcc; 48], diff_strtoul_count_erange(p, n, OUT));
+        assert_eq!(ranges, erange, "native ERANGE count of {strs:?}");
+        let last = if erange == 1 { libc::ERANGE } else { 0 };
+        assert_eq!(
+            g.vm.errno(),
+            last,
+            "vm.errno() after the last strtoul of {strs:?}"
+        );
+        assert_eq!(
+            errno(),
+            last,
+            "errno after the run, last strtoul of {strs:?}"
+        );
+    }
 }
 
 #[test]

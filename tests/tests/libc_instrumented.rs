@@ -297,3 +297,74 @@ fn instrumented_malloc_and_free_do_not_deadlock_with_the_dispatcher() {
         vm.call(free_fn, &[p]).unwrap();
     }
 }
+
+extern "C" fn square(x: u64) -> u64 {
+    x.wrapping_mul(x)
+}
+
+#[test]
+fn libc_far_from_the_code_cache_runs_with_rewritten_rip_relative_operands() {
+    // The cache is placed near the first code run: this test binary. libc is mapped far
+    // away (more than 2 GiB), so its RIP-relative operands cannot stay RIP-relative and
+    // go through a scratch register instead.
+    let mut vm = Vm::new();
+    let _stack = allocate_virtual_stack(vm.gpr_state_mut(), 8 << 20).unwrap();
+    let square_fn = square as extern "C" fn(u64) -> u64 as usize as u64;
+    vm.add_instrumented_module_from_addr(square_fn).unwrap();
+    assert_eq!(vm.call(square_fn, &[12]).unwrap(), 144);
+    let strtol_fn = addr(
+        libc::strtol
+            as unsafe extern "C" fn(*const c_char, *mut *mut c_char, c_int) -> libc::c_long,
+    );
+    let distance = strtol_fn.abs_diff(square_fn);
+    assert!(
+        distance > 1 << 31,
+        "libc is {distance:#x} bytes from the test binary: not far enough for this test"
+    );
+    vm.add_instrumented_module("libc.so.6").unwrap();
+    let snprintf_fn = addr(
+        libc::snprintf as unsafe extern "C" fn(*mut c_char, usize, *const c_char, ...) -> c_int,
+    );
+    let fmt = c"[%s] %ld %08x %-6d|";
+    let word = c"far";
+    let mut native = [0u8; 64];
+    // SAFETY: the format matches the arguments.
+    unsafe {
+        libc::snprintf(
+            native.as_mut_ptr().cast(),
+            64,
+            fmt.as_ptr(),
+            word.as_ptr(),
+            -7i64,
+            0x1234u32,
+            42,
+        )
+    };
+    let mut guest = [0u8; 64];
+    vm.gpr_state_mut().rax = 0;
+    let args = [
+        guest.as_mut_ptr() as u64,
+        64,
+        fmt.as_ptr() as u64,
+        word.as_ptr() as u64,
+        (-7i64) as u64,
+        0x1234,
+        42,
+    ];
+    let saved_rsp = vm.gpr_state().rsp;
+    qbdi_core::simulate_call(vm.gpr_state_mut(), qbdi_core::FAKE_RETURN_ADDRESS, &args);
+    vm.run(snprintf_fn, qbdi_core::FAKE_RETURN_ADDRESS).unwrap();
+    vm.gpr_state_mut().rsp = saved_rsp;
+    assert_eq!(
+        CStr::from_bytes_until_nul(&guest).unwrap(),
+        CStr::from_bytes_until_nul(&native).unwrap()
+    );
+    for text in [c"123", c"-99999", c"0x10"] {
+        // SAFETY: NUL-terminated text.
+        let native = unsafe { libc::strtol(text.as_ptr(), std::ptr::null_mut(), 0) };
+        assert_eq!(
+            vm.call(strtol_fn, &[text.as_ptr() as u64, 0, 0]).unwrap() as libc::c_long,
+            native
+        );
+    }
+}

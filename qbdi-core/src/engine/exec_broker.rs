@@ -26,14 +26,20 @@ impl Engine {
         let ctx = self.cache().ctx();
         // SAFETY: the context is live; the dispatcher is not running guest code.
         let rsp = unsafe { (*ctx).gpr.rsp };
-        if rsp == 0 || rsp % 8 != 0 {
+        if rsp % 8 != 0 {
             return Ok(false);
         }
-        for i in 0..RETURN_ADDRESS_SLOTS {
+        // Only the slots that are mapped: a guest that jumps out with a wild stack pointer
+        // gets its own fault in native code, not one in the dispatcher.
+        let Some(stack_end) = self.readable.end_of(rsp) else {
+            return Ok(false);
+        };
+        let slots = ((stack_end - rsp) / 8).min(RETURN_ADDRESS_SLOTS);
+        for i in 0..slots {
             let slot = (rsp + 8 * i) as *mut u64;
-            // SAFETY: the guest's stack is mapped at rsp and above (it just executed a call
-            // or a jump with this stack); we read and write words of it as the native callee
-            // itself would.
+            // SAFETY: the slot is in readable memory (checked above) and the guest's stack
+            // (it just executed a call or a jump with this stack pointer); we read and write
+            // words of it as the native callee itself would.
             let value = unsafe { slot.read() };
             let redirect = if value == self.stop {
                 self.cache().runtime.stop_return

@@ -257,6 +257,7 @@ impl Translator {
             self.append_encoded();
             return Ok(());
         }
+        self.discard_encoded();
         // Out of rel32 reach: address the operand through a scratch register the
         // instruction does not use, spilled to the context.
         let target = instr.ip_rel_memory_address();
@@ -286,16 +287,26 @@ impl Translator {
         self.encoder.set_buffer(buf);
     }
 
+    /// Drops what a failed encode may have left in the encoder's buffer.
+    fn discard_encoded(&mut self) {
+        let mut buf = self.encoder.take_buffer();
+        buf.clear();
+        self.encoder.set_buffer(buf);
+    }
+
     fn encode_or_err(&mut self, instr: &Instruction, guest_ip: u64) -> Result<(), VmError> {
         match self.encoder.encode(instr, self.asm.here()) {
             Ok(_) => {
                 self.append_encoded();
                 Ok(())
             }
-            Err(e) => Err(VmError::Translation {
-                address: guest_ip,
-                reason: e.to_string(),
-            }),
+            Err(e) => {
+                self.discard_encoded();
+                Err(VmError::Translation {
+                    address: guest_ip,
+                    reason: e.to_string(),
+                })
+            }
         }
     }
 
@@ -396,6 +407,7 @@ impl Translator {
                 if self.encoder.encode(&mov, self.asm.here()).is_ok() {
                     self.append_encoded();
                 } else {
+                    self.discard_encoded();
                     // A RIP-relative slot out of reach: load its address first.
                     self.asm.mov_imm64(RCX, instr.ip_rel_memory_address());
                     self.asm.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
