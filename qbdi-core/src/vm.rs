@@ -2,13 +2,22 @@
 //! instrumented ranges and the engine (code cache, translator, dispatcher); it turns API
 //! calls into engine requests and checks their arguments.
 
+use crate::analysis::{AnalysisType, InstAnalysis};
+use crate::callback::{CallbackId, InstPosition, VmAction, VmEvent, VmState};
 use crate::engine::Engine;
 use crate::error::VmError;
-use crate::maps::{Permission, current_process_maps, map_is_module};
+use crate::instrumentation::{Filter, Instrumentation, mnemonic_filter};
 use crate::memory::simulate_call;
 use crate::options::Options;
-use crate::range::{Range, RangeSet};
 use crate::state::{DEFAULT_EFLAGS, FprState, GprState, Rword};
+use crate::vm_ref::{AnalysisCache, VmRef, instrumentation_methods};
+
+/// What the Vm, its engine and the callbacks (through `VmRef`) share: the instrumentation
+/// and the analyses computed so far. Heap-allocated once; the engine keeps its address.
+pub(crate) struct Shared {
+    pub inst: Instrumentation,
+    pub analyses: AnalysisCache,
+}
 
 /// The return address `call` pushes: never code, so returning to it ends the run.
 pub const FAKE_RETURN_ADDRESS: Rword = 0x2a;
@@ -23,8 +32,18 @@ pub struct Vm {
     fpr: Box<FprState>,
     errno: i32,
     errno_set: bool,
-    ranges: RangeSet,
+    /// Owned (from `Box::into_raw`, freed in `drop`); the engine and callbacks reach it
+    /// through this pointer.
+    shared: *mut Shared,
     engine: Engine,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // SAFETY: `shared` came from Box::into_raw in `with_options` and is freed once here;
+        // the engine (dropped after) never touches it in its own drop.
+        drop(unsafe { Box::from_raw(self.shared) });
+    }
 }
 
 impl Default for Vm {
@@ -47,14 +66,18 @@ impl Vm {
             eflags: DEFAULT_EFLAGS,
             ..GprState::default()
         };
+        let shared = Box::into_raw(Box::new(Shared {
+            inst: Instrumentation::new(options),
+            analyses: AnalysisCache::default(),
+        }));
         Vm {
             options,
             gpr,
             fpr: Box::default(),
             errno: 0,
             errno_set: false,
-            ranges: RangeSet::new(),
-            engine: Engine::new(options),
+            shared,
+            engine: Engine::new(options, shared),
         }
     }
 
@@ -68,6 +91,7 @@ impl Vm {
     pub fn set_options(&mut self, options: Options) {
         if options != self.options {
             self.options = options;
+            self.inst_mut().options = options;
             self.engine.set_options(options);
         }
     }
@@ -117,95 +141,40 @@ impl Vm {
         self.errno_set = true;
     }
 
-    /// The instrumented ranges.
-    #[must_use]
-    pub fn instrumented_ranges(&self) -> &RangeSet {
-        &self.ranges
+    fn inst_mut(&mut self) -> &mut Instrumentation {
+        // SAFETY: `shared` is owned by this Vm; `&mut self` excludes any other use (the
+        // engine uses it only inside Vm methods, callbacks only inside `run`).
+        unsafe { &mut (*self.shared).inst }
     }
 
-    fn ranges_changed(&mut self) {
-        self.engine.ranges_changed();
+    fn inst_ref(&self) -> &Instrumentation {
+        // SAFETY: as in inst_mut, shared access.
+        unsafe { &(*self.shared).inst }
     }
 
-    /// Instruments `[start, end)`.
-    pub fn add_instrumented_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
-        if end <= start {
-            return Err(VmError::InvalidRange { start, end });
+    /// Applies what the last change invalidated, now (no guest code runs).
+    fn changed(&mut self) {
+        self.engine.apply_flush();
+    }
+
+    instrumentation_methods!();
+
+    /// The analysis of the translated instruction at `addr` (`None` if no instrumented
+    /// instruction is there).
+    pub fn cached_inst_analysis(&mut self, addr: Rword, analysis: AnalysisType) -> Option<&InstAnalysis> {
+        if !self.inst_ref().ranges.contains(addr) {
+            return None;
         }
-        self.ranges.add(Range::new(start, end));
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Instruments every executable mapping of the module `name` (basename or full path).
-    pub fn add_instrumented_module(&mut self, name: &str) -> Result<(), VmError> {
-        let maps = module_exec_maps(name)?;
-        for r in maps {
-            self.ranges.add(r);
-        }
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Instruments the module containing `addr` (all its executable mappings), or the
-    /// anonymous executable mapping containing it.
-    pub fn add_instrumented_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
-        for r in module_exec_maps_from_addr(addr)? {
-            self.ranges.add(r);
-        }
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Instruments every executable mapping of the process.
-    pub fn instrument_all_executable_maps(&mut self) -> Result<(), VmError> {
-        for m in current_process_maps(true) {
-            if m.permission.contains(Permission::EXEC) && m.name != "[vsyscall]" {
-                self.ranges.add(m.range);
-            }
-        }
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Stops instrumenting `[start, end)`.
-    pub fn remove_instrumented_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
-        if end <= start {
-            return Err(VmError::InvalidRange { start, end });
-        }
-        self.ranges.remove(Range::new(start, end));
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Stops instrumenting the module `name`.
-    pub fn remove_instrumented_module(&mut self, name: &str) -> Result<(), VmError> {
-        for r in module_exec_maps(name)? {
-            self.ranges.remove(r);
-        }
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Stops instrumenting the module (or anonymous mapping) containing `addr`.
-    pub fn remove_instrumented_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
-        for r in module_exec_maps_from_addr(addr)? {
-            self.ranges.remove(r);
-        }
-        self.ranges_changed();
-        Ok(())
-    }
-
-    /// Stops instrumenting anything.
-    pub fn remove_all_instrumented_ranges(&mut self) {
-        self.ranges.clear();
-        self.ranges_changed();
+        let options = self.options;
+        // SAFETY: as in inst_mut.
+        let shared = unsafe { &mut *self.shared };
+        shared.analyses.get(addr, analysis, options)
     }
 
     /// Runs the guest from `start` until it reaches `stop`, from the current state, and
     /// leaves the final state in the Vm (`rip` = `stop`).
     pub fn run(&mut self, start: Rword, stop: Rword) -> Result<(), VmError> {
-        if !self.ranges.contains(start) {
+        if !self.inst_ref().ranges.contains(start) {
             return Err(VmError::NotInstrumented(start));
         }
         if !self.errno_set {
@@ -214,17 +183,15 @@ impl Vm {
         }
         self.errno_set = false;
         self.gpr.rip = start;
-        let result = self.engine.run(
-            &mut self.gpr,
-            &mut self.fpr,
-            &mut self.errno,
-            &self.ranges,
-            stop,
-        );
+        let result = self.engine.run(&mut self.gpr, &mut self.fpr, &mut self.errno, stop);
         if !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP) {
             // The guest's errno is what the thread sees after the run, as after a native call.
             // SAFETY: as above.
             unsafe { *libc::__errno_location() = self.errno };
+        }
+        if let Some(panic) = self.inst_mut().panic.take() {
+            // A callback panicked; the guest state is back in the Vm. Let it unwind on.
+            std::panic::resume_unwind(panic);
         }
         result
     }
@@ -236,7 +203,7 @@ impl Vm {
         if self.gpr.rsp == 0 {
             return Err(VmError::NoStack);
         }
-        if !self.ranges.contains(function) {
+        if !self.inst_ref().ranges.contains(function) {
             return Err(VmError::NotInstrumented(function));
         }
         let saved_rsp = self.gpr.rsp;
@@ -249,44 +216,10 @@ impl Vm {
     /// Translates the basic block at `addr` now. Returns whether it was newly translated
     /// (false: it was already in the cache).
     pub fn precache_basic_block(&mut self, addr: Rword) -> Result<bool, VmError> {
-        if !self.ranges.contains(addr) {
+        if !self.inst_ref().ranges.contains(addr) {
             return Err(VmError::NotInstrumented(addr));
         }
-        self.engine.precache(addr, &self.ranges)
-    }
-
-    /// Drops the translations of code in `[start, end)` (after the guest changed its code).
-    pub fn clear_cache(&mut self, start: Rword, end: Rword) {
-        self.engine.clear_cache(Range::new(start, end));
-    }
-
-    /// Drops every translation.
-    pub fn clear_all_cache(&mut self) {
-        self.engine.clear_all_cache();
+        self.engine.precache(addr)
     }
 }
 
-fn module_exec_maps(name: &str) -> Result<Vec<Range>, VmError> {
-    let ranges: Vec<Range> = current_process_maps(true)
-        .into_iter()
-        .filter(|m| m.permission.contains(Permission::EXEC) && map_is_module(&m.name, name))
-        .map(|m| m.range)
-        .collect();
-    if ranges.is_empty() {
-        return Err(VmError::ModuleNotFound(name.to_string()));
-    }
-    Ok(ranges)
-}
-
-fn module_exec_maps_from_addr(addr: Rword) -> Result<Vec<Range>, VmError> {
-    let maps = current_process_maps(true);
-    let map = maps
-        .iter()
-        .find(|m| m.range.contains(addr) && m.permission.contains(Permission::EXEC))
-        .ok_or(VmError::AddressNotMapped(addr))?;
-    if map.name.starts_with('/') {
-        module_exec_maps(&map.name)
-    } else {
-        Ok(vec![map.range])
-    }
-}

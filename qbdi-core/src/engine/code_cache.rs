@@ -10,7 +10,7 @@
 //! space is reused only when the whole cache is reset.
 
 use super::context::Context;
-use super::context_switch::{Runtime, emit_runtime};
+use super::context_switch::{CallbackFp, Runtime, emit_runtime};
 use super::emitter::Asm;
 use super::ib_table::{IbTable, TABLE_BYTES};
 use super::xstate::XSaveKind;
@@ -39,14 +39,14 @@ pub(crate) struct CodeCache {
 
 impl CodeCache {
     /// A cache placed near `near`, with FP state saved as `fp` says (None: not at all).
-    pub fn new(near: u64, fp: Option<XSaveKind>) -> Result<CodeCache, VmError> {
+    pub fn new(near: u64, fp: Option<XSaveKind>, cb_fp: CallbackFp) -> Result<CodeCache, VmError> {
         let base = map_near(near)?;
         let ctx = base;
         let table = base + TABLE_OFFSET as u64;
         let code = base + CODE_OFFSET as u64;
         let mut a = Asm::new();
         a.reset(code);
-        let runtime = emit_runtime(&mut a, ctx, table, fp);
+        let runtime = emit_runtime(&mut a, ctx, table, fp, cb_fp);
         // SAFETY: the region is ours, writable, and `a` fits far inside CODE_BYTES.
         unsafe { std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len()) };
         let code_start = (code + a.len() as u64).next_multiple_of(64);

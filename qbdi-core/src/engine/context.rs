@@ -14,6 +14,17 @@ pub(crate) const EXIT_IB_MISS: u32 = 0;
 pub(crate) const EXIT_BROKER: u32 = 1;
 /// Native code returned to the run's stop address.
 pub(crate) const EXIT_STOP: u32 = 2;
+/// A callback asked for `BreakToVm` or `Stop`, or panicked (details in the instrumentation).
+pub(crate) const EXIT_CALLBACK: u32 = 3;
+/// Native code returned to the `transfer_return` routine (return address in `transfer_ret`).
+pub(crate) const EXIT_TRANSFER_RETURN: u32 = 4;
+
+/// How the callback routine saved the guest's FP state (`Context::fp_mode`).
+pub(crate) const FP_NONE: u8 = 0;
+/// Only xmm0-15 and MXCSR were saved: the rest was in its initial state.
+pub(crate) const FP_FAST: u8 = 1;
+/// `xsave` of every component.
+pub(crate) const FP_FULL: u8 = 2;
 
 #[repr(C, align(64))]
 pub(crate) struct Context {
@@ -38,7 +49,29 @@ pub(crate) struct Context {
     pub spill: [u64; 3],
     /// Spill slot for far RIP-relative rewriting.
     pub spill_far: u64,
+    /// Callback sites: the Rust entry point, its environment, the site being run, and the
+    /// host address to resume at.
+    pub cb_fn: u64,
+    pub cb_data: u64,
+    pub cb_resume: u64,
+    pub cb_site: u32,
+    /// FP_NONE / FP_FAST / FP_FULL: how the callback routine saved FP state.
+    pub fp_mode: u8,
+    /// Whether the non-SSE parts of `fpr` may hold values other than their initial ones
+    /// (written by a full save); a fast save must then reset them before a callback looks.
+    pub ext_dirty: u8,
+    /// Whether the callback that exited asked to stop the run.
+    pub cb_stop: u8,
+    pub _pad2: u8,
+    /// Guest return address of a native call reported with EXEC_TRANSFER events.
+    pub transfer_ret: u64,
+    /// An XSAVE image whose header is all zero: `xrstor` from it puts components in their
+    /// initial state.
+    pub init_image: InitImage,
 }
+
+#[repr(C, align(64))]
+pub(crate) struct InitImage(pub [u8; 576]);
 
 /// Byte offsets of the context fields the generated code addresses.
 pub(crate) mod off {
@@ -54,6 +87,19 @@ pub(crate) mod off {
     pub const IB_JUMP: u64 = offset_of!(Context, ib_jump) as u64;
     pub const SPILL: u64 = offset_of!(Context, spill) as u64;
     pub const SPILL_FAR: u64 = offset_of!(Context, spill_far) as u64;
+    pub const CB_FN: u64 = offset_of!(Context, cb_fn) as u64;
+    pub const CB_DATA: u64 = offset_of!(Context, cb_data) as u64;
+    pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;
+    pub const CB_SITE: u64 = offset_of!(Context, cb_site) as u64;
+    pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
+    pub const TRANSFER_RET: u64 = offset_of!(Context, transfer_ret) as u64;
+    pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
+    pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;
+    pub const MXCSR: u64 = FPR + offset_of!(FprState, mxcsr) as u64;
+    /// Offset of xmm register `n` in the FP image.
+    pub const fn xmm(n: u8) -> u64 {
+        FPR + offset_of!(FprState, xmm0) as u64 + 16 * n as u64
+    }
 
     /// Offset of general purpose register `reg` (emitter numbering: 0 = rax .. 15 = r15).
     pub const fn gpr(reg: u8) -> u64 {

@@ -10,9 +10,22 @@
 //! - `broker`: entered (through the inline table) for a native target; swaps the return
 //!   address at [rsp] for its translation so native code returns straight into the cache.
 //! - `stop_return`: native code returning to the run's stop address lands here.
+//! - `callback`: a callback site jumps here (guest rax already saved, `ctx.cb_site` set):
+//!   saves the guest state into the context, calls the Rust entry point on the host stack,
+//!   restores the (possibly changed) state and resumes where the entry point says, or
+//!   leaves the cache through `exit_tail`.
+//! - `transfer_return`: native code called with EXEC_TRANSFER events returns here.
+//!
+//! FP state around callbacks: with XINUSE available and `OPT_DISABLE_OPTIONAL_FPR` unset,
+//! when only SSE state is in use (the common case for integer code) just xmm0-15 and MXCSR
+//! are saved and restored (about 7 ns); x87/AVX/AVX-512 state the callback dirtied is put
+//! back to its initial state (`vzeroupper`, `xrstor` from an all-initial image). Otherwise
+//! a full `xsave`/`xrstor` (about 140 ns).
 
-use super::context::{EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, off};
-use super::emitter::{Asm, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDX, RSP};
+use super::context::{
+    EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, EXIT_TRANSFER_RETURN, FP_FAST, FP_FULL, FP_NONE, off,
+};
+use super::emitter::{Asm, Label, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::xstate::XSaveKind;
 
@@ -24,14 +37,38 @@ pub(crate) struct Runtime {
     pub ib_miss: u64,
     pub broker: u64,
     pub stop_return: u64,
+    pub callback: u64,
+    pub transfer_return: u64,
 }
+
+/// How the callback routine protects the guest's FP state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CallbackFp {
+    /// OPT_DISABLE_FPR: not at all.
+    None,
+    /// Always a full save.
+    Full(XSaveKind),
+    /// SSE-only fast path when the other components are unused (see the module docs).
+    Optional(XSaveKind),
+}
+
+/// RFLAGS bits the callback routine restores without `popfq`: CF, PF, AF, ZF, SF, OF, the
+/// always-one bit 1 and IF. Anything else set (DF, TF, AC, ID...) takes the `popfq` path.
+const PLAIN_FLAGS: u32 = 0xad7;
 
 const HOST_SAVED: [u8; 6] = [RBP, RBX, R12, R13, R14, R15];
 
 /// Emits the routines into `a` (whose base is their final address).
-pub(crate) fn emit_runtime(a: &mut Asm, ctx: u64, table: u64, fp: Option<XSaveKind>) -> Runtime {
+pub(crate) fn emit_runtime(
+    a: &mut Asm,
+    ctx: u64,
+    table: u64,
+    fp: Option<XSaveKind>,
+    cb_fp: CallbackFp,
+) -> Runtime {
     let exit = a.here();
-    emit_exit(a, ctx, fp);
+    let exit_tail = a.new_label();
+    emit_exit(a, ctx, fp, exit_tail);
     let enter = a.here();
     emit_enter(a, ctx, fp);
 
@@ -65,14 +102,152 @@ pub(crate) fn emit_runtime(a: &mut Asm, ctx: u64, table: u64, fp: Option<XSaveKi
     let stop_return = a.here();
     a.store_imm32(ctx + off::EXIT_ID, EXIT_STOP);
     a.jmp_to(exit);
+
+    let transfer_return = a.here();
+    a.store_imm32(ctx + off::EXIT_ID, EXIT_TRANSFER_RETURN);
+    a.jmp_to(exit);
+
+    let callback = a.here();
+    emit_callback(a, ctx, cb_fp, exit_tail);
     a.finish();
-    Runtime {
-        enter,
-        exit,
-        ib_miss,
-        broker,
-        stop_return,
+    Runtime { enter, exit, ib_miss, broker, stop_return, callback, transfer_return }
+}
+
+fn emit_full_save(a: &mut Asm, ctx: u64, k: XSaveKind) {
+    match k {
+        XSaveKind::XSave(mask) => {
+            a.mov_imm32(RAX, mask as u32);
+            a.mov_imm32(RDX, (mask >> 32) as u32);
+            a.xsave(ctx + off::FPR);
+        }
+        XSaveKind::FxSave => a.fxsave(ctx + off::FPR),
     }
+}
+
+fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
+    match k {
+        XSaveKind::XSave(mask) => {
+            a.mov_imm32(RAX, mask as u32);
+            a.mov_imm32(RDX, (mask >> 32) as u32);
+            a.xrstor(ctx + off::FPR);
+        }
+        XSaveKind::FxSave => a.fxrstor(ctx + off::FPR),
+    }
+}
+
+fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
+    // Guest state into the context, on the host stack from here on.
+    a.store(ctx + off::gpr(RSP), RSP);
+    a.load(RSP, ctx + off::HOST_RSP);
+    a.pushfq();
+    a.pop_mem(ctx + off::EFLAGS);
+    for r in 1..16u8 {
+        if r != RSP {
+            a.store(ctx + off::gpr(r), r);
+        }
+    }
+    a.push_imm8(2);
+    a.popfq();
+    match cb_fp {
+        CallbackFp::None => a.store_byte(ctx + off::FP_MODE, FP_NONE),
+        CallbackFp::Full(k) => {
+            emit_full_save(a, ctx, k);
+            a.fninit();
+            a.store_byte(ctx + off::FP_MODE, FP_FULL);
+        }
+        CallbackFp::Optional(k) => {
+            let full = a.new_label();
+            let saved = a.new_label();
+            a.mov_imm32(RCX, 1);
+            a.xgetbv();
+            a.test_eax(k.ext_mask() as u32);
+            a.jcc_label(5, full); // jnz
+            for n in 0..16 {
+                a.store_xmm(ctx + off::xmm(n), n);
+            }
+            a.stmxcsr(ctx + off::MXCSR);
+            a.store_byte(ctx + off::FP_MODE, FP_FAST);
+            a.jmp_label(saved);
+            a.bind(full);
+            emit_full_save(a, ctx, k);
+            a.fninit();
+            a.store_byte(ctx + off::FP_MODE, FP_FULL);
+            a.bind(saved);
+        }
+    }
+    if cb_fp != CallbackFp::None {
+        a.ldmxcsr(ctx + off::HOST_MXCSR);
+        a.fldcw(ctx + off::HOST_FCW);
+    }
+    // The host stack is 8 mod 16 here (see `enter`): align it for the call.
+    a.bytes(&[0x48, 0x83, 0xec, 0x08]); // sub rsp, 8
+    a.load(RDI, ctx + off::CB_DATA);
+    a.load_esi32(ctx + off::CB_SITE);
+    a.call_mem(ctx + off::CB_FN);
+    a.bytes(&[0x48, 0x83, 0xc4, 0x08]); // add rsp, 8
+    a.store(ctx + off::CB_RESUME, RAX);
+    match cb_fp {
+        CallbackFp::None => {}
+        CallbackFp::Full(k) => emit_full_restore(a, ctx, k),
+        CallbackFp::Optional(k) => {
+            let full = a.new_label();
+            let clean = a.new_label();
+            let restored = a.new_label();
+            a.cmp_byte(ctx + off::FP_MODE, FP_FAST);
+            a.jcc_label(5, full); // jne
+            if k.has_avx() {
+                a.vzeroupper();
+            }
+            a.mov_imm32(RCX, 1);
+            a.xgetbv();
+            a.test_eax(k.sticky_mask() as u32);
+            a.jcc_label(4, clean); // jz
+            a.mov_imm32(RAX, k.sticky_mask() as u32);
+            a.mov_imm32(RDX, 0);
+            a.xrstor(ctx + off::INIT_IMAGE);
+            a.bind(clean);
+            for n in 0..16 {
+                a.load_xmm(n, ctx + off::xmm(n));
+            }
+            a.ldmxcsr(ctx + off::MXCSR);
+            a.jmp_label(restored);
+            a.bind(full);
+            emit_full_restore(a, ctx, k);
+            a.bind(restored);
+        }
+    }
+    // Resume address 0: leave the cache (BreakToVm, Stop); the state is in the context.
+    a.load(RAX, ctx + off::CB_RESUME);
+    a.bytes(&[0x48, 0x85, 0xc0]); // test rax, rax
+    a.jcc_label(4, exit_tail); // jz
+    for r in 2..16u8 {
+        if r != RSP {
+            a.load(r, ctx + off::gpr(r));
+        }
+    }
+    // Flags: sahf (and an add that sets OF) when only the arithmetic flags matter,
+    // popfq (slow) otherwise.
+    let popf = a.new_label();
+    a.load(RAX, ctx + off::EFLAGS);
+    a.test_eax(!PLAIN_FLAGS);
+    a.jcc_label(5, popf); // jnz
+    a.bytes(&[0x89, 0xc1]); // mov ecx, eax
+    a.bytes(&[0xc1, 0xe9, 0x0b]); // shr ecx, 11
+    a.bytes(&[0x83, 0xe1, 0x01]); // and ecx, 1
+    a.bytes(&[0x80, 0xc1, 0x7f]); // add cl, 0x7f: OF = saved OF
+    a.bytes(&[0x88, 0xc4]); // mov ah, al
+    a.bytes(&[0x9e]); // sahf: SF ZF AF PF CF
+    a.load(RCX, ctx + off::gpr(RCX));
+    a.load(RAX, ctx + off::gpr(RAX));
+    a.load(RSP, ctx + off::gpr(RSP));
+    a.jmp_mem(ctx + off::CB_RESUME);
+    a.bind(popf);
+    a.push_mem(ctx + off::EFLAGS);
+    a.popfq();
+    a.load(RCX, ctx + off::gpr(RCX));
+    a.load(RAX, ctx + off::gpr(RAX));
+    a.load(RSP, ctx + off::gpr(RSP));
+    a.jmp_mem(ctx + off::CB_RESUME);
 }
 
 fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {
@@ -103,7 +278,7 @@ fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {
     a.jmp_mem(ctx + off::TARGET);
 }
 
-fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {
+fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, tail: Label) {
     a.store(ctx + off::gpr(RSP), RSP);
     a.load(RSP, ctx + off::HOST_RSP);
     a.pushfq();
@@ -113,6 +288,8 @@ fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {
             a.store(ctx + off::gpr(r), r);
         }
     }
+    // The callback routine joins here with the guest state already in the context.
+    a.bind(tail);
     // Host flags as the ABI expects them: DF and AC clear.
     a.push_imm8(2);
     a.popfq();

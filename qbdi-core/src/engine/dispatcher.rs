@@ -1,15 +1,20 @@
 //! The dispatcher: the run loop. It finds (or has translated) the block for the guest's next
 //! address, enters the cache, and handles whatever made the guest leave it: links the exit
 //! that was taken to its now-translated target, hands native targets to the exec broker,
-//! reports errors, and ends the run at the stop address.
+//! reports the events it owns (BASIC_BLOCK_NEW, EXEC_TRANSFER_*), applies instrumentation
+//! changes callbacks asked for, reports errors, and ends the run at the stop address or when
+//! a callback says Stop.
 
-use super::context::{EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, FIRST_STUB_ID};
+use super::callbacks::fire_events;
+use super::context::{
+    EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STOP, EXIT_TRANSFER_RETURN, FIRST_STUB_ID,
+};
 use super::directory::ExitKind;
 use super::translator::disassemble_at;
 use super::{Engine, NO_STOP};
+use crate::callback::{VmAction, VmEvent};
 use crate::error::VmError;
 use crate::options::Options;
-use crate::range::RangeSet;
 use crate::state::{FprState, GprState};
 
 /// Where the dispatcher sends the guest next.
@@ -18,6 +23,18 @@ pub(super) enum Next {
     Block(u64),
     /// Native code at this address (its return address was already redirected).
     Native(u64),
+    /// A callback asked to go somewhere else first (BreakToVm): dispatch this address.
+    Redispatch(u64),
+    /// A callback said Stop.
+    Stop,
+}
+
+/// What happens after the guest left the cache.
+enum After {
+    /// Go on at this guest address; link this stub once it has a translation.
+    Go(u64, Option<u32>),
+    /// The run is over (stop address reached or a callback said Stop).
+    Finish,
 }
 
 impl Engine {
@@ -27,11 +44,11 @@ impl Engine {
         gpr: &mut GprState,
         fpr: &mut FprState,
         errno: &mut i32,
-        ranges: &RangeSet,
         stop: u64,
     ) -> Result<(), VmError> {
         let start = gpr.rip;
         self.ensure_cache(start)?;
+        self.apply_flush();
         self.begin_run(stop);
         let ctx = self.cache().ctx();
         let keep_errno = !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP);
@@ -40,6 +57,7 @@ impl Engine {
         unsafe {
             (*ctx).gpr = *gpr;
             (*ctx).fpr = *fpr;
+            (*ctx).ext_dirty = 1;
             if let Some(fp) = self.fp {
                 fp.prepare_for_restore(&mut (*ctx).fpr);
             }
@@ -50,7 +68,7 @@ impl Engine {
             if pc == stop {
                 break Ok(());
             }
-            let next = match self.next_for(pc, ranges) {
+            let next = match self.next_for(pc) {
                 Ok(n) => n,
                 Err(e) => break Err(e),
             };
@@ -64,7 +82,23 @@ impl Engine {
                     host
                 }
                 Next::Native(addr) => addr,
+                Next::Redispatch(addr) => {
+                    pc = addr;
+                    continue;
+                }
+                Next::Stop => break Ok(()),
             };
+            // Blocks translated on the way are reported before they run.
+            match self.report_new_blocks(pc) {
+                VmAction::Stop => break Ok(()),
+                VmAction::BreakToVm => {
+                    self.apply_flush();
+                    // SAFETY: as above.
+                    pc = unsafe { (*ctx).gpr.rip };
+                    continue;
+                }
+                _ => {}
+            }
             let cache = self.cache();
             // SAFETY: as above; `enter` is the context switch routine of this cache, which
             // behaves as an `extern "C" fn()` preserving the host's callee-saved state.
@@ -80,14 +114,21 @@ impl Engine {
                 }
                 if let Some(fp) = self.fp {
                     fp.complete_after_save(&mut (*ctx).fpr);
+                    (*ctx).ext_dirty = 1;
                 }
             }
             // SAFETY: as above.
             let exit_id = unsafe { (*ctx).exit_id };
             match self.after_exit(exit_id, stop) {
-                Ok((next_pc, link)) => {
+                Ok(After::Go(next_pc, link)) => {
                     pc = next_pc;
                     link_from = link;
+                    self.apply_flush();
+                }
+                Ok(After::Finish) => {
+                    // SAFETY: as above.
+                    pc = unsafe { (*ctx).gpr.rip };
+                    break Ok(());
                 }
                 Err(e) => {
                     // The guest stopped at the faulting instruction, state as it was.
@@ -101,6 +142,7 @@ impl Engine {
             }
         };
         self.stop = NO_STOP;
+        self.new_blocks.clear();
         // SAFETY: as above.
         unsafe {
             *gpr = (*ctx).gpr;
@@ -125,38 +167,83 @@ impl Engine {
     }
 
     /// Where to go for guest address `pc`.
-    fn next_for(&mut self, pc: u64, ranges: &RangeSet) -> Result<Next, VmError> {
+    fn next_for(&mut self, pc: u64) -> Result<Next, VmError> {
         if let Some(b) = self.dir().lookup(pc) {
             return Ok(Next::Block(b.host));
         }
-        if ranges.contains(pc) {
-            return self.translate(pc, ranges).map(Next::Block);
+        if self.shared().inst.ranges.contains(pc) {
+            return self.translate(pc).map(Next::Block);
         }
-        if self.transfer_to_native(pc, ranges)? {
-            return Ok(Next::Native(pc));
+        if let Some(next) = self.transfer_to_native(pc)? {
+            return Ok(next);
         }
         // No return address to come back through: instrument this code after all (QBDI's
         // behaviour), until it reaches instrumented code or a call we can broker.
-        self.translate(pc, ranges).map(Next::Block)
+        self.translate(pc).map(Next::Block)
     }
 
-    /// Decodes why the guest left the cache: the next guest address, and the stub to link
-    /// once that address has a translation.
-    fn after_exit(&mut self, exit_id: u32, stop: u64) -> Result<(u64, Option<u32>), VmError> {
+    /// Reports BASIC_BLOCK_NEW for the blocks translated since the last entry.
+    fn report_new_blocks(&mut self, pc: u64) -> VmAction {
+        let mut action = VmAction::Continue;
+        while let Some((start, end)) = self.new_blocks.pop() {
+            action = action.max(self.fire(VmEvent::BASIC_BLOCK_NEW, start, end, pc));
+        }
+        action
+    }
+
+    /// Fires dispatcher-side events with `gpr.rip` = `rip`.
+    pub(super) fn fire(&mut self, events: VmEvent, start: u64, end: u64, rip: u64) -> VmAction {
+        let shared = self.shared();
+        if !shared.inst.events.intersects(events) {
+            return VmAction::Continue;
+        }
+        let ctx = self.cache().ctx();
+        // SAFETY: the context is live; no generated code runs; callbacks get the only
+        // references to its state for the duration of the call.
+        let ctx = unsafe { &mut *ctx };
+        ctx.gpr.rip = rip;
+        let action = fire_events(shared, ctx, events, start, end);
+        if shared.inst.panic.is_some() { VmAction::Stop } else { action }
+    }
+
+    /// Decodes why the guest left the cache.
+    fn after_exit(&mut self, exit_id: u32, stop: u64) -> Result<After, VmError> {
+        let ctx = self.cache().ctx();
         // SAFETY: the context is live and no generated code runs.
-        let ib_target = unsafe { (*self.cache().ctx()).ib_target };
+        let (ib_target, rip, cb_stop, transfer_ret) =
+            unsafe { ((*ctx).ib_target, (*ctx).gpr.rip, (*ctx).cb_stop, (*ctx).transfer_ret) };
         match exit_id {
-            EXIT_IB_MISS | EXIT_BROKER => Ok((ib_target, None)),
-            EXIT_STOP => Ok((stop, None)),
+            EXIT_IB_MISS | EXIT_BROKER => Ok(After::Go(ib_target, None)),
+            EXIT_STOP => {
+                // SAFETY: as above.
+                unsafe { (*ctx).gpr.rip = stop };
+                Ok(After::Finish)
+            }
+            EXIT_CALLBACK => {
+                if cb_stop != 0 || self.shared().inst.panic.is_some() {
+                    Ok(After::Finish)
+                } else {
+                    Ok(After::Go(rip, None))
+                }
+            }
+            EXIT_TRANSFER_RETURN => {
+                let end = transfer_ret.saturating_add(1);
+                match self.fire(VmEvent::EXEC_TRANSFER_RETURN, transfer_ret, end, transfer_ret) {
+                    VmAction::Stop => Ok(After::Finish),
+                    // SAFETY: as above.
+                    VmAction::BreakToVm => Ok(After::Go(unsafe { (*ctx).gpr.rip }, None)),
+                    _ => Ok(After::Go(transfer_ret, None)),
+                }
+            }
             id => {
                 let i = id - FIRST_STUB_ID;
                 let s = self.dir().stub(i);
                 match s.kind {
                     ExitKind::Branch => {
                         let link = (s.site != 0 && !s.linked && s.target != stop).then_some(i);
-                        Ok((s.target, link))
+                        Ok(After::Go(s.target, link))
                     }
-                    ExitKind::Reentry => Ok((s.target, None)),
+                    ExitKind::Reentry => Ok(After::Go(s.target, None)),
                     ExitKind::Invalid => Err(VmError::InvalidInstruction(s.target)),
                     ExitKind::Unsupported => Err(VmError::UnsupportedInstruction {
                         address: s.target,

@@ -13,6 +13,7 @@ pub(crate) const RDX: Reg = 2;
 pub(crate) const RBX: Reg = 3;
 pub(crate) const RSP: Reg = 4;
 pub(crate) const RBP: Reg = 5;
+pub(crate) const RDI: Reg = 7;
 pub(crate) const R12: Reg = 12;
 pub(crate) const R13: Reg = 13;
 pub(crate) const R14: Reg = 14;
@@ -78,6 +79,10 @@ impl Asm {
 
     pub fn bind(&mut self, l: Label) {
         self.labels[l.0 as usize] = Some(self.buf.len() as u32);
+    }
+
+    pub fn label_addr(&self, l: Label) -> u64 {
+        self.base + u64::from(self.labels[l.0 as usize].expect("label bound"))
     }
 
     /// Resolves label fixups. Panics on an unbound label or a rel8 out of reach: both
@@ -369,6 +374,70 @@ impl Asm {
     /// `fxrstor [rip+addr]`
     pub fn fxrstor(&mut self, addr: u64) {
         self.bytes(&[0x0f, 0xae, 0x0d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+}
+
+impl Asm {
+    pub fn xgetbv(&mut self) {
+        self.bytes(&[0x0f, 0x01, 0xd0]);
+    }
+
+    /// `movdqu [rip+addr], xmmN`
+    pub fn store_xmm(&mut self, addr: u64, n: u8) {
+        self.buf.push(0xf3);
+        if n >= 8 {
+            self.buf.push(0x44);
+        }
+        self.bytes(&[0x0f, 0x7f, 0x05 | ((n & 7) << 3)]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `movdqu xmmN, [rip+addr]`
+    pub fn load_xmm(&mut self, n: u8, addr: u64) {
+        self.buf.push(0xf3);
+        if n >= 8 {
+            self.buf.push(0x44);
+        }
+        self.bytes(&[0x0f, 0x6f, 0x05 | ((n & 7) << 3)]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `test eax, imm32` (sets flags)
+    pub fn test_eax(&mut self, imm: u32) {
+        self.buf.push(0xa9);
+        self.u32(imm);
+    }
+
+    /// `cmp byte [rip+addr], imm8` (sets flags)
+    pub fn cmp_byte(&mut self, addr: u64, imm: u8) {
+        self.bytes(&[0x80, 0x3d]);
+        let d = self.rip_disp(addr, 1);
+        self.u32(d);
+        self.buf.push(imm);
+    }
+
+    /// `mov byte [rip+addr], imm8`
+    pub fn store_byte(&mut self, addr: u64, imm: u8) {
+        self.bytes(&[0xc6, 0x05]);
+        let d = self.rip_disp(addr, 1);
+        self.u32(d);
+        self.buf.push(imm);
+    }
+
+    /// `call qword [rip+addr]`
+    pub fn call_mem(&mut self, addr: u64) {
+        self.bytes(&[0xff, 0x15]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `mov esi, dword [rip+addr]`
+    pub fn load_esi32(&mut self, addr: u64) {
+        self.bytes(&[0x8b, 0x35]);
         let d = self.rip_disp(addr, 0);
         self.u32(d);
     }

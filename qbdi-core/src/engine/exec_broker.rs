@@ -6,10 +6,16 @@
 //! The first transfer to a native address goes through here; the address is then entered
 //! in the inline table with the shared `broker` routine as its host code, which does the
 //! same swap from inside the cache (when the return address is at [rsp] and translated).
+//!
+//! With EXEC_TRANSFER_CALL/RETURN callbacks, every transfer comes here instead: the call is
+//! reported, the return address goes to the `transfer_return` routine (the guest return
+//! address is kept in the context), and the return is reported by the dispatcher.
 
 use super::Engine;
+use super::dispatcher::Next;
+use crate::callback::{VmAction, VmEvent};
 use crate::error::VmError;
-use crate::range::RangeSet;
+use crate::instrumentation::TRANSFER_EVENTS;
 
 /// How deep to look for the return address: [rsp], [rsp+8], [rsp+16]. The lazy-binding
 /// resolver is entered with two words pushed above the return address.
@@ -17,23 +23,20 @@ const RETURN_ADDRESS_SLOTS: u64 = 3;
 
 impl Engine {
     /// Prepares a native transfer to `pc`: finds the guest return address on the stack and
-    /// redirects it into the cache. Returns false when there is none.
-    pub(super) fn transfer_to_native(
-        &mut self,
-        pc: u64,
-        ranges: &RangeSet,
-    ) -> Result<bool, VmError> {
+    /// redirects it into the cache. None when there is none.
+    pub(super) fn transfer_to_native(&mut self, pc: u64) -> Result<Option<Next>, VmError> {
         let ctx = self.cache().ctx();
         // SAFETY: the context is live; the dispatcher is not running guest code.
         let rsp = unsafe { (*ctx).gpr.rsp };
         if rsp % 8 != 0 {
-            return Ok(false);
+            return Ok(None);
         }
         // Only the slots that are mapped: a guest that jumps out with a wild stack pointer
         // gets its own fault in native code, not one in the dispatcher.
         let Some(stack_end) = self.readable.end_of(rsp) else {
-            return Ok(false);
+            return Ok(None);
         };
+        let reported = self.shared().inst.events.intersects(TRANSFER_EVENTS);
         let slots = ((stack_end - rsp) / 8).min(RETURN_ADDRESS_SLOTS);
         for i in 0..slots {
             let slot = (rsp + 8 * i) as *mut u64;
@@ -41,24 +44,38 @@ impl Engine {
             // (it just executed a call or a jump with this stack pointer); we read and write
             // words of it as the native callee itself would.
             let value = unsafe { slot.read() };
-            let redirect = if value == self.stop {
+            let is_stop = value == self.stop;
+            if !is_stop && !self.shared().inst.ranges.contains(value) {
+                continue;
+            }
+            if reported {
+                match self.fire(VmEvent::EXEC_TRANSFER_CALL, pc, pc.saturating_add(1), pc) {
+                    VmAction::Stop => return Ok(Some(Next::Stop)),
+                    // SAFETY: as above.
+                    VmAction::BreakToVm => return Ok(Some(Next::Redispatch(unsafe { (*ctx).gpr.rip }))),
+                    _ => {}
+                }
+            }
+            let redirect = if is_stop {
                 self.cache().runtime.stop_return
-            } else if ranges.contains(value) {
+            } else if reported {
+                // SAFETY: as above.
+                unsafe { (*ctx).transfer_ret = value };
+                self.cache().runtime.transfer_return
+            } else {
                 match self.dir().lookup(value) {
                     Some(b) => b.host,
-                    None => self.translate(value, ranges)?,
+                    None => self.translate(value)?,
                 }
-            } else {
-                continue;
             };
             // SAFETY: as above.
             unsafe { slot.write(redirect) };
-            if i == 0 && value != self.stop {
+            if i == 0 && !is_stop && !reported {
                 let cache = self.cache();
                 cache.table.insert_native(pc, cache.runtime.broker);
             }
-            return Ok(true);
+            return Ok(Some(Next::Native(pc)));
         }
-        Ok(false)
+        Ok(None)
     }
 }

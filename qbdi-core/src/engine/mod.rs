@@ -11,6 +11,7 @@
 //! This module owns the cache directory (which guest block is where, which stubs are
 //! linked) and its invalidation. It never runs guest code itself: the dispatcher does.
 
+mod callbacks;
 mod code_cache;
 mod context;
 mod context_switch;
@@ -23,14 +24,19 @@ mod maps_reader;
 mod translator;
 mod xstate;
 
+use crate::callback::VmEvent;
 use crate::error::VmError;
+use crate::instrumentation::{INLINE_EVENTS, TRANSFER_EVENTS};
 use crate::options::Options;
 use crate::range::{Range, RangeSet};
+use crate::vm::Shared;
+use callbacks::{CallbackEnv, site_entry};
 use code_cache::CodeCache;
+use context_switch::CallbackFp;
 use context::FIRST_STUB_ID;
 use directory::{Directory, ExitKind};
 use maps_reader::ReadableMaps;
-use translator::{Env, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_STUBS, Translator};
+use translator::{Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator};
 use xstate::XSaveKind;
 
 /// No run in progress: no stop address.
@@ -49,10 +55,17 @@ pub(crate) struct Engine {
     scratch: Vec<u64>,
     /// The current run's stop address.
     stop: u64,
+    /// The Vm's instrumentation and analyses (owned by the Vm, which outlives us).
+    shared: *mut Shared,
+    /// What the callback routine hands to `site_entry` (boxed: its address is in the context).
+    cb_env: Box<CallbackEnv>,
+    /// Blocks translated since the last entry, to report as BASIC_BLOCK_NEW.
+    new_blocks: Vec<(u64, u64)>,
 }
 
 impl Engine {
-    pub fn new(options: Options) -> Engine {
+    /// An engine for the Vm whose shared state is at `shared`.
+    pub fn new(options: Options, shared: *mut Shared) -> Engine {
         Engine {
             options,
             fp: fp_mode(options),
@@ -61,6 +74,35 @@ impl Engine {
             readable: ReadableMaps::new(),
             scratch: Vec::with_capacity(1024),
             stop: NO_STOP,
+            shared,
+            cb_env: Box::new(CallbackEnv { ctx: std::ptr::null_mut(), shared, fp: None }),
+            new_blocks: Vec::with_capacity(64),
+        }
+    }
+
+    /// The Vm's shared state.
+    #[allow(clippy::mut_from_ref)]
+    fn shared<'a>(&self) -> &'a mut Shared {
+        // SAFETY: the Vm owns the shared state and outlives the engine; engine methods run
+        // on the Vm's thread and never while a `VmRef` (a callback) is alive, so this is the
+        // only reference in use.
+        unsafe { &mut *self.shared }
+    }
+
+    /// Applies the cache invalidations the instrumentation asked for. Only between two
+    /// entries into the cache: nothing of this Vm is executing.
+    pub fn apply_flush(&mut self) {
+        let shared = self.shared();
+        if shared.inst.flush.all {
+            shared.inst.flush.all = false;
+            shared.inst.flush.ranges.clear();
+            self.clear_all_cache();
+            shared.inst.reset_sites();
+            shared.analyses.clear();
+            return;
+        }
+        while let Some(r) = shared.inst.flush.ranges.pop() {
+            self.clear_cache(r);
         }
     }
 
@@ -69,20 +111,18 @@ impl Engine {
         self.options = options;
         self.fp = fp_mode(options);
         self.cache = None;
+        self.shared().inst.reset_sites();
+        self.shared().analyses.clear();
     }
 
-    /// The instrumented ranges changed: translations made with the old ones (which calls
-    /// go native, where blocks end) are dropped.
-    pub fn ranges_changed(&mut self) {
-        self.clear_all_cache();
-    }
-
-    pub fn precache(&mut self, addr: u64, ranges: &RangeSet) -> Result<bool, VmError> {
+    pub fn precache(&mut self, addr: u64) -> Result<bool, VmError> {
         self.ensure_cache(addr)?;
+        self.apply_flush();
         if self.dir().lookup(addr).is_some() {
             return Ok(false);
         }
-        self.translate(addr, ranges)?;
+        self.translate(addr)?;
+        self.new_blocks.clear();
         Ok(true)
     }
 
@@ -128,7 +168,25 @@ impl Engine {
 
     fn ensure_cache(&mut self, near: u64) -> Result<(), VmError> {
         if self.cache.is_none() {
-            self.cache = Some((CodeCache::new(near, self.fp)?, Directory::new()));
+            let cb_fp = match self.fp {
+                None => CallbackFp::None,
+                Some(k) if self.options.contains(Options::OPT_DISABLE_OPTIONAL_FPR) || !k.has_xinuse() => {
+                    CallbackFp::Full(k)
+                }
+                Some(k) => CallbackFp::Optional(k),
+            };
+            let cache = CodeCache::new(near, self.fp, cb_fp)?;
+            // SAFETY: the context is at the start of the new mapping; nothing runs yet.
+            unsafe {
+                let ctx = cache.ctx();
+                (*ctx).cb_fn = site_entry as unsafe extern "C" fn(*mut CallbackEnv, u32) -> u64 as usize as u64;
+                (*ctx).cb_data = &*self.cb_env as *const CallbackEnv as u64;
+                self.cb_env.ctx = ctx;
+                self.cb_env.fp = self.fp;
+            }
+            self.cache = Some((cache, Directory::new()));
+            // Sites refer to code of the old cache, if any.
+            self.shared().inst.reset_sites();
         }
         Ok(())
     }
@@ -151,20 +209,24 @@ impl Engine {
 
     /// Translates the block at `pc` and enters it in the directory and the inline table.
     /// Allocates nothing (see `directory`).
-    fn translate(&mut self, pc: u64, ranges: &RangeSet) -> Result<u64, VmError> {
-        let readable_end = self
-            .readable
-            .end_of(pc)
-            .ok_or(VmError::AddressNotMapped(pc))?;
-        let limit = ranges.range_containing(pc).map_or(readable_end, |r| r.end);
+    fn translate(&mut self, pc: u64) -> Result<u64, VmError> {
+        let readable_end = self.readable.end_of(pc).ok_or(VmError::AddressNotMapped(pc))?;
+        let shared = self.shared();
+        let limit = shared.inst.ranges.range_containing(pc).map_or(readable_end, |r| r.end);
+        let with_sites = shared.inst.has_sites();
+        let events = shared.inst.events;
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
-        if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) {
+        let sites_full = with_sites && !shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8);
+        if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) || sites_full {
             // Full: start over. Nothing of this Vm is executing (we are in the dispatcher).
             cache.reset();
             dir.reset();
+            shared.inst.reset_sites();
         }
         let host = cache.next_addr();
-        let in_range = |a: u64| ranges.contains(a);
+        let ranges: *const RangeSet = &shared.inst.ranges;
+        // SAFETY: translation plants sites but never changes the ranges.
+        let in_range = |a: u64| unsafe { (*ranges).contains(a) };
         let env = Env {
             ctx: cache.ctx_addr(),
             table: cache.table_addr(),
@@ -174,9 +236,25 @@ impl Engine {
             readable_end,
             boundary: self.stop,
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
+            inline_broker: !events.intersects(TRANSFER_EVENTS),
         };
-        let t = self.translator.translate(pc, host, &env)?;
+        let hooks = with_sites.then(|| Hooks {
+            inst: &mut shared.inst,
+            block_start: pc,
+            events: events & INLINE_EVENTS,
+        });
+        let t = self.translator.translate(pc, host, &env, hooks)?;
         cache.commit(&self.translator.asm);
+        for &(site, cont, skip_inst, skip_patch) in &self.translator.site_addrs {
+            let s = &mut shared.inst.sites[site as usize];
+            s.cont = cont;
+            s.skip_inst = skip_inst;
+            s.skip_patch = skip_patch;
+            s.block_end = t.guest_end;
+        }
+        if events.contains(VmEvent::BASIC_BLOCK_NEW) && self.new_blocks.len() < self.new_blocks.capacity() {
+            self.new_blocks.push((pc, t.guest_end));
+        }
         let first = dir.next_stub();
         for e in &self.translator.exits {
             dir.push_stub(e.target, e.site, e.stub, e.kind);

@@ -23,7 +23,9 @@
 use super::context::off;
 use super::context_switch::Runtime;
 use super::directory::ExitKind;
-use super::emitter::{Asm, Label, RCX};
+use crate::callback::{InstPosition, VmEvent};
+use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
+use super::emitter::{Asm, Label, RAX, RCX};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use crate::error::VmError;
 use iced_x86::{
@@ -39,6 +41,9 @@ pub(crate) const MAX_BLOCK_HOST_BYTES: u64 = (MAX_BLOCK_INSTRUCTIONS as u64) * 4
 
 /// A block has at most this many exit stubs (two branch paths and its reentry stub).
 pub(crate) const MAX_BLOCK_STUBS: usize = 4;
+/// A block has at most this many callback sites (pre, post and two syscall sites per
+/// instruction, an entry site, post and exit sites on three paths).
+pub(crate) const MAX_BLOCK_SITES: usize = MAX_BLOCK_INSTRUCTIONS * 4 + 8;
 
 /// What the translator needs to know about the place a block goes.
 pub(crate) struct Env<'a> {
@@ -55,6 +60,9 @@ pub(crate) struct Env<'a> {
     pub boundary: u64,
     /// Id the first exit stub of this block gets.
     pub first_stub_id: u32,
+    /// Whether direct calls to native code may jump there straight (false when the
+    /// dispatcher must report EXEC_TRANSFER events).
+    pub inline_broker: bool,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -77,6 +85,26 @@ pub(crate) struct Translator {
     info: InstructionInfoFactory,
     pub exits: Vec<EmittedExit>,
     pending: Vec<(Label, u64, u64, ExitKind)>,
+    /// Callback sites planted in this block and their resume labels (cont, skip_inst,
+    /// skip_patch), resolved to addresses in `site_addrs` by `translate`.
+    site_labels: Vec<(u32, Label, Label, Label)>,
+    pub site_addrs: Vec<(u32, u64, u64, u64)>,
+}
+
+/// Where a callback site finds the guest's `rip`.
+#[derive(Clone, Copy)]
+enum Rip {
+    Imm(u64),
+    /// In `ctx.ib_target` (an indirect branch's target).
+    IbTarget,
+}
+
+/// The instrumentation to plant while translating one block, if any.
+pub(crate) struct Hooks<'a> {
+    pub inst: &'a mut Instrumentation,
+    pub block_start: u64,
+    /// Events planted inline for this Vm (entry, exit, syscall).
+    pub events: VmEvent,
 }
 
 impl Translator {
@@ -100,15 +128,32 @@ impl Translator {
             info,
             exits: Vec::with_capacity(MAX_BLOCK_STUBS),
             pending: Vec::with_capacity(MAX_BLOCK_STUBS),
+            site_labels: Vec::with_capacity(MAX_BLOCK_SITES),
+            site_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
         }
     }
 
     /// Translates the block at `pc` into `self.asm` (base = `host`); `self.exits` lists the
     /// stubs it ends with.
-    pub fn translate(&mut self, pc: u64, host: u64, env: &Env<'_>) -> Result<Translated, VmError> {
+    pub fn translate(
+        &mut self,
+        pc: u64,
+        host: u64,
+        env: &Env<'_>,
+        mut hooks: Option<Hooks<'_>>,
+    ) -> Result<Translated, VmError> {
         self.asm.reset(host);
         self.exits.clear();
         self.pending.clear();
+        self.site_labels.clear();
+        self.site_addrs.clear();
+        if let Some(h) = hooks.as_mut() {
+            if let Some(site) = h.inst.plan_event_site(ENTRY_EVENTS & h.events, pc, pc) {
+                let after = self.asm.new_label();
+                self.site_call(env, site, Rip::Imm(pc), after, after, after);
+                self.asm.bind(after);
+            }
+        }
         let len = env.readable_end.saturating_sub(pc) as usize;
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
         let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
@@ -120,6 +165,7 @@ impl Translator {
             let ends_here = count > 0
                 && (ip >= env.limit || ip == env.boundary || count >= MAX_BLOCK_INSTRUCTIONS);
             if ends_here || !decoder.can_decode() && count > 0 {
+                self.exit_events(env, &mut hooks, ip, Rip::Imm(ip));
                 self.exit_to(ip, ExitKind::Branch, true);
                 break;
             }
@@ -131,6 +177,7 @@ impl Translator {
             if instr.is_invalid() {
                 // Translate up to the bad bytes; reaching them is an exit of its own.
                 if count > 0 {
+                    self.exit_events(env, &mut hooks, ip, Rip::Imm(ip));
                     self.exit_to(ip, ExitKind::Branch, true);
                 } else {
                     self.exit_to(ip, ExitKind::Invalid, false);
@@ -138,7 +185,7 @@ impl Translator {
                 break;
             }
             count += 1;
-            if self.emit_instruction(&instr, bytes, pc, env)? {
+            if self.emit_hooked(&instr, bytes, pc, env, &mut hooks)? {
                 break;
             }
             ip = instr.next_ip();
@@ -154,7 +201,122 @@ impl Translator {
         let reentry = self.pending.len() - 1;
         self.emit_stubs(env);
         self.asm.finish();
+        for &(site, cont, skip_inst, skip_patch) in &self.site_labels {
+            let a = &self.asm;
+            self.site_addrs.push((site, a.label_addr(cont), a.label_addr(skip_inst), a.label_addr(skip_patch)));
+        }
         Ok(Translated { guest_end, reentry })
+    }
+
+    /// Emits a call of callback site `site`: saves rax, sets `gpr.rip`, names the site, and
+    /// jumps to the callback routine, which resumes at one of the three labels.
+    fn site_call(&mut self, env: &Env<'_>, site: u32, rip: Rip, cont: Label, skip_inst: Label, skip_patch: Label) {
+        let ctx = env.ctx;
+        self.asm.store(ctx + off::gpr(RAX), RAX);
+        match rip {
+            Rip::Imm(v) => self.asm.mov_imm64(RAX, v),
+            Rip::IbTarget => self.asm.load(RAX, ctx + off::IB_TARGET),
+        }
+        self.asm.store(ctx + off::RIP, RAX);
+        self.asm.store_imm32(ctx + off::CB_SITE, site);
+        self.asm.jmp_to(env.runtime.callback);
+        self.site_labels.push((site, cont, skip_inst, skip_patch));
+    }
+
+    /// PostInst callbacks of `instr` and block-exit events, on a path leaving the block
+    /// towards `rip`.
+    fn path_hooks(&mut self, env: &Env<'_>, hooks: &mut Option<Hooks<'_>>, instr: &Instruction, rip: Rip) {
+        let Some(h) = hooks.as_mut() else {
+            return;
+        };
+        if let Some(site) = h.inst.plan_inst_site(instr, InstPosition::PostInst, h.block_start) {
+            let after = self.asm.new_label();
+            self.site_call(env, site, rip, after, after, after);
+            self.asm.bind(after);
+        }
+        self.exit_events(env, hooks, instr.ip(), rip);
+    }
+
+    /// Block-exit events on a path leaving the block towards `rip`.
+    fn exit_events(&mut self, env: &Env<'_>, hooks: &mut Option<Hooks<'_>>, inst_addr: u64, rip: Rip) {
+        let Some(h) = hooks.as_mut() else {
+            return;
+        };
+        if let Some(site) = h.inst.plan_event_site(EXIT_EVENTS & h.events, inst_addr, h.block_start) {
+            let after = self.asm.new_label();
+            self.site_call(env, site, rip, after, after, after);
+            self.asm.bind(after);
+        }
+    }
+
+    /// One guest instruction with its callbacks around it.
+    fn emit_hooked(
+        &mut self,
+        instr: &Instruction,
+        bytes: &[u8],
+        pc: u64,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+    ) -> Result<bool, VmError> {
+        let Some(h) = hooks.as_mut() else {
+            return self.emit_instruction(instr, bytes, pc, env, hooks);
+        };
+        let pre = h.inst.plan_inst_site(instr, InstPosition::PreInst, h.block_start);
+        let terminator = is_terminator(instr);
+        let skipped = self.asm.new_label();
+        let skipped_nopost = self.asm.new_label();
+        let next = self.asm.new_label();
+        if let Some(site) = pre {
+            let inst_label = self.asm.new_label();
+            if terminator {
+                self.site_call(env, site, Rip::Imm(instr.ip()), inst_label, skipped, skipped_nopost);
+            } else {
+                self.site_call(env, site, Rip::Imm(instr.ip()), inst_label, skipped, next);
+            }
+            self.asm.bind(inst_label);
+        }
+        if terminator {
+            let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
+            if pre.is_some() {
+                // SkipInst / SkipPatch on a control-flow instruction: go on at the next one.
+                self.asm.bind(skipped);
+                self.path_hooks(env, hooks, instr, Rip::Imm(instr.next_ip()));
+                self.exit_to(instr.next_ip(), ExitKind::Branch, true);
+                self.asm.bind(skipped_nopost);
+                self.exit_events(env, hooks, instr.ip(), Rip::Imm(instr.next_ip()));
+                self.exit_to(instr.next_ip(), ExitKind::Branch, true);
+            }
+            return Ok(ended);
+        }
+        let syscall = instr.code() == Code::Syscall;
+        if syscall {
+            self.event_site(env, hooks, VmEvent::SYSCALL_ENTRY, instr.ip(), instr.ip());
+        }
+        let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
+        debug_assert!(!ended);
+        if syscall {
+            self.event_site(env, hooks, VmEvent::SYSCALL_EXIT, instr.ip(), instr.next_ip());
+        }
+        self.asm.bind(skipped);
+        self.asm.bind(skipped_nopost);
+        if let Some(h) = hooks.as_mut() {
+            if let Some(site) = h.inst.plan_inst_site(instr, InstPosition::PostInst, h.block_start) {
+                self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next, next);
+            }
+        }
+        self.asm.bind(next);
+        Ok(false)
+    }
+
+    fn event_site(&mut self, env: &Env<'_>, hooks: &mut Option<Hooks<'_>>, event: VmEvent, inst_addr: u64, rip: u64) {
+        let Some(h) = hooks.as_mut() else {
+            return;
+        };
+        if let Some(site) = h.inst.plan_event_site(event & h.events, inst_addr, h.block_start) {
+            let after = self.asm.new_label();
+            self.site_call(env, site, Rip::Imm(rip), after, after, after);
+            self.asm.bind(after);
+        }
     }
 
     /// Emits one guest instruction. Returns true when it ended the block.
@@ -164,6 +326,7 @@ impl Translator {
         bytes: &[u8],
         pc: u64,
         env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
     ) -> Result<bool, VmError> {
         let ip = instr.ip();
         let next = instr.next_ip();
@@ -186,51 +349,87 @@ impl Translator {
                 // int3, int n, ud2...: run as they are (same fault as native), then go on.
                 let start = (ip - pc) as usize;
                 self.asm.bytes(&bytes[start..start + instr.len()]);
+                self.path_hooks(env, hooks, instr, Rip::Imm(next));
                 self.exit_to(next, ExitKind::Branch, true);
                 Ok(true)
             }
             FlowControl::UnconditionalBranch => {
-                self.exit_to(instr.near_branch_target(), ExitKind::Branch, true);
+                let target = instr.near_branch_target();
+                self.path_hooks(env, hooks, instr, Rip::Imm(target));
+                self.exit_to(target, ExitKind::Branch, true);
                 Ok(true)
             }
             FlowControl::ConditionalBranch => {
                 let taken = instr.near_branch_target();
-                if instr.is_jcc_short_or_near() {
+                if instr.is_jcc_short_or_near() && hooks.is_none() {
                     let cc = instr.condition_code() as u8 - 1;
                     let l = self.asm.new_label();
                     let site = self.asm.jcc_label(cc, l);
                     self.pending.push((l, taken, site, ExitKind::Branch));
                     self.exit_to(next, ExitKind::Branch, true);
+                    return Ok(true);
+                }
+                let taken_path = self.asm.new_label();
+                if instr.is_jcc_short_or_near() {
+                    let cc = instr.condition_code() as u8 - 1;
+                    self.asm.jcc_label(cc, taken_path);
                 } else {
-                    // loop/loope/loopne/jrcxz/jecxz exist only as rel8: keep the instruction,
-                    // aimed over the 5-byte fall-through jump at the taken jump.
+                    // loop/loope/loopne/jrcxz/jecxz exist only as rel8: keep the
+                    // instruction, aimed over a 5-byte jump (fall-through) at another
+                    // (taken).
                     let start = (ip - pc) as usize;
                     let mut raw = [0u8; 15];
                     raw[..instr.len()].copy_from_slice(&bytes[start..start + instr.len()]);
                     raw[instr.len() - 1] = 5;
                     self.asm.bytes(&raw[..instr.len()]);
-                    self.exit_to(next, ExitKind::Branch, true);
-                    self.exit_to(taken, ExitKind::Branch, true);
+                    if hooks.is_none() {
+                        self.exit_to(next, ExitKind::Branch, true);
+                        self.exit_to(taken, ExitKind::Branch, true);
+                        return Ok(true);
+                    }
+                    let fall_path = self.asm.new_label();
+                    self.asm.jmp_label(fall_path);
+                    self.asm.jmp_label(taken_path);
+                    self.asm.bind(fall_path);
                 }
+                self.path_hooks(env, hooks, instr, Rip::Imm(next));
+                self.exit_to(next, ExitKind::Branch, true);
+                self.asm.bind(taken_path);
+                self.path_hooks(env, hooks, instr, Rip::Imm(taken));
+                self.exit_to(taken, ExitKind::Branch, true);
                 Ok(true)
             }
             FlowControl::Call => {
                 let target = instr.near_branch_target();
-                if (env.in_range)(target) || target == env.boundary {
+                if (env.in_range)(target) || target == env.boundary || !env.inline_broker {
+                    // Native targets go through the dispatcher when it must report them.
                     self.asm.push_imm64(next);
+                    self.path_hooks(env, hooks, instr, Rip::Imm(target));
                     self.exit_to(target, ExitKind::Branch, true);
                 } else {
                     // Native callee: it returns into a stub of ours that continues at `next`.
                     let ret_stub = self.asm.here() + 13 + 14;
                     self.asm.push_imm64_long(ret_stub);
-                    self.asm.jmp_abs(target);
-                    debug_assert_eq!(self.asm.here(), ret_stub);
+                    if hooks.is_some() {
+                        // The hooks come between the push and the jump: the stub moves.
+                        let ret_label = self.asm.new_label();
+                        let at = self.asm.len() - 13;
+                        self.path_hooks(env, hooks, instr, Rip::Imm(target));
+                        self.asm.jmp_abs(target);
+                        self.asm.bind(ret_label);
+                        let ret_stub = self.asm.here();
+                        self.asm.buf[at + 1..at + 5].copy_from_slice(&(ret_stub as u32).to_le_bytes());
+                        self.asm.buf[at + 9..at + 13].copy_from_slice(&((ret_stub >> 32) as u32).to_le_bytes());
+                    } else {
+                        self.asm.jmp_abs(target);
+                        debug_assert_eq!(self.asm.here(), ret_stub);
+                    }
                     self.exit_to(next, ExitKind::Branch, true);
                 }
                 Ok(true)
             }
             FlowControl::IndirectBranch | FlowControl::IndirectCall | FlowControl::Return => {
-                self.emit_indirect(instr, env)?;
+                self.emit_indirect(instr, env, hooks)?;
                 Ok(true)
             }
         }
@@ -335,17 +534,18 @@ impl Translator {
     }
 
     /// `jmp r/m`, `call r/m`, `ret`, `ret imm16`: target into rcx, then the inline lookup.
-    fn emit_indirect(&mut self, instr: &Instruction, env: &Env<'_>) -> Result<(), VmError> {
+    fn emit_indirect(
+        &mut self,
+        instr: &Instruction,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+    ) -> Result<(), VmError> {
         let ctx = env.ctx;
         emit_spill(&mut self.asm, ctx);
         match instr.flow_control() {
             FlowControl::Return => {
                 self.asm.load_rcx_from_stack_top();
-                let pop = 8 + if instr.op_count() > 0 {
-                    i32::from(instr.immediate16())
-                } else {
-                    0
-                };
+                let pop = 8 + if instr.op_count() > 0 { i32::from(instr.immediate16()) } else { 0 };
                 self.asm.lea_rsp(pop);
             }
             _ => {
@@ -355,14 +555,17 @@ impl Translator {
                 }
             }
         }
-        emit_lookup(
-            &mut self.asm,
-            ctx,
-            env.table,
-            Miss::Addr(env.runtime.ib_miss),
-            true,
-        );
-        self.asm.store(ctx + off::IB_JUMP, super::emitter::RAX);
+        if hooks.is_some() {
+            // Callbacks see the guest registers and the target as rip: park the target,
+            // run them, then look it up.
+            self.asm.store(ctx + off::IB_TARGET, RCX);
+            emit_restore(&mut self.asm, ctx);
+            self.path_hooks(env, hooks, instr, Rip::IbTarget);
+            emit_spill(&mut self.asm, ctx);
+            self.asm.load(RCX, ctx + off::IB_TARGET);
+        }
+        emit_lookup(&mut self.asm, ctx, env.table, Miss::Addr(env.runtime.ib_miss), true);
+        self.asm.store(ctx + off::IB_JUMP, RAX);
         emit_restore(&mut self.asm, ctx);
         self.asm.jmp_mem(ctx + off::IB_JUMP);
         Ok(())
@@ -457,6 +660,12 @@ pub(crate) fn disassemble_at(address: u64) -> String {
     let mut text = String::new();
     IntelFormatter::new().format(&instr, &mut text);
     text
+}
+
+/// Whether the instruction ends a block (may change rip), as opposed to running in place.
+fn is_terminator(instr: &Instruction) -> bool {
+    instr.code() != Code::Syscall
+        && !matches!(instr.flow_control(), FlowControl::Next | FlowControl::XbeginXabortXend)
 }
 
 /// Far, transactional and 16-bit control flow: refused with a clear error.

@@ -54,6 +54,33 @@ impl XSaveKind {
         XSaveKind::XSave(mask)
     }
 
+    /// The saved components that are not SSE (x87, AVX, AVX-512).
+    pub fn ext_mask(self) -> u64 {
+        match self {
+            XSaveKind::XSave(m) => m & !SSE,
+            XSaveKind::FxSave => X87,
+        }
+    }
+
+    /// The components `vzeroupper` does not return to their initial state.
+    pub fn sticky_mask(self) -> u64 {
+        self.ext_mask() & (X87 | OPMASK | HI16_ZMM)
+    }
+
+    /// Whether `xgetbv` with ECX=1 reports which components are in use (XINUSE).
+    pub fn has_xinuse(self) -> bool {
+        // CPUID leaf 0xD exists when XSAVE is supported.
+        matches!(self, XSaveKind::XSave(_)) && __cpuid_count(0xd, 1).eax & (1 << 2) != 0
+    }
+
+    /// Writes the initial values of the non-SSE components into `fpr` (the registers hold
+    /// them: a fast save found them unused).
+    pub fn write_initial_ext(self, fpr: &mut FprState) {
+        // Everything but SSE reported absent: complete_after_save writes initial values.
+        fpr.xstate_bv = SSE;
+        self.complete_after_save(fpr);
+    }
+
     /// Whether the CPU state includes AVX (so `vzeroupper` exists).
     pub fn has_avx(self) -> bool {
         matches!(self, XSaveKind::XSave(m) if m & AVX != 0)

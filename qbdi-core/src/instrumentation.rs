@@ -1,0 +1,448 @@
+//! What is instrumented and how: the ranges, the registered callbacks, and the callback
+//! sites the translator planted in the code cache. `Vm` and `VmRef` (inside callbacks) edit
+//! it through the same methods; the engine reads it when translating and when a site runs.
+//!
+//! A change that affects translated code (a new callback, a removed range) is recorded as a
+//! pending flush. `Vm` applies it at once; from inside a callback it applies when the guest
+//! next returns to the dispatcher (`VmAction::BreakToVm`, or any cache exit), never while a
+//! block is running.
+
+use crate::callback::{CallbackId, InstCallback, InstPosition, VmCallback, VmEvent};
+use crate::error::VmError;
+use crate::maps::{Permission, current_process_maps, map_is_module};
+use crate::options::Options;
+use crate::range::{Range, RangeSet};
+use crate::state::Rword;
+use iced_x86::{Instruction, Mnemonic};
+
+/// Events whose callbacks run inline, planted in translated code.
+pub(crate) const INLINE_EVENTS: VmEvent = VmEvent::SEQUENCE_ENTRY
+    .union(VmEvent::SEQUENCE_EXIT)
+    .union(VmEvent::BASIC_BLOCK_ENTRY)
+    .union(VmEvent::BASIC_BLOCK_EXIT)
+    .union(VmEvent::SYSCALL_ENTRY)
+    .union(VmEvent::SYSCALL_EXIT);
+pub(crate) const ENTRY_EVENTS: VmEvent = VmEvent::SEQUENCE_ENTRY.union(VmEvent::BASIC_BLOCK_ENTRY);
+pub(crate) const EXIT_EVENTS: VmEvent = VmEvent::SEQUENCE_EXIT.union(VmEvent::BASIC_BLOCK_EXIT);
+pub(crate) const TRANSFER_EVENTS: VmEvent =
+    VmEvent::EXEC_TRANSFER_CALL.union(VmEvent::EXEC_TRANSFER_RETURN);
+
+/// Which instructions an instruction callback applies to.
+pub(crate) enum Filter {
+    All,
+    Addr(Rword),
+    Range(Range),
+    /// One bit per iced `Mnemonic` value.
+    Mnemonic(Box<[u64]>),
+}
+
+impl Filter {
+    fn matches(&self, instr: &Instruction) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::Addr(a) => instr.ip() == *a,
+            Filter::Range(r) => r.contains(instr.ip()),
+            Filter::Mnemonic(bits) => {
+                let m = instr.mnemonic() as usize;
+                bits.get(m / 64).is_some_and(|w| w & (1 << (m % 64)) != 0)
+            }
+        }
+    }
+
+    /// The guest code whose translation this filter changes.
+    fn affected(&self) -> Option<Range> {
+        match self {
+            Filter::Addr(a) => Some(Range::new(*a, a.saturating_add(1))),
+            Filter::Range(r) => Some(*r),
+            _ => None,
+        }
+    }
+}
+
+pub(crate) enum Entry {
+    Inst { filter: Filter, position: InstPosition, priority: i32, cb: Option<InstCallback> },
+    Event { events: VmEvent, cb: Option<VmCallback> },
+}
+
+/// What kind of point a site is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SiteKind {
+    Inst(InstPosition),
+    /// VM events; for a block entry site, whether BASIC_BLOCK_NEW is still to be reported.
+    Events(VmEvent),
+}
+
+/// A callback site planted in translated code.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Site {
+    pub kind: SiteKind,
+    /// The guest instruction it belongs to (entry sites: the block start).
+    pub inst_addr: Rword,
+    pub block_start: Rword,
+    pub block_end: Rword,
+    /// Host addresses to resume at: after Continue, after SkipInst, after SkipPatch.
+    pub cont: u64,
+    pub skip_inst: u64,
+    pub skip_patch: u64,
+    /// Its callbacks, in call order: `site_cbs[first..first+len]`.
+    pub first: u32,
+    pub len: u32,
+    /// (Entry sites) report BASIC_BLOCK_NEW at the next run of this site.
+    pub new_pending: bool,
+}
+
+/// Most sites and callback references the table holds before the cache is reset.
+const MAX_SITES: usize = 1 << 19;
+const MAX_SITE_CBS: usize = 1 << 21;
+
+/// Cache invalidation waiting for the dispatcher.
+#[derive(Default)]
+pub(crate) struct PendingFlush {
+    pub all: bool,
+    pub ranges: Vec<Range>,
+}
+
+pub(crate) struct Instrumentation {
+    pub ranges: RangeSet,
+    pub options: Options,
+    /// Registered callbacks; `CallbackId` = index. Deleted entries are None.
+    entries: Vec<Option<Entry>>,
+    pub sites: Vec<Site>,
+    pub site_cbs: Vec<u32>,
+    pub flush: PendingFlush,
+    /// Union of the events of the registered event callbacks.
+    pub events: VmEvent,
+    /// A panic caught in a callback, to resume once the guest is out of the cache.
+    pub panic: Option<Box<dyn std::any::Any + Send>>,
+    scratch: Vec<(i32, u32)>,
+}
+
+impl Instrumentation {
+    pub fn new(options: Options) -> Instrumentation {
+        Instrumentation {
+            ranges: RangeSet::new(),
+            options,
+            entries: Vec::new(),
+            sites: Vec::new(),
+            site_cbs: Vec::new(),
+            flush: PendingFlush::default(),
+            events: VmEvent::empty(),
+            panic: None,
+            scratch: Vec::new(),
+        }
+    }
+
+    /// Whether translation has sites to plant (instruction or inline event callbacks).
+    pub fn has_sites(&self) -> bool {
+        self.entries.iter().flatten().any(|e| match e {
+            Entry::Inst { .. } => true,
+            Entry::Event { events, .. } => events.intersects(INLINE_EVENTS),
+        })
+    }
+
+    fn schedule_flush(&mut self, affected: Option<Range>) {
+        match affected {
+            Some(r) if !self.flush.all => self.flush.ranges.push(r),
+            _ => {
+                self.flush.all = true;
+                self.flush.ranges.clear();
+            }
+        }
+    }
+
+    fn push_entry(&mut self, entry: Entry) -> CallbackId {
+        if self.sites.capacity() == 0 {
+            // Reserved once, so translation never allocates (see engine/directory.rs).
+            self.sites.reserve_exact(MAX_SITES);
+            self.site_cbs.reserve_exact(MAX_SITE_CBS);
+            self.scratch.reserve_exact(1024);
+        }
+        self.entries.push(Some(entry));
+        (self.entries.len() - 1) as CallbackId
+    }
+
+    pub fn add_inst(
+        &mut self,
+        filter: Filter,
+        position: InstPosition,
+        cb: InstCallback,
+        priority: i32,
+    ) -> CallbackId {
+        self.schedule_flush(filter.affected());
+        self.push_entry(Entry::Inst { filter, position, priority, cb: Some(cb) })
+    }
+
+    pub fn add_event(&mut self, events: VmEvent, cb: VmCallback) -> Result<CallbackId, VmError> {
+        if events.is_empty() {
+            return Err(VmError::InvalidArgument(
+                "add_vm_event_cb needs at least one VmEvent (e.g. VmEvent::BASIC_BLOCK_ENTRY)".into(),
+            ));
+        }
+        if events.intersects(INLINE_EVENTS | TRANSFER_EVENTS) {
+            self.schedule_flush(None);
+        }
+        self.events |= events;
+        Ok(self.push_entry(Entry::Event { events, cb: Some(cb) }))
+    }
+
+    pub fn delete(&mut self, id: CallbackId) -> Result<(), VmError> {
+        let entry = self
+            .entries
+            .get_mut(id as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| VmError::InvalidArgument(format!("no instrumentation has id {id} (already deleted?)")))?;
+        let affected = match &entry {
+            Entry::Inst { filter, .. } => filter.affected(),
+            Entry::Event { .. } => None,
+        };
+        self.schedule_flush(affected);
+        self.recompute_events();
+        Ok(())
+    }
+
+    pub fn delete_all(&mut self) {
+        self.entries.clear();
+        self.events = VmEvent::empty();
+        self.schedule_flush(None);
+    }
+
+    fn recompute_events(&mut self) {
+        self.events = self
+            .entries
+            .iter()
+            .flatten()
+            .fold(VmEvent::empty(), |acc, e| match e {
+                Entry::Event { events, .. } => acc | *events,
+                Entry::Inst { .. } => acc,
+            });
+    }
+
+    /// Takes a callback out for a call (its slot stays reserved); see `put_back`.
+    pub fn take_inst(&mut self, id: u32) -> Option<InstCallback> {
+        match self.entries.get_mut(id as usize)? {
+            Some(Entry::Inst { cb, .. }) => cb.take(),
+            _ => None,
+        }
+    }
+
+    pub fn take_event(&mut self, id: u32) -> Option<(VmEvent, VmCallback)> {
+        match self.entries.get_mut(id as usize)? {
+            Some(Entry::Event { events, cb }) => cb.take().map(|c| (*events, c)),
+            _ => None,
+        }
+    }
+
+    /// Puts a callback back after its call, unless it was deleted meanwhile.
+    pub fn put_back_inst(&mut self, id: u32, callback: InstCallback) {
+        if let Some(Some(Entry::Inst { cb, .. })) = self.entries.get_mut(id as usize) {
+            *cb = Some(callback);
+        }
+    }
+
+    pub fn put_back_event(&mut self, id: u32, callback: VmCallback) {
+        if let Some(Some(Entry::Event { cb, .. })) = self.entries.get_mut(id as usize) {
+            *cb = Some(callback);
+        }
+    }
+
+    /// Event callbacks registered for any of `events`, in registration order.
+    pub fn event_ids(&self, events: VmEvent) -> impl Iterator<Item = (u32, VmEvent)> + '_ {
+        self.entries.iter().enumerate().filter_map(move |(i, e)| match e {
+            Some(Entry::Event { events: ev, .. }) if ev.intersects(events) => Some((i as u32, *ev)),
+            _ => None,
+        })
+    }
+
+    /// Whether the site and callback tables can take one more block's worth.
+    pub fn has_room(&self, sites: usize, cbs: usize) -> bool {
+        self.sites.len() + sites <= self.sites.capacity()
+            && self.site_cbs.len() + cbs <= self.site_cbs.capacity()
+    }
+
+    /// Adds a site for the instruction callbacks at `position` that apply to `instr`, if any.
+    pub fn plan_inst_site(&mut self, instr: &Instruction, position: InstPosition, block_start: Rword) -> Option<u32> {
+        self.scratch.clear();
+        for (id, e) in self.entries.iter().enumerate() {
+            if let Some(Entry::Inst { filter, position: p, priority, .. }) = e {
+                if *p == position && filter.matches(instr) && self.scratch.len() < self.scratch.capacity() {
+                    self.scratch.push((-*priority, id as u32));
+                }
+            }
+        }
+        if self.scratch.is_empty() {
+            return None;
+        }
+        // Higher priority first, then registration order; unstable sort allocates nothing.
+        self.scratch.sort_unstable();
+        let first = self.site_cbs.len() as u32;
+        for &(_, id) in &self.scratch {
+            self.site_cbs.push(id);
+        }
+        Some(self.push_site(SiteKind::Inst(position), instr.ip(), block_start, first, self.scratch.len() as u32))
+    }
+
+    /// Adds a site for the inline events in `events` that have callbacks.
+    pub fn plan_event_site(&mut self, events: VmEvent, inst_addr: Rword, block_start: Rword) -> Option<u32> {
+        let wanted = events & self.events;
+        if wanted.is_empty() {
+            return None;
+        }
+        let first = self.site_cbs.len() as u32;
+        let mut n = 0;
+        for (i, e) in self.entries.iter().enumerate() {
+            if let Some(Entry::Event { events: ev, .. }) = e {
+                if ev.intersects(wanted) {
+                    self.site_cbs.push(i as u32);
+                    n += 1;
+                }
+            }
+        }
+        let new_pending = wanted.intersects(ENTRY_EVENTS) && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
+        let site = self.push_site(SiteKind::Events(wanted), inst_addr, block_start, first, n);
+        self.sites[site as usize].new_pending = new_pending;
+        Some(site)
+    }
+
+    fn push_site(&mut self, kind: SiteKind, inst_addr: Rword, block_start: Rword, first: u32, len: u32) -> u32 {
+        self.sites.push(Site {
+            kind,
+            inst_addr,
+            block_start,
+            block_end: 0,
+            cont: 0,
+            skip_inst: 0,
+            skip_patch: 0,
+            first,
+            len,
+            new_pending: false,
+        });
+        (self.sites.len() - 1) as u32
+    }
+
+    /// Forgets every site (no translated code refers to them any more).
+    pub fn reset_sites(&mut self) {
+        self.sites.clear();
+        self.site_cbs.clear();
+    }
+
+    // ---- ranges -------------------------------------------------------------------------
+
+    pub fn add_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
+        if end <= start {
+            return Err(VmError::InvalidRange { start, end });
+        }
+        self.ranges.add(Range::new(start, end));
+        self.schedule_flush(None);
+        Ok(())
+    }
+
+    pub fn remove_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
+        if end <= start {
+            return Err(VmError::InvalidRange { start, end });
+        }
+        self.ranges.remove(Range::new(start, end));
+        self.schedule_flush(None);
+        Ok(())
+    }
+
+    pub fn add_module(&mut self, name: &str) -> Result<(), VmError> {
+        for r in module_exec_maps(name)? {
+            self.ranges.add(r);
+        }
+        self.schedule_flush(None);
+        Ok(())
+    }
+
+    pub fn remove_module(&mut self, name: &str) -> Result<(), VmError> {
+        for r in module_exec_maps(name)? {
+            self.ranges.remove(r);
+        }
+        self.schedule_flush(None);
+        Ok(())
+    }
+
+    pub fn add_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
+        for r in module_exec_maps_from_addr(addr)? {
+            self.ranges.add(r);
+        }
+        self.schedule_flush(None);
+        Ok(())
+    }
+
+    pub fn remove_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
+        for r in module_exec_maps_from_addr(addr)? {
+            self.ranges.remove(r);
+        }
+        self.schedule_flush(None);
+        Ok(())
+    }
+
+    pub fn add_all_executable_maps(&mut self) {
+        for m in current_process_maps(true) {
+            if m.permission.contains(Permission::EXEC) && m.name != "[vsyscall]" {
+                self.ranges.add(m.range);
+            }
+        }
+        self.schedule_flush(None);
+    }
+
+    pub fn remove_all_ranges(&mut self) {
+        self.ranges.clear();
+        self.schedule_flush(None);
+    }
+
+    pub fn clear_cache(&mut self, start: Rword, end: Rword) {
+        self.schedule_flush(Some(Range::new(start, end)));
+    }
+
+    pub fn clear_all_cache(&mut self) {
+        self.schedule_flush(None);
+    }
+}
+
+/// Builds the filter of a mnemonic pattern: every iced mnemonic the glob matches.
+pub(crate) fn mnemonic_filter(pattern: &str) -> Result<Filter, VmError> {
+    let mut bits = vec![0u64; Mnemonic::values().count().div_ceil(64)].into_boxed_slice();
+    let mut any = false;
+    for m in Mnemonic::values() {
+        if m == Mnemonic::INVALID {
+            continue;
+        }
+        let name = format!("{m:?}").to_ascii_uppercase();
+        if crate::analysis::mnemonic_matches(pattern, &name) {
+            bits[m as usize / 64] |= 1 << (m as usize % 64);
+            any = true;
+        }
+    }
+    if !any {
+        return Err(VmError::InvalidArgument(format!(
+            "mnemonic pattern {pattern:?} matches no x86 mnemonic: use iced-x86 mnemonic names such as \"CALL\", \"MOV*\" or \"J*\" (LLVM opcode names like CALL64r do not exist here)"
+        )));
+    }
+    Ok(Filter::Mnemonic(bits))
+}
+
+fn module_exec_maps(name: &str) -> Result<Vec<Range>, VmError> {
+    let ranges: Vec<Range> = current_process_maps(true)
+        .into_iter()
+        .filter(|m| m.permission.contains(Permission::EXEC) && map_is_module(&m.name, name))
+        .map(|m| m.range)
+        .collect();
+    if ranges.is_empty() {
+        return Err(VmError::ModuleNotFound(name.to_string()));
+    }
+    Ok(ranges)
+}
+
+fn module_exec_maps_from_addr(addr: Rword) -> Result<Vec<Range>, VmError> {
+    let maps = current_process_maps(true);
+    let map = maps
+        .iter()
+        .find(|m| m.range.contains(addr) && m.permission.contains(Permission::EXEC))
+        .ok_or(VmError::AddressNotMapped(addr))?;
+    if map.name.starts_with('/') {
+        module_exec_maps(&map.name)
+    } else {
+        Ok(vec![map.range])
+    }
+}

@@ -1,0 +1,246 @@
+//! `VmRef`: what a callback gets instead of the `Vm`. It can change the instrumentation
+//! (callbacks, ranges, cache) and analyse the current instruction, but cannot `run`, `call`,
+//! change options or precache: the borrow checker enforces what QBDI only documents.
+//! Changes take effect when the guest next returns to the dispatcher (return
+//! `VmAction::BreakToVm` to force it).
+
+use crate::analysis::{AnalysisType, InstAnalysis, analyze};
+use crate::callback::{CallbackId, InstPosition, VmAction, VmEvent, VmState};
+use crate::error::VmError;
+use crate::instrumentation::{Filter, Instrumentation, mnemonic_filter};
+use crate::options::Options;
+use crate::state::{FprState, GprState, Rword};
+use std::collections::HashMap;
+
+/// The Vm as seen from inside a callback.
+pub struct VmRef<'a> {
+    pub(crate) inst: &'a mut Instrumentation,
+    pub(crate) analyses: &'a mut AnalysisCache,
+    /// Address of the instruction the callback runs for (0 outside instructions).
+    pub(crate) current: Rword,
+}
+
+/// Analyses computed so far, by address (dropped when the cache is cleared).
+#[derive(Default)]
+pub(crate) struct AnalysisCache {
+    map: HashMap<Rword, InstAnalysis>,
+}
+
+impl AnalysisCache {
+    /// The analysis of the instruction at `addr` with at least `what`, computing it if
+    /// needed. The caller guarantees `addr` holds a decodable instruction in readable memory.
+    pub(crate) fn get(&mut self, addr: Rword, what: AnalysisType, options: Options) -> Option<&InstAnalysis> {
+        let have = self.map.get(&addr).map(|a| a.analysis_type);
+        if have.is_none_or(|t| !t.contains(what)) {
+            let all = what | have.unwrap_or(AnalysisType::empty());
+            // SAFETY: per the caller, 15 bytes (the longest instruction) from addr are
+            // readable code (the engine translated or is running it).
+            let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, 15) };
+            let a = analyze(bytes, addr, all, options.contains(Options::OPT_ATT_SYNTAX))?;
+            self.map.insert(addr, a);
+        }
+        self.map.get(&addr)
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+macro_rules! instrumentation_methods {
+    () => {
+        /// Adds a callback on every instrumented instruction.
+        pub fn add_code_cb(
+            &mut self,
+            position: InstPosition,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+            priority: i32,
+        ) -> Result<CallbackId, VmError> {
+            let id = self.inst_mut().add_inst(Filter::All, position, Box::new(cb), priority);
+            self.changed();
+            Ok(id)
+        }
+
+        /// Adds a callback on the instruction at `addr`.
+        pub fn add_code_addr_cb(
+            &mut self,
+            addr: Rword,
+            position: InstPosition,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+            priority: i32,
+        ) -> Result<CallbackId, VmError> {
+            let id = self.inst_mut().add_inst(Filter::Addr(addr), position, Box::new(cb), priority);
+            self.changed();
+            Ok(id)
+        }
+
+        /// Adds a callback on the instructions in `[start, end)`.
+        pub fn add_code_range_cb(
+            &mut self,
+            start: Rword,
+            end: Rword,
+            position: InstPosition,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+            priority: i32,
+        ) -> Result<CallbackId, VmError> {
+            if end <= start {
+                return Err(VmError::InvalidRange { start, end });
+            }
+            let filter = Filter::Range(crate::range::Range::new(start, end));
+            let id = self.inst_mut().add_inst(filter, position, Box::new(cb), priority);
+            self.changed();
+            Ok(id)
+        }
+
+        /// Adds a callback on the instructions whose mnemonic matches `pattern`, a
+        /// case-insensitive glob over iced-x86's mnemonic names (`"CALL"`, `"MOV*"`, `"J*"`).
+        /// A pattern that matches no mnemonic is an error.
+        pub fn add_mnemonic_cb(
+            &mut self,
+            pattern: &str,
+            position: InstPosition,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+            priority: i32,
+        ) -> Result<CallbackId, VmError> {
+            let filter = mnemonic_filter(pattern)?;
+            let id = self.inst_mut().add_inst(filter, position, Box::new(cb), priority);
+            self.changed();
+            Ok(id)
+        }
+
+        /// Adds a callback on VM events (any combination of [`VmEvent`] flags).
+        pub fn add_vm_event_cb(
+            &mut self,
+            events: VmEvent,
+            cb: impl FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + 'static,
+        ) -> Result<CallbackId, VmError> {
+            let id = self.inst_mut().add_event(events, Box::new(cb))?;
+            self.changed();
+            Ok(id)
+        }
+
+        /// Removes one callback.
+        pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
+            self.inst_mut().delete(id)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Removes every callback.
+        pub fn delete_all_instrumentations(&mut self) {
+            self.inst_mut().delete_all();
+            self.changed();
+        }
+
+        /// Instruments `[start, end)`.
+        pub fn add_instrumented_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
+            self.inst_mut().add_range(start, end)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Instruments every executable mapping of the module `name` (basename or full path).
+        pub fn add_instrumented_module(&mut self, name: &str) -> Result<(), VmError> {
+            self.inst_mut().add_module(name)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Instruments the module (or anonymous executable mapping) containing `addr`.
+        pub fn add_instrumented_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
+            self.inst_mut().add_module_from_addr(addr)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Instruments every executable mapping of the process.
+        pub fn instrument_all_executable_maps(&mut self) -> Result<(), VmError> {
+            self.inst_mut().add_all_executable_maps();
+            self.changed();
+            Ok(())
+        }
+
+        /// Stops instrumenting `[start, end)`.
+        pub fn remove_instrumented_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
+            self.inst_mut().remove_range(start, end)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Stops instrumenting the module `name`.
+        pub fn remove_instrumented_module(&mut self, name: &str) -> Result<(), VmError> {
+            self.inst_mut().remove_module(name)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Stops instrumenting the module (or anonymous mapping) containing `addr`.
+        pub fn remove_instrumented_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
+            self.inst_mut().remove_module_from_addr(addr)?;
+            self.changed();
+            Ok(())
+        }
+
+        /// Stops instrumenting anything.
+        pub fn remove_all_instrumented_ranges(&mut self) {
+            self.inst_mut().remove_all_ranges();
+            self.changed();
+        }
+
+        /// Drops the translations of code in `[start, end)` (after the guest changed its
+        /// code). From a callback, this happens once the running block has left.
+        pub fn clear_cache(&mut self, start: Rword, end: Rword) {
+            self.inst_mut().clear_cache(start, end);
+            self.changed();
+        }
+
+        /// Drops every translation (deferred from a callback, as `clear_cache`).
+        pub fn clear_all_cache(&mut self) {
+            self.inst_mut().clear_all_cache();
+            self.changed();
+        }
+
+        /// The instrumented ranges.
+        #[must_use]
+        pub fn instrumented_ranges(&self) -> &crate::range::RangeSet {
+            &self.inst_ref().ranges
+        }
+    };
+}
+pub(crate) use instrumentation_methods;
+
+impl VmRef<'_> {
+    fn inst_mut(&mut self) -> &mut Instrumentation {
+        self.inst
+    }
+
+    fn inst_ref(&self) -> &Instrumentation {
+        self.inst
+    }
+
+    /// Changes from a callback wait for the dispatcher.
+    fn changed(&mut self) {}
+
+    instrumentation_methods!();
+
+    /// The analysis of the instruction the callback runs for.
+    ///
+    /// # Panics
+    /// In a callback not attached to an instruction (a VM event other than
+    /// SYSCALL_ENTRY/EXIT): use [`cached_inst_analysis`](Self::cached_inst_analysis) with
+    /// an address instead.
+    pub fn inst_analysis(&mut self, analysis: AnalysisType) -> &InstAnalysis {
+        assert!(self.current != 0, "inst_analysis() is for instruction callbacks; use cached_inst_analysis(address, ..)");
+        let options = self.inst.options;
+        self.analyses.get(self.current, analysis, options).expect("the engine translated this instruction")
+    }
+
+    /// The analysis of a translated instruction at `addr`, if the cache holds one there.
+    pub fn cached_inst_analysis(&mut self, addr: Rword, analysis: AnalysisType) -> Option<&InstAnalysis> {
+        if !self.inst.ranges.contains(addr) && addr != self.current {
+            return None;
+        }
+        let options = self.inst.options;
+        self.analyses.get(addr, analysis, options)
+    }
+}
