@@ -9,11 +9,12 @@
 
 use crate::callback::{CallbackId, InstCallback, InstPosition, VmCallback, VmEvent};
 use crate::error::VmError;
+use crate::memory_access::MemoryAccessType;
 use crate::maps::{Permission, current_process_maps, map_is_module};
 use crate::options::Options;
 use crate::range::{Range, RangeSet};
 use crate::state::Rword;
-use iced_x86::{Instruction, Mnemonic};
+use iced_x86::Instruction;
 
 /// Events whose callbacks run inline, planted in translated code.
 pub(crate) const INLINE_EVENTS: VmEvent = VmEvent::SEQUENCE_ENTRY
@@ -34,11 +35,24 @@ pub(crate) enum Filter {
     Range(Range),
     /// One bit per iced `Mnemonic` value.
     Mnemonic(Box<[u64]>),
+    /// Instructions that access memory this way: PreInst for reads, PostInst for writes
+    /// (an instruction that does both: PostInst). With a range: only when an access of the
+    /// running instruction overlaps it (checked at run time).
+    MemAccess(MemoryAccessType, Option<Range>),
 }
 
 impl Filter {
-    fn matches(&self, instr: &Instruction) -> bool {
+    fn matches(&self, instr: &Instruction, position: InstPosition, access: (bool, bool)) -> bool {
         match self {
+            Filter::MemAccess(t, _) => {
+                let (reads, writes) = access;
+                let reads = reads && t.contains(MemoryAccessType::READ);
+                let writes = writes && t.contains(MemoryAccessType::WRITE);
+                match position {
+                    InstPosition::PreInst => reads && !writes,
+                    InstPosition::PostInst => writes,
+                }
+            }
             Filter::All => true,
             Filter::Addr(a) => instr.ip() == *a,
             Filter::Range(r) => r.contains(instr.ip()),
@@ -89,6 +103,12 @@ pub(crate) struct Site {
     pub len: u32,
     /// (Entry sites) report BASIC_BLOCK_NEW at the next run of this site.
     pub new_pending: bool,
+    /// Memory access descriptors: the instruction's, and the block's up to the end of
+    /// this instruction (the whole block for exit sites).
+    pub mem_first: u32,
+    pub mem_len: u32,
+    pub bb_mem_first: u32,
+    pub bb_mem_len: u32,
 }
 
 /// Most sites and callback references the table holds before the cache is reset.
@@ -245,6 +265,14 @@ impl Instrumentation {
         }
     }
 
+    /// The address range a memory callback is restricted to, if `id` is one.
+    pub fn mem_range(&self, id: u32) -> Option<(MemoryAccessType, Range)> {
+        match self.entries.get(id as usize)? {
+            Some(Entry::Inst { filter: Filter::MemAccess(t, Some(r)), .. }) => Some((*t, *r)),
+            _ => None,
+        }
+    }
+
     /// Event callbacks registered for any of `events`, in registration order.
     pub fn event_ids(&self, events: VmEvent) -> impl Iterator<Item = (u32, VmEvent)> + '_ {
         self.entries.iter().enumerate().filter_map(move |(i, e)| match e {
@@ -259,12 +287,23 @@ impl Instrumentation {
             && self.site_cbs.len() + cbs <= self.site_cbs.capacity()
     }
 
-    /// Adds a site for the instruction callbacks at `position` that apply to `instr`, if any.
-    pub fn plan_inst_site(&mut self, instr: &Instruction, position: InstPosition, block_start: Rword) -> Option<u32> {
+    /// Adds a site for the instruction callbacks at `position` that apply to `instr`, if
+    /// any. `access`: whether the instruction's recorded accesses include (reads, writes).
+    pub fn plan_inst_site(
+        &mut self,
+        instr: &Instruction,
+        position: InstPosition,
+        block_start: Rword,
+        access: (bool, bool),
+    ) -> Option<u32> {
         self.scratch.clear();
         for (id, e) in self.entries.iter().enumerate() {
             if let Some(Entry::Inst { filter, position: p, priority, .. }) = e {
-                if *p == position && filter.matches(instr) && self.scratch.len() < self.scratch.capacity() {
+                let here = match filter {
+                    Filter::MemAccess(..) => filter.matches(instr, position, access),
+                    _ => *p == position && filter.matches(instr, position, access),
+                };
+                if here && self.scratch.len() < self.scratch.capacity() {
                     self.scratch.push((-*priority, id as u32));
                 }
             }
@@ -315,6 +354,10 @@ impl Instrumentation {
             first,
             len,
             new_pending: false,
+            mem_first: 0,
+            mem_len: 0,
+            bb_mem_first: 0,
+            bb_mem_len: 0,
         });
         (self.sites.len() - 1) as u32
     }
@@ -402,15 +445,14 @@ impl Instrumentation {
 
 /// Builds the filter of a mnemonic pattern: every iced mnemonic the glob matches.
 pub(crate) fn mnemonic_filter(pattern: &str) -> Result<Filter, VmError> {
-    let mut bits = vec![0u64; Mnemonic::values().count().div_ceil(64)].into_boxed_slice();
+    let names = crate::analysis::mnemonic_names();
+    let mut bits = vec![0u64; (names.len() + 1).div_ceil(64)].into_boxed_slice();
     let mut any = false;
-    for m in Mnemonic::values() {
-        if m == Mnemonic::INVALID {
-            continue;
-        }
-        let name = format!("{m:?}").to_ascii_uppercase();
-        if crate::analysis::mnemonic_matches(pattern, &name) {
-            bits[m as usize / 64] |= 1 << (m as usize % 64);
+    // names[i] is the name of Mnemonic value i + 1 (INVALID, value 0, has none).
+    for (i, name) in names.iter().enumerate() {
+        if crate::analysis::mnemonic_matches(pattern, name) {
+            let m = i + 1;
+            bits[m / 64] |= 1 << (m % 64);
             any = true;
         }
     }

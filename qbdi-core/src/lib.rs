@@ -24,6 +24,7 @@ mod instrumentation;
 mod error;
 mod maps;
 mod memory;
+mod memory_access;
 mod options;
 mod range;
 mod state;
@@ -38,6 +39,7 @@ pub use callback::{
 };
 pub use error::VmError;
 pub use maps::{MemoryMap, Permission, current_process_maps, module_names};
+pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};
 pub use options::Options;
 pub use range::{Range, RangeSet};

@@ -23,7 +23,9 @@ pub(crate) fn symbolize(addr: u64) -> Option<(String, u32, String)> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let symbols = module_symbols(&mapping.path);
-    let found = symbols.bias(&mapping).and_then(|bias| symbols.lookup(addr.wrapping_sub(bias)));
+    let found = symbols
+        .bias(&mapping)
+        .and_then(|bias| symbols.lookup(addr.wrapping_sub(bias)));
     Some(match found {
         Some((name, offset)) => (name.to_owned(), offset, module),
         None => (String::new(), 0, module),
@@ -64,6 +66,14 @@ fn find_mapping(addr: u64) -> Option<Mapping> {
     })
 }
 
+/// Preference among symbols at one address (greater is preferred).
+type Rank = (
+    bool,
+    bool,
+    std::cmp::Reverse<usize>,
+    std::cmp::Reverse<usize>,
+);
+
 /// What we keep of one ELF file: its loadable segments and its symbols.
 #[derive(Debug, Default)]
 struct ModuleSymbols {
@@ -102,7 +112,12 @@ impl ModuleSymbols {
             .find(starts_here)
             .or_else(|| self.segments.iter().find(contains))?;
         // vaddr + bias is where file_offset lives: m.start + (file_offset - m.offset).
-        Some(m.start.wrapping_add(file_offset).wrapping_sub(m.offset).wrapping_sub(vaddr))
+        Some(
+            m.start
+                .wrapping_add(file_offset)
+                .wrapping_sub(m.offset)
+                .wrapping_sub(vaddr),
+        )
     }
 
     /// The symbol covering link-time address `vaddr`, and the offset into it.
@@ -144,17 +159,22 @@ impl ModuleSymbols {
                 (offset, s.address(), size)
             })
             .collect();
-        let mut ranked: Vec<(Symbol, (bool, bool, std::cmp::Reverse<usize>))> = file
+        let mut ranked: Vec<(Symbol, Rank)> = file
             .symbols()
             .chain(file.dynamic_symbols())
             .filter(|s| matches!(s.kind(), SymbolKind::Text | SymbolKind::Data))
             .filter(|s| !s.is_undefined() && s.address() != 0)
             .filter_map(|s| {
                 let name = s.name().ok().filter(|n| !n.is_empty())?;
-                // Among aliases prefer sized, global, then less underscored names
-                // (`qsort` over `__libc_qsort`).
+                // Among aliases prefer sized, global, less underscored, then shorter names
+                // (`qsort` over `__libc_qsort`, `hypot` over `hypotf64`).
                 let underscores = name.bytes().take_while(|&b| b == b'_').count();
-                let rank = (s.size() > 0, s.is_global(), std::cmp::Reverse(underscores));
+                let rank = (
+                    s.size() > 0,
+                    s.is_global(),
+                    std::cmp::Reverse(underscores),
+                    std::cmp::Reverse(name.len()),
+                );
                 let symbol = Symbol {
                     address: s.address(),
                     size: s.size(),
@@ -163,9 +183,7 @@ impl ModuleSymbols {
                 Some((symbol, rank))
             })
             .collect();
-        ranked.sort_by(|(a, ra), (b, rb)| {
-            (a.address, ra, &a.name).cmp(&(b.address, rb, &b.name))
-        });
+        ranked.sort_by(|(a, ra), (b, rb)| (a.address, ra, &a.name).cmp(&(b.address, rb, &b.name)));
         // The same symbol often appears in both tables.
         ranked.dedup_by(|(a, _), (b, _)| a.address == b.address && a.name == b.name);
         Self {
@@ -186,4 +204,218 @@ fn module_symbols(path: &str) -> Arc<ModuleSymbols> {
     let parsed = Arc::new(ModuleSymbols::load(path));
     let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
     Arc::clone(cache.entry(path.to_owned()).or_insert(parsed))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::{CStr, CString};
+
+    /// An exported function of the test executable (named in `.symtab`).
+    #[unsafe(no_mangle)]
+    #[inline(never)]
+    pub extern "C" fn qbdi_core_symbols_test_marker(x: u64) -> u64 {
+        std::hint::black_box(x).wrapping_mul(7) ^ 0x55
+    }
+
+    #[inline(never)]
+    fn local_marker_function(x: u64) -> u64 {
+        std::hint::black_box(x).rotate_left(3)
+    }
+
+    fn exe_name() -> String {
+        let exe = std::env::current_exe().expect("test executable path");
+        exe.file_name()
+            .and_then(|n| n.to_str())
+            .expect("utf-8 name")
+            .to_owned()
+    }
+
+    /// `dlsym(handle, name)` as an address.
+    fn dlsym(handle: *mut libc::c_void, name: &str) -> u64 {
+        let name = CString::new(name).expect("no NUL in symbol name");
+        // SAFETY: `handle` is RTLD_DEFAULT or a handle from dlopen; `name` is NUL-terminated.
+        let addr = unsafe { libc::dlsym(handle, name.as_ptr()) };
+        assert!(!addr.is_null(), "{name:?} not found");
+        addr as u64
+    }
+
+    /// What the dynamic loader says about `addr`: (symbol, offset, module basename).
+    fn dladdr(addr: u64) -> Option<(String, u64, String)> {
+        // SAFETY: Dl_info is plain pointers; all-zero is a valid "nothing found" value.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // SAFETY: dladdr only reads the loader's tables and fills `info`.
+        if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0
+            || info.dli_sname.is_null()
+        {
+            return None;
+        }
+        // SAFETY: on success the loader's strings are NUL-terminated and live while the
+        // object is loaded (libc and libm are never unloaded).
+        let (sname, fname) = unsafe {
+            (
+                CStr::from_ptr(info.dli_sname),
+                CStr::from_ptr(info.dli_fname),
+            )
+        };
+        let module = Path::new(&*fname.to_string_lossy())
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Some((
+            sname.to_string_lossy().into_owned(),
+            addr - info.dli_saddr as u64,
+            module,
+        ))
+    }
+
+    /// Our answer for `addr` is the loader's: same module and offset, and a name that is the
+    /// loader's or an alias of it (both resolve to the same address through `handle`).
+    fn assert_same_as_loader(handle: *mut libc::c_void, addr: u64) {
+        let (name, offset, module) = symbolize(addr).expect("in a loaded library");
+        let (loader_name, loader_offset, loader_module) = dladdr(addr).expect("exported");
+        assert_eq!(
+            (u64::from(offset), &module),
+            (loader_offset, &loader_module),
+            "{name} vs {loader_name}"
+        );
+        assert_eq!(
+            dlsym(handle, &name),
+            dlsym(handle, &loader_name),
+            "{name} vs {loader_name}"
+        );
+    }
+
+    #[test]
+    fn exported_function_of_the_test_executable_is_named() {
+        let addr = qbdi_core_symbols_test_marker as *const () as u64;
+        assert_eq!(
+            symbolize(addr),
+            Some(("qbdi_core_symbols_test_marker".to_owned(), 0, exe_name()))
+        );
+        assert_eq!(
+            symbolize(addr + 1),
+            Some(("qbdi_core_symbols_test_marker".to_owned(), 1, exe_name()))
+        );
+    }
+
+    #[test]
+    fn local_rust_function_is_found_in_symtab() {
+        let addr = local_marker_function as *const () as u64;
+        let (name, offset, module) = symbolize(addr).expect("in the test executable");
+        // Rust names are mangled: _ZN...local_marker_function17h<hash>E or _R... (v0).
+        assert!(name.contains("local_marker_function"), "{name}");
+        assert_eq!((offset, module), (0, exe_name()));
+    }
+
+    #[test]
+    fn libc_export_matches_the_dynamic_loader() {
+        let qsort = dlsym(libc::RTLD_DEFAULT, "qsort");
+        assert_eq!(
+            symbolize(qsort),
+            Some(("qsort".to_owned(), 0, "libc.so.6".to_owned()))
+        );
+        assert_same_as_loader(libc::RTLD_DEFAULT, qsort + 3);
+    }
+
+    #[test]
+    fn libm_export_matches_the_dynamic_loader() {
+        let lib = CString::new("libm.so.6").expect("no NUL");
+        // SAFETY: loading libm runs no user code of ours; the handle is never closed.
+        let handle = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW) };
+        assert!(!handle.is_null(), "libm.so.6 cannot be loaded");
+        let hypot = dlsym(handle, "hypot");
+        assert_eq!(
+            symbolize(hypot),
+            Some(("hypot".to_owned(), 0, "libm.so.6".to_owned()))
+        );
+        assert_same_as_loader(handle, hypot + 16);
+    }
+
+    #[test]
+    fn strlen_is_named_when_its_implementation_has_a_symbol() {
+        // dlsym resolves the IFUNC `strlen` to the implementation this CPU uses
+        // (`__strlen_avx2`, `__strlen_evex`...): a local symbol, only in `.symtab`, which
+        // distributions strip from libc. Without it no symbol covers the address.
+        let strlen = dlsym(libc::RTLD_DEFAULT, "strlen");
+        let (name, _, module) = symbolize(strlen).expect("in libc");
+        assert_eq!(module, "libc.so.6");
+        assert!(name.is_empty() || name.contains("strlen"), "{name}");
+        // What the loader knows (exported names only) we know too.
+        if dladdr(strlen).is_some() {
+            assert_same_as_loader(libc::RTLD_DEFAULT, strlen);
+        }
+    }
+
+    #[test]
+    fn anonymous_memory_has_no_module() {
+        let on_stack = 0u64;
+        assert_eq!(symbolize(&on_stack as *const u64 as u64), None);
+        assert_eq!(symbolize(0), None);
+    }
+
+    fn symbols(list: &[(u64, u64, &str)]) -> ModuleSymbols {
+        ModuleSymbols {
+            segments: Vec::new(),
+            symbols: list
+                .iter()
+                .map(|&(address, size, name)| Symbol {
+                    address,
+                    size,
+                    name: name.into(),
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lookup_uses_sizes_and_falls_back_to_the_preceding_label() {
+        let table = symbols(&[
+            (0x1000, 0x20, "first"),
+            (0x1040, 0, "label"),
+            (0x1080, 0x10, "second"),
+            (0x1080, 0x10, "second_alias"),
+        ]);
+        assert_eq!(table.lookup(0xfff), None);
+        assert_eq!(table.lookup(0x1000), Some(("first", 0)));
+        assert_eq!(table.lookup(0x101f), Some(("first", 0x1f)));
+        // Past the end of `first` and before the label: nothing.
+        assert_eq!(table.lookup(0x1020), None);
+        assert_eq!(table.lookup(0x1050), Some(("label", 0x10)));
+        // The preferred alias is sorted last.
+        assert_eq!(table.lookup(0x1084), Some(("second_alias", 4)));
+        assert_eq!(table.lookup(0x1090), None);
+    }
+
+    #[test]
+    fn bias_comes_from_the_segment_mapped_at_the_mapping_offset() {
+        // A typical PIE: text at file offset 0x1000 linked at 0x1000, data at file offset
+        // 0x2db0 linked at 0x3db0 (one page further: the linker's RELRO gap).
+        let mut table = symbols(&[]);
+        table.segments = vec![
+            (0, 0, 0x800),
+            (0x1000, 0x1000, 0x500),
+            (0x2db0, 0x3db0, 0x250),
+        ];
+        let base = 0x7f00_0000_0000;
+        let text = Mapping {
+            start: base + 0x1000,
+            offset: 0x1000,
+            path: String::new(),
+        };
+        assert_eq!(table.bias(&text), Some(base));
+        // The data mapping starts at the page of 0x2db0, i.e. address base + 0x3000.
+        let data = Mapping {
+            start: base + 0x3000,
+            offset: 0x2000,
+            path: String::new(),
+        };
+        assert_eq!(table.bias(&data), Some(base));
+        let unknown = Mapping {
+            start: base + 0x9000,
+            offset: 0x9000,
+            path: String::new(),
+        };
+        assert_eq!(table.bias(&unknown), None);
+    }
 }

@@ -8,6 +8,7 @@ use crate::engine::Engine;
 use crate::error::VmError;
 use crate::instrumentation::{Filter, Instrumentation, mnemonic_filter};
 use crate::memory::simulate_call;
+use crate::memory_access::{MemoryAccessType, MemoryRecorder};
 use crate::options::Options;
 use crate::state::{DEFAULT_EFLAGS, FprState, GprState, Rword};
 use crate::vm_ref::{AnalysisCache, VmRef, instrumentation_methods};
@@ -17,6 +18,7 @@ use crate::vm_ref::{AnalysisCache, VmRef, instrumentation_methods};
 pub(crate) struct Shared {
     pub inst: Instrumentation,
     pub analyses: AnalysisCache,
+    pub memory: MemoryRecorder,
 }
 
 /// The return address `call` pushes: never code, so returning to it ends the run.
@@ -69,6 +71,7 @@ impl Vm {
         let shared = Box::into_raw(Box::new(Shared {
             inst: Instrumentation::new(options),
             analyses: AnalysisCache::default(),
+            memory: MemoryRecorder::default(),
         }));
         Vm {
             options,
@@ -150,6 +153,11 @@ impl Vm {
     fn inst_ref(&self) -> &Instrumentation {
         // SAFETY: as in inst_mut, shared access.
         unsafe { &(*self.shared).inst }
+    }
+
+    fn memory_mut(&mut self) -> &mut MemoryRecorder {
+        // SAFETY: as in inst_mut.
+        unsafe { &mut (*self.shared).memory }
     }
 
     /// Applies what the last change invalidated, now (no guest code runs).

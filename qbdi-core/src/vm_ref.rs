@@ -7,7 +7,8 @@
 use crate::analysis::{AnalysisType, InstAnalysis, analyze};
 use crate::callback::{CallbackId, InstPosition, VmAction, VmEvent, VmState};
 use crate::error::VmError;
-use crate::instrumentation::{Filter, Instrumentation, mnemonic_filter};
+use crate::instrumentation::{Filter, Instrumentation, Site, SiteKind, mnemonic_filter};
+use crate::memory_access::{MemoryAccess, MemoryAccessType, MemoryRecorder};
 use crate::options::Options;
 use crate::state::{FprState, GprState, Rword};
 use std::collections::HashMap;
@@ -16,6 +17,11 @@ use std::collections::HashMap;
 pub struct VmRef<'a> {
     pub(crate) inst: &'a mut Instrumentation,
     pub(crate) analyses: &'a mut AnalysisCache,
+    pub(crate) memory: &'a mut MemoryRecorder,
+    /// The recorded (address, value) slots of the running block.
+    pub(crate) slots: &'a [[u64; 2]],
+    /// The site the callback runs for (None for dispatcher events).
+    pub(crate) site: Option<Site>,
     /// Address of the instruction the callback runs for (0 outside instructions).
     pub(crate) current: Rword,
 }
@@ -119,6 +125,69 @@ macro_rules! instrumentation_methods {
             Ok(id)
         }
 
+        /// Records the memory accesses of every instrumented instruction (inline, no
+        /// callback): read them with `inst_memory_access` / `bb_memory_access`.
+        pub fn record_memory_access(&mut self, access: MemoryAccessType) -> Result<(), VmError> {
+            if access.is_empty() {
+                return Err(VmError::InvalidArgument(
+                    "record_memory_access needs READ, WRITE or READ_WRITE".into(),
+                ));
+            }
+            let m = self.memory_mut();
+            if !m.recorded.contains(access) {
+                m.recorded |= access;
+                m.reserve();
+                self.inst_mut().clear_all_cache();
+                self.changed();
+            }
+            Ok(())
+        }
+
+        /// Adds a callback on instructions that access memory as `access` says: PreInst for
+        /// reads, PostInst for writes (and for instructions that do both). Records the
+        /// accesses, so the callback can read them with `inst_memory_access`.
+        pub fn add_mem_access_cb(
+            &mut self,
+            access: MemoryAccessType,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+            priority: i32,
+        ) -> Result<CallbackId, VmError> {
+            self.record_memory_access(access)?;
+            let filter = Filter::MemAccess(access, None);
+            let id = self.inst_mut().add_inst(filter, InstPosition::PreInst, Box::new(cb), priority);
+            self.changed();
+            Ok(id)
+        }
+
+        /// Adds a callback on accesses (as `access` says) touching the byte at `addr`.
+        pub fn add_mem_addr_cb(
+            &mut self,
+            addr: Rword,
+            access: MemoryAccessType,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        ) -> Result<CallbackId, VmError> {
+            self.add_mem_range_cb(addr, addr.saturating_add(1), access, cb)
+        }
+
+        /// Adds a callback on accesses (as `access` says) overlapping `[start, end)`. Every
+        /// memory instruction then checks its accesses at run time: costly, as in QBDI.
+        pub fn add_mem_range_cb(
+            &mut self,
+            start: Rword,
+            end: Rword,
+            access: MemoryAccessType,
+            cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        ) -> Result<CallbackId, VmError> {
+            if end <= start {
+                return Err(VmError::InvalidRange { start, end });
+            }
+            self.record_memory_access(access)?;
+            let filter = Filter::MemAccess(access, Some(crate::range::Range::new(start, end)));
+            let id = self.inst_mut().add_inst(filter, InstPosition::PreInst, Box::new(cb), crate::callback::PRIORITY_DEFAULT);
+            self.changed();
+            Ok(id)
+        }
+
         /// Removes one callback.
         pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
             self.inst_mut().delete(id)?;
@@ -212,6 +281,30 @@ pub(crate) use instrumentation_methods;
 impl VmRef<'_> {
     fn inst_mut(&mut self) -> &mut Instrumentation {
         self.inst
+    }
+
+    fn memory_mut(&mut self) -> &mut MemoryRecorder {
+        self.memory
+    }
+
+    /// The memory accesses of the current instruction: in PreInst its reads, in PostInst
+    /// its reads and writes (empty unless recording is on for them).
+    pub fn inst_memory_access(&mut self) -> &[MemoryAccess] {
+        let Some(s) = self.site else {
+            return &[];
+        };
+        let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
+        self.memory.collect(s.mem_first, s.mem_len, self.slots, pre)
+    }
+
+    /// The memory accesses of the current basic block so far (the whole block at
+    /// SEQUENCE_EXIT / BASIC_BLOCK_EXIT).
+    pub fn bb_memory_access(&mut self) -> &[MemoryAccess] {
+        let Some(s) = self.site else {
+            return &[];
+        };
+        let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
+        self.memory.collect(s.bb_mem_first, s.bb_mem_len, self.slots, pre)
     }
 
     fn inst_ref(&self) -> &Instrumentation {

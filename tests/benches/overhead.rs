@@ -25,7 +25,9 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use kernels::{KERNELS, Kernel, SEED};
-use qbdi_core::{VirtualStack, Vm, allocate_virtual_stack};
+use qbdi_core::{
+    InstPosition, PRIORITY_DEFAULT, VirtualStack, Vm, VmAction, VmEvent, allocate_virtual_stack,
+};
 
 /// Size of the virtual stack of each Vm.
 const STACK_SIZE: usize = 8 << 20;
@@ -44,17 +46,23 @@ enum Mode {
     Native,
     /// `Vm::call` with the test binary instrumented and no callback.
     Vm,
+    /// A BASIC_BLOCK_ENTRY callback that counts blocks.
+    BbEntry,
+    /// A PreInst callback on every instruction that counts instructions.
+    EveryInst,
 }
 
 impl Mode {
     /// Every mode, in column order; the first one is the baseline.
-    const ALL: &[Mode] = &[Mode::Native, Mode::Vm];
+    const ALL: &[Mode] = &[Mode::Native, Mode::Vm, Mode::BbEntry, Mode::EveryInst];
 
     /// Header of the column of times.
     fn time_column(self) -> &'static str {
         match self {
             Mode::Native => "native_ms",
             Mode::Vm => "vm_ms",
+            Mode::BbEntry => "bb_ms",
+            Mode::EveryInst => "inst_ms",
         }
     }
 
@@ -64,6 +72,8 @@ impl Mode {
         match self {
             Mode::Native => None,
             Mode::Vm => Some("ratio"),
+            Mode::BbEntry => Some("bb_entry"),
+            Mode::EveryInst => Some("every_inst"),
         }
     }
 }
@@ -84,6 +94,29 @@ impl Runner {
         match mode {
             Mode::Native => Runner::Native,
             Mode::Vm => Runner::instrumented(module_addr, |_vm| {}),
+            Mode::BbEntry => Runner::instrumented(module_addr, |vm| {
+                let mut blocks = 0u64;
+                vm.add_vm_event_cb(
+                    VmEvent::BASIC_BLOCK_ENTRY,
+                    move |_vm, _state, _gpr, _fpr| {
+                        blocks = black_box(blocks + 1);
+                        VmAction::Continue
+                    },
+                )
+                .unwrap_or_else(|e| fatal(&format!("cannot add the block callback: {e}")));
+            }),
+            Mode::EveryInst => Runner::instrumented(module_addr, |vm| {
+                let mut instructions = 0u64;
+                vm.add_code_cb(
+                    InstPosition::PreInst,
+                    move |_vm, _gpr, _fpr| {
+                        instructions = black_box(instructions + 1);
+                        VmAction::Continue
+                    },
+                    PRIORITY_DEFAULT,
+                )
+                .unwrap_or_else(|e| fatal(&format!("cannot add the instruction callback: {e}")));
+            }),
         }
     }
 

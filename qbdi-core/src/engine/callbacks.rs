@@ -11,7 +11,7 @@ use super::context::{Context, EXIT_CALLBACK, FP_FAST, FP_FULL};
 use super::xstate::XSaveKind;
 use crate::callback::{InstPosition, VmAction, VmEvent, VmState};
 use crate::instrumentation::{ENTRY_EVENTS, Instrumentation, Site, SiteKind};
-use crate::vm_ref::{AnalysisCache, VmRef};
+use crate::vm_ref::VmRef;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// What `site_entry` needs; lives in the engine, its address is in `ctx.cb_data`.
@@ -52,7 +52,7 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
             };
             let current = if events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT) { s.inst_addr } else { 0 };
             let ids = shared_ids(&shared.inst, &s);
-            run_event_callbacks(&mut shared.inst, &mut shared.analyses, ctx, &ids, &state, current)
+            run_event_callbacks(shared, ctx, &ids, &state, current, Some(s))
         }
     }));
     let action = match result {
@@ -100,13 +100,33 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
 
 fn run_inst_site(shared: &mut crate::vm::Shared, ctx: &mut Context, s: &Site, position: InstPosition) -> VmAction {
     let mut action = VmAction::Continue;
+    let Context { gpr, fpr, mem_slots, .. } = ctx;
     for k in s.first..s.first + s.len {
         let id = shared.inst.site_cbs[k as usize];
+        if let Some((kind, range)) = shared.inst.mem_range(id) {
+            // A memory range callback runs only if an access of this instruction touches it.
+            let pre = (position == InstPosition::PreInst).then_some(s.inst_addr);
+            let hit = shared.memory.collect(s.mem_first, s.mem_len, &mem_slots[..], pre).iter().any(|a| {
+                kind.intersects(a.access_type)
+                    && a.access_address < range.end
+                    && range.start < a.access_address.saturating_add(u64::from(a.size.max(1)))
+            });
+            if !hit {
+                continue;
+            }
+        }
         let Some(mut cb) = shared.inst.take_inst(id) else {
             continue; // deleted since translation
         };
-        let mut vm = VmRef { inst: &mut shared.inst, analyses: &mut shared.analyses, current: s.inst_addr };
-        let a = cb(&mut vm, &mut ctx.gpr, &mut ctx.fpr);
+        let mut vm = VmRef {
+            inst: &mut shared.inst,
+            analyses: &mut shared.analyses,
+            memory: &mut shared.memory,
+            slots: &mem_slots[..],
+            site: Some(*s),
+            current: s.inst_addr,
+        };
+        let a = cb(&mut vm, gpr, fpr);
         shared.inst.put_back_inst(id, cb);
         action = action.max(a);
         if a == VmAction::SkipPatch || (a == VmAction::SkipInst && position == InstPosition::PreInst) {
@@ -119,26 +139,34 @@ fn run_inst_site(shared: &mut crate::vm::Shared, ctx: &mut Context, s: &Site, po
 /// Calls the event callbacks `ids` with `state` (each sees only the events it registered
 /// for); the largest action wins.
 pub(crate) fn run_event_callbacks(
-    inst: &mut Instrumentation,
-    analyses: &mut AnalysisCache,
+    shared: &mut crate::vm::Shared,
     ctx: &mut Context,
     ids: &[u32],
     state: &VmState,
     current: u64,
+    site: Option<Site>,
 ) -> VmAction {
     let mut action = VmAction::Continue;
+    let Context { gpr, fpr, mem_slots, .. } = ctx;
     for &id in ids {
-        let Some((registered, mut cb)) = inst.take_event(id) else {
+        let Some((registered, mut cb)) = shared.inst.take_event(id) else {
             continue;
         };
         let mine = VmState { event: state.event & registered, ..*state };
         if mine.event.is_empty() {
-            inst.put_back_event(id, cb);
+            shared.inst.put_back_event(id, cb);
             continue;
         }
-        let mut vm = VmRef { inst, analyses, current };
-        let a = cb(&mut vm, &mine, &mut ctx.gpr, &mut ctx.fpr);
-        inst.put_back_event(id, cb);
+        let mut vm = VmRef {
+            inst: &mut shared.inst,
+            analyses: &mut shared.analyses,
+            memory: &mut shared.memory,
+            slots: &mem_slots[..],
+            site,
+            current,
+        };
+        let a = cb(&mut vm, &mine, gpr, fpr);
+        shared.inst.put_back_event(id, cb);
         action = action.max(a);
     }
     action
@@ -172,9 +200,7 @@ pub(crate) fn fire_events(
         sequence_start: start,
         sequence_end: end,
     };
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        run_event_callbacks(&mut shared.inst, &mut shared.analyses, ctx, &ids, &state, 0)
-    }));
+    let result = catch_unwind(AssertUnwindSafe(|| run_event_callbacks(shared, ctx, &ids, &state, 0, None)));
     result.unwrap_or_else(|payload| {
         shared.inst.panic = Some(payload);
         VmAction::Stop

@@ -16,7 +16,7 @@ use super::ib_table::{IbTable, TABLE_BYTES};
 use super::xstate::XSaveKind;
 use crate::error::VmError;
 
-const CONTEXT_BYTES: usize = 4096;
+const CONTEXT_BYTES: usize = 16384;
 const TABLE_OFFSET: usize = CONTEXT_BYTES;
 const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
 /// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory

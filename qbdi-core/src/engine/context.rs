@@ -68,6 +68,8 @@ pub(crate) struct Context {
     /// An XSAVE image whose header is all zero: `xrstor` from it puts components in their
     /// initial state.
     pub init_image: InitImage,
+    /// Memory access recording: (address, value) of each access of the running block.
+    pub mem_slots: [[u64; 2]; crate::memory_access::MAX_SLOTS],
 }
 
 #[repr(C, align(64))]
@@ -94,6 +96,7 @@ pub(crate) mod off {
     pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
     pub const TRANSFER_RET: u64 = offset_of!(Context, transfer_ret) as u64;
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
+    pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;
     pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;
     pub const MXCSR: u64 = FPR + offset_of!(FprState, mxcsr) as u64;
     /// Offset of xmm register `n` in the FP image.
@@ -121,7 +124,7 @@ pub(crate) mod off {
     pub const EFLAGS: u64 = GPR + offset_of!(GprState, eflags) as u64;
 }
 
-const _: () = assert!(core::mem::size_of::<Context>() <= 4096);
+const _: () = assert!(core::mem::size_of::<Context>() <= 16384);
 const _: () = assert!(off::gpr(4) == off::GPR + offset_of!(GprState, rsp) as u64);
 const _: () = assert!(off::gpr(13) == off::GPR + offset_of!(GprState, r13) as u64);
 const _: () = assert!(off::gpr(3) == off::GPR + offset_of!(GprState, rbx) as u64);

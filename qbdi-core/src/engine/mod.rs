@@ -21,6 +21,7 @@ mod emitter;
 mod exec_broker;
 mod ib_table;
 mod maps_reader;
+mod memory_recording;
 mod translator;
 mod xstate;
 
@@ -98,6 +99,7 @@ impl Engine {
             shared.inst.flush.ranges.clear();
             self.clear_all_cache();
             shared.inst.reset_sites();
+            shared.memory.reset();
             shared.analyses.clear();
             return;
         }
@@ -187,6 +189,7 @@ impl Engine {
             self.cache = Some((cache, Directory::new()));
             // Sites refer to code of the old cache, if any.
             self.shared().inst.reset_sites();
+            self.shared().memory.reset();
         }
         Ok(())
     }
@@ -213,15 +216,17 @@ impl Engine {
         let readable_end = self.readable.end_of(pc).ok_or(VmError::AddressNotMapped(pc))?;
         let shared = self.shared();
         let limit = shared.inst.ranges.range_containing(pc).map_or(readable_end, |r| r.end);
-        let with_sites = shared.inst.has_sites();
+        let with_sites = shared.inst.has_sites() || !shared.memory.recorded.is_empty();
         let events = shared.inst.events;
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
-        let sites_full = with_sites && !shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8);
+        let sites_full = with_sites
+            && (!shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8) || !shared.memory.has_room_for_block());
         if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) || sites_full {
             // Full: start over. Nothing of this Vm is executing (we are in the dispatcher).
             cache.reset();
             dir.reset();
             shared.inst.reset_sites();
+            shared.memory.reset();
         }
         let host = cache.next_addr();
         let ranges: *const RangeSet = &shared.inst.ranges;
@@ -238,8 +243,11 @@ impl Engine {
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
         };
+        let values = !self.options.contains(Options::OPT_DISABLE_MEMORYACCESS_VALUE);
         let hooks = with_sites.then(|| Hooks {
             inst: &mut shared.inst,
+            mem: &mut shared.memory,
+            values,
             block_start: pc,
             events: events & INLINE_EVENTS,
         });

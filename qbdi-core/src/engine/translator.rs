@@ -24,7 +24,9 @@ use super::context::off;
 use super::context_switch::Runtime;
 use super::directory::ExitKind;
 use crate::callback::{InstPosition, VmEvent};
+use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
+use crate::memory_access::MemoryRecorder;
 use super::emitter::{Asm, Label, RAX, RCX};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use crate::error::VmError;
@@ -89,6 +91,11 @@ pub(crate) struct Translator {
     /// skip_patch), resolved to addresses in `site_addrs` by `translate`.
     site_labels: Vec<(u32, Label, Label, Label)>,
     pub site_addrs: Vec<(u32, u64, u64, u64)>,
+    /// Memory accesses of the instruction being translated, and the block's next slot.
+    planned: Vec<Planned>,
+    mem: MemInfo,
+    next_slot: u16,
+    bb_mem_first: u32,
 }
 
 /// Where a callback site finds the guest's `rip`.
@@ -102,9 +109,35 @@ enum Rip {
 /// The instrumentation to plant while translating one block, if any.
 pub(crate) struct Hooks<'a> {
     pub inst: &'a mut Instrumentation,
+    pub mem: &'a mut MemoryRecorder,
+    /// Whether recorded accesses include values.
+    pub values: bool,
     pub block_start: u64,
     /// Events planted inline for this Vm (entry, exit, syscall).
     pub events: VmEvent,
+}
+
+impl Hooks<'_> {
+    /// Plants a site for `instr`'s callbacks at `position`, with its memory accesses.
+    fn inst_site(&mut self, instr: &Instruction, position: InstPosition, mem: MemInfo) -> Option<u32> {
+        let site = self.inst.plan_inst_site(instr, position, self.block_start, mem.access)?;
+        let s = &mut self.inst.sites[site as usize];
+        s.mem_first = mem.first;
+        s.mem_len = mem.len;
+        s.bb_mem_first = mem.bb_first;
+        s.bb_mem_len = mem.first + mem.len - mem.bb_first;
+        Some(site)
+    }
+}
+
+/// The memory accesses recorded for the instruction being translated.
+#[derive(Clone, Copy, Default)]
+struct MemInfo {
+    first: u32,
+    len: u32,
+    bb_first: u32,
+    /// (reads, writes)
+    access: (bool, bool),
 }
 
 impl Translator {
@@ -130,6 +163,10 @@ impl Translator {
             pending: Vec::with_capacity(MAX_BLOCK_STUBS),
             site_labels: Vec::with_capacity(MAX_BLOCK_SITES),
             site_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
+            planned: Vec::with_capacity(MAX_PER_INSTRUCTION),
+            mem: MemInfo::default(),
+            next_slot: 0,
+            bb_mem_first: 0,
         }
     }
 
@@ -147,6 +184,10 @@ impl Translator {
         self.pending.clear();
         self.site_labels.clear();
         self.site_addrs.clear();
+        self.next_slot = 0;
+        self.mem = MemInfo::default();
+        self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
+        self.planned.clear();
         if let Some(h) = hooks.as_mut() {
             if let Some(site) = h.inst.plan_event_site(ENTRY_EVENTS & h.events, pc, pc) {
                 let after = self.asm.new_label();
@@ -163,7 +204,10 @@ impl Translator {
         let mut ip = pc;
         loop {
             let ends_here = count > 0
-                && (ip >= env.limit || ip == env.boundary || count >= MAX_BLOCK_INSTRUCTIONS);
+                && (ip >= env.limit
+                    || ip == env.boundary
+                    || count >= MAX_BLOCK_INSTRUCTIONS
+                    || !block_has_room(self.next_slot));
             if ends_here || !decoder.can_decode() && count > 0 {
                 self.exit_events(env, &mut hooks, ip, Rip::Imm(ip));
                 self.exit_to(ip, ExitKind::Branch, true);
@@ -229,7 +273,8 @@ impl Translator {
         let Some(h) = hooks.as_mut() else {
             return;
         };
-        if let Some(site) = h.inst.plan_inst_site(instr, InstPosition::PostInst, h.block_start) {
+        emit_post(&mut self.asm, env.ctx, &self.planned);
+        if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
             let after = self.asm.new_label();
             self.site_call(env, site, rip, after, after, after);
             self.asm.bind(after);
@@ -243,6 +288,9 @@ impl Translator {
             return;
         };
         if let Some(site) = h.inst.plan_event_site(EXIT_EVENTS & h.events, inst_addr, h.block_start) {
+            let s = &mut h.inst.sites[site as usize];
+            s.bb_mem_first = self.bb_mem_first;
+            s.bb_mem_len = h.mem.descs.len() as u32 - self.bb_mem_first;
             let after = self.asm.new_label();
             self.site_call(env, site, rip, after, after, after);
             self.asm.bind(after);
@@ -261,7 +309,19 @@ impl Translator {
         let Some(h) = hooks.as_mut() else {
             return self.emit_instruction(instr, bytes, pc, env, hooks);
         };
-        let pre = h.inst.plan_inst_site(instr, InstPosition::PreInst, h.block_start);
+        let first = h.mem.descs.len() as u32;
+        memory_recording::plan(instr, &mut self.info, h.mem, h.values, &mut self.next_slot, &mut self.planned);
+        self.mem = MemInfo {
+            first,
+            len: self.planned.len() as u32,
+            bb_first: self.bb_mem_first,
+            access: (
+                self.planned.iter().any(|p| !p.is_write()),
+                self.planned.iter().any(|p| p.is_write()),
+            ),
+        };
+        memory_recording::emit_pre(&mut self.asm, &mut self.encoder, env.ctx, &self.planned);
+        let pre = h.inst_site(instr, InstPosition::PreInst, self.mem);
         let terminator = is_terminator(instr);
         let skipped = self.asm.new_label();
         let skipped_nopost = self.asm.new_label();
@@ -294,13 +354,14 @@ impl Translator {
         }
         let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
         debug_assert!(!ended);
+        emit_post(&mut self.asm, env.ctx, &self.planned);
         if syscall {
             self.event_site(env, hooks, VmEvent::SYSCALL_EXIT, instr.ip(), instr.next_ip());
         }
         self.asm.bind(skipped);
         self.asm.bind(skipped_nopost);
         if let Some(h) = hooks.as_mut() {
-            if let Some(site) = h.inst.plan_inst_site(instr, InstPosition::PostInst, h.block_start) {
+            if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
                 self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next, next);
             }
         }

@@ -20,6 +20,37 @@ pub(crate) enum XSaveKind {
     FxSave,
 }
 
+/// The components of `fpr` whose values differ from their initial ones (SSE always: MXCSR
+/// is loaded whatever the header says).
+fn in_use(fpr: &FprState) -> u64 {
+    let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+    let bytes = fpr.as_bytes();
+    let mut bits = SSE;
+    let x87_init = fpr.fcw == 0x37f
+        && fpr.fsw == 0
+        && fpr.ftw == 0
+        && fpr.fop == 0
+        && fpr.ip == 0
+        && fpr.dp == 0
+        && zero(&bytes[32..160]);
+    if !x87_init {
+        bits |= X87;
+    }
+    if !zero(&bytes[xsave_offsets::AVX..xsave_offsets::AVX + 256]) {
+        bits |= AVX;
+    }
+    if fpr.k != [0; 8] {
+        bits |= OPMASK;
+    }
+    if !zero(&bytes[xsave_offsets::ZMM_HI256..xsave_offsets::HI16_ZMM]) {
+        bits |= ZMM_HI256;
+    }
+    if !zero(&bytes[xsave_offsets::HI16_ZMM..]) {
+        bits |= HI16_ZMM;
+    }
+    bits
+}
+
 impl XSaveKind {
     pub fn detect() -> XSaveKind {
         if !std::arch::is_x86_feature_detected!("xsave") {
@@ -91,7 +122,7 @@ impl XSaveKind {
     pub fn prepare_for_restore(self, fpr: &mut FprState) {
         fpr.mxcsr &= 0xffff;
         if let XSaveKind::XSave(mask) = self {
-            fpr.xstate_bv = mask;
+            fpr.xstate_bv = mask & in_use(fpr);
             fpr.xcomp_bv = 0;
             fpr.header_reserved = [0; 48];
         }
@@ -153,7 +184,10 @@ impl XSaveKind {
         if missing & HI16_ZMM != 0 {
             fpr.hi16_zmm = [[0; 64]; 16];
         }
-        fpr.xstate_bv = mask;
+        // Components holding their initial values are marked absent: `xrstor` then puts
+        // them in their initial state, and the CPU keeps reporting them unused (XINUSE),
+        // which keeps callbacks on their fast path.
+        fpr.xstate_bv = mask & in_use(fpr);
         fpr.xcomp_bv = 0;
         fpr.header_reserved = [0; 48];
     }

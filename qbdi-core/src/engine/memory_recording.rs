@@ -1,0 +1,266 @@
+//! Inline recording of memory accesses: for each access of an instruction, code before the
+//! instruction computes the effective address (and loads the value of a read), code after
+//! it loads the value written. Everything goes into the context's slots; the descriptors
+//! (size, kind, flags) are kept by `crate::memory_access::MemoryRecorder`. The sequences use
+//! rax and rcx, spilled to the context, and touch no flags.
+
+use super::context::off;
+use super::emitter::{Asm, RAX, RCX};
+use crate::memory_access::{MAX_SLOTS, MemDesc, MemoryAccessFlags, MemoryAccessType, MemoryRecorder};
+use iced_x86::{
+    Code, Encoder, Instruction, InstructionInfoFactory, MemoryOperand, MemorySize, Mnemonic, OpAccess, OpKind,
+    Register,
+};
+
+/// One access to record, as planned for the instruction being translated.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Planned {
+    pub slot: u16,
+    segment: Register,
+    base: Register,
+    index: Register,
+    scale: u32,
+    displacement: u64,
+    size: u16,
+    write: bool,
+    /// Load the value (read: before, write: after).
+    value: bool,
+    /// `rep` string instruction: the pointer register recorded after it.
+    rep: Option<Register>,
+}
+
+impl Planned {
+    pub fn is_write(&self) -> bool {
+        self.write
+    }
+}
+
+/// At most this many accesses per instruction (ReadWrite operands count twice).
+pub(crate) const MAX_PER_INSTRUCTION: usize = 8;
+
+/// Whether the instruction is a string instruction (implicit rsi/rdi operands).
+fn is_string(instr: &Instruction) -> bool {
+    (0..instr.op_count()).any(|i| {
+        matches!(
+            instr.op_kind(i),
+            OpKind::MemorySegSI
+                | OpKind::MemorySegESI
+                | OpKind::MemorySegRSI
+                | OpKind::MemorySegDI
+                | OpKind::MemorySegEDI
+                | OpKind::MemorySegRDI
+                | OpKind::MemoryESDI
+                | OpKind::MemoryESEDI
+                | OpKind::MemoryESRDI
+        )
+    })
+}
+
+fn is_xsave_family(m: Mnemonic) -> bool {
+    matches!(
+        m,
+        Mnemonic::Xsave
+            | Mnemonic::Xsave64
+            | Mnemonic::Xsavec
+            | Mnemonic::Xsavec64
+            | Mnemonic::Xsaveopt
+            | Mnemonic::Xsaveopt64
+            | Mnemonic::Xsaves
+            | Mnemonic::Xsaves64
+            | Mnemonic::Xrstor
+            | Mnemonic::Xrstor64
+            | Mnemonic::Xrstors
+            | Mnemonic::Xrstors64
+    )
+}
+
+/// Plans the recorded accesses of `instr` into `out`, pushing their descriptors; `next_slot`
+/// is the block's next free slot. Returns false (planning nothing) if the block has no
+/// slots left for them (callers check `block_has_room` first).
+#[allow(clippy::too_many_arguments)]
+/// Whether the block has slots left for one more instruction's accesses.
+pub(crate) fn block_has_room(next_slot: u16) -> bool {
+    usize::from(next_slot) + MAX_PER_INSTRUCTION <= MAX_SLOTS
+}
+
+pub(crate) fn plan(
+    instr: &Instruction,
+    info: &mut InstructionInfoFactory,
+    rec: &mut MemoryRecorder,
+    values: bool,
+    next_slot: &mut u16,
+    out: &mut Vec<Planned>,
+) -> bool {
+    out.clear();
+    let wanted = rec.recorded;
+    if wanted.is_empty() {
+        return true;
+    }
+    let info = info.info(instr);
+    let string = is_string(instr);
+    let rep = string && (instr.has_rep_prefix() || instr.has_repne_prefix());
+    let xsave = is_xsave_family(instr.mnemonic());
+    let mut planned: [Option<Planned>; MAX_PER_INSTRUCTION] = [None; MAX_PER_INSTRUCTION];
+    let mut n = 0;
+    for m in info.used_memory() {
+        let kinds: &[bool] = match m.access() {
+            OpAccess::Read | OpAccess::CondRead => &[false],
+            OpAccess::Write | OpAccess::CondWrite => &[true],
+            OpAccess::ReadWrite | OpAccess::ReadCondWrite => &[false, true],
+            _ => &[],
+        };
+        for &write in kinds {
+            let kind = if write { MemoryAccessType::WRITE } else { MemoryAccessType::READ };
+            if !wanted.contains(kind) || n == MAX_PER_INSTRUCTION {
+                continue;
+            }
+            let size = match m.memory_size() {
+                _ if string => instr.memory_size().size().max(1),
+                MemorySize::Unknown => 0,
+                s => s.size(),
+            };
+            let vsib = m.index().is_vector_register();
+            let value = values && !rep && !vsib && matches!(size, 1 | 2 | 4 | 8);
+            planned[n] = Some(Planned {
+                slot: 0,
+                segment: m.segment(),
+                base: m.base(),
+                index: if vsib { Register::None } else { m.index() },
+                scale: m.scale(),
+                displacement: m.displacement(),
+                size: u16::try_from(size).unwrap_or(u16::MAX),
+                write,
+                value,
+                rep: rep.then(|| m.base()),
+            });
+            n += 1;
+        }
+    }
+    if usize::from(*next_slot) + n > MAX_SLOTS || !rec.has_room() {
+        return false;
+    }
+    for p in planned.iter_mut().take(n).flatten() {
+        p.slot = *next_slot;
+        *next_slot += 1;
+        let mut flags = MemoryAccessFlags::empty();
+        if !p.value {
+            flags |= MemoryAccessFlags::UNKNOWN_VALUE;
+        }
+        if xsave {
+            flags |= MemoryAccessFlags::MINIMUM_SIZE;
+            p.size = p.size.max(576);
+        }
+        rec.descs.push(MemDesc {
+            inst_address: instr.ip(),
+            slot: p.slot,
+            size: p.size,
+            access_type: if p.write { MemoryAccessType::WRITE } else { MemoryAccessType::READ },
+            flags,
+            rep: p.rep.is_some(),
+        });
+        out.push(*p);
+    }
+    true
+}
+
+fn slot_addr(ctx: u64, slot: u16) -> u64 {
+    ctx + off::MEM_SLOTS + 16 * u64::from(slot)
+}
+
+/// Code before the instruction: every address, and the values of reads.
+pub(crate) fn emit_pre(a: &mut Asm, enc: &mut Encoder, ctx: u64, planned: &[Planned]) {
+    if planned.is_empty() {
+        return;
+    }
+    a.store(ctx + off::SPILL, RAX);
+    a.store(ctx + off::SPILL + 8, RCX);
+    for p in planned {
+        emit_address(a, enc, p);
+        a.store(slot_addr(ctx, p.slot), RAX);
+        if p.value && !p.write {
+            emit_load_value(a, p.size);
+            a.store(slot_addr(ctx, p.slot) + 8, RAX);
+        }
+    }
+    a.load(RCX, ctx + off::SPILL + 8);
+    a.load(RAX, ctx + off::SPILL);
+}
+
+/// Code after the instruction: values written, and where `rep` string pointers ended.
+pub(crate) fn emit_post(a: &mut Asm, ctx: u64, planned: &[Planned]) {
+    let writes = planned.iter().any(|p| p.write && p.value);
+    if writes {
+        a.store(ctx + off::SPILL, RAX);
+    }
+    for p in planned {
+        if let Some(reg) = p.rep {
+            if let Some(n) = gpr_number(reg) {
+                a.store(slot_addr(ctx, p.slot) + 8, n);
+            }
+        } else if p.write && p.value {
+            a.load(RAX, slot_addr(ctx, p.slot));
+            emit_load_value(a, p.size);
+            a.store(slot_addr(ctx, p.slot) + 8, RAX);
+        }
+    }
+    if writes {
+        a.load(RAX, ctx + off::SPILL);
+    }
+}
+
+/// rax = the effective address (the guest's rax and rcx are still in their registers).
+fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
+    if p.base == Register::RIP || p.base == Register::EIP {
+        a.mov_imm64(RAX, p.displacement);
+    } else if p.base == Register::None && p.index == Register::None {
+        a.mov_imm64(RAX, p.displacement);
+    } else {
+        let wide = !(p.base.is_gpr32() || p.index.is_gpr32());
+        let mem = MemoryOperand::new(
+            p.base,
+            p.index,
+            p.scale,
+            p.displacement as i64,
+            if p.displacement == 0 { 0 } else { 4 },
+            false,
+            Register::None,
+        );
+        let lea = if wide {
+            Instruction::with2(Code::Lea_r64_m, Register::RAX, mem)
+        } else {
+            Instruction::with2(Code::Lea_r32_m, Register::EAX, mem)
+        };
+        let ok = lea.is_ok_and(|lea| enc.encode(&lea, a.here()).is_ok());
+        let mut buf = enc.take_buffer();
+        if ok {
+            a.bytes(&buf);
+        } else {
+            a.mov_imm64(RAX, 0);
+        }
+        buf.clear();
+        enc.set_buffer(buf);
+    }
+    match p.segment {
+        Register::FS => {
+            // The TCB's self pointer: fs:[0] is the FS base on x86-64 Linux.
+            a.bytes(&[0x64, 0x48, 0x8b, 0x0c, 0x25, 0, 0, 0, 0]); // mov rcx, fs:[0]
+            a.bytes(&[0x48, 0x8d, 0x04, 0x08]); // lea rax, [rax+rcx]
+        }
+        _ => {}
+    }
+}
+
+/// rax = the `size`-byte value at [rax], zero-extended.
+fn emit_load_value(a: &mut Asm, size: u16) {
+    match size {
+        1 => a.bytes(&[0x0f, 0xb6, 0x00]), // movzx eax, byte [rax]
+        2 => a.bytes(&[0x0f, 0xb7, 0x00]), // movzx eax, word [rax]
+        4 => a.bytes(&[0x8b, 0x00]),       // mov eax, [rax]
+        _ => a.bytes(&[0x48, 0x8b, 0x00]), // mov rax, [rax]
+    }
+}
+
+fn gpr_number(r: Register) -> Option<u8> {
+    let full = r.full_register();
+    full.is_gpr64().then(|| full.number() as u8)
+}
