@@ -8,6 +8,8 @@
 //! resumed by `Vm::run` once the guest state is safely back in the Vm.
 
 use super::context::{Context, EXIT_CALLBACK, FP_FAST, FP_FULL};
+use super::directory::Directory;
+use super::ib_table::IbTable;
 use super::xstate::XSaveKind;
 use crate::callback::{InstPosition, VmAction, VmEvent, VmState};
 use crate::instrumentation::{ENTRY_EVENTS, Instrumentation, Site, SiteKind};
@@ -19,6 +21,10 @@ pub(crate) struct CallbackEnv {
     pub ctx: *mut Context,
     pub shared: *mut crate::vm::Shared,
     pub fp: Option<XSaveKind>,
+    /// The engine's directory and inline table, for instrumentation changes made by
+    /// callbacks (set by the dispatcher for the duration of a run).
+    pub dir: *mut Directory,
+    pub table: *const IbTable,
 }
 
 /// Called by the `callback` routine. Returns the host address to resume at, or 0 to leave
@@ -62,6 +68,16 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
             VmAction::Stop
         }
     };
+    if shared.inst.flush.all || !shared.inst.flush.ranges.is_empty() {
+        // The callback changed instrumentation: the running block finishes as translated,
+        // then every exit goes back to the dispatcher, which applies the change.
+        // SAFETY: the dispatcher set these for this run; it is suspended in `enter`, and
+        // unlinking only retargets branches (no code is freed or moved).
+        unsafe {
+            (*env.table).clear();
+            (*env.dir).unlink_all(|s| super::emitter::patch_rel32(s.site, s.stub));
+        }
+    }
     match action {
         VmAction::Continue => s.cont,
         VmAction::SkipInst if s.kind == SiteKind::Inst(InstPosition::PreInst) => s.skip_inst,

@@ -146,8 +146,14 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
             a.store(ctx + off::gpr(r), r);
         }
     }
+    // Host flags as the ABI wants them: DF clear, and AC clear (rare: popfq, slow).
+    a.bytes(&[0xfc]); // cld
+    let no_ac = a.new_label();
+    a.test_mem32(ctx + off::EFLAGS, 1 << 18);
+    a.jcc_label(4, no_ac); // jz
     a.push_imm8(2);
     a.popfq();
+    a.bind(no_ac);
     match cb_fp {
         CallbackFp::None => a.store_byte(ctx + off::FP_MODE, FP_NONE),
         CallbackFp::Full(k) => {
@@ -176,8 +182,20 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
         }
     }
     if cb_fp != CallbackFp::None {
+        // The host's control words, unless the guest's are the same (ldmxcsr and fldcw
+        // cost more than the compares). x87 is in its initial state here (0x37f) unless
+        // the full path ran, which leaves it initial too (fninit).
+        let same_mxcsr = a.new_label();
+        a.load_eax32(ctx + off::MXCSR);
+        a.cmp_eax_mem(ctx + off::HOST_MXCSR);
+        a.jcc_label(4, same_mxcsr); // je
         a.ldmxcsr(ctx + off::HOST_MXCSR);
+        a.bind(same_mxcsr);
+        let same_fcw = a.new_label();
+        a.cmp_word(ctx + off::HOST_FCW, 0x37f);
+        a.jcc_label(4, same_fcw); // je
         a.fldcw(ctx + off::HOST_FCW);
+        a.bind(same_fcw);
     }
     // The host stack is 8 mod 16 here (see `enter`): align it for the call.
     a.bytes(&[0x48, 0x83, 0xec, 0x08]); // sub rsp, 8
@@ -209,7 +227,12 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
             for n in 0..16 {
                 a.load_xmm(n, ctx + off::xmm(n));
             }
+            let same_mxcsr = a.new_label();
+            a.load_eax32(ctx + off::MXCSR);
+            a.cmp_eax_mem(ctx + off::HOST_MXCSR);
+            a.jcc_label(4, same_mxcsr); // je: the host's is already loaded
             a.ldmxcsr(ctx + off::MXCSR);
+            a.bind(same_mxcsr);
             a.jmp_label(restored);
             a.bind(full);
             emit_full_restore(a, ctx, k);

@@ -287,6 +287,21 @@ impl Directory {
         }
     }
 
+    /// Unlinks every linked stub (calling `unlink` for each), so that every block exit goes
+    /// back to the dispatcher. Safe while a block runs: only branch targets change.
+    pub fn unlink_all(&mut self, mut unlink: impl FnMut(&ExitStub)) {
+        for b in &mut self.blocks {
+            b.incoming = NONE;
+        }
+        for s in &mut self.stubs {
+            s.next_incoming = NONE;
+            if s.linked {
+                s.linked = false;
+                unlink(s);
+            }
+        }
+    }
+
     /// Starts of every live block, into `out`.
     pub fn all_live(&self, out: &mut Vec<u64>) {
         out.clear();

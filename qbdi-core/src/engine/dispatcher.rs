@@ -51,6 +51,11 @@ impl Engine {
         self.apply_flush();
         self.begin_run(stop);
         let ctx = self.cache().ctx();
+        {
+            let (cache, dir) = self.cache.as_mut().expect("cache exists");
+            self.cb_env.table = &cache.table;
+            self.cb_env.dir = dir;
+        }
         let keep_errno = !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP);
         // SAFETY: ctx points to the context at the start of our live cache mapping, and no
         // generated code runs while we hold these references.

@@ -435,6 +435,36 @@ impl Asm {
         self.u32(d);
     }
 
+    /// `mov eax, dword [rip+addr]`
+    pub fn load_eax32(&mut self, addr: u64) {
+        self.bytes(&[0x8b, 0x05]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `cmp eax, dword [rip+addr]` (sets flags)
+    pub fn cmp_eax_mem(&mut self, addr: u64) {
+        self.bytes(&[0x3b, 0x05]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `cmp word [rip+addr], imm16` (sets flags)
+    pub fn cmp_word(&mut self, addr: u64, imm: u16) {
+        self.bytes(&[0x66, 0x81, 0x3d]);
+        let d = self.rip_disp(addr, 2);
+        self.u32(d);
+        self.buf.extend_from_slice(&imm.to_le_bytes());
+    }
+
+    /// `test dword [rip+addr], imm32` (sets flags)
+    pub fn test_mem32(&mut self, addr: u64, imm: u32) {
+        self.bytes(&[0xf7, 0x05]);
+        let d = self.rip_disp(addr, 4);
+        self.u32(d);
+        self.u32(imm);
+    }
+
     /// `mov esi, dword [rip+addr]`
     pub fn load_esi32(&mut self, addr: u64) {
         self.bytes(&[0x8b, 0x35]);

@@ -76,7 +76,13 @@ impl Engine {
             scratch: Vec::with_capacity(1024),
             stop: NO_STOP,
             shared,
-            cb_env: Box::new(CallbackEnv { ctx: std::ptr::null_mut(), shared, fp: None }),
+            cb_env: Box::new(CallbackEnv {
+                ctx: std::ptr::null_mut(),
+                shared,
+                fp: None,
+                dir: std::ptr::null_mut(),
+                table: std::ptr::null(),
+            }),
             new_blocks: Vec::with_capacity(64),
         }
     }
