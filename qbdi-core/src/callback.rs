@@ -104,7 +104,11 @@ impl InstrRuleCallback {
         callback: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
         priority: i32,
     ) -> InstrRuleCallback {
-        InstrRuleCallback { position, callback: Box::new(callback), priority }
+        InstrRuleCallback {
+            position,
+            callback: Box::new(callback),
+            priority,
+        }
     }
 }
 

@@ -7,13 +7,18 @@
 //! next returns to the dispatcher (`VmAction::BreakToVm`, or any cache exit), never while a
 //! block is running.
 
-use crate::callback::{CallbackId, InstCallback, InstPosition, VmCallback, VmEvent};
+use crate::analysis::{AnalysisType, InstAnalysis};
+use crate::callback::{
+    CallbackId, InstCallback, InstPosition, InstrRuleCallback, VmCallback, VmEvent,
+};
 use crate::error::VmError;
-use crate::memory_access::MemoryAccessType;
 use crate::maps::{Permission, current_process_maps, map_is_module};
+use crate::memory_access::MemoryAccessType;
+use crate::memory_access::MemoryRecorder;
 use crate::options::Options;
 use crate::range::{Range, RangeSet};
 use crate::state::Rword;
+use crate::vm_ref::{AnalysisCache, VmRef};
 use iced_x86::Instruction;
 
 /// Events whose callbacks run inline, planted in translated code.
@@ -73,9 +78,36 @@ impl Filter {
     }
 }
 
+/// An instrumentation rule: asked at translation which callbacks an instruction gets.
+pub(crate) type RuleCallback =
+    Box<dyn FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback>>;
+
 pub(crate) enum Entry {
-    Inst { filter: Filter, position: InstPosition, priority: i32, cb: Option<InstCallback> },
-    Event { events: VmEvent, cb: Option<VmCallback> },
+    Inst {
+        filter: Filter,
+        position: InstPosition,
+        priority: i32,
+        cb: Option<InstCallback>,
+    },
+    Event {
+        events: VmEvent,
+        cb: Option<VmCallback>,
+    },
+    Rule {
+        range: Option<Range>,
+        analysis: AnalysisType,
+        rule: Option<RuleCallback>,
+    },
+}
+
+/// Ids of callbacks produced by rules carry this bit (index into `produced`).
+const PRODUCED: u32 = 1 << 31;
+
+/// A callback a rule attached to one translated instruction.
+struct Produced {
+    /// The rule that made it (deleting the rule deletes it).
+    rule: u32,
+    cb: Option<InstCallback>,
 }
 
 /// What kind of point a site is.
@@ -135,6 +167,11 @@ pub(crate) struct Instrumentation {
     /// A panic caught in a callback, to resume once the guest is out of the cache.
     pub panic: Option<Box<dyn std::any::Any + Send>>,
     scratch: Vec<(i32, u32)>,
+    /// Callbacks produced by rules for translated instructions (dropped with the sites).
+    produced: Vec<Produced>,
+    /// What the rules returned for the instruction being translated: (position, priority,
+    /// produced id).
+    rule_output: Vec<(InstPosition, i32, u32)>,
 }
 
 impl Instrumentation {
@@ -149,15 +186,84 @@ impl Instrumentation {
             events: VmEvent::empty(),
             panic: None,
             scratch: Vec::new(),
+            produced: Vec::new(),
+            rule_output: Vec::new(),
         }
     }
 
     /// Whether translation has sites to plant (instruction or inline event callbacks).
     pub fn has_sites(&self) -> bool {
         self.entries.iter().flatten().any(|e| match e {
-            Entry::Inst { .. } => true,
+            Entry::Inst { .. } | Entry::Rule { .. } => true,
             Entry::Event { events, .. } => events.intersects(INLINE_EVENTS),
         })
+    }
+
+    pub fn add_rule(
+        &mut self,
+        range: Option<Range>,
+        analysis: AnalysisType,
+        rule: RuleCallback,
+    ) -> CallbackId {
+        self.schedule_flush(range);
+        self.push_entry(Entry::Rule {
+            range,
+            analysis,
+            rule: Some(rule),
+        })
+    }
+
+    /// Asks every rule that covers `instr` for its callbacks (kept for `plan_inst_site`).
+    pub fn run_rules(
+        &mut self,
+        instr: &Instruction,
+        analyses: &mut AnalysisCache,
+        memory: &mut MemoryRecorder,
+    ) {
+        self.rule_output.clear();
+        for id in 0..self.entries.len() {
+            let Some(Entry::Rule {
+                range,
+                analysis,
+                rule,
+            }) = &mut self.entries[id]
+            else {
+                continue;
+            };
+            if range.is_some_and(|r| !r.contains(instr.ip())) {
+                continue;
+            }
+            let analysis = *analysis;
+            let Some(mut rule) = rule.take() else {
+                continue;
+            };
+            let inst_analysis = analyses.get(instr.ip(), analysis, self.options).cloned();
+            let produced = match &inst_analysis {
+                Some(a) => {
+                    let mut vm = VmRef {
+                        inst: self,
+                        analyses,
+                        memory,
+                        slots: &[],
+                        site: None,
+                        current: instr.ip(),
+                    };
+                    rule(&mut vm, a)
+                }
+                None => Vec::new(),
+            };
+            if let Some(Entry::Rule { rule: slot, .. }) = &mut self.entries[id] {
+                *slot = Some(rule);
+            }
+            for p in produced {
+                self.produced.push(Produced {
+                    rule: id as u32,
+                    cb: Some(p.callback),
+                });
+                let pid = PRODUCED | (self.produced.len() - 1) as u32;
+                self.rule_output.push((p.position, p.priority, pid));
+            }
+        }
     }
 
     fn schedule_flush(&mut self, affected: Option<Range>) {
@@ -189,20 +295,29 @@ impl Instrumentation {
         priority: i32,
     ) -> CallbackId {
         self.schedule_flush(filter.affected());
-        self.push_entry(Entry::Inst { filter, position, priority, cb: Some(cb) })
+        self.push_entry(Entry::Inst {
+            filter,
+            position,
+            priority,
+            cb: Some(cb),
+        })
     }
 
     pub fn add_event(&mut self, events: VmEvent, cb: VmCallback) -> Result<CallbackId, VmError> {
         if events.is_empty() {
             return Err(VmError::InvalidArgument(
-                "add_vm_event_cb needs at least one VmEvent (e.g. VmEvent::BASIC_BLOCK_ENTRY)".into(),
+                "add_vm_event_cb needs at least one VmEvent (e.g. VmEvent::BASIC_BLOCK_ENTRY)"
+                    .into(),
             ));
         }
         if events.intersects(INLINE_EVENTS | TRANSFER_EVENTS) {
             self.schedule_flush(None);
         }
         self.events |= events;
-        Ok(self.push_entry(Entry::Event { events, cb: Some(cb) }))
+        Ok(self.push_entry(Entry::Event {
+            events,
+            cb: Some(cb),
+        }))
     }
 
     pub fn delete(&mut self, id: CallbackId) -> Result<(), VmError> {
@@ -210,10 +325,22 @@ impl Instrumentation {
             .entries
             .get_mut(id as usize)
             .and_then(Option::take)
-            .ok_or_else(|| VmError::InvalidArgument(format!("no instrumentation has id {id} (already deleted?)")))?;
+            .ok_or_else(|| {
+                VmError::InvalidArgument(format!(
+                    "no instrumentation has id {id} (already deleted?)"
+                ))
+            })?;
         let affected = match &entry {
             Entry::Inst { filter, .. } => filter.affected(),
             Entry::Event { .. } => None,
+            Entry::Rule { range, .. } => {
+                for p in &mut self.produced {
+                    if p.rule == id {
+                        p.cb = None;
+                    }
+                }
+                *range
+            }
         };
         self.schedule_flush(affected);
         self.recompute_events();
@@ -233,12 +360,15 @@ impl Instrumentation {
             .flatten()
             .fold(VmEvent::empty(), |acc, e| match e {
                 Entry::Event { events, .. } => acc | *events,
-                Entry::Inst { .. } => acc,
+                Entry::Inst { .. } | Entry::Rule { .. } => acc,
             });
     }
 
     /// Takes a callback out for a call (its slot stays reserved); see `put_back`.
     pub fn take_inst(&mut self, id: u32) -> Option<InstCallback> {
+        if id & PRODUCED != 0 {
+            return self.produced.get_mut((id & !PRODUCED) as usize)?.cb.take();
+        }
         match self.entries.get_mut(id as usize)? {
             Some(Entry::Inst { cb, .. }) => cb.take(),
             _ => None,
@@ -254,6 +384,17 @@ impl Instrumentation {
 
     /// Puts a callback back after its call, unless it was deleted meanwhile.
     pub fn put_back_inst(&mut self, id: u32, callback: InstCallback) {
+        if id & PRODUCED != 0 {
+            let rule = self.produced.get((id & !PRODUCED) as usize).map(|p| p.rule);
+            let rule_alive = rule.is_some_and(|r| {
+                matches!(self.entries.get(r as usize), Some(Some(Entry::Rule { .. })))
+            });
+            if let (true, Some(p)) = (rule_alive, self.produced.get_mut((id & !PRODUCED) as usize))
+            {
+                p.cb = Some(callback);
+            }
+            return;
+        }
         if let Some(Some(Entry::Inst { cb, .. })) = self.entries.get_mut(id as usize) {
             *cb = Some(callback);
         }
@@ -268,17 +409,25 @@ impl Instrumentation {
     /// The address range a memory callback is restricted to, if `id` is one.
     pub fn mem_range(&self, id: u32) -> Option<(MemoryAccessType, Range)> {
         match self.entries.get(id as usize)? {
-            Some(Entry::Inst { filter: Filter::MemAccess(t, Some(r)), .. }) => Some((*t, *r)),
+            Some(Entry::Inst {
+                filter: Filter::MemAccess(t, Some(r)),
+                ..
+            }) => Some((*t, *r)),
             _ => None,
         }
     }
 
     /// Event callbacks registered for any of `events`, in registration order.
     pub fn event_ids(&self, events: VmEvent) -> impl Iterator<Item = (u32, VmEvent)> + '_ {
-        self.entries.iter().enumerate().filter_map(move |(i, e)| match e {
-            Some(Entry::Event { events: ev, .. }) if ev.intersects(events) => Some((i as u32, *ev)),
-            _ => None,
-        })
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(move |(i, e)| match e {
+                Some(Entry::Event { events: ev, .. }) if ev.intersects(events) => {
+                    Some((i as u32, *ev))
+                }
+                _ => None,
+            })
     }
 
     /// Whether the site and callback tables can take one more block's worth.
@@ -298,7 +447,13 @@ impl Instrumentation {
     ) -> Option<u32> {
         self.scratch.clear();
         for (id, e) in self.entries.iter().enumerate() {
-            if let Some(Entry::Inst { filter, position: p, priority, .. }) = e {
+            if let Some(Entry::Inst {
+                filter,
+                position: p,
+                priority,
+                ..
+            }) = e
+            {
                 let here = match filter {
                     Filter::MemAccess(..) => filter.matches(instr, position, access),
                     _ => *p == position && filter.matches(instr, position, access),
@@ -306,6 +461,11 @@ impl Instrumentation {
                 if here && self.scratch.len() < self.scratch.capacity() {
                     self.scratch.push((-*priority, id as u32));
                 }
+            }
+        }
+        for &(p, priority, pid) in &self.rule_output {
+            if p == position && self.scratch.len() < self.scratch.capacity() {
+                self.scratch.push((-priority, pid));
             }
         }
         if self.scratch.is_empty() {
@@ -317,11 +477,22 @@ impl Instrumentation {
         for &(_, id) in &self.scratch {
             self.site_cbs.push(id);
         }
-        Some(self.push_site(SiteKind::Inst(position), instr.ip(), block_start, first, self.scratch.len() as u32))
+        Some(self.push_site(
+            SiteKind::Inst(position),
+            instr.ip(),
+            block_start,
+            first,
+            self.scratch.len() as u32,
+        ))
     }
 
     /// Adds a site for the inline events in `events` that have callbacks.
-    pub fn plan_event_site(&mut self, events: VmEvent, inst_addr: Rword, block_start: Rword) -> Option<u32> {
+    pub fn plan_event_site(
+        &mut self,
+        events: VmEvent,
+        inst_addr: Rword,
+        block_start: Rword,
+    ) -> Option<u32> {
         let wanted = events & self.events;
         if wanted.is_empty() {
             return None;
@@ -336,13 +507,21 @@ impl Instrumentation {
                 }
             }
         }
-        let new_pending = wanted.intersects(ENTRY_EVENTS) && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
+        let new_pending =
+            wanted.intersects(ENTRY_EVENTS) && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
         let site = self.push_site(SiteKind::Events(wanted), inst_addr, block_start, first, n);
         self.sites[site as usize].new_pending = new_pending;
         Some(site)
     }
 
-    fn push_site(&mut self, kind: SiteKind, inst_addr: Rword, block_start: Rword, first: u32, len: u32) -> u32 {
+    fn push_site(
+        &mut self,
+        kind: SiteKind,
+        inst_addr: Rword,
+        block_start: Rword,
+        first: u32,
+        len: u32,
+    ) -> u32 {
         self.sites.push(Site {
             kind,
             inst_addr,
@@ -366,6 +545,7 @@ impl Instrumentation {
     pub fn reset_sites(&mut self) {
         self.sites.clear();
         self.site_cbs.clear();
+        self.produced.clear();
     }
 
     // ---- ranges -------------------------------------------------------------------------

@@ -18,35 +18,35 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
+mod analysis;
 mod callback;
 mod engine;
-mod instrumentation;
 mod error;
+mod instrumentation;
 mod maps;
 mod memory;
 mod memory_access;
 mod options;
 mod range;
 mod state;
+mod symbols;
 mod vm;
 mod vm_ref;
-mod analysis;
-mod symbols;
 
+pub use analysis::{
+    AnalysisType, ConditionType, InstAnalysis, OperandAnalysis, OperandFlag, OperandType,
+    RegisterAccessType, analyze, mnemonic_matches, mnemonic_names, mnemonic_pattern_is_valid,
+};
 pub use callback::{
     CallbackId, InstCallback, InstPosition, InstrRuleCallback, PRIORITY_DEFAULT,
     PRIORITY_MEMACCESS_LIMIT, VmAction, VmCallback, VmEvent, VmState,
 };
 pub use error::VmError;
 pub use maps::{MemoryMap, Permission, current_process_maps, module_names};
-pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};
+pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use options::Options;
 pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
 pub use vm::{FAKE_RETURN_ADDRESS, Vm};
 pub use vm_ref::VmRef;
-pub use analysis::{
-    AnalysisType, ConditionType, InstAnalysis, OperandAnalysis, OperandFlag, OperandType,
-    RegisterAccessType, analyze, mnemonic_matches, mnemonic_names, mnemonic_pattern_is_valid,
-};

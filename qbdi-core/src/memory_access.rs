@@ -103,7 +103,13 @@ impl MemoryRecorder {
     /// Fills `out` with the accesses of descriptors `first..first+len` given the slots.
     /// `pre_of`: the instruction whose PreInst callbacks are running (its writes have not
     /// happened, its `rep` sizes are not known yet).
-    pub fn collect(&mut self, first: u32, len: u32, slots: &[[u64; 2]], pre_of: Option<Rword>) -> &[MemoryAccess] {
+    pub fn collect(
+        &mut self,
+        first: u32,
+        len: u32,
+        slots: &[[u64; 2]],
+        pre_of: Option<Rword>,
+    ) -> &[MemoryAccess] {
         self.out.clear();
         let range = first as usize..(first + len) as usize;
         for d in self.descs.get(range).unwrap_or(&[]) {
@@ -130,7 +136,11 @@ impl MemoryRecorder {
                     // either direction (DF).
                     let (start, end) = (addr, value);
                     let esize = u64::from(d.size);
-                    let (lo, bytes) = if end >= start { (start, end - start) } else { (end + esize, start - end) };
+                    let (lo, bytes) = if end >= start {
+                        (start, end - start)
+                    } else {
+                        (end + esize, start - end)
+                    };
                     access.access_address = lo;
                     access.size = u16::try_from(bytes).unwrap_or(u16::MAX);
                 }

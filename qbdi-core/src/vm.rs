@@ -169,7 +169,11 @@ impl Vm {
 
     /// The analysis of the translated instruction at `addr` (`None` if no instrumented
     /// instruction is there).
-    pub fn cached_inst_analysis(&mut self, addr: Rword, analysis: AnalysisType) -> Option<&InstAnalysis> {
+    pub fn cached_inst_analysis(
+        &mut self,
+        addr: Rword,
+        analysis: AnalysisType,
+    ) -> Option<&InstAnalysis> {
         if !self.inst_ref().ranges.contains(addr) {
             return None;
         }
@@ -191,7 +195,9 @@ impl Vm {
         }
         self.errno_set = false;
         self.gpr.rip = start;
-        let result = self.engine.run(&mut self.gpr, &mut self.fpr, &mut self.errno, stop);
+        let result = self
+            .engine
+            .run(&mut self.gpr, &mut self.fpr, &mut self.errno, stop);
         if !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP) {
             // The guest's errno is what the thread sees after the run, as after a native call.
             // SAFETY: as above.
@@ -230,4 +236,3 @@ impl Vm {
         self.engine.precache(addr)
     }
 }
-

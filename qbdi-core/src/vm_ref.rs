@@ -35,7 +35,12 @@ pub(crate) struct AnalysisCache {
 impl AnalysisCache {
     /// The analysis of the instruction at `addr` with at least `what`, computing it if
     /// needed. The caller guarantees `addr` holds a decodable instruction in readable memory.
-    pub(crate) fn get(&mut self, addr: Rword, what: AnalysisType, options: Options) -> Option<&InstAnalysis> {
+    pub(crate) fn get(
+        &mut self,
+        addr: Rword,
+        what: AnalysisType,
+        options: Options,
+    ) -> Option<&InstAnalysis> {
         let have = self.map.get(&addr).map(|a| a.analysis_type);
         if have.is_none_or(|t| !t.contains(what)) {
             let all = what | have.unwrap_or(AnalysisType::empty());
@@ -188,6 +193,37 @@ macro_rules! instrumentation_methods {
             Ok(id)
         }
 
+        /// Adds an instrumentation rule: at translation, `rule` gets the analysis (of the
+        /// kinds in `analysis`) of every instrumented instruction and returns the callbacks
+        /// to attach to it. It may be asked again for the same instruction (after a cache
+        /// flush) and must then answer the same.
+        pub fn add_instr_rule(
+            &mut self,
+            rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<crate::callback::InstrRuleCallback> + 'static,
+            analysis: AnalysisType,
+        ) -> Result<CallbackId, VmError> {
+            let id = self.inst_mut().add_rule(None, analysis, Box::new(rule));
+            self.changed();
+            Ok(id)
+        }
+
+        /// Adds an instrumentation rule for the instructions in `[start, end)` only.
+        pub fn add_instr_rule_range(
+            &mut self,
+            start: Rword,
+            end: Rword,
+            rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<crate::callback::InstrRuleCallback> + 'static,
+            analysis: AnalysisType,
+        ) -> Result<CallbackId, VmError> {
+            if end <= start {
+                return Err(VmError::InvalidRange { start, end });
+            }
+            let range = crate::range::Range::new(start, end);
+            let id = self.inst_mut().add_rule(Some(range), analysis, Box::new(rule));
+            self.changed();
+            Ok(id)
+        }
+
         /// Removes one callback.
         pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
             self.inst_mut().delete(id)?;
@@ -304,7 +340,8 @@ impl VmRef<'_> {
             return &[];
         };
         let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
-        self.memory.collect(s.bb_mem_first, s.bb_mem_len, self.slots, pre)
+        self.memory
+            .collect(s.bb_mem_first, s.bb_mem_len, self.slots, pre)
     }
 
     fn inst_ref(&self) -> &Instrumentation {
@@ -323,13 +360,22 @@ impl VmRef<'_> {
     /// SYSCALL_ENTRY/EXIT): use [`cached_inst_analysis`](Self::cached_inst_analysis) with
     /// an address instead.
     pub fn inst_analysis(&mut self, analysis: AnalysisType) -> &InstAnalysis {
-        assert!(self.current != 0, "inst_analysis() is for instruction callbacks; use cached_inst_analysis(address, ..)");
+        assert!(
+            self.current != 0,
+            "inst_analysis() is for instruction callbacks; use cached_inst_analysis(address, ..)"
+        );
         let options = self.inst.options;
-        self.analyses.get(self.current, analysis, options).expect("the engine translated this instruction")
+        self.analyses
+            .get(self.current, analysis, options)
+            .expect("the engine translated this instruction")
     }
 
     /// The analysis of a translated instruction at `addr`, if the cache holds one there.
-    pub fn cached_inst_analysis(&mut self, addr: Rword, analysis: AnalysisType) -> Option<&InstAnalysis> {
+    pub fn cached_inst_analysis(
+        &mut self,
+        addr: Rword,
+        analysis: AnalysisType,
+    ) -> Option<&InstAnalysis> {
         if !self.inst.ranges.contains(addr) && addr != self.current {
             return None;
         }

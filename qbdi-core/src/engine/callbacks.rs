@@ -56,7 +56,11 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
                 sequence_start: s.block_start,
                 sequence_end: s.block_end,
             };
-            let current = if events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT) { s.inst_addr } else { 0 };
+            let current = if events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT) {
+                s.inst_addr
+            } else {
+                0
+            };
             let ids = shared_ids(&shared.inst, &s);
             run_event_callbacks(shared, ctx, &ids, &state, current, Some(s))
         }
@@ -114,19 +118,33 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
     }
 }
 
-fn run_inst_site(shared: &mut crate::vm::Shared, ctx: &mut Context, s: &Site, position: InstPosition) -> VmAction {
+fn run_inst_site(
+    shared: &mut crate::vm::Shared,
+    ctx: &mut Context,
+    s: &Site,
+    position: InstPosition,
+) -> VmAction {
     let mut action = VmAction::Continue;
-    let Context { gpr, fpr, mem_slots, .. } = ctx;
+    let Context {
+        gpr,
+        fpr,
+        mem_slots,
+        ..
+    } = ctx;
     for k in s.first..s.first + s.len {
         let id = shared.inst.site_cbs[k as usize];
         if let Some((kind, range)) = shared.inst.mem_range(id) {
             // A memory range callback runs only if an access of this instruction touches it.
             let pre = (position == InstPosition::PreInst).then_some(s.inst_addr);
-            let hit = shared.memory.collect(s.mem_first, s.mem_len, &mem_slots[..], pre).iter().any(|a| {
-                kind.intersects(a.access_type)
-                    && a.access_address < range.end
-                    && range.start < a.access_address.saturating_add(u64::from(a.size.max(1)))
-            });
+            let hit = shared
+                .memory
+                .collect(s.mem_first, s.mem_len, &mem_slots[..], pre)
+                .iter()
+                .any(|a| {
+                    kind.intersects(a.access_type)
+                        && a.access_address < range.end
+                        && range.start < a.access_address.saturating_add(u64::from(a.size.max(1)))
+                });
             if !hit {
                 continue;
             }
@@ -145,7 +163,9 @@ fn run_inst_site(shared: &mut crate::vm::Shared, ctx: &mut Context, s: &Site, po
         let a = cb(&mut vm, gpr, fpr);
         shared.inst.put_back_inst(id, cb);
         action = action.max(a);
-        if a == VmAction::SkipPatch || (a == VmAction::SkipInst && position == InstPosition::PreInst) {
+        if a == VmAction::SkipPatch
+            || (a == VmAction::SkipInst && position == InstPosition::PreInst)
+        {
             break;
         }
     }
@@ -163,12 +183,20 @@ pub(crate) fn run_event_callbacks(
     site: Option<Site>,
 ) -> VmAction {
     let mut action = VmAction::Continue;
-    let Context { gpr, fpr, mem_slots, .. } = ctx;
+    let Context {
+        gpr,
+        fpr,
+        mem_slots,
+        ..
+    } = ctx;
     for &id in ids {
         let Some((registered, mut cb)) = shared.inst.take_event(id) else {
             continue;
         };
-        let mine = VmState { event: state.event & registered, ..*state };
+        let mine = VmState {
+            event: state.event & registered,
+            ..*state
+        };
         if mine.event.is_empty() {
             shared.inst.put_back_event(id, cb);
             continue;
@@ -216,7 +244,9 @@ pub(crate) fn fire_events(
         sequence_start: start,
         sequence_end: end,
     };
-    let result = catch_unwind(AssertUnwindSafe(|| run_event_callbacks(shared, ctx, &ids, &state, 0, None)));
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        run_event_callbacks(shared, ctx, &ids, &state, 0, None)
+    }));
     result.unwrap_or_else(|payload| {
         shared.inst.panic = Some(payload);
         VmAction::Stop

@@ -94,7 +94,6 @@ pub(crate) mod off {
     pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;
     pub const CB_SITE: u64 = offset_of!(Context, cb_site) as u64;
     pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
-    pub const TRANSFER_RET: u64 = offset_of!(Context, transfer_ret) as u64;
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
     pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;
     pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;

@@ -110,7 +110,15 @@ pub(crate) fn emit_runtime(
     let callback = a.here();
     emit_callback(a, ctx, cb_fp, exit_tail);
     a.finish();
-    Runtime { enter, exit, ib_miss, broker, stop_return, callback, transfer_return }
+    Runtime {
+        enter,
+        exit,
+        ib_miss,
+        broker,
+        stop_return,
+        callback,
+        transfer_return,
+    }
 }
 
 fn emit_full_save(a: &mut Asm, ctx: u64, k: XSaveKind) {

@@ -208,15 +208,25 @@ impl Engine {
         let ctx = unsafe { &mut *ctx };
         ctx.gpr.rip = rip;
         let action = fire_events(shared, ctx, events, start, end);
-        if shared.inst.panic.is_some() { VmAction::Stop } else { action }
+        if shared.inst.panic.is_some() {
+            VmAction::Stop
+        } else {
+            action
+        }
     }
 
     /// Decodes why the guest left the cache.
     fn after_exit(&mut self, exit_id: u32, stop: u64) -> Result<After, VmError> {
         let ctx = self.cache().ctx();
         // SAFETY: the context is live and no generated code runs.
-        let (ib_target, rip, cb_stop, transfer_ret) =
-            unsafe { ((*ctx).ib_target, (*ctx).gpr.rip, (*ctx).cb_stop, (*ctx).transfer_ret) };
+        let (ib_target, rip, cb_stop, transfer_ret) = unsafe {
+            (
+                (*ctx).ib_target,
+                (*ctx).gpr.rip,
+                (*ctx).cb_stop,
+                (*ctx).transfer_ret,
+            )
+        };
         match exit_id {
             EXIT_IB_MISS | EXIT_BROKER => Ok(After::Go(ib_target, None)),
             EXIT_STOP => {
@@ -232,8 +242,13 @@ impl Engine {
                 }
             }
             EXIT_TRANSFER_RETURN => {
-                let end = transfer_ret.saturating_add(1);
-                match self.fire(VmEvent::EXEC_TRANSFER_RETURN, transfer_ret, end, transfer_ret) {
+                // For transfers, every VmState address is the target (QBDI's convention).
+                match self.fire(
+                    VmEvent::EXEC_TRANSFER_RETURN,
+                    transfer_ret,
+                    transfer_ret,
+                    transfer_ret,
+                ) {
                     VmAction::Stop => Ok(After::Finish),
                     // SAFETY: as above.
                     VmAction::BreakToVm => Ok(After::Go(unsafe { (*ctx).gpr.rip }, None)),

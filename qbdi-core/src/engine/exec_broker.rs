@@ -49,10 +49,12 @@ impl Engine {
                 continue;
             }
             if reported {
-                match self.fire(VmEvent::EXEC_TRANSFER_CALL, pc, pc.saturating_add(1), pc) {
+                match self.fire(VmEvent::EXEC_TRANSFER_CALL, pc, pc, pc) {
                     VmAction::Stop => return Ok(Some(Next::Stop)),
                     // SAFETY: as above.
-                    VmAction::BreakToVm => return Ok(Some(Next::Redispatch(unsafe { (*ctx).gpr.rip }))),
+                    VmAction::BreakToVm => {
+                        return Ok(Some(Next::Redispatch(unsafe { (*ctx).gpr.rip })));
+                    }
                     _ => {}
                 }
             }

@@ -6,10 +6,12 @@
 
 use super::context::off;
 use super::emitter::{Asm, RAX, RCX};
-use crate::memory_access::{MAX_SLOTS, MemDesc, MemoryAccessFlags, MemoryAccessType, MemoryRecorder};
+use crate::memory_access::{
+    MAX_SLOTS, MemDesc, MemoryAccessFlags, MemoryAccessType, MemoryRecorder,
+};
 use iced_x86::{
-    Code, Encoder, Instruction, InstructionInfoFactory, MemoryOperand, MemorySize, Mnemonic, OpAccess, OpKind,
-    Register,
+    Code, Encoder, Instruction, InstructionInfoFactory, MemoryOperand, MemorySize, Mnemonic,
+    OpAccess, OpKind, Register,
 };
 
 /// One access to record, as planned for the instruction being translated.
@@ -110,7 +112,11 @@ pub(crate) fn plan(
             _ => &[],
         };
         for &write in kinds {
-            let kind = if write { MemoryAccessType::WRITE } else { MemoryAccessType::READ };
+            let kind = if write {
+                MemoryAccessType::WRITE
+            } else {
+                MemoryAccessType::READ
+            };
             if !wanted.contains(kind) || n == MAX_PER_INSTRUCTION {
                 continue;
             }
@@ -154,7 +160,11 @@ pub(crate) fn plan(
             inst_address: instr.ip(),
             slot: p.slot,
             size: p.size,
-            access_type: if p.write { MemoryAccessType::WRITE } else { MemoryAccessType::READ },
+            access_type: if p.write {
+                MemoryAccessType::WRITE
+            } else {
+                MemoryAccessType::READ
+            },
             flags,
             rep: p.rep.is_some(),
         });

@@ -33,8 +33,8 @@ use crate::range::{Range, RangeSet};
 use crate::vm::Shared;
 use callbacks::{CallbackEnv, site_entry};
 use code_cache::CodeCache;
-use context_switch::CallbackFp;
 use context::FIRST_STUB_ID;
+use context_switch::CallbackFp;
 use directory::{Directory, ExitKind};
 use maps_reader::ReadableMaps;
 use translator::{Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator};
@@ -178,7 +178,10 @@ impl Engine {
         if self.cache.is_none() {
             let cb_fp = match self.fp {
                 None => CallbackFp::None,
-                Some(k) if self.options.contains(Options::OPT_DISABLE_OPTIONAL_FPR) || !k.has_xinuse() => {
+                Some(k)
+                    if self.options.contains(Options::OPT_DISABLE_OPTIONAL_FPR)
+                        || !k.has_xinuse() =>
+                {
                     CallbackFp::Full(k)
                 }
                 Some(k) => CallbackFp::Optional(k),
@@ -187,7 +190,8 @@ impl Engine {
             // SAFETY: the context is at the start of the new mapping; nothing runs yet.
             unsafe {
                 let ctx = cache.ctx();
-                (*ctx).cb_fn = site_entry as unsafe extern "C" fn(*mut CallbackEnv, u32) -> u64 as usize as u64;
+                (*ctx).cb_fn = site_entry as unsafe extern "C" fn(*mut CallbackEnv, u32) -> u64
+                    as usize as u64;
                 (*ctx).cb_data = &*self.cb_env as *const CallbackEnv as u64;
                 self.cb_env.ctx = ctx;
                 self.cb_env.fp = self.fp;
@@ -219,14 +223,22 @@ impl Engine {
     /// Translates the block at `pc` and enters it in the directory and the inline table.
     /// Allocates nothing (see `directory`).
     fn translate(&mut self, pc: u64) -> Result<u64, VmError> {
-        let readable_end = self.readable.end_of(pc).ok_or(VmError::AddressNotMapped(pc))?;
+        let readable_end = self
+            .readable
+            .end_of(pc)
+            .ok_or(VmError::AddressNotMapped(pc))?;
         let shared = self.shared();
-        let limit = shared.inst.ranges.range_containing(pc).map_or(readable_end, |r| r.end);
+        let limit = shared
+            .inst
+            .ranges
+            .range_containing(pc)
+            .map_or(readable_end, |r| r.end);
         let with_sites = shared.inst.has_sites() || !shared.memory.recorded.is_empty();
         let events = shared.inst.events;
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
         let sites_full = with_sites
-            && (!shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8) || !shared.memory.has_room_for_block());
+            && (!shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8)
+                || !shared.memory.has_room_for_block());
         if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) || sites_full {
             // Full: start over. Nothing of this Vm is executing (we are in the dispatcher).
             cache.reset();
@@ -249,10 +261,13 @@ impl Engine {
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
         };
-        let values = !self.options.contains(Options::OPT_DISABLE_MEMORYACCESS_VALUE);
+        let values = !self
+            .options
+            .contains(Options::OPT_DISABLE_MEMORYACCESS_VALUE);
         let hooks = with_sites.then(|| Hooks {
             inst: &mut shared.inst,
             mem: &mut shared.memory,
+            analyses: &mut shared.analyses,
             values,
             block_start: pc,
             events: events & INLINE_EVENTS,
@@ -266,7 +281,9 @@ impl Engine {
             s.skip_patch = skip_patch;
             s.block_end = t.guest_end;
         }
-        if events.contains(VmEvent::BASIC_BLOCK_NEW) && self.new_blocks.len() < self.new_blocks.capacity() {
+        if events.contains(VmEvent::BASIC_BLOCK_NEW)
+            && self.new_blocks.len() < self.new_blocks.capacity()
+        {
             self.new_blocks.push((pc, t.guest_end));
         }
         let first = dir.next_stub();

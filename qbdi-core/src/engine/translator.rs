@@ -23,13 +23,14 @@
 use super::context::off;
 use super::context_switch::Runtime;
 use super::directory::ExitKind;
-use crate::callback::{InstPosition, VmEvent};
-use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
-use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
-use crate::memory_access::MemoryRecorder;
 use super::emitter::{Asm, Label, RAX, RCX};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
+use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
+use crate::callback::{InstPosition, VmEvent};
 use crate::error::VmError;
+use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
+use crate::memory_access::MemoryRecorder;
+use crate::vm_ref::AnalysisCache;
 use iced_x86::{
     Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter, Instruction,
     InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
@@ -110,6 +111,7 @@ enum Rip {
 pub(crate) struct Hooks<'a> {
     pub inst: &'a mut Instrumentation,
     pub mem: &'a mut MemoryRecorder,
+    pub analyses: &'a mut AnalysisCache,
     /// Whether recorded accesses include values.
     pub values: bool,
     pub block_start: u64,
@@ -119,8 +121,15 @@ pub(crate) struct Hooks<'a> {
 
 impl Hooks<'_> {
     /// Plants a site for `instr`'s callbacks at `position`, with its memory accesses.
-    fn inst_site(&mut self, instr: &Instruction, position: InstPosition, mem: MemInfo) -> Option<u32> {
-        let site = self.inst.plan_inst_site(instr, position, self.block_start, mem.access)?;
+    fn inst_site(
+        &mut self,
+        instr: &Instruction,
+        position: InstPosition,
+        mem: MemInfo,
+    ) -> Option<u32> {
+        let site = self
+            .inst
+            .plan_inst_site(instr, position, self.block_start, mem.access)?;
         let s = &mut self.inst.sites[site as usize];
         s.mem_first = mem.first;
         s.mem_len = mem.len;
@@ -247,14 +256,27 @@ impl Translator {
         self.asm.finish();
         for &(site, cont, skip_inst, skip_patch) in &self.site_labels {
             let a = &self.asm;
-            self.site_addrs.push((site, a.label_addr(cont), a.label_addr(skip_inst), a.label_addr(skip_patch)));
+            self.site_addrs.push((
+                site,
+                a.label_addr(cont),
+                a.label_addr(skip_inst),
+                a.label_addr(skip_patch),
+            ));
         }
         Ok(Translated { guest_end, reentry })
     }
 
     /// Emits a call of callback site `site`: saves rax, sets `gpr.rip`, names the site, and
     /// jumps to the callback routine, which resumes at one of the three labels.
-    fn site_call(&mut self, env: &Env<'_>, site: u32, rip: Rip, cont: Label, skip_inst: Label, skip_patch: Label) {
+    fn site_call(
+        &mut self,
+        env: &Env<'_>,
+        site: u32,
+        rip: Rip,
+        cont: Label,
+        skip_inst: Label,
+        skip_patch: Label,
+    ) {
         let ctx = env.ctx;
         self.asm.store(ctx + off::gpr(RAX), RAX);
         match rip {
@@ -269,7 +291,13 @@ impl Translator {
 
     /// PostInst callbacks of `instr` and block-exit events, on a path leaving the block
     /// towards `rip`.
-    fn path_hooks(&mut self, env: &Env<'_>, hooks: &mut Option<Hooks<'_>>, instr: &Instruction, rip: Rip) {
+    fn path_hooks(
+        &mut self,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+        instr: &Instruction,
+        rip: Rip,
+    ) {
         let Some(h) = hooks.as_mut() else {
             return;
         };
@@ -283,11 +311,20 @@ impl Translator {
     }
 
     /// Block-exit events on a path leaving the block towards `rip`.
-    fn exit_events(&mut self, env: &Env<'_>, hooks: &mut Option<Hooks<'_>>, inst_addr: u64, rip: Rip) {
+    fn exit_events(
+        &mut self,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+        inst_addr: u64,
+        rip: Rip,
+    ) {
         let Some(h) = hooks.as_mut() else {
             return;
         };
-        if let Some(site) = h.inst.plan_event_site(EXIT_EVENTS & h.events, inst_addr, h.block_start) {
+        if let Some(site) = h
+            .inst
+            .plan_event_site(EXIT_EVENTS & h.events, inst_addr, h.block_start)
+        {
             let s = &mut h.inst.sites[site as usize];
             s.bb_mem_first = self.bb_mem_first;
             s.bb_mem_len = h.mem.descs.len() as u32 - self.bb_mem_first;
@@ -309,8 +346,16 @@ impl Translator {
         let Some(h) = hooks.as_mut() else {
             return self.emit_instruction(instr, bytes, pc, env, hooks);
         };
+        h.inst.run_rules(instr, h.analyses, h.mem);
         let first = h.mem.descs.len() as u32;
-        memory_recording::plan(instr, &mut self.info, h.mem, h.values, &mut self.next_slot, &mut self.planned);
+        memory_recording::plan(
+            instr,
+            &mut self.info,
+            h.mem,
+            h.values,
+            &mut self.next_slot,
+            &mut self.planned,
+        );
         self.mem = MemInfo {
             first,
             len: self.planned.len() as u32,
@@ -329,7 +374,14 @@ impl Translator {
         if let Some(site) = pre {
             let inst_label = self.asm.new_label();
             if terminator {
-                self.site_call(env, site, Rip::Imm(instr.ip()), inst_label, skipped, skipped_nopost);
+                self.site_call(
+                    env,
+                    site,
+                    Rip::Imm(instr.ip()),
+                    inst_label,
+                    skipped,
+                    skipped_nopost,
+                );
             } else {
                 self.site_call(env, site, Rip::Imm(instr.ip()), inst_label, skipped, next);
             }
@@ -356,7 +408,13 @@ impl Translator {
         debug_assert!(!ended);
         emit_post(&mut self.asm, env.ctx, &self.planned);
         if syscall {
-            self.event_site(env, hooks, VmEvent::SYSCALL_EXIT, instr.ip(), instr.next_ip());
+            self.event_site(
+                env,
+                hooks,
+                VmEvent::SYSCALL_EXIT,
+                instr.ip(),
+                instr.next_ip(),
+            );
         }
         self.asm.bind(skipped);
         self.asm.bind(skipped_nopost);
@@ -369,11 +427,21 @@ impl Translator {
         Ok(false)
     }
 
-    fn event_site(&mut self, env: &Env<'_>, hooks: &mut Option<Hooks<'_>>, event: VmEvent, inst_addr: u64, rip: u64) {
+    fn event_site(
+        &mut self,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+        event: VmEvent,
+        inst_addr: u64,
+        rip: u64,
+    ) {
         let Some(h) = hooks.as_mut() else {
             return;
         };
-        if let Some(site) = h.inst.plan_event_site(event & h.events, inst_addr, h.block_start) {
+        if let Some(site) = h
+            .inst
+            .plan_event_site(event & h.events, inst_addr, h.block_start)
+        {
             let after = self.asm.new_label();
             self.site_call(env, site, Rip::Imm(rip), after, after, after);
             self.asm.bind(after);
@@ -479,8 +547,10 @@ impl Translator {
                         self.asm.jmp_abs(target);
                         self.asm.bind(ret_label);
                         let ret_stub = self.asm.here();
-                        self.asm.buf[at + 1..at + 5].copy_from_slice(&(ret_stub as u32).to_le_bytes());
-                        self.asm.buf[at + 9..at + 13].copy_from_slice(&((ret_stub >> 32) as u32).to_le_bytes());
+                        self.asm.buf[at + 1..at + 5]
+                            .copy_from_slice(&(ret_stub as u32).to_le_bytes());
+                        self.asm.buf[at + 9..at + 13]
+                            .copy_from_slice(&((ret_stub >> 32) as u32).to_le_bytes());
                     } else {
                         self.asm.jmp_abs(target);
                         debug_assert_eq!(self.asm.here(), ret_stub);
@@ -606,7 +676,11 @@ impl Translator {
         match instr.flow_control() {
             FlowControl::Return => {
                 self.asm.load_rcx_from_stack_top();
-                let pop = 8 + if instr.op_count() > 0 { i32::from(instr.immediate16()) } else { 0 };
+                let pop = 8 + if instr.op_count() > 0 {
+                    i32::from(instr.immediate16())
+                } else {
+                    0
+                };
                 self.asm.lea_rsp(pop);
             }
             _ => {
@@ -625,7 +699,13 @@ impl Translator {
             emit_spill(&mut self.asm, ctx);
             self.asm.load(RCX, ctx + off::IB_TARGET);
         }
-        emit_lookup(&mut self.asm, ctx, env.table, Miss::Addr(env.runtime.ib_miss), true);
+        emit_lookup(
+            &mut self.asm,
+            ctx,
+            env.table,
+            Miss::Addr(env.runtime.ib_miss),
+            true,
+        );
         self.asm.store(ctx + off::IB_JUMP, RAX);
         emit_restore(&mut self.asm, ctx);
         self.asm.jmp_mem(ctx + off::IB_JUMP);
@@ -726,7 +806,10 @@ pub(crate) fn disassemble_at(address: u64) -> String {
 /// Whether the instruction ends a block (may change rip), as opposed to running in place.
 fn is_terminator(instr: &Instruction) -> bool {
     instr.code() != Code::Syscall
-        && !matches!(instr.flow_control(), FlowControl::Next | FlowControl::XbeginXabortXend)
+        && !matches!(
+            instr.flow_control(),
+            FlowControl::Next | FlowControl::XbeginXabortXend
+        )
 }
 
 /// Far, transactional and 16-bit control flow: refused with a clear error.
