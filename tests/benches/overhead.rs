@@ -1,15 +1,19 @@
 //! Overhead of the engine: each compute kernel of `kernels` (guest C code in
 //! `tests/guest/bench_kernels.c`) timed natively and under the Vm, in the same process.
 //!
-//! `cargo bench --bench overhead [-- NAME...]` prints a table `kernel native_ms vm_ms ratio`
-//! (one row per kernel, times in milliseconds, the minimum over the timed repetitions) and
-//! then the geometric mean of the ratios, last line `geomean_ratio=X.XX`.
+//! `cargo bench --bench overhead [-- NAME...]` prints a table (one row per kernel, times in
+//! milliseconds, the minimum over the timed repetitions) with, for each mode, its time and
+//! its ratio to native: the plain Vm (`ratio`), a BASIC_BLOCK_ENTRY counting callback
+//! (`bb_entry`), a PreInst callback on every instruction (`every_inst`), and memory
+//! recording with a counting memory callback (`mem_access`). Then the geometric means:
+//! `bb_entry_geomean=`, `every_inst_geomean=`, `mem_access_geomean=`, and last
+//! `geomean_ratio=X.XX` (no callbacks).
 //! Optional NAME arguments restrict the run to kernels whose name contains one of them.
 //!
 //! For each kernel: one run per mode checks that every mode returns the native checksum
 //! (the process aborts otherwise) and warms the Vm's code cache; then the modes are timed in
 //! turn, repetition after repetition (native, vm, native, vm, ...), 3 to 7 times depending
-//! on the kernel's speed so that the whole bench stays under about a minute.
+//! on the kernel's speed (the callback modes make a full run take several minutes).
 //!
 //! `QBDI_BENCH_QUICK=1` runs each kernel once per mode at a small size (a smoke test: the
 //! times it prints include translation and are not meaningful).
@@ -26,7 +30,8 @@ use std::time::{Duration, Instant};
 
 use kernels::{KERNELS, Kernel, SEED};
 use qbdi_core::{
-    InstPosition, PRIORITY_DEFAULT, VirtualStack, Vm, VmAction, VmEvent, allocate_virtual_stack,
+    InstPosition, MemoryAccessType, PRIORITY_DEFAULT, VirtualStack, Vm, VmAction, VmEvent,
+    allocate_virtual_stack,
 };
 
 /// Size of the virtual stack of each Vm.
@@ -50,11 +55,19 @@ enum Mode {
     BbEntry,
     /// A PreInst callback on every instruction that counts instructions.
     EveryInst,
+    /// Memory access recording with a callback counting the accesses.
+    MemAccess,
 }
 
 impl Mode {
     /// Every mode, in column order; the first one is the baseline.
-    const ALL: &[Mode] = &[Mode::Native, Mode::Vm, Mode::BbEntry, Mode::EveryInst];
+    const ALL: &[Mode] = &[
+        Mode::Native,
+        Mode::Vm,
+        Mode::BbEntry,
+        Mode::EveryInst,
+        Mode::MemAccess,
+    ];
 
     /// Header of the column of times.
     fn time_column(self) -> &'static str {
@@ -63,17 +76,19 @@ impl Mode {
             Mode::Vm => "vm_ms",
             Mode::BbEntry => "bb_ms",
             Mode::EveryInst => "inst_ms",
+            Mode::MemAccess => "mem_ms",
         }
     }
 
     /// Header of the column of ratios to the baseline (`None` for the baseline itself);
-    /// the geometric-mean line is named `geomean_<header>`.
+    /// the geometric-mean line is named `<header>_geomean` (`geomean_ratio` for the plain Vm).
     fn ratio_column(self) -> Option<&'static str> {
         match self {
             Mode::Native => None,
             Mode::Vm => Some("ratio"),
             Mode::BbEntry => Some("bb_entry"),
             Mode::EveryInst => Some("every_inst"),
+            Mode::MemAccess => Some("mem_access"),
         }
     }
 }
@@ -116,6 +131,18 @@ impl Runner {
                     PRIORITY_DEFAULT,
                 )
                 .unwrap_or_else(|e| fatal(&format!("cannot add the instruction callback: {e}")));
+            }),
+            Mode::MemAccess => Runner::instrumented(module_addr, |vm| {
+                let mut accesses = 0u64;
+                vm.add_mem_access_cb(
+                    MemoryAccessType::READ_WRITE,
+                    move |vm, _gpr, _fpr| {
+                        accesses = black_box(accesses + vm.inst_memory_access().len() as u64);
+                        VmAction::Continue
+                    },
+                    PRIORITY_DEFAULT,
+                )
+                .unwrap_or_else(|e| fatal(&format!("cannot add the memory callback: {e}")));
             }),
         }
     }
@@ -299,7 +326,11 @@ fn main() {
         if let Some(col) = mode.ratio_column() {
             let rs = &ratios[i];
             let geomean = (rs.iter().map(|r| r.ln()).sum::<f64>() / rs.len() as f64).exp();
-            println!("geomean_{col}={geomean:.2}");
+            if *mode == Mode::Vm {
+                println!("geomean_ratio={geomean:.2}");
+            } else {
+                println!("{col}_geomean={geomean:.2}");
+            }
         }
     }
 }

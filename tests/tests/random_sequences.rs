@@ -21,7 +21,10 @@ use iced_x86::{
     Code, Decoder, DecoderOptions, Encoder, Formatter, IcedError, Instruction, IntelFormatter,
     MemoryOperand, Register,
 };
-use qbdi_core::{FAKE_RETURN_ADDRESS, GprState, Vm, simulate_call};
+use qbdi_core::{
+    FAKE_RETURN_ADDRESS, FprState, GprState, InstPosition, MemoryAccessType, PRIORITY_DEFAULT, Vm,
+    VmAction, VmEvent, VmRef, simulate_call,
+};
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -1221,10 +1224,16 @@ struct Runner {
 
 impl Runner {
     fn new(mode: Mode) -> Runner {
+        Runner::with_setup(mode, |_| {})
+    }
+
+    /// A runner whose Vm is configured by `setup` (callbacks) after its range is added.
+    fn with_setup(mode: Mode, setup: impl FnOnce(&mut Vm)) -> Runner {
         let code = CodePage::new();
         let mut vm = Vm::new();
         vm.add_instrumented_range(code.addr(), code.addr() + CODE_LEN as u64)
             .expect("instrument the code page");
+        setup(&mut vm);
         Runner {
             mode,
             vm,
@@ -1599,9 +1608,12 @@ fn reduce(runner: &mut Runner, items: &[Item], case: &Case) -> Vec<Item> {
 }
 
 fn run_campaign(mode: Mode, count: u64) {
+    run_campaign_with(mode, count, Runner::new(mode));
+}
+
+fn run_campaign_with(mode: Mode, count: u64, mut runner: Runner) {
     install_crash_reporter();
     let seed = base_seed();
-    let mut runner = Runner::new(mode);
     CAMPAIGN_SEED[mode as usize].store(seed, Ordering::SeqCst);
     for index in 0..count {
         CAMPAIGN_INDEX[mode as usize].store(index, Ordering::SeqCst);
@@ -1661,6 +1673,36 @@ fn run_campaign(mode: Mode, count: u64) {
 #[test]
 fn random_sequences_match_native_execution() {
     run_campaign(Mode::Full, 8000);
+}
+
+/// Callbacks on every instruction (before and after), block entry and exit events, and
+/// memory recording: none of them may change what the guest computes (registers, flags,
+/// vector registers, memory).
+fn every_hook(vm: &mut Vm) {
+    let noop = |_vm: &mut VmRef<'_>, _g: &mut GprState, _f: &mut FprState| VmAction::Continue;
+    vm.add_code_cb(InstPosition::PreInst, noop, PRIORITY_DEFAULT)
+        .expect("pre callback");
+    vm.add_code_cb(InstPosition::PostInst, noop, PRIORITY_DEFAULT)
+        .expect("post callback");
+    vm.add_vm_event_cb(
+        VmEvent::BASIC_BLOCK_ENTRY | VmEvent::BASIC_BLOCK_EXIT,
+        |_v, _s, _g, _f| VmAction::Continue,
+    )
+    .expect("block callback");
+    vm.add_mem_access_cb(
+        MemoryAccessType::READ_WRITE,
+        |vm, _g, _f| {
+            std::hint::black_box(vm.inst_memory_access().len());
+            VmAction::Continue
+        },
+        PRIORITY_DEFAULT,
+    )
+    .expect("memory callback");
+}
+
+#[test]
+fn random_sequences_match_native_execution_with_callbacks_everywhere() {
+    run_campaign_with(Mode::Full, 3000, Runner::with_setup(Mode::Full, every_hook));
 }
 
 #[test]

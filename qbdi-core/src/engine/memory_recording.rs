@@ -231,7 +231,7 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
             p.index,
             p.scale,
             p.displacement as i64,
-            if p.displacement == 0 { 0 } else { 4 },
+            if p.displacement == 0 { 0 } else { 1 },
             false,
             Register::None,
         );
@@ -241,6 +241,7 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
             Instruction::with2(Code::Lea_r32_m, Register::EAX, mem)
         };
         let ok = lea.is_ok_and(|lea| enc.encode(&lea, a.here()).is_ok());
+        debug_assert!(ok, "lea of a decoded memory operand encodes");
         let mut buf = enc.take_buffer();
         if ok {
             a.bytes(&buf);
@@ -273,4 +274,57 @@ fn emit_load_value(a: &mut Asm, size: u16) {
 fn gpr_number(r: Register) -> Option<u8> {
     let full = r.full_register();
     full.is_gpr64().then(|| full.number() as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::{Decoder, DecoderOptions};
+
+    fn address_code(base: Register, index: Register, scale: u32, displacement: u64) -> Instruction {
+        let mut a = Asm::new();
+        a.reset(0x10_0000);
+        let mut enc = Encoder::new(64);
+        let p = Planned {
+            slot: 0,
+            segment: Register::DS,
+            base,
+            index,
+            scale,
+            displacement,
+            size: 8,
+            write: false,
+            value: false,
+            rep: None,
+        };
+        emit_address(&mut a, &mut enc, &p);
+        Decoder::with_ip(64, &a.buf, 0x10_0000, DecoderOptions::NONE).decode()
+    }
+
+    #[test]
+    fn effective_addresses_are_computed_with_lea() {
+        for (base, index, scale, disp) in [
+            (Register::RDI, Register::None, 1, 0x204u64),
+            (Register::RSP, Register::None, 1, (-8i64) as u64),
+            (Register::R13, Register::RCX, 8, 0),
+            (Register::RBP, Register::R12, 4, 0x7fff_0000),
+            (Register::EDI, Register::None, 1, 16),
+        ] {
+            let i = address_code(base, index, scale, disp);
+            assert!(
+                matches!(i.code(), Code::Lea_r64_m | Code::Lea_r32_m),
+                "{base:?}+{index:?}: {:?}",
+                i.code()
+            );
+            assert_eq!((i.memory_base(), i.memory_index()), (base, index));
+            assert_eq!(
+                i.memory_displacement64(),
+                if base.is_gpr32() {
+                    disp as u32 as u64
+                } else {
+                    disp
+                }
+            );
+        }
+    }
 }
