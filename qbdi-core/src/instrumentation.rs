@@ -500,11 +500,11 @@ impl Instrumentation {
         let first = self.site_cbs.len() as u32;
         let mut n = 0;
         for (i, e) in self.entries.iter().enumerate() {
-            if let Some(Entry::Event { events: ev, .. }) = e {
-                if ev.intersects(wanted) {
-                    self.site_cbs.push(i as u32);
-                    n += 1;
-                }
+            if let Some(Entry::Event { events: ev, .. }) = e
+                && ev.intersects(wanted)
+            {
+                self.site_cbs.push(i as u32);
+                n += 1;
             }
         }
         let new_pending =

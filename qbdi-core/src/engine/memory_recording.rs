@@ -220,9 +220,9 @@ pub(crate) fn emit_post(a: &mut Asm, ctx: u64, planned: &[Planned]) {
 
 /// rax = the effective address (the guest's rax and rcx are still in their registers).
 fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
-    if p.base == Register::RIP || p.base == Register::EIP {
-        a.mov_imm64(RAX, p.displacement);
-    } else if p.base == Register::None && p.index == Register::None {
+    let absolute = matches!(p.base, Register::RIP | Register::EIP)
+        || (p.base == Register::None && p.index == Register::None);
+    if absolute {
         a.mov_imm64(RAX, p.displacement);
     } else {
         let wide = !(p.base.is_gpr32() || p.index.is_gpr32());
@@ -251,13 +251,10 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
         buf.clear();
         enc.set_buffer(buf);
     }
-    match p.segment {
-        Register::FS => {
-            // The TCB's self pointer: fs:[0] is the FS base on x86-64 Linux.
-            a.bytes(&[0x64, 0x48, 0x8b, 0x0c, 0x25, 0, 0, 0, 0]); // mov rcx, fs:[0]
-            a.bytes(&[0x48, 0x8d, 0x04, 0x08]); // lea rax, [rax+rcx]
-        }
-        _ => {}
+    if p.segment == Register::FS {
+        // The TCB's self pointer: fs:[0] is the FS base on x86-64 Linux.
+        a.bytes(&[0x64, 0x48, 0x8b, 0x0c, 0x25, 0, 0, 0, 0]); // mov rcx, fs:[0]
+        a.bytes(&[0x48, 0x8d, 0x04, 0x08]); // lea rax, [rax+rcx]
     }
 }
 

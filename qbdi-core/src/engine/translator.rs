@@ -197,13 +197,7 @@ impl Translator {
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
         self.planned.clear();
-        if let Some(h) = hooks.as_mut() {
-            if let Some(site) = h.inst.plan_event_site(ENTRY_EVENTS & h.events, pc, pc) {
-                let after = self.asm.new_label();
-                self.site_call(env, site, Rip::Imm(pc), after, after, after);
-                self.asm.bind(after);
-            }
-        }
+        self.event_site(env, &mut hooks, ENTRY_EVENTS, pc, Rip::Imm(pc));
         let len = env.readable_end.saturating_sub(pc) as usize;
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
         let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
@@ -310,7 +304,8 @@ impl Translator {
         self.exit_events(env, hooks, instr.ip(), rip);
     }
 
-    /// Block-exit events on a path leaving the block towards `rip`.
+    /// Block-exit events on a path leaving the block towards `rip`; they see the whole
+    /// block's memory accesses.
     fn exit_events(
         &mut self,
         env: &Env<'_>,
@@ -318,20 +313,33 @@ impl Translator {
         inst_addr: u64,
         rip: Rip,
     ) {
-        let Some(h) = hooks.as_mut() else {
+        let Some(site) = self.event_site(env, hooks, EXIT_EVENTS, inst_addr, rip) else {
             return;
         };
-        if let Some(site) = h
-            .inst
-            .plan_event_site(EXIT_EVENTS & h.events, inst_addr, h.block_start)
-        {
+        if let Some(h) = hooks.as_mut() {
             let s = &mut h.inst.sites[site as usize];
             s.bb_mem_first = self.bb_mem_first;
             s.bb_mem_len = h.mem.descs.len() as u32 - self.bb_mem_first;
-            let after = self.asm.new_label();
-            self.site_call(env, site, rip, after, after, after);
-            self.asm.bind(after);
         }
+    }
+
+    /// A site for the inline `events` that have callbacks, if any.
+    fn event_site(
+        &mut self,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+        events: VmEvent,
+        inst_addr: u64,
+        rip: Rip,
+    ) -> Option<u32> {
+        let h = hooks.as_mut()?;
+        let site = h
+            .inst
+            .plan_event_site(events & h.events, inst_addr, h.block_start)?;
+        let after = self.asm.new_label();
+        self.site_call(env, site, rip, after, after, after);
+        self.asm.bind(after);
+        Some(site)
     }
 
     /// One guest instruction with its callbacks around it.
@@ -402,7 +410,13 @@ impl Translator {
         }
         let syscall = instr.code() == Code::Syscall;
         if syscall {
-            self.event_site(env, hooks, VmEvent::SYSCALL_ENTRY, instr.ip(), instr.ip());
+            self.event_site(
+                env,
+                hooks,
+                VmEvent::SYSCALL_ENTRY,
+                instr.ip(),
+                Rip::Imm(instr.ip()),
+            );
         }
         let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
         debug_assert!(!ended);
@@ -413,39 +427,19 @@ impl Translator {
                 hooks,
                 VmEvent::SYSCALL_EXIT,
                 instr.ip(),
-                instr.next_ip(),
+                Rip::Imm(instr.next_ip()),
             );
         }
         self.asm.bind(skipped);
         self.asm.bind(skipped_nopost);
-        if let Some(h) = hooks.as_mut() {
-            if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
-                self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next, next);
-            }
+        if let Some(site) = hooks
+            .as_mut()
+            .and_then(|h| h.inst_site(instr, InstPosition::PostInst, self.mem))
+        {
+            self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next, next);
         }
         self.asm.bind(next);
         Ok(false)
-    }
-
-    fn event_site(
-        &mut self,
-        env: &Env<'_>,
-        hooks: &mut Option<Hooks<'_>>,
-        event: VmEvent,
-        inst_addr: u64,
-        rip: u64,
-    ) {
-        let Some(h) = hooks.as_mut() else {
-            return;
-        };
-        if let Some(site) = h
-            .inst
-            .plan_event_site(event & h.events, inst_addr, h.block_start)
-        {
-            let after = self.asm.new_label();
-            self.site_call(env, site, Rip::Imm(rip), after, after, after);
-            self.asm.bind(after);
-        }
     }
 
     /// Emits one guest instruction. Returns true when it ended the block.
