@@ -18,6 +18,8 @@ bitflags::bitflags! {
         /// Disassemble in AT&T syntax instead of Intel.
         const OPT_ATT_SYNTAX = 1 << 24;
         /// Switch the FS/GS bases between host and guest (needs the fsgsbase instructions).
+        /// Not implemented yet: the flag is accepted and has no effect (guest and host share
+        /// the thread's FS and GS, which is right for code of this thread).
         const OPT_ENABLE_FS_GS = 1 << 25;
     }
 }
