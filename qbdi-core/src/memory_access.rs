@@ -126,8 +126,10 @@ impl MemoryRecorder {
                 access_type: d.access_type,
                 flags: d.flags,
             };
-            if d.rep {
+            if d.flags.contains(MemoryAccessFlags::UNKNOWN_VALUE) {
                 access.value = 0;
+            }
+            if d.rep {
                 if before {
                     access.size = 0;
                     access.flags |= MemoryAccessFlags::UNKNOWN_SIZE;

@@ -184,7 +184,12 @@ pub(crate) fn emit_pre(a: &mut Asm, enc: &mut Encoder, ctx: u64, planned: &[Plan
     }
     a.store(ctx + off::SPILL, RAX);
     a.store(ctx + off::SPILL + 8, RCX);
-    for p in planned {
+    for (i, p) in planned.iter().enumerate() {
+        if i > 0 {
+            // The previous access used rax and rcx: the next address may need the guest's.
+            a.load(RCX, ctx + off::SPILL + 8);
+            a.load(RAX, ctx + off::SPILL);
+        }
         emit_address(a, enc, p);
         a.store(slot_addr(ctx, p.slot), RAX);
         if p.value && !p.write {
@@ -222,7 +227,17 @@ pub(crate) fn emit_post(a: &mut Asm, ctx: u64, planned: &[Planned]) {
 fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
     let absolute = matches!(p.base, Register::RIP | Register::EIP)
         || (p.base == Register::None && p.index == Register::None);
-    if absolute {
+    if p.index == Register::AL {
+        // xlat: [rbx+al]. No lea takes an 8-bit index: zero-extend al into rax first.
+        a.bytes(&[0x0f, 0xb6, 0xc0]); // movzx eax, al
+        let base = if p.base.is_gpr32() { 0x67 } else { 0x48 };
+        // lea rax, [rbx+rax] (or lea eax, [ebx+eax] with 32-bit addressing)
+        if base == 0x67 {
+            a.bytes(&[0x67, 0x8d, 0x04, 0x03]);
+        } else {
+            a.bytes(&[0x48, 0x8d, 0x04, 0x03]);
+        }
+    } else if absolute {
         a.mov_imm64(RAX, p.displacement);
     } else {
         let wide = !(p.base.is_gpr32() || p.index.is_gpr32());
