@@ -1,6 +1,7 @@
-//! `Vm`: the public face of the engine. It owns the guest state outside runs, the
-//! instrumented ranges and the engine (code cache, translator, dispatcher); it turns API
-//! calls into engine requests and checks their arguments.
+//! `Vm`: the public face of the engine. It owns the guest state outside runs, the shared
+//! instrumentation state (ranges, callbacks, analyses, memory recording) and the engine
+//! (code cache, translator, dispatcher); it turns API calls into engine requests and checks
+//! their arguments.
 
 use crate::analysis::{AnalysisType, InstAnalysis};
 use crate::callback::{CallbackId, InstPosition, VmAction, VmEvent, VmState};
