@@ -245,7 +245,7 @@ impl Instrumentation {
                         analyses,
                         memory,
                         slots: &[],
-                        site: None,
+                        site: crate::vm_ref::NO_SITE,
                         current: instr.ip(),
                     };
                     rule(&mut vm, a)

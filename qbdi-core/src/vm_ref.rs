@@ -7,7 +7,7 @@
 use crate::analysis::{AnalysisType, InstAnalysis, analyze};
 use crate::callback::{CallbackId, InstPosition, VmAction, VmEvent, VmState};
 use crate::error::VmError;
-use crate::instrumentation::{Filter, Instrumentation, Site, SiteKind, mnemonic_filter};
+use crate::instrumentation::{Filter, Instrumentation, SiteKind, mnemonic_filter};
 use crate::memory_access::{MemoryAccess, MemoryAccessType, MemoryRecorder};
 use crate::options::Options;
 use crate::state::{FprState, GprState, Rword};
@@ -20,11 +20,14 @@ pub struct VmRef<'a> {
     pub(crate) memory: &'a mut MemoryRecorder,
     /// The recorded (address, value) slots of the running block.
     pub(crate) slots: &'a [[u64; 2]],
-    /// The site the callback runs for (None for dispatcher events).
-    pub(crate) site: Option<Site>,
+    /// The site the callback runs for (NO_SITE for dispatcher events and rules).
+    pub(crate) site: u32,
     /// Address of the instruction the callback runs for (0 outside instructions).
     pub(crate) current: Rword,
 }
+
+/// `VmRef::site` when the callback runs for no site.
+pub(crate) const NO_SITE: u32 = u32::MAX;
 
 /// Analyses computed so far, by address (dropped when the cache is cleared).
 #[derive(Default)]
@@ -326,7 +329,7 @@ impl VmRef<'_> {
     /// The memory accesses of the current instruction: in PreInst its reads, in PostInst
     /// its reads and writes (empty unless recording is on for them).
     pub fn inst_memory_access(&mut self) -> &[MemoryAccess] {
-        let Some(s) = self.site else {
+        let Some(&s) = self.inst.sites.get(self.site as usize) else {
             return &[];
         };
         let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
@@ -336,7 +339,7 @@ impl VmRef<'_> {
     /// The memory accesses of the current basic block so far (the whole block at
     /// SEQUENCE_EXIT / BASIC_BLOCK_EXIT).
     pub fn bb_memory_access(&mut self) -> &[MemoryAccess] {
-        let Some(s) = self.site else {
+        let Some(&s) = self.inst.sites.get(self.site as usize) else {
             return &[];
         };
         let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);

@@ -12,8 +12,8 @@ use super::directory::Directory;
 use super::ib_table::IbTable;
 use super::xstate::XSaveKind;
 use crate::callback::{InstPosition, VmAction, VmEvent, VmState};
-use crate::instrumentation::{ENTRY_EVENTS, Instrumentation, Site, SiteKind};
-use crate::vm_ref::VmRef;
+use crate::instrumentation::{ENTRY_EVENTS, Instrumentation, SiteKind};
+use crate::vm_ref::{NO_SITE, VmRef};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// What `site_entry` needs; lives in the engine, its address is in `ctx.cb_data`.
@@ -40,13 +40,18 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
         (env, &mut *env.ctx, &mut *env.shared)
     };
     prepare_fp_image(ctx, env.fp);
-    let s: Site = shared.inst.sites[site as usize];
-    let result = catch_unwind(AssertUnwindSafe(|| match s.kind {
-        SiteKind::Inst(position) => run_inst_site(shared, ctx, &s, position),
+    // Scalars, not a copy of the Site: a struct copied through the stack and read back
+    // wider than it was written stalls store forwarding, and this runs per instruction.
+    let s = &shared.inst.sites[site as usize];
+    let (kind, first, len, inst_addr) = (s.kind, s.first, s.len, s.inst_addr);
+    let (cont, skip_inst, skip_patch) = (s.cont, s.skip_inst, s.skip_patch);
+    let result = catch_unwind(AssertUnwindSafe(|| match kind {
+        SiteKind::Inst(position) => run_inst_site(shared, ctx, site, position),
         SiteKind::Events(events) => {
+            let s = &mut shared.inst.sites[site as usize];
             let mut events = events;
             if s.new_pending {
-                shared.inst.sites[site as usize].new_pending = false;
+                s.new_pending = false;
                 events |= VmEvent::BASIC_BLOCK_NEW;
             }
             let state = VmState {
@@ -56,13 +61,9 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
                 sequence_start: s.block_start,
                 sequence_end: s.block_end,
             };
-            let current = if events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT) {
-                s.inst_addr
-            } else {
-                0
-            };
-            let ids = shared_ids(&shared.inst, &s);
-            run_event_callbacks(shared, ctx, &ids, &state, current, Some(s))
+            let syscall = events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT);
+            let current = if syscall { inst_addr } else { 0 };
+            run_event_callbacks(shared, ctx, Ids::Site(first, len), &state, current, site)
         }
     }));
     let action = match result {
@@ -83,10 +84,10 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
         }
     }
     match action {
-        VmAction::Continue => s.cont,
-        VmAction::SkipInst if s.kind == SiteKind::Inst(InstPosition::PreInst) => s.skip_inst,
-        VmAction::SkipInst => s.cont,
-        VmAction::SkipPatch => s.skip_patch,
+        VmAction::Continue => cont,
+        VmAction::SkipInst if kind == SiteKind::Inst(InstPosition::PreInst) => skip_inst,
+        VmAction::SkipInst => cont,
+        VmAction::SkipPatch => skip_patch,
         VmAction::BreakToVm | VmAction::Stop => {
             ctx.exit_id = EXIT_CALLBACK;
             ctx.cb_stop = u8::from(action == VmAction::Stop);
@@ -95,9 +96,22 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
     }
 }
 
-/// The callback ids of a site (a copy: callbacks may register more while they run).
-fn shared_ids(inst: &Instrumentation, s: &Site) -> smallvec_ids::Ids {
-    smallvec_ids::Ids::from(&inst.site_cbs[s.first as usize..(s.first + s.len) as usize])
+/// Which event callbacks to call: a site's list (read in place: translation, the only
+/// thing that changes the lists, cannot run during a callback), or a list of ids.
+pub(crate) enum Ids<'a> {
+    Site(u32, u32),
+    List(&'a [u32]),
+}
+
+impl Ids<'_> {
+    fn get(&self, inst: &Instrumentation, k: usize) -> Option<u32> {
+        match self {
+            Ids::Site(first, len) => {
+                (k < *len as usize).then(|| inst.site_cbs[*first as usize + k])
+            }
+            Ids::List(ids) => ids.get(k).copied(),
+        }
+    }
 }
 
 /// Makes `ctx.fpr` show the guest's FP state as the callback routine saved it.
@@ -121,7 +135,7 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
 fn run_inst_site(
     shared: &mut crate::vm::Shared,
     ctx: &mut Context,
-    s: &Site,
+    site: u32,
     position: InstPosition,
 ) -> VmAction {
     let mut action = VmAction::Continue;
@@ -131,14 +145,17 @@ fn run_inst_site(
         mem_slots,
         ..
     } = ctx;
-    for k in s.first..s.first + s.len {
+    let s = &shared.inst.sites[site as usize];
+    let (first, len, inst_addr) = (s.first, s.len, s.inst_addr);
+    let (mem_first, mem_len) = (s.mem_first, s.mem_len);
+    for k in first..first + len {
         let id = shared.inst.site_cbs[k as usize];
         if let Some((kind, range)) = shared.inst.mem_range(id) {
             // A memory range callback runs only if an access of this instruction touches it.
-            let pre = (position == InstPosition::PreInst).then_some(s.inst_addr);
+            let pre = (position == InstPosition::PreInst).then_some(inst_addr);
             let hit = shared
                 .memory
-                .collect(s.mem_first, s.mem_len, &mem_slots[..], pre)
+                .collect(mem_first, mem_len, &mem_slots[..], pre)
                 .iter()
                 .any(|a| {
                     kind.intersects(a.access_type)
@@ -157,8 +174,8 @@ fn run_inst_site(
             analyses: &mut shared.analyses,
             memory: &mut shared.memory,
             slots: &mem_slots[..],
-            site: Some(*s),
-            current: s.inst_addr,
+            site,
+            current: inst_addr,
         };
         let a = cb(&mut vm, gpr, fpr);
         shared.inst.put_back_inst(id, cb);
@@ -177,10 +194,10 @@ fn run_inst_site(
 pub(crate) fn run_event_callbacks(
     shared: &mut crate::vm::Shared,
     ctx: &mut Context,
-    ids: &[u32],
+    ids: Ids<'_>,
     state: &VmState,
     current: u64,
-    site: Option<Site>,
+    site: u32,
 ) -> VmAction {
     let mut action = VmAction::Continue;
     let Context {
@@ -189,7 +206,9 @@ pub(crate) fn run_event_callbacks(
         mem_slots,
         ..
     } = ctx;
-    for &id in ids {
+    let mut k = 0;
+    while let Some(id) = ids.get(&shared.inst, k) {
+        k += 1;
         let Some((registered, mut cb)) = shared.inst.take_event(id) else {
             continue;
         };
@@ -245,40 +264,10 @@ pub(crate) fn fire_events(
         sequence_end: end,
     };
     let result = catch_unwind(AssertUnwindSafe(|| {
-        run_event_callbacks(shared, ctx, &ids, &state, 0, None)
+        run_event_callbacks(shared, ctx, Ids::List(&ids), &state, 0, NO_SITE)
     }));
     result.unwrap_or_else(|payload| {
         shared.inst.panic = Some(payload);
         VmAction::Stop
     })
-}
-
-/// A small copy of a site's callback ids without heap allocation for the usual sizes.
-mod smallvec_ids {
-    pub(crate) enum Ids {
-        Inline([u32; 8], usize),
-        Heap(Vec<u32>),
-    }
-
-    impl From<&[u32]> for Ids {
-        fn from(s: &[u32]) -> Ids {
-            if s.len() <= 8 {
-                let mut a = [0; 8];
-                a[..s.len()].copy_from_slice(s);
-                Ids::Inline(a, s.len())
-            } else {
-                Ids::Heap(s.to_vec())
-            }
-        }
-    }
-
-    impl std::ops::Deref for Ids {
-        type Target = [u32];
-        fn deref(&self) -> &[u32] {
-            match self {
-                Ids::Inline(a, n) => &a[..*n],
-                Ids::Heap(v) => v,
-            }
-        }
-    }
 }
