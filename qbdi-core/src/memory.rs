@@ -187,6 +187,7 @@ mod tests {
             (1, 2, 3, 4, 5, 6)
         );
         assert_eq!((gpr.rsp + 8) % 16, 0);
+        // SAFETY: the addresses read are the words simulate_call just wrote on the stack.
         let read = |a: Rword| unsafe { *(a as *const Rword) };
         assert_eq!(read(gpr.rsp), 0x42);
         assert_eq!(

@@ -8,6 +8,7 @@
 //! resumed by `Vm::run` once the guest state is safely back in the Vm.
 
 use super::context::{Context, EXIT_CALLBACK, FP_FAST, FP_FULL};
+use super::context_switch::RESUME_AFTER_SITE;
 use super::directory::Directory;
 use super::ib_table::IbTable;
 use super::xstate::XSaveKind;
@@ -27,8 +28,9 @@ pub(crate) struct CallbackEnv {
     pub table: *const IbTable,
 }
 
-/// Called by the `callback` routine. Returns the host address to resume at, or 0 to leave
-/// the cache (`ctx.exit_id` = EXIT_CALLBACK, `ctx.cb_stop` set for Stop).
+/// Called by the `callback` routine. Returns RESUME_AFTER_SITE to go on after the site, a
+/// host address to resume at (skips), or 0 to leave the cache (`ctx.exit_id` =
+/// EXIT_CALLBACK, `ctx.cb_stop` set for Stop).
 ///
 /// # Safety
 /// Only called by generated code of the cache `env` belongs to, with the guest state saved
@@ -44,7 +46,7 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
     // wider than it was written stalls store forwarding, and this runs per instruction.
     let s = &shared.inst.sites[site as usize];
     let (kind, first, len, inst_addr) = (s.kind, s.first, s.len, s.inst_addr);
-    let (cont, skip_inst, skip_patch) = (s.cont, s.skip_inst, s.skip_patch);
+    let (skip_inst, skip_patch) = (s.skip_inst, s.skip_patch);
     let result = catch_unwind(AssertUnwindSafe(|| match kind {
         SiteKind::Inst(position) => run_inst_site(shared, ctx, site, position),
         SiteKind::Events(events) => {
@@ -84,9 +86,9 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
         }
     }
     match action {
-        VmAction::Continue => cont,
+        VmAction::Continue => RESUME_AFTER_SITE,
         VmAction::SkipInst if kind == SiteKind::Inst(InstPosition::PreInst) => skip_inst,
-        VmAction::SkipInst => cont,
+        VmAction::SkipInst => RESUME_AFTER_SITE,
         VmAction::SkipPatch => skip_patch,
         VmAction::BreakToVm | VmAction::Stop => {
             ctx.exit_id = EXIT_CALLBACK;

@@ -143,10 +143,13 @@ fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
     }
 }
 
+/// What `site_entry` returns to go on right after the site (a `ret` to the site).
+pub(crate) const RESUME_AFTER_SITE: u64 = 1;
+
 fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
-    // Guest state into the context, on the host stack from here on.
-    a.store(ctx + off::gpr(RSP), RSP);
-    a.load(RSP, ctx + off::HOST_RSP);
+    // The site saved rax and rsp, switched to the host stack and `call`ed us: the return
+    // address is on the host stack (so the common way back is a predicted `ret`), and rsp
+    // is 16-byte aligned (host_rsp is 8 mod 16).
     a.pushfq();
     a.pop_mem(ctx + off::EFLAGS);
     for r in 1..16u8 {
@@ -205,12 +208,9 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
         a.fldcw(ctx + off::HOST_FCW);
         a.bind(same_fcw);
     }
-    // The host stack is 8 mod 16 here (see `enter`): align it for the call.
-    a.bytes(&[0x48, 0x83, 0xec, 0x08]); // sub rsp, 8
     a.load(RDI, ctx + off::CB_DATA);
     a.load_esi32(ctx + off::CB_SITE);
     a.call_mem(ctx + off::CB_FN);
-    a.bytes(&[0x48, 0x83, 0xc4, 0x08]); // add rsp, 8
     a.store(ctx + off::CB_RESUME, RAX);
     match cb_fp {
         CallbackFp::None => {}
@@ -247,18 +247,37 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
             a.bind(restored);
         }
     }
-    // Resume address 0: leave the cache (BreakToVm, Stop); the state is in the context.
+    // Resume: 0 leaves the cache (BreakToVm, Stop; the state is in the context),
+    // RESUME_AFTER_SITE returns to the site, anything else is a host address to jump to.
+    let leave = a.new_label();
+    let jump = a.new_label();
     a.load(RAX, ctx + off::CB_RESUME);
     a.bytes(&[0x48, 0x85, 0xc0]); // test rax, rax
-    a.jcc_label(4, exit_tail); // jz
+    a.jcc_label(4, leave); // jz
+    a.bytes(&[0x48, 0x83, 0xf8, RESUME_AFTER_SITE as u8]); // cmp rax, 1
+    a.jcc_label(5, jump); // jne
+    emit_reload_guest(a, ctx);
+    a.ret(); // the site then reloads rsp
+    a.bind(jump);
+    emit_reload_guest(a, ctx);
+    a.load(RSP, ctx + off::gpr(RSP));
+    a.jmp_mem(ctx + off::CB_RESUME);
+    a.bind(leave);
+    a.bytes(&[0x48, 0x83, 0xc4, 0x08]); // add rsp, 8: drop the site's return address
+    a.jmp_label(exit_tail);
+}
+
+/// Reloads every guest register but rsp from the context, flags last: `sahf` (and an add
+/// that sets OF) when only the arithmetic flags matter, `popfq` (slow) otherwise. Runs on
+/// the host stack.
+fn emit_reload_guest(a: &mut Asm, ctx: u64) {
     for r in 2..16u8 {
         if r != RSP {
             a.load(r, ctx + off::gpr(r));
         }
     }
-    // Flags: sahf (and an add that sets OF) when only the arithmetic flags matter,
-    // popfq (slow) otherwise.
     let popf = a.new_label();
+    let done = a.new_label();
     a.load(RAX, ctx + off::EFLAGS);
     a.test_eax(!PLAIN_FLAGS);
     a.jcc_label(5, popf); // jnz
@@ -268,17 +287,13 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
     a.bytes(&[0x80, 0xc1, 0x7f]); // add cl, 0x7f: OF = saved OF
     a.bytes(&[0x88, 0xc4]); // mov ah, al
     a.bytes(&[0x9e]); // sahf: SF ZF AF PF CF
-    a.load(RCX, ctx + off::gpr(RCX));
-    a.load(RAX, ctx + off::gpr(RAX));
-    a.load(RSP, ctx + off::gpr(RSP));
-    a.jmp_mem(ctx + off::CB_RESUME);
+    a.jmp_label(done);
     a.bind(popf);
     a.push_mem(ctx + off::EFLAGS);
     a.popfq();
+    a.bind(done);
     a.load(RCX, ctx + off::gpr(RCX));
     a.load(RAX, ctx + off::gpr(RAX));
-    a.load(RSP, ctx + off::gpr(RSP));
-    a.jmp_mem(ctx + off::CB_RESUME);
 }
 
 fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {

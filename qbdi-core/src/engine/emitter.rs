@@ -251,6 +251,15 @@ impl Asm {
         site
     }
 
+    /// `call rel32` to an absolute address.
+    pub fn call_to(&mut self, target: u64) {
+        self.buf.push(0xe8);
+        let rel = self
+            .rel32_to(target)
+            .expect("code cache call within +/-2 GiB");
+        self.u32(rel as u32);
+    }
+
     /// `jmp rel32` to a label; returns the address of the rel32 field.
     pub fn jmp_label(&mut self, l: Label) -> u64 {
         self.buf.push(0xe9);

@@ -23,7 +23,7 @@
 use super::context::off;
 use super::context_switch::Runtime;
 use super::directory::ExitKind;
-use super::emitter::{Asm, Label, RAX, RCX};
+use super::emitter::{Asm, Label, RAX, RCX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent};
@@ -279,7 +279,11 @@ impl Translator {
         }
         self.asm.store(ctx + off::RIP, RAX);
         self.asm.store_imm32(ctx + off::CB_SITE, site);
-        self.asm.jmp_to(env.runtime.callback);
+        // call the routine on the host stack: its `ret` comes back here (predicted).
+        self.asm.store(ctx + off::gpr(RSP), RSP);
+        self.asm.load(RSP, ctx + off::HOST_RSP);
+        self.asm.call_to(env.runtime.callback);
+        self.asm.load(RSP, ctx + off::gpr(RSP));
         self.site_labels.push((site, cont, skip_inst, skip_patch));
     }
 
