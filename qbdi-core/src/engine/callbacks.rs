@@ -123,7 +123,7 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
     };
     match ctx.fp_mode {
         FP_FULL => {
-            fp.complete_after_save(&mut ctx.fpr);
+            fp.fill_after_callback_save(&mut ctx.fpr);
             ctx.ext_dirty = 1;
         }
         FP_FAST if ctx.ext_dirty != 0 => {

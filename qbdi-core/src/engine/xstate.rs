@@ -129,10 +129,31 @@ impl XSaveKind {
         }
     }
 
-    /// After an `xsave`, makes `fpr` a complete image: components the last `xsave` reported in their initial
-    /// configuration get their initial values written out, and the header says every
-    /// component is present, so a user may edit any field and `xrstor` loads it.
+    /// After an `xsave`, makes `fpr` a complete image: components the last `xsave` reported
+    /// in their initial configuration get their initial values written out, and the header
+    /// lists the components whose values are not initial, so a user may edit any field.
     pub fn complete_after_save(self, fpr: &mut FprState) {
+        self.fill_absent(fpr);
+        if let XSaveKind::XSave(mask) = self {
+            // Components holding their initial values are marked absent: `xrstor` then puts
+            // them in their initial state, and the CPU keeps reporting them unused (XINUSE),
+            // which keeps callbacks on their fast path.
+            fpr.xstate_bv = mask & in_use(fpr);
+        }
+    }
+
+    /// After an `xsave` around a callback: like `complete_after_save`, but the header keeps
+    /// what `xsave` said (no scan of the image: this runs per callback). Edits a callback
+    /// makes to components the guest had unused are then not applied, as on the fast path.
+    pub fn fill_after_callback_save(self, fpr: &mut FprState) {
+        let present = fpr.xstate_bv;
+        self.fill_absent(fpr);
+        // SSE always counts: a callback setting an xmm register must see it applied.
+        fpr.xstate_bv = present | SSE;
+    }
+
+    /// Writes the initial values of the components the last save reported absent.
+    fn fill_absent(self, fpr: &mut FprState) {
         fpr.mxcsr &= 0xffff;
         fpr.mxcsrmask = if fpr.mxcsrmask == 0 {
             0xffff
@@ -185,10 +206,7 @@ impl XSaveKind {
         if missing & HI16_ZMM != 0 {
             fpr.hi16_zmm = [[0; 64]; 16];
         }
-        // Components holding their initial values are marked absent: `xrstor` then puts
-        // them in their initial state, and the CPU keeps reporting them unused (XINUSE),
-        // which keeps callbacks on their fast path.
-        fpr.xstate_bv = mask & in_use(fpr);
+        fpr.xstate_bv = mask;
         fpr.xcomp_bv = 0;
         fpr.header_reserved = [0; 48];
     }
