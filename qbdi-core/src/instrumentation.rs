@@ -126,8 +126,8 @@ pub(crate) struct Site {
     pub inst_addr: Rword,
     pub block_start: Rword,
     pub block_end: Rword,
-    /// Host addresses to resume at: after Continue, after SkipInst, after SkipPatch.
-    pub cont: u64,
+    /// Host addresses to resume at after SkipInst and SkipPatch (Continue returns to the
+    /// site itself).
     pub skip_inst: u64,
     pub skip_patch: u64,
     /// Its callbacks, in call order: `site_cbs[first..first+len]`.
@@ -527,7 +527,6 @@ impl Instrumentation {
             inst_addr,
             block_start,
             block_end: 0,
-            cont: 0,
             skip_inst: 0,
             skip_patch: 0,
             first,

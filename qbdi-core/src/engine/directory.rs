@@ -133,8 +133,8 @@ impl Directory {
         (start.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - MAP_SLOTS.trailing_zeros())) as usize
     }
 
-    /// The live block starting at `start`.
-    pub fn lookup(&self, start: u64) -> Option<&Block> {
+    /// The map slot holding `start`, if a live block starts there.
+    fn find_slot(&self, start: u64) -> Option<usize> {
         let mut s = self.slot_of(start);
         loop {
             let (k, v) = self.map[s];
@@ -142,19 +142,20 @@ impl Directory {
                 return None;
             }
             if k == start {
-                return Some(&self.blocks[v as usize - 1]);
+                return Some(s);
             }
             s = (s + 1) & (MAP_SLOTS - 1);
         }
     }
 
+    /// Index in `blocks` of the live block starting at `start`.
     fn lookup_index(&self, start: u64) -> Option<u32> {
-        self.lookup(start).map(|b| self.index_of(b))
+        self.find_slot(start).map(|s| self.map[s].1 - 1)
     }
 
-    fn index_of(&self, b: &Block) -> u32 {
-        // SAFETY: `b` is an element of `self.blocks` (handed out by lookup).
-        (unsafe { (b as *const Block).offset_from(self.blocks.as_ptr()) }) as u32
+    /// The live block starting at `start`.
+    pub fn lookup(&self, start: u64) -> Option<&Block> {
+        self.lookup_index(start).map(|i| &self.blocks[i as usize])
     }
 
     /// Enters a new block; there must be none at `start`.
@@ -200,17 +201,7 @@ impl Directory {
     /// Removes the block at `start` from the map. Calls `unlink(stub)` for each stub linked
     /// to it (marked unlinked here) and returns the block.
     pub fn remove(&mut self, start: u64, mut unlink: impl FnMut(&ExitStub)) -> Option<Block> {
-        let mut s = self.slot_of(start);
-        loop {
-            let (k, v) = self.map[s];
-            if v == 0 {
-                return None;
-            }
-            if k == start {
-                break;
-            }
-            s = (s + 1) & (MAP_SLOTS - 1);
-        }
+        let s = self.find_slot(start)?;
         let index = self.map[s].1 as usize - 1;
         // Backward-shift deletion keeps probe chains intact without tombstones.
         let mut hole = s;

@@ -15,6 +15,7 @@ use super::{Engine, NO_STOP};
 use crate::callback::{VmAction, VmEvent};
 use crate::error::VmError;
 use crate::options::Options;
+use crate::range::Range;
 use crate::state::{FprState, GprState};
 
 /// Where the dispatcher sends the guest next.
@@ -161,13 +162,7 @@ impl Engine {
     /// linked to it, and the inline table must not know it.
     fn begin_run(&mut self, stop: u64) {
         self.stop = stop;
-        let mut doomed = std::mem::take(&mut self.scratch);
-        let (_, dir) = self.cache.as_mut().expect("cache exists");
-        dir.overlapping(stop, stop.saturating_add(1), &mut doomed);
-        for &start in &doomed {
-            self.invalidate_block(start);
-        }
-        self.scratch = doomed;
+        self.invalidate_overlapping(Range::new(stop, stop.saturating_add(1)));
         self.cache().table.remove(stop);
     }
 

@@ -138,7 +138,7 @@ impl Engine {
     /// inline table inside it.
     pub fn clear_cache(&mut self, range: Range) {
         self.readable.invalidate();
-        let Some((cache, dir)) = &mut self.cache else {
+        let Some((cache, _)) = &self.cache else {
             return;
         };
         if range.is_empty() {
@@ -147,8 +147,15 @@ impl Engine {
         cache
             .table
             .remove_natives_in(range.start, range.end, cache.runtime.broker);
+        self.invalidate_overlapping(range);
+    }
+
+    /// Invalidates every live block whose guest bytes overlap `range`.
+    fn invalidate_overlapping(&mut self, range: Range) {
         let mut doomed = std::mem::take(&mut self.scratch);
-        dir.overlapping(range.start, range.end, &mut doomed);
+        if let Some((_, dir)) = &mut self.cache {
+            dir.overlapping(range.start, range.end, &mut doomed);
+        }
         for &start in &doomed {
             self.invalidate_block(start);
         }
@@ -274,9 +281,8 @@ impl Engine {
         });
         let t = self.translator.translate(pc, host, &env, hooks)?;
         cache.commit(&self.translator.asm);
-        for &(site, cont, skip_inst, skip_patch) in &self.translator.site_addrs {
+        for &(site, skip_inst, skip_patch) in &self.translator.site_addrs {
             let s = &mut shared.inst.sites[site as usize];
-            s.cont = cont;
             s.skip_inst = skip_inst;
             s.skip_patch = skip_patch;
             s.block_end = t.guest_end;

@@ -88,10 +88,11 @@ pub(crate) struct Translator {
     info: InstructionInfoFactory,
     pub exits: Vec<EmittedExit>,
     pending: Vec<(Label, u64, u64, ExitKind)>,
-    /// Callback sites planted in this block and their resume labels (cont, skip_inst,
-    /// skip_patch), resolved to addresses in `site_addrs` by `translate`.
-    site_labels: Vec<(u32, Label, Label, Label)>,
-    pub site_addrs: Vec<(u32, u64, u64, u64)>,
+    /// Callback sites planted in this block and their skip labels (skip_inst,
+    /// skip_patch), resolved to addresses in `site_addrs` by `translate`. Continue needs
+    /// no address: the routine returns to the site.
+    site_labels: Vec<(u32, Label, Label)>,
+    pub site_addrs: Vec<(u32, u64, u64)>,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
     mem: MemInfo,
@@ -248,26 +249,22 @@ impl Translator {
         let reentry = self.pending.len() - 1;
         self.emit_stubs(env);
         self.asm.finish();
-        for &(site, cont, skip_inst, skip_patch) in &self.site_labels {
+        for &(site, skip_inst, skip_patch) in &self.site_labels {
             let a = &self.asm;
-            self.site_addrs.push((
-                site,
-                a.label_addr(cont),
-                a.label_addr(skip_inst),
-                a.label_addr(skip_patch),
-            ));
+            self.site_addrs
+                .push((site, a.label_addr(skip_inst), a.label_addr(skip_patch)));
         }
         Ok(Translated { guest_end, reentry })
     }
 
     /// Emits a call of callback site `site`: saves rax, sets `gpr.rip`, names the site, and
-    /// jumps to the callback routine, which resumes at one of the three labels.
+    /// calls the callback routine on the host stack, which returns right after the call
+    /// (Continue) or jumps to one of the two skip labels.
     fn site_call(
         &mut self,
         env: &Env<'_>,
         site: u32,
         rip: Rip,
-        cont: Label,
         skip_inst: Label,
         skip_patch: Label,
     ) {
@@ -284,7 +281,7 @@ impl Translator {
         self.asm.load(RSP, ctx + off::HOST_RSP);
         self.asm.call_to(env.runtime.callback);
         self.asm.load(RSP, ctx + off::gpr(RSP));
-        self.site_labels.push((site, cont, skip_inst, skip_patch));
+        self.site_labels.push((site, skip_inst, skip_patch));
     }
 
     /// PostInst callbacks of `instr` and block-exit events, on a path leaving the block
@@ -302,7 +299,7 @@ impl Translator {
         emit_post(&mut self.asm, env.ctx, &self.planned);
         if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
             let after = self.asm.new_label();
-            self.site_call(env, site, rip, after, after, after);
+            self.site_call(env, site, rip, after, after);
             self.asm.bind(after);
         }
         self.exit_events(env, hooks, instr.ip(), rip);
@@ -341,7 +338,7 @@ impl Translator {
             .inst
             .plan_event_site(events & h.events, inst_addr, h.block_start)?;
         let after = self.asm.new_label();
-        self.site_call(env, site, rip, after, after, after);
+        self.site_call(env, site, rip, after, after);
         self.asm.bind(after);
         Some(site)
     }
@@ -384,20 +381,8 @@ impl Translator {
         let skipped_nopost = self.asm.new_label();
         let next = self.asm.new_label();
         if let Some(site) = pre {
-            let inst_label = self.asm.new_label();
-            if terminator {
-                self.site_call(
-                    env,
-                    site,
-                    Rip::Imm(instr.ip()),
-                    inst_label,
-                    skipped,
-                    skipped_nopost,
-                );
-            } else {
-                self.site_call(env, site, Rip::Imm(instr.ip()), inst_label, skipped, next);
-            }
-            self.asm.bind(inst_label);
+            let skip_patch = if terminator { skipped_nopost } else { next };
+            self.site_call(env, site, Rip::Imm(instr.ip()), skipped, skip_patch);
         }
         if terminator {
             let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
@@ -440,7 +425,7 @@ impl Translator {
             .as_mut()
             .and_then(|h| h.inst_site(instr, InstPosition::PostInst, self.mem))
         {
-            self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next, next);
+            self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next);
         }
         self.asm.bind(next);
         Ok(false)
