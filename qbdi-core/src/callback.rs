@@ -37,6 +37,7 @@ pub enum InstPosition {
 
 bitflags::bitflags! {
     /// VM events (QBDI's values).
+    #[repr(transparent)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct VmEvent: u32 {
         /// A sequence (here: a basic block) starts executing.
@@ -60,7 +61,9 @@ bitflags::bitflags! {
     }
 }
 
-/// What a VM event callback is told about the event.
+/// What a VM event callback is told about the event (`#[repr(C)]`: plugins receive it as
+/// is).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct VmState {
     /// The events that happened (all the ones this callback registered for that coincide).

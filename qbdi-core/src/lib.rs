@@ -48,5 +48,6 @@ pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use options::Options;
 pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
+pub use symbols::symbolize;
 pub use vm::{FAKE_RETURN_ADDRESS, Vm};
 pub use vm_ref::VmRef;

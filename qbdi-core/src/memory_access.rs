@@ -8,6 +8,7 @@ use crate::state::Rword;
 
 bitflags::bitflags! {
     /// Read, write, or both.
+    #[repr(transparent)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct MemoryAccessType: u8 {
         /// A load.
@@ -21,6 +22,7 @@ bitflags::bitflags! {
 
 bitflags::bitflags! {
     /// What is approximate about a recorded access.
+    #[repr(transparent)]
     #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
     pub struct MemoryAccessFlags: u8 {
         /// The size is not known yet (a `rep` string instruction before it ran).
@@ -33,7 +35,8 @@ bitflags::bitflags! {
     }
 }
 
-/// One memory access of one instruction.
+/// One memory access of one instruction (`#[repr(C)]`: plugins receive it as is).
+#[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub struct MemoryAccess {
     /// Address of the instruction.

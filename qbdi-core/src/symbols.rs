@@ -16,7 +16,7 @@ use object::{Endianness, Object, ObjectSegment, ObjectSymbol, SymbolKind};
 /// the module)`. `None` when `addr` is not in a file-backed mapping; a symbol name of `""`
 /// (offset 0) when the file is known but no symbol covers `addr` (stripped code, or a local
 /// function of a library that ships without `.symtab`).
-pub(crate) fn symbolize(addr: u64) -> Option<(String, u32, String)> {
+pub fn symbolize(addr: u64) -> Option<(String, u32, String)> {
     let mapping = find_mapping(addr)?;
     let module = Path::new(&mapping.path)
         .file_name()

@@ -1,7 +1,104 @@
-//! What a plugin crate depends on. For now only the prelude: the engine's public API.
-//! The plugin registry, the C ABI and the attribute macros come with issue 4.
+//! The QBDI-rs plugin SDK: what a plugin crate depends on.
+//!
+//! A plugin is an ordinary crate built as a `cdylib`. Its functions are registered with
+//! attributes, checked at compile time, and one [`plugin!`] names the plugin and exports
+//! its entry point:
+//!
+//! ```ignore
+//! use qbdi_sdk::prelude::*;
+//! use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+//!
+//! qbdi_sdk::plugin!(name: "blocks", description: "counts basic blocks");
+//!
+//! static BLOCKS: AtomicU64 = AtomicU64::new(0);
+//!
+//! #[vm_event(BASIC_BLOCK_ENTRY)]
+//! fn on_block(_vm: &mut VmRef, _s: &VmState, _g: &mut GprState, _f: &mut FprState) -> VmAction {
+//!     BLOCKS.fetch_add(1, Relaxed);
+//!     VmAction::Continue
+//! }
+//!
+//! #[plugin_fini]
+//! fn fini() {
+//!     eprintln!("{} blocks", BLOCKS.load(Relaxed));
+//! }
+//! ```
+//!
+//! Plugin state lives in `Sync` statics (atomics, `Mutex`, `OnceLock`): no `static mut`,
+//! no `unsafe`. The host (`qbdi run -p PLUGIN`) loads several plugins into one Vm; each
+//! plugin has its own registry ([`inventory`](https://docs.rs/inventory), collected per
+//! cdylib) and talks to the host only through the `#[repr(C)]` ABI of [`abi`]. A panic in a
+//! plugin's code is caught in the plugin and reported: the host stops the run, names the
+//! plugin and the function, and still finalises every plugin.
 
-/// Everything a plugin author needs, in one import.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod abi;
+mod convert;
+mod options;
+mod panic;
+mod registry;
+mod vm_ref;
+
+#[doc(hidden)]
+pub mod private;
+
+pub use options::{PluginOptions, parse_address_range};
+pub use qbdi_macros::{inst_callback, instr_rule, mem_access, plugin_fini, plugin_init, vm_event};
+pub use vm_ref::{InstrRuleCallback, Symbol, VmRef};
+
+/// Everything a plugin author needs, in one import: the engine's types (states, actions,
+/// events, analyses, memory accesses), the SDK's [`VmRef`] and the attribute macros.
 pub mod prelude {
-    pub use qbdi_core::*;
+    pub use crate::{
+        InstrRuleCallback, PluginOptions, Symbol, VmRef, inst_callback, instr_rule, mem_access,
+        plugin_fini, plugin_init, vm_event,
+    };
+    pub use qbdi_core::{
+        AnalysisType, CallbackId, ConditionType, FprState, GprState, InstAnalysis, InstPosition,
+        MemoryAccess, MemoryAccessFlags, MemoryAccessType, OperandAnalysis, OperandFlag,
+        OperandType, PRIORITY_DEFAULT, PRIORITY_MEMACCESS_LIMIT, Range, RangeSet,
+        RegisterAccessType, Rword, VmAction, VmError, VmEvent, VmState,
+    };
+}
+
+/// Names the plugin and exports its entry point (once per plugin crate).
+///
+/// ```ignore
+/// qbdi_sdk::plugin!(
+///     name: "drcov",
+///     description: "basic block coverage in drcov format",
+///     options: [
+///         ("out", "file to write", "drcov.<program>.<pid>.log"),
+///     ],
+/// );
+/// ```
+///
+/// The version is the crate's (`CARGO_PKG_VERSION`). Options are `(key, help, default)`;
+/// the host refuses any other key before the program starts.
+#[macro_export]
+macro_rules! plugin {
+    (
+        name: $name:expr,
+        description: $description:expr
+        $(, options: [ $( ($key:expr, $help:expr, $default:expr) ),* $(,)? ] )?
+        $(,)?
+    ) => {
+        /// The plugin's entry point: its descriptor for the qbdi host.
+        #[unsafe(no_mangle)]
+        pub extern "C" fn qbdi_plugin_descriptor() -> *const $crate::abi::PluginDescriptor {
+            static INFO: $crate::private::PluginInfo = $crate::private::PluginInfo {
+                name: $name,
+                version: env!("CARGO_PKG_VERSION"),
+                description: $description,
+                options: &[ $( $( $crate::private::OptionSpec {
+                    key: $key,
+                    help: $help,
+                    default: $default,
+                } ),* )? ],
+            };
+            $crate::private::descriptor(&INFO)
+        }
+    };
 }

@@ -1,0 +1,603 @@
+//! `VmRef`: the plugin's safe handle on the host's Vm, over the host's function table.
+//!
+//! It has the names of the engine's `VmRef` (API.md): the analysis and memory-access
+//! queries, the instrumentation methods (callbacks as closures, ranges, caches), plus
+//! [`symbolize`](VmRef::symbolize) and [`log`](VmRef::log). Closures registered here live
+//! in the plugin; the host calls them through a trampoline and frees them through the
+//! plugin when their callback is deleted.
+
+use std::ffi::c_void;
+use std::marker::PhantomData;
+
+use qbdi_core::{
+    AnalysisType, CallbackId, FprState, GprState, InstAnalysis, InstPosition, MemoryAccess,
+    MemoryAccessType, Rword, VmAction, VmError, VmEvent, VmState,
+};
+
+use crate::abi::{
+    HostApi, INVALID_ID, RawAction, RawInstAnalysis, RawInstSpec, RawSymbol, RawVm, StrRef,
+    position, range_op, target,
+};
+use crate::convert;
+use crate::panic::guard;
+
+/// The plugin's handle on the Vm it is attached to, valid for one call from the host (a
+/// callback, init).
+pub struct VmRef<'a> {
+    raw: *const RawVm,
+    api: &'a HostApi,
+    _call: PhantomData<&'a RawVm>,
+}
+
+/// A boxed instruction callback of a plugin.
+type InstClosure = Box<dyn FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction>;
+/// A boxed VM event callback of a plugin.
+type EventClosure =
+    Box<dyn FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction>;
+/// A boxed instrumentation rule of a plugin.
+type RuleClosure = Box<dyn FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback>>;
+
+/// A callback an instrumentation rule attaches to the instruction it was asked about.
+pub struct InstrRuleCallback {
+    position: InstPosition,
+    priority: i32,
+    callback: InstClosure,
+}
+
+impl InstrRuleCallback {
+    /// A callback at `position` with `priority`.
+    pub fn new(
+        position: InstPosition,
+        callback: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        priority: i32,
+    ) -> InstrRuleCallback {
+        InstrRuleCallback {
+            position,
+            priority,
+            callback: Box::new(callback),
+        }
+    }
+}
+
+impl std::fmt::Debug for InstrRuleCallback {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstrRuleCallback")
+            .field("position", &self.position)
+            .field("priority", &self.priority)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A symbol, as [`VmRef::symbolize`] finds it.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Symbol {
+    /// The symbol's name (`""` when no symbol covers the address).
+    pub name: String,
+    /// Offset of the address from the symbol's start.
+    pub offset: u32,
+    /// Basename of the module (`"libc.so.6"`).
+    pub module: String,
+}
+
+fn pos_raw(p: InstPosition) -> u32 {
+    match p {
+        InstPosition::PreInst => position::PRE_INST,
+        InstPosition::PostInst => position::POST_INST,
+    }
+}
+
+impl<'a> VmRef<'a> {
+    /// Wraps the handle the host passed.
+    ///
+    /// # Safety
+    /// `raw` must be the `RawVm` the host passed into the current call, with a valid
+    /// function table, and `'a` must not outlive that call.
+    pub(crate) unsafe fn from_raw(raw: *const RawVm) -> VmRef<'a> {
+        // SAFETY: guaranteed by the caller.
+        let api = unsafe { &*(*raw).api };
+        VmRef {
+            raw,
+            api,
+            _call: PhantomData,
+        }
+    }
+
+    /// The raw handle (for the SDK's trampolines).
+    pub(crate) fn raw_handle(&self) -> *const RawVm {
+        self.raw
+    }
+
+    fn last_error(&self) -> VmError {
+        let e = (self.api.last_error)();
+        // SAFETY: the host keeps its last error alive until its next call on this thread.
+        VmError::InvalidArgument(unsafe { e.as_str() }.into_owned())
+    }
+
+    fn id(&self, id: u32) -> Result<CallbackId, VmError> {
+        if id == INVALID_ID {
+            Err(self.last_error())
+        } else {
+            Ok(id)
+        }
+    }
+
+    fn ok(&self, ok: bool) -> Result<(), VmError> {
+        if ok { Ok(()) } else { Err(self.last_error()) }
+    }
+
+    /// The analysis of the instruction the callback runs for.
+    ///
+    /// # Panics
+    /// Outside an instruction callback (init, VM events): use
+    /// [`cached_inst_analysis`](Self::cached_inst_analysis) with an address.
+    pub fn inst_analysis(&mut self, analysis: AnalysisType) -> &InstAnalysis {
+        let mut raw = std::mem::MaybeUninit::<RawInstAnalysis>::uninit();
+        assert!(
+            (self.api.inst_analysis)(self.raw, analysis.bits(), raw.as_mut_ptr()),
+            "inst_analysis() is for instruction callbacks; use cached_inst_analysis(address, ..)"
+        );
+        // SAFETY: the host filled `raw` (it returned true).
+        let raw = unsafe { raw.assume_init() };
+        convert::cached(raw.address, analysis.bits(), || {
+            // SAFETY: the host's record is valid during this call.
+            Some(unsafe { convert::inst_analysis(&raw) })
+        })
+        .expect("built above")
+    }
+
+    /// The analysis of the instrumented instruction at `addr` (`None` if the Vm has none
+    /// there).
+    pub fn cached_inst_analysis(
+        &mut self,
+        addr: Rword,
+        analysis: AnalysisType,
+    ) -> Option<&InstAnalysis> {
+        let api = self.api;
+        let vm = self.raw;
+        convert::cached(addr, analysis.bits(), || {
+            let mut raw = std::mem::MaybeUninit::<RawInstAnalysis>::uninit();
+            if !(api.cached_inst_analysis)(vm, addr, analysis.bits(), raw.as_mut_ptr()) {
+                return None;
+            }
+            // SAFETY: filled by the host (it returned true), valid during this call.
+            Some(unsafe { convert::inst_analysis(&raw.assume_init()) })
+        })
+    }
+
+    fn memory(&mut self, bb: bool) -> &[MemoryAccess] {
+        let mut ptr = std::ptr::null();
+        let mut count = 0;
+        (self.api.memory_access)(self.raw, bb, &mut ptr, &mut count);
+        if ptr.is_null() || count == 0 {
+            return &[];
+        }
+        // SAFETY: the host's recorder holds `count` accesses at `ptr` until the callback
+        // returns; the slice borrows `self`, which does not outlive the callback.
+        unsafe { std::slice::from_raw_parts(ptr, count) }
+    }
+
+    /// The memory accesses of the current instruction: in PreInst its reads, in PostInst
+    /// its reads and writes (empty unless recording is on).
+    pub fn inst_memory_access(&mut self) -> &[MemoryAccess] {
+        self.memory(false)
+    }
+
+    /// The memory accesses of the current basic block so far.
+    pub fn bb_memory_access(&mut self) -> &[MemoryAccess] {
+        self.memory(true)
+    }
+
+    fn add_inst(
+        &mut self,
+        spec: RawInstSpec,
+        cb: InstClosure,
+        name: &str,
+    ) -> Result<CallbackId, VmError> {
+        let data = Box::into_raw(Box::new(cb)) as *mut c_void;
+        let id = (self.api.add_inst_cb)(
+            self.raw,
+            &spec,
+            data,
+            inst_call,
+            inst_drop,
+            StrRef::new(name),
+        );
+        self.id(id)
+    }
+
+    fn spec(target: u32, position: InstPosition, priority: i32) -> RawInstSpec {
+        RawInstSpec {
+            target,
+            position: pos_raw(position),
+            priority,
+            access: 0,
+            start: 0,
+            end: 0,
+            pattern: StrRef::EMPTY,
+        }
+    }
+
+    /// Adds a callback on every instrumented instruction.
+    #[track_caller]
+    pub fn add_code_cb(
+        &mut self,
+        position: InstPosition,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        priority: i32,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        self.add_inst(
+            Self::spec(target::ALL, position, priority),
+            Box::new(cb),
+            &name,
+        )
+    }
+
+    /// Adds a callback on the instruction at `addr`.
+    #[track_caller]
+    pub fn add_code_addr_cb(
+        &mut self,
+        addr: Rword,
+        position: InstPosition,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        priority: i32,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let spec = RawInstSpec {
+            start: addr,
+            ..Self::spec(target::ADDR, position, priority)
+        };
+        self.add_inst(spec, Box::new(cb), &name)
+    }
+
+    /// Adds a callback on the instructions in `[start, end)`.
+    #[track_caller]
+    pub fn add_code_range_cb(
+        &mut self,
+        start: Rword,
+        end: Rword,
+        position: InstPosition,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        priority: i32,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let spec = RawInstSpec {
+            start,
+            end,
+            ..Self::spec(target::RANGE, position, priority)
+        };
+        self.add_inst(spec, Box::new(cb), &name)
+    }
+
+    /// Adds a callback on the instructions whose mnemonic matches the glob `pattern`.
+    #[track_caller]
+    pub fn add_mnemonic_cb(
+        &mut self,
+        pattern: &str,
+        position: InstPosition,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        priority: i32,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let spec = RawInstSpec {
+            pattern: StrRef::new(pattern),
+            ..Self::spec(target::MNEMONIC, position, priority)
+        };
+        self.add_inst(spec, Box::new(cb), &name)
+    }
+
+    /// Adds a callback on every memory access of type `access` (turns recording on).
+    #[track_caller]
+    pub fn add_mem_access_cb(
+        &mut self,
+        access: MemoryAccessType,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        priority: i32,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let spec = RawInstSpec {
+            access: access.bits().into(),
+            ..Self::spec(target::MEM_ACCESS, InstPosition::PostInst, priority)
+        };
+        self.add_inst(spec, Box::new(cb), &name)
+    }
+
+    /// Adds a callback on the accesses of type `access` that touch `addr`.
+    #[track_caller]
+    pub fn add_mem_addr_cb(
+        &mut self,
+        addr: Rword,
+        access: MemoryAccessType,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let spec = RawInstSpec {
+            access: access.bits().into(),
+            start: addr,
+            ..Self::spec(target::MEM_ADDR, InstPosition::PostInst, 0)
+        };
+        self.add_inst(spec, Box::new(cb), &name)
+    }
+
+    /// Adds a callback on the accesses of type `access` that touch `[start, end)`.
+    #[track_caller]
+    pub fn add_mem_range_cb(
+        &mut self,
+        start: Rword,
+        end: Rword,
+        access: MemoryAccessType,
+        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let spec = RawInstSpec {
+            access: access.bits().into(),
+            start,
+            end,
+            ..Self::spec(target::MEM_RANGE, InstPosition::PostInst, 0)
+        };
+        self.add_inst(spec, Box::new(cb), &name)
+    }
+
+    /// Adds a callback on VM events.
+    #[track_caller]
+    pub fn add_vm_event_cb(
+        &mut self,
+        events: VmEvent,
+        cb: impl FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + 'static,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let cb: EventClosure = Box::new(cb);
+        let data = Box::into_raw(Box::new(cb)) as *mut c_void;
+        let id = (self.api.add_event_cb)(
+            self.raw,
+            events.bits(),
+            data,
+            event_call,
+            event_drop,
+            StrRef::new(&name),
+        );
+        self.id(id)
+    }
+
+    /// Adds an instrumentation rule over every instrumented instruction.
+    #[track_caller]
+    pub fn add_instr_rule(
+        &mut self,
+        rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + 'static,
+        analysis: AnalysisType,
+    ) -> Result<CallbackId, VmError> {
+        self.add_instr_rule_range(0, u64::MAX, rule, analysis)
+    }
+
+    /// Adds an instrumentation rule over the instructions in `[start, end)`.
+    #[track_caller]
+    pub fn add_instr_rule_range(
+        &mut self,
+        start: Rword,
+        end: Rword,
+        rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + 'static,
+        analysis: AnalysisType,
+    ) -> Result<CallbackId, VmError> {
+        let name = caller();
+        let rule: RuleClosure = Box::new(rule);
+        let data = Box::into_raw(Box::new(rule)) as *mut c_void;
+        let id = (self.api.add_instr_rule)(
+            self.raw,
+            start,
+            end,
+            analysis.bits(),
+            data,
+            rule_call,
+            rule_drop,
+            StrRef::new(&name),
+        );
+        self.id(id)
+    }
+
+    /// Removes a callback this plugin registered.
+    pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
+        if (self.api.delete_instrumentation)(self.raw, id) {
+            Ok(())
+        } else {
+            Err(VmError::InvalidArgument(format!(
+                "no instrumentation with id {id}"
+            )))
+        }
+    }
+
+    fn range_op(&mut self, op: u32, start: Rword, end: Rword, name: &str) -> Result<(), VmError> {
+        let ok = (self.api.ranges)(self.raw, op, start, end, StrRef::new(name));
+        self.ok(ok)
+    }
+
+    /// Instruments `[start, end)`.
+    pub fn add_instrumented_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
+        self.range_op(range_op::ADD_RANGE, start, end, "")
+    }
+
+    /// Stops instrumenting `[start, end)`.
+    pub fn remove_instrumented_range(&mut self, start: Rword, end: Rword) -> Result<(), VmError> {
+        self.range_op(range_op::REMOVE_RANGE, start, end, "")
+    }
+
+    /// Instruments the executable mappings of a module (basename or full path).
+    pub fn add_instrumented_module(&mut self, name: &str) -> Result<(), VmError> {
+        self.range_op(range_op::ADD_MODULE, 0, 0, name)
+    }
+
+    /// Stops instrumenting a module.
+    pub fn remove_instrumented_module(&mut self, name: &str) -> Result<(), VmError> {
+        self.range_op(range_op::REMOVE_MODULE, 0, 0, name)
+    }
+
+    /// Instruments the module containing `addr`.
+    pub fn add_instrumented_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
+        self.range_op(range_op::ADD_MODULE_FROM_ADDR, addr, 0, "")
+    }
+
+    /// Stops instrumenting the module containing `addr`.
+    pub fn remove_instrumented_module_from_addr(&mut self, addr: Rword) -> Result<(), VmError> {
+        self.range_op(range_op::REMOVE_MODULE_FROM_ADDR, addr, 0, "")
+    }
+
+    /// Instruments every executable mapping (but the host's and the plugins' own code).
+    pub fn instrument_all_executable_maps(&mut self) -> Result<(), VmError> {
+        self.range_op(range_op::ALL_MAPS, 0, 0, "")
+    }
+
+    /// Stops instrumenting anything.
+    pub fn remove_all_instrumented_ranges(&mut self) {
+        let _ = self.range_op(range_op::REMOVE_ALL, 0, 0, "");
+    }
+
+    /// Drops the translations of `[start, end)` (after the code changed).
+    pub fn clear_cache(&mut self, start: Rword, end: Rword) {
+        let _ = self.range_op(range_op::CLEAR_CACHE, start, end, "");
+    }
+
+    /// Drops every translation.
+    pub fn clear_all_cache(&mut self) {
+        let _ = self.range_op(range_op::CLEAR_ALL_CACHE, 0, 0, "");
+    }
+
+    /// Records the memory accesses of type `access` of every instrumented instruction.
+    pub fn record_memory_access(&mut self, access: MemoryAccessType) -> Result<(), VmError> {
+        let ok = (self.api.record_memory_access)(self.raw, access.bits().into());
+        self.ok(ok)
+    }
+
+    /// The symbol containing `addr`, from the ELF symbol tables of the file mapped there
+    /// (`None` if no file is mapped there).
+    pub fn symbolize(&self, addr: Rword) -> Option<Symbol> {
+        let mut raw = std::mem::MaybeUninit::<RawSymbol>::uninit();
+        if !(self.api.symbolize)(addr, raw.as_mut_ptr()) {
+            return None;
+        }
+        // SAFETY: filled by the host (it returned true); its strings live until its next call.
+        let raw = unsafe { raw.assume_init() };
+        // SAFETY: as above.
+        let (name, module) = unsafe {
+            (
+                raw.name.as_str().into_owned(),
+                raw.module.as_str().into_owned(),
+            )
+        };
+        Some(Symbol {
+            name,
+            offset: raw.offset,
+            module,
+        })
+    }
+
+    /// Writes a line to the host's log (stderr with a `qbdi:` prefix, or the `--log` file).
+    pub fn log(&self, message: &str) {
+        (self.api.log)(StrRef::new(message));
+    }
+}
+
+/// `file:line` of the caller, naming closures in messages.
+#[track_caller]
+fn caller() -> String {
+    let l = std::panic::Location::caller();
+    format!("closure at {}:{}", l.file(), l.line())
+}
+
+extern "C" fn inst_call(
+    data: *mut c_void,
+    vm: *const RawVm,
+    gpr: *mut GprState,
+    fpr: *mut FprState,
+) -> RawAction {
+    guard(vm, "", || {
+        // SAFETY: `data` is the InstClosure boxed in `add_inst` (or a rule's push), alive
+        // until `inst_drop`; the host passes valid `vm`, `gpr`, `fpr` for this call and no
+        // other reference to them exists while it runs.
+        let (cb, gpr, fpr) = unsafe { (&mut *(data as *mut InstClosure), &mut *gpr, &mut *fpr) };
+        // SAFETY: `vm` is this call's handle.
+        let mut vm = unsafe { VmRef::from_raw(vm) };
+        cb(&mut vm, gpr, fpr) as RawAction
+    })
+}
+
+extern "C" fn inst_drop(data: *mut c_void) {
+    // SAFETY: `data` came from Box::into_raw of a Box<InstClosure>; the host drops it once.
+    drop(unsafe { Box::from_raw(data as *mut InstClosure) });
+}
+
+extern "C" fn event_call(
+    data: *mut c_void,
+    vm: *const RawVm,
+    state: *const VmState,
+    gpr: *mut GprState,
+    fpr: *mut FprState,
+) -> RawAction {
+    guard(vm, "", || {
+        // SAFETY: as in inst_call, for an EventClosure; `state` is valid for the call.
+        let (cb, state, gpr, fpr) = unsafe {
+            (
+                &mut *(data as *mut EventClosure),
+                &*state,
+                &mut *gpr,
+                &mut *fpr,
+            )
+        };
+        // SAFETY: `vm` is this call's handle.
+        let mut vm = unsafe { VmRef::from_raw(vm) };
+        cb(&mut vm, state, gpr, fpr) as RawAction
+    })
+}
+
+extern "C" fn event_drop(data: *mut c_void) {
+    // SAFETY: as in inst_drop, for an EventClosure.
+    drop(unsafe { Box::from_raw(data as *mut EventClosure) });
+}
+
+extern "C" fn rule_call(
+    data: *mut c_void,
+    vm: *const RawVm,
+    analysis: *const RawInstAnalysis,
+    sink: *mut c_void,
+) -> RawAction {
+    guard(vm, "", || {
+        // SAFETY: as in inst_call, for a RuleClosure.
+        let rule = unsafe { &mut *(data as *mut RuleClosure) };
+        // SAFETY: the host's record is valid during the call.
+        let analysis = unsafe { convert::inst_analysis(&*analysis) };
+        // SAFETY: `vm` is this call's handle.
+        let mut vm = unsafe { VmRef::from_raw(vm) };
+        let produced = rule(&mut vm, &analysis);
+        push_rule_callbacks(vm.api, sink, produced);
+        VmAction::Continue as RawAction
+    })
+}
+
+extern "C" fn rule_drop(data: *mut c_void) {
+    // SAFETY: as in inst_drop, for a RuleClosure.
+    drop(unsafe { Box::from_raw(data as *mut RuleClosure) });
+}
+
+/// Hands what a rule produced to the host (through `sink`, the host's collector).
+pub(crate) fn push_rule_callbacks(
+    api: &HostApi,
+    sink: *mut c_void,
+    produced: Vec<InstrRuleCallback>,
+) {
+    for cb in produced {
+        let data = Box::into_raw(Box::new(cb.callback)) as *mut c_void;
+        (api.rule_push)(
+            sink,
+            pos_raw(cb.position),
+            cb.priority,
+            data,
+            inst_call,
+            inst_drop,
+        );
+    }
+}
+
+/// Runs an attribute-registered function with a `VmRef` for `vm`.
+pub(crate) fn with_vm<R>(vm: *const RawVm, f: impl FnOnce(&mut VmRef<'_>) -> R) -> R {
+    // SAFETY: `vm` is the handle of the call the trampoline is in.
+    let mut r = unsafe { VmRef::from_raw(vm) };
+    f(&mut r)
+}
