@@ -1,7 +1,420 @@
-//! The `qbdi` command. `qbdi run`, `qbdi call` and `qbdi plugin info` come with issue 4;
-//! until then this binary says so and exits with status 2.
+//! The `qbdi` command: run a program under plugins from its `main` (`qbdi run`), call one
+//! function of a library under them (`qbdi call`), describe a plugin (`qbdi plugin info`).
 
-fn main() {
-    eprintln!("qbdi: the command line host is not built yet (issue 4); use the qbdi-core library");
-    std::process::exit(2);
+use std::ffi::CString;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use qbdi_core::{Vm, allocate_virtual_stack};
+use qbdi_host::config::{CONFIG_VAR, RunConfig};
+use qbdi_host::plugin::{self, Plugin, PluginSpec};
+use qbdi_host::preload::QBDI_FAILURE_STATUS;
+use qbdi_host::{log, session};
+
+/// Dynamic binary instrumentation for x86-64 Linux: run programs under analysis plugins.
+#[derive(Parser, Debug)]
+#[command(name = "qbdi", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run PROGRAM from its main under the plugins (its stdin, stdout, stderr, exit status and
+    /// signals stay its own; qbdi's messages go to stderr prefixed `qbdi:`, or to --log).
+    Run(RunArgs),
+    /// Load LIBRARY, call SYMBOL under the plugins and print what it returns.
+    Call(CallArgs),
+    /// Plugin commands.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum PluginCommand {
+    /// Show a plugin's name, version, ABI, registrations and options.
+    Info {
+        /// Plugin name (looked up in QBDI_PLUGIN_PATH, then next to qbdi) or path.
+        plugin: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct PluginArgs {
+    /// A plugin, with options: NAME[:key=value,...] (repeat to compose several).
+    #[arg(short = 'p', long = "plugin", value_name = "PLUGIN[:key=value,...]")]
+    plugins: Vec<PluginSpec>,
+}
+
+#[derive(Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    plugins: PluginArgs,
+    /// Also instrument this module (basename like libz.so.1, or full path); repeatable.
+    #[arg(long = "module", value_name = "MODULE")]
+    modules: Vec<String>,
+    /// Do not instrument this module; repeatable.
+    #[arg(long = "exclude", value_name = "MODULE")]
+    exclude: Vec<String>,
+    /// Instrument every executable mapping (libraries too), except qbdi's and the plugins'.
+    #[arg(long)]
+    all_maps: bool,
+    /// Do not instrument the main executable (only --module ones).
+    #[arg(long)]
+    no_main: bool,
+    /// Write qbdi's messages to this file instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    log: Option<PathBuf>,
+    /// Keep instrumenting the programs this one executes (execve, execv, execvp, execvpe).
+    #[arg(long)]
+    follow_exec: bool,
+    /// The program and its arguments.
+    #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]")]
+    program: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+struct CallArgs {
+    #[command(flatten)]
+    plugins: PluginArgs,
+    /// Print the return value as a double (xmm0) instead of an integer (rax).
+    #[arg(long)]
+    double: bool,
+    /// The shared library (a path, or a name the dynamic loader finds: libz.so.1).
+    library: String,
+    /// The function to call.
+    symbol: String,
+    /// Arguments: integers (42, -1, 0x10), doubles (1.5, 2e3), anything else is passed as a
+    /// pointer to a NUL-terminated copy of the string.
+    #[arg(allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Call(args) => call(args),
+        Command::Plugin {
+            command: PluginCommand::Info { plugin },
+        } => info(&plugin),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            log::line(&format!("error: {message}"));
+            ExitCode::from(QBDI_FAILURE_STATUS as u8)
+        }
+    }
+}
+
+/// Finds, loads and checks the plugins of the command line.
+fn load_plugins(specs: &[PluginSpec]) -> Result<Vec<(Plugin, Vec<(String, String)>)>, String> {
+    let mut loaded: Vec<(Plugin, Vec<(String, String)>)> = Vec::new();
+    for spec in specs {
+        let path = plugin::find(&spec.plugin).map_err(|e| e.to_string())?;
+        let p = plugin::load(&path).map_err(|e| e.to_string())?;
+        p.check_options(&spec.options).map_err(|e| e.to_string())?;
+        if loaded.iter().any(|(q, _)| q.path == p.path) {
+            return Err(format!(
+                "plugin '{}' ({}) is given twice: give it once, with all its options",
+                p.name,
+                p.path.display()
+            ));
+        }
+        loaded.push((p, spec.options.clone()));
+    }
+    Ok(loaded)
+}
+
+/// The directory of the `qbdi` binary.
+fn exe_dir() -> Result<PathBuf, String> {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(Path::to_path_buf))
+        .ok_or_else(|| "cannot find where the qbdi binary is".to_owned())
+}
+
+/// Resolves PROGRAM like the shell does (a name without '/' is looked up in PATH).
+fn resolve_program(program: &str) -> Result<PathBuf, String> {
+    let candidates: Vec<PathBuf> = if program.contains('/') {
+        vec![PathBuf::from(program)]
+    } else {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).map(|d| d.join(program)).collect())
+            .unwrap_or_default()
+    };
+    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
+        if program.contains('/') {
+            format!("cannot run {program}: no such file")
+        } else {
+            format!("cannot run {program}: not found in PATH")
+        }
+    })
+}
+
+/// Checks that `path` is something the preload library can take over: a dynamically linked
+/// x86-64 ELF executable, or a `#!` script (its interpreter is then the program).
+fn check_program(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if bytes.starts_with(b"#!") {
+        return Ok(());
+    }
+    if !bytes.starts_with(b"\x7fELF") || bytes.len() < 64 || bytes[4] != 2 {
+        return Err(format!("{} is not a 64-bit ELF executable", path.display()));
+    }
+    if u16::from_le_bytes([bytes[18], bytes[19]]) != 62 {
+        return Err(format!("{} is not an x86-64 program", path.display()));
+    }
+    // Program headers: look for PT_INTERP (a dynamically linked program).
+    let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) as usize;
+    let phentsize = u16::from_le_bytes([bytes[54], bytes[55]]) as usize;
+    let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
+    let dynamic = (0..phnum).any(|i| {
+        let at = phoff + i * phentsize;
+        bytes
+            .get(at..at + 4)
+            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) == 3)
+    });
+    if !dynamic {
+        return Err(format!(
+            "{} is statically linked: qbdi run takes over a program through the dynamic loader \
+             (LD_PRELOAD); use qbdi-core's Vm directly for static code",
+            path.display()
+        ));
+    }
+    Ok(())
+}
+
+fn run(args: RunArgs) -> Result<ExitCode, String> {
+    let plugins = load_plugins(&args.plugins.plugins)?;
+    let preload = exe_dir()?.join("libqbdi_host.so");
+    if !preload.is_file() {
+        return Err(format!(
+            "the preload library {} is missing: build the whole workspace (cargo build --release)",
+            preload.display()
+        ));
+    }
+    let program = &args.program[0];
+    let path = resolve_program(program)?;
+    check_program(&path)?;
+    let user_preload = std::env::var("LD_PRELOAD").ok();
+    let config = RunConfig {
+        plugins: plugins
+            .iter()
+            .map(|(p, o)| (p.path.clone(), o.clone()))
+            .collect(),
+        modules: args.modules,
+        exclude: args.exclude,
+        all_maps: args.all_maps,
+        no_main: args.no_main,
+        log: args.log.map(|l| std::path::absolute(&l).unwrap_or(l)),
+        follow_exec: args.follow_exec,
+        preload: preload.clone(),
+        user_preload: user_preload.clone(),
+    };
+    let ld_preload = match user_preload.as_deref() {
+        Some(u) if !u.is_empty() => format!("{}:{u}", preload.display()),
+        _ => preload.display().to_string(),
+    };
+    let err = std::process::Command::new(&path)
+        .arg0(program)
+        .args(&args.program[1..])
+        .env("LD_PRELOAD", ld_preload)
+        .env(CONFIG_VAR, config.encode())
+        .exec();
+    Err(format!("cannot execute {}: {err}", path.display()))
+}
+
+/// An argument of `qbdi call`.
+#[derive(Debug, PartialEq)]
+enum CallArg {
+    Int(u64),
+    Double(f64),
+    Str(CString),
+}
+
+fn parse_call_arg(s: &str) -> CallArg {
+    let (neg, digits) = match s.strip_prefix('-') {
+        Some(d) => (true, d),
+        None => (false, s),
+    };
+    let int = match digits
+        .strip_prefix("0x")
+        .or_else(|| digits.strip_prefix("0X"))
+    {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => digits.parse::<u64>().ok(),
+    };
+    if let Some(v) = int {
+        return CallArg::Int(if neg { v.wrapping_neg() } else { v });
+    }
+    if s.contains(['.', 'e', 'E'])
+        && let Ok(d) = s.parse::<f64>()
+    {
+        return CallArg::Double(d);
+    }
+    CallArg::Str(CString::new(s.replace('\0', "")).expect("no NUL left"))
+}
+
+fn call(args: CallArgs) -> Result<ExitCode, String> {
+    let plugins = load_plugins(&args.plugins.plugins)?;
+    let lib = CString::new(args.library.clone()).map_err(|_| "library name has a NUL byte")?;
+    // SAFETY: dlopen with a NUL-terminated name; the library's initialisers run, which is
+    // what the user asked for.
+    let handle = unsafe { libc::dlopen(lib.as_ptr(), libc::RTLD_NOW | libc::RTLD_GLOBAL) };
+    if handle.is_null() {
+        // SAFETY: dlerror returns a NUL-terminated message after a failed dlopen.
+        let why = unsafe { std::ffi::CStr::from_ptr(libc::dlerror()) }
+            .to_string_lossy()
+            .into_owned();
+        return Err(format!("cannot load {}: {why}", args.library));
+    }
+    let sym = CString::new(args.symbol.clone()).map_err(|_| "symbol name has a NUL byte")?;
+    // SAFETY: dlsym on a live handle with a NUL-terminated name.
+    let function = unsafe { libc::dlsym(handle, sym.as_ptr()) } as u64;
+    if function == 0 {
+        return Err(format!("{} has no symbol {}", args.library, args.symbol));
+    }
+    let mut vm = Vm::new();
+    let _stack = allocate_virtual_stack(vm.gpr_state_mut(), 8 << 20).map_err(|e| e.to_string())?;
+    vm.add_instrumented_module_from_addr(function)
+        .map_err(|e| format!("cannot instrument {}: {e}", args.library))?;
+    let parsed: Vec<CallArg> = args.args.iter().map(|a| parse_call_arg(a)).collect();
+    let mut ints = Vec::new();
+    let mut doubles = 0usize;
+    for a in &parsed {
+        match a {
+            CallArg::Int(v) => ints.push(*v),
+            CallArg::Str(s) => ints.push(s.as_ptr() as u64),
+            CallArg::Double(d) => {
+                if doubles == 8 {
+                    return Err("at most 8 double arguments (xmm0-xmm7)".into());
+                }
+                let xmm = vm.fpr_state_mut();
+                let regs = [
+                    &mut xmm.xmm0,
+                    &mut xmm.xmm1,
+                    &mut xmm.xmm2,
+                    &mut xmm.xmm3,
+                    &mut xmm.xmm4,
+                    &mut xmm.xmm5,
+                    &mut xmm.xmm6,
+                    &mut xmm.xmm7,
+                ];
+                regs[doubles][..8].copy_from_slice(&d.to_le_bytes());
+                doubles += 1;
+            }
+        }
+    }
+    vm.gpr_state_mut().rax = doubles as u64;
+    session::attach(&mut vm, &plugins).map_err(|e| e.to_string())?;
+    let result = vm.call(function, &ints);
+    let failure = session::failure();
+    session::fini_all();
+    if let Some(f) = failure {
+        return Err(format!("{f}; the call stopped"));
+    }
+    let rax = result.map_err(|e| format!("calling {} failed: {e}", args.symbol))?;
+    if args.double {
+        let bytes: [u8; 8] = vm.fpr_state().xmm0[..8].try_into().expect("8 bytes");
+        println!("{}", f64::from_le_bytes(bytes));
+    } else {
+        println!("{rax} ({rax:#x})");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn info(spec: &str) -> Result<ExitCode, String> {
+    let path = plugin::find(spec).map_err(|e| e.to_string())?;
+    let p = plugin::load(&path).map_err(|e| e.to_string())?;
+    println!("name:        {}", p.name);
+    println!("version:     {}", p.version);
+    println!("description: {}", p.description);
+    println!("file:        {}", p.path.display());
+    println!(
+        "abi:         {}.{} (qbdi-sdk {})",
+        p.abi.0, p.abi.1, p.sdk_version
+    );
+    println!("registrations:");
+    if p.registrations.is_empty() {
+        println!("  (none)");
+    }
+    for r in &p.registrations {
+        let mut detail = Vec::new();
+        if r.kind == qbdi_sdk::abi::kind::INST {
+            detail.push(if r.position == qbdi_sdk::abi::position::POST_INST {
+                "postinst".to_owned()
+            } else {
+                "preinst".to_owned()
+            });
+        }
+        if !r.mnemonic.is_empty() {
+            detail.push(format!("mnemonic = \"{}\"", r.mnemonic));
+        }
+        if !r.code.is_empty() {
+            detail.push(format!("code = \"{}\"", r.code));
+        }
+        match r.kind {
+            qbdi_sdk::abi::kind::EVENT => detail.push(format!(
+                "{:?}",
+                qbdi_core::VmEvent::from_bits_retain(r.flags)
+            )),
+            qbdi_sdk::abi::kind::MEM_ACCESS => detail.push(format!(
+                "{:?}",
+                qbdi_core::MemoryAccessType::from_bits_retain(r.flags as u8)
+            )),
+            qbdi_sdk::abi::kind::INSTR_RULE => detail.push(format!(
+                "{:?}",
+                qbdi_core::AnalysisType::from_bits_retain(r.flags)
+            )),
+            _ => {}
+        }
+        if r.priority != 0 {
+            detail.push(format!("priority = {}", r.priority));
+        }
+        println!(
+            "  {:<13} {:<20} line {:<5} {}",
+            r.kind_name(),
+            r.name,
+            r.line,
+            detail.join(", ")
+        );
+    }
+    println!("options:");
+    if p.options.is_empty() {
+        println!("  (none)");
+    }
+    for o in &p.options {
+        let default = if o.default.is_empty() {
+            String::new()
+        } else {
+            format!(" (default: {})", o.default)
+        };
+        println!("  {:<10} {}{default}", o.key, o.help);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn call_arguments_parse() {
+        assert_eq!(parse_call_arg("42"), CallArg::Int(42));
+        assert_eq!(parse_call_arg("-1"), CallArg::Int(u64::MAX));
+        assert_eq!(parse_call_arg("0x10"), CallArg::Int(16));
+        assert_eq!(parse_call_arg("1.5"), CallArg::Double(1.5));
+        assert_eq!(parse_call_arg("2e3"), CallArg::Double(2000.0));
+        assert_eq!(
+            parse_call_arg("some bytes"),
+            CallArg::Str(CString::new("some bytes").unwrap())
+        );
+    }
 }

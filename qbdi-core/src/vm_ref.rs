@@ -356,6 +356,12 @@ impl VmRef<'_> {
 
     instrumentation_methods!();
 
+    /// The address of the instruction the callback runs for (`None` in VM event callbacks
+    /// that are not attached to one instruction).
+    pub fn current_address(&self) -> Option<Rword> {
+        (self.current != 0).then_some(self.current)
+    }
+
     /// The analysis of the instruction the callback runs for.
     ///
     /// # Panics

@@ -1,0 +1,484 @@
+//! The preload library's side of `qbdi run`: libqbdi_host.so, injected with `LD_PRELOAD`.
+//!
+//! It interposes `__libc_start_main` and hands libc its own `main`, which:
+//! 1. reads the run's configuration and removes the host's variables (`LD_PRELOAD` back to
+//!    the user's own value, [`CONFIG_VAR`] gone), so the program sees its own environment;
+//! 2. loads the plugins, creates the Vm, instruments the main executable (and what the
+//!    options add or remove), attaches the plugins and runs their init;
+//! 3. arranges finalisation exactly once: an `atexit` handler (return from main, `exit()`),
+//!    interposed `_exit`/`_Exit`, and handlers for the fatal signals that still have their
+//!    default action (then the signal is raised again, so the exit status is the program's);
+//! 4. runs the real `main` under the Vm **on the program's real stack**, while the host's own
+//!    code (dispatcher, callbacks, plugins) runs on a private stack of its own;
+//! 5. returns main's value to libc, which calls `exit` with it.
+//!
+//! Without [`CONFIG_VAR`] in the environment everything here passes straight through.
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use qbdi_core::Vm;
+
+use crate::config::{CONFIG_VAR, RunConfig};
+use crate::{log, plugin, session};
+
+/// Exit status of the process when qbdi itself fails (as env(1) and timeout(1) do).
+pub const QBDI_FAILURE_STATUS: c_int = 125;
+
+type MainFn = unsafe extern "C" fn(c_int, *mut *mut c_char, *mut *mut c_char) -> c_int;
+type StartMainFn = unsafe extern "C" fn(
+    MainFn,
+    c_int,
+    *mut *mut c_char,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+    *mut c_void,
+) -> c_int;
+
+/// The program's own `main`.
+static REAL_MAIN: AtomicUsize = AtomicUsize::new(0);
+/// The configuration text, kept for `--follow-exec` after the environment is cleaned.
+static CONFIG_TEXT: OnceLock<String> = OnceLock::new();
+/// The decoded configuration.
+static CONFIG: OnceLock<RunConfig> = OnceLock::new();
+/// Whether this process is a `qbdi run` (set before main).
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+
+/// The next definition of `name` after this library (libc's).
+fn next_symbol(name: &CStr) -> *mut c_void {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name has no other precondition.
+    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
+}
+
+/// libc's entry into the program, interposed.
+///
+/// # Safety
+/// Called by the program's `_start` with the arguments of the real one.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __libc_start_main(
+    main: MainFn,
+    argc: c_int,
+    argv: *mut *mut c_char,
+    init: *mut c_void,
+    fini: *mut c_void,
+    rtld_fini: *mut c_void,
+    stack_end: *mut c_void,
+) -> c_int {
+    let real = next_symbol(c"__libc_start_main");
+    if real.is_null() {
+        // No libc after us: nothing sensible to do but fail loudly.
+        log::line("cannot find libc's __libc_start_main");
+        // SAFETY: plain exit syscall.
+        unsafe { libc::_exit(QBDI_FAILURE_STATUS) };
+    }
+    // SAFETY: RTLD_NEXT's __libc_start_main has this signature (glibc x86-64).
+    let real: StartMainFn = unsafe { std::mem::transmute::<*mut c_void, StartMainFn>(real) };
+    let name = CString::new(CONFIG_VAR).expect("no NUL");
+    // SAFETY: getenv with a NUL-terminated name; no other thread runs yet.
+    let has_config = !unsafe { libc::getenv(name.as_ptr()) }.is_null();
+    let entry: MainFn = if has_config {
+        REAL_MAIN.store(main as usize, Ordering::SeqCst);
+        qbdi_main
+    } else {
+        main
+    };
+    // SAFETY: forwarding _start's own arguments to libc's function.
+    unsafe { real(entry, argc, argv, init, fini, rtld_fini, stack_end) }
+}
+
+/// Fails before main: the message, then the qbdi failure status (no plugin output exists).
+fn fail_early(message: &str) -> ! {
+    log::line(message);
+    // SAFETY: exit without running the program or any finaliser.
+    unsafe { libc::_exit(QBDI_FAILURE_STATUS) }
+}
+
+/// Reads the configuration and removes the host's variables from the environment.
+fn take_config() -> RunConfig {
+    let text = std::env::var(CONFIG_VAR).unwrap_or_default();
+    let config = RunConfig::decode(&text).unwrap_or_else(|e| fail_early(&e));
+    // SAFETY (both): single-threaded, before the program's main.
+    unsafe {
+        std::env::remove_var(CONFIG_VAR);
+        match &config.user_preload {
+            Some(v) => std::env::set_var("LD_PRELOAD", v),
+            None => std::env::remove_var("LD_PRELOAD"),
+        }
+    }
+    let _ = CONFIG_TEXT.set(text);
+    config
+}
+
+/// The `main` libc runs instead of the program's.
+unsafe extern "C" fn qbdi_main(
+    argc: c_int,
+    argv: *mut *mut c_char,
+    envp: *mut *mut c_char,
+) -> c_int {
+    let config = take_config();
+    if let Some(path) = &config.log
+        && let Err(e) = log::to_file(path)
+    {
+        fail_early(&format!("cannot open the log file {}: {e}", path.display()));
+    }
+    let mut plugins = Vec::new();
+    for (path, options) in &config.plugins {
+        let p = plugin::load(path).unwrap_or_else(|e| fail_early(&e.to_string()));
+        if let Err(e) = p.check_options(options) {
+            fail_early(&e.to_string());
+        }
+        plugins.push((p, options.clone()));
+    }
+    let main = REAL_MAIN.load(Ordering::SeqCst);
+    let vm: &'static mut Vm = Box::leak(Box::new(Vm::new()));
+    if let Err(e) = instrument(vm, &config, main as u64) {
+        fail_early(&e);
+    }
+    let _ = CONFIG.set(config);
+    ACTIVE.store(true, Ordering::SeqCst);
+    if let Err(e) = session::attach(vm, &plugins) {
+        session::skip_fini();
+        fail_early(&e.to_string());
+    }
+    install_finalisers();
+
+    // The guest runs main on the real stack, just below this frame; the host's code runs on
+    // a stack of its own from here on, so nothing of the host's ever lands on the guest's.
+    let guest_sp = (current_sp() - 1024) & !0xf;
+    let mut job = MainJob {
+        vm,
+        main: main as u64,
+        args: [argc as u64, argv as u64, envp as u64],
+        guest_sp,
+        result: Err(String::new()),
+    };
+    run_on_private_stack(&mut job);
+    match job.result {
+        Ok(status) if session::failure().is_none() => status,
+        result => {
+            let why = match (session::failure(), result) {
+                (Some(f), _) => format!("{f}; the run stopped"),
+                (None, Err(e)) => format!("running main under the Vm failed: {e}"),
+                (None, Ok(_)) => unreachable!(),
+            };
+            log::line(&why);
+            session::fini_all();
+            // SAFETY: flush the program's stdio buffers (no stdio call of the guest is in
+            // progress: libc runs natively, outside the Vm), then exit at once.
+            unsafe {
+                libc::fflush(std::ptr::null_mut());
+                libc::_exit(QBDI_FAILURE_STATUS)
+            }
+        }
+    }
+}
+
+/// Sets the instrumented ranges of a run.
+fn instrument(vm: &mut Vm, config: &RunConfig, main: u64) -> Result<(), String> {
+    if !config.no_main {
+        vm.add_instrumented_module_from_addr(main)
+            .map_err(|e| format!("cannot instrument the main executable: {e}"))?;
+    }
+    if config.all_maps {
+        session::instrument_all_but_own(vm).map_err(|e| e.to_string())?;
+    }
+    for m in &config.modules {
+        vm.add_instrumented_module(m)
+            .map_err(|e| format!("--module {m}: {e}"))?;
+    }
+    for m in &config.exclude {
+        vm.remove_instrumented_module(m)
+            .map_err(|e| format!("--exclude {m}: {e}"))?;
+    }
+    if vm.instrumented_ranges().is_empty() {
+        return Err("nothing to instrument: the options left no range".into());
+    }
+    Ok(())
+}
+
+/// What the private-stack half of [`qbdi_main`] does.
+struct MainJob {
+    vm: &'static mut Vm,
+    main: u64,
+    args: [u64; 3],
+    guest_sp: u64,
+    result: Result<c_int, String>,
+}
+
+extern "C" fn main_job(job: *mut c_void) {
+    // SAFETY: `job` is the MainJob of qbdi_main, alive across run_on_private_stack.
+    let job = unsafe { &mut *(job as *mut MainJob) };
+    job.vm.gpr_state_mut().rsp = job.guest_sp;
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        job.vm.call(job.main, &job.args)
+    }));
+    job.result = match run {
+        Ok(Ok(rax)) => Ok(rax as u32 as c_int),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("the host panicked (a qbdi bug: please report it)".into()),
+    };
+}
+
+fn current_sp() -> u64 {
+    let sp: u64;
+    // SAFETY: reads rsp.
+    unsafe {
+        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
+    };
+    sp
+}
+
+/// Size of the host's private stack.
+const HOST_STACK: usize = 64 << 20;
+
+fn run_on_private_stack(job: &mut MainJob) {
+    // SAFETY: a fresh private anonymous mapping; never unmapped (the host may still be on it
+    // when exit handlers run).
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            HOST_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        fail_early("cannot map the host's stack");
+    }
+    // A guard page at the bottom.
+    // SAFETY: the first page of the mapping just made.
+    unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) };
+    let top = (base as usize + HOST_STACK - 64) & !0xf;
+    // SAFETY: switches rsp to the top of the private stack (16-byte aligned, so the callee
+    // sees the ABI's alignment after `call`), calls main_job(job) there and switches back;
+    // r12 (callee-saved) keeps the old rsp across the call.
+    unsafe {
+        std::arch::asm!(
+            "mov r12, rsp",
+            "mov rsp, {top}",
+            "call {f}",
+            "mov rsp, r12",
+            top = in(reg) top,
+            f = in(reg) main_job as extern "C" fn(*mut c_void),
+            in("rdi") job as *mut MainJob as *mut c_void,
+            out("r12") _,
+            clobber_abi("C"),
+        );
+    }
+}
+
+extern "C" fn at_exit() {
+    session::fini_all();
+}
+
+/// Signals whose default action ends the process.
+const FATAL_SIGNALS: [c_int; 15] = [
+    libc::SIGHUP,
+    libc::SIGINT,
+    libc::SIGQUIT,
+    libc::SIGILL,
+    libc::SIGABRT,
+    libc::SIGFPE,
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGPIPE,
+    libc::SIGTERM,
+    libc::SIGSYS,
+    libc::SIGXCPU,
+    libc::SIGXFSZ,
+    libc::SIGALRM,
+    libc::SIGTRAP,
+];
+
+extern "C" fn on_fatal_signal(sig: c_int) {
+    session::fini_all();
+    // SAFETY: back to the default action, unblocked, and raised again: the process ends as
+    // it would have without qbdi (same signal, same status).
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+}
+
+fn install_finalisers() {
+    // SAFETY: registering a plain extern "C" fn with atexit.
+    unsafe { libc::atexit(at_exit) };
+    // An alternate stack, so a stack overflow of the guest still finalises.
+    const ALT: usize = 1 << 20;
+    // SAFETY: a fresh anonymous mapping handed to sigaltstack, never freed.
+    unsafe {
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            ALT,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        );
+        if stack != libc::MAP_FAILED {
+            let ss = libc::stack_t {
+                ss_sp: stack,
+                ss_flags: 0,
+                ss_size: ALT,
+            };
+            libc::sigaltstack(&ss, std::ptr::null_mut());
+        }
+    }
+    for sig in FATAL_SIGNALS {
+        // SAFETY: reads the current disposition, and replaces it only if it is the default
+        // (a signal the program's parent ignores stays ignored).
+        unsafe {
+            let mut old: libc::sigaction = std::mem::zeroed();
+            if libc::sigaction(sig, std::ptr::null(), &mut old) != 0
+                || old.sa_sigaction != libc::SIG_DFL
+            {
+                continue;
+            }
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_fatal_signal as extern "C" fn(c_int) as usize;
+            sa.sa_flags = libc::SA_ONSTACK | libc::SA_RESETHAND | libc::SA_NODEFER;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// `_exit`, interposed: finalise, then end the process.
+#[unsafe(no_mangle)]
+pub extern "C" fn _exit(status: c_int) -> ! {
+    exit_now(status)
+}
+
+/// `_Exit`, interposed: as `_exit`.
+#[unsafe(no_mangle)]
+pub extern "C" fn _Exit(status: c_int) -> ! {
+    exit_now(status)
+}
+
+fn exit_now(status: c_int) -> ! {
+    if ACTIVE.load(Ordering::SeqCst) {
+        session::fini_all();
+    }
+    loop {
+        // SAFETY: the exit_group system call ends the process; it does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    }
+}
+
+/// The environment for a program executed by the guest: with `--follow-exec`, the host's
+/// variables are put back so the new program is instrumented too.
+fn exec_env(envp: *const *const c_char) -> Option<Vec<CString>> {
+    let config = CONFIG.get()?;
+    if !config.follow_exec {
+        return None;
+    }
+    let mut env: Vec<CString> = Vec::new();
+    let mut user_preload = None;
+    let mut p = envp;
+    // SAFETY: envp is a NULL-terminated array of C strings (execve's contract).
+    unsafe {
+        while !p.is_null() && !(*p).is_null() {
+            let entry = CStr::from_ptr(*p);
+            let bytes = entry.to_bytes();
+            if let Some(v) = bytes.strip_prefix(b"LD_PRELOAD=") {
+                user_preload = Some(String::from_utf8_lossy(v).into_owned());
+            } else if !bytes.starts_with(format!("{CONFIG_VAR}=").as_bytes()) {
+                env.push(entry.to_owned());
+            }
+            p = p.add(1);
+        }
+    }
+    let mut child = config.clone();
+    child.user_preload = user_preload.clone();
+    let preload = match &user_preload {
+        Some(u) if !u.is_empty() => format!("{}:{u}", config.preload.display()),
+        _ => config.preload.display().to_string(),
+    };
+    env.push(CString::new(format!("LD_PRELOAD={preload}")).ok()?);
+    env.push(CString::new(format!("{CONFIG_VAR}={}", child.encode())).ok()?);
+    Some(env)
+}
+
+type ExecveFn =
+    unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+
+fn with_env(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
+    match exec_env(envp) {
+        None => f(envp),
+        Some(env) => {
+            let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            f(ptrs.as_ptr())
+        }
+    }
+}
+
+fn environ() -> *const *const c_char {
+    unsafe extern "C" {
+        static environ: *const *const c_char;
+    }
+    // SAFETY: reading libc's environ pointer.
+    unsafe { environ }
+}
+
+/// `execve`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// execve's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execve(
+    path: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: libc's execve has this signature.
+    let real: ExecveFn =
+        unsafe { std::mem::transmute::<*mut c_void, ExecveFn>(next_symbol(c"execve")) };
+    // SAFETY: forwarding execve's arguments with an environment of the same shape.
+    with_env(envp, |env| unsafe { real(path, argv, env) })
+}
+
+/// `execv`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// execv's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { execve(path, argv, environ()) }
+}
+
+/// `execvpe`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// execvpe's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvpe(
+    file: *const c_char,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: libc's execvpe has execve's signature.
+    let real: ExecveFn =
+        unsafe { std::mem::transmute::<*mut c_void, ExecveFn>(next_symbol(c"execvpe")) };
+    // SAFETY: forwarding with an environment of the same shape.
+    with_env(envp, |env| unsafe { real(file, argv, env) })
+}
+
+/// `execvp`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// execvp's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { execvpe(file, argv, environ()) }
+}

@@ -1,0 +1,314 @@
+//! A session: the plugins of one run attached to one Vm, their init, their fini (exactly
+//! once, however the run ends), and what happens when plugin code panics.
+
+use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use qbdi_core::{
+    AnalysisType, InstAnalysis, InstrRuleCallback, MemoryAccessType, Vm, VmAction, VmError,
+    VmEvent, VmRef,
+};
+use qbdi_sdk::abi::{
+    PANICKED, RawAction, RawEventFn, RawFiniFn, RawInitFn, RawInstFn, RawKeyValue, RawRuleFn,
+    StrRef, kind, position,
+};
+
+use crate::host_api::{CallCtx, Target, ref_target, run_rule};
+use crate::log;
+use crate::plugin::{Plugin, PluginError, Registration};
+
+/// What the session keeps for finalisation: each plugin's name and fini functions.
+struct FiniEntry {
+    plugin: String,
+    fini: Vec<(String, RawFiniFn)>,
+}
+
+static FINIS: OnceLock<Vec<FiniEntry>> = OnceLock::new();
+static PLUGIN_NAMES: OnceLock<Vec<String>> = OnceLock::new();
+static FINI_DONE: AtomicBool = AtomicBool::new(false);
+/// The panic message the last trampoline reported (consumed by [`action`]).
+static PANIC_MESSAGE: Mutex<Option<(String, String)>> = Mutex::new(None);
+/// Why the run was stopped by the host (a plugin panicked), if it was.
+static FAILURE: Mutex<Option<String>> = Mutex::new(None);
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Called by the host function table when a plugin reports a panic.
+pub(crate) fn panic_reported(what: String, message: String) {
+    *lock(&PANIC_MESSAGE) = Some((what, message));
+}
+
+fn plugin_name(plugin: usize) -> String {
+    PLUGIN_NAMES
+        .get()
+        .and_then(|n| n.get(plugin))
+        .cloned()
+        .unwrap_or_else(|| format!("#{plugin}"))
+}
+
+/// Turns what a plugin callback returned into the engine's action. A panic (or a value that
+/// is no action) stops the run and is remembered for [`failure`].
+pub(crate) fn action(raw: RawAction, plugin: usize, name: &str) -> VmAction {
+    match raw {
+        0 => VmAction::Continue,
+        1 => VmAction::SkipInst,
+        2 => VmAction::SkipPatch,
+        3 => VmAction::BreakToVm,
+        4 => VmAction::Stop,
+        PANICKED => {
+            let message = lock(&PANIC_MESSAGE)
+                .take()
+                .map(|(_, m)| m)
+                .unwrap_or_else(|| "(no message)".into());
+            fail(format!(
+                "plugin '{}': callback '{name}' panicked: {message}",
+                plugin_name(plugin)
+            ));
+            VmAction::Stop
+        }
+        other => {
+            fail(format!(
+                "plugin '{}': callback '{name}' returned {other}, which is no VmAction",
+                plugin_name(plugin)
+            ));
+            VmAction::Stop
+        }
+    }
+}
+
+fn fail(report: String) {
+    let mut f = lock(&FAILURE);
+    if f.is_none() {
+        *f = Some(report);
+    }
+}
+
+/// Why the host stopped the run (a plugin panicked), if it did.
+pub fn failure() -> Option<String> {
+    lock(&FAILURE).clone()
+}
+
+/// Instruments every executable mapping but the host's own code and the plugins'.
+pub(crate) fn instrument_all_but_own<V: Instrument>(v: &mut V) -> Result<(), VmError> {
+    v.all_maps()?;
+    let own = instrument_all_but_own::<V> as *const () as u64;
+    let _ = v.remove_module_of(own);
+    for path in PLUGIN_PATHS.get().into_iter().flatten() {
+        let _ = v.remove_module(path);
+    }
+    Ok(())
+}
+
+static PLUGIN_PATHS: OnceLock<Vec<String>> = OnceLock::new();
+
+/// What [`instrument_all_but_own`] needs of a Vm or a VmRef.
+pub(crate) trait Instrument {
+    /// `instrument_all_executable_maps`.
+    fn all_maps(&mut self) -> Result<(), VmError>;
+    /// `remove_instrumented_module_from_addr`.
+    fn remove_module_of(&mut self, addr: u64) -> Result<(), VmError>;
+    /// `remove_instrumented_module`.
+    fn remove_module(&mut self, name: &str) -> Result<(), VmError>;
+}
+
+macro_rules! impl_instrument {
+    ($t:ty) => {
+        impl Instrument for $t {
+            fn all_maps(&mut self) -> Result<(), VmError> {
+                self.instrument_all_executable_maps()
+            }
+            fn remove_module_of(&mut self, addr: u64) -> Result<(), VmError> {
+                self.remove_instrumented_module_from_addr(addr)
+            }
+            fn remove_module(&mut self, name: &str) -> Result<(), VmError> {
+                self.remove_instrumented_module(name)
+            }
+        }
+    };
+}
+impl_instrument!(Vm);
+impl_instrument!(VmRef<'_>);
+
+/// Registers the plugins (in load order) on `vm`, then runs each one's init with its
+/// options. Call once per process.
+pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Result<(), PluginError> {
+    let _ = PLUGIN_NAMES.set(plugins.iter().map(|(p, _)| p.name.clone()).collect());
+    let _ = PLUGIN_PATHS.set(
+        plugins
+            .iter()
+            .map(|(p, _)| p.path.to_string_lossy().into_owned())
+            .collect(),
+    );
+    let _ = FINIS.set(
+        plugins
+            .iter()
+            .map(|(p, _)| FiniEntry {
+                plugin: p.name.clone(),
+                fini: p
+                    .registrations
+                    .iter()
+                    .filter(|r| r.kind == kind::FINI)
+                    // SAFETY: a FINI registration's callback is the SDK's RawFiniFn.
+                    .map(|r| {
+                        (r.name.clone(), unsafe {
+                            std::mem::transmute::<*const c_void, RawFiniFn>(r.callback)
+                        })
+                    })
+                    .collect(),
+            })
+            .collect(),
+    );
+    for (index, (plugin, _)) in plugins.iter().enumerate() {
+        for reg in &plugin.registrations {
+            register(vm, index, reg).map_err(|e| PluginError::BadOption {
+                plugin: plugin.name.clone(),
+                message: format!("cannot register {} '{}': {e}", reg.kind_name(), reg.name),
+            })?;
+        }
+    }
+    for (index, (plugin, options)) in plugins.iter().enumerate() {
+        for reg in plugin.registrations.iter().filter(|r| r.kind == kind::INIT) {
+            // SAFETY: an INIT registration's callback is the SDK's RawInitFn.
+            let init = unsafe { std::mem::transmute::<*const c_void, RawInitFn>(reg.callback) };
+            let pairs: Vec<RawKeyValue> = options
+                .iter()
+                .map(|(k, v)| RawKeyValue {
+                    key: StrRef::new(k),
+                    value: StrRef::new(v),
+                })
+                .collect();
+            let mut c = CallCtx::new(Target::Vm(vm), index);
+            let raw = c.raw();
+            let status = init(&raw, pairs.as_ptr(), pairs.len());
+            if status == PANICKED {
+                let message = lock(&PANIC_MESSAGE)
+                    .take()
+                    .map(|(_, m)| m)
+                    .unwrap_or_default();
+                return Err(PluginError::InitRefused {
+                    plugin: plugin.name.clone(),
+                    message: format!("its init '{}' panicked: {message}", reg.name),
+                });
+            }
+            if status != 0 {
+                return Err(PluginError::InitRefused {
+                    plugin: plugin.name.clone(),
+                    message: c.error.take().unwrap_or_else(|| "(no reason given)".into()),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmError> {
+    let name = reg.name.clone();
+    let pos = if reg.position == position::POST_INST {
+        qbdi_core::InstPosition::PostInst
+    } else {
+        qbdi_core::InstPosition::PreInst
+    };
+    match reg.kind {
+        kind::INST | kind::MEM_ACCESS => {
+            // SAFETY: INST and MEM_ACCESS registrations carry the SDK's RawInstFn.
+            let f = unsafe { std::mem::transmute::<*const c_void, RawInstFn>(reg.callback) };
+            let cb = move |v: &mut VmRef<'_>, gpr: &mut _, fpr: &mut _| {
+                let mut c = CallCtx::new(ref_target(v), plugin);
+                let raw = c.raw();
+                action(f(&raw, gpr, fpr), plugin, &name)
+            };
+            if reg.kind == kind::MEM_ACCESS {
+                let access = MemoryAccessType::from_bits_truncate(reg.flags as u8);
+                vm.add_mem_access_cb(access, cb, reg.priority)?;
+            } else if !reg.code.is_empty() {
+                let code = reg.code.clone();
+                let priority = reg.priority;
+                vm.add_instr_rule(
+                    move |_v, a: &InstAnalysis| {
+                        if iced_code_name(a.address, a.inst_size).as_deref() == Some(code.as_str())
+                        {
+                            vec![InstrRuleCallback::new(pos, cb.clone(), priority)]
+                        } else {
+                            Vec::new()
+                        }
+                    },
+                    AnalysisType::INSTRUCTION,
+                )?;
+            } else if !reg.mnemonic.is_empty() {
+                vm.add_mnemonic_cb(&reg.mnemonic, pos, cb, reg.priority)?;
+            } else {
+                vm.add_code_cb(pos, cb, reg.priority)?;
+            }
+        }
+        kind::EVENT => {
+            // SAFETY: EVENT registrations carry the SDK's RawEventFn.
+            let f = unsafe { std::mem::transmute::<*const c_void, RawEventFn>(reg.callback) };
+            vm.add_vm_event_cb(
+                VmEvent::from_bits_retain(reg.flags),
+                move |v, state, gpr, fpr| {
+                    let mut c = CallCtx::new(ref_target(v), plugin);
+                    let raw = c.raw();
+                    action(f(&raw, state, gpr, fpr), plugin, &name)
+                },
+            )?;
+        }
+        kind::INSTR_RULE => {
+            // SAFETY: INSTR_RULE registrations carry the SDK's RawRuleFn.
+            let f = unsafe { std::mem::transmute::<*const c_void, RawRuleFn>(reg.callback) };
+            vm.add_instr_rule(
+                move |v, a| run_rule(v, a, plugin, &name, |raw, an, sink| f(raw, an, sink)),
+                AnalysisType::from_bits_retain(reg.flags),
+            )?;
+        }
+        kind::INIT | kind::FINI => {}
+        other => {
+            return Err(VmError::InvalidArgument(format!(
+                "unknown registration kind {other} (plugin built with a newer SDK?)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The iced-x86 `Code` name of the instruction at `address` (`"Call_rm64"`).
+fn iced_code_name(address: u64, size: u32) -> Option<String> {
+    // SAFETY: the engine is translating this instruction: its `size` bytes are mapped and
+    // readable at `address`.
+    let bytes = unsafe { std::slice::from_raw_parts(address as *const u8, size as usize) };
+    let mut decoder =
+        iced_x86::Decoder::with_ip(64, bytes, address, iced_x86::DecoderOptions::NONE);
+    let inst = decoder.decode();
+    (!inst.is_invalid()).then(|| format!("{:?}", inst.code()))
+}
+
+/// Marks finalisation done without running any fini (the run never started).
+pub fn skip_fini() {
+    FINI_DONE.store(true, Ordering::SeqCst);
+}
+
+/// Runs every plugin's fini, once per process whatever calls it (the end of main, exit(),
+/// _exit(), a fatal signal). A fini that panics is reported; the others still run.
+pub fn fini_all() {
+    if FINI_DONE.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    for (index, entry) in FINIS.get().into_iter().flatten().enumerate() {
+        for (name, fini) in &entry.fini {
+            let mut c = CallCtx::new(Target::None, index);
+            let raw = c.raw();
+            if fini(&raw) == PANICKED {
+                let message = lock(&PANIC_MESSAGE)
+                    .take()
+                    .map(|(_, m)| m)
+                    .unwrap_or_default();
+                log::line(&format!(
+                    "plugin '{}': fini '{name}' panicked: {message}",
+                    entry.plugin
+                ));
+            }
+        }
+    }
+}
