@@ -14,3 +14,4 @@ pub mod log;
 pub mod plugin;
 pub mod preload;
 pub mod session;
+mod unwind;

@@ -133,6 +133,7 @@ unsafe extern "C" fn qbdi_main(
     }
     let main = REAL_MAIN.load(Ordering::SeqCst);
     let vm: &'static mut Vm = Box::leak(Box::new(Vm::new()));
+    crate::unwind::set_vm(vm);
     if let Err(e) = instrument(vm, &config, main as u64) {
         fail_early(&e);
     }
@@ -210,15 +211,43 @@ struct MainJob {
 extern "C" fn main_job(job: *mut c_void) {
     // SAFETY: `job` is the MainJob of qbdi_main, alive across run_on_private_stack.
     let job = unsafe { &mut *(job as *mut MainJob) };
-    job.vm.gpr_state_mut().rsp = job.guest_sp;
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        job.vm.call(job.main, &job.args)
-    }));
+    // main returns to a stub that ends the process with main's value if it is reached
+    // natively (after a C++ exception crossed native code, see `unwind`); under the Vm it
+    // is the run's stop address.
+    let stub = qbdi_main_return_stub as *const () as u64;
+    let gpr = job.vm.gpr_state_mut();
+    gpr.rsp = job.guest_sp;
+    qbdi_core::simulate_call(gpr, stub, &job.args);
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.vm.run(job.main, stub)));
     job.result = match run {
-        Ok(Ok(rax)) => Ok(rax as u32 as c_int),
+        Ok(Ok(())) => Ok(job.vm.gpr_state().rax as u32 as c_int),
         Ok(Err(e)) => Err(e.to_string()),
         Err(_) => Err("the host panicked (a qbdi bug: please report it)".into()),
     };
+}
+
+unsafe extern "C" {
+    /// Where the program's main returns (see `main_job`).
+    fn qbdi_main_return_stub();
+}
+
+// main's value is in eax; the stack is the guest's, its alignment unknown.
+std::arch::global_asm!(
+    ".globl qbdi_main_return_stub",
+    ".hidden qbdi_main_return_stub",
+    ".type qbdi_main_return_stub, @function",
+    "qbdi_main_return_stub:",
+    "mov edi, eax",
+    "and rsp, -16",
+    "call {exit}",
+    "ud2",
+    exit = sym main_returned_natively,
+);
+
+/// main returned outside the Vm: end the process as libc would have.
+extern "C" fn main_returned_natively(status: c_int) -> ! {
+    // SAFETY: exit runs the atexit handlers (ours finalises the plugins) and flushes stdio.
+    unsafe { libc::exit(status) }
 }
 
 fn current_sp() -> u64 {
@@ -253,6 +282,7 @@ fn run_on_private_stack(job: &mut MainJob) {
     // SAFETY: the first page of the mapping just made.
     unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) };
     let top = (base as usize + HOST_STACK - 64) & !0xf;
+    crate::unwind::set_host_stack(base as u64, (base as usize + HOST_STACK) as u64);
     // SAFETY: switches rsp to the top of the private stack (16-byte aligned, so the callee
     // sees the ABI's alignment after `call`), calls main_job(job) there and switches back;
     // r12 (callee-saved) keeps the old rsp across the call.

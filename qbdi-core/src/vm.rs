@@ -228,6 +228,26 @@ impl Vm {
         result.map(|()| self.gpr.rax)
     }
 
+    /// Rewrites, in the stack words of `[lo, hi)`, every return address that the exec broker
+    /// redirected into the code cache (when the guest called native code) back to the
+    /// guest's own return address. Returns how many words it rewrote.
+    ///
+    /// For unwinders that must see the program's own addresses (C++ exceptions thrown
+    /// through native code, `backtrace()`): the code cache has no unwind tables. A native
+    /// function whose return address was restored returns to the guest code natively, so
+    /// the rest of that guest call runs uninstrumented.
+    ///
+    /// # Safety
+    /// `vm` must point at a live Vm; `[lo, hi)` must be readable and writable memory of the
+    /// current thread's stack; call it only from native code the guest called (the Vm is
+    /// suspended in `run`/`call` on this thread) or when no run is in progress, never
+    /// concurrently with another use of the Vm.
+    pub unsafe fn restore_return_addresses(vm: *const Vm, lo: Rword, hi: Rword) -> usize {
+        // SAFETY: the caller guarantees the Vm is alive and not used concurrently; only the
+        // engine's cache and directory are read (no reference to the Vm's other state).
+        unsafe { (*std::ptr::addr_of!((*vm).engine)).restore_return_addresses(lo, hi) }
+    }
+
     /// Translates the basic block at `addr` now. Returns whether it was newly translated
     /// (false: it was already in the cache).
     pub fn precache_basic_block(&mut self, addr: Rword) -> Result<bool, VmError> {

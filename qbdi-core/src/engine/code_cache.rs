@@ -62,6 +62,11 @@ impl CodeCache {
         })
     }
 
+    /// Whether `addr` is inside the cache's mapping.
+    pub fn contains(&self, addr: u64) -> bool {
+        (self.base..self.end).contains(&addr)
+    }
+
     pub fn ctx_addr(&self) -> u64 {
         self.base
     }

@@ -154,6 +154,12 @@ impl Directory {
     }
 
     /// The live block starting at `start`.
+    /// The block whose translation starts at host address `host` (a linear scan: for rare
+    /// paths such as stack unwinding).
+    pub fn by_host(&self, host: u64) -> Option<&Block> {
+        self.blocks.iter().find(|b| b.host == host)
+    }
+
     pub fn lookup(&self, start: u64) -> Option<&Block> {
         self.lookup_index(start).map(|i| &self.blocks[i as usize])
     }

@@ -211,6 +211,42 @@ impl Engine {
         Ok(())
     }
 
+    /// Rewrites, in the words of `[lo, hi)`, every return address the exec broker redirected
+    /// into the cache back to the guest address it stands for. Returns how many it rewrote.
+    ///
+    /// # Safety
+    /// `[lo, hi)` must be readable and writable memory of a stack of this thread, and no
+    /// guest code of this Vm may run concurrently.
+    pub unsafe fn restore_return_addresses(&self, lo: u64, hi: u64) -> usize {
+        let Some((cache, dir)) = self.cache.as_ref() else {
+            return 0;
+        };
+        let mut count = 0;
+        let mut at = (lo + 7) & !7;
+        while at + 8 <= hi {
+            let slot = at as *mut u64;
+            // SAFETY: inside [lo, hi), readable and writable (caller), aligned.
+            let value = unsafe { slot.read() };
+            if cache.contains(value) {
+                let guest = if value == cache.runtime.stop_return {
+                    Some(self.stop)
+                } else if value == cache.runtime.transfer_return {
+                    // SAFETY: the context lives as long as the cache.
+                    Some(unsafe { (*cache.ctx()).transfer_ret })
+                } else {
+                    dir.by_host(value).map(|b| b.start)
+                };
+                if let Some(guest) = guest {
+                    // SAFETY: as above.
+                    unsafe { slot.write(guest) };
+                    count += 1;
+                }
+            }
+            at += 8;
+        }
+        count
+    }
+
     fn cache(&self) -> &CodeCache {
         &self
             .cache

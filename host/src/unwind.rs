@@ -1,0 +1,107 @@
+//! Unwinding through the code cache (C++ exceptions, forced unwinds, backtraces).
+//!
+//! When the guest calls native code, the exec broker swaps the return address on the stack
+//! for the translation of the guest's return site. The cache has no unwind tables, so an
+//! unwinder that meets such a frame stops there: a C++ exception thrown through a native
+//! library would end in `std::terminate`. The preload library interposes the unwinder's
+//! entry points and, first, rewrites those return addresses back to the guest's own
+//! ([`Vm::restore_return_addresses`]), so the unwinder sees the program's frames and the
+//! program's handler runs. The price: from that handler on, the guest call runs natively
+//! (uninstrumented); if it is `main`, `main` returns to a stub that exits with its value.
+
+use std::ffi::{c_int, c_void};
+use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+
+use qbdi_core::Vm;
+
+static VM: AtomicPtr<Vm> = AtomicPtr::new(std::ptr::null_mut());
+static HOST_STACK_LO: AtomicU64 = AtomicU64::new(0);
+static HOST_STACK_HI: AtomicU64 = AtomicU64::new(0);
+
+/// Records the Vm whose redirections to undo.
+pub(crate) fn set_vm(vm: &mut Vm) {
+    VM.store(vm, Ordering::SeqCst);
+}
+
+/// Records the host's private stack (never rewritten: the host's own frames).
+pub(crate) fn set_host_stack(lo: u64, hi: u64) {
+    HOST_STACK_LO.store(lo, Ordering::SeqCst);
+    HOST_STACK_HI.store(hi, Ordering::SeqCst);
+}
+
+/// The end of the mapping of /proc/self/maps that contains `addr`.
+fn mapping_end(addr: u64) -> Option<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    maps.lines().find_map(|line| {
+        let (range, _) = line.split_once(' ')?;
+        let (start, end) = range.split_once('-')?;
+        let start = u64::from_str_radix(start, 16).ok()?;
+        let end = u64::from_str_radix(end, 16).ok()?;
+        (start..end).contains(&addr).then_some(end)
+    })
+}
+
+/// Undoes the broker's redirections on the current stack, from here to its top.
+fn restore_stack() {
+    let vm = VM.load(Ordering::SeqCst);
+    if vm.is_null() {
+        return;
+    }
+    let here = 0u64;
+    let sp = &here as *const u64 as u64;
+    let (lo, hi) = (
+        HOST_STACK_LO.load(Ordering::SeqCst),
+        HOST_STACK_HI.load(Ordering::SeqCst),
+    );
+    if (lo..hi).contains(&sp) {
+        return;
+    }
+    if let Some(end) = mapping_end(sp) {
+        // SAFETY: [sp, end) is the rest of this thread's stack mapping (readable and
+        // writable); this runs in native code the guest called, with the Vm suspended.
+        unsafe { Vm::restore_return_addresses(vm, sp, end) };
+    }
+}
+
+type RaiseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
+type ForcedFn = unsafe extern "C" fn(*mut c_void, *mut c_void, *mut c_void) -> c_int;
+
+fn next<T>(name: &std::ffi::CStr) -> Option<T> {
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+    let p = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) };
+    // SAFETY: T is the fn pointer type of `name` (callers pass matching pairs); a null
+    // pointer is returned as None.
+    (!p.is_null()).then(|| unsafe { std::mem::transmute_copy::<*mut c_void, T>(&p) })
+}
+
+/// `_Unwind_RaiseException`, interposed (C++ `throw`).
+///
+/// # Safety
+/// The unwinder's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _Unwind_RaiseException(exception: *mut c_void) -> c_int {
+    restore_stack();
+    match next::<RaiseFn>(c"_Unwind_RaiseException") {
+        // SAFETY: forwarding to the real unwinder.
+        Some(real) => unsafe { real(exception) },
+        None => 5, // _URC_END_OF_STACK
+    }
+}
+
+/// `_Unwind_ForcedUnwind`, interposed (thread cancellation and exit).
+///
+/// # Safety
+/// The unwinder's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn _Unwind_ForcedUnwind(
+    exception: *mut c_void,
+    stop: *mut c_void,
+    arg: *mut c_void,
+) -> c_int {
+    restore_stack();
+    match next::<ForcedFn>(c"_Unwind_ForcedUnwind") {
+        // SAFETY: forwarding to the real unwinder.
+        Some(real) => unsafe { real(exception, stop, arg) },
+        None => 5,
+    }
+}
