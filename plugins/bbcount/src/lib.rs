@@ -1,0 +1,92 @@
+//! `bbcount`: how many times each basic block ran, hottest first (see [`report`]).
+//!
+//! A block is known by its start address; its symbol is resolved once, when it is new
+//! (fini runs without a Vm to ask).
+//!
+//! Options: `out=PATH` (default `bbcount.<pid>.log`, `-` for stderr), `top=N` (only the N
+//! hottest blocks).
+
+#![warn(missing_docs)]
+
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use qbdi_plugin_support::hash::AddrMap;
+use qbdi_plugin_support::output::{Output, warn};
+use qbdi_plugin_support::sync::{FINI_WAIT, lock, lock_for_fini};
+use qbdi_sdk::prelude::*;
+
+pub mod report;
+
+use report::Block;
+
+/// The plugin's name.
+const NAME: &str = "bbcount";
+
+qbdi_sdk::plugin!(
+    name: "bbcount",
+    description: "execution count per basic block, hottest first",
+    options: [
+        ("out", "file to write (- for stderr)", "bbcount.<pid>.log"),
+        ("top", "only the N hottest blocks", "all"),
+    ],
+);
+
+/// Where to write, from init.
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+/// The `top` option (`usize::MAX`: all).
+static TOP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Every block seen, by start address.
+static BLOCKS: Mutex<AddrMap<u64, Block>> =
+    Mutex::new(AddrMap::with_hasher(BuildHasherDefault::new()));
+
+#[plugin_init]
+fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+    let _ = OUTPUT.set(Output::from_options(NAME, options)?);
+    if let Some(top) = options.parse::<usize>("top")? {
+        TOP.store(top, Relaxed);
+    }
+    Ok(())
+}
+
+#[vm_event(BASIC_BLOCK_NEW | BASIC_BLOCK_ENTRY)]
+fn on_block(vm: &mut VmRef, state: &VmState, _gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
+    let start = state.basic_block_start;
+    let entered = u64::from(state.event.contains(VmEvent::BASIC_BLOCK_ENTRY));
+    let mut blocks = lock(&BLOCKS);
+    match blocks.get_mut(&start) {
+        Some(b) => {
+            b.count += entered;
+            if state.event.contains(VmEvent::BASIC_BLOCK_NEW) {
+                b.end = state.basic_block_end;
+            }
+        }
+        None => {
+            let block = Block {
+                end: state.basic_block_end,
+                count: entered,
+                symbol: vm.symbolize(start),
+            };
+            blocks.insert(start, block);
+        }
+    }
+    VmAction::Continue
+}
+
+#[plugin_fini]
+fn fini() {
+    let text = match lock_for_fini(&BLOCKS, FINI_WAIT) {
+        Some(blocks) => {
+            let list: Vec<(u64, &Block)> = blocks.iter().map(|(&s, b)| (s, b)).collect();
+            let top = Some(TOP.load(Relaxed)).filter(|&t| t != usize::MAX);
+            report::render(&list, top)
+        }
+        None => {
+            warn(NAME, "block table still locked at exit: no counts");
+            return;
+        }
+    };
+    let output = OUTPUT.get().cloned().unwrap_or(Output::default_for(NAME));
+    output.write_all(NAME, text.as_bytes());
+}

@@ -1,0 +1,330 @@
+//! Pairing native calls with their returns, and their lines (in the manner of ltrace).
+//!
+//! A call out of the instrumented code is printed when it returns:
+//! `malloc@libc.so.6(0x10, 0x0, 0x0) = 0x55d0c1e5e2a0`. When the callee calls back into
+//! instrumented code that calls out again before it returns (qsort's comparator calling
+//! strcmp), the outer call is printed as `qsort@libc.so.6(..) <unfinished ...>`, the nested
+//! calls follow indented, and the outer one ends with `<... qsort@libc.so.6 resumed> = 0x0`.
+//!
+//! Returns are matched by stack pointer: the call whose return-address slot is just below
+//! the stack pointer after the return. Calls above it on the stack (left by `longjmp` or an
+//! exception) are reported as left without returning.
+
+use std::borrow::Cow;
+use std::io::{self, Write};
+
+use qbdi_plugin_support::hash::AddrMap;
+use qbdi_sdk::Symbol;
+
+/// How far above the stack pointer at the call the stack pointer after the return may be:
+/// the return address is within the first three words (the lazy-binding resolver is
+/// entered with two words pushed above it), popped by the return.
+const MAX_RETURN_DISTANCE: u64 = 32;
+
+/// A call that has not returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Frame {
+    target: u64,
+    args: [u64; 3],
+    rsp: u64,
+    /// Its `<unfinished ...>` line was written.
+    printed: bool,
+}
+
+/// The calls in progress and the names of the targets seen.
+#[derive(Debug, Default)]
+pub struct CallTracer {
+    frames: Vec<Frame>,
+    labels: AddrMap<u64, String>,
+}
+
+/// How a call that did not return ended.
+#[derive(Clone, Copy)]
+enum NoReturn {
+    Left,
+    Exit,
+}
+
+impl NoReturn {
+    fn text(self) -> &'static str {
+        match self {
+            NoReturn::Left => "left without returning",
+            NoReturn::Exit => "no return before exit",
+        }
+    }
+}
+
+impl CallTracer {
+    /// An empty tracer (for a `static`).
+    pub const fn new() -> CallTracer {
+        CallTracer {
+            frames: Vec::new(),
+            labels: AddrMap::with_hasher(std::hash::BuildHasherDefault::new()),
+        }
+    }
+
+    /// Whether `target` has a label.
+    pub fn knows(&self, target: u64) -> bool {
+        self.labels.contains_key(&target)
+    }
+
+    /// Names `target` (see [`label`]).
+    pub fn set_label(&mut self, target: u64, label: String) {
+        self.labels.insert(target, label);
+    }
+
+    /// Calls in progress.
+    pub fn depth(&self) -> usize {
+        self.frames.len()
+    }
+
+    fn label(&self, target: u64) -> Cow<'_, str> {
+        match self.labels.get(&target) {
+            Some(l) => Cow::Borrowed(l),
+            None => Cow::Owned(format!("{target:#x}")),
+        }
+    }
+
+    fn indent(w: &mut impl Write, depth: usize) -> io::Result<()> {
+        for _ in 0..depth {
+            w.write_all(b"  ")?;
+        }
+        Ok(())
+    }
+
+    fn head(&self, w: &mut impl Write, depth: usize, f: &Frame) -> io::Result<()> {
+        Self::indent(w, depth)?;
+        let [a, b, c] = f.args;
+        write!(w, "{}({a:#x}, {b:#x}, {c:#x})", self.label(f.target))
+    }
+
+    fn end(&self, w: &mut impl Write, depth: usize, f: &Frame, value: &str) -> io::Result<()> {
+        if f.printed {
+            Self::indent(w, depth)?;
+            writeln!(w, "<... {} resumed> = {value}", self.label(f.target))
+        } else {
+            self.head(w, depth, f)?;
+            writeln!(w, " = {value}")
+        }
+    }
+
+    fn end_without_return(
+        &self,
+        w: &mut impl Write,
+        depth: usize,
+        f: &Frame,
+        why: NoReturn,
+    ) -> io::Result<()> {
+        if f.printed {
+            Self::indent(w, depth)?;
+            writeln!(w, "<... {} {}>", self.label(f.target), why.text())
+        } else {
+            self.head(w, depth, f)?;
+            writeln!(w, " = ? ({})", why.text())
+        }
+    }
+
+    /// A call to `target` with the argument registers `args` and the stack pointer `rsp`
+    /// (at the callee's entry).
+    pub fn call(
+        &mut self,
+        w: &mut impl Write,
+        target: u64,
+        args: [u64; 3],
+        rsp: u64,
+    ) -> io::Result<()> {
+        if let Some(top) = self.frames.last()
+            && !top.printed
+        {
+            self.head(w, self.frames.len() - 1, top)?;
+            w.write_all(b" <unfinished ...>\n")?;
+            self.frames.last_mut().expect("checked").printed = true;
+        }
+        self.frames.push(Frame {
+            target,
+            args,
+            rsp,
+            printed: false,
+        });
+        Ok(())
+    }
+
+    /// A return to instrumented code with `value` in rax and `rsp` the stack pointer after
+    /// the return. A return with no call in progress is ignored.
+    pub fn ret(&mut self, w: &mut impl Write, rsp: u64, value: u64) -> io::Result<()> {
+        let matching = self
+            .frames
+            .iter()
+            .rposition(|f| f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE);
+        let Some(index) = matching.or(self.frames.len().checked_sub(1)) else {
+            return Ok(());
+        };
+        while self.frames.len() > index + 1 {
+            let f = self.frames.pop().expect("above index");
+            self.end_without_return(w, self.frames.len(), &f, NoReturn::Left)?;
+        }
+        let f = self.frames.pop().expect("index exists");
+        self.end(w, index, &f, &format!("{value:#x}"))
+    }
+
+    /// Ends the calls still in progress (at exit), innermost first.
+    pub fn finish(&mut self, w: &mut impl Write) -> io::Result<()> {
+        while let Some(f) = self.frames.pop() {
+            self.end_without_return(w, self.frames.len(), &f, NoReturn::Exit)?;
+        }
+        Ok(())
+    }
+}
+
+/// The name of a call target: `name@module`, `name+0x10@module` inside a symbol,
+/// `0x7f..@module` in a module without a covering symbol, `0x7f..` elsewhere.
+pub fn label(symbol: Option<&Symbol>, target: u64) -> String {
+    let Some(s) = symbol else {
+        return format!("{target:#x}");
+    };
+    let mut l = if s.name.is_empty() {
+        format!("{target:#x}")
+    } else if s.offset == 0 {
+        s.name.clone()
+    } else {
+        format!("{}+{:#x}", s.name, s.offset)
+    };
+    if !s.module.is_empty() {
+        l.push('@');
+        l.push_str(&s.module);
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sym(name: &str, offset: u32, module: &str) -> Symbol {
+        Symbol {
+            name: name.into(),
+            offset,
+            module: module.into(),
+        }
+    }
+
+    #[test]
+    fn labels() {
+        let libc = "libc.so.6";
+        assert_eq!(label(Some(&sym("malloc", 0, libc)), 1), "malloc@libc.so.6");
+        assert_eq!(label(Some(&sym("f", 0x10, libc)), 1), "f+0x10@libc.so.6");
+        assert_eq!(label(Some(&sym("", 0, libc)), 0x7f00), "0x7f00@libc.so.6");
+        assert_eq!(label(Some(&sym("g", 0, "")), 0x7f00), "g");
+        assert_eq!(label(None, 0x7f00), "0x7f00");
+    }
+
+    /// Runs events and returns the text: `c(target, rsp)` calls with args (target, 0, 0),
+    /// `r(rsp, value)` returns.
+    enum Ev {
+        C(u64, u64),
+        R(u64, u64),
+    }
+
+    fn run(events: &[Ev]) -> (String, CallTracer) {
+        let mut t = CallTracer::new();
+        t.set_label(0x100, "malloc@libc.so.6".into());
+        t.set_label(0x200, "qsort@libc.so.6".into());
+        t.set_label(0x300, "strcmp@libc.so.6".into());
+        let mut out = Vec::new();
+        for e in events {
+            match *e {
+                Ev::C(target, rsp) => t.call(&mut out, target, [target >> 8, 0, 0], rsp),
+                Ev::R(rsp, value) => t.ret(&mut out, rsp, value),
+            }
+            .unwrap();
+        }
+        (String::from_utf8(out).unwrap(), t)
+    }
+
+    use Ev::{C, R};
+
+    #[test]
+    fn flat_calls_print_at_return() {
+        let (text, t) = run(&[
+            C(0x100, 0x7000),
+            R(0x7008, 0xabc),
+            C(0x999, 0x7000),
+            R(0x7008, 0),
+        ]);
+        assert_eq!(
+            text,
+            "malloc@libc.so.6(0x1, 0x0, 0x0) = 0xabc\n0x999(0x9, 0x0, 0x0) = 0x0\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn nested_calls_are_unfinished_then_resumed() {
+        let (text, _) = run(&[
+            C(0x200, 0x7000),
+            C(0x300, 0x6000),
+            R(0x6008, 1),
+            C(0x300, 0x6000),
+            R(0x6008, 2),
+            R(0x7008, 0),
+        ]);
+        assert_eq!(
+            text,
+            "qsort@libc.so.6(0x2, 0x0, 0x0) <unfinished ...>\n\
+             \x20 strcmp@libc.so.6(0x3, 0x0, 0x0) = 0x1\n\
+             \x20 strcmp@libc.so.6(0x3, 0x0, 0x0) = 0x2\n\
+             <... qsort@libc.so.6 resumed> = 0x0\n"
+        );
+    }
+
+    #[test]
+    fn lazy_binding_return_is_three_words_up() {
+        // Entered through the resolver: two words pushed above the return address.
+        let (text, t) = run(&[C(0x100, 0x7000), R(0x7018, 5)]);
+        assert_eq!(text, "malloc@libc.so.6(0x1, 0x0, 0x0) = 0x5\n");
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn longjmp_over_nested_calls_ends_them() {
+        let (text, t) = run(&[
+            C(0x200, 0x7000),
+            C(0x300, 0x6000),
+            C(0x100, 0x5000),
+            // The comparator longjmps out; qsort's own return comes next.
+            R(0x7008, 9),
+        ]);
+        assert_eq!(
+            text,
+            "qsort@libc.so.6(0x2, 0x0, 0x0) <unfinished ...>\n\
+             \x20 strcmp@libc.so.6(0x3, 0x0, 0x0) <unfinished ...>\n\
+             \x20   malloc@libc.so.6(0x1, 0x0, 0x0) = ? (left without returning)\n\
+             \x20 <... strcmp@libc.so.6 left without returning>\n\
+             <... qsort@libc.so.6 resumed> = 0x9\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn unmatched_return_pops_the_innermost_and_stray_return_is_ignored() {
+        // A return on another stack (no frame just below): the innermost call ends.
+        let (text, t) = run(&[C(0x100, 0x7000), R(0x1000, 3), R(0x7008, 4)]);
+        assert_eq!(text, "malloc@libc.so.6(0x1, 0x0, 0x0) = 0x3\n");
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn finish_ends_calls_in_progress() {
+        let (mut text, mut t) = run(&[C(0x200, 0x7000), C(0x100, 0x6000)]);
+        let mut out = Vec::new();
+        t.finish(&mut out).unwrap();
+        text.push_str(std::str::from_utf8(&out).unwrap());
+        assert_eq!(
+            text,
+            "qsort@libc.so.6(0x2, 0x0, 0x0) <unfinished ...>\n\
+             \x20 malloc@libc.so.6(0x1, 0x0, 0x0) = ? (no return before exit)\n\
+             <... qsort@libc.so.6 no return before exit>\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+}

@@ -1,0 +1,107 @@
+//! `memtrace`: a memory access trace, one line per access of the instrumented code (see
+//! [`line`] for the format).
+//!
+//! Options:
+//! - `out=PATH`: file to write (default `memtrace.<pid>.log`, `-` for stderr);
+//! - `range=0xA-0xB` (repeatable): only accesses that touch `[A, B)`;
+//! - `max=N`: stop after N accesses.
+//!
+//! Memory callbacks run after each instruction with accesses (or, with `range`, only after
+//! the instructions that touch a range); the trace streams through a 1 MiB buffer, flushed
+//! at exit.
+
+#![warn(missing_docs)]
+
+use qbdi_plugin_support::budget::{Budget, Take};
+use qbdi_plugin_support::output::{Output, Stream};
+use qbdi_sdk::parse_address_range;
+use qbdi_sdk::prelude::*;
+
+pub mod line;
+
+/// The plugin's name.
+const NAME: &str = "memtrace";
+
+qbdi_sdk::plugin!(
+    name: "memtrace",
+    description: "memory access trace: instruction, address, size and value of every access",
+    options: [
+        ("out", "file to write (- for stderr)", "memtrace.<pid>.log"),
+        ("range", "only the accesses that touch 0xSTART-0xEND (repeatable)", "all"),
+        ("max", "stop after this many accesses", "unlimited"),
+    ],
+);
+
+/// The trace.
+static TRACE: Stream = Stream::new(NAME);
+/// The `max` option.
+static BUDGET: Budget = Budget::new();
+
+#[plugin_init]
+fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+    let output = Output::from_options(NAME, options)?;
+    let max = options.parse::<u64>("max")?;
+    BUDGET.set_limit(max);
+    let ranges = options
+        .get_all("range")
+        .map(|r| parse_address_range(r).map_err(|e| format!("range={r}: {e}")))
+        .collect::<Result<Vec<_>, _>>()?;
+    TRACE.open(&output)?;
+    if max == Some(0) {
+        return Ok(());
+    }
+    if ranges.is_empty() {
+        let id = vm
+            .add_mem_access_cb(
+                MemoryAccessType::READ_WRITE,
+                |vm, _gpr, _fpr| record(vm, |_| true),
+                PRIORITY_DEFAULT,
+            )
+            .map_err(|e| e.to_string())?;
+        BUDGET.add_callback(id);
+    }
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        let all = ranges.clone();
+        let id = vm
+            .add_mem_range_cb(
+                start,
+                end,
+                MemoryAccessType::READ_WRITE,
+                move |vm, _gpr, _fpr| record(vm, |a| line::first_range(a, &all) == Some(i)),
+            )
+            .map_err(|e| format!("range {start:#x}-{end:#x}: {e}"))?;
+        BUDGET.add_callback(id);
+    }
+    Ok(())
+}
+
+/// Writes the current instruction's accesses that `keep` accepts.
+fn record(vm: &mut VmRef, keep: impl Fn(&MemoryAccess) -> bool) -> VmAction {
+    let mut last = false;
+    TRACE.with(|w| {
+        for a in vm.inst_memory_access().iter().filter(|a| keep(a)) {
+            match BUDGET.take() {
+                Take::Over => break,
+                Take::Last => last = true,
+                Take::Record => {}
+            }
+            line::write_access(w, a)?;
+        }
+        Ok(())
+    });
+    if last {
+        BUDGET.stop(vm);
+    }
+    VmAction::Continue
+}
+
+#[plugin_fini]
+fn fini() {
+    TRACE.finish(|w| match BUDGET.limit() {
+        Some(max) if BUDGET.used() >= max => {
+            use std::io::Write;
+            writeln!(w, "# stopped after {max} accesses (max={max})")
+        }
+        _ => Ok(()),
+    });
+}

@@ -1,0 +1,110 @@
+//! `opstats`: how many instructions ran, and how often each mnemonic did.
+//!
+//! Cheap: a block's mnemonics are read once, when the block is new; each block entry adds
+//! one to the block's count; at exit the counts are multiplied out (see [`stats`]). A block
+//! left in the middle (a fault, a `longjmp` from a callee) still counts whole.
+//!
+//! Options: `out=PATH` (default `opstats.<pid>.log`, `-` for stderr), `top=N` (only the N
+//! most frequent mnemonics).
+
+#![warn(missing_docs)]
+
+use std::hash::BuildHasherDefault;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use qbdi_plugin_support::hash::AddrMap;
+use qbdi_plugin_support::output::{Output, warn};
+use qbdi_plugin_support::sync::{FINI_WAIT, lock, lock_for_fini};
+use qbdi_sdk::prelude::*;
+
+pub mod stats;
+
+use stats::BlockStats;
+
+/// The plugin's name.
+const NAME: &str = "opstats";
+
+qbdi_sdk::plugin!(
+    name: "opstats",
+    description: "instruction count and mnemonic histogram",
+    options: [
+        ("out", "file to write (- for stderr)", "opstats.<pid>.log"),
+        ("top", "only the N most frequent mnemonics", "all"),
+    ],
+);
+
+/// Where to write, from init.
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+/// The `top` option (`usize::MAX`: all).
+static TOP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Every block seen, by `[start, end)`.
+static BLOCKS: Mutex<AddrMap<(u64, u64), BlockStats>> =
+    Mutex::new(AddrMap::with_hasher(BuildHasherDefault::new()));
+
+/// Mnemonic recorded for the rest of a block the Vm has no analysis for.
+const UNKNOWN: &str = "(unknown)";
+
+#[plugin_init]
+fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+    let _ = OUTPUT.set(Output::from_options(NAME, options)?);
+    if let Some(top) = options.parse::<usize>("top")? {
+        TOP.store(top, Relaxed);
+    }
+    Ok(())
+}
+
+/// The mnemonics of the block `[start, end)`, from the Vm's analyses.
+fn block_mnemonics(vm: &mut VmRef, start: u64, end: u64) -> Vec<&'static str> {
+    let mut mnemonics = Vec::new();
+    let mut addr = start;
+    while addr < end {
+        match vm.cached_inst_analysis(addr, AnalysisType::INSTRUCTION) {
+            Some(a) if a.inst_size > 0 => {
+                mnemonics.push(a.mnemonic);
+                addr += u64::from(a.inst_size);
+            }
+            _ => {
+                mnemonics.push(UNKNOWN);
+                break;
+            }
+        }
+    }
+    mnemonics
+}
+
+#[vm_event(BASIC_BLOCK_NEW | BASIC_BLOCK_ENTRY)]
+fn on_block(vm: &mut VmRef, state: &VmState, _gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
+    let key = (state.basic_block_start, state.basic_block_end);
+    let entered = u64::from(state.event.contains(VmEvent::BASIC_BLOCK_ENTRY));
+    let mut blocks = lock(&BLOCKS);
+    match blocks.get_mut(&key) {
+        Some(b) => b.entries += entered,
+        None => {
+            let mnemonics = block_mnemonics(vm, key.0, key.1);
+            blocks.insert(
+                key,
+                BlockStats {
+                    mnemonics,
+                    entries: entered,
+                },
+            );
+        }
+    }
+    VmAction::Continue
+}
+
+#[plugin_fini]
+fn fini() {
+    let (total, rows) = match lock_for_fini(&BLOCKS, FINI_WAIT) {
+        Some(blocks) => stats::histogram(blocks.values()),
+        None => {
+            warn(NAME, "block table still locked at exit: no statistics");
+            (0, Vec::new())
+        }
+    };
+    let top = Some(TOP.load(Relaxed)).filter(|&t| t != usize::MAX);
+    let report = stats::render(total, &rows, top);
+    let output = OUTPUT.get().cloned().unwrap_or(Output::default_for(NAME));
+    output.write_all(NAME, report.as_bytes());
+}

@@ -1,0 +1,17 @@
+//! What the bundled plugins share (linked statically into each plugin's `.so`):
+//!
+//! - [`output`]: the `out=PATH` option (default `<plugin>.<pid>.log`, `-` for stderr) and
+//!   the writer behind it;
+//! - [`maps`]: `/proc/self/maps` parsed into mappings and modules;
+//! - [`sync`]: locking that recovers from poisoning, and the bounded `try_lock` fini uses
+//!   (fini may run from a signal handler that interrupted a callback holding the lock);
+//! - [`budget`]: the `max=N` option of the trace plugins;
+//! - [`hash`]: a cheap hasher for maps keyed by code addresses.
+
+#![warn(missing_docs)]
+
+pub mod budget;
+pub mod hash;
+pub mod maps;
+pub mod output;
+pub mod sync;

@@ -1,0 +1,279 @@
+//! Where a plugin writes: the `out=PATH` option.
+//!
+//! `out` absent: `<plugin>.<pid>.log` in the directory the program started in (the pid of
+//! the process that writes it, so a forked child does not overwrite its parent's file);
+//! `out=-`: stderr; otherwise the path, made absolute at init (the program may `chdir`).
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use qbdi_sdk::PluginOptions;
+
+use crate::sync::{FINI_WAIT, lock, lock_for_fini};
+
+/// The resolved `out` option.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// `out=-`.
+    Stderr,
+    /// An explicit path (absolute).
+    File(PathBuf),
+    /// No `out`: `<plugin>.<pid>.log` in `dir`.
+    Default {
+        /// The plugin's name.
+        plugin: &'static str,
+        /// The working directory at init.
+        dir: PathBuf,
+    },
+}
+
+impl Output {
+    /// Resolves the `out` option of `plugin` against the current directory. Refuses a path
+    /// whose directory does not exist (better at init than after the whole run).
+    pub fn from_options(plugin: &'static str, options: &PluginOptions) -> Result<Output, String> {
+        let cwd = std::env::current_dir()
+            .map_err(|e| format!("cannot get the current directory: {e}"))?;
+        let out = Self::resolve(plugin, options.get("out"), &cwd);
+        if let Output::File(path) = &out {
+            let dir = path.parent().unwrap_or(Path::new("/"));
+            if !dir.is_dir() {
+                return Err(format!(
+                    "out={}: directory {} does not exist",
+                    path.display(),
+                    dir.display()
+                ));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The default output of `plugin`, in the current directory (for a fini that runs
+    /// without an init having resolved the option).
+    pub fn default_for(plugin: &'static str) -> Output {
+        Output::Default {
+            plugin,
+            dir: std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+        }
+    }
+
+    /// The `out` value `value` of `plugin`, relative paths taken from `cwd`.
+    pub fn resolve(plugin: &'static str, value: Option<&str>, cwd: &Path) -> Output {
+        match value {
+            None | Some("") => Output::Default {
+                plugin,
+                dir: cwd.to_path_buf(),
+            },
+            Some("-") => Output::Stderr,
+            Some(p) => Output::File(cwd.join(p)),
+        }
+    }
+
+    /// The file written to (`None` for stderr); the default name takes the current pid.
+    pub fn path(&self) -> Option<PathBuf> {
+        match self {
+            Output::Stderr => None,
+            Output::File(p) => Some(p.clone()),
+            Output::Default { plugin, dir } => {
+                Some(dir.join(format!("{plugin}.{}.log", std::process::id())))
+            }
+        }
+    }
+
+    /// Where the output goes, for messages.
+    pub fn describe(&self) -> String {
+        match self.path() {
+            Some(p) => p.display().to_string(),
+            None => "stderr".to_owned(),
+        }
+    }
+
+    /// Opens (creates or truncates) the output.
+    pub fn open(&self) -> io::Result<Sink> {
+        match self.path() {
+            None => Ok(Sink::Stderr(io::stderr())),
+            Some(p) => File::create(p).map(Sink::File),
+        }
+    }
+
+    /// Writes `bytes` as the whole output; an error is printed to stderr, naming `plugin`
+    /// (fini has no other way to report it).
+    pub fn write_all(&self, plugin: &str, bytes: &[u8]) {
+        let result = self.open().and_then(|mut s| {
+            s.write_all(bytes)?;
+            s.flush()
+        });
+        if let Err(e) = result {
+            warn(plugin, &format!("cannot write {}: {e}", self.describe()));
+        }
+    }
+}
+
+/// Prints `qbdi plugin NAME: message` to stderr (for fini, which has no host log).
+pub fn warn(plugin: &str, message: &str) {
+    let _ = writeln!(io::stderr(), "qbdi plugin {plugin}: {message}");
+}
+
+/// An opened output: a file or stderr.
+#[derive(Debug)]
+pub enum Sink {
+    /// stderr (unbuffered; wrap it in a `BufWriter`).
+    Stderr(io::Stderr),
+    /// A file.
+    File(File),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Sink::Stderr(s) => s.write(buf),
+            Sink::File(f) => f.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Sink::Stderr(s) => s.flush(),
+            Sink::File(f) => f.flush(),
+        }
+    }
+}
+
+/// Buffer size of a [`Stream`]: large enough that a busy trace makes few `write` calls.
+pub const STREAM_BUFFER: usize = 1 << 20;
+
+/// A buffered output written from callbacks and flushed at fini, for traces too long to
+/// keep in memory. Before [`open`](Stream::open) and after [`finish`](Stream::finish),
+/// writes are dropped.
+#[derive(Debug)]
+pub struct Stream {
+    plugin: &'static str,
+    writer: Mutex<Option<BufWriter<Sink>>>,
+}
+
+impl Stream {
+    /// A stream of `plugin` (named in error messages) with nowhere to write yet (for a
+    /// `static`).
+    pub const fn new(plugin: &'static str) -> Stream {
+        Stream {
+            plugin,
+            writer: Mutex::new(None),
+        }
+    }
+
+    /// Opens `output` and writes there from now on.
+    pub fn open(&self, output: &Output) -> Result<(), String> {
+        let sink = output
+            .open()
+            .map_err(|e| format!("cannot create {}: {e}", output.describe()))?;
+        *lock(&self.writer) = Some(BufWriter::with_capacity(STREAM_BUFFER, sink));
+        Ok(())
+    }
+
+    /// Runs `f` on the writer, if open. A write error closes the stream (reported at
+    /// finish), instead of failing again on every callback.
+    pub fn with<R>(&self, f: impl FnOnce(&mut BufWriter<Sink>) -> io::Result<R>) -> Option<R> {
+        let mut guard = lock(&self.writer);
+        let w = guard.as_mut()?;
+        match f(w) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                *guard = None;
+                drop(guard);
+                warn(
+                    self.plugin,
+                    &format!("write error, output stopped here: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Flushes and closes the stream (for fini): `f` may append a last part first. Errors
+    /// go to stderr.
+    pub fn finish(&self, f: impl FnOnce(&mut BufWriter<Sink>) -> io::Result<()>) {
+        let Some(mut guard) = lock_for_fini(&self.writer, FINI_WAIT) else {
+            warn(
+                self.plugin,
+                "output still in use by a callback at exit; its last buffered part is lost",
+            );
+            return;
+        };
+        let Some(mut w) = guard.take() else {
+            return;
+        };
+        drop(guard);
+        if let Err(e) = f(&mut w).and_then(|()| w.flush()) {
+            warn(self.plugin, &format!("cannot write output: {e}"));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(tag: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("qbdi-plugin-support-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn resolves_the_out_option() {
+        let cwd = Path::new("/work/dir");
+        assert_eq!(Output::resolve("x", Some("-"), cwd), Output::Stderr);
+        assert_eq!(
+            Output::resolve("x", Some("cov.log"), cwd),
+            Output::File("/work/dir/cov.log".into())
+        );
+        assert_eq!(
+            Output::resolve("x", Some("/tmp/a.log"), cwd),
+            Output::File("/tmp/a.log".into())
+        );
+        let default = Output::resolve("drcov", None, cwd);
+        assert_eq!(
+            default.path().unwrap(),
+            PathBuf::from(format!("/work/dir/drcov.{}.log", std::process::id()))
+        );
+        assert_eq!(Output::resolve("drcov", Some(""), cwd), default);
+        assert_eq!(Output::Stderr.describe(), "stderr");
+    }
+
+    #[test]
+    fn refuses_a_missing_directory() {
+        let opts = PluginOptions::new(vec![("out".into(), "/nonexistent-dir-qbdi/x.log".into())]);
+        let err = Output::from_options("x", &opts).unwrap_err();
+        assert!(err.contains("/nonexistent-dir-qbdi"), "{err}");
+    }
+
+    #[test]
+    fn write_all_creates_and_truncates() {
+        let path = temp_dir("write").join("out.log");
+        let out = Output::File(path.clone());
+        out.write_all("t", b"first, longer contents\n");
+        out.write_all("t", b"second\n");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "second\n");
+    }
+
+    #[test]
+    fn stream_buffers_until_finish_then_drops_writes() {
+        let path = temp_dir("stream").join("trace.log");
+        let s = Stream::new("t");
+        assert_eq!(s.with(|w| w.write_all(b"before open\n")), None);
+        s.open(&Output::File(path.clone())).unwrap();
+        s.with(|w| w.write_all(b"one\n")).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            "",
+            "still buffered"
+        );
+        s.finish(|w| w.write_all(b"end\n"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\nend\n");
+        assert_eq!(s.with(|w| w.write_all(b"after\n")), None);
+        s.finish(|w| w.write_all(b"twice\n"));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "one\nend\n");
+    }
+}
