@@ -1,0 +1,11 @@
+use qbdi_sdk::prelude::*;
+
+#[plugin_fini]
+struct Fini;
+
+#[inst_callback(preinst)]
+static COUNT: u32 = 0;
+
+fn main() {
+    let _ = (Fini, COUNT);
+}
