@@ -1,5 +1,7 @@
 //! Builds the guest programs of the tests and benchmarks: every `guest/*.c` and `guest/*.S`
-//! file goes into one static library, `libguest.a`, linked into each test and bench.
+//! file goes into one static library, `libguest.a`, linked into each test and bench; and
+//! `programs/cxx_exceptions.cpp` into a program of its own for the `qbdi run` tests
+//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -41,4 +43,18 @@ fn main() {
         println!("cargo:rustc-link-arg-{kind}={out}/libguest.a");
         println!("cargo:rustc-link-arg-{kind}=-Wl,--no-whole-archive");
     }
+    build_cxx_program(&out);
+}
+
+/// Compiles the C++ exception test program with the system's g++.
+fn build_cxx_program(out: &str) {
+    let src = "programs/cxx_exceptions.cpp";
+    println!("cargo:rerun-if-changed={src}");
+    let exe = format!("{out}/cxx_exceptions");
+    let status = std::process::Command::new("g++")
+        .args(["-O1", "-o", &exe, src])
+        .status()
+        .expect("g++ runs (the machine image has it)");
+    assert!(status.success(), "g++ failed on {src}");
+    println!("cargo:rustc-env=QBDI_TEST_CXX_EXCEPTIONS={exe}");
 }

@@ -232,6 +232,14 @@ pub(crate) struct PluginClosure {
     drop: RawDropFn,
 }
 
+impl PluginClosure {
+    /// The plugin's closure. A method, not a field access, so that a `move` closure using it
+    /// captures (and keeps alive) the whole `PluginClosure`, not just the pointer.
+    fn data(&self) -> *mut c_void {
+        self.data
+    }
+}
+
 impl Drop for PluginClosure {
     fn drop(&mut self) {
         (self.drop)(self.data);
@@ -258,7 +266,7 @@ pub(crate) fn inst_closure(
     move |vm, gpr, fpr| {
         let mut c = CallCtx::new(ref_target(vm), plugin);
         let raw = c.raw();
-        let action = call(closure.data, &raw, gpr, fpr);
+        let action = call(closure.data(), &raw, gpr, fpr);
         session::action(action, plugin, &name)
     }
 }
@@ -324,7 +332,7 @@ pub(crate) fn event_closure(
     move |vm, state, gpr, fpr| {
         let mut c = CallCtx::new(ref_target(vm), plugin);
         let raw = c.raw();
-        let action = call(closure.data, &raw, state, gpr, fpr);
+        let action = call(closure.data(), &raw, state, gpr, fpr);
         session::action(action, plugin, &name)
     }
 }
@@ -402,7 +410,7 @@ extern "C" fn add_instr_rule(
     let closure = PluginClosure { data, drop };
     let rule = move |vm: &mut VmRef<'_>, a: &InstAnalysis| {
         run_rule(vm, a, plugin, &name, |raw, an, sink| {
-            call(closure.data, raw, an, sink)
+            call(closure.data(), raw, an, sink)
         })
     };
     let what = AnalysisType::from_bits_retain(analysis);

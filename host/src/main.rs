@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use qbdi_core::{Vm, allocate_virtual_stack};
 use qbdi_host::config::{CONFIG_VAR, RunConfig};
-use qbdi_host::plugin::{self, Plugin, PluginSpec};
+use qbdi_host::plugin::{self, LoadedPlugins, PluginSpec};
 use qbdi_host::preload::QBDI_FAILURE_STATUS;
 use qbdi_host::{log, session};
 
@@ -114,8 +114,8 @@ fn main() -> ExitCode {
 }
 
 /// Finds, loads and checks the plugins of the command line.
-fn load_plugins(specs: &[PluginSpec]) -> Result<Vec<(Plugin, Vec<(String, String)>)>, String> {
-    let mut loaded: Vec<(Plugin, Vec<(String, String)>)> = Vec::new();
+fn load_plugins(specs: &[PluginSpec]) -> Result<LoadedPlugins, String> {
+    let mut loaded: LoadedPlugins = Vec::new();
     for spec in specs {
         let path = plugin::find(&spec.plugin).map_err(|e| e.to_string())?;
         let p = plugin::load(&path).map_err(|e| e.to_string())?;

@@ -376,6 +376,9 @@ unsafe fn slice<'a, T>(ptr: *const T, len: usize) -> &'a [T] {
     }
 }
 
+/// Plugins loaded for a run, each with its options, in load order.
+pub type LoadedPlugins = Vec<(Plugin, Vec<(String, String)>)>;
+
 /// A plugin as given on the command line: `NAME[:key=value,...]`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PluginSpec {

@@ -16,7 +16,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use qbdi_core::Vm;
 
@@ -45,6 +45,18 @@ static CONFIG_TEXT: OnceLock<String> = OnceLock::new();
 static CONFIG: OnceLock<RunConfig> = OnceLock::new();
 /// Whether this process is a `qbdi run` (set before main).
 static ACTIVE: AtomicBool = AtomicBool::new(false);
+/// The process that started the session.
+static SESSION_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Whether this is the process that started the session, not a child of it. `_exit` and
+/// `exec*` in a child do not finalise: the child may be a `vfork` child sharing the
+/// parent's memory (finalising there would write the parent's data and mark it done), and
+/// a forked child's data is a copy of its parent's. Children that end with `exit()` or a
+/// signal do finalise (their own output, under their own pid).
+fn in_session_process() -> bool {
+    // SAFETY: getpid has no preconditions.
+    ACTIVE.load(Ordering::SeqCst) && SESSION_PID.load(Ordering::SeqCst) == unsafe { libc::getpid() }
+}
 
 /// The next definition of `name` after this library (libc's).
 fn next_symbol(name: &CStr) -> *mut c_void {
@@ -138,6 +150,8 @@ unsafe extern "C" fn qbdi_main(
         fail_early(&e);
     }
     let _ = CONFIG.set(config);
+    // SAFETY: getpid has no preconditions.
+    SESSION_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);
     ACTIVE.store(true, Ordering::SeqCst);
     if let Err(e) = session::attach(vm, &plugins) {
         session::skip_fini();
@@ -394,7 +408,7 @@ pub extern "C" fn _Exit(status: c_int) -> ! {
 }
 
 fn exit_now(status: c_int) -> ! {
-    if ACTIVE.load(Ordering::SeqCst) {
+    if in_session_process() {
         session::fini_all();
     }
     loop {
@@ -441,6 +455,11 @@ type ExecveFn =
     unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
 
 fn with_env(envp: *const *const c_char, f: impl FnOnce(*const *const c_char) -> c_int) -> c_int {
+    // The process image is about to be replaced: what the plugins collected so far is
+    // written now (exec does not run atexit handlers).
+    if in_session_process() {
+        session::fini_all();
+    }
     match exec_env(envp) {
         None => f(envp),
         Some(env) => {

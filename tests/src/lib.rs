@@ -1,1 +1,3 @@
-//! Shared helpers of the workspace tests.
+//! Helpers shared by the workspace-level tests.
+
+pub mod cli;

@@ -1,0 +1,170 @@
+//! Running real programs natively and under `qbdi run`, and comparing what they do.
+//!
+//! The `qbdi` binary, its preload library and the plugins are the workspace's build
+//! artifacts, next to the test executables' directory (`target/<profile>/`): the README's
+//! test command builds the workspace before testing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+/// `target/<profile>/`, where cargo put `qbdi`, `libqbdi_host.so` and the plugins.
+pub fn artifacts() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from target/<profile>/deps")
+        .to_path_buf();
+    for needed in ["qbdi", "libqbdi_host.so", "libqbdi_plugin_testkit.so"] {
+        assert!(
+            dir.join(needed).is_file(),
+            "{} is missing: build the workspace first (`cargo build --workspace`; the README's \
+             test command, .ci/run, does)",
+            dir.join(needed).display()
+        );
+    }
+    dir
+}
+
+/// The `qbdi` binary.
+pub fn qbdi() -> PathBuf {
+    artifacts().join("qbdi")
+}
+
+/// What a program did: its stdout, stderr, exit code or signal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: String,
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+}
+
+impl Outcome {
+    fn from(out: Output) -> Outcome {
+        use std::os::unix::process::ExitStatusExt;
+        Outcome {
+            stdout: out.stdout,
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+            code: out.status.code(),
+            signal: out.status.signal(),
+        }
+    }
+
+    /// Its standard output as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+}
+
+/// Runs `program args` in `dir` with `stdin` as its input.
+pub fn native(dir: &Path, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Outcome {
+    run(Command::new(program).args(args), dir, stdin)
+}
+
+/// Runs `qbdi run <qbdi_args> -- program args` in `dir` with `stdin` as its input.
+pub fn under_qbdi(
+    dir: &Path,
+    qbdi_args: &[&str],
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Outcome {
+    let mut cmd = Command::new(qbdi());
+    cmd.arg("run")
+        .args(qbdi_args)
+        .arg("--")
+        .arg(program)
+        .args(args);
+    run(&mut cmd, dir, stdin)
+}
+
+/// Runs `qbdi <args>` (any subcommand).
+pub fn qbdi_cmd(dir: &Path, args: &[&str]) -> Outcome {
+    run(Command::new(qbdi()).args(args), dir, None)
+}
+
+fn run(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>) -> Outcome {
+    use std::io::Write;
+    cmd.current_dir(dir)
+        .env_remove("QBDI_PLUGIN_PATH")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("the program starts");
+    if let Some(input) = stdin {
+        let mut pipe = child.stdin.take().expect("piped stdin");
+        let input = input.to_vec();
+        // Feed it from a thread: the program may write before it has read everything.
+        std::thread::spawn(move || {
+            let _ = pipe.write_all(&input);
+        });
+    }
+    Outcome::from(child.wait_with_output().expect("the program ends"))
+}
+
+/// A fresh scratch directory under the target directory.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = artifacts()
+        .join("qbdi-test-scratch")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
+}
+
+/// Asserts that the program behaves under `qbdi run <qbdi_args>` exactly as natively:
+/// same stdout, same exit code or signal; returns the instrumented outcome.
+pub fn assert_same(
+    dir: &Path,
+    qbdi_args: &[&str],
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Outcome {
+    let n = native(dir, program, args, stdin);
+    let q = under_qbdi(dir, qbdi_args, program, args, stdin);
+    assert_eq!(
+        (n.code, n.signal),
+        (q.code, q.signal),
+        "{program} {args:?} under qbdi {qbdi_args:?}: exit differs\nnative stderr: {}\nqbdi stderr: {}",
+        n.stderr,
+        q.stderr
+    );
+    assert!(
+        n.stdout == q.stdout,
+        "{program} {args:?} under qbdi {qbdi_args:?}: stdout differs\n--- native ---\n{}\n--- qbdi ---\n{}\nqbdi stderr: {}",
+        n.text(),
+        q.text(),
+        q.stderr
+    );
+    q
+}
+
+/// The report lines the testkit plugin appended to `file`.
+pub fn testkit_reports(file: &Path) -> Vec<String> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A counter of a testkit report line (`blocks=12` -> 12).
+pub fn report_field(line: &str, key: &str) -> u64 {
+    line.split_whitespace()
+        .find_map(|w| {
+            w.strip_prefix(&format!("{key}="))
+                .map(|v| v.parse().expect("a number"))
+        })
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}

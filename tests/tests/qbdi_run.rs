@@ -1,0 +1,296 @@
+//! `qbdi run` on real programs no one here wrote (coreutils, gzip, python3, perl, dash)
+//! and on a C++ program throwing through native code: the same stdout and exit status as
+//! natively, with no plugin and with the test plugin; finalisation exactly once however the
+//! program ends; the host's variables gone from the program's environment.
+
+use std::path::Path;
+
+use qbdi_tests::cli::{assert_same, native, report_field, scratch, testkit_reports, under_qbdi};
+
+/// A directory whose `ls -la` listing is the same every run (fixed names, sizes, times).
+fn listing_dir(dir: &Path) -> std::path::PathBuf {
+    let d = dir.join("listing");
+    std::fs::create_dir_all(d.join("sub")).unwrap();
+    for (name, size) in [("a.txt", 10), ("b.bin", 2000), ("zeta", 0), (".hidden", 3)] {
+        std::fs::write(d.join(name), vec![b'x'; size]).unwrap();
+    }
+    for p in ["a.txt", "b.bin", "zeta", ".hidden", "sub", "."] {
+        let status = std::process::Command::new("touch")
+            .args(["-h", "-d", "2024-01-02 03:04:05", p])
+            .current_dir(&d)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    d
+}
+
+/// Input for the compressors: 3 MB of mixed text and binary.
+fn corpus() -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let words = [
+        "alpha", "beta", "gamma", "delta", "qbdi", "block", "cache", "\n",
+    ];
+    while data.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x.is_multiple_of(5) {
+            data.extend_from_slice(&x.to_le_bytes());
+        } else {
+            data.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+            data.push(b' ');
+        }
+    }
+    data
+}
+
+/// The real python3 executable (not a shell shim such as pyenv's, which would make the
+/// program under test a shell script).
+fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        return "/usr/bin/python3".into();
+    }
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn ls_la_is_the_same() {
+    let dir = scratch("ls");
+    let d = listing_dir(&dir);
+    let d = d.to_str().unwrap();
+    let out = assert_same(&dir, &[], "ls", &["-la", d], None);
+    assert!(out.text().contains("b.bin"));
+    let report = dir.join("tk.txt");
+    let arg = format!("testkit:out={}", report.display());
+    assert_same(&dir, &["-p", &arg], "ls", &["-la", d], None);
+    let lines = testkit_reports(&report);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    // ls's main executable really ran under the Vm: blocks, calls.
+    assert!(report_field(&lines[0], "blocks") > 100, "{lines:?}");
+    assert!(report_field(&lines[0], "calls") > 10, "{lines:?}");
+}
+
+#[test]
+fn gzip_gunzip_round_trip() {
+    let dir = scratch("gzip");
+    let data = corpus();
+    let n = native(&dir, "gzip", &["-9", "-c"], Some(&data));
+    let q = assert_same(&dir, &[], "gzip", &["-9", "-c"], Some(&data));
+    assert_eq!(n.stdout, q.stdout);
+    let back = assert_same(&dir, &[], "gunzip", &["-c"], Some(&q.stdout));
+    assert!(
+        back.stdout == data,
+        "gunzip under qbdi gives back the input"
+    );
+}
+
+#[test]
+fn sort_and_sha256sum() {
+    let dir = scratch("sort");
+    let mut lines = String::new();
+    let mut x: u32 = 12345;
+    for i in 0..20000 {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        lines.push_str(&format!("{:08x} line {i}\n", x));
+    }
+    std::fs::write(dir.join("in.txt"), &lines).unwrap();
+    let out = assert_same(&dir, &[], "sort", &["in.txt"], None);
+    assert!(out.stdout.starts_with(b"0"));
+    assert_same(
+        &dir,
+        &[],
+        "sort",
+        &["-r", "-n", "-k", "3"],
+        Some(lines.as_bytes()),
+    );
+    let out = assert_same(&dir, &[], "sha256sum", &["in.txt"], None);
+    assert_eq!(out.text().len(), 64 + 2 + "in.txt\n".len());
+}
+
+#[test]
+fn python3_program() {
+    let dir = scratch("python");
+    let program = "import json, hashlib\n\
+                   d = {str(i): i * i for i in range(2000)}\n\
+                   s = json.dumps(d, sort_keys=True)\n\
+                   print(len(s), hashlib.sha256(s.encode()).hexdigest())\n\
+                   print(sorted(d.values())[-3:], sum(range(10**5)))";
+    let out = assert_same(&dir, &[], &python(), &["-c", program], None);
+    assert!(out.text().contains("4999950000"), "{}", out.text());
+}
+
+#[test]
+fn false_exits_1() {
+    let dir = scratch("false");
+    let out = assert_same(&dir, &[], "false", &[], None);
+    assert_eq!(out.code, Some(1));
+}
+
+#[test]
+fn perl_die_longjmps_out_of_the_interpreter() {
+    // Perl's die unwinds with siglongjmp out of the interpreter loop (Debian's perl has the
+    // interpreter in its main executable, so the jump lands inside instrumented code).
+    let dir = scratch("perl");
+    let program = "for my $i (1..3) { eval { die \"oops $i\\n\" }; print \"caught: $@\" } \
+                   my @a = sort { $a <=> $b } (5, 3, 9); print \"@a\\n\"; exit 3";
+    let out = assert_same(&dir, &[], "perl", &["-e", program], None);
+    assert_eq!(out.code, Some(3));
+    assert!(out.text().contains("caught: oops 3"));
+    // With libc instrumented too (sigsetjmp/siglongjmp themselves run in the Vm).
+    assert_same(
+        &dir,
+        &["--module", "libc.so.6"],
+        "perl",
+        &["-e", program],
+        None,
+    );
+}
+
+#[test]
+fn cxx_exceptions_through_native_code() {
+    let dir = scratch("cxx");
+    let program = env!("QBDI_TEST_CXX_EXCEPTIONS");
+    let out = assert_same(&dir, &[], program, &[], None);
+    assert_eq!(out.code, Some(42), "both exceptions caught");
+    assert!(out.text().contains("caught: from underflow"));
+    assert!(out.text().contains("caught: seven"));
+}
+
+#[test]
+fn environment_is_the_programs_own() {
+    let dir = scratch("env");
+    let out = assert_same(&dir, &[], "env", &[], None);
+    assert!(!out.text().contains("LD_PRELOAD="), "{}", out.text());
+    assert!(!out.text().contains("QBDI_RUN_CONFIG"), "{}", out.text());
+    // A user's own LD_PRELOAD survives (here: an empty one).
+    let mut cmd = std::process::Command::new(qbdi_tests::cli::qbdi());
+    let out = cmd
+        .args(["run", "--", "env"])
+        .env("LD_PRELOAD", "")
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.lines().any(|l| l == "LD_PRELOAD="), "{text}");
+}
+
+/// Runs `program args` under the testkit plugin and returns its reports and outcome.
+fn testkit_run(
+    dir: &Path,
+    extra: &str,
+    program: &str,
+    args: &[&str],
+) -> (Vec<String>, qbdi_tests::cli::Outcome) {
+    let report = dir.join(format!("tk-{}.txt", extra.replace([',', '='], "_")));
+    let _ = std::fs::remove_file(&report);
+    let spec = format!("testkit:out={}{}", report.display(), extra);
+    let out = under_qbdi(dir, &["-p", &spec], program, args, None);
+    (testkit_reports(&report), out)
+}
+
+#[test]
+fn fini_runs_exactly_once_however_the_program_ends() {
+    let dir = scratch("fini");
+    // Return from main.
+    let (r, out) = testkit_run(&dir, "", "true", &[]);
+    assert_eq!((r.len(), out.code), (1, Some(0)), "{r:?} {}", out.stderr);
+    // exit().
+    let (r, out) = testkit_run(
+        &dir,
+        "",
+        &python(),
+        &["-c", "import sys; print('x'); sys.exit(4)"],
+    );
+    assert_eq!(
+        (r.len(), out.code, out.text().as_str()),
+        (1, Some(4), "x\n"),
+        "{r:?} {}",
+        out.stderr
+    );
+    // _exit().
+    let (r, out) = testkit_run(&dir, "", &python(), &["-c", "import os; os._exit(7)"]);
+    assert_eq!((r.len(), out.code), (1, Some(7)), "{r:?} {}", out.stderr);
+    // A fatal signal: the program's own status is kept.
+    let (r, out) = testkit_run(
+        &dir,
+        "",
+        &python(),
+        &[
+            "-c",
+            "import os, signal; os.kill(os.getpid(), signal.SIGTERM)",
+        ],
+    );
+    assert_eq!(
+        (r.len(), out.signal),
+        (1, Some(libc::SIGTERM)),
+        "{r:?} {}",
+        out.stderr
+    );
+    let (r, out) = testkit_run(&dir, "", "sh", &["-c", "kill -SEGV $$"]);
+    assert_eq!(
+        (r.len(), out.signal),
+        (1, Some(libc::SIGSEGV)),
+        "{r:?} {}",
+        out.stderr
+    );
+}
+
+#[test]
+fn follow_exec_instruments_executed_programs() {
+    let dir = scratch("follow");
+    let report = dir.join("tk.txt");
+    let spec = format!("testkit:out={}", report.display());
+    let script = "/bin/true; /bin/true; echo done";
+    let out = under_qbdi(&dir, &["-p", &spec], "sh", &["-c", script], None);
+    assert_eq!(out.text(), "done\n");
+    assert_eq!(
+        testkit_reports(&report).len(),
+        1,
+        "without --follow-exec only sh"
+    );
+    std::fs::remove_file(&report).unwrap();
+    let out = under_qbdi(
+        &dir,
+        &["--follow-exec", "-p", &spec],
+        "sh",
+        &["-c", script],
+        None,
+    );
+    assert_eq!(out.text(), "done\n");
+    let lines = testkit_reports(&report);
+    assert_eq!(lines.len(), 3, "sh and both /bin/true: {lines:?}");
+    let mut pids: Vec<u64> = lines.iter().map(|l| report_field(l, "pid")).collect();
+    pids.dedup();
+    assert_eq!(pids.len(), 3, "{lines:?}");
+}
+
+#[test]
+fn exec_transfer_callbacks_added_at_init_see_libc_calls() {
+    let dir = scratch("transfers");
+    let (r, out) = testkit_run(&dir, ",transfers", "ls", &["/"]);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert_eq!(r.len(), 1);
+    assert!(report_field(&r[0], "transfers") > 10, "{r:?}");
+}
+
+#[test]
+fn a_program_of_no_plugin_is_unaffected_by_ranges_options() {
+    let dir = scratch("ranges");
+    // All executable maps: libc too (only qbdi's and the plugins' own code left out).
+    assert_same(&dir, &["--all-maps"], "sha256sum", &["/etc/hostname"], None);
+    let d = listing_dir(&dir);
+    assert_same(
+        &dir,
+        &["--module", "libc.so.6"],
+        "ls",
+        &["-la", d.to_str().unwrap()],
+        None,
+    );
+    assert_same(&dir, &["--exclude", "libc.so.6"], "true", &[], None);
+}
