@@ -21,12 +21,25 @@ use qbdi_sdk::Symbol;
 /// entered with two words pushed above it), popped by the return.
 const MAX_RETURN_DISTANCE: u64 = 32;
 
+/// A lazily bound call (see [`lazy`](crate::lazy)): its target is the dynamic loader's
+/// resolver, which binds a PLT slot and jumps to the function.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Lazy {
+    /// The slot's symbol (`puts`).
+    pub name: String,
+    /// Address of the GOT slot the resolver writes.
+    pub got: u64,
+    /// The slot's value before the call.
+    pub unresolved: u64,
+}
+
 /// A call that has not returned.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Frame {
     target: u64,
     args: [u64; 3],
     rsp: u64,
+    lazy: Option<Lazy>,
     /// Its `<unfinished ...>` line was written.
     printed: bool,
 }
@@ -78,10 +91,14 @@ impl CallTracer {
         self.frames.len()
     }
 
-    fn label(&self, target: u64) -> Cow<'_, str> {
-        match self.labels.get(&target) {
+    /// The name of `f`'s target: its label, or `name@plt` for a lazy call.
+    fn label(&self, f: &Frame) -> Cow<'_, str> {
+        if let Some(l) = &f.lazy {
+            return Cow::Owned(format!("{}@plt", l.name));
+        }
+        match self.labels.get(&f.target) {
             Some(l) => Cow::Borrowed(l),
-            None => Cow::Owned(format!("{target:#x}")),
+            None => Cow::Owned(format!("{:#x}", f.target)),
         }
     }
 
@@ -92,19 +109,26 @@ impl CallTracer {
         Ok(())
     }
 
-    fn head(&self, w: &mut impl Write, depth: usize, f: &Frame) -> io::Result<()> {
+    fn head(&self, w: &mut impl Write, depth: usize, f: &Frame, label: &str) -> io::Result<()> {
         Self::indent(w, depth)?;
         let [a, b, c] = f.args;
-        write!(w, "{}({a:#x}, {b:#x}, {c:#x})", self.label(f.target))
+        write!(w, "{label}({a:#x}, {b:#x}, {c:#x})")
     }
 
-    fn end(&self, w: &mut impl Write, depth: usize, f: &Frame, value: &str) -> io::Result<()> {
+    fn end(
+        &self,
+        w: &mut impl Write,
+        depth: usize,
+        f: &Frame,
+        label: &str,
+        value: u64,
+    ) -> io::Result<()> {
         if f.printed {
             Self::indent(w, depth)?;
-            writeln!(w, "<... {} resumed> = {value}", self.label(f.target))
+            writeln!(w, "<... {label} resumed> = {value:#x}")
         } else {
-            self.head(w, depth, f)?;
-            writeln!(w, " = {value}")
+            self.head(w, depth, f, label)?;
+            writeln!(w, " = {value:#x}")
         }
     }
 
@@ -115,28 +139,30 @@ impl CallTracer {
         f: &Frame,
         why: NoReturn,
     ) -> io::Result<()> {
+        let label = self.label(f);
         if f.printed {
             Self::indent(w, depth)?;
-            writeln!(w, "<... {} {}>", self.label(f.target), why.text())
+            writeln!(w, "<... {label} {}>", why.text())
         } else {
-            self.head(w, depth, f)?;
+            self.head(w, depth, f, &label)?;
             writeln!(w, " = ? ({})", why.text())
         }
     }
 
     /// A call to `target` with the argument registers `args` and the stack pointer `rsp`
-    /// (at the callee's entry).
+    /// (at the callee's entry); `lazy` when it goes through the loader's resolver.
     pub fn call(
         &mut self,
         w: &mut impl Write,
         target: u64,
         args: [u64; 3],
         rsp: u64,
+        lazy: Option<Lazy>,
     ) -> io::Result<()> {
         if let Some(top) = self.frames.last()
             && !top.printed
         {
-            self.head(w, self.frames.len() - 1, top)?;
+            self.head(w, self.frames.len() - 1, top, &self.label(top))?;
             w.write_all(b" <unfinished ...>\n")?;
             self.frames.last_mut().expect("checked").printed = true;
         }
@@ -144,14 +170,22 @@ impl CallTracer {
             target,
             args,
             rsp,
+            lazy,
             printed: false,
         });
         Ok(())
     }
 
     /// A return to instrumented code with `value` in rax and `rsp` the stack pointer after
-    /// the return. A return with no call in progress is ignored.
-    pub fn ret(&mut self, w: &mut impl Write, rsp: u64, value: u64) -> io::Result<()> {
+    /// the return. A return with no call in progress is ignored. `resolve` names the
+    /// function a lazy call was bound to (`None`: it stays `name@plt`).
+    pub fn ret(
+        &mut self,
+        w: &mut impl Write,
+        rsp: u64,
+        value: u64,
+        resolve: impl FnOnce(&Lazy) -> Option<String>,
+    ) -> io::Result<()> {
         let matching = self
             .frames
             .iter()
@@ -164,7 +198,11 @@ impl CallTracer {
             self.end_without_return(w, self.frames.len(), &f, NoReturn::Left)?;
         }
         let f = self.frames.pop().expect("index exists");
-        self.end(w, index, &f, &format!("{value:#x}"))
+        let label = match f.lazy.as_ref().and_then(resolve) {
+            Some(l) => Cow::Owned(l),
+            None => self.label(&f),
+        };
+        self.end(w, index, &f, &label, value)
     }
 
     /// Ends the calls still in progress (at exit), innermost first.
@@ -218,11 +256,14 @@ mod tests {
         assert_eq!(label(None, 0x7f00), "0x7f00");
     }
 
-    /// Runs events and returns the text: `c(target, rsp)` calls with args (target, 0, 0),
-    /// `r(rsp, value)` returns.
+    /// Events: `C(target, rsp)` calls with args (target >> 8, 0, 0), `R(rsp, value)`
+    /// returns, `L(name, rsp)` a lazy call through the resolver, `Rr(rsp, value, bound)` a
+    /// return whose lazy call resolves to `bound`.
     enum Ev {
         C(u64, u64),
         R(u64, u64),
+        L(&'static str, u64),
+        Rr(u64, u64, &'static str),
     }
 
     fn run(events: &[Ev]) -> (String, CallTracer) {
@@ -233,15 +274,50 @@ mod tests {
         let mut out = Vec::new();
         for e in events {
             match *e {
-                Ev::C(target, rsp) => t.call(&mut out, target, [target >> 8, 0, 0], rsp),
-                Ev::R(rsp, value) => t.ret(&mut out, rsp, value),
+                Ev::C(target, rsp) => t.call(&mut out, target, [target >> 8, 0, 0], rsp, None),
+                Ev::R(rsp, value) => t.ret(&mut out, rsp, value, |_| None),
+                Ev::L(name, rsp) => {
+                    let lazy = Lazy {
+                        name: name.into(),
+                        got: 0x4018,
+                        unresolved: 0x1036,
+                    };
+                    t.call(&mut out, 0x7f00, [0xa, 0xb, 0xc], rsp, Some(lazy))
+                }
+                Ev::Rr(rsp, value, bound) => t.ret(&mut out, rsp, value, |l| {
+                    assert_eq!(l.got, 0x4018);
+                    Some(bound.to_owned())
+                }),
             }
             .unwrap();
         }
         (String::from_utf8(out).unwrap(), t)
     }
 
-    use Ev::{C, R};
+    use Ev::{C, L, R, Rr};
+
+    #[test]
+    fn lazy_calls_are_named_by_their_plt_slot_then_by_what_it_bound() {
+        let (text, t) = run(&[
+            L("puts", 0x7000),
+            Rr(0x7018, 6, "puts@libc.so.6"),
+            L("free", 0x7000),
+            R(0x7018, 0),
+            L("exit", 0x7000),
+        ]);
+        assert_eq!(
+            text,
+            "puts@libc.so.6(0xa, 0xb, 0xc) = 0x6\n\
+             free@plt(0xa, 0xb, 0xc) = 0x0\n"
+        );
+        let mut out = Vec::new();
+        let mut t = t;
+        t.finish(&mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "exit@plt(0xa, 0xb, 0xc) = ? (no return before exit)\n"
+        );
+    }
 
     #[test]
     fn flat_calls_print_at_return() {

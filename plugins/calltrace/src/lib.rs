@@ -6,7 +6,9 @@
 //!
 //! Calls are EXEC_TRANSFER_CALL events (the Vm leaving the instrumented ranges), returns
 //! EXEC_TRANSFER_RETURN events; targets are named with the host's ELF symbols, once per
-//! address.
+//! address. A first call through a lazily bound PLT slot enters the dynamic loader's
+//! resolver, not the function: it is named after the slot's symbol, then after the function
+//! the slot was bound to (see [`lazy`]).
 
 #![warn(missing_docs)]
 
@@ -17,8 +19,11 @@ use qbdi_plugin_support::sync::{FINI_WAIT, lock, lock_for_fini};
 use qbdi_sdk::prelude::*;
 
 pub mod calls;
+pub mod elf;
+pub mod lazy;
 
 use calls::CallTracer;
+use lazy::LazyResolver;
 
 /// The plugin's name.
 const NAME: &str = "calltrace";
@@ -31,34 +36,62 @@ qbdi_sdk::plugin!(
 
 /// The output.
 static TRACE: Stream = Stream::new(NAME);
-/// Calls in progress and target names. Locked before `TRACE`.
+/// Calls in progress and target names. Locked before `LAZY`, which is before `TRACE`.
 static CALLS: Mutex<CallTracer> = Mutex::new(CallTracer::new());
+/// Naming of lazily bound calls.
+static LAZY: Mutex<LazyResolver> = Mutex::new(LazyResolver::new());
 
 #[plugin_init]
 fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     TRACE.open(&Output::from_options(NAME, options)?)
 }
 
+/// The label of `target` (see [`calls::label`]); when the host has no symbol there,
+/// `slot_name` (the PLT slot the call went through) names it.
+fn name_target(vm: &VmRef, target: u64, slot_name: impl FnOnce() -> Option<String>) -> String {
+    let symbol = vm.symbolize(target);
+    if let Some(s) = &symbol
+        && s.name.is_empty()
+        && let Some(name) = slot_name()
+    {
+        let named = Symbol {
+            name,
+            offset: 0,
+            module: s.module.clone(),
+        };
+        return calls::label(Some(&named), target);
+    }
+    calls::label(symbol.as_ref(), target)
+}
+
 #[vm_event(EXEC_TRANSFER_CALL)]
 fn on_call(vm: &mut VmRef, _state: &VmState, gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
-    let target = gpr.rip;
+    let (target, rsp) = (gpr.rip, gpr.rsp);
     let mut calls = lock(&CALLS);
+    let mut lazy = lock(&LAZY);
     if !calls.knows(target) {
-        calls.set_label(target, calls::label(vm.symbolize(target).as_ref(), target));
+        let label = name_target(vm, target, || lazy.slot_name(target, rsp));
+        calls.set_label(target, label);
     }
-    TRACE.with(|w| calls.call(w, target, [gpr.rdi, gpr.rsi, gpr.rdx], gpr.rsp));
+    let pending = lazy.pending(target, rsp);
+    drop(lazy);
+    TRACE.with(|w| calls.call(w, target, [gpr.rdi, gpr.rsi, gpr.rdx], rsp, pending));
     VmAction::Continue
 }
 
 #[vm_event(EXEC_TRANSFER_RETURN)]
 fn on_return(
-    _vm: &mut VmRef,
+    vm: &mut VmRef,
     _state: &VmState,
     gpr: &mut GprState,
     _fpr: &mut FprState,
 ) -> VmAction {
     let mut calls = lock(&CALLS);
-    TRACE.with(|w| calls.ret(w, gpr.rsp, gpr.rax));
+    let resolve = |l: &calls::Lazy| {
+        let bound = lock(&LAZY).resolved(l)?;
+        Some(name_target(vm, bound, || Some(l.name.clone())))
+    };
+    TRACE.with(|w| calls.ret(w, gpr.rsp, gpr.rax, resolve));
     VmAction::Continue
 }
 
