@@ -4,7 +4,7 @@
 //! `[rsp] = link_map, [rsp+8] = index, [rsp+16] = return address`.
 //!
 //! For such a call this finds the slot (`.rela.plt` of the file the return address is in,
-//! see [`elf`](crate::elf)): its symbol names the call, and after the return the GOT slot
+//! see [`crate::elf`]): its symbol names the call, and after the return the GOT slot
 //! holds the function's address. Memory is read through `/proc/self/mem` (a read of an
 //! unmapped address fails instead of faulting).
 

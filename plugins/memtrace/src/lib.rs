@@ -1,5 +1,5 @@
 //! `memtrace`: a memory access trace, one line per access of the instrumented code (see
-//! [`line`] for the format).
+//! [`line`](mod@line) for the format).
 //!
 //! Options:
 //! - `out=PATH`: file to write (default `memtrace.<pid>.log`, `-` for stderr);

@@ -5,7 +5,8 @@
 //! - `out=PATH`: file to write (default `tracer.<pid>.log`, `-` for stderr);
 //! - `regs`: append the registers (` | rax=0x.. ... eflags=0x..`);
 //! - `module=NAME` (basename or path, repeatable): trace only that file's code (it must be
-//!   mapped when the plugin starts);
+//!   mapped when the plugin starts, and instrumented: `qbdi run --module NAME` for a
+//!   library);
 //! - `range=0xA-0xB` (repeatable): trace only `[A, B)`;
 //! - `max=N`: stop after N instructions.
 //!
