@@ -168,3 +168,25 @@ pub fn report_field(line: &str, key: &str) -> u64 {
         })
         .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
 }
+
+/// Input for the compressors: 3 MB of mixed text and binary, the same every run.
+pub fn corpus() -> Vec<u8> {
+    let mut data = Vec::new();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let words = [
+        "alpha", "beta", "gamma", "delta", "qbdi", "block", "cache", "\n",
+    ];
+    while data.len() < 3 << 20 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        if x.is_multiple_of(5) {
+            data.extend_from_slice(&x.to_le_bytes());
+        } else {
+            data.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
+            data.push(b' ');
+        }
+    }
+    data.truncate(3 << 20);
+    data
+}

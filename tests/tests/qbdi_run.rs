@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use qbdi_tests::cli::{assert_same, native, report_field, scratch, testkit_reports, under_qbdi};
+use qbdi_tests::cli::{
+    assert_same, corpus, native, report_field, scratch, testkit_reports, under_qbdi,
+};
 
 /// A directory whose `ls -la` listing is the same every run (fixed names, sizes, times).
 fn listing_dir(dir: &Path) -> std::path::PathBuf {
@@ -23,40 +25,6 @@ fn listing_dir(dir: &Path) -> std::path::PathBuf {
         assert!(status.success());
     }
     d
-}
-
-/// Input for the compressors: 3 MB of mixed text and binary.
-fn corpus() -> Vec<u8> {
-    let mut data = Vec::new();
-    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let words = [
-        "alpha", "beta", "gamma", "delta", "qbdi", "block", "cache", "\n",
-    ];
-    while data.len() < 3 << 20 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        if x.is_multiple_of(5) {
-            data.extend_from_slice(&x.to_le_bytes());
-        } else {
-            data.extend_from_slice(words[(x % words.len() as u64) as usize].as_bytes());
-            data.push(b' ');
-        }
-    }
-    data
-}
-
-/// The real python3 executable (not a shell shim such as pyenv's, which would make the
-/// program under test a shell script).
-fn python() -> String {
-    if Path::new("/usr/bin/python3").exists() {
-        return "/usr/bin/python3".into();
-    }
-    let out = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()
-        .expect("python3 runs");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 #[test]
