@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use qbdi_tests::cli::{artifacts, corpus, scratch};
+use qbdi_tests::cli::{artifacts, corpus, python, scratch};
 
 fn time_once(dir: &Path, cmd: &[String], stdin: &Path) -> Duration {
     let start = Instant::now();
@@ -48,11 +48,7 @@ fn main() {
     std::fs::write(&sort_input, lines).unwrap();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     // The real interpreter, not a shell shim in front of it (pyenv's).
-    let python = if Path::new("/usr/bin/python3").exists() {
-        "/usr/bin/python3"
-    } else {
-        "python3"
-    };
+    let python = python();
     let cov = dir.join("cov.log").display().to_string();
     let drcov = format!("drcov:out={cov}");
     let cases: Vec<(&str, Vec<String>, &Path)> = vec![
@@ -65,7 +61,11 @@ fn main() {
         ("sort", s(&["sort", sort_input.to_str().unwrap()]), &empty),
         (
             "python3",
-            s(&[python, "-c", "print(sum(i*i for i in range(2000000)))"]),
+            s(&[
+                python.as_str(),
+                "-c",
+                "print(sum(i*i for i in range(2000000)))",
+            ]),
             &empty,
         ),
     ];

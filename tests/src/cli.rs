@@ -190,3 +190,19 @@ pub fn corpus() -> Vec<u8> {
     data.truncate(3 << 20);
     data
 }
+
+/// The real python3 executable (not a shell shim in front of it, such as pyenv's, which
+/// would make the program under test a shell script).
+pub fn python() -> String {
+    if Path::new("/usr/bin/python3").exists() {
+        return "/usr/bin/python3".into();
+    }
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 runs");
+    String::from_utf8(out.stdout)
+        .expect("a path")
+        .trim()
+        .to_owned()
+}

@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use qbdi_tests::cli::{
-    assert_same, corpus, native, report_field, scratch, testkit_reports, under_qbdi,
+    assert_same, corpus, native, python, report_field, scratch, testkit_reports, under_qbdi,
 };
 
 /// A directory whose `ls -la` listing is the same every run (fixed names, sizes, times).
