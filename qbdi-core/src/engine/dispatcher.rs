@@ -169,7 +169,14 @@ impl Engine {
     /// Where to go for guest address `pc`.
     fn next_for(&mut self, pc: u64) -> Result<Next, VmError> {
         if let Some(b) = self.dir().lookup(pc) {
-            return Ok(Next::Block(b.host));
+            let host = b.host;
+            // An indirect branch missed the inline table although the block exists: its entry
+            // was taken by a colliding target. Put it back, or every later lookup of this
+            // target would come back here.
+            if pc != self.stop {
+                self.cache().table.insert(pc, host);
+            }
+            return Ok(Next::Block(host));
         }
         if self.shared().inst.ranges.contains(pc) {
             return self.translate(pc).map(Next::Block);

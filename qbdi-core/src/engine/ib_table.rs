@@ -1,9 +1,9 @@
 //! The inline indirect-branch table: guest address -> host address, looked up by generated
 //! code without leaving the cache and without touching RFLAGS.
 //!
-//! Direct-mapped on the low 16 bits of the guest address: 65,536 entries of 16 bytes
-//! (1 MiB), so a hot indirect target almost never collides with another in programs of
-//! ordinary size, and the index needs no arithmetic that touches flags (`movzx edx, cx`).
+//! Direct-mapped on a 16-bit hash of the guest address (low 16 bits plus bits 16-31):
+//! 65,536 entries of 16 bytes (1 MiB), so a hot indirect target seldom collides with
+//! another, and the index needs no arithmetic that touches flags.
 //! An empty entry holds guest 0 and the `ib_miss` routine as host: a lookup of 0 "hits"
 //! and lands in the miss path anyway, so the generated code needs no empty check.
 
@@ -42,7 +42,7 @@ impl IbTable {
 
     fn slot(&self, guest: u64) -> *mut Entry {
         // SAFETY: the index is masked to the table size.
-        unsafe { self.entries.add(guest as usize & (ENTRIES - 1)) }
+        unsafe { self.entries.add(index(guest)) }
     }
 
     pub fn insert(&self, guest: u64, host: u64) {
@@ -104,6 +104,16 @@ impl IbTable {
     }
 }
 
+/// The entry of `guest`: its low 16 bits plus bits 16-31 (byte-swapped), modulo the table
+/// size. Targets 64 KiB apart (the opcode handlers of an interpreter's dispatch loop) do not
+/// collide, and the generated code computes it without touching flags (`bswap`, `movzx`,
+/// `lea`).
+fn index(guest: u64) -> usize {
+    let low = guest as u32 & 0xffff;
+    let high = (guest as u32).swap_bytes() & 0xffff;
+    (low.wrapping_add(high) & 0xffff) as usize
+}
+
 /// Where a lookup goes when the address is not in the table.
 pub(crate) enum Miss {
     Addr(u64),
@@ -117,8 +127,10 @@ pub(crate) fn emit_lookup(a: &mut Asm, ctx: u64, table: u64, miss: Miss, record_
     if record_target {
         a.store(ctx + off::IB_TARGET, RCX);
     }
-    // movzx edx, cx: the index
-    a.bytes(&[0x0f, 0xb7, 0xd1]);
+    // The index (see `index`): mov eax, ecx; bswap eax; movzx eax, ax; movzx edx, cx;
+    // lea edx, [rdx+rax]; movzx edx, dx.
+    a.bytes(&[0x89, 0xc8, 0x0f, 0xc8, 0x0f, 0xb7, 0xc0]);
+    a.bytes(&[0x0f, 0xb7, 0xd1, 0x8d, 0x14, 0x02, 0x0f, 0xb7, 0xd2]);
     a.lea_rip(RAX, table);
     // lea rdx, [rdx*8]; lea rdx, [rax+rdx*2]: rdx = &table[index] (16-byte entries)
     a.bytes(&[0x48, 0x8d, 0x14, 0xd5, 0, 0, 0, 0]);
@@ -149,4 +161,18 @@ pub(crate) fn emit_restore(a: &mut Asm, ctx: u64) {
     a.load(RAX, ctx + off::SPILL);
     a.load(RCX, ctx + off::SPILL + 8);
     a.load(RDX, ctx + off::SPILL + 16);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::index;
+
+    #[test]
+    fn targets_64k_apart_do_not_collide() {
+        let base = 0x5555_5555_1230u64;
+        let slots: std::collections::HashSet<usize> =
+            (0..16).map(|i| index(base + i * 0x1_0000)).collect();
+        assert_eq!(slots.len(), 16);
+        assert!(index(u64::MAX) < 1 << 16);
+    }
 }
