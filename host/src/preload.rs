@@ -5,9 +5,11 @@
 //!    the user's own value, [`CONFIG_VAR`] gone), so the program sees its own environment;
 //! 2. loads the plugins, creates the Vm, instruments the main executable (and what the
 //!    options add or remove), attaches the plugins and runs their init;
-//! 3. arranges finalisation exactly once: an `atexit` handler (return from main, `exit()`),
-//!    interposed `_exit`/`_Exit`, and handlers for the fatal signals that still have their
-//!    default action (then the signal is raised again, so the exit status is the program's);
+//! 3. arranges finalisation exactly once: at the return of main and in an interposed `exit`
+//!    (both before the program's atexit handlers), an `atexit` handler for exits from
+//!    inside libc, interposed `_exit`/`_Exit` and `exec*`, and handlers for the fatal
+//!    signals that still have their default action (then the signal is raised again, so
+//!    the exit status is the program's);
 //! 4. runs the real `main` under the Vm **on the program's real stack**, while the host's own
 //!    code (dispatcher, callbacks, plugins) runs on a private stack of its own;
 //! 5. returns main's value to libc, which calls `exit` with it.
@@ -171,7 +173,12 @@ unsafe extern "C" fn qbdi_main(
     };
     run_on_private_stack(&mut job);
     match job.result {
-        Ok(status) if session::failure().is_none() => status,
+        Ok(status) if session::failure().is_none() => {
+            // Finalise before libc runs the program's atexit handlers (GNU tools close
+            // stdout and stderr in theirs).
+            session::fini_all();
+            status
+        }
         result => {
             let why = match (session::failure(), result) {
                 (Some(f), _) => format!("{f}; the run stopped"),
@@ -393,6 +400,23 @@ fn install_finalisers() {
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
     }
+}
+
+type ExitFn = unsafe extern "C" fn(c_int) -> !;
+
+/// `exit`, interposed: finalise first, before the program's own atexit handlers run (GNU
+/// tools close stdout and stderr in theirs), then libc's `exit`.
+#[unsafe(no_mangle)]
+pub extern "C" fn exit(status: c_int) -> ! {
+    if in_session_process() {
+        session::fini_all();
+    }
+    let real = next_symbol(c"exit");
+    if real.is_null() {
+        exit_now(status);
+    }
+    // SAFETY: libc's exit has this signature and does not return.
+    unsafe { std::mem::transmute::<*mut c_void, ExitFn>(real)(status) }
 }
 
 /// `_exit`, interposed: finalise, then end the process.

@@ -262,3 +262,22 @@ fn a_program_of_no_plugin_is_unaffected_by_ranges_options() {
     );
     assert_same(&dir, &["--exclude", "libc.so.6"], "true", &[], None);
 }
+
+#[test]
+fn fini_runs_before_the_programs_atexit_handlers() {
+    // GNU ls closes stdout and stderr in an atexit handler: a plugin's fini must run first
+    // to be able to print, whether main returns or the program calls exit().
+    let dir = scratch("atexit");
+    let out = under_qbdi(&dir, &["-p", "testkit:stderr"], "ls", &["/"], None);
+    assert_eq!(out.code, Some(0));
+    assert!(out.stderr.contains("testkit pid="), "{:?}", out.stderr);
+    let out = under_qbdi(
+        &dir,
+        &["-p", "testkit:stderr"],
+        "ls",
+        &["/no/such/dir"],
+        None,
+    );
+    assert_eq!(out.code, Some(2));
+    assert!(out.stderr.contains("testkit pid="), "{:?}", out.stderr);
+}

@@ -18,11 +18,13 @@ qbdi_sdk::plugin!(
         ("after", "with panic=block: panic at this block entry", "1"),
         ("refuse", "refuse to start, with this message", ""),
         ("transfers", "count exec transfers (a callback registered at init)", ""),
+        ("stderr", "also print the report line on stderr", ""),
     ]
 );
 
 struct Config {
     out: Option<String>,
+    stderr: bool,
     tag: String,
     panic: String,
     after: u64,
@@ -52,6 +54,7 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     }
     let config = Config {
         out: options.get("out").map(str::to_owned),
+        stderr: options.flag("stderr"),
         tag: options.get("tag").unwrap_or("testkit").to_owned(),
         panic,
         after: options.parse("after")?.unwrap_or(1),
@@ -97,16 +100,19 @@ fn on_call(_vm: &mut VmRef, _gpr: &mut GprState, _fpr: &mut FprState) -> VmActio
 #[plugin_fini]
 fn fini() {
     let Some(c) = CONFIG.get() else { return };
+    let line = format!(
+        "{} pid={} blocks={} new={} calls={} transfers={}\n",
+        c.tag,
+        std::process::id(),
+        BLOCKS.load(Relaxed),
+        NEW_BLOCKS.load(Relaxed),
+        CALLS.load(Relaxed),
+        TRANSFERS.load(Relaxed)
+    );
+    if c.stderr {
+        eprint!("{line}");
+    }
     if let Some(out) = &c.out {
-        let line = format!(
-            "{} pid={} blocks={} new={} calls={} transfers={}\n",
-            c.tag,
-            std::process::id(),
-            BLOCKS.load(Relaxed),
-            NEW_BLOCKS.load(Relaxed),
-            CALLS.load(Relaxed),
-            TRANSFERS.load(Relaxed)
-        );
         if let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
