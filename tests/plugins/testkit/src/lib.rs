@@ -112,14 +112,13 @@ fn fini() {
     if c.stderr {
         eprint!("{line}");
     }
-    if let Some(out) = &c.out {
-        if let Ok(mut f) = std::fs::OpenOptions::new()
+    if let Some(out) = &c.out
+        && let Ok(mut f) = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(out)
-        {
-            let _ = f.write_all(line.as_bytes());
-        }
+    {
+        let _ = f.write_all(line.as_bytes());
     }
     if c.panic == "fini" {
         panic!("testkit panics in fini, as asked");
