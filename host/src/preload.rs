@@ -14,7 +14,9 @@
 //!    code (dispatcher, callbacks, plugins) runs on a private stack of its own;
 //! 5. returns main's value to libc, which calls `exit` with it.
 //!
-//! Without [`CONFIG_VAR`] in the environment everything here passes straight through.
+//! Without [`CONFIG_VAR`] in the environment everything here passes straight through. That
+//! is also what happens in the `qbdi` binary, which links this code as an rlib: its own
+//! `__libc_start_main`, `exit`, `execvp` calls reach these definitions and go on to libc's.
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
