@@ -246,7 +246,8 @@ impl Drop for PluginClosure {
     }
 }
 
-fn position_of(raw: u32) -> InstPosition {
+/// The engine's position for an ABI position value.
+pub(crate) fn position_of(raw: u32) -> InstPosition {
     if raw == position::POST_INST {
         InstPosition::PostInst
     } else {
@@ -308,6 +309,17 @@ extern "C" fn add_inst_cb(
         }
     );
     id_or_error(result)
+}
+
+/// `true`, or `false` with the error kept for `last_error`.
+fn ok_or_error(result: Result<(), qbdi_core::VmError>) -> bool {
+    match result {
+        Ok(()) => true,
+        Err(e) => {
+            set_error(e.to_string());
+            false
+        }
+    }
 }
 
 fn id_or_error(result: Result<u32, qbdi_core::VmError>) -> u32 {
@@ -479,25 +491,13 @@ extern "C" fn ranges(vm: *const RawVm, op: u32, start: Rword, end: Rword, name: 
         },
         return no_vm()
     );
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            set_error(e.to_string());
-            false
-        }
-    }
+    ok_or_error(result)
 }
 
 extern "C" fn record_memory_access(vm: *const RawVm, access: u32) -> bool {
     let access = MemoryAccessType::from_bits_truncate(access as u8);
     let result = with_target!(vm, |v| v.record_memory_access(access), return no_vm());
-    match result {
-        Ok(()) => true,
-        Err(e) => {
-            set_error(e.to_string());
-            false
-        }
-    }
+    ok_or_error(result)
 }
 
 extern "C" fn symbolize(addr: Rword, out: *mut RawSymbol) -> bool {
@@ -530,10 +530,9 @@ extern "C" fn init_error(vm: *const RawVm, message: StrRef) {
     c.error = Some(message);
 }
 
-extern "C" fn report_panic(_vm: *const RawVm, what: StrRef, message: StrRef) {
-    // SAFETY: the plugin's strings, valid for the call.
-    let (what, message) = unsafe { (what.as_str().into_owned(), message.as_str().into_owned()) };
-    session::panic_reported(what, message);
+extern "C" fn report_panic(_vm: *const RawVm, _what: StrRef, message: StrRef) {
+    // SAFETY: the plugin's string, valid for the call.
+    session::panic_reported(unsafe { message.as_str() }.into_owned());
 }
 
 extern "C" fn host_log(message: StrRef) {

@@ -9,6 +9,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod elf;
 mod host_api;
 pub mod log;
 pub mod plugin;

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use qbdi_core::{Vm, allocate_virtual_stack};
 use qbdi_host::config::{CONFIG_VAR, RunConfig};
+use qbdi_host::elf::NotElf;
 use qbdi_host::plugin::{self, LoadedPlugins, PluginSpec};
 use qbdi_host::preload::QBDI_FAILURE_STATUS;
 use qbdi_host::{log, session};
@@ -161,26 +162,20 @@ fn resolve_program(program: &str) -> Result<PathBuf, String> {
 /// Checks that `path` is something the preload library can take over: a dynamically linked
 /// x86-64 ELF executable, or a `#!` script (its interpreter is then the program).
 fn check_program(path: &Path) -> Result<(), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.starts_with(b"#!") {
+    let head = qbdi_host::elf::read_head(path, 64 << 10)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if head.starts_with(b"#!") {
         return Ok(());
     }
-    if !bytes.starts_with(b"\x7fELF") || bytes.len() < 64 || bytes[4] != 2 {
-        return Err(format!("{} is not a 64-bit ELF executable", path.display()));
-    }
-    if u16::from_le_bytes([bytes[18], bytes[19]]) != 62 {
-        return Err(format!("{} is not an x86-64 program", path.display()));
-    }
-    // Program headers: look for PT_INTERP (a dynamically linked program).
-    let phoff = u64::from_le_bytes(bytes[32..40].try_into().expect("8 bytes")) as usize;
-    let phentsize = u16::from_le_bytes([bytes[54], bytes[55]]) as usize;
-    let phnum = u16::from_le_bytes([bytes[56], bytes[57]]) as usize;
-    let dynamic = (0..phnum).any(|i| {
-        let at = phoff + i * phentsize;
-        bytes
-            .get(at..at + 4)
-            .is_some_and(|t| u32::from_le_bytes(t.try_into().expect("4 bytes")) == 3)
-    });
+    let dynamic = match qbdi_host::elf::parse(&head) {
+        Err(NotElf::NotElf) => {
+            return Err(format!("{} is not a 64-bit ELF executable", path.display()));
+        }
+        Err(NotElf::OtherMachine) => {
+            return Err(format!("{} is not an x86-64 program", path.display()));
+        }
+        Ok(info) => info.has_interp,
+    };
     if !dynamic {
         return Err(format!(
             "{} is statically linked: qbdi run takes over a program through the dynamic loader \

@@ -6,9 +6,9 @@
 //! major/minor) before anything else in it is read; then its registrations and options are
 //! copied into host-owned values.
 
+use crate::elf::{ET_DYN, NotElf};
 use std::ffi::c_void;
 use std::fmt;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use qbdi_sdk::abi::{
@@ -60,6 +60,13 @@ pub enum PluginError {
         /// What is wrong.
         message: String,
     },
+    /// A registration the engine refused (a plugin built with another SDK or by hand).
+    Registration {
+        /// The plugin.
+        plugin: String,
+        /// What was refused and why.
+        message: String,
+    },
     /// The plugin's init refused to start.
     InitRefused {
         /// The plugin.
@@ -99,7 +106,10 @@ impl fmt::Display for PluginError {
                 path.display()
             ),
             PluginError::Abi { path, message } => write!(f, "plugin {}: {message}", path.display()),
-            PluginError::BadOption { plugin, message } => write!(f, "plugin '{plugin}': {message}"),
+            PluginError::BadOption { plugin, message }
+            | PluginError::Registration { plugin, message } => {
+                write!(f, "plugin '{plugin}': {message}")
+            }
             PluginError::InitRefused { plugin, message } => {
                 write!(f, "plugin '{plugin}' refused to start: {message}")
             }
@@ -235,24 +245,16 @@ fn check_elf(path: &Path) -> Result<(), PluginError> {
         path: path.to_owned(),
         why,
     };
-    let mut header = [0u8; 20];
-    let mut file =
-        std::fs::File::open(path).map_err(|e| not_elf(format!("cannot open it ({e})")))?;
-    let n = file
-        .read(&mut header)
-        .map_err(|e| not_elf(format!("cannot read it ({e})")))?;
-    if n < header.len() || &header[..4] != b"\x7fELF" {
-        return Err(not_elf("it is not an ELF file".into()));
-    }
-    if header[4] != 2 || u16::from_le_bytes([header[18], header[19]]) != 62 {
-        return Err(not_elf("it is not a 64-bit x86-64 ELF file".into()));
-    }
-    if u16::from_le_bytes([header[16], header[17]]) != 3 {
-        return Err(not_elf(
+    let head =
+        crate::elf::read_head(path, 64).map_err(|e| not_elf(format!("cannot read it ({e})")))?;
+    match crate::elf::parse(&head) {
+        Err(NotElf::NotElf) => Err(not_elf("it is not an ELF file".into())),
+        Err(NotElf::OtherMachine) => Err(not_elf("it is not a 64-bit x86-64 ELF file".into())),
+        Ok(info) if info.e_type != ET_DYN => Err(not_elf(
             "it is an ELF executable or object, not a shared object".into(),
-        ));
+        )),
+        Ok(_) => Ok(()),
     }
-    Ok(())
 }
 
 /// Copies a string of the plugin's descriptor.

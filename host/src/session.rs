@@ -11,24 +11,25 @@ use qbdi_core::{
 };
 use qbdi_sdk::abi::{
     PANICKED, RawAction, RawEventFn, RawFiniFn, RawInitFn, RawInstFn, RawKeyValue, RawRuleFn,
-    StrRef, kind, position,
+    StrRef, kind,
 };
 
-use crate::host_api::{CallCtx, Target, ref_target, run_rule};
+use crate::host_api::{CallCtx, Target, position_of, ref_target, run_rule};
 use crate::log;
 use crate::plugin::{Plugin, PluginError, Registration};
 
-/// What the session keeps for finalisation: each plugin's name and fini functions.
-struct FiniEntry {
-    plugin: String,
+/// What the session keeps of each plugin once attached: for messages, `--all-maps` and
+/// finalisation (which may run from a signal handler, so nothing here is built late).
+struct Attached {
+    name: String,
+    path: String,
     fini: Vec<(String, RawFiniFn)>,
 }
 
-static FINIS: OnceLock<Vec<FiniEntry>> = OnceLock::new();
-static PLUGIN_NAMES: OnceLock<Vec<String>> = OnceLock::new();
+static ATTACHED: OnceLock<Vec<Attached>> = OnceLock::new();
 static FINI_DONE: AtomicBool = AtomicBool::new(false);
-/// The panic message the last trampoline reported (consumed by [`action`]).
-static PANIC_MESSAGE: Mutex<Option<(String, String)>> = Mutex::new(None);
+/// The panic message the last trampoline reported (consumed by [`take_panic_message`]).
+static PANIC_MESSAGE: Mutex<Option<String>> = Mutex::new(None);
 /// Why the run was stopped by the host (a plugin panicked), if it was.
 static FAILURE: Mutex<Option<String>> = Mutex::new(None);
 
@@ -36,16 +37,24 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Called by the host function table when a plugin reports a panic.
-pub(crate) fn panic_reported(what: String, message: String) {
-    *lock(&PANIC_MESSAGE) = Some((what, message));
+/// Called by the host function table when a plugin reports a panic (the host names the
+/// callback itself, from its registration).
+pub(crate) fn panic_reported(message: String) {
+    *lock(&PANIC_MESSAGE) = Some(message);
+}
+
+/// The message of the panic the last trampoline reported.
+fn take_panic_message() -> String {
+    lock(&PANIC_MESSAGE)
+        .take()
+        .unwrap_or_else(|| "(no message)".into())
 }
 
 fn plugin_name(plugin: usize) -> String {
-    PLUGIN_NAMES
+    ATTACHED
         .get()
-        .and_then(|n| n.get(plugin))
-        .cloned()
+        .and_then(|a| a.get(plugin))
+        .map(|a| a.name.clone())
         .unwrap_or_else(|| format!("#{plugin}"))
 }
 
@@ -59,13 +68,10 @@ pub(crate) fn action(raw: RawAction, plugin: usize, name: &str) -> VmAction {
         3 => VmAction::BreakToVm,
         4 => VmAction::Stop,
         PANICKED => {
-            let message = lock(&PANIC_MESSAGE)
-                .take()
-                .map(|(_, m)| m)
-                .unwrap_or_else(|| "(no message)".into());
             fail(format!(
-                "plugin '{}': callback '{name}' panicked: {message}",
-                plugin_name(plugin)
+                "plugin '{}': callback '{name}' panicked: {}",
+                plugin_name(plugin),
+                take_panic_message()
             ));
             VmAction::Stop
         }
@@ -96,13 +102,11 @@ pub(crate) fn instrument_all_but_own<V: Instrument>(v: &mut V) -> Result<(), VmE
     v.all_maps()?;
     let own = instrument_all_but_own::<V> as *const () as u64;
     let _ = v.remove_module_of(own);
-    for path in PLUGIN_PATHS.get().into_iter().flatten() {
-        let _ = v.remove_module(path);
+    for plugin in ATTACHED.get().into_iter().flatten() {
+        let _ = v.remove_module(&plugin.path);
     }
     Ok(())
 }
-
-static PLUGIN_PATHS: OnceLock<Vec<String>> = OnceLock::new();
 
 /// What [`instrument_all_but_own`] needs of a Vm or a VmRef.
 pub(crate) trait Instrument {
@@ -135,18 +139,12 @@ impl_instrument!(VmRef<'_>);
 /// Registers the plugins (in load order) on `vm`, then runs each one's init with its
 /// options. Call once per process.
 pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Result<(), PluginError> {
-    let _ = PLUGIN_NAMES.set(plugins.iter().map(|(p, _)| p.name.clone()).collect());
-    let _ = PLUGIN_PATHS.set(
+    let _ = ATTACHED.set(
         plugins
             .iter()
-            .map(|(p, _)| p.path.to_string_lossy().into_owned())
-            .collect(),
-    );
-    let _ = FINIS.set(
-        plugins
-            .iter()
-            .map(|(p, _)| FiniEntry {
-                plugin: p.name.clone(),
+            .map(|(p, _)| Attached {
+                name: p.name.clone(),
+                path: p.path.to_string_lossy().into_owned(),
                 fini: p
                     .registrations
                     .iter()
@@ -163,7 +161,7 @@ pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Resul
     );
     for (index, (plugin, _)) in plugins.iter().enumerate() {
         for reg in &plugin.registrations {
-            register(vm, index, reg).map_err(|e| PluginError::BadOption {
+            register(vm, index, reg).map_err(|e| PluginError::Registration {
                 plugin: plugin.name.clone(),
                 message: format!("cannot register {} '{}': {e}", reg.kind_name(), reg.name),
             })?;
@@ -184,13 +182,9 @@ pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Resul
             let raw = c.raw();
             let status = init(&raw, pairs.as_ptr(), pairs.len());
             if status == PANICKED {
-                let message = lock(&PANIC_MESSAGE)
-                    .take()
-                    .map(|(_, m)| m)
-                    .unwrap_or_default();
                 return Err(PluginError::InitRefused {
                     plugin: plugin.name.clone(),
-                    message: format!("its init '{}' panicked: {message}", reg.name),
+                    message: format!("its init '{}' panicked: {}", reg.name, take_panic_message()),
                 });
             }
             if status != 0 {
@@ -206,11 +200,7 @@ pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Resul
 
 fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmError> {
     let name = reg.name.clone();
-    let pos = if reg.position == position::POST_INST {
-        qbdi_core::InstPosition::PostInst
-    } else {
-        qbdi_core::InstPosition::PreInst
-    };
+    let pos = position_of(reg.position);
     match reg.kind {
         kind::INST | kind::MEM_ACCESS => {
             // SAFETY: INST and MEM_ACCESS registrations carry the SDK's RawInstFn.
@@ -295,18 +285,15 @@ pub fn fini_all() {
     if FINI_DONE.swap(true, Ordering::SeqCst) {
         return;
     }
-    for (index, entry) in FINIS.get().into_iter().flatten().enumerate() {
+    for (index, entry) in ATTACHED.get().into_iter().flatten().enumerate() {
         for (name, fini) in &entry.fini {
             let mut c = CallCtx::new(Target::None, index);
             let raw = c.raw();
             if fini(&raw) == PANICKED {
-                let message = lock(&PANIC_MESSAGE)
-                    .take()
-                    .map(|(_, m)| m)
-                    .unwrap_or_default();
                 log::line(&format!(
-                    "plugin '{}': fini '{name}' panicked: {message}",
-                    entry.plugin
+                    "plugin '{}': fini '{name}' panicked: {}",
+                    entry.name,
+                    take_panic_message()
                 ));
             }
         }

@@ -29,16 +29,12 @@ pub(crate) fn set_host_stack(lo: u64, hi: u64) {
     HOST_STACK_HI.store(hi, Ordering::SeqCst);
 }
 
-/// The end of the mapping of /proc/self/maps that contains `addr`.
+/// The end of the mapping that contains `addr`.
 fn mapping_end(addr: u64) -> Option<u64> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines().find_map(|line| {
-        let (range, _) = line.split_once(' ')?;
-        let (start, end) = range.split_once('-')?;
-        let start = u64::from_str_radix(start, 16).ok()?;
-        let end = u64::from_str_radix(end, 16).ok()?;
-        (start..end).contains(&addr).then_some(end)
-    })
+    qbdi_core::current_process_maps(false)
+        .into_iter()
+        .find(|m| m.range.contains(addr))
+        .map(|m| m.range.end)
 }
 
 /// Undoes the broker's redirections on the current stack, from here to its top.

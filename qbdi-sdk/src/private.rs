@@ -7,7 +7,7 @@ pub use crate::registry::{OptionSpec, PluginInfo, Registration, Trampoline, desc
 
 use qbdi_core::{FprState, GprState, InstAnalysis, VmAction, VmState};
 
-use crate::abi::{PANICKED, RawAction, RawInstAnalysis, RawKeyValue, RawVm, StrRef};
+use crate::abi::{RawAction, RawInstAnalysis, RawKeyValue, RawVm, StrRef};
 use crate::options::PluginOptions;
 use crate::panic::guard;
 use crate::vm_ref::{InstrRuleCallback, VmRef, push_rule_callbacks, with_vm};
@@ -75,16 +75,10 @@ pub unsafe fn call_rule(
         let analysis = unsafe { crate::convert::inst_analysis(&*analysis) };
         with_vm(vm, |vm| {
             let produced = f(vm, &analysis);
-            // SAFETY: `vm` is this call's handle.
-            let api = unsafe { &*(*vm_raw(vm)).api };
-            push_rule_callbacks(api, sink, produced);
+            push_rule_callbacks(vm.api(), sink, produced);
         });
         VmAction::Continue as RawAction
     })
-}
-
-fn vm_raw(vm: &VmRef<'_>) -> *const RawVm {
-    vm.raw_handle()
 }
 
 /// Body of an init trampoline: options in, 0 or an error (reported through the host).
@@ -110,19 +104,17 @@ pub unsafe fn call_init<E: std::fmt::Display>(
             .collect()
     };
     let options = PluginOptions::new(pairs);
-    let result = guard(vm, name, || {
+    // 0: started; 1: refused (the message is with the host); PANICKED.
+    guard(vm, name, || {
         with_vm(vm, |vm| match f(vm, &options) {
             Ok(()) => 0,
             Err(e) => {
                 let message = e.to_string();
-                // SAFETY: `vm` is this call's handle.
-                let api = unsafe { &*(*vm_raw(vm)).api };
-                (api.set_error)(vm_raw(vm), StrRef::new(&message));
+                (vm.api().set_error)(vm.raw_handle(), StrRef::new(&message));
                 1
             }
         })
-    });
-    if result == PANICKED { PANICKED } else { result }
+    })
 }
 
 /// Body of a fini trampoline.

@@ -107,6 +107,11 @@ impl<'a> VmRef<'a> {
         self.raw
     }
 
+    /// The host's function table.
+    pub(crate) fn api(&self) -> &'a HostApi {
+        self.api
+    }
+
     fn last_error(&self) -> VmError {
         let e = (self.api.last_error)();
         // SAFETY: the host keeps its last error alive until its next call on this thread.

@@ -443,7 +443,7 @@ fn a_panicking_callback_stops_the_run_and_every_fini_still_runs() {
         out.stderr
     );
     assert!(
-        out.stderr.contains("qbdi_plugin") || out.stderr.contains("lib.rs"),
+        out.stderr.contains("(at tests/plugins/testkit/src/lib.rs:"),
         "location: {}",
         out.stderr
     );
