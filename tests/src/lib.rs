@@ -1,3 +1,4 @@
 //! Helpers shared by the workspace-level tests.
 
 pub mod cli;
+pub mod ev_blocks;

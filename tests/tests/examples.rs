@@ -6,29 +6,19 @@
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Formatter, IntelFormatter};
 use qbdi_core::{
-    AnalysisType, FAKE_RETURN_ADDRESS, InstPosition, PRIORITY_DEFAULT, Permission, Range,
-    VirtualStack, Vm, VmAction, VmEvent, VmState, allocate_virtual_stack, current_process_maps,
-    simulate_call,
+    AnalysisType, FAKE_RETURN_ADDRESS, InstPosition, PRIORITY_DEFAULT, Permission, Range, Vm,
+    VmAction, VmEvent, VmState, allocate_virtual_stack, current_process_maps, simulate_call,
 };
-use std::cell::RefCell;
 use std::collections::BTreeSet;
 use std::ffi::{CStr, c_char, c_void};
 use std::rc::Rc;
 
-unsafe extern "C" {
-    fn ev_bb_branch(x: u64) -> u64;
-    static ev_bb_branch_b: u8;
-    static ev_bb_branch_c: u8;
-    static ev_bb_branch_e: u8;
-    static ev_bb_branch_end: u8;
+use qbdi_tests::ev_blocks::{
+    Block, branch_labels, ev_bb_branch, ev_bb_loop, guest_vm, loop_block_sequence, loop_blocks,
+    shared,
+};
 
-    fn ev_bb_loop(n: u64) -> i64;
-    static ev_bb_loop_top: u8;
-    static ev_bb_loop_odd: u8;
-    static ev_bb_loop_even: u8;
-    static ev_bb_loop_next: u8;
-    static ev_bb_loop_done: u8;
-    static ev_bb_loop_end: u8;
+unsafe extern "C" {
 
     fn ev_libc_roundtrip(s: *const c_char, n: usize) -> i64;
 }
@@ -41,22 +31,6 @@ macro_rules! addr {
     ($label:ident) => {
         (&raw const $label) as u64
     };
-}
-
-/// A basic block `[start, end)`.
-type Block = (u64, u64);
-
-/// A Vm instrumenting the test executable (where the guest code is linked), with a stack.
-fn guest_vm() -> (Vm, VirtualStack) {
-    let mut vm = Vm::new();
-    let stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("a guest stack");
-    vm.add_instrumented_module_from_addr(addr!(fn ev_bb_branch))
-        .expect("instrument the test executable");
-    (vm, stack)
-}
-
-fn shared<T: Default>() -> Rc<RefCell<T>> {
-    Rc::new(RefCell::new(T::default()))
 }
 
 // ---- instruction tracer of libm's sin ---------------------------------------------------
@@ -188,13 +162,7 @@ fn instruction_trace_of_libm_sin_has_libm_addresses_iced_disassembly_and_native_
 
 #[test]
 fn basic_block_entry_reports_the_blocks_of_each_branch_outcome() {
-    let (a, b, c, e, end) = (
-        addr!(fn ev_bb_branch),
-        addr!(ev_bb_branch_b),
-        addr!(ev_bb_branch_c),
-        addr!(ev_bb_branch_e),
-        addr!(ev_bb_branch_end),
-    );
+    let (a, b, c, e, end) = branch_labels();
     let (mut vm, _stack) = guest_vm();
     let entries = shared::<Vec<(Block, u64)>>();
     let log = Rc::clone(&entries);
@@ -231,35 +199,6 @@ fn basic_block_entry_reports_the_blocks_of_each_branch_outcome() {
 }
 
 // ---- block coverage: BASIC_BLOCK_NEW ------------------------------------------------------
-
-/// The blocks of `ev_bb_loop` (see `ev_blocks.S`): H, T, O, V, N, D.
-fn loop_blocks() -> [Block; 6] {
-    [
-        (addr!(fn ev_bb_loop), addr!(ev_bb_loop_top)),
-        (addr!(ev_bb_loop_top), addr!(ev_bb_loop_odd)),
-        (addr!(ev_bb_loop_odd), addr!(ev_bb_loop_even)),
-        (addr!(ev_bb_loop_even), addr!(ev_bb_loop_done)),
-        (addr!(ev_bb_loop_next), addr!(ev_bb_loop_done)),
-        (addr!(ev_bb_loop_done), addr!(ev_bb_loop_end)),
-    ]
-}
-
-/// The blocks `ev_bb_loop(n)` executes, in order: H, then per i = n..1 T and O N (odd i)
-/// or V (even i), then D.
-fn loop_block_sequence(n: u64) -> Vec<Block> {
-    let [h, t, o, v, nb, d] = loop_blocks();
-    let mut seq = vec![h];
-    for i in (1..=n).rev() {
-        seq.push(t);
-        if i % 2 == 1 {
-            seq.extend([o, nb]);
-        } else {
-            seq.push(v);
-        }
-    }
-    seq.push(d);
-    seq
-}
 
 /// Native `ev_bb_loop`, from its description.
 fn loop_model(n: u64) -> i64 {
@@ -347,13 +286,7 @@ fn basic_block_new_reports_each_entered_block_once_until_the_cache_is_cleared() 
 
 #[test]
 fn basic_block_new_covers_each_branch_outcome_when_first_taken() {
-    let (a, b, c, e, end) = (
-        addr!(fn ev_bb_branch),
-        addr!(ev_bb_branch_b),
-        addr!(ev_bb_branch_c),
-        addr!(ev_bb_branch_e),
-        addr!(ev_bb_branch_end),
-    );
+    let (a, b, c, e, end) = branch_labels();
     let (mut vm, _stack) = guest_vm();
     let new = shared::<Vec<Block>>();
     let log = Rc::clone(&new);

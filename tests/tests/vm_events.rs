@@ -6,26 +6,18 @@
 
 use iced_x86::{Decoder, DecoderOptions};
 use qbdi_core::{
-    AnalysisType, FAKE_RETURN_ADDRESS, InstPosition, PRIORITY_DEFAULT, VirtualStack, Vm, VmAction,
-    VmEvent, VmState, allocate_virtual_stack, simulate_call,
+    AnalysisType, FAKE_RETURN_ADDRESS, InstPosition, PRIORITY_DEFAULT, Vm, VmAction, VmEvent,
+    VmState, simulate_call,
 };
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
-unsafe extern "C" {
-    fn ev_bb_branch(x: u64) -> u64;
-    static ev_bb_branch_b: u8;
-    static ev_bb_branch_c: u8;
-    static ev_bb_branch_e: u8;
-    static ev_bb_branch_end: u8;
+use qbdi_tests::ev_blocks::{
+    Block, branch_blocks, ev_bb_branch, ev_bb_loop, guest_vm, loop_block_sequence, loop_blocks,
+    shared,
+};
 
-    fn ev_bb_loop(n: u64) -> i64;
-    static ev_bb_loop_top: u8;
-    static ev_bb_loop_odd: u8;
-    static ev_bb_loop_even: u8;
-    static ev_bb_loop_next: u8;
-    static ev_bb_loop_done: u8;
-    static ev_bb_loop_end: u8;
+unsafe extern "C" {
 
     fn ev_sys_getpid() -> u64;
     static ev_sys_getpid_syscall: u8;
@@ -41,22 +33,6 @@ macro_rules! addr {
     ($label:ident) => {
         (&raw const $label) as u64
     };
-}
-
-/// A basic block `[start, end)`.
-type Block = (u64, u64);
-
-/// A Vm instrumenting the test executable (where the guest code is linked), with a stack.
-fn guest_vm() -> (Vm, VirtualStack) {
-    let mut vm = Vm::new();
-    let stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("a guest stack");
-    vm.add_instrumented_module_from_addr(addr!(fn ev_bb_loop))
-        .expect("instrument the test executable");
-    (vm, stack)
-}
-
-fn shared<T: Default>() -> Rc<RefCell<T>> {
-    Rc::new(RefCell::new(T::default()))
 }
 
 /// Records every call of a VM event callback: the state and gpr.rip.
@@ -96,47 +72,6 @@ fn instruction_addresses(start: u64, end: u64) -> Vec<u64> {
         .into_iter()
         .map(|i| i.ip())
         .collect()
-}
-
-/// The blocks of `ev_bb_branch`: A, B, C, E (see `ev_blocks.S`).
-fn branch_blocks() -> [Block; 4] {
-    let (a, b, c, e, end) = (
-        addr!(fn ev_bb_branch),
-        addr!(ev_bb_branch_b),
-        addr!(ev_bb_branch_c),
-        addr!(ev_bb_branch_e),
-        addr!(ev_bb_branch_end),
-    );
-    [(a, b), (b, c), (c, end), (e, end)]
-}
-
-/// The blocks of `ev_bb_loop`: H, T, O, V, N, D (see `ev_blocks.S`).
-fn loop_blocks() -> [Block; 6] {
-    [
-        (addr!(fn ev_bb_loop), addr!(ev_bb_loop_top)),
-        (addr!(ev_bb_loop_top), addr!(ev_bb_loop_odd)),
-        (addr!(ev_bb_loop_odd), addr!(ev_bb_loop_even)),
-        (addr!(ev_bb_loop_even), addr!(ev_bb_loop_done)),
-        (addr!(ev_bb_loop_next), addr!(ev_bb_loop_done)),
-        (addr!(ev_bb_loop_done), addr!(ev_bb_loop_end)),
-    ]
-}
-
-/// The blocks `ev_bb_loop(n)` executes, in order: H, then per i = n..1 T and O N (odd i)
-/// or V (even i), then D.
-fn loop_block_sequence(n: u64) -> Vec<Block> {
-    let [h, t, o, v, nb, d] = loop_blocks();
-    let mut seq = vec![h];
-    for i in (1..=n).rev() {
-        seq.push(t);
-        if i % 2 == 1 {
-            seq.extend([o, nb]);
-        } else {
-            seq.push(v);
-        }
-    }
-    seq.push(d);
-    seq
 }
 
 fn block_of(state: &VmState) -> Block {
