@@ -9,8 +9,9 @@
 
 use crate::analysis::{AnalysisType, InstAnalysis};
 use crate::callback::{
-    CallbackId, InstCallback, InstPosition, InstrRuleCallback, VmCallback, VmEvent,
+    CallbackId, InstCallback, InstPosition, InstrRuleCallback, VmCallback, VmEvent, VmState,
 };
+use crate::engine::DirectCall;
 use crate::error::VmError;
 use crate::maps::{Permission, current_process_maps, map_is_module};
 use crate::memory_access::MemoryAccessType;
@@ -88,10 +89,12 @@ pub(crate) enum Entry {
         position: InstPosition,
         priority: i32,
         cb: Option<InstCallback>,
+        direct: Option<DirectCall>,
     },
     Event {
         events: VmEvent,
         cb: Option<VmCallback>,
+        direct: Option<DirectCall>,
     },
     Rule {
         range: Option<Range>,
@@ -141,6 +144,14 @@ pub(crate) struct Site {
     pub mem_len: u32,
     pub bb_mem_first: u32,
     pub bb_mem_len: u32,
+    /// How translated code calls the site's only callback directly, if it can
+    /// (engine/direct_call.rs).
+    pub direct: Option<DirectCall>,
+    /// Non-zero while that callback exists: a direct site reads it before each call (the
+    /// callback may be deleted while translated code still names it).
+    pub direct_live: u8,
+    /// (Event sites with a direct call) the VmState the callback sees.
+    pub state: VmState,
 }
 
 /// Most sites and callback references the table holds before the cache is reset.
@@ -291,7 +302,7 @@ impl Instrumentation {
         &mut self,
         filter: Filter,
         position: InstPosition,
-        cb: InstCallback,
+        (cb, direct): (InstCallback, Option<DirectCall>),
         priority: i32,
     ) -> CallbackId {
         self.schedule_flush(filter.affected());
@@ -300,10 +311,15 @@ impl Instrumentation {
             position,
             priority,
             cb: Some(cb),
+            direct,
         })
     }
 
-    pub fn add_event(&mut self, events: VmEvent, cb: VmCallback) -> Result<CallbackId, VmError> {
+    pub fn add_event(
+        &mut self,
+        events: VmEvent,
+        (cb, direct): (VmCallback, Option<DirectCall>),
+    ) -> Result<CallbackId, VmError> {
         if events.is_empty() {
             return Err(VmError::InvalidArgument(
                 "add_vm_event_cb needs at least one VmEvent (e.g. VmEvent::BASIC_BLOCK_ENTRY)"
@@ -317,6 +333,7 @@ impl Instrumentation {
         Ok(self.push_entry(Entry::Event {
             events,
             cb: Some(cb),
+            direct,
         }))
     }
 
@@ -342,12 +359,22 @@ impl Instrumentation {
                 *range
             }
         };
+        // Translated code may still reach the site before the flush applies: its direct
+        // calls must not use the freed closure.
+        for s in &mut self.sites {
+            if s.direct.is_some() && self.site_cbs[s.first as usize] == id {
+                s.direct_live = 0;
+            }
+        }
         self.schedule_flush(affected);
         self.recompute_events();
         Ok(())
     }
 
     pub fn delete_all(&mut self) {
+        for s in &mut self.sites {
+            s.direct_live = 0;
+        }
         self.entries.clear();
         self.events = VmEvent::empty();
         self.schedule_flush(None);
@@ -377,7 +404,7 @@ impl Instrumentation {
 
     pub fn take_event(&mut self, id: u32) -> Option<(VmEvent, VmCallback)> {
         match self.entries.get_mut(id as usize)? {
-            Some(Entry::Event { events, cb }) => cb.take().map(|c| (*events, c)),
+            Some(Entry::Event { events, cb, .. }) => cb.take().map(|c| (*events, c)),
             _ => None,
         }
     }
@@ -477,13 +504,36 @@ impl Instrumentation {
         for &(_, id) in &self.scratch {
             self.site_cbs.push(id);
         }
-        Some(self.push_site(
+        let site = self.push_site(
             SiteKind::Inst(position),
             instr.ip(),
             block_start,
             first,
             self.scratch.len() as u32,
-        ))
+        );
+        // A single callback with an eligible entry, unless a memory range decides at run
+        // time whether it runs.
+        if let [(_, id)] = self.scratch[..]
+            && let Some(Some(Entry::Inst { filter, direct, .. })) = self.entries.get(id as usize)
+            && !matches!(filter, Filter::MemAccess(_, Some(_)))
+        {
+            self.set_direct(site, *direct, VmEvent::empty());
+        }
+        Some(site)
+    }
+
+    /// Gives `site` its direct call (if any) and the VmState it passes.
+    fn set_direct(&mut self, site: u32, direct: Option<DirectCall>, events: VmEvent) {
+        let s = &mut self.sites[site as usize];
+        s.direct = direct;
+        s.direct_live = u8::from(direct.is_some());
+        s.state = VmState {
+            event: events,
+            basic_block_start: s.block_start,
+            basic_block_end: 0,
+            sequence_start: s.block_start,
+            sequence_end: 0,
+        };
     }
 
     /// Adds a site for the inline events in `events` that have callbacks.
@@ -511,6 +561,16 @@ impl Instrumentation {
             wanted.intersects(ENTRY_EVENTS) && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
         let site = self.push_site(SiteKind::Events(wanted), inst_addr, block_start, first, n);
         self.sites[site as usize].new_pending = new_pending;
+        // A single callback, whose VmState is then the same at every run (with a block
+        // still to be reported new, it is not).
+        if n == 1
+            && !new_pending
+            && let Some(Some(Entry::Event { events, direct, .. })) =
+                self.entries.get(self.site_cbs[first as usize] as usize)
+        {
+            let (direct, events) = (*direct, *events & wanted);
+            self.set_direct(site, direct, events);
+        }
         Some(site)
     }
 
@@ -536,6 +596,9 @@ impl Instrumentation {
             mem_len: 0,
             bb_mem_first: 0,
             bb_mem_len: 0,
+            direct: None,
+            direct_live: 0,
+            state: VmState::default(),
         });
         (self.sites.len() - 1) as u32
     }

@@ -184,6 +184,15 @@ impl Vm {
         shared.analyses.get(addr, analysis, options)
     }
 
+    /// How many callback sites of the code cache call their callback directly from
+    /// translated code (a diagnostic: simple callbacks, such as counters, run without the
+    /// general save of the guest state; see docs/architecture.md).
+    #[must_use]
+    pub fn direct_call_sites(&self) -> usize {
+        let inst = self.inst_ref();
+        inst.sites.iter().filter(|s| s.direct_live != 0).count()
+    }
+
     /// Runs the guest from `start` until it reaches `stop`, from the current state, and
     /// leaves the final state in the Vm (`rip` = `stop`).
     pub fn run(&mut self, start: Rword, stop: Rword) -> Result<(), VmError> {

@@ -79,6 +79,21 @@ LABEL cb_inc_ret
     ret
 ENDF cb_inc
 
+// (x) -> x + 6 + the arithmetic and direction flags the guest saw after its adds (OF SF ZF
+// AF PF CF DF). The adds run with the direction flag set: callbacks on them see it set.
+FUNC cb_df
+    std
+    mov rax, rdi
+    add rax, 2
+    add rax, 4
+    pushfq
+    pop rdx
+    cld
+    and edx, 0xcd5
+    add rax, rdx
+    ret
+ENDF cb_df
+
 // (x) -> 2x.
 FUNC cb_double
     lea rax, [rdi + rdi]

@@ -10,7 +10,7 @@ mod cases;
 
 /// No callbacks: the Vm runs the guest code translated, nothing else.
 fn configure(_vm: &mut Vm) -> cases::AfterCall {
-    Box::new(|_name| {})
+    Box::new(|_name, _vm| {})
 }
 
 /// The plain suite runs the largest inputs too.

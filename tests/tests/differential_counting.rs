@@ -3,6 +3,8 @@
 //! count; the guest's results must still be the native ones, and after every call both
 //! callbacks must have run, the same number of times (each instruction that starts also
 //! finishes: calls into native code and `ret` to the fake return address included).
+//! The counters are simple enough for translated code to call them directly
+//! (engine/direct_call.rs): this is the differential suite of that path.
 
 use qbdi_core::{InstPosition, PRIORITY_DEFAULT, Vm, VmAction};
 use std::cell::Cell;
@@ -27,15 +29,21 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
         vm.add_code_cb(
             position,
             move |_vm, _gpr, _fpr| {
-                count.set(count.get() + 1);
+                // Wrapping: no overflow-check branch, so the callback stays a leaf and
+                // translated code calls it directly (engine/direct_call.rs).
+                count.set(count.get().wrapping_add(1));
                 VmAction::Continue
             },
             PRIORITY_DEFAULT,
         )
         .expect("a callback on every instruction");
     }
-    Box::new(move |name| {
+    Box::new(move |name, vm| {
         let (pre, post) = (pre.take(), post.take());
+        assert!(
+            vm.direct_call_sites() > 0,
+            "{name}: the counting callbacks were not called directly"
+        );
         assert!(pre > 0, "{name}: no PreInst callback ran during the call");
         assert_eq!(
             pre, post,

@@ -134,7 +134,7 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
         PRIORITY_DEFAULT,
     )
     .expect("a callback on every instruction");
-    Box::new(move |name| {
+    Box::new(move |name, _vm| {
         assert!(runs.take() > 0, "{name}: the clobbering callback never ran");
     })
 }

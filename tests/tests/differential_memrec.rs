@@ -103,7 +103,7 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
         PRIORITY_DEFAULT,
     )
     .expect("a memory callback");
-    Box::new(move |name| {
+    Box::new(move |name, _vm| {
         let seen = std::mem::take(&mut *seen.borrow_mut());
         assert!(
             seen.errors.is_empty(),

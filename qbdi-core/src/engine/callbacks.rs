@@ -47,7 +47,10 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
     let s = &shared.inst.sites[site as usize];
     let (kind, first, len, inst_addr) = (s.kind, s.first, s.len, s.inst_addr);
     let (skip_inst, skip_patch) = (s.skip_inst, s.skip_patch);
+    let pending = std::mem::take(&mut ctx.cb_pending);
     let result = catch_unwind(AssertUnwindSafe(|| match kind {
+        // A direct call already ran the site's callback (engine/direct_call.rs).
+        _ if pending != 0 => pending_action(pending),
         SiteKind::Inst(position) => run_inst_site(shared, ctx, site, position),
         SiteKind::Events(events) => {
             let s = &mut shared.inst.sites[site as usize];
@@ -95,6 +98,17 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
             ctx.cb_stop = u8::from(action == VmAction::Stop);
             0
         }
+    }
+}
+
+/// The action a direct site's callback returned, as the site stored it.
+fn pending_action(value: u32) -> VmAction {
+    match value {
+        1 => VmAction::SkipInst,
+        2 => VmAction::SkipPatch,
+        3 => VmAction::BreakToVm,
+        4 => VmAction::Stop,
+        _ => VmAction::Continue,
     }
 }
 

@@ -55,6 +55,9 @@ pub(crate) struct Context {
     pub cb_data: u64,
     pub cb_resume: u64,
     pub cb_site: u32,
+    /// A `VmAction` a direct site's callback already returned (0: none): the routine then
+    /// applies it instead of calling the site's callbacks.
+    pub cb_pending: u32,
     /// FP_NONE / FP_FAST / FP_FULL: how the callback routine saved FP state.
     pub fp_mode: u8,
     /// Whether the non-SSE parts of `fpr` may hold values other than their initial ones
@@ -93,6 +96,7 @@ pub(crate) mod off {
     pub const CB_DATA: u64 = offset_of!(Context, cb_data) as u64;
     pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;
     pub const CB_SITE: u64 = offset_of!(Context, cb_site) as u64;
+    pub const CB_PENDING: u64 = offset_of!(Context, cb_pending) as u64;
     pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
     pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;

@@ -270,7 +270,7 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
 /// Reloads every guest register but rsp from the context, flags last: `sahf` (and an add
 /// that sets OF) when only the arithmetic flags matter, `popfq` (slow) otherwise. Runs on
 /// the host stack.
-fn emit_reload_guest(a: &mut Asm, ctx: u64) {
+pub(crate) fn emit_reload_guest(a: &mut Asm, ctx: u64) {
     for r in 2..16u8 {
         if r != RSP {
             a.load(r, ctx + off::gpr(r));
@@ -281,12 +281,7 @@ fn emit_reload_guest(a: &mut Asm, ctx: u64) {
     a.load(RAX, ctx + off::EFLAGS);
     a.test_eax(!PLAIN_FLAGS);
     a.jcc_label(5, popf); // jnz
-    a.bytes(&[0x89, 0xc1]); // mov ecx, eax
-    a.bytes(&[0xc1, 0xe9, 0x0b]); // shr ecx, 11
-    a.bytes(&[0x83, 0xe1, 0x01]); // and ecx, 1
-    a.bytes(&[0x80, 0xc1, 0x7f]); // add cl, 0x7f: OF = saved OF
-    a.bytes(&[0x88, 0xc4]); // mov ah, al
-    a.bytes(&[0x9e]); // sahf: SF ZF AF PF CF
+    emit_restore_plain_flags(a);
     a.jmp_label(done);
     a.bind(popf);
     a.push_mem(ctx + off::EFLAGS);
@@ -294,6 +289,17 @@ fn emit_reload_guest(a: &mut Asm, ctx: u64) {
     a.bind(done);
     a.load(RCX, ctx + off::gpr(RCX));
     a.load(RAX, ctx + off::gpr(RAX));
+}
+
+/// Sets OF, SF, ZF, AF, PF and CF from the RFLAGS value in rax, without `popfq`; the
+/// other flags are left as they are. Clobbers rax and rcx.
+pub(crate) fn emit_restore_plain_flags(a: &mut Asm) {
+    a.bytes(&[0x89, 0xc1]); // mov ecx, eax
+    a.bytes(&[0xc1, 0xe9, 0x0b]); // shr ecx, 11
+    a.bytes(&[0x83, 0xe1, 0x01]); // and ecx, 1
+    a.bytes(&[0x80, 0xc1, 0x7f]); // add cl, 0x7f: OF = saved OF
+    a.bytes(&[0x88, 0xc4]); // mov ah, al
+    a.bytes(&[0x9e]); // sahf: SF ZF AF PF CF
 }
 
 fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {

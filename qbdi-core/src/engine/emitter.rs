@@ -240,6 +240,39 @@ impl Asm {
         self.bytes(&[0x48, 0x89, 0x04, 0x24]);
     }
 
+    /// `mov rax, [rsp]`
+    pub fn load_rax_from_stack_top(&mut self) {
+        self.bytes(&[0x48, 0x8b, 0x04, 0x24]);
+    }
+
+    /// `test dword [rsp], imm32` (sets flags)
+    pub fn test_stack_top32(&mut self, imm: u32) {
+        self.bytes(&[0xf7, 0x04, 0x24]);
+        self.u32(imm);
+    }
+
+    /// `cmp byte [rax], imm8` (sets flags)
+    pub fn cmp_byte_at_rax(&mut self, imm: u8) {
+        self.bytes(&[0x80, 0x38, imm]);
+    }
+
+    /// `call rax`
+    pub fn call_rax(&mut self) {
+        self.bytes(&[0xff, 0xd0]);
+    }
+
+    /// `test eax, eax` (sets flags)
+    pub fn test_eax_eax(&mut self) {
+        self.bytes(&[0x85, 0xc0]);
+    }
+
+    /// `mov dword [rip+addr], eax`
+    pub fn store_eax32(&mut self, addr: u64) {
+        self.bytes(&[0x89, 0x05]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
     /// `jmp rel32` to an absolute address; returns the address of the rel32 field.
     pub fn jmp_to(&mut self, target: u64) -> u64 {
         self.buf.push(0xe9);
@@ -531,6 +564,12 @@ mod tests {
         a.push_mem(0x2000);
         a.pop_mem(0x2000);
         a.jmp_mem(0x2000);
+        a.load_rax_from_stack_top();
+        a.test_stack_top32(0x40400);
+        a.cmp_byte_at_rax(0);
+        a.call_rax();
+        a.test_eax_eax();
+        a.store_eax32(0x2000);
         let got = disasm(&a);
         let want = [
             "mov [2000h],r13",
@@ -549,6 +588,12 @@ mod tests {
             "push qword ptr [2000h]",
             "pop qword ptr [2000h]",
             "jmp qword ptr [2000h]",
+            "mov rax,[rsp]",
+            "test dword ptr [rsp],40400h",
+            "cmp byte ptr [rax],0",
+            "call rax",
+            "test eax,eax",
+            "mov [2000h],eax",
         ];
         assert_eq!(got, want);
     }

@@ -6,7 +6,9 @@
 //! - [`ib_table`]: inline indirect-branch lookup;
 //! - [`dispatcher`]: the run loop, block linking;
 //! - [`exec_broker`]: handing control to native (uninstrumented) code and back;
-//! - [`blocks`]: bookkeeping of blocks and exit stubs; [`xstate`]: FP state saving.
+//! - [`directory`]: bookkeeping of blocks and exit stubs; [`xstate`]: FP state saving;
+//! - [`callbacks`]: the Rust side of callback sites; [`direct_call`]: calling simple
+//!   callbacks straight from translated code.
 //!
 //! This module owns the cache directory (which guest block is where, which stubs are
 //! linked) and its invalidation. It never runs guest code itself: the dispatcher does.
@@ -15,6 +17,7 @@ mod callbacks;
 mod code_cache;
 mod context;
 mod context_switch;
+mod direct_call;
 mod directory;
 mod dispatcher;
 mod emitter;
@@ -24,6 +27,8 @@ mod maps_reader;
 mod memory_recording;
 mod translator;
 mod xstate;
+
+pub(crate) use direct_call::{DirectCall, event_callback, inst_callback};
 
 use crate::callback::VmEvent;
 use crate::error::VmError;
@@ -322,6 +327,8 @@ impl Engine {
             s.skip_inst = skip_inst;
             s.skip_patch = skip_patch;
             s.block_end = t.guest_end;
+            s.state.basic_block_end = t.guest_end;
+            s.state.sequence_end = t.guest_end;
         }
         if events.contains(VmEvent::BASIC_BLOCK_NEW)
             && self.new_blocks.len() < self.new_blocks.capacity()

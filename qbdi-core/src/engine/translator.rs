@@ -22,11 +22,12 @@
 
 use super::context::off;
 use super::context_switch::Runtime;
+use super::direct_call::{DirectSite, emit_direct_site};
 use super::directory::ExitKind;
 use super::emitter::{Asm, Label, RAX, RCX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
-use crate::callback::{InstPosition, VmEvent};
+use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
 use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
 use crate::memory_access::MemoryRecorder;
@@ -38,9 +39,19 @@ use iced_x86::{
 
 /// At most this many guest instructions per block.
 pub(crate) const MAX_BLOCK_INSTRUCTIONS: usize = 128;
-/// Host bytes a block can need at most (guest instructions rewritten through a scratch
-/// register take 40 bytes; the terminator and stubs fit in the rest).
-pub(crate) const MAX_BLOCK_HOST_BYTES: u64 = (MAX_BLOCK_INSTRUCTIONS as u64) * 48 + 1024;
+/// Host bytes one callback site takes at most: a direct call that passes the whole guest
+/// state through the context (saves, restores on two paths), then the general path.
+const MAX_SITE_HOST_BYTES: usize = 1024;
+/// Host bytes one guest instruction can take with everything around it: its body (40
+/// bytes when rewritten through a scratch register), recording of up to 8 memory accesses
+/// before and after it, and its PreInst, PostInst and two syscall sites.
+const MAX_INST_HOST_BYTES: usize = 4 * MAX_SITE_HOST_BYTES + 1024;
+/// What a block's end can add after its last instruction's budget: PostInst and exit
+/// sites on its paths (taken, not taken, skipped), and the exit stubs.
+const MAX_TAIL_HOST_BYTES: usize = 6 * MAX_SITE_HOST_BYTES + 1024;
+/// Host bytes a block can need at most. A block ends early rather than outgrow it, so a
+/// block is translated into a buffer that never grows and always fits the cache's room.
+pub(crate) const MAX_BLOCK_HOST_BYTES: u64 = 64 << 10;
 
 /// A block has at most this many exit stubs (two branch paths and its reentry stub).
 pub(crate) const MAX_BLOCK_STUBS: usize = 4;
@@ -102,10 +113,20 @@ pub(crate) struct Translator {
 
 /// Where a callback site finds the guest's `rip`.
 #[derive(Clone, Copy)]
-enum Rip {
+pub(crate) enum Rip {
     Imm(u64),
     /// In `ctx.ib_target` (an indirect branch's target).
     IbTarget,
+}
+
+impl Rip {
+    /// Loads the guest's `rip` into rax.
+    pub fn emit(self, a: &mut Asm, ctx: u64) {
+        match self {
+            Rip::Imm(v) => a.mov_imm64(RAX, v),
+            Rip::IbTarget => a.load(RAX, ctx + off::IB_TARGET),
+        }
+    }
 }
 
 /// The instrumentation to plant while translating one block, if any.
@@ -211,6 +232,8 @@ impl Translator {
                 && (ip >= env.limit
                     || ip == env.boundary
                     || count >= MAX_BLOCK_INSTRUCTIONS
+                    || self.asm.len() + MAX_INST_HOST_BYTES + MAX_TAIL_HOST_BYTES
+                        > MAX_BLOCK_HOST_BYTES as usize
                     || !block_has_room(self.next_slot));
             if ends_here || !decoder.can_decode() && count > 0 {
                 self.exit_events(env, &mut hooks, ip, Rip::Imm(ip));
@@ -249,6 +272,7 @@ impl Translator {
         let reentry = self.pending.len() - 1;
         self.emit_stubs(env);
         self.asm.finish();
+        debug_assert!(self.asm.len() <= MAX_BLOCK_HOST_BYTES as usize);
         for &(site, skip_inst, skip_patch) in &self.site_labels {
             let a = &self.asm;
             self.site_addrs
@@ -259,21 +283,38 @@ impl Translator {
 
     /// Emits a call of callback site `site`: saves rax, sets `gpr.rip`, names the site, and
     /// calls the callback routine on the host stack, which returns right after the call
-    /// (Continue) or jumps to one of the two skip labels.
+    /// (Continue) or jumps to one of the two skip labels. A site with a direct call
+    /// (`direct_call`) tries that first and falls back to this general path.
     fn site_call(
         &mut self,
         env: &Env<'_>,
+        inst: &Instrumentation,
         site: u32,
         rip: Rip,
         skip_inst: Label,
         skip_patch: Label,
     ) {
         let ctx = env.ctx;
-        self.asm.store(ctx + off::gpr(RAX), RAX);
-        match rip {
-            Rip::Imm(v) => self.asm.mov_imm64(RAX, v),
-            Rip::IbTarget => self.asm.load(RAX, ctx + off::IB_TARGET),
+        let start = self.asm.len();
+        let s = &inst.sites[site as usize];
+        let after = self.asm.new_label();
+        if let Some(call) = s.direct {
+            let general = self.asm.new_label();
+            let d = DirectSite {
+                call,
+                site,
+                live_flag: &s.direct_live as *const u8 as u64,
+                state: &s.state as *const VmState as u64,
+                rip,
+                routine: env.runtime.callback,
+                general,
+                after,
+            };
+            emit_direct_site(&mut self.asm, ctx, &d);
+            self.asm.bind(general);
         }
+        self.asm.store(ctx + off::gpr(RAX), RAX);
+        rip.emit(&mut self.asm, ctx);
         self.asm.store(ctx + off::RIP, RAX);
         self.asm.store_imm32(ctx + off::CB_SITE, site);
         // call the routine on the host stack: its `ret` comes back here (predicted).
@@ -281,6 +322,8 @@ impl Translator {
         self.asm.load(RSP, ctx + off::HOST_RSP);
         self.asm.call_to(env.runtime.callback);
         self.asm.load(RSP, ctx + off::gpr(RSP));
+        self.asm.bind(after);
+        debug_assert!(self.asm.len() - start <= MAX_SITE_HOST_BYTES);
         self.site_labels.push((site, skip_inst, skip_patch));
     }
 
@@ -299,7 +342,7 @@ impl Translator {
         emit_post(&mut self.asm, env.ctx, &self.planned);
         if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
             let after = self.asm.new_label();
-            self.site_call(env, site, rip, after, after);
+            self.site_call(env, h.inst, site, rip, after, after);
             self.asm.bind(after);
         }
         self.exit_events(env, hooks, instr.ip(), rip);
@@ -338,7 +381,7 @@ impl Translator {
             .inst
             .plan_event_site(events & h.events, inst_addr, h.block_start)?;
         let after = self.asm.new_label();
-        self.site_call(env, site, rip, after, after);
+        self.site_call(env, h.inst, site, rip, after, after);
         self.asm.bind(after);
         Some(site)
     }
@@ -382,7 +425,7 @@ impl Translator {
         let next = self.asm.new_label();
         if let Some(site) = pre {
             let skip_patch = if terminator { skipped_nopost } else { next };
-            self.site_call(env, site, Rip::Imm(instr.ip()), skipped, skip_patch);
+            self.site_call(env, h.inst, site, Rip::Imm(instr.ip()), skipped, skip_patch);
         }
         if terminator {
             let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
@@ -421,11 +464,10 @@ impl Translator {
         }
         self.asm.bind(skipped);
         self.asm.bind(skipped_nopost);
-        if let Some(site) = hooks
-            .as_mut()
-            .and_then(|h| h.inst_site(instr, InstPosition::PostInst, self.mem))
+        if let Some(h) = hooks.as_mut()
+            && let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem)
         {
-            self.site_call(env, site, Rip::Imm(instr.next_ip()), next, next);
+            self.site_call(env, h.inst, site, Rip::Imm(instr.next_ip()), next, next);
         }
         self.asm.bind(next);
         Ok(false)

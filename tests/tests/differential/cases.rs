@@ -184,7 +184,7 @@ const CALLEE_SAVED: [&str; 6] = ["rbx", "rbp", "r12", "r13", "r14", "r15"];
 
 /// What a test executable checks after every call under the Vm (given the guest function's
 /// name), for instance what its callbacks saw.
-pub(crate) type AfterCall = Box<dyn FnMut(&str)>;
+pub(crate) type AfterCall = Box<dyn FnMut(&str, &Vm)>;
 
 /// A Vm instrumenting this test executable (where the guest code is linked), with its own
 /// virtual stack, configured by the including test executable.
@@ -266,7 +266,7 @@ impl Guest {
             fpr.fcw, fcw,
             "{name}{args:#x?}: x87 control word changed under the Vm"
         );
-        (self.after_call)(name);
+        (self.after_call)(name, &self.vm);
         rax
     }
 }

@@ -1,0 +1,394 @@
+//! Direct calls (qbdi-core/src/engine/direct_call.rs): a site whose only callback compiles
+//! to a leaf of integer code calls it straight from translated code. Each test runs the same
+//! guest function (`tests/guest/cb_funcs.S`) with a callback the engine calls directly and,
+//! where it matters, with the same callback made ineligible (it touches its `VmRef` or
+//! does float math), and checks that both see and do the same: counts, registers read and
+//! changed, actions, deletion, flags, VM events.
+//!
+//! The test crate is built with optimisations (see the workspace Cargo.toml) and these
+//! callbacks use wrapping arithmetic: an overflow check would be a call to the panic
+//! machinery, which no direct entry may contain.
+
+use qbdi_core::{
+    FAKE_RETURN_ADDRESS, InstPosition, Options, VirtualStack, Vm, VmAction, VmEvent,
+    allocate_virtual_stack, simulate_call,
+};
+use std::cell::Cell;
+use std::hint::black_box;
+use std::rc::Rc;
+
+use InstPosition::{PostInst, PreInst};
+
+unsafe extern "C" {
+    fn cb_straight(x: u64) -> u64;
+    fn cb_straight_end();
+    fn cb_loop(n: u64) -> u64;
+    fn cb_loop_body();
+    fn cb_loop_end();
+    fn cb_inc(x: u64) -> u64;
+    fn cb_inc_inc();
+    fn cb_inc_add();
+    fn cb_inc_ret();
+    fn cb_inc_end();
+    fn cb_df(x: u64) -> u64;
+    fn cb_df_end();
+}
+
+macro_rules! addr {
+    ($f:expr) => {
+        $f as *const () as u64
+    };
+}
+
+/// A Vm instrumenting `[start, end)`, with a guest stack.
+fn vm_over(start: u64, end: u64) -> (Vm, VirtualStack) {
+    let mut vm = Vm::with_options(Options::NO_OPT);
+    let stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("guest stack");
+    vm.add_instrumented_range(start, end)
+        .expect("a guest function is a valid range");
+    (vm, stack)
+}
+
+fn counter() -> Rc<Cell<u64>> {
+    Rc::new(Cell::new(0))
+}
+
+/// cb_loop(n) executes 3n + 5 instructions (see cb_funcs.S).
+fn loop_instructions(n: u64) -> u64 {
+    3 * n + 5
+}
+
+/// Counts every instruction of cb_loop(n) at `position`; `GENERAL` makes the callback
+/// ineligible for a direct call (it reads its VmRef). Returns (result, count, direct sites).
+/// (A const parameter, not a captured flag: the callback's code must not even contain the
+/// read of its VmRef.)
+fn count_loop<const GENERAL: bool>(n: u64, position: InstPosition) -> (u64, u64, usize) {
+    let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+    let count = counter();
+    let c = count.clone();
+    vm.add_code_cb(
+        position,
+        move |vm, _, _| {
+            let step = if GENERAL {
+                u64::from(vm.current_address().is_some())
+            } else {
+                1
+            };
+            c.set(c.get().wrapping_add(step));
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    let result = vm.call(addr!(cb_loop), &[n]).unwrap();
+    (result, count.get(), vm.direct_call_sites())
+}
+
+#[test]
+fn a_counting_callback_is_called_directly_and_counts_what_the_general_path_counts() {
+    for position in [PreInst, PostInst] {
+        for n in [0, 1, 7, 100] {
+            let native = unsafe { cb_loop(n) };
+            let (result, count, direct) = count_loop::<false>(n, position);
+            let (g_result, g_count, g_direct) = count_loop::<true>(n, position);
+            assert!(
+                direct > 0,
+                "{position:?}: the counter is not called directly"
+            );
+            assert_eq!(
+                g_direct, 0,
+                "a callback reading its VmRef has no direct call"
+            );
+            assert_eq!(result, native);
+            assert_eq!(g_result, native);
+            assert_eq!(
+                count,
+                loop_instructions(n),
+                "{position:?} n={n}: direct count"
+            );
+            assert_eq!(g_count, count, "{position:?} n={n}: general count");
+        }
+    }
+}
+
+#[test]
+fn a_direct_callback_reads_the_guest_registers() {
+    // Each callback folds rip and rdi of every instruction into a hash; the general path's
+    // hash (same fold, plus a read of the VmRef) must be the same.
+    fn run<const GENERAL: bool>() -> (u64, u64, usize) {
+        let (mut vm, _stack) = vm_over(addr!(cb_straight), addr!(cb_straight_end));
+        let hash = counter();
+        let h = hash.clone();
+        vm.add_code_cb(
+            PreInst,
+            move |vm, gpr, _| {
+                let extra = if GENERAL {
+                    u64::from(vm.current_address() == Some(0))
+                } else {
+                    0
+                };
+                let v = h.get().wrapping_mul(31).wrapping_add(gpr.rip ^ gpr.rdi);
+                h.set(v.wrapping_add(extra));
+                VmAction::Continue
+            },
+            0,
+        )
+        .unwrap();
+        let r = vm.call(addr!(cb_straight), &[5]).unwrap();
+        (r, hash.get(), vm.direct_call_sites())
+    }
+    let (r, hash, direct) = run::<false>();
+    let (g_r, g_hash, g_direct) = run::<true>();
+    assert!(direct > 0 && g_direct == 0);
+    assert_eq!(r, unsafe { cb_straight(5) });
+    assert_eq!(g_r, r);
+    assert_ne!(hash, 0);
+    assert_eq!(
+        hash, g_hash,
+        "direct and general callbacks saw different registers"
+    );
+}
+
+#[test]
+fn registers_changed_by_a_direct_callback_are_what_the_guest_sees() {
+    let (mut vm, _stack) = vm_over(addr!(cb_inc), addr!(cb_inc_end));
+    vm.add_code_addr_cb(
+        addr!(cb_inc_ret),
+        PreInst,
+        |_, gpr, _| {
+            gpr.rax = gpr.rax.wrapping_mul(3);
+            gpr.rdx = 0xdead;
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(vm.call(addr!(cb_inc), &[10]).unwrap(), 27 * 3);
+    assert_eq!(vm.direct_call_sites(), 1);
+    assert_eq!(vm.gpr_state().rdx, 0xdead);
+}
+
+/// cb_inc(x) with one callback at `at`/`position` returning `action`; returns the result.
+fn inc_with(at: u64, position: InstPosition, action: VmAction) -> (Vm, VirtualStack, u64) {
+    let (mut vm, stack) = vm_over(addr!(cb_inc), addr!(cb_inc_end));
+    vm.add_code_addr_cb(at, position, move |_, _, _| black_box(action), 0)
+        .unwrap();
+    let r = vm.call(addr!(cb_inc), &[41]).unwrap();
+    assert_eq!(vm.direct_call_sites(), 1, "{action:?}: no direct call");
+    (vm, stack, r)
+}
+
+#[test]
+fn actions_returned_by_direct_callbacks_apply() {
+    let native = unsafe { cb_inc(41) };
+    assert_eq!(native, 58);
+    let (_vm, _s, r) = inc_with(addr!(cb_inc_inc), PreInst, VmAction::SkipInst);
+    assert_eq!(r, 57, "SkipInst skips the inc");
+    let (_vm, _s, r) = inc_with(addr!(cb_inc_inc), PreInst, VmAction::SkipPatch);
+    assert_eq!(r, 57, "SkipPatch from PreInst skips the inc");
+    let (_vm, _s, r) = inc_with(addr!(cb_inc_inc), PostInst, VmAction::SkipInst);
+    assert_eq!(r, native, "SkipInst from PostInst changes nothing");
+    // Stop before the inc: the run ends with the state of that point.
+    let (vm, _s, r) = inc_with(addr!(cb_inc_inc), PreInst, VmAction::Stop);
+    assert_eq!(r, 41);
+    assert_eq!(vm.gpr_state().rip, addr!(cb_inc_inc));
+    let (vm, _s, r) = inc_with(addr!(cb_inc_inc), PostInst, VmAction::Stop);
+    assert_eq!(r, 42);
+    assert_eq!(vm.gpr_state().rip, addr!(cb_inc_add));
+}
+
+#[test]
+fn break_to_vm_from_a_direct_callback_applies_a_changed_rip() {
+    let (mut vm, _stack) = vm_over(addr!(cb_inc), addr!(cb_inc_end));
+    let add = addr!(cb_inc_add);
+    vm.add_code_addr_cb(
+        addr!(cb_inc_inc),
+        PreInst,
+        move |_, gpr, _| {
+            gpr.rip = add;
+            VmAction::BreakToVm
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(
+        vm.call(addr!(cb_inc), &[41]).unwrap(),
+        57,
+        "the inc was jumped over"
+    );
+    assert_eq!(vm.direct_call_sites(), 1);
+}
+
+#[test]
+fn a_direct_callback_deleted_by_another_stops_being_called_at_once() {
+    // A direct counter on every instruction; a general callback on the loop body (higher
+    // priority, so first there) deletes it the first time. The loop body's block and the
+    // rest of the run must not call the counter again, though their translated code still
+    // names it until the deletion reaches the dispatcher.
+    let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+    let count = counter();
+    let c = count.clone();
+    let id = vm
+        .add_code_cb(
+            PreInst,
+            move |_, _, _| {
+                c.set(c.get().wrapping_add(1));
+                VmAction::Continue
+            },
+            0,
+        )
+        .unwrap();
+    let deleted = Rc::new(Cell::new(false));
+    let d = deleted.clone();
+    vm.add_code_addr_cb(
+        addr!(cb_loop_body),
+        PreInst,
+        move |vm, _, _| {
+            if !d.get() {
+                vm.delete_instrumentation(id).expect("delete the counter");
+                d.set(true);
+            }
+            VmAction::Continue
+        },
+        10,
+    )
+    .unwrap();
+    // Translate the loop once without running the deletion twice: the first call deletes.
+    assert_eq!(vm.call(addr!(cb_loop), &[20]).unwrap(), unsafe {
+        cb_loop(20)
+    });
+    assert!(deleted.get());
+    assert_eq!(count.get(), 4, "counted xor, mov, test, jz, then nothing");
+    assert_eq!(vm.call(addr!(cb_loop), &[20]).unwrap(), unsafe {
+        cb_loop(20)
+    });
+    assert_eq!(count.get(), 4);
+}
+
+#[test]
+fn a_direct_site_keeps_the_guest_flags_and_handles_the_direction_flag() {
+    // cb_df runs two adds with DF set and folds the flags it then has into its result: a
+    // callback that changed or lost a flag changes the result. Every instruction has a
+    // direct PreInst and PostInst counter; those inside the std..cld window go through the
+    // general path (the callback code may assume DF clear) and must count all the same.
+    let (mut vm, _stack) = vm_over(addr!(cb_df), addr!(cb_df_end));
+    let count = counter();
+    for position in [PreInst, PostInst] {
+        let c = count.clone();
+        vm.add_code_cb(
+            position,
+            move |_, _, _| {
+                c.set(c.get().wrapping_add(1));
+                VmAction::Continue
+            },
+            0,
+        )
+        .unwrap();
+    }
+    for x in [0u64, 5, u64::MAX - 3, 0x7fff_ffff_ffff_fffe] {
+        count.set(0);
+        let native = unsafe { cb_df(x) };
+        assert_eq!(vm.call(addr!(cb_df), &[x]).unwrap(), native, "x={x:#x}");
+        assert_eq!(
+            count.get(),
+            2 * 10,
+            "x={x:#x}: 10 instructions, pre and post"
+        );
+    }
+    assert!(vm.direct_call_sites() > 0);
+}
+
+#[test]
+fn flags_are_kept_across_direct_calls_on_every_instruction() {
+    // After each instruction of cb_straight a direct counter runs; the guest's flags at the
+    // end (from its last add/xor/lea) must be the native ones.
+    let (mut vm, stack) = vm_over(addr!(cb_straight), addr!(cb_straight_end));
+    let count = counter();
+    let c = count.clone();
+    vm.add_code_cb(
+        PostInst,
+        move |_, _, _| {
+            c.set(c.get().wrapping_add(1));
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    // Start with every arithmetic flag set; the guest's xor clears some, its adds set some.
+    for start_flags in [0x202u64, 0x202 | 0x8d5] {
+        let gpr = vm.gpr_state_mut();
+        gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
+        gpr.eflags = start_flags;
+        gpr.rdi = 0x7fff_ffff_ffff_fff0;
+        simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
+        vm.run(addr!(cb_straight), FAKE_RETURN_ADDRESS).unwrap();
+        let got = vm.gpr_state().eflags & 0x8d5;
+        // The last flag-writing instruction is `xor edx, edx` (lea and mov write none):
+        // ZF and PF set, the others clear.
+        assert_eq!(got, 0x44, "flags after cb_straight from {start_flags:#x}");
+    }
+    assert!(vm.direct_call_sites() > 0);
+    assert_eq!(count.get(), 12);
+}
+
+#[test]
+fn event_callbacks_are_called_directly_with_their_vm_state() {
+    fn run<const GENERAL: bool>() -> (u64, u64, usize) {
+        let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+        let hash = counter();
+        let h = hash.clone();
+        vm.add_vm_event_cb(
+            VmEvent::BASIC_BLOCK_ENTRY | VmEvent::BASIC_BLOCK_EXIT,
+            move |vm, state, gpr, _| {
+                let extra = if GENERAL {
+                    u64::from(vm.current_address() == Some(1))
+                } else {
+                    0
+                };
+                let v = (state.event.bits() as u64)
+                    ^ state.basic_block_start.rotate_left(7)
+                    ^ state.basic_block_end.rotate_left(13)
+                    ^ gpr.rcx;
+                h.set(h.get().wrapping_mul(31).wrapping_add(v).wrapping_add(extra));
+                VmAction::Continue
+            },
+        )
+        .unwrap();
+        let r = vm.call(addr!(cb_loop), &[9]).unwrap();
+        (r, hash.get(), vm.direct_call_sites())
+    }
+    let (r, hash, direct) = run::<false>();
+    let (g_r, g_hash, g_direct) = run::<true>();
+    assert!(direct > 0 && g_direct == 0);
+    assert_eq!(r, unsafe { cb_loop(9) });
+    assert_eq!(g_r, r);
+    assert_eq!(
+        hash, g_hash,
+        "direct and general event callbacks saw different states"
+    );
+}
+
+#[test]
+fn callbacks_doing_float_math_are_not_called_directly() {
+    let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+    let sum = Rc::new(Cell::new(0.0f64));
+    let s = sum.clone();
+    vm.add_code_cb(
+        PreInst,
+        move |_, gpr, _| {
+            s.set(s.get() * 0.5 + gpr.rcx as f64);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(vm.call(addr!(cb_loop), &[4]).unwrap(), unsafe {
+        cb_loop(4)
+    });
+    assert_eq!(
+        vm.direct_call_sites(),
+        0,
+        "SSE code needs the general path's FP save"
+    );
+    assert!(sum.get() > 0.0);
+}
