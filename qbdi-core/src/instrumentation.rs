@@ -524,6 +524,10 @@ impl Instrumentation {
 
     /// Gives `site` its direct call (if any) and the VmState it passes.
     fn set_direct(&mut self, site: u32, direct: Option<DirectCall>, events: VmEvent) {
+        // Thread-local storage needs the host's FS and GS, which only the general path loads
+        // when the guest has its own.
+        let own_fs_gs = self.options.contains(Options::OPT_ENABLE_FS_GS);
+        let direct = direct.filter(|d| !(d.fs_gs && own_fs_gs));
         let s = &mut self.sites[site as usize];
         s.direct = direct;
         s.direct_live = u8::from(direct.is_some());

@@ -17,9 +17,11 @@ bitflags::bitflags! {
         const OPT_DISABLE_ERRNO_BACKUP = 1 << 3;
         /// Disassemble in AT&T syntax instead of Intel.
         const OPT_ATT_SYNTAX = 1 << 24;
-        /// Switch the FS/GS bases between host and guest (needs the fsgsbase instructions).
-        /// Not implemented yet: the flag is accepted and has no effect (guest and host share
-        /// the thread's FS and GS, which is right for code of this thread).
+        /// Give the guest FS and GS bases of its own: `GprState::fs`/`gs` (initially this
+        /// thread's) are loaded when the guest runs and saved when it stops, and callbacks
+        /// run with the host's. Needs the fsgsbase instructions (Linux 5.9 or later on a CPU
+        /// that has them); without them the option has no effect and guest and host share
+        /// the thread's FS and GS, as they do without the option.
         const OPT_ENABLE_FS_GS = 1 << 25;
     }
 }

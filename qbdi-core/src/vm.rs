@@ -65,10 +65,11 @@ impl Vm {
     /// A Vm with the given options.
     #[must_use]
     pub fn with_options(options: Options) -> Vm {
-        let gpr = GprState {
+        let mut gpr = GprState {
             eflags: DEFAULT_EFLAGS,
             ..GprState::default()
         };
+        own_segment_bases(options, &mut gpr);
         let shared = Box::into_raw(Box::new(Shared {
             inst: Instrumentation::new(options),
             analyses: AnalysisCache::default(),
@@ -94,6 +95,7 @@ impl Vm {
     /// Changes the options; a change clears the code cache.
     pub fn set_options(&mut self, options: Options) {
         if options != self.options {
+            own_segment_bases(options, &mut self.gpr);
             self.options = options;
             self.inst_mut().options = options;
             self.engine.set_options(options);
@@ -264,5 +266,13 @@ impl Vm {
             return Err(VmError::NotInstrumented(addr));
         }
         self.engine.precache(addr)
+    }
+}
+
+/// With OPT_ENABLE_FS_GS the guest runs with the FS and GS bases of its `GprState`: unless
+/// the caller set them, it starts with this thread's (so its thread-local storage works).
+fn own_segment_bases(options: Options, gpr: &mut GprState) {
+    if options.contains(Options::OPT_ENABLE_FS_GS) && gpr.fs == 0 && gpr.gs == 0 {
+        (gpr.fs, gpr.gs) = crate::engine::thread_segment_bases();
     }
 }

@@ -38,15 +38,21 @@ pub(crate) struct CodeCache {
 }
 
 impl CodeCache {
-    /// A cache placed near `near`, with FP state saved as `fp` says (None: not at all).
-    pub fn new(near: u64, fp: Option<XSaveKind>, cb_fp: CallbackFp) -> Result<CodeCache, VmError> {
+    /// A cache placed near `near`, with FP state saved as `fp` says (None: not at all) and
+    /// the guest's own FS and GS bases if `fsgs`.
+    pub fn new(
+        near: u64,
+        fp: Option<XSaveKind>,
+        cb_fp: CallbackFp,
+        fsgs: bool,
+    ) -> Result<CodeCache, VmError> {
         let base = map_near(near)?;
         let ctx = base;
         let table = base + TABLE_OFFSET as u64;
         let code = base + CODE_OFFSET as u64;
         let mut a = Asm::new();
         a.reset(code);
-        let runtime = emit_runtime(&mut a, ctx, table, fp, cb_fp);
+        let runtime = emit_runtime(&mut a, ctx, table, fp, cb_fp, fsgs);
         // SAFETY: the region is ours, writable, and `a` fits far inside CODE_BYTES.
         unsafe { std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len()) };
         let code_start = (code + a.len() as u64).next_multiple_of(64);

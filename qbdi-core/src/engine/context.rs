@@ -41,6 +41,9 @@ pub(crate) struct Context {
     pub host_mxcsr: u32,
     pub host_fcw: u16,
     pub _pad: [u16; 3],
+    /// The host's FS and GS bases while the guest runs with its own (OPT_ENABLE_FS_GS).
+    pub host_fs: u64,
+    pub host_gs: u64,
     /// Guest target of the last indirect branch.
     pub ib_target: u64,
     /// Host target of an inline table hit.
@@ -125,6 +128,10 @@ pub(crate) mod off {
         GPR + field * 8
     }
     pub const EFLAGS: u64 = GPR + offset_of!(GprState, eflags) as u64;
+    pub const FS: u64 = GPR + offset_of!(GprState, fs) as u64;
+    pub const GS: u64 = GPR + offset_of!(GprState, gs) as u64;
+    pub const HOST_FS: u64 = offset_of!(Context, host_fs) as u64;
+    pub const HOST_GS: u64 = offset_of!(Context, host_gs) as u64;
 }
 
 const _: () = assert!(core::mem::size_of::<Context>() <= 16384);

@@ -21,6 +21,11 @@
 //! are saved and restored (about 7 ns); x87/AVX/AVX-512 state the callback dirtied is put
 //! back to its initial state (`vzeroupper`, `xrstor` from an all-initial image). Otherwise
 //! a full `xsave`/`xrstor` (about 140 ns).
+//!
+//! FS and GS bases: with OPT_ENABLE_FS_GS (and the fsgsbase instructions usable), `enter`
+//! loads the guest's from `gpr.fs`/`gpr.gs` after saving the host's, and every way back to
+//! host code (`exit`, the callback routine) saves the guest's and reloads the host's.
+//! Otherwise guest and host share the thread's, as they share the thread.
 
 use super::context::{
     EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, EXIT_TRANSFER_RETURN, FP_FAST, FP_FULL, FP_NONE, off,
@@ -58,19 +63,21 @@ const PLAIN_FLAGS: u32 = 0xad7;
 
 const HOST_SAVED: [u8; 6] = [RBP, RBX, R12, R13, R14, R15];
 
-/// Emits the routines into `a` (whose base is their final address).
+/// Emits the routines into `a` (whose base is their final address). `fsgs`: the guest has
+/// FS and GS bases of its own (OPT_ENABLE_FS_GS, with the fsgsbase instructions usable).
 pub(crate) fn emit_runtime(
     a: &mut Asm,
     ctx: u64,
     table: u64,
     fp: Option<XSaveKind>,
     cb_fp: CallbackFp,
+    fsgs: bool,
 ) -> Runtime {
     let exit = a.here();
     let exit_tail = a.new_label();
-    emit_exit(a, ctx, fp, exit_tail);
+    emit_exit(a, ctx, fp, fsgs, exit_tail);
     let enter = a.here();
-    emit_enter(a, ctx, fp);
+    emit_enter(a, ctx, fp, fsgs);
 
     let ib_miss = a.here();
     emit_restore(a, ctx);
@@ -108,7 +115,7 @@ pub(crate) fn emit_runtime(
     a.jmp_to(exit);
 
     let callback = a.here();
-    emit_callback(a, ctx, cb_fp, exit_tail);
+    emit_callback(a, ctx, cb_fp, fsgs, exit_tail);
     a.finish();
     Runtime {
         enter,
@@ -146,7 +153,7 @@ fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
 /// What `site_entry` returns to go on right after the site (a `ret` to the site).
 pub(crate) const RESUME_AFTER_SITE: u64 = 1;
 
-fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
+fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, fsgs: bool, exit_tail: Label) {
     // The site saved rax and rsp, switched to the host stack and `call`ed us: the return
     // address is on the host stack (so the common way back is a predicted `ret`), and rsp
     // is 16-byte aligned (host_rsp is 8 mod 16).
@@ -156,6 +163,9 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
         if r != RSP {
             a.store(ctx + off::gpr(r), r);
         }
+    }
+    if fsgs {
+        emit_fsgs_to_host(a, ctx);
     }
     // Host flags as the ABI wants them: DF clear, and AC clear (rare: popfq, slow).
     a.bytes(&[0xfc]); // cld
@@ -256,9 +266,15 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, exit_tail: Label) {
     a.jcc_label(4, leave); // jz
     a.bytes(&[0x48, 0x83, 0xf8, RESUME_AFTER_SITE as u8]); // cmp rax, 1
     a.jcc_label(5, jump); // jne
+    if fsgs {
+        emit_fsgs_to_guest(a, ctx);
+    }
     emit_reload_guest(a, ctx);
     a.ret(); // the site then reloads rsp
     a.bind(jump);
+    if fsgs {
+        emit_fsgs_to_guest(a, ctx);
+    }
     emit_reload_guest(a, ctx);
     a.load(RSP, ctx + off::gpr(RSP));
     a.jmp_mem(ctx + off::CB_RESUME);
@@ -302,11 +318,38 @@ pub(crate) fn emit_restore_plain_flags(a: &mut Asm) {
     a.bytes(&[0x9e]); // sahf: SF ZF AF PF CF
 }
 
-fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {
+/// Saves the guest's FS and GS bases into the context and loads the host's (rax is free).
+fn emit_fsgs_to_host(a: &mut Asm, ctx: u64) {
+    a.rdfsbase(RAX);
+    a.store(ctx + off::FS, RAX);
+    a.rdgsbase(RAX);
+    a.store(ctx + off::GS, RAX);
+    a.load(RAX, ctx + off::HOST_FS);
+    a.wrfsbase(RAX);
+    a.load(RAX, ctx + off::HOST_GS);
+    a.wrgsbase(RAX);
+}
+
+/// Loads the guest's FS and GS bases from the context (rax is free).
+fn emit_fsgs_to_guest(a: &mut Asm, ctx: u64) {
+    a.load(RAX, ctx + off::FS);
+    a.wrfsbase(RAX);
+    a.load(RAX, ctx + off::GS);
+    a.wrgsbase(RAX);
+}
+
+fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, fsgs: bool) {
     for r in HOST_SAVED {
         a.push(r);
     }
     a.store(ctx + off::HOST_RSP, RSP);
+    if fsgs {
+        a.rdfsbase(RAX);
+        a.store(ctx + off::HOST_FS, RAX);
+        a.rdgsbase(RAX);
+        a.store(ctx + off::HOST_GS, RAX);
+        emit_fsgs_to_guest(a, ctx);
+    }
     a.stmxcsr(ctx + off::HOST_MXCSR);
     a.fnstcw(ctx + off::HOST_FCW);
     match fp {
@@ -330,7 +373,7 @@ fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>) {
     a.jmp_mem(ctx + off::TARGET);
 }
 
-fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, tail: Label) {
+fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, fsgs: bool, tail: Label) {
     a.store(ctx + off::gpr(RSP), RSP);
     a.load(RSP, ctx + off::HOST_RSP);
     a.pushfq();
@@ -340,7 +383,11 @@ fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, tail: Label) {
             a.store(ctx + off::gpr(r), r);
         }
     }
-    // The callback routine joins here with the guest state already in the context.
+    if fsgs {
+        emit_fsgs_to_host(a, ctx);
+    }
+    // The callback routine joins here with the guest state already in the context (and
+    // the host's FS and GS bases loaded).
     a.bind(tail);
     // Host flags as the ABI expects them: DF and AC clear.
     a.push_imm8(2);

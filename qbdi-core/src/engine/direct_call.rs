@@ -57,6 +57,9 @@ pub(crate) struct DirectCall {
     pub gpr_arg: bool,
     /// (Event callbacks) the entry reads its `VmState`.
     pub state_arg: bool,
+    /// The entry uses thread-local storage: with OPT_ENABLE_FS_GS the guest's FS and GS
+    /// are not the host's, so only the general path (which switches them) may call it.
+    pub fs_gs: bool,
 }
 
 /// The shape of a callback entry: which register holds which argument.
@@ -91,6 +94,8 @@ pub(crate) struct Leaf {
     pub reads: u16,
     /// Registers written anywhere.
     pub writes: u16,
+    /// Whether it uses the FS or GS segment (thread-local storage).
+    pub fs_gs: bool,
 }
 
 impl Leaf {
@@ -124,6 +129,7 @@ impl Leaf {
             saves,
             gpr_arg,
             state_arg,
+            fs_gs: self.fs_gs,
         })
     }
 }
@@ -228,6 +234,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
     let mut leaf = Leaf {
         reads: 0,
         writes: 0,
+        fs_gs: false,
     };
     // Paths to explore: (address, registers defined so far). A state already explored
     // with a superset of definitions adds nothing.
@@ -264,6 +271,9 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                 && instr.op0_kind() == OpKind::Register
                 && instr.op1_kind() == OpKind::Register
                 && instr.op0_register() == instr.op1_register();
+            if matches!(instr.segment_prefix(), Register::FS | Register::GS) {
+                leaf.fs_gs = true;
+            }
             let info = factory.info(&instr);
             let mut written = 0u16;
             let mut defines = 0u16;
@@ -274,6 +284,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                     // (vector, x87, mask, control registers) may appear.
                     let segment_read = r.is_segment_register() && used.access() == OpAccess::Read;
                     if segment_read || r == Register::RIP {
+                        leaf.fs_gs |= matches!(r, Register::FS | Register::GS);
                         continue;
                     }
                     return None;
@@ -623,6 +634,17 @@ mod tests {
                 .is_some();
             assert!(!eligible, "{what} must not be called directly");
         }
+    }
+
+    #[test]
+    fn thread_local_access_is_noted() {
+        // mov rax, fs:[0]; inc qword [rax-8]; xor eax,eax; ret
+        let code = [
+            0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0, 0x48, 0xff, 0x40, 0xf8, 0x31, 0xc0, 0xc3,
+        ];
+        let l = leaf(&code).expect("leaf");
+        assert!(l.fs_gs);
+        assert!(!leaf(&[0x31, 0xc0, 0xc3]).expect("leaf").fs_gs);
     }
 
     #[test]

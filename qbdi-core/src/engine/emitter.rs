@@ -261,6 +261,33 @@ impl Asm {
         self.bytes(&[0xff, 0xd0]);
     }
 
+    /// `rdfsbase`/`rdgsbase`/`wrfsbase`/`wrgsbase` on a 64-bit register (below r8):
+    /// `op` is the ModRM reg field (0 rdfs, 1 rdgs, 2 wrfs, 3 wrgs).
+    fn fsgsbase(&mut self, op: u8, reg: Reg) {
+        debug_assert!(reg < 8 && op < 4);
+        self.bytes(&[0xf3, 0x48, 0x0f, 0xae, 0xc0 | (op << 3) | reg]);
+    }
+
+    /// `rdfsbase reg`
+    pub fn rdfsbase(&mut self, reg: Reg) {
+        self.fsgsbase(0, reg);
+    }
+
+    /// `rdgsbase reg`
+    pub fn rdgsbase(&mut self, reg: Reg) {
+        self.fsgsbase(1, reg);
+    }
+
+    /// `wrfsbase reg`
+    pub fn wrfsbase(&mut self, reg: Reg) {
+        self.fsgsbase(2, reg);
+    }
+
+    /// `wrgsbase reg`
+    pub fn wrgsbase(&mut self, reg: Reg) {
+        self.fsgsbase(3, reg);
+    }
+
     /// `test eax, eax` (sets flags)
     pub fn test_eax_eax(&mut self) {
         self.bytes(&[0x85, 0xc0]);
@@ -570,6 +597,10 @@ mod tests {
         a.call_rax();
         a.test_eax_eax();
         a.store_eax32(0x2000);
+        a.rdfsbase(RAX);
+        a.rdgsbase(RCX);
+        a.wrfsbase(RAX);
+        a.wrgsbase(RDX);
         let got = disasm(&a);
         let want = [
             "mov [2000h],r13",
@@ -594,6 +625,10 @@ mod tests {
             "call rax",
             "test eax,eax",
             "mov [2000h],eax",
+            "rdfsbase rax",
+            "rdgsbase rcx",
+            "wrfsbase rax",
+            "wrgsbase rdx",
         ];
         assert_eq!(got, want);
     }

@@ -266,9 +266,21 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
         buf.clear();
         enc.set_buffer(buf);
     }
-    if p.segment == Register::FS {
-        // The TCB's self pointer: fs:[0] is the FS base on x86-64 Linux.
-        a.bytes(&[0x64, 0x48, 0x8b, 0x0c, 0x25, 0, 0, 0, 0]); // mov rcx, fs:[0]
+    if p.segment == Register::FS || p.segment == Register::GS {
+        // rcx = the segment base, as the guest has it when the access runs.
+        if super::fsgsbase_usable() {
+            match p.segment {
+                Register::FS => a.rdfsbase(RCX),
+                _ => a.rdgsbase(RCX),
+            }
+        } else if p.segment == Register::FS {
+            // The TCB's self pointer: fs:[0] is the FS base on x86-64 Linux.
+            a.bytes(&[0x64, 0x48, 0x8b, 0x0c, 0x25, 0, 0, 0, 0]); // mov rcx, fs:[0]
+        } else {
+            // No way to read it without a system call: the base at translation (programs
+            // on Linux rarely set one; arch_prctl(ARCH_SET_GS) later is not seen).
+            a.mov_imm64(RCX, super::thread_segment_bases().1);
+        }
         a.bytes(&[0x48, 0x8d, 0x04, 0x08]); // lea rax, [rax+rcx]
     }
 }
