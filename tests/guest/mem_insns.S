@@ -119,6 +119,10 @@ CASE mem_t_xrstor, xrstor [rdi]
 // ---- addressing forms and special instructions -------------------------------------------
 CASE mem_t_xlatb, xlatb
 CASE mem_t_bt_far, bt qword ptr [rdi], rsi
+CASE mem_t_bt_back, bt qword ptr [rdi + 64], rsi
+CASE mem_t_bts_dword, bts dword ptr [rdi], esi
+CASE mem_t_btr_word, btr word ptr [rdi + 32], si
+CASE mem_t_btc_rcx, btc qword ptr [rdi], rcx
 CASE mem_t_addr32, mov eax, dword ptr [edi + 4]
 CASE mem_t_fs_reg, mov rax, qword ptr fs:[rcx + 8]
 CASE mem_t_push_rsp_rel, push qword ptr [rsp + 8]

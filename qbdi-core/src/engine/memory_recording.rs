@@ -29,6 +29,9 @@ pub(crate) struct Planned {
     value: bool,
     /// `rep` string instruction: the pointer register recorded after it.
     rep: Option<Register>,
+    /// `bt`/`bts`/`btr`/`btc` on memory with a register bit offset: the register (its size
+    /// is the operand's), which selects the word accessed relative to the operand.
+    bit_offset: Option<Register>,
 }
 
 impl Planned {
@@ -102,6 +105,13 @@ pub(crate) fn plan(
     let string = is_string(instr);
     let rep = string && (instr.has_rep_prefix() || instr.has_repne_prefix());
     let xsave = is_xsave_family(instr.mnemonic());
+    let bit_offset = (matches!(
+        instr.mnemonic(),
+        Mnemonic::Bt | Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc
+    ) && instr.op0_kind() == OpKind::Memory
+        && instr.op1_kind() == OpKind::Register
+        && std::arch::is_x86_feature_detected!("bmi2"))
+    .then(|| instr.op1_register());
     let mut planned: [Option<Planned>; MAX_PER_INSTRUCTION] = [None; MAX_PER_INSTRUCTION];
     let mut n = 0;
     for m in info.used_memory() {
@@ -138,6 +148,7 @@ pub(crate) fn plan(
                 write,
                 value,
                 rep: rep.then(|| m.base()),
+                bit_offset,
             });
             n += 1;
         }
@@ -191,6 +202,9 @@ pub(crate) fn emit_pre(a: &mut Asm, enc: &mut Encoder, ctx: u64, planned: &[Plan
             a.load(RAX, ctx + off::SPILL);
         }
         emit_address(a, enc, p);
+        if let Some(reg) = p.bit_offset {
+            emit_bit_offset(a, enc, ctx, reg);
+        }
         a.store(slot_addr(ctx, p.slot), RAX);
         if p.value && !p.write {
             emit_load_value(a, p.size);
@@ -285,6 +299,46 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
     }
 }
 
+/// For `bt`-family instructions with a register bit offset: rax += the offset of the word
+/// holding the bit (the signed offset, arithmetically shifted right by log2 of the operand's
+/// bits, times its bytes). Flag-free (the guest's flags are live): `sarx`, `lea`. The guest's
+/// rax and rcx are in the spill slots; clobbers rcx.
+fn emit_bit_offset(a: &mut Asm, enc: &mut Encoder, ctx: u64, reg: Register) {
+    let spill_ea = ctx + off::SPILL + 16;
+    a.store(spill_ea, RAX);
+    match reg.full_register() {
+        Register::RAX => a.load(RCX, ctx + off::SPILL),
+        Register::RCX => a.load(RCX, ctx + off::SPILL + 8),
+        full => a.mov_rr(RCX, gpr_number(full).unwrap_or(RCX)),
+    }
+    let (shift, scale_bits) = match reg.size() {
+        2 => {
+            a.bytes(&[0x48, 0x0f, 0xbf, 0xc9]); // movsx rcx, cx
+            (4, 0x40)
+        }
+        4 => {
+            a.bytes(&[0x48, 0x63, 0xc9]); // movsxd rcx, ecx
+            (5, 0x80)
+        }
+        _ => (6, 0xc0),
+    };
+    a.mov_imm32(RAX, shift);
+    let sarx = Instruction::with3(
+        Code::VEX_Sarx_r64_rm64_r64,
+        Register::RCX,
+        Register::RCX,
+        Register::RAX,
+    );
+    let ok = sarx.is_ok_and(|i| enc.encode(&i, a.here()).is_ok());
+    debug_assert!(ok, "sarx encodes");
+    let mut buf = enc.take_buffer();
+    a.bytes(&buf);
+    buf.clear();
+    enc.set_buffer(buf);
+    a.load(RAX, spill_ea);
+    a.bytes(&[0x48, 0x8d, 0x04, scale_bits | (RCX << 3)]); // lea rax, [rax + rcx*bytes]
+}
+
 /// rax = the `size`-byte value at [rax], zero-extended.
 fn emit_load_value(a: &mut Asm, size: u16) {
     match size {
@@ -320,6 +374,7 @@ mod tests {
             write: false,
             value: false,
             rep: None,
+            bit_offset: None,
         };
         emit_address(&mut a, &mut enc, &p);
         Decoder::with_ip(64, &a.buf, 0x10_0000, DecoderOptions::NONE).decode()
