@@ -3,27 +3,7 @@
 // the instructions callbacks are attached to; `cb_<func>_end` is the end of each function.
 // Comments use // (this file goes through the C preprocessor).
 
-    .intel_syntax noprefix
-
-.macro FUNC name
-    .text
-    .globl \name
-    .type \name,@function
-    .p2align 4
-\name:
-.endm
-
-.macro ENDF name
-    .globl \name\()_end
-\name\()_end:
-    .size \name, . - \name
-.endm
-
-// An exported label on the next instruction.
-.macro LABEL name
-    .globl \name
-\name:
-.endm
+#include "asm_macros.h"
 
 // (x) -> (x + 3) * 5 + 7: six instructions, no branch.
 FUNC cb_straight

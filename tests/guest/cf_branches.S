@@ -4,21 +4,7 @@
 // a register base, RIP-relative, SIB) are present. Comments use // (this file goes
 // through the C preprocessor).
 
-    .intel_syntax noprefix
-
-.macro FUNC name
-    .text
-    .globl \name
-    .type \name,@function
-    .p2align 4
-\name:
-.endm
-
-.macro ENDF name
-    .globl \name\()_end
-\name\()_end:
-    .size \name, . - \name
-.endm
+#include "asm_macros.h"
 
 // ---------------------------------------------------------------------------------------
 // jcc: cf_<jcc>_rel8 / cf_<jcc>_rel32 (u64 rflags) -> 1 if taken, 0 if not.

@@ -2,21 +2,7 @@
 // straight-line block, a hot loop, far/transactional transfers the engine must refuse,
 // and bytes that do not decode in 64-bit mode. Comments use // (C preprocessor).
 
-    .intel_syntax noprefix
-
-.macro FUNC name
-    .text
-    .globl \name
-    .type \name,@function
-    .p2align 4
-\name:
-.endm
-
-.macro ENDF name
-    .globl \name\()_end
-\name\()_end:
-    .size \name, . - \name
-.endm
+#include "asm_macros.h"
 
 // Target of cf_tail_call (cf_branches.S): (x) -> 4x + 1.
 FUNC cf_tail_target

@@ -3,21 +3,7 @@
 // general purpose registers) after block boundaries, so that what the engine does between
 // blocks is visible. Comments use // (C preprocessor).
 
-    .intel_syntax noprefix
-
-.macro FUNC name
-    .text
-    .globl \name
-    .type \name,@function
-    .p2align 4
-\name:
-.endm
-
-.macro ENDF name
-    .globl \name\()_end
-\name\()_end:
-    .size \name, . - \name
-.endm
+#include "asm_macros.h"
 
 // Three block boundaries in a row: a direct jmp, an indirect jmp, a conditional branch.
 // Clobbers rcx only; the flags are preserved (lea/mov/jmp/jrcxz do not write them).

@@ -4,19 +4,7 @@
 // one by one (`mem_bb4`, `mem_probe`).
 // Comments use // (this file goes through the C preprocessor).
 
-    .intel_syntax noprefix
-
-.macro FUNC name
-    .text
-    .globl \name
-    .type \name,@function
-    .p2align 4
-\name:
-.endm
-
-.macro ENDF name
-    .size \name, . - \name
-.endm
+#include "asm_macros.h"
 
 // One instruction under test, then `ret` (never reached by the table tests).
 .macro CASE name, insn:vararg

@@ -2,21 +2,7 @@
 // code that changes its own FS or GS base (fsgsbase instructions).
 // Comments use // (this file goes through the C preprocessor).
 
-    .intel_syntax noprefix
-
-.macro FUNC name
-    .text
-    .globl \name
-    .type \name,@function
-    .p2align 4
-\name:
-.endm
-
-.macro ENDF name
-    .globl \name\()_end
-\name\()_end:
-    .size \name, . - \name
-.endm
+#include "asm_macros.h"
 
 // (offset) -> the quadword at gs:[offset].
 FUNC seg_gs_load

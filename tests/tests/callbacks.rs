@@ -14,8 +14,7 @@ use iced_x86::{
 };
 use qbdi_core::{
     AnalysisType, CallbackId, ConditionType, FAKE_RETURN_ADDRESS, FprState, GprState, InstAnalysis,
-    InstPosition, Options, VirtualStack, Vm, VmAction, VmError, VmEvent, VmRef,
-    allocate_virtual_stack, simulate_call,
+    InstPosition, Options, VirtualStack, Vm, VmAction, VmError, VmEvent, VmRef, simulate_call,
 };
 use std::cell::{Cell, RefCell};
 use std::panic::{AssertUnwindSafe, catch_unwind};
@@ -76,11 +75,7 @@ fn vm_over(start: u64, end: u64) -> (Vm, VirtualStack) {
 }
 
 fn vm_with(options: Options, start: u64, end: u64) -> (Vm, VirtualStack) {
-    let mut vm = Vm::with_options(options);
-    let stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("guest stack");
-    vm.add_instrumented_range(start, end)
-        .expect("a guest function is a valid range");
-    (vm, stack)
+    qbdi_tests::vm_over(options, start, end)
 }
 
 /// Decodes the instructions of `[start, end)` of this process's code.

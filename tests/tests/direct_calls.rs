@@ -10,8 +10,7 @@
 //! machinery, which no direct entry may contain.
 
 use qbdi_core::{
-    FAKE_RETURN_ADDRESS, InstPosition, Options, VirtualStack, Vm, VmAction, VmEvent,
-    allocate_virtual_stack, simulate_call,
+    FAKE_RETURN_ADDRESS, InstPosition, Options, VirtualStack, Vm, VmAction, VmEvent, simulate_call,
 };
 use std::cell::Cell;
 use std::hint::black_box;
@@ -42,11 +41,7 @@ macro_rules! addr {
 
 /// A Vm instrumenting `[start, end)`, with a guest stack.
 fn vm_over(start: u64, end: u64) -> (Vm, VirtualStack) {
-    let mut vm = Vm::with_options(Options::NO_OPT);
-    let stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("guest stack");
-    vm.add_instrumented_range(start, end)
-        .expect("a guest function is a valid range");
-    (vm, stack)
+    qbdi_tests::vm_over(Options::NO_OPT, start, end)
 }
 
 fn counter() -> Rc<Cell<u64>> {

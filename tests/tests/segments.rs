@@ -5,9 +5,8 @@
 //! The tests that run fsgsbase instructions (`rdfsbase`, `wrgsbase`...) return early, saying
 //! so, where the kernel does not enable them (Linux before 5.9, or a CPU without them).
 
-use qbdi_core::{
-    InstPosition, MemoryAccessType, Options, VirtualStack, Vm, VmAction, allocate_virtual_stack,
-};
+use qbdi_core::{InstPosition, MemoryAccessType, Options, Vm, VmAction};
+use qbdi_tests::vm_over;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
@@ -56,14 +55,6 @@ fn fsgsbase_usable() -> bool {
         eprintln!("skipped: the kernel does not enable the fsgsbase instructions here");
     }
     usable
-}
-
-fn vm_over(options: Options, start: u64, end: u64) -> (Vm, VirtualStack) {
-    let mut vm = Vm::with_options(options);
-    let stack = allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("guest stack");
-    vm.add_instrumented_range(start, end)
-        .expect("a valid range");
-    (vm, stack)
 }
 
 /// The addresses of the reads the guest makes, as recorded.
