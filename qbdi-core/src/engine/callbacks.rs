@@ -140,9 +140,12 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
             fp.fill_after_callback_save(&mut ctx.fpr);
             ctx.ext_dirty = 1;
         }
-        FP_FAST if ctx.ext_dirty != 0 => {
-            fp.write_initial_ext(&mut ctx.fpr);
-            ctx.ext_dirty = 0;
+        FP_FAST => {
+            // The components in use were just stored; the others hold their initial values
+            // in the registers, and may hold older values in the image.
+            let in_use = u64::from(ctx.fp_in_use) & fp.ext_mask();
+            fp.fill_after_fast_save(&mut ctx.fpr, in_use, ctx.ext_dirty != 0);
+            ctx.ext_dirty = u8::from(in_use != 0);
         }
         _ => {}
     }

@@ -21,7 +21,8 @@ pub(crate) const EXIT_TRANSFER_RETURN: u32 = 4;
 
 /// How the callback routine saved the guest's FP state (`Context::fp_mode`).
 pub(crate) const FP_NONE: u8 = 0;
-/// Only xmm0-15 and MXCSR were saved: the rest was in its initial state.
+/// xmm0-15, MXCSR and the AVX/AVX-512 components in use (`fp_in_use`) were saved with
+/// moves; x87 was in its initial state.
 pub(crate) const FP_FAST: u8 = 1;
 /// `xsave` of every component.
 pub(crate) const FP_FULL: u8 = 2;
@@ -69,6 +70,9 @@ pub(crate) struct Context {
     /// Whether the callback that exited asked to stop the run.
     pub cb_stop: u8,
     pub _pad2: u8,
+    /// (FP_FAST) the XSAVE components in use (XINUSE) when the callback routine saved them.
+    pub fp_in_use: u32,
+    pub _pad3: u32,
     /// Guest return address of a native call reported with EXEC_TRANSFER events.
     pub transfer_ret: u64,
     /// An XSAVE image whose header is all zero: `xrstor` from it puts components in their
@@ -101,10 +105,15 @@ pub(crate) mod off {
     pub const CB_SITE: u64 = offset_of!(Context, cb_site) as u64;
     pub const CB_PENDING: u64 = offset_of!(Context, cb_pending) as u64;
     pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
+    pub const FP_IN_USE: u64 = offset_of!(Context, fp_in_use) as u64;
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
     pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;
     pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;
     pub const MXCSR: u64 = FPR + offset_of!(FprState, mxcsr) as u64;
+    pub const YMM_HI: u64 = FPR + offset_of!(FprState, ymm0) as u64;
+    pub const OPMASK: u64 = FPR + offset_of!(FprState, k) as u64;
+    pub const ZMM_HI256: u64 = FPR + offset_of!(FprState, zmm_hi256) as u64;
+    pub const HI16_ZMM: u64 = FPR + offset_of!(FprState, hi16_zmm) as u64;
     /// Offset of xmm register `n` in the FP image.
     pub const fn xmm(n: u8) -> u64 {
         FPR + offset_of!(FprState, xmm0) as u64 + 16 * n as u64

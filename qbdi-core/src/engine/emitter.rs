@@ -449,6 +449,15 @@ impl Asm {
 }
 
 impl Asm {
+    /// Encodes `instr` with iced (for the shared routines only: it allocates). Memory
+    /// operands based on RIP carry their absolute target as displacement.
+    pub fn encode(&mut self, instr: &iced_x86::Instruction) {
+        let mut enc = iced_x86::Encoder::new(64);
+        enc.encode(instr, self.here())
+            .expect("the engine's own instructions encode");
+        self.bytes(&enc.take_buffer());
+    }
+
     pub fn xgetbv(&mut self) {
         self.bytes(&[0x0f, 0x01, 0xd0]);
     }
@@ -502,6 +511,19 @@ impl Asm {
         self.bytes(&[0xff, 0x15]);
         let d = self.rip_disp(addr, 0);
         self.u32(d);
+    }
+
+    /// `mov ecx, dword [rip+addr]`
+    pub fn load_ecx32(&mut self, addr: u64) {
+        self.bytes(&[0x8b, 0x0d]);
+        let d = self.rip_disp(addr, 0);
+        self.u32(d);
+    }
+
+    /// `and eax, imm32` (sets flags)
+    pub fn and_eax(&mut self, imm: u32) {
+        self.buf.push(0x25);
+        self.u32(imm);
     }
 
     /// `mov eax, dword [rip+addr]`

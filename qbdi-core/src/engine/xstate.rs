@@ -94,6 +94,20 @@ impl XSaveKind {
         }
     }
 
+    /// The components the callback routine's fast path saves and restores with moves
+    /// (AVX, AVX-512 registers, and the mask registers if `kmovq` exists); with x87 in use,
+    /// it takes the full path.
+    pub fn moved_mask(self) -> u64 {
+        let XSaveKind::XSave(mask) = self else {
+            return 0;
+        };
+        let mut moved = mask & (AVX | ZMM_HI256 | HI16_ZMM);
+        if mask & OPMASK != 0 && std::arch::is_x86_feature_detected!("avx512bw") {
+            moved |= OPMASK;
+        }
+        moved
+    }
+
     /// The components `vzeroupper` does not return to their initial state.
     pub fn sticky_mask(self) -> u64 {
         self.ext_mask() & (X87 | OPMASK | HI16_ZMM)
@@ -105,12 +119,18 @@ impl XSaveKind {
         matches!(self, XSaveKind::XSave(_)) && __cpuid_count(0xd, 1).eax & (1 << 2) != 0
     }
 
-    /// Writes the initial values of the non-SSE components into `fpr` (the registers hold
-    /// them: a fast save found them unused).
-    pub fn write_initial_ext(self, fpr: &mut FprState) {
-        // Everything but SSE reported absent: complete_after_save writes initial values.
-        fpr.xstate_bv = SSE;
-        self.complete_after_save(fpr);
+    /// After a fast save of the components `in_use` (with moves): the header lists what is
+    /// in use and, if the image may hold older values of the other components (`stale`),
+    /// their initial values are written (the registers hold those).
+    pub fn fill_after_fast_save(self, fpr: &mut FprState, in_use: u64, stale: bool) {
+        let XSaveKind::XSave(mask) = self else {
+            return;
+        };
+        fpr.xstate_bv = (in_use & mask) | SSE;
+        if stale {
+            self.fill_absent(fpr);
+            fpr.xstate_bv = (in_use & mask) | SSE;
+        }
     }
 
     /// Whether the CPU state includes AVX (so `vzeroupper` exists).
