@@ -131,6 +131,8 @@ pub(crate) fn emit_runtime(
     }
 }
 
+/// The callback routine's full save: every component, then x87 and the upper halves in
+/// their initial state for the callback (host SSE code runs slower with dirty ones).
 fn emit_full_save(a: &mut Asm, ctx: u64, k: XSaveKind) {
     match k {
         XSaveKind::XSave(mask) => {
@@ -140,6 +142,11 @@ fn emit_full_save(a: &mut Asm, ctx: u64, k: XSaveKind) {
         }
         XSaveKind::FxSave => a.fxsave(ctx + off::FPR),
     }
+    a.fninit();
+    if k.has_avx() {
+        a.vzeroupper();
+    }
+    a.store_byte(ctx + off::FP_MODE, FP_FULL);
 }
 
 fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
@@ -153,107 +160,91 @@ fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
     }
 }
 
+/// A component the callback routine's fast path moves: its XINUSE bit, its registers
+/// (`count` from `first`) and their slots in the FP image, and the store and load forms
+/// (`lane`: an extract/insert of the upper part, with the register as its own source).
+struct Moved {
+    bit: u64,
+    first: iced_x86::Register,
+    count: u8,
+    area: u64,
+    stride: u64,
+    store: iced_x86::Code,
+    load: iced_x86::Code,
+    lane: bool,
+}
+
 /// The fast path's moves of the AVX and AVX-512 components in use (eax = their XINUSE
 /// bits): stores into the FP image (`save`) or loads back. xmm0-15 are moved apart; a
 /// load rebuilds each zmm0-15 from its 128-bit parts upwards (a VEX.256 insert clears the
 /// bits above 255, restored next when in use).
 fn emit_vector_moves(a: &mut Asm, ctx: u64, k: XSaveKind, save: bool) {
+    use super::xstate::{AVX, HI16_ZMM, OPMASK, ZMM_HI256};
     use iced_x86::{Code, Instruction, MemoryOperand, Register};
-    let moved = k.moved_mask();
-    let mem = |addr: u64| MemoryOperand::with_base_displ(Register::RIP, addr as i64);
-    // iced numbers the registers of a class contiguously.
-    let reg = |base: Register, n: u8| -> Register {
-        Register::try_from(base as usize + usize::from(n)).expect("a register of the class")
-    };
-    let component = |a: &mut Asm, bit: u64, each: &dyn Fn(&mut Asm)| {
-        if moved & bit == 0 {
-            return;
-        }
+    let components = [
+        Moved {
+            bit: AVX,
+            first: Register::YMM0,
+            count: 16,
+            area: off::YMM_HI,
+            stride: 16,
+            store: Code::VEX_Vextracti128_xmmm128_ymm_imm8,
+            load: Code::VEX_Vinserti128_ymm_ymm_xmmm128_imm8,
+            lane: true,
+        },
+        Moved {
+            bit: ZMM_HI256,
+            first: Register::ZMM0,
+            count: 16,
+            area: off::ZMM_HI256,
+            stride: 32,
+            store: Code::EVEX_Vextracti64x4_ymmm256_k1z_zmm_imm8,
+            load: Code::EVEX_Vinserti64x4_zmm_k1z_zmm_ymmm256_imm8,
+            lane: true,
+        },
+        Moved {
+            bit: HI16_ZMM,
+            first: Register::ZMM16,
+            count: 16,
+            area: off::HI16_ZMM,
+            stride: 64,
+            store: Code::EVEX_Vmovdqu64_zmmm512_k1z_zmm,
+            load: Code::EVEX_Vmovdqu64_zmm_k1z_zmmm512,
+            lane: false,
+        },
+        Moved {
+            bit: OPMASK,
+            first: Register::K0,
+            count: 8,
+            area: off::OPMASK,
+            stride: 8,
+            store: Code::VEX_Kmovq_m64_kr,
+            load: Code::VEX_Kmovq_kr_km64,
+            lane: false,
+        },
+    ];
+    for c in components.iter().filter(|c| k.moved_mask() & c.bit != 0) {
         let skip = a.new_label();
-        a.test_eax(bit as u32);
+        a.test_eax(c.bit as u32);
         a.jcc_label(4, skip); // jz: not in use
-        each(a);
+        for n in 0..c.count {
+            let mem = MemoryOperand::with_base_displ(
+                Register::RIP,
+                (ctx + c.area + c.stride * u64::from(n)) as i64,
+            );
+            // iced numbers the registers of a class contiguously.
+            let r = Register::try_from(c.first as usize + usize::from(n))
+                .expect("a register of the class");
+            let instr = match (save, c.lane) {
+                (true, true) => Instruction::with3(c.store, mem, r, 1),
+                (false, true) => Instruction::with4(c.load, r, r, mem, 1),
+                (true, false) => Instruction::with2(c.store, mem, r),
+                (false, false) => Instruction::with2(c.load, r, mem),
+            };
+            a.encode(&instr.expect("a valid vector move"));
+        }
         a.bind(skip);
-    };
-    let i = |r: Result<Instruction, iced_x86::IcedError>| r.expect("a valid instruction");
-    component(a, 1 << 2, &|a| {
-        for n in 0..16u8 {
-            let addr = ctx + off::YMM_HI + 16 * u64::from(n);
-            let ymm = reg(Register::YMM0, n);
-            let instr = if save {
-                i(Instruction::with3(
-                    Code::VEX_Vextracti128_xmmm128_ymm_imm8,
-                    mem(addr),
-                    ymm,
-                    1,
-                ))
-            } else {
-                i(Instruction::with4(
-                    Code::VEX_Vinserti128_ymm_ymm_xmmm128_imm8,
-                    ymm,
-                    ymm,
-                    mem(addr),
-                    1,
-                ))
-            };
-            a.encode(&instr);
-        }
-    });
-    component(a, 1 << 6, &|a| {
-        for n in 0..16u8 {
-            let addr = ctx + off::ZMM_HI256 + 32 * u64::from(n);
-            let zmm = reg(Register::ZMM0, n);
-            let instr = if save {
-                i(Instruction::with3(
-                    Code::EVEX_Vextracti64x4_ymmm256_k1z_zmm_imm8,
-                    mem(addr),
-                    zmm,
-                    1,
-                ))
-            } else {
-                i(Instruction::with4(
-                    Code::EVEX_Vinserti64x4_zmm_k1z_zmm_ymmm256_imm8,
-                    zmm,
-                    zmm,
-                    mem(addr),
-                    1,
-                ))
-            };
-            a.encode(&instr);
-        }
-    });
-    component(a, 1 << 7, &|a| {
-        for n in 0..16u8 {
-            let addr = ctx + off::HI16_ZMM + 64 * u64::from(n);
-            let zmm = reg(Register::ZMM16, n);
-            let instr = if save {
-                i(Instruction::with2(
-                    Code::EVEX_Vmovdqu64_zmmm512_k1z_zmm,
-                    mem(addr),
-                    zmm,
-                ))
-            } else {
-                i(Instruction::with2(
-                    Code::EVEX_Vmovdqu64_zmm_k1z_zmmm512,
-                    zmm,
-                    mem(addr),
-                ))
-            };
-            a.encode(&instr);
-        }
-    });
-    component(a, 1 << 5, &|a| {
-        for n in 0..8u8 {
-            let addr = ctx + off::OPMASK + 8 * u64::from(n);
-            let kr = reg(Register::K0, n);
-            let instr = if save {
-                i(Instruction::with2(Code::VEX_Kmovq_m64_kr, mem(addr), kr))
-            } else {
-                i(Instruction::with2(Code::VEX_Kmovq_kr_km64, kr, mem(addr)))
-            };
-            a.encode(&instr);
-        }
-    });
+    }
 }
 
 /// What `site_entry` returns to go on right after the site (a `ret` to the site).
@@ -285,11 +276,6 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, fsgs: bool, exit_tail
         CallbackFp::None => a.store_byte(ctx + off::FP_MODE, FP_NONE),
         CallbackFp::Full(k) => {
             emit_full_save(a, ctx, k);
-            a.fninit();
-            if k.has_avx() {
-                a.vzeroupper();
-            }
-            a.store_byte(ctx + off::FP_MODE, FP_FULL);
         }
         CallbackFp::Optional(k) => {
             let full = a.new_label();
@@ -312,11 +298,6 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, fsgs: bool, exit_tail
             a.jmp_label(saved);
             a.bind(full);
             emit_full_save(a, ctx, k);
-            a.fninit();
-            if k.has_avx() {
-                a.vzeroupper();
-            }
-            a.store_byte(ctx + off::FP_MODE, FP_FULL);
             a.bind(saved);
         }
     }

@@ -31,7 +31,7 @@
 
 use super::context::off;
 use super::context_switch::{emit_reload_guest, emit_restore_plain_flags};
-use super::emitter::{Asm, Label, RAX, RCX, RDI, RDX, RSP};
+use super::emitter::{Asm, Label, R8, RAX, RCX, RDI, RDX, RSI, RSP};
 use super::translator::Rip;
 use crate::callback::{InstCallback, VmAction, VmCallback, VmState};
 use crate::maps::{Permission, current_process_maps};
@@ -71,8 +71,6 @@ pub(crate) enum EntryKind {
     Event,
 }
 
-const R8: u8 = 8;
-const RSI: u8 = 6;
 /// rax, rcx, rdx, rsi, rdi, r8-r11.
 const CALLER_SAVED: u16 = 0b0000_1111_1100_0111;
 const ALL_BUT_RSP: u16 = !(1 << RSP);
@@ -113,13 +111,11 @@ impl Leaf {
         if reads(data_reg) {
             saves |= 1 << data_reg;
         }
-        if gpr_arg {
-            saves |= 1 << gpr;
-        }
         if let Some(s) = state.filter(|_| state_arg) {
             saves |= 1 << s;
         }
         if gpr_arg {
+            // The whole state goes through the context.
             saves = ALL_BUT_RSP;
         }
         Some(DirectCall {
@@ -223,8 +219,8 @@ fn gpr_number(r: Register) -> Option<(u8, bool)> {
         return None;
     }
     let full = r.full_register();
-    let n = (full as u32).wrapping_sub(Register::RAX as u32);
-    (n < 16).then_some((n as u8, r.is_gpr32() || r.is_gpr64()))
+    full.is_gpr64()
+        .then(|| (full.number() as u8, r.is_gpr32() || r.is_gpr64()))
 }
 
 /// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
@@ -275,7 +271,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                 leaf.fs_gs = true;
             }
             let info = factory.info(&instr);
-            let mut written = 0u16;
+            // Definitions count from the next instruction on (this one may read first).
             let mut defines = 0u16;
             for used in info.used_registers() {
                 let r = used.register();
@@ -284,7 +280,6 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                     // (vector, x87, mask, control registers) may appear.
                     let segment_read = r.is_segment_register() && used.access() == OpAccess::Read;
                     if segment_read || r == Register::RIP {
-                        leaf.fs_gs |= matches!(r, Register::FS | Register::GS);
                         continue;
                     }
                     return None;
@@ -305,13 +300,12 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                     leaf.reads |= bit;
                 }
                 if write {
-                    written |= bit;
+                    leaf.writes |= bit;
                     if (whole && used.access() == OpAccess::Write) || zero_idiom {
                         defines |= bit;
                     }
                 }
             }
-            leaf.writes |= written;
             defined |= defines;
             let next = instr.next_ip();
             match instr.flow_control() {

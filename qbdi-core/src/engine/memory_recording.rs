@@ -203,7 +203,7 @@ pub(crate) fn emit_pre(a: &mut Asm, enc: &mut Encoder, ctx: u64, planned: &[Plan
         }
         emit_address(a, enc, p);
         if let Some(reg) = p.bit_offset {
-            emit_bit_offset(a, enc, ctx, reg);
+            emit_bit_offset(a, ctx, reg);
         }
         a.store(slot_addr(ctx, p.slot), RAX);
         if p.value && !p.write {
@@ -303,7 +303,7 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
 /// holding the bit (the signed offset, arithmetically shifted right by log2 of the operand's
 /// bits, times its bytes). Flag-free (the guest's flags are live): `sarx`, `lea`. The guest's
 /// rax and rcx are in the spill slots; clobbers rcx.
-fn emit_bit_offset(a: &mut Asm, enc: &mut Encoder, ctx: u64, reg: Register) {
+fn emit_bit_offset(a: &mut Asm, ctx: u64, reg: Register) {
     let spill_ea = ctx + off::SPILL + 16;
     a.store(spill_ea, RAX);
     match reg.full_register() {
@@ -323,18 +323,7 @@ fn emit_bit_offset(a: &mut Asm, enc: &mut Encoder, ctx: u64, reg: Register) {
         _ => (6, 0xc0),
     };
     a.mov_imm32(RAX, shift);
-    let sarx = Instruction::with3(
-        Code::VEX_Sarx_r64_rm64_r64,
-        Register::RCX,
-        Register::RCX,
-        Register::RAX,
-    );
-    let ok = sarx.is_ok_and(|i| enc.encode(&i, a.here()).is_ok());
-    debug_assert!(ok, "sarx encodes");
-    let mut buf = enc.take_buffer();
-    a.bytes(&buf);
-    buf.clear();
-    enc.set_buffer(buf);
+    a.bytes(&[0xc4, 0xe2, 0xfa, 0xf7, 0xc9]); // sarx rcx, rcx, rax
     a.load(RAX, spill_ea);
     a.bytes(&[0x48, 0x8d, 0x04, scale_bits | (RCX << 3)]); // lea rax, [rax + rcx*bytes]
 }

@@ -6,10 +6,10 @@ use core::arch::x86_64::{__cpuid_count, _xgetbv};
 
 const X87: u64 = 1 << 0;
 const SSE: u64 = 1 << 1;
-const AVX: u64 = 1 << 2;
-const OPMASK: u64 = 1 << 5;
-const ZMM_HI256: u64 = 1 << 6;
-const HI16_ZMM: u64 = 1 << 7;
+pub(crate) const AVX: u64 = 1 << 2;
+pub(crate) const OPMASK: u64 = 1 << 5;
+pub(crate) const ZMM_HI256: u64 = 1 << 6;
+pub(crate) const HI16_ZMM: u64 = 1 << 7;
 
 /// How guest FP state is saved on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
