@@ -49,5 +49,13 @@ pub use options::Options;
 pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
 pub use symbols::symbolize;
+
+/// One line describing how the engine saves FP and vector state on this CPU: the vendor, the
+/// XSAVE components saved and their offsets in the CPU's own image as CPUID reports them
+/// (for logs and bug reports; `FprState` keeps one layout whatever the CPU's).
+#[must_use]
+pub fn fp_state_layout() -> String {
+    engine::xstate::describe(engine::xstate::XLayout::current())
+}
 pub use vm::{FAKE_RETURN_ADDRESS, Vm};
 pub use vm_ref::VmRef;

@@ -1,9 +1,11 @@
 //! The guest's register state as the engine and callbacks see it.
 //!
 //! Both structs are `#[repr(C)]` plain integers (every bit pattern is valid), so they can be
-//! handed out as `&mut` and later cross the plugin ABI unchanged. `FprState` is laid out as
-//! the standard (non-compacted) XSAVE image of x87, SSE, AVX and AVX-512 state, so the engine
-//! saves and restores it with one `xsave`/`xrstor` and no conversion.
+//! handed out as `&mut` and later cross the plugin ABI unchanged. `FprState` has one layout
+//! on every CPU: the standard (non-compacted) XSAVE image of x87, SSE, AVX and AVX-512 state
+//! as Intel CPUs with MPX lay it out. CPUs that place components elsewhere (AMD Zen 4 has no
+//! MPX area) are handled by the engine, which converts between its own save area, laid out
+//! as CPUID says, and this struct.
 
 /// A machine word of the guest: addresses, register values.
 pub type Rword = u64;
@@ -149,7 +151,8 @@ pub struct FprState {
     pub ymm13: [u8; 16],
     pub ymm14: [u8; 16],
     pub ymm15: [u8; 16],
-    /// MPX state area (bytes 832..1088 of the image), unused on the CPUs we run on.
+    /// Where Intel's image has the MPX state (bytes 832..1088); ignored (MPX is not saved,
+    /// and AMD's image has no such area).
     pub mpx_reserved: [u8; 256],
     /// AVX-512 opmask registers k0-k7.
     pub k: [u64; 8],
@@ -159,7 +162,8 @@ pub struct FprState {
     pub hi16_zmm: [[u8; 64]; 16],
 }
 
-/// Byte offsets of the XSAVE components inside [`FprState`] (checked against CPUID at start).
+/// Byte offsets of the XSAVE components inside [`FprState`] (the CPU's own offsets, read
+/// from CPUID, may differ: engine/xstate.rs converts).
 pub(crate) mod xsave_offsets {
     pub const AVX: usize = 576;
     pub const OPMASK: usize = 1088;

@@ -154,3 +154,45 @@ uint64_t diff_alloca(size_t n) {
     }
     return h;
 }
+
+/* The floating point environment and errno as the guest sees them around native libc and
+ * libm calls: MXCSR and x87 exception flags after exact arithmetic (none may be set),
+ * errno from log, strtod and strtol, and an errno the guest set itself surviving its own
+ * instructions. out[0..12]. Returns a value computed from a. */
+#include <fenv.h>
+#include <immintrin.h>
+#include <math.h>
+int64_t diff_fp_env(int64_t a, int64_t *out) {
+    feclearexcept(FE_ALL_EXCEPT);
+    volatile double x = (double)(a & 0xffff) * 2.0; /* exact: no flag */
+    volatile double y = x + 1.0;                     /* exact: no flag */
+    out[0] = (int64_t)(_mm_getcsr() & 0x3f);
+    out[1] = fetestexcept(FE_ALL_EXCEPT);
+    unsigned short sw;
+    __asm__ volatile("fnstsw %0" : "=m"(sw));
+    out[2] = sw & 0x3f;
+    errno = 0;
+    volatile double l = log((double)(a % 3)); /* 0: -inf and ERANGE; < 0: nan and EDOM */
+    out[3] = errno;
+    out[4] = fetestexcept(FE_ALL_EXCEPT);
+    errno = 0;
+    char *end;
+    volatile double d = strtod((a & 1) ? "1e-400" : "2.5e-3", &end); /* underflow: ERANGE */
+    out[5] = errno;
+    double dd = d;
+    __builtin_memcpy(&out[6], &dd, 8);
+    errno = 0;
+    out[7] = strtol((a & 2) ? "99999999999999999999" : "-42", &end, 10);
+    out[8] = errno;
+    errno = 1234;
+    volatile int64_t k = a;
+    for (int i = 0; i < 8; i++)
+        k = k * 3 + i;
+    out[9] = errno;
+    out[10] = k;
+    feclearexcept(FE_ALL_EXCEPT);
+    volatile double z = y * 0.5;
+    out[11] = (int64_t)(_mm_getcsr() & 0x3f) | ((int64_t)fetestexcept(FE_ALL_EXCEPT) << 8);
+    double ll = l;
+    return (int64_t)z + (ll != ll ? 1 : 0);
+}

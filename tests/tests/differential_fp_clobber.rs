@@ -1,11 +1,15 @@
-//! Differential suite under a callback that clobbers the FP and vector state: the cases of
-//! `differential/cases.rs`, with a PreInst callback on every instruction of the guest that
-//! does f64 math, copies a few KiB with `memcpy` (glibc's vector implementation), writes
-//! garbage into a local `[f64; 8]`, and overwrites xmm0-15, the upper halves of ymm0-15, the
-//! AVX-512 registers zmm16-31 and k1-k7 (where the CPU has them) and all eight x87
-//! registers with garbage. The guest sees none of it: its results must still be the native ones.
+//! Differential suite under callbacks that behave like ordinary Rust code and clobber the FP
+//! and vector state: the cases of `differential/cases.rs`, with a PreInst callback on every
+//! instruction of the guest and a callback on every VM event (block entries and exits,
+//! exec transfers to and from native code) that each do f64 math raising MXCSR exception
+//! flags (underflow, inexact), call libc (`memcpy` of a few KiB, glibc's vector
+//! implementation; `strlen`; `close(-1)`, which sets errno to EBADF), write garbage into a
+//! local `[f64; 8]`, and overwrite xmm0-15, the upper halves of ymm0-15, the AVX-512
+//! registers zmm16-31 and k1-k7 (where the CPU has them) and all eight x87 registers with
+//! garbage. The guest sees none of it (its errno and exception flags included): its results
+//! must still be the native ones.
 
-use qbdi_core::{InstPosition, PRIORITY_DEFAULT, Vm, VmAction};
+use qbdi_core::{InstPosition, PRIORITY_DEFAULT, Vm, VmAction, VmEvent};
 use std::arch::asm;
 use std::cell::Cell;
 use std::hint::black_box;
@@ -27,8 +31,17 @@ fn clobber_fp_state(seed: u64, src: &[u8], dst: &mut [u8]) {
         *v = y * i as f64 + f64::from_bits(seed.rotate_left(i as u32 * 8));
     }
     black_box(&mut junk);
+    // Underflow and inexact in MXCSR.
+    let tiny = black_box(1e-300f64) * black_box(1e-300f64);
+    black_box(tiny);
     dst.copy_from_slice(black_box(src));
     black_box(&mut *dst);
+    // libc calls, one of them setting errno (EBADF).
+    // SAFETY: `dst` ends with a NUL (the caller's buffer), and close(-1) only fails.
+    unsafe {
+        black_box(libc::strlen(dst.as_ptr().cast()));
+        black_box(libc::close(-1));
+    }
     clobber_vector_registers(black_box(seed));
 }
 
@@ -122,7 +135,10 @@ fn clobber_avx512(seed: u64) {
 fn configure(vm: &mut Vm) -> cases::AfterCall {
     let runs = Rc::new(Cell::new(0u64));
     let count = Rc::clone(&runs);
-    let src: Vec<u8> = (0..4096u32).map(|i| (i * 131 + 7) as u8).collect();
+    let src: Vec<u8> = (0..4096u32)
+        .map(|i| (i * 131 + 7) as u8 | 1)
+        .chain([0])
+        .collect();
     let mut dst = vec![0u8; src.len()];
     vm.add_code_cb(
         InstPosition::PreInst,
@@ -134,7 +150,30 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
         PRIORITY_DEFAULT,
     )
     .expect("a callback on every instruction");
+    let events = Rc::new(Cell::new(0u64));
+    let count = Rc::clone(&events);
+    let src: Vec<u8> = (0..2048u32)
+        .map(|i| (i * 7 + 1) as u8 | 1)
+        .chain([0])
+        .collect();
+    let mut dst = vec![0u8; src.len()];
+    vm.add_vm_event_cb(
+        VmEvent::BASIC_BLOCK_ENTRY
+            | VmEvent::BASIC_BLOCK_EXIT
+            | VmEvent::EXEC_TRANSFER_CALL
+            | VmEvent::EXEC_TRANSFER_RETURN,
+        move |_vm, state, gpr, _fpr| {
+            count.set(count.get() + 1);
+            clobber_fp_state(gpr.rip ^ state.basic_block_start, &src, &mut dst);
+            VmAction::Continue
+        },
+    )
+    .expect("a callback on every event");
     Box::new(move |name, _vm| {
         assert!(runs.take() > 0, "{name}: the clobbering callback never ran");
+        assert!(
+            events.take() > 0,
+            "{name}: the clobbering event callback never ran"
+        );
     })
 }

@@ -22,6 +22,9 @@ pub(crate) struct CallbackEnv {
     pub ctx: *mut Context,
     pub shared: *mut crate::vm::Shared,
     pub fp: Option<XSaveKind>,
+    /// Whether the guest's `errno` is kept from what callbacks do (unless
+    /// OPT_DISABLE_ERRNO_BACKUP).
+    pub keep_errno: bool,
     /// The engine's directory and inline table, for instrumentation changes made by
     /// callbacks (set by the dispatcher for the duration of a run).
     pub dir: *mut Directory,
@@ -42,6 +45,9 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
         (env, &mut *env.ctx, &mut *env.shared)
     };
     prepare_fp_image(ctx, env.fp);
+    // The guest's errno: callbacks run on its thread and may call libc.
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    let errno = env.keep_errno.then(|| unsafe { *libc::__errno_location() });
     // Scalars, not a copy of the Site: a struct copied through the stack and read back
     // wider than it was written stalls store forwarding, and this runs per instruction.
     let s = &shared.inst.sites[site as usize];
@@ -78,6 +84,16 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
             VmAction::Stop
         }
     };
+    if let Some(e) = errno {
+        // SAFETY: as above.
+        unsafe { *libc::__errno_location() = e };
+    }
+    if let Some(fp) = env.fp
+        && ctx.fp_mode == FP_FULL
+    {
+        // The routine restores the full state from the CPU's image.
+        fp.fpr_to_native(&ctx.fpr, &mut ctx.xarea.0);
+    }
     if shared.inst.flush.all || !shared.inst.flush.ranges.is_empty() {
         // The callback changed instrumentation: the running block finishes as translated,
         // then every exit goes back to the dispatcher, which applies the change.
@@ -137,6 +153,7 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
     };
     match ctx.fp_mode {
         FP_FULL => {
+            fp.native_to_fpr(&ctx.xarea.0, &mut ctx.fpr);
             fp.fill_after_callback_save(&mut ctx.fpr);
             ctx.ext_dirty = 1;
         }

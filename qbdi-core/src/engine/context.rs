@@ -16,8 +16,6 @@ pub(crate) const EXIT_BROKER: u32 = 1;
 pub(crate) const EXIT_STOP: u32 = 2;
 /// A callback asked for `BreakToVm` or `Stop`, or panicked (details in the instrumentation).
 pub(crate) const EXIT_CALLBACK: u32 = 3;
-/// Native code returned to the `transfer_return` routine (return address in `transfer_ret`).
-pub(crate) const EXIT_TRANSFER_RETURN: u32 = 4;
 
 /// How the callback routine saved the guest's FP state (`Context::fp_mode`).
 pub(crate) const FP_NONE: u8 = 0;
@@ -29,8 +27,11 @@ pub(crate) const FP_FULL: u8 = 2;
 
 #[repr(C, align(64))]
 pub(crate) struct Context {
-    /// Guest FP/vector state while the guest is out of the cache (XSAVE image).
+    /// Guest FP/vector state as the Rust side sees it (converted from and to `xarea`).
     pub fpr: FprState,
+    /// Guest FP/vector state in this CPU's own XSAVE layout: what the generated code's
+    /// `xsave`/`xrstor` (or `fxsave`/`fxrstor`) write and read (engine/xstate.rs).
+    pub xarea: XArea,
     /// Guest general purpose registers while the guest is out of the cache.
     pub gpr: GprState,
     /// Host stack pointer saved by `enter`, restored by the common exit.
@@ -72,9 +73,8 @@ pub(crate) struct Context {
     pub _pad2: u8,
     /// (FP_FAST) the XSAVE components in use (XINUSE) when the callback routine saved them.
     pub fp_in_use: u32,
-    pub _pad3: u32,
-    /// Guest return address of a native call reported with EXEC_TRANSFER events.
-    pub transfer_ret: u64,
+    /// MXCSR as a callback left it (the fast path compares it with the guest's).
+    pub cur_mxcsr: u32,
     /// An XSAVE image whose header is all zero: `xrstor` from it puts components in their
     /// initial state.
     pub init_image: InitImage,
@@ -85,10 +85,15 @@ pub(crate) struct Context {
 #[repr(C, align(64))]
 pub(crate) struct InitImage(pub [u8; 576]);
 
+/// The CPU's XSAVE image, 64-byte aligned as `xsave` requires.
+#[repr(C, align(64))]
+pub(crate) struct XArea(pub [u8; super::xstate::XAREA_BYTES]);
+
 /// Byte offsets of the context fields the generated code addresses.
 pub(crate) mod off {
     use super::*;
     pub const FPR: u64 = offset_of!(Context, fpr) as u64;
+    pub const XAREA: u64 = offset_of!(Context, xarea) as u64;
     pub const GPR: u64 = offset_of!(Context, gpr) as u64;
     pub const HOST_RSP: u64 = offset_of!(Context, host_rsp) as u64;
     pub const TARGET: u64 = offset_of!(Context, target) as u64;
@@ -106,6 +111,7 @@ pub(crate) mod off {
     pub const CB_PENDING: u64 = offset_of!(Context, cb_pending) as u64;
     pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
     pub const FP_IN_USE: u64 = offset_of!(Context, fp_in_use) as u64;
+    pub const CUR_MXCSR: u64 = offset_of!(Context, cur_mxcsr) as u64;
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
     pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;
     pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;

@@ -14,7 +14,6 @@
 //!   saves the guest state into the context, calls the Rust entry point on the host stack,
 //!   restores the (possibly changed) state and resumes where the entry point says, or
 //!   leaves the cache through `exit_tail`.
-//! - `transfer_return`: native code called with EXEC_TRANSFER events returns here.
 //!
 //! FP state around callbacks: with XINUSE available and `OPT_DISABLE_OPTIONAL_FPR` unset,
 //! when x87 is not in use (nearly always), xmm0-15, MXCSR and those of the AVX, AVX-512
@@ -30,9 +29,7 @@
 //! host code (`exit`, the callback routine) saves the guest's and reloads the host's.
 //! Otherwise guest and host share the thread's, as they share the thread.
 
-use super::context::{
-    EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, EXIT_TRANSFER_RETURN, FP_FAST, FP_FULL, FP_NONE, off,
-};
+use super::context::{EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, FP_FAST, FP_FULL, FP_NONE, off};
 use super::emitter::{Asm, Label, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::xstate::XSaveKind;
@@ -46,7 +43,9 @@ pub(crate) struct Runtime {
     pub broker: u64,
     pub stop_return: u64,
     pub callback: u64,
-    pub transfer_return: u64,
+    /// 256 bytes, byte `i` = `i & 1`: lets translated `syscall`s test a flag bit without
+    /// touching RFLAGS (see `translator::emit_syscall`).
+    pub bit0_table: u64,
 }
 
 /// How the callback routine protects the guest's FP state.
@@ -113,12 +112,11 @@ pub(crate) fn emit_runtime(
     a.store_imm32(ctx + off::EXIT_ID, EXIT_STOP);
     a.jmp_to(exit);
 
-    let transfer_return = a.here();
-    a.store_imm32(ctx + off::EXIT_ID, EXIT_TRANSFER_RETURN);
-    a.jmp_to(exit);
-
     let callback = a.here();
     emit_callback(a, ctx, cb_fp, fsgs, exit_tail);
+    let bit0_table = a.here();
+    let table: Vec<u8> = (0..=255u8).map(|i| i & 1).collect();
+    a.bytes(&table);
     a.finish();
     Runtime {
         enter,
@@ -127,7 +125,7 @@ pub(crate) fn emit_runtime(
         broker,
         stop_return,
         callback,
-        transfer_return,
+        bit0_table,
     }
 }
 
@@ -138,10 +136,12 @@ fn emit_full_save(a: &mut Asm, ctx: u64, k: XSaveKind) {
         XSaveKind::XSave(mask) => {
             a.mov_imm32(RAX, mask as u32);
             a.mov_imm32(RDX, (mask >> 32) as u32);
-            a.xsave(ctx + off::FPR);
+            a.xsave(ctx + off::XAREA);
         }
-        XSaveKind::FxSave => a.fxsave(ctx + off::FPR),
+        XSaveKind::FxSave => a.fxsave(ctx + off::XAREA),
     }
+    // The guest's MXCSR where the host-MXCSR check below reads it.
+    a.stmxcsr(ctx + off::MXCSR);
     a.fninit();
     if k.has_avx() {
         a.vzeroupper();
@@ -154,9 +154,9 @@ fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
         XSaveKind::XSave(mask) => {
             a.mov_imm32(RAX, mask as u32);
             a.mov_imm32(RDX, (mask >> 32) as u32);
-            a.xrstor(ctx + off::FPR);
+            a.xrstor(ctx + off::XAREA);
         }
-        XSaveKind::FxSave => a.fxrstor(ctx + off::FPR),
+        XSaveKind::FxSave => a.fxrstor(ctx + off::XAREA),
     }
 }
 
@@ -351,10 +351,13 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, fsgs: bool, exit_tail
             }
             a.load_eax32(ctx + off::FP_IN_USE);
             emit_vector_moves(a, ctx, k, false);
+            // The guest's MXCSR back unless it is what the callback left (which may have
+            // raised exception flags: those must not reach the guest).
             let same_mxcsr = a.new_label();
+            a.stmxcsr(ctx + off::CUR_MXCSR);
             a.load_eax32(ctx + off::MXCSR);
-            a.cmp_eax_mem(ctx + off::HOST_MXCSR);
-            a.jcc_label(4, same_mxcsr); // je: the host's is already loaded
+            a.cmp_eax_mem(ctx + off::CUR_MXCSR);
+            a.jcc_label(4, same_mxcsr); // je
             a.ldmxcsr(ctx + off::MXCSR);
             a.bind(same_mxcsr);
             a.jmp_label(restored);
@@ -462,9 +465,9 @@ fn emit_enter(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, fsgs: bool) {
         Some(XSaveKind::XSave(mask)) => {
             a.mov_imm32(RAX, mask as u32);
             a.mov_imm32(RDX, (mask >> 32) as u32);
-            a.xrstor(ctx + off::FPR);
+            a.xrstor(ctx + off::XAREA);
         }
-        Some(XSaveKind::FxSave) => a.fxrstor(ctx + off::FPR),
+        Some(XSaveKind::FxSave) => a.fxrstor(ctx + off::XAREA),
         None => {}
     }
     // Guest flags, through the host stack; nothing after this touches them.
@@ -502,9 +505,9 @@ fn emit_exit(a: &mut Asm, ctx: u64, fp: Option<XSaveKind>, fsgs: bool, tail: Lab
         Some(XSaveKind::XSave(mask)) => {
             a.mov_imm32(RAX, mask as u32);
             a.mov_imm32(RDX, (mask >> 32) as u32);
-            a.xsave(ctx + off::FPR);
+            a.xsave(ctx + off::XAREA);
         }
-        Some(XSaveKind::FxSave) => a.fxsave(ctx + off::FPR),
+        Some(XSaveKind::FxSave) => a.fxsave(ctx + off::XAREA),
         None => {}
     }
     // The host's control words back (callee-saved in the SysV ABI); x87 stack empty.

@@ -19,6 +19,10 @@ pub(crate) enum ExitKind {
     Invalid,
     /// `target` holds an instruction the engine refuses to run.
     Unsupported,
+    /// Native code called with EXEC_TRANSFER events returns here: report the return, then
+    /// continue at `target` (the guest return address). One stub per return address, so a
+    /// `longjmp` to a return address `setjmp` recorded in native code lands right.
+    TransferReturn,
 }
 
 /// No stub / no block.
@@ -66,6 +70,8 @@ const MAX_STUBS: usize = 1 << 20;
 const MAP_SLOTS: usize = MAX_BLOCKS * 2;
 /// Buckets of the page index (guest page number modulo this).
 const PAGE_BUCKETS: usize = 1 << 16;
+/// Slots of the guest return address -> transfer return stub cache (direct-mapped).
+const TRANSFER_SLOTS: usize = 1 << 12;
 /// A block never spans more guest bytes than this (the translator's limit).
 const MAX_BLOCK_GUEST_BYTES: u64 = super::translator::MAX_BLOCK_INSTRUCTIONS as u64 * 15;
 
@@ -83,6 +89,8 @@ pub(crate) struct Directory {
     /// translated" test for `blocks_overlapping`.
     lo: u64,
     hi: u64,
+    /// (guest return address, stub id + 1) of transfer return stubs; 0: empty.
+    transfer: Vec<(u64, u32)>,
 }
 
 impl Directory {
@@ -95,7 +103,20 @@ impl Directory {
             live: 0,
             lo: u64::MAX,
             hi: 0,
+            transfer: vec![(0, 0); TRANSFER_SLOTS],
         }
+    }
+
+    /// The transfer return stub for guest return address `ret`, if one was made.
+    pub fn transfer_stub(&self, ret: u64) -> Option<&ExitStub> {
+        let (guest, id) = self.transfer[transfer_slot(ret)];
+        (id != 0 && guest == ret).then(|| &self.stubs[id as usize - 1])
+    }
+
+    /// Records stub `id` (a TransferReturn stub) as the one for its target.
+    pub fn set_transfer_stub(&mut self, id: u32) {
+        let ret = self.stubs[id as usize].target;
+        self.transfer[transfer_slot(ret)] = (ret, id + 1);
     }
 
     /// Whether a block with `stubs` more stubs still fits.
@@ -314,7 +335,12 @@ impl Directory {
         self.live = 0;
         self.lo = u64::MAX;
         self.hi = 0;
+        self.transfer.fill((0, 0));
     }
+}
+
+fn transfer_slot(ret: u64) -> usize {
+    ((ret ^ (ret >> 12)) as usize) & (TRANSFER_SLOTS - 1)
 }
 
 fn page_bucket(addr: u64) -> usize {

@@ -6,9 +6,7 @@
 //! a callback says Stop.
 
 use super::callbacks::fire_events;
-use super::context::{
-    EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STOP, EXIT_TRANSFER_RETURN, FIRST_STUB_ID,
-};
+use super::context::{EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STOP, FIRST_STUB_ID};
 use super::directory::ExitKind;
 use super::translator::disassemble_at;
 use super::{Engine, NO_STOP};
@@ -110,6 +108,9 @@ impl Engine {
             // behaves as an `extern "C" fn()` preserving the host's callee-saved state.
             unsafe {
                 (*ctx).target = target;
+                if let Some(fp) = self.fp {
+                    fp.fpr_to_native(&(*ctx).fpr, &mut (*ctx).xarea.0);
+                }
                 if keep_errno {
                     *libc::__errno_location() = *errno;
                 }
@@ -119,6 +120,7 @@ impl Engine {
                     *errno = *libc::__errno_location();
                 }
                 if let Some(fp) = self.fp {
+                    fp.native_to_fpr(&(*ctx).xarea.0, &mut (*ctx).fpr);
                     fp.complete_after_save(&mut (*ctx).fpr);
                     (*ctx).ext_dirty = 1;
                 }
@@ -221,14 +223,8 @@ impl Engine {
     fn after_exit(&mut self, exit_id: u32, stop: u64) -> Result<After, VmError> {
         let ctx = self.cache().ctx();
         // SAFETY: the context is live and no generated code runs.
-        let (ib_target, rip, cb_stop, transfer_ret) = unsafe {
-            (
-                (*ctx).ib_target,
-                (*ctx).gpr.rip,
-                (*ctx).cb_stop,
-                (*ctx).transfer_ret,
-            )
-        };
+        let (ib_target, rip, cb_stop) =
+            unsafe { ((*ctx).ib_target, (*ctx).gpr.rip, (*ctx).cb_stop) };
         match exit_id {
             EXIT_IB_MISS | EXIT_BROKER => Ok(After::Go(ib_target, None)),
             EXIT_STOP => {
@@ -243,20 +239,6 @@ impl Engine {
                     Ok(After::Go(rip, None))
                 }
             }
-            EXIT_TRANSFER_RETURN => {
-                // For transfers, every VmState address is the target (QBDI's convention).
-                match self.fire(
-                    VmEvent::EXEC_TRANSFER_RETURN,
-                    transfer_ret,
-                    transfer_ret,
-                    transfer_ret,
-                ) {
-                    VmAction::Stop => Ok(After::Finish),
-                    // SAFETY: as above.
-                    VmAction::BreakToVm => Ok(After::Go(unsafe { (*ctx).gpr.rip }, None)),
-                    _ => Ok(After::Go(transfer_ret, None)),
-                }
-            }
             id => {
                 let i = id - FIRST_STUB_ID;
                 let s = self.dir().stub(i);
@@ -266,6 +248,17 @@ impl Engine {
                         Ok(After::Go(s.target, link))
                     }
                     ExitKind::Reentry => Ok(After::Go(s.target, None)),
+                    ExitKind::TransferReturn => {
+                        let ret = s.target;
+                        // For transfers, every VmState address is the target (QBDI's
+                        // convention).
+                        match self.fire(VmEvent::EXEC_TRANSFER_RETURN, ret, ret, ret) {
+                            VmAction::Stop => Ok(After::Finish),
+                            // SAFETY: as above.
+                            VmAction::BreakToVm => Ok(After::Go(unsafe { (*ctx).gpr.rip }, None)),
+                            _ => Ok(After::Go(ret, None)),
+                        }
+                    }
                     ExitKind::Invalid => Err(VmError::InvalidInstruction(s.target)),
                     ExitKind::Unsupported => Err(VmError::UnsupportedInstruction {
                         address: s.target,

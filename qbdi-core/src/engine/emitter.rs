@@ -16,6 +16,7 @@ pub(crate) const RBP: Reg = 5;
 pub(crate) const RSI: Reg = 6;
 pub(crate) const RDI: Reg = 7;
 pub(crate) const R8: Reg = 8;
+pub(crate) const R11: Reg = 11;
 pub(crate) const R12: Reg = 12;
 pub(crate) const R13: Reg = 13;
 pub(crate) const R14: Reg = 14;

@@ -8,10 +8,14 @@
 //! same swap from inside the cache (when the return address is at [rsp] and translated).
 //!
 //! With EXEC_TRANSFER_CALL/RETURN callbacks, every transfer comes here instead: the call is
-//! reported, the return address goes to the `transfer_return` routine (the guest return
-//! address is kept in the context), and the return is reported by the dispatcher.
+//! reported, and the return address goes to a transfer return stub of that guest return
+//! address (an exit stub made once per address), through which the dispatcher reports the
+//! return. Because each stub stands for one guest address, a native `setjmp` that records
+//! it and a later `longjmp` to it continue at the right place.
 
 use super::Engine;
+use super::context::{FIRST_STUB_ID, off};
+use super::directory::ExitKind;
 use super::dispatcher::Next;
 use crate::callback::{VmAction, VmEvent};
 use crate::error::VmError;
@@ -61,9 +65,7 @@ impl Engine {
             let redirect = if is_stop {
                 self.cache().runtime.stop_return
             } else if reported {
-                // SAFETY: as above.
-                unsafe { (*ctx).transfer_ret = value };
-                self.cache().runtime.transfer_return
+                self.transfer_return_stub(value)
             } else {
                 match self.dir().lookup(value) {
                     Some(b) => b.host,
@@ -79,5 +81,43 @@ impl Engine {
             return Ok(Some(Next::Native(pc)));
         }
         Ok(None)
+    }
+
+    /// The host address of the transfer return stub of guest return address `ret`, made
+    /// now if there is none: `mov dword [ctx.exit_id], id; jmp exit` (15 bytes). Allocates
+    /// nothing (the guest may be inside malloc); a full cache or directory is reset first.
+    fn transfer_return_stub(&mut self, ret: u64) -> u64 {
+        if let Some(s) = self.dir().transfer_stub(ret) {
+            return s.stub;
+        }
+        const STUB_BYTES: u64 = 15;
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        if cache.room() < STUB_BYTES || !dir.has_room(1) {
+            cache.reset();
+            dir.reset();
+            let shared = self.shared();
+            shared.inst.reset_sites();
+            shared.memory.reset();
+        }
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        let host = cache.next_addr();
+        let id = dir.next_stub();
+        let mut code = [0u8; STUB_BYTES as usize];
+        let exit_id = cache.ctx_addr() + off::EXIT_ID;
+        code[..2].copy_from_slice(&[0xc7, 0x05]);
+        // rip-relative displacements: from the end of each instruction.
+        let disp = exit_id.wrapping_sub(host + 10) as i64;
+        let jmp = cache.runtime.exit.wrapping_sub(host + STUB_BYTES) as i64;
+        let (Ok(disp), Ok(jmp)) = (i32::try_from(disp), i32::try_from(jmp)) else {
+            unreachable!("the context and routines are in the same 2 GiB as the code");
+        };
+        code[2..6].copy_from_slice(&disp.to_le_bytes());
+        code[6..10].copy_from_slice(&(FIRST_STUB_ID + id).to_le_bytes());
+        code[10] = 0xe9;
+        code[11..15].copy_from_slice(&jmp.to_le_bytes());
+        cache.commit_bytes(&code);
+        dir.push_stub(ret, 0, host, ExitKind::TransferReturn);
+        dir.set_transfer_stub(id);
+        host
     }
 }

@@ -26,7 +26,7 @@ mod ib_table;
 mod maps_reader;
 mod memory_recording;
 mod translator;
-mod xstate;
+pub(crate) mod xstate;
 
 pub(crate) use direct_call::{DirectCall, event_callback, inst_callback};
 
@@ -85,6 +85,7 @@ impl Engine {
                 ctx: std::ptr::null_mut(),
                 shared,
                 fp: None,
+                keep_errno: true,
                 dir: std::ptr::null_mut(),
                 table: std::ptr::null(),
             }),
@@ -208,6 +209,7 @@ impl Engine {
                 (*ctx).cb_data = &*self.cb_env as *const CallbackEnv as u64;
                 self.cb_env.ctx = ctx;
                 self.cb_env.fp = self.fp;
+                self.cb_env.keep_errno = !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP);
             }
             self.cache = Some((cache, Directory::new()));
             // Sites refer to code of the old cache, if any.
@@ -236,11 +238,13 @@ impl Engine {
             if cache.contains(value) {
                 let guest = if value == cache.runtime.stop_return {
                     Some(self.stop)
-                } else if value == cache.runtime.transfer_return {
-                    // SAFETY: the context lives as long as the cache.
-                    Some(unsafe { (*cache.ctx()).transfer_ret })
                 } else {
-                    dir.by_host(value).map(|b| b.start)
+                    dir.by_host(value).map(|b| b.start).or_else(|| {
+                        cache
+                            .contains(value + 10)
+                            .then(|| transfer_stub_target(dir, value))
+                            .flatten()
+                    })
                 };
                 if let Some(guest) = guest {
                     // SAFETY: as above.
@@ -418,4 +422,17 @@ pub(crate) fn thread_segment_bases() -> (u64, u64) {
 
 fn fp_mode(options: Options) -> Option<XSaveKind> {
     (!options.contains(Options::OPT_DISABLE_FPR)).then(XSaveKind::detect)
+}
+
+/// The guest return address of the transfer return stub at host address `host`, if `host`
+/// is one (the stub's first instruction holds its id: `mov dword [rip+d], FIRST_STUB_ID +
+/// id`).
+fn transfer_stub_target(dir: &Directory, host: u64) -> Option<u64> {
+    // SAFETY: `host..host + 10` is inside the code cache mapping (the caller checked).
+    let id = unsafe { ((host + 6) as *const u32).read_unaligned() };
+    let i = id.checked_sub(context::FIRST_STUB_ID)?;
+    (i < dir.stub_count())
+        .then(|| dir.stub(i))
+        .filter(|s| s.kind == directory::ExitKind::TransferReturn && s.stub == host)
+        .map(|s| s.target)
 }

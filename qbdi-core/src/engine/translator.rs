@@ -24,7 +24,7 @@ use super::context::off;
 use super::context_switch::Runtime;
 use super::direct_call::{DirectSite, emit_direct_site};
 use super::directory::ExitKind;
-use super::emitter::{Asm, Label, RAX, RCX, RSP};
+use super::emitter::{Asm, Label, R11, RAX, RCX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent, VmState};
@@ -490,8 +490,7 @@ impl Translator {
             return Ok(true);
         }
         if code == Code::Syscall {
-            // The kernel returns to the next instruction: it runs in place, like QBDI.
-            self.emit_body(instr, bytes, pc, env)?;
+            self.emit_syscall(next, env);
             return Ok(false);
         }
         match instr.flow_control() {
@@ -596,6 +595,67 @@ impl Translator {
     }
 
     /// A straight-line instruction: copied, or re-encoded if RIP-relative.
+    /// A guest `syscall`, run in place (the kernel returns to the next instruction), with
+    /// rcx set afterwards to the guest address the kernel would have put there. A `clone`
+    /// or `clone3` with CLONE_VM, or a `vfork`, makes a thread (or a process) sharing this
+    /// Vm's memory and context, which must not run translated code on them: its child goes
+    /// on natively at the next guest instruction, with exactly the registers the kernel
+    /// gave it. Other children (fork) are copies of the whole process and stay
+    /// instrumented. The checks use rcx and r11 only (the syscall clobbers both) and never
+    /// touch RFLAGS (the kernel saves them into r11 at the syscall).
+    fn emit_syscall(&mut self, next: u64, env: &Env<'_>) {
+        const CLONE: i32 = 56;
+        const VFORK: i32 = 58;
+        const CLONE3: i32 = 435;
+        let a = &mut self.asm;
+        let (clone, clone3, vm_child, plain, done) = (
+            a.new_label(),
+            a.new_label(),
+            a.new_label(),
+            a.new_label(),
+            a.new_label(),
+        );
+        // The kernel takes the syscall number from eax.
+        let lea_ecx_rax_minus = |a: &mut Asm, n: i32| {
+            a.bytes(&[0x8d, 0x88]); // lea ecx, [rax + disp32]
+            a.bytes(&(-n).to_le_bytes());
+        };
+        lea_ecx_rax_minus(a, CLONE);
+        a.jrcxz_label(clone);
+        lea_ecx_rax_minus(a, CLONE3);
+        a.jrcxz_label(clone3);
+        lea_ecx_rax_minus(a, VFORK);
+        a.jrcxz_label(vm_child);
+        a.bind(plain);
+        a.bytes(&[0x0f, 0x05]); // syscall
+        a.mov_imm64(RCX, next);
+        a.jmp_label(done);
+        // clone: flags in rdi; clone3: flags in the first word of the struct at rdi.
+        let bit0 = env.runtime.bit0_table;
+        a.bind(clone3);
+        a.bytes(&[0x8b, 0x0f]); // mov ecx, [rdi]
+        let test_vm = a.new_label();
+        a.jmp_label(test_vm);
+        a.bind(clone);
+        a.bytes(&[0x89, 0xf9]); // mov ecx, edi
+        a.bind(test_vm);
+        a.bytes(&[0x0f, 0xb6, 0xcd]); // movzx ecx, ch: CLONE_VM (0x100) is its bit 0
+        a.lea_rip(R11, bit0);
+        a.bytes(&[0x41, 0x0f, 0xb6, 0x0c, 0x0b]); // movzx ecx, byte [r11 + rcx]
+        a.jrcxz_label(plain);
+        a.bind(vm_child);
+        a.bytes(&[0x0f, 0x05]); // syscall
+        a.bytes(&[0x48, 0x89, 0xc1]); // mov rcx, rax
+        let child = a.new_label();
+        a.jrcxz_label(child);
+        a.mov_imm64(RCX, next);
+        a.jmp_label(done);
+        a.bind(child);
+        a.mov_imm64(RCX, next);
+        a.bytes(&[0xff, 0xe1]); // jmp rcx: the child runs natively
+        a.bind(done);
+    }
+
     fn emit_body(
         &mut self,
         instr: &Instruction,

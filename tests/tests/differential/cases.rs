@@ -137,6 +137,7 @@ unsafe extern "C" {
     fn diff_strtol(s: *const c_char, base: i32, end_offset: *mut i64) -> i64;
     fn diff_strtoul_count_erange(strs: *const *const c_char, n: usize, values: *mut u64) -> i32;
     fn diff_vla(n: i32) -> i64;
+    fn diff_fp_env(a: i64, out: *mut i64) -> i64;
     fn diff_alloca(n: usize) -> u64;
 
     // diff_algo.c
@@ -1268,6 +1269,22 @@ fn qsort_calls_a_comparator_in_the_guest() {
         expected.sort();
         let got: Vec<(i64, i64)> = sorted.chunks(2).map(|c| (c[0], c[1])).collect();
         assert_eq!(got, expected, "native qsort order");
+    }
+}
+
+/// MXCSR and x87 exception flags, and errno, as the guest sees them between its own
+/// instructions and around native libm/libc calls: callbacks that raise flags or set errno
+/// must leave no trace.
+#[test]
+fn fp_exception_flags_and_errno_are_the_guests_own() {
+    let mut g = Guest::new();
+    for a in [0i64, 1, 2, 3, -1, -2, 5, 1_000_003] {
+        let (_, out) = same_buf!(&mut g, &[0xcc; 96], diff_fp_env(a, OUT));
+        let w = words::<i64>(&out);
+        // Native sanity: exact arithmetic raised nothing; the guest's errno survived.
+        assert_eq!(w[..3], [0, 0, 0], "native flags after exact arithmetic");
+        assert_eq!(w[9], 1234, "native errno kept");
+        assert_eq!(w[11], 0, "native flags after an exact multiply");
     }
 }
 
