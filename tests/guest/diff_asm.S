@@ -372,6 +372,19 @@ diff_asm_getpid:
     ret
     .size diff_asm_getpid, .-diff_asm_getpid
 
+/* uint64_t diff_asm_syscall_rcx(void): rcx after a syscall (the kernel puts the address of
+ * the next instruction there) minus that address: 0 natively. */
+    .globl diff_asm_syscall_rcx
+    .type diff_asm_syscall_rcx,@function
+diff_asm_syscall_rcx:
+    mov eax, 39
+    syscall
+1:  lea rdx, [rip + 1b]
+    mov rax, rcx
+    sub rax, rdx
+    ret
+    .size diff_asm_syscall_rcx, .-diff_asm_syscall_rcx
+
 /* uint64_t diff_asm_avx512_hi(uint64_t a, uint8_t *out): computes with zmm16-zmm31 and
  * k1-k7 (AVX-512 F, BW and DQ), stores zmm16..zmm31 (16 x 64 bytes) to out[0..1024] and
  * k1..k7 to out[1024..1080]. Returns a mix of masks. */

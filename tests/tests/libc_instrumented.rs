@@ -368,3 +368,51 @@ fn libc_far_from_the_code_cache_runs_with_rewritten_rip_relative_operands() {
         );
     }
 }
+
+unsafe extern "C" {
+    fn thr_pthreads(n: u32) -> u64;
+    fn thr_raw_clone(k: u64) -> u64;
+    fn thr_fork_vfork(k: u64) -> u64;
+}
+
+/// A Vm instrumenting libc and this test executable (the guest functions of threads.c).
+fn libc_and_guest_vm() -> (Vm, qbdi_core::VirtualStack) {
+    let (mut vm, stack) = libc_vm();
+    vm.add_instrumented_module_from_addr(thr_pthreads as *const () as u64)
+        .unwrap();
+    (vm, stack)
+}
+
+/// pthread_create, glibc's clone with CLONE_VM and a fork and a vfork, all from guest code
+/// with libc instrumented (their syscalls run in translated code): every child runs (the
+/// threads natively, from the instruction after the syscall; the fork child instrumented),
+/// and the parent goes on under the Vm with the results it would have natively.
+#[test]
+fn threads_and_children_made_from_instrumented_libc_run_and_the_parent_goes_on() {
+    let (mut vm, _stack) = libc_and_guest_vm();
+    let blocks = std::rc::Rc::new(std::cell::Cell::new(0u64));
+    let b = blocks.clone();
+    vm.add_vm_event_cb(qbdi_core::VmEvent::BASIC_BLOCK_ENTRY, move |_, _, _, _| {
+        b.set(b.get() + 1);
+        qbdi_core::VmAction::Continue
+    })
+    .unwrap();
+    for n in [1u32, 4] {
+        // SAFETY: plain C function.
+        let native = unsafe { thr_pthreads(n) };
+        assert_ne!(native, !0, "native pthreads");
+        let got = vm.call(thr_pthreads as *const () as u64, &[n.into()]).unwrap();
+        assert_eq!(got, native, "{n} pthreads under the Vm");
+    }
+    for k in [3u64, 77] {
+        // SAFETY: plain C function.
+        let native = unsafe { thr_raw_clone(k) };
+        let got = vm.call(thr_raw_clone as *const () as u64, &[k]).unwrap();
+        assert_eq!(got, native, "clone(CLONE_VM) under the Vm");
+        // SAFETY: plain C function.
+        let native = unsafe { thr_fork_vfork(k) };
+        let got = vm.call(thr_fork_vfork as *const () as u64, &[k]).unwrap();
+        assert_eq!(got, native, "fork and vfork under the Vm");
+    }
+    assert!(blocks.get() > 1000, "the parent ran instrumented: {} blocks", blocks.get());
+}

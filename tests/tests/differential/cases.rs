@@ -175,6 +175,7 @@ unsafe extern "C" {
     fn diff_asm_get_pc() -> u64;
     fn diff_asm_ret_addr() -> u64;
     fn diff_asm_getpid() -> u64;
+    fn diff_asm_syscall_rcx() -> u64;
     fn diff_asm_avx512_hi(a: u64, out: *mut u8) -> u64;
 }
 
@@ -1204,6 +1205,8 @@ fn syscall_instruction_in_the_guest() {
     for _ in 0..3 {
         let pid = same!(&mut g, diff_asm_getpid());
         assert_eq!(pid, std::process::id() as u64);
+        // rcx is the guest's next address, not the cache's.
+        assert_eq!(same!(&mut g, diff_asm_syscall_rcx()), 0);
     }
 }
 
