@@ -262,7 +262,8 @@ fn plugin_info_describes_a_plugin() {
     let text = out.text();
     for needle in [
         "name:        drcov",
-        "abi:         1.0",
+        "abi:         1.1",
+        "heap:        qbdi's private heap",
         "BASIC_BLOCK_NEW",
         "out",
     ] {
