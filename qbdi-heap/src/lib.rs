@@ -534,9 +534,20 @@ impl Heap {
     }
 }
 
-/// Reserves `size` bytes of address space (or less, halving down to [`MIN_RESERVE`]):
-/// `(start, length)`.
+/// Reserves `size` bytes of address space (or less: at most a quarter of an address space
+/// limit, `RLIMIT_AS`, which counts reservations too; then halving down to [`MIN_RESERVE`]
+/// while the kernel refuses): `(start, length)`.
 fn reserve(mut size: usize) -> Option<(usize, usize)> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit fills the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
+        && limit.rlim_cur != libc::RLIM_INFINITY
+    {
+        size = size.min((limit.rlim_cur / 4) as usize);
+    }
     size = size.max(MIN_RESERVE);
     loop {
         // SAFETY: a fresh private anonymous mapping, inaccessible until committed; the
