@@ -8,6 +8,7 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
+use std::mem::ManuallyDrop;
 
 use qbdi_core::{
     AnalysisType, FprState, GprState, InstAnalysis, InstPosition, InstrRuleCallback, MemoryAccess,
@@ -66,14 +67,20 @@ pub(crate) fn ref_target(vm: &mut VmRef<'_>) -> Target {
     Target::Ref(vm as *mut VmRef<'_> as *mut c_void)
 }
 
+// Never dropped: std registers a thread-local that needs dropping with glibc on its first
+// use on a thread, and glibc allocates the record with calloc; the first use may be in a
+// callback, while the guest is inside malloc.
 thread_local! {
-    static LAST_ERROR: RefCell<String> = const { RefCell::new(String::new()) };
-    static SYMBOL: RefCell<(String, String)> = const { RefCell::new((String::new(), String::new())) };
-    static OPERANDS: RefCell<Vec<RawOperand>> = const { RefCell::new(Vec::new()) };
+    static LAST_ERROR: RefCell<ManuallyDrop<String>> =
+        const { RefCell::new(ManuallyDrop::new(String::new())) };
+    static SYMBOL: RefCell<ManuallyDrop<(String, String)>> =
+        const { RefCell::new(ManuallyDrop::new((String::new(), String::new()))) };
+    static OPERANDS: RefCell<ManuallyDrop<Vec<RawOperand>>> =
+        const { RefCell::new(ManuallyDrop::new(Vec::new())) };
 }
 
 fn set_error(message: String) {
-    LAST_ERROR.with(|e| *e.borrow_mut() = message);
+    LAST_ERROR.with(|e| **e.borrow_mut() = message);
 }
 
 /// # Safety
@@ -506,7 +513,7 @@ extern "C" fn symbolize(addr: Rword, out: *mut RawSymbol) -> bool {
     };
     SYMBOL.with(|s| {
         let mut s = s.borrow_mut();
-        *s = (name, module);
+        **s = (name, module);
         // SAFETY: the plugin's out-parameter; the strings stay in SYMBOL until the next call.
         unsafe {
             out.write(RawSymbol {

@@ -336,6 +336,14 @@ fn info(spec: &str) -> Result<ExitCode, String> {
         "abi:         {}.{} (qbdi-sdk {})",
         p.abi.0, p.abi.1, p.sdk_version
     );
+    println!(
+        "heap:        {}",
+        if p.host_heap {
+            "qbdi's private heap"
+        } else {
+            "libc's malloc (a plugin built before ABI 1.1: avoid --all-maps with it)"
+        }
+    );
     println!("registrations:");
     if p.registrations.is_empty() {
         println!("  (none)");

@@ -2,9 +2,10 @@
 //!
 //! A plugin is found by path, by name in `QBDI_PLUGIN_PATH`, or by name next to the `qbdi`
 //! binary. It is loaded `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE` and never unloaded (its
-//! registrations and closures point into it). Its descriptor is checked (magic, then ABI
-//! major/minor) before anything else in it is read; then its registrations and options are
-//! copied into host-owned values.
+//! registrations and closures point into it). Before anything else in it is called, it is
+//! handed the host's heap (its `qbdi_plugin_set_heap`, ABI 1.1, looked up optionally).
+//! Its descriptor is checked (magic, then ABI major/minor) before anything else in it is
+//! read; then its registrations and options are copied into host-owned values.
 
 use crate::elf::{ET_DYN, NotElf};
 use std::ffi::c_void;
@@ -12,8 +13,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use qbdi_sdk::abi::{
-    ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, PLUGIN_MAGIC, PluginDescriptor, RawOptionSpec,
-    RawRegistration, StrRef, kind,
+    ABI_MAJOR, ABI_MINOR, ENTRY_SYMBOL, HEAP_SYMBOL, HeapTable, PLUGIN_MAGIC, PluginDescriptor,
+    RawOptionSpec, RawRegistration, StrRef, kind,
 };
 
 /// Everything that can go wrong with a plugin; each message names the file (or the name
@@ -183,6 +184,9 @@ pub struct Plugin {
     pub abi: (u16, u16),
     /// One line about it.
     pub description: String,
+    /// Whether it allocates from the host's heap (it took the table; plugins of ABI 1.0
+    /// allocate from libc's).
+    pub host_heap: bool,
     /// Its registrations, in source order.
     pub registrations: Vec<Registration>,
     /// The options it accepts.
@@ -278,6 +282,7 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
             message: e.to_string(),
         }
     })?;
+    let host_heap = hand_over_heap(&lib);
     // SAFETY: the symbol, if present, is the SDK's `extern "C" fn() -> *const
     // PluginDescriptor` (the only thing exported under this name by qbdi_sdk::plugin!).
     let entry =
@@ -341,6 +346,7 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
             sdk_version: owned(d.sdk_version),
             abi: (major, minor),
             description: owned(d.description),
+            host_heap,
             registrations: regs
                 .iter()
                 .map(|r| Registration {
@@ -365,6 +371,22 @@ pub fn load(path: &Path) -> Result<Plugin, PluginError> {
                 .collect(),
         })
     }
+}
+
+/// Hands the host's heap to a just-loaded plugin, before anything else in it is called:
+/// true if it allocates from it from now on.
+fn hand_over_heap(lib: &libloading::os::unix::Library) -> bool {
+    let Some(table) = crate::heap::table() else {
+        return false;
+    };
+    type SetHeap = unsafe extern "C" fn(*const HeapTable) -> u32;
+    // SAFETY: the symbol, if present, is the one qbdi_sdk::plugin! exports under this name,
+    // of this type (ABI 1.1); plugins of ABI 1.0 lack it.
+    let Ok(set_heap) = (unsafe { lib.get::<SetHeap>(HEAP_SYMBOL.as_bytes()) }) else {
+        return false;
+    };
+    // SAFETY: the table is the host's, static, valid for the life of the process.
+    unsafe { set_heap(table) == 0 }
 }
 
 /// # Safety

@@ -189,14 +189,30 @@ unsafe extern "C" fn qbdi_main(
             };
             log::line(&why);
             session::fini_all();
-            // SAFETY: flush the program's stdio buffers (no stdio call of the guest is in
-            // progress: libc runs natively, outside the Vm), then exit at once.
+            // Flush the program's stdio buffers, then exit at once. Only if libc runs
+            // natively (no stdio call of the guest is then in progress): with libc
+            // instrumented (--all-maps) the guest may have stopped inside one, its FILE
+            // half updated, and its buffered output is dropped instead.
+            let libc_instrumented = libc_instrumented(job.vm);
+            // SAFETY: fflush(NULL) flushes every stream (see above for when); _exit ends
+            // the process.
             unsafe {
-                libc::fflush(std::ptr::null_mut());
+                if !libc_instrumented {
+                    libc::fflush(std::ptr::null_mut());
+                }
                 libc::_exit(QBDI_FAILURE_STATUS)
             }
         }
     }
+}
+
+/// Whether libc's code runs instrumented (`--all-maps`, `--module libc.so.6`).
+fn libc_instrumented(vm: &Vm) -> bool {
+    qbdi_core::current_process_maps(false).iter().any(|m| {
+        m.permission.contains(qbdi_core::Permission::EXEC)
+            && (m.name.starts_with("libc.so") || m.name.starts_with("libc-"))
+            && vm.instrumented_ranges().contains(m.range.start)
+    })
 }
 
 /// Sets the instrumented ranges of a run.

@@ -11,6 +11,7 @@
 
 use std::cell::RefCell;
 use std::fmt;
+use std::mem::ManuallyDrop;
 use std::sync::OnceLock;
 
 use iced_x86::{
@@ -397,17 +398,23 @@ fn register_name(r: Register) -> &'static str {
 /// Runs `f` with this thread's instruction info factory (it keeps its buffers from one
 /// instruction to the next). The factory is taken out of the thread-local while in use, so a
 /// nested or late (thread teardown) call simply gets a fresh one.
+///
+/// The thread-locals here are never dropped (`ManuallyDrop`): std registers one that needs
+/// dropping with glibc on its first use on a thread, and glibc allocates that record with
+/// `calloc`, which must not happen in a callback while the guest is inside `malloc`.
 fn with_factory<T>(f: impl FnOnce(&mut InstructionInfoFactory) -> T) -> T {
     thread_local! {
-        static FACTORY: RefCell<Option<InstructionInfoFactory>> = const { RefCell::new(None) };
+        static FACTORY: RefCell<Option<ManuallyDrop<InstructionInfoFactory>>> =
+            const { RefCell::new(None) };
     }
     let mut factory = FACTORY
         .try_with(RefCell::take)
         .ok()
         .flatten()
+        .map(ManuallyDrop::into_inner)
         .unwrap_or_else(InstructionInfoFactory::new);
     let result = f(&mut factory);
-    let _ = FACTORY.try_with(|cell| cell.replace(Some(factory)));
+    let _ = FACTORY.try_with(|cell| cell.replace(Some(ManuallyDrop::new(factory))));
     result
 }
 
@@ -829,11 +836,12 @@ fn memory_operands(inst: &Instruction, access: OpAccess, ops: &mut Vec<OperandAn
 }
 
 /// The instruction as text, with iced's default Intel or AT&T (GNU as) formatting. The
-/// formatters are kept per thread, taken out while in use (as in [`with_factory`]).
+/// formatters are kept per thread, taken out while in use, never dropped (as in
+/// [`with_factory`]).
 fn disassemble(inst: &Instruction, att_syntax: bool) -> String {
     thread_local! {
-        static INTEL: RefCell<Option<IntelFormatter>> = const { RefCell::new(None) };
-        static GAS: RefCell<Option<GasFormatter>> = const { RefCell::new(None) };
+        static INTEL: RefCell<Option<ManuallyDrop<IntelFormatter>>> = const { RefCell::new(None) };
+        static GAS: RefCell<Option<ManuallyDrop<GasFormatter>>> = const { RefCell::new(None) };
     }
     let mut text = String::new();
     if att_syntax {
@@ -841,17 +849,19 @@ fn disassemble(inst: &Instruction, att_syntax: bool) -> String {
             .try_with(RefCell::take)
             .ok()
             .flatten()
+            .map(ManuallyDrop::into_inner)
             .unwrap_or_default();
         formatter.format(inst, &mut text);
-        let _ = GAS.try_with(|cell| cell.replace(Some(formatter)));
+        let _ = GAS.try_with(|cell| cell.replace(Some(ManuallyDrop::new(formatter))));
     } else {
         let mut formatter = INTEL
             .try_with(RefCell::take)
             .ok()
             .flatten()
+            .map(ManuallyDrop::into_inner)
             .unwrap_or_default();
         formatter.format(inst, &mut text);
-        let _ = INTEL.try_with(|cell| cell.replace(Some(formatter)));
+        let _ = INTEL.try_with(|cell| cell.replace(Some(ManuallyDrop::new(formatter))));
     }
     text
 }

@@ -6,9 +6,15 @@
 //! it: the host owns what it passes in (valid for the duration of the call), the plugin owns
 //! its descriptor and its closures (the host calls the plugin's `drop` function for those).
 //!
-//! A plugin exports one symbol, [`ENTRY_SYMBOL`], returning a [`PluginDescriptor`]. The host
-//! checks [`PLUGIN_MAGIC`] and [`ABI_MAJOR`] before reading anything else, and reads only
+//! A plugin exports [`ENTRY_SYMBOL`], returning a [`PluginDescriptor`]. The host checks
+//! [`PLUGIN_MAGIC`] and [`ABI_MAJOR`] before reading anything else, and reads only
 //! `descriptor.size` bytes of it: fields are only ever appended (minor versions).
+//!
+//! Since ABI 1.1 a plugin also exports [`HEAP_SYMBOL`]: right after loading it, before
+//! calling anything else in it, the host hands it a [`HeapTable`], and from then on the
+//! plugin's global allocator (in the expansion of `plugin!`) allocates from the host's
+//! private heap instead of libc's malloc. The host looks the symbol up optionally: plugins
+//! of ABI 1.0 load as before and keep libc's malloc.
 
 use std::ffi::c_void;
 
@@ -21,7 +27,49 @@ pub const PLUGIN_MAGIC: u64 = u64::from_le_bytes(*b"QBDIPLUG");
 /// Incompatible changes of this ABI bump the major version: the host refuses any other.
 pub const ABI_MAJOR: u16 = 1;
 /// Compatible additions bump the minor version: the host accepts plugins up to its own.
-pub const ABI_MINOR: u16 = 0;
+///
+/// - 1.0: the descriptor, the host function table, the callback trampolines.
+/// - 1.1: the host's heap: the optional export [`HEAP_SYMBOL`] taking a [`HeapTable`].
+pub const ABI_MINOR: u16 = 1;
+
+/// The second export of a plugin (ABI 1.1, optional for the host):
+/// `unsafe extern "C" fn(table: *const HeapTable) -> u32`, returning 0 if the plugin now
+/// allocates from the host's heap. Called once, right after the plugin is loaded and
+/// before anything else in it (its static constructors excepted, which allocate from the
+/// system's heap).
+pub const HEAP_SYMBOL: &str = "qbdi_plugin_set_heap";
+
+/// The host's private heap, as a plugin reaches it (ABI 1.1).
+///
+/// With `qbdi run --all-maps` libc runs instrumented and callbacks may run while the guest
+/// is inside `malloc` or holds a libc lock, so plugins must not allocate from libc's heap.
+/// The host's heap never calls libc's allocator (see the `qbdi-heap` crate). Every block it
+/// hands out lies in `[start, end)`: a plugin frees a pointer in that range through
+/// [`dealloc`](HeapTable::dealloc), and anything else (allocated before the table arrived)
+/// with the system's `free`. Owned by the host, valid for the life of the process;
+/// append-only, like [`HostApi`].
+#[repr(C)]
+#[derive(Debug)]
+pub struct HeapTable {
+    /// `size_of::<HeapTable>()` in the host.
+    pub size: usize,
+    /// Allocates `size` bytes (non-zero) aligned to `align` (a power of two); null when
+    /// memory is exhausted.
+    pub alloc: unsafe extern "C" fn(size: usize, align: usize) -> *mut u8,
+    /// As `alloc`, the block zeroed.
+    pub alloc_zeroed: unsafe extern "C" fn(size: usize, align: usize) -> *mut u8,
+    /// Frees a block of this heap, with the size and alignment it was allocated with (for a
+    /// resized block: its last size).
+    pub dealloc: unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize),
+    /// Resizes a block of this heap (same alignment), moving it if needed; null (the block
+    /// left as it was) when memory is exhausted.
+    pub realloc:
+        unsafe extern "C" fn(ptr: *mut u8, size: usize, align: usize, new_size: usize) -> *mut u8,
+    /// First address of the heap's range.
+    pub start: usize,
+    /// End (exclusive) of the heap's range.
+    pub end: usize,
+}
 
 /// A borrowed UTF-8 string: `ptr` is valid for `len` bytes for as long as the owner says.
 #[repr(C)]

@@ -30,12 +30,17 @@
 //! cdylib) and talks to the host only through the `#[repr(C)]` ABI of [`abi`]. A panic in a
 //! plugin's code is caught in the plugin and reported: the host stops the run, names the
 //! plugin and the function, and still finalises every plugin.
+//!
+//! A plugin allocates from the host's private heap, not from libc's malloc (see [`heap`]):
+//! [`plugin!`] installs the allocator, so a plugin crate must not declare a
+//! `#[global_allocator]` of its own.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]
 
 pub mod abi;
 mod convert;
+pub mod heap;
 mod options;
 mod panic;
 mod registry;
@@ -77,6 +82,10 @@ pub mod prelude {
 ///
 /// The version is the crate's (`CARGO_PKG_VERSION`). Options are `(key, help, default)`;
 /// the host refuses any other key before the program starts.
+///
+/// It also makes [`heap::PluginAllocator`] the crate's `#[global_allocator]` and exports
+/// [`abi::HEAP_SYMBOL`], through which the host hands over its heap (so a plugin crate has
+/// no global allocator of its own).
 #[macro_export]
 macro_rules! plugin {
     (
@@ -100,5 +109,19 @@ macro_rules! plugin {
             };
             $crate::private::descriptor(&INFO)
         }
+
+        /// Takes the host's heap: the plugin allocates from it from now on (plugin ABI 1.1).
+        ///
+        /// # Safety
+        /// `table` is null or a host heap table valid for the life of the process.
+        #[unsafe(no_mangle)]
+        pub unsafe extern "C" fn qbdi_plugin_set_heap(table: *const $crate::abi::HeapTable) -> u32 {
+            // SAFETY: forwarded under the same contract.
+            unsafe { $crate::heap::set_heap(table) }
+        }
+
+        /// The plugin's allocator: the host's heap once handed over.
+        #[global_allocator]
+        static __QBDI_PLUGIN_ALLOCATOR: $crate::heap::PluginAllocator = $crate::heap::PluginAllocator;
     };
 }

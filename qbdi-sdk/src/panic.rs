@@ -4,13 +4,17 @@
 //! and the callback.
 
 use std::cell::RefCell;
+use std::mem::ManuallyDrop;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use crate::abi::{PANICKED, RawAction, RawVm, StrRef};
 
 thread_local! {
-    /// The message and location of the last panic on this thread, set by the hook.
-    static LAST_PANIC: RefCell<String> = const { RefCell::new(String::new()) };
+    /// The message and location of the last panic on this thread, set by the hook. Never
+    /// dropped: a thread-local with a destructor is registered with glibc on first use,
+    /// which calls libc's `calloc` (a panicking callback may run inside the guest's malloc).
+    static LAST_PANIC: RefCell<ManuallyDrop<String>> =
+        const { RefCell::new(ManuallyDrop::new(String::new())) };
 }
 
 /// Replaces the plugin's panic hook (this cdylib's own std) with one that keeps the message
@@ -28,7 +32,7 @@ pub(crate) fn install_hook() {
             Some(l) => format!("{message} (at {}:{})", l.file(), l.line()),
             None => message,
         };
-        LAST_PANIC.with(|p| *p.borrow_mut() = text);
+        LAST_PANIC.with(|p| **p.borrow_mut() = text);
     }));
 }
 
@@ -37,7 +41,7 @@ pub(crate) fn guard(vm: *const RawVm, what: &str, f: impl FnOnce() -> RawAction)
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(action) => action,
         Err(_) => {
-            let message = LAST_PANIC.with(|p| std::mem::take(&mut *p.borrow_mut()));
+            let message = LAST_PANIC.with(|p| std::mem::take(&mut **p.borrow_mut()));
             report(vm, what, &message);
             PANICKED
         }

@@ -64,7 +64,22 @@ impl Outcome {
 
 /// Runs `program args` in `dir` with `stdin` as its input.
 pub fn native(dir: &Path, program: &str, args: &[&str], stdin: Option<&[u8]>) -> Outcome {
-    run(Command::new(program).args(args), dir, stdin)
+    native_env(dir, &[], program, args, stdin)
+}
+
+/// As [`native`], with the variables `env` added to the environment.
+pub fn native_env(
+    dir: &Path,
+    env: &[(&str, &str)],
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Outcome {
+    run(
+        Command::new(program).args(args).envs(env.iter().copied()),
+        dir,
+        stdin,
+    )
 }
 
 /// Runs `qbdi run <qbdi_args> -- program args` in `dir` with `stdin` as its input.
@@ -75,12 +90,25 @@ pub fn under_qbdi(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Outcome {
+    under_qbdi_env(dir, &[], qbdi_args, program, args, stdin)
+}
+
+/// As [`under_qbdi`], with the variables `env` added to the environment.
+pub fn under_qbdi_env(
+    dir: &Path,
+    env: &[(&str, &str)],
+    qbdi_args: &[&str],
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Outcome {
     let mut cmd = Command::new(qbdi());
     cmd.arg("run")
         .args(qbdi_args)
         .arg("--")
         .arg(program)
-        .args(args);
+        .args(args)
+        .envs(env.iter().copied());
     run(&mut cmd, dir, stdin)
 }
 
@@ -131,18 +159,30 @@ pub fn assert_same(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Outcome {
-    let n = native(dir, program, args, stdin);
-    let q = under_qbdi(dir, qbdi_args, program, args, stdin);
+    assert_same_env(dir, &[], qbdi_args, program, args, stdin)
+}
+
+/// As [`assert_same`], with the variables `env` added to the environment of both runs.
+pub fn assert_same_env(
+    dir: &Path,
+    env: &[(&str, &str)],
+    qbdi_args: &[&str],
+    program: &str,
+    args: &[&str],
+    stdin: Option<&[u8]>,
+) -> Outcome {
+    let n = native_env(dir, env, program, args, stdin);
+    let q = under_qbdi_env(dir, env, qbdi_args, program, args, stdin);
     assert_eq!(
         (n.code, n.signal),
         (q.code, q.signal),
-        "{program} {args:?} under qbdi {qbdi_args:?}: exit differs\nnative stderr: {}\nqbdi stderr: {}",
+        "{program} {args:?} under qbdi {qbdi_args:?} (env {env:?}): exit differs\nnative stderr: {}\nqbdi stderr: {}",
         n.stderr,
         q.stderr
     );
     assert!(
         n.stdout == q.stdout,
-        "{program} {args:?} under qbdi {qbdi_args:?}: stdout differs\n--- native ---\n{}\n--- qbdi ---\n{}\nqbdi stderr: {}",
+        "{program} {args:?} under qbdi {qbdi_args:?} (env {env:?}): stdout differs\n--- native ---\n{}\n--- qbdi ---\n{}\nqbdi stderr: {}",
         n.text(),
         q.text(),
         q.stderr
