@@ -401,7 +401,9 @@ fn threads_and_children_made_from_instrumented_libc_run_and_the_parent_goes_on()
         // SAFETY: plain C function.
         let native = unsafe { thr_pthreads(n) };
         assert_ne!(native, !0, "native pthreads");
-        let got = vm.call(thr_pthreads as *const () as u64, &[n.into()]).unwrap();
+        let got = vm
+            .call(thr_pthreads as *const () as u64, &[n.into()])
+            .unwrap();
         assert_eq!(got, native, "{n} pthreads under the Vm");
     }
     for k in [3u64, 77] {
@@ -414,5 +416,9 @@ fn threads_and_children_made_from_instrumented_libc_run_and_the_parent_goes_on()
         let got = vm.call(thr_fork_vfork as *const () as u64, &[k]).unwrap();
         assert_eq!(got, native, "fork and vfork under the Vm");
     }
-    assert!(blocks.get() > 1000, "the parent ran instrumented: {} blocks", blocks.get());
+    assert!(
+        blocks.get() > 1000,
+        "the parent ran instrumented: {} blocks",
+        blocks.get()
+    );
 }

@@ -464,3 +464,43 @@ fn a_panicking_callback_stops_the_run_and_every_fini_still_runs() {
         out.stderr
     );
 }
+
+/// perl's `die` in `eval` and lua's `error` in `pcall` longjmp out of native libc calls
+/// (`__longjmp_chk`) to a `setjmp` whose call returned long before: under calltrace the
+/// programs behave as natively, and the trace shows the longjmp call as left without
+/// returning (never as returning).
+#[test]
+fn calltrace_shows_longjmp_out_of_native_code_as_not_returning() {
+    let dir = scratch("calltrace_longjmp");
+    let script = dir.join("p.lua");
+    std::fs::write(
+        &script,
+        "for i = 1, 3 do print(pcall(function() error('boom' .. i) end)) end\n",
+    )
+    .unwrap();
+    let script = script.to_str().unwrap().to_owned();
+    let runs: [(&str, Vec<&str>); 2] = [
+        (
+            "perl",
+            vec![
+                "-e",
+                "for my $i (1..3) { eval { die \"x$i\\n\" }; print \"caught $@\" }",
+            ],
+        ),
+        ("lua5.4", vec![script.as_str()]),
+    ];
+    for (program, args) in runs {
+        let out = dir.join(format!("{program}.calls"));
+        let spec = format!("calltrace:out={}", out.display());
+        assert_same(&dir, &["-p", &spec], program, &args, None);
+        let text = read(&out);
+        let longjmps: Vec<&str> = text.lines().filter(|l| l.contains("longjmp")).collect();
+        assert!(!longjmps.is_empty(), "{program}: no longjmp traced");
+        for l in longjmps {
+            assert!(
+                l.ends_with("(left without returning)"),
+                "{program}: a longjmp shown as returning: {l}"
+            );
+        }
+    }
+}

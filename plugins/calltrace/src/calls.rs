@@ -8,7 +8,9 @@
 //!
 //! Returns are matched by stack pointer: the call whose return-address slot is just below
 //! the stack pointer after the return. Calls above it on the stack (left by `longjmp` or an
-//! exception) are reported as left without returning.
+//! exception) are reported as left without returning; so are all calls in progress when
+//! the stack pointer after a return is above all of them (a `longjmp` out of a native call,
+//! `__longjmp_chk` itself for one, to a `setjmp` whose call returned already).
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -190,6 +192,21 @@ impl CallTracer {
             .frames
             .iter()
             .rposition(|f| f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE);
+        if matching.is_none()
+            && !self.frames.is_empty()
+            && self
+                .frames
+                .iter()
+                .all(|f| rsp > f.rsp + MAX_RETURN_DISTANCE)
+        {
+            // The stack went up past every call in progress: a longjmp (or an exception)
+            // from inside them landed in instrumented code (at a setjmp's return site).
+            // None of them returned.
+            while let Some(f) = self.frames.pop() {
+                self.end_without_return(w, self.frames.len(), &f, NoReturn::Left)?;
+            }
+            return Ok(());
+        }
         let Some(index) = matching.or(self.frames.len().checked_sub(1)) else {
             return Ok(());
         };
@@ -377,6 +394,24 @@ mod tests {
              \x20   malloc@libc.so.6(0x1, 0x0, 0x0) = ? (left without returning)\n\
              \x20 <... strcmp@libc.so.6 left without returning>\n\
              <... qsort@libc.so.6 resumed> = 0x9\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn longjmp_from_a_native_call_to_a_setjmp_above_it_ends_the_call_unreturned() {
+        // `__longjmp_chk` called at 0x6000 lands at the return site of a `_setjmp` called
+        // at 0x7000 (which returned already): no call returned.
+        let (text, t) = run(&[
+            C(0x300, 0x7000),
+            R(0x7008, 0),
+            C(0x100, 0x6000),
+            R(0x7008, 1),
+        ]);
+        assert_eq!(
+            text,
+            "strcmp@libc.so.6(0x3, 0x0, 0x0) = 0x0\n\
+             malloc@libc.so.6(0x1, 0x0, 0x0) = ? (left without returning)\n"
         );
         assert_eq!(t.depth(), 0);
     }
