@@ -2932,3 +2932,90 @@ fn random_vector_generator_covers_its_mix_and_native_runs_are_stable() {
         assert!(n >= min, "only {n} instructions with {what} (want {min})");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Reduced reproducers of engine bugs the campaigns above found.
+// ---------------------------------------------------------------------------------------
+
+/// MXCSR exception flags raised by a callback reach the guest when the guest's MXCSR equals
+/// the host's (found by the `HostMxcsrFlags` campaigns, reduced): the callback routine's
+/// fast path skips `ldmxcsr` before and after the callback when the two values are equal,
+/// so the flags the callback's f64 code raises (here invalid, divide-by-zero, underflow,
+/// precision: 0x35) stay in the MXCSR the guest goes on with. The guest is only `ret`, its
+/// x87 state initial (fast path).
+#[test]
+fn mxcsr_flags_raised_by_a_callback_stay_out_of_the_guest() {
+    if let Some(why) = Campaign::X87Sse.unavailable() {
+        eprintln!("random_vector: MXCSR reproducer SKIPPED: {why}");
+        return;
+    }
+    let mut runner = Runner::new(Campaign::X87Sse, Hooks::HostMxcsrFlags);
+    let mut case = random_case(&mut Rng::new(DEFAULT_SEED), runner.comps);
+    case.state.mxcsr = HOST_MXCSR;
+    // x87 initial: the callback routine takes its fast path (with x87 in use it takes the
+    // full xsave/xrstor path, which restores MXCSR).
+    case.state.fcw = 0x37f;
+    case.state.fsw = 0;
+    case.state.ftw = 0;
+    case.state.st = [[0; 10]; 8];
+    let ret =
+        encode_plain(&[Instruction::with(Code::Retnq)], runner.region.stub()).expect("ret encodes");
+    let diffs = runner.check(&[], &ret, &case);
+    assert!(
+        diffs.is_empty(),
+        "guest `ret` with MXCSR {HOST_MXCSR:#x} (the host's), a callback computing with f64 \
+         before it:\n  {}",
+        diffs.join("\n  ")
+    );
+}
+
+/// The code cache filling up (here: the callback site table) while the dispatcher
+/// translates the target of an exit it is about to link (found by the `Noop` campaigns
+/// after some 6,000 sequences on one Vm, reduced): `translate` resets the cache and the
+/// directory, then the dispatcher links the stub id it kept from before the reset, which
+/// indexes the new, nearly empty stub table (`index out of bounds` in directory.rs; with a
+/// small enough id it would patch an unrelated new stub instead). The guest: 40 blocks of 60
+/// `inc rax` chained by `jmp` to the next instruction, a no-op callback before every
+/// instruction, the cache cleared before every run (sites are only reclaimed by a reset):
+/// the site table fills after about 200 runs.
+#[test]
+fn a_run_survives_the_cache_filling_up_between_an_exit_and_its_link() {
+    const BLOCKS: usize = 40;
+    const INCS: usize = 60;
+    let mut region = Region::new();
+    let code = region.code();
+    let mut items = vec![Item::Plain(vec![
+        Instruction::with2(Code::Xor_r32_rm32, Register::EAX, Register::EAX).expect("xor"),
+    ])];
+    for _ in 0..BLOCKS {
+        let inc = Instruction::with1(Code::Inc_rm64, Register::RAX).expect("inc");
+        items.push(Item::Plain(vec![inc; INCS]));
+        items.push(Item::JumpNext(Code::Jmp_rel8_64));
+    }
+    let bytes = encode(&items, code).expect("encode");
+    region.write(0, CODE_LEN, &bytes);
+    let (mut vm, _stack) =
+        qbdi_tests::vm_over(qbdi_core::Options::empty(), code, code + CODE_LEN as u64);
+    vm.add_code_cb(
+        InstPosition::PreInst,
+        |_vm: &mut VmRef<'_>, _g: &mut GprState, _f: &mut FprState| VmAction::Continue,
+        PRIORITY_DEFAULT,
+    )
+    .expect("callback");
+    for run in 0..500 {
+        vm.clear_cache(code, code + CODE_LEN as u64);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| vm.call(code, &[])));
+        match result {
+            Err(panic) => panic!(
+                "run {run}: {ENGINE_PANIC}: {} (the cache filled up between an exit and the \
+                 link of its stub)",
+                panic_message(&*panic)
+            ),
+            Ok(r) => assert_eq!(
+                r.expect("vm.call"),
+                (BLOCKS * INCS) as u64,
+                "run {run}: rax counts every inc"
+            ),
+        }
+    }
+}
