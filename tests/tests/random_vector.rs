@@ -56,8 +56,8 @@
 
 use iced_x86::{
     Code, CpuidFeature, Decoder, DecoderOptions, Encoder, EncodingKind, FlowControl, Formatter,
-    IcedError, Instruction, IntelFormatter, MemoryOperand, Mnemonic, OpCodeOperandKind, OpKind,
-    Register, RoundingControl,
+    IcedError, Instruction, InstructionInfoFactory, IntelFormatter, MemoryOperand, Mnemonic,
+    OpAccess, OpCodeOperandKind, OpKind, Register, RoundingControl,
 };
 use qbdi_core::{
     FAKE_RETURN_ADDRESS, FprState, GprState, InstPosition, MemoryAccessType, MmstReg,
@@ -92,7 +92,7 @@ struct XLayout {
     hi16_zmm: usize,
 }
 
-/// The size of the harness's XSAVE area (CPUID says how much XCR0 needs; checked).
+/// The size of the harness's XSAVE area (the components saved must fit; checked).
 const XSAVE_AREA: usize = 4096;
 
 fn xcr0() -> u64 {
@@ -113,18 +113,27 @@ fn layout() -> Option<&'static XLayout> {
                 return None;
             }
             let offset = |leaf: u32| core::arch::x86_64::__cpuid_count(0xd, leaf).ebx as usize;
-            let size = core::arch::x86_64::__cpuid_count(0xd, 0).ebx as usize;
-            assert!(
-                size <= XSAVE_AREA,
-                "XSAVE needs {size} bytes for XCR0 {xcr0:#x}"
-            );
-            Some(XLayout {
+            let lay = XLayout {
                 rfbm: xcr0 & (X87 | SSE | AVX | AVX512_STATE),
                 avx: offset(2),
                 opmask: offset(5),
                 zmm_hi256: offset(6),
                 hi16_zmm: offset(7),
-            })
+            };
+            // Only these components are saved (not AMX or PKRU): their ends must fit.
+            let ends = [
+                (AVX, lay.avx + 256),
+                (OPMASK, lay.opmask + 64),
+                (ZMM_HI256, lay.zmm_hi256 + 512),
+                (HI16_ZMM, lay.hi16_zmm + 1024),
+            ];
+            for (bit, end) in ends {
+                assert!(
+                    lay.rfbm & bit == 0 || end <= XSAVE_AREA,
+                    "XSAVE component {bit:#x} ends at {end}, past the harness's area"
+                );
+            }
+            Some(lay)
         })
         .as_ref()
 }
@@ -632,11 +641,10 @@ impl Campaign {
             Campaign::Avx2 => {
                 let cpu = is_x86_feature_detected!("avx")
                     && is_x86_feature_detected!("avx2")
-                    && is_x86_feature_detected!("fma")
-                    && is_x86_feature_detected!("f16c");
+                    && is_x86_feature_detected!("fma");
                 if !cpu || xcr0 & AVX == 0 {
                     Some(format!(
-                        "AVX/AVX2/FMA/F16C not available (cpu features: {cpu}, XCR0 {xcr0:#x})"
+                        "AVX/AVX2/FMA not available (cpu features: {cpu}, XCR0 {xcr0:#x})"
                     ))
                 } else {
                     None
@@ -671,48 +679,58 @@ struct Features {
     avx512: Vec<CpuidFeature>,
 }
 
+/// Bit `bit` of register `reg` (0 eax, 1 ebx, 2 ecx, 3 edx) of CPUID `leaf`/`sub`.
+fn cpuid_bit(leaf: u32, sub: u32, reg: usize, bit: u32) -> bool {
+    if leaf > core::arch::x86_64::__cpuid(0).eax {
+        return false;
+    }
+    let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+    ([r.eax, r.ebx, r.ecx, r.edx][reg] >> bit) & 1 != 0
+}
+
+/// The units' base features, and the extensions this CPU has (read from CPUID: the
+/// detection macro's names for some of them are newer than the workspace's Rust version).
+/// The campaigns check the base features and the OS state before drawing from a pool.
 fn allowed_features() -> Features {
     use CpuidFeature as F;
     let x87 = vec![F::FPU, F::FPU387, F::CMOV, F::SSE3];
     let mut sse = vec![F::SSE, F::SSE2, F::SSE3, F::SSSE3, F::SSE4_1, F::SSE4_2];
-    let mut avx = vec![F::AVX, F::AVX2, F::FMA, F::F16C];
+    let mut avx = vec![F::AVX, F::AVX2, F::FMA];
     let mut avx512 = vec![F::AVX512F, F::AVX512BW, F::AVX512DQ, F::AVX512VL];
-    let extras = [
-        (is_x86_feature_detected!("pclmulqdq"), F::PCLMULQDQ),
-        (is_x86_feature_detected!("aes"), F::AES),
-        (is_x86_feature_detected!("gfni"), F::GFNI),
+    let every_unit = [
+        (cpuid_bit(1, 0, 2, 1), F::PCLMULQDQ),
+        (cpuid_bit(1, 0, 2, 25), F::AES),
+        (cpuid_bit(7, 0, 2, 8), F::GFNI),
     ];
-    for (has, f) in extras {
+    let vex_units = [
+        (cpuid_bit(1, 0, 2, 29), F::F16C),
+        (cpuid_bit(7, 0, 2, 9), F::VAES),
+        (cpuid_bit(7, 0, 2, 10), F::VPCLMULQDQ),
+    ];
+    let evex_unit = [
+        (cpuid_bit(7, 0, 1, 28), F::AVX512CD),
+        (cpuid_bit(7, 0, 1, 21), F::AVX512_IFMA),
+        (cpuid_bit(7, 0, 2, 1), F::AVX512_VBMI),
+        (cpuid_bit(7, 0, 2, 6), F::AVX512_VBMI2),
+        (cpuid_bit(7, 0, 2, 11), F::AVX512_VNNI),
+        (cpuid_bit(7, 0, 2, 12), F::AVX512_BITALG),
+        (cpuid_bit(7, 0, 2, 14), F::AVX512_VPOPCNTDQ),
+        (cpuid_bit(7, 1, 0, 5), F::AVX512_BF16),
+    ];
+    for (has, f) in every_unit {
         if has {
             sse.push(f);
             avx.push(f);
             avx512.push(f);
         }
     }
-    let vex_extras = [
-        (is_x86_feature_detected!("vaes"), F::VAES),
-        (is_x86_feature_detected!("vpclmulqdq"), F::VPCLMULQDQ),
-    ];
-    for (has, f) in vex_extras {
+    for (has, f) in vex_units {
         if has {
             avx.push(f);
             avx512.push(f);
         }
     }
-    let evex_extras = [
-        (is_x86_feature_detected!("avx512cd"), F::AVX512CD),
-        (is_x86_feature_detected!("avx512vbmi"), F::AVX512_VBMI),
-        (is_x86_feature_detected!("avx512vbmi2"), F::AVX512_VBMI2),
-        (is_x86_feature_detected!("avx512ifma"), F::AVX512_IFMA),
-        (is_x86_feature_detected!("avx512vnni"), F::AVX512_VNNI),
-        (is_x86_feature_detected!("avx512bitalg"), F::AVX512_BITALG),
-        (
-            is_x86_feature_detected!("avx512vpopcntdq"),
-            F::AVX512_VPOPCNTDQ,
-        ),
-        (is_x86_feature_detected!("avx512bf16"), F::AVX512_BF16),
-    ];
-    for (has, f) in evex_extras {
+    for (has, f) in evex_unit {
         if has {
             avx512.push(f);
         }
@@ -1028,6 +1046,7 @@ struct Generator<'a> {
     /// The generator's idea of the x87 stack depth (pushes and pops it drew).
     x87_depth: i32,
     encoder: Encoder,
+    info: InstructionInfoFactory,
 }
 
 impl Generator<'_> {
@@ -1121,7 +1140,12 @@ impl Generator<'_> {
                 }
                 K::r64_or_mem | K::r64_reg | K::r64_rm | K::r64_reg_mem => Some(self.gpr()),
                 K::st0 => Some(Register::ST0),
-                K::sti_opcode => Some(reg_at(Register::ST0, self.rng.below(8) as usize)),
+                K::sti_opcode => {
+                    // Mostly a register that holds a value (see `draw_from`).
+                    let valid = self.x87_depth.max(1) as u64;
+                    let n = if self.rng.chance(85) { valid } else { 8 };
+                    Some(reg_at(Register::ST0, self.rng.below(n) as usize))
+                }
                 K::al => Some(Register::AL),
                 K::ax => Some(Register::AX),
                 K::eax => Some(Register::EAX),
@@ -1227,14 +1251,24 @@ impl Generator<'_> {
             self.x87_depth = 0;
             return Some(group);
         }
+        // x87: the deepest stack register read must hold a value, and a push must find
+        // room (most of the time: stack faults are deterministic too, but an x87 unit full
+        // of indefinite NaNs tests little).
+        let needed = self
+            .info
+            .info(last)
+            .used_registers()
+            .iter()
+            .filter(|u| u.register().is_st() && u.access() != OpAccess::Write)
+            .map(|u| u.register() as i32 - Register::ST0 as i32 + 1)
+            .max()
+            .unwrap_or(0);
         let inc = last.fpu_stack_increment_info().increment();
-        if inc != 0 {
-            let depth = self.x87_depth - inc; // a push decrements TOP: increment -1
-            if !(0..=8).contains(&depth) && self.rng.chance(85) {
-                return None;
-            }
-            self.x87_depth = depth.clamp(0, 8);
+        let depth = self.x87_depth - inc; // a push decrements TOP: increment -1
+        if (self.x87_depth < needed || !(0..=8).contains(&depth)) && self.rng.chance(97) {
+            return None;
         }
+        self.x87_depth = depth.clamp(0, 8);
         Some(group)
     }
 
@@ -1835,6 +1869,9 @@ enum Hooks {
     HostMxcsrFlags = 3,
 }
 
+/// Calls of `HostWork::run`, all campaigns together (a campaign checks that it made some).
+static HOST_WORK_CALLS: AtomicU64 = AtomicU64::new(0);
+
 /// What a callback does to look like ordinary Rust code.
 struct HostWork {
     src: Vec<u8>,
@@ -1859,6 +1896,7 @@ impl HostWork {
 
     fn run(&mut self) {
         self.calls += 1;
+        HOST_WORK_CALLS.fetch_add(1, Ordering::Relaxed);
         let len = [7usize, 64, 200, 1000, 4096][self.calls % 5];
         // SAFETY: both buffers are 4096 bytes and do not overlap; `text` is NUL-terminated.
         let n = unsafe {
@@ -2010,6 +2048,7 @@ impl Runner {
             rip_data: self.region.rip_data(),
             x87_depth,
             encoder: Encoder::new(64),
+            info: InstructionInfoFactory::new(),
         }
     }
 
@@ -2523,6 +2562,7 @@ fn run_campaign(campaign: Campaign, hooks: Hooks, count: u64) {
     SLOT_SEED[slot].store(seed, Ordering::SeqCst);
     let mut runner = Runner::new(campaign, hooks);
     let started = std::time::Instant::now();
+    let host_work_calls = HOST_WORK_CALLS.load(Ordering::Relaxed);
     for index in 0..count {
         SLOT_INDEX[slot].store(index, Ordering::SeqCst);
         let seq = make_sequence(&runner, seed, index);
@@ -2581,6 +2621,12 @@ fn run_campaign(campaign: Campaign, hooks: Hooks, count: u64) {
         panic!("{report}");
     }
     SLOT_INDEX[slot].store(u64::MAX, Ordering::SeqCst);
+    if matches!(hooks, Hooks::HostWork | Hooks::HostMxcsrFlags) {
+        assert!(
+            HOST_WORK_CALLS.load(Ordering::Relaxed) > host_work_calls + count,
+            "the host-work callbacks did not run"
+        );
+    }
     eprintln!(
         "random_vector: campaign {campaign:?} with {hooks:?} callbacks: {count} sequences in \
          {:.1?}",
@@ -2664,7 +2710,6 @@ fn random_vector_long_campaign_matches_native_execution() {
 /// natively twice, with buffers at different addresses, to the same final state.
 #[test]
 fn random_vector_generator_covers_its_mix_and_native_runs_are_stable() {
-    use iced_x86::{InstructionInfoFactory, OpAccess};
     let mut info = InstructionInfoFactory::new();
     let mut seen: HashSet<Mnemonic> = HashSet::new();
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
