@@ -2978,6 +2978,88 @@ fn random_vector_generator_covers_its_mix_and_native_runs_are_stable() {
     }
 }
 
+/// The vector registers the Vm starts from reach the guest, and those the guest leaves
+/// come back to the Vm's FprState, without any other instruction in between: the guest
+/// stores every vector register of the campaign's width (and k0-k7) to the data buffer,
+/// then loads all of them from other data. One sequence per campaign, on a fresh Vm; the
+/// first thing to look at when a campaign loses vector state.
+#[test]
+fn random_vector_state_reaches_the_guest_and_comes_back() {
+    let mut failures = Vec::new();
+    for campaign in [Campaign::X87Sse, Campaign::Avx2, Campaign::Avx512] {
+        if let Some(why) = campaign.unavailable() {
+            eprintln!("random_vector: state transfer check of {campaign:?} SKIPPED: {why}");
+            continue;
+        }
+        let mut runner = Runner::new(campaign, Hooks::None);
+        let case = random_case(&mut Rng::new(DEFAULT_SEED ^ 0x5747), runner.comps);
+        let m = |disp: i64| MemoryOperand::with_base_displ(Register::RDI, disp);
+        let (store, load, first, count, width) = match campaign {
+            Campaign::X87Sse => (
+                Code::Movdqu_xmmm128_xmm,
+                Code::Movdqu_xmm_xmmm128,
+                Register::XMM0,
+                16,
+                16,
+            ),
+            Campaign::Avx2 => (
+                Code::VEX_Vmovdqu_ymmm256_ymm,
+                Code::VEX_Vmovdqu_ymm_ymmm256,
+                Register::YMM0,
+                16,
+                32,
+            ),
+            Campaign::Avx512 => (
+                Code::EVEX_Vmovdqu64_zmmm512_k1z_zmm,
+                Code::EVEX_Vmovdqu64_zmm_k1z_zmmm512,
+                Register::ZMM0,
+                32,
+                64,
+            ),
+        };
+        let mut group = Vec::new();
+        for i in 0..count {
+            let at = -(RDI_OFFSET as i64) + (width * i) as i64;
+            let r = reg_at(first, i);
+            group.push(Instruction::with2(store, m(at), r).expect("store"));
+        }
+        if campaign == Campaign::Avx512 {
+            for i in 0..8 {
+                let k = reg_at(Register::K0, i);
+                group.push(
+                    Instruction::with2(Code::VEX_Kmovq_m64_kr, m(8 * i as i64), k).expect("kmovq"),
+                );
+            }
+        }
+        for i in 0..count {
+            let r = reg_at(first, i);
+            group.push(Instruction::with2(load, r, m(64 + (width * i) as i64 / 2)).expect("load"));
+        }
+        if campaign == Campaign::Avx512 {
+            for i in 0..8 {
+                let k = reg_at(Register::K0, i);
+                group.push(
+                    Instruction::with2(Code::VEX_Kmovq_kr_km64, k, m(1024 + 8 * i as i64))
+                        .expect("kmovq"),
+                );
+            }
+        }
+        let ret = encode_plain(&[Instruction::with(Code::Retnq)], runner.region.stub())
+            .expect("ret encodes");
+        let items = [Item::Plain(group)];
+        let diffs = runner.check(&items, &ret, &case);
+        if !diffs.is_empty() {
+            let bytes = encode(&items, runner.region.code()).expect("encode");
+            failures.push(format!(
+                "{campaign:?} (data at rdi-0x800.. = registers as the guest found them):\n{}  {}",
+                disassemble(&bytes, runner.region.code()),
+                diffs.join("\n  ")
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Reduced reproducers of engine bugs the campaigns above found.
 // ---------------------------------------------------------------------------------------
