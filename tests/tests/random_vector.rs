@@ -2,24 +2,26 @@
 //! state, with the whole FP/vector state compared at the end.
 //!
 //! The generator draws instructions from iced-x86's tables rather than from a hand-written
-//! list: every x87, SSE-SSE4.2, AVX/AVX2/FMA/F16C and AVX-512 (F, BW, DQ, VL, and the AVX-512
-//! extensions this CPU has) instruction that is not control flow, privileged or a state
-//! save/restore, with its operands filled at random: xmm/ymm/zmm registers (zmm16-31 for
-//! EVEX), k0-k7, general registers, x87 stack registers, imm8, and memory operands. EVEX
-//! forms get opmask merge-masking `{k}` and zero-masking `{k}{z}`, embedded broadcast
-//! `{1toN}`, embedded rounding (`{rn-sae}` ..) and `{sae}` on the 512-bit and scalar
-//! register forms. Memory operands are `[rdi + disp]` (aligned displacements, so that EVEX
-//! mostly encodes them as compressed disp8*N), `[rdi + index*scale + disp]` after a `mov`
-//! that sets the index, and RIP-relative into a data area placed right after the code in
-//! the same mapping (always within rel32 of the code; under the Vm the translated code
-//! reaches it re-encoded, or through a scratch register if the cache is placed out of
-//! reach). Instructions that load a control word get valid values from a `mov` just before
-//! (`ldmxcsr`/`vldmxcsr` with every exception masked and random rounding, FTZ, DAZ and
-//! sticky flags; `fldcw` with every exception masked and random precision and rounding);
-//! the x87 stack is kept roughly balanced (the generator follows its depth) and its whole
-//! state is compared anyway. Mask instructions (kmov, kand/kor/kxor/knot/kshift/kortest/
-//! ktest ..) and compares into a mask (vpcmp*, vcmpp*, vptestm*, vfpclass*) have their own
-//! share; a few integer instructions move values and flags between the units.
+//! list: every x87, SSE-SSE4.2, AVX/AVX2/FMA and AVX-512 (F, BW, DQ, VL) instruction, plus
+//! those of the extensions this CPU has (F16C, AES, PCLMULQDQ, GFNI, VAES, VPCLMULQDQ, the
+//! other AVX-512 subsets), that is not control flow, privileged or a state save/restore,
+//! with its operands filled at random: xmm/ymm/zmm registers (16-31 for EVEX), k0-k7,
+//! general registers, x87 stack registers, imm8, and memory operands. EVEX forms get opmask
+//! merge-masking `{k}` and zero-masking `{k}{z}`, embedded broadcast `{1toN}`, embedded
+//! rounding (`{rn-sae}` ..) and `{sae}` on the 512-bit and scalar register forms. Memory
+//! operands are `[rdi + disp]` (aligned displacements, so that EVEX mostly encodes them as
+//! compressed disp8*N), `[rdi + index*scale + disp]` after a `mov` that sets the index, and
+//! RIP-relative into a data area placed right after the code in the same mapping (always
+//! within rel32 of the code; under the Vm the translated code reaches it re-encoded, or
+//! through a scratch register if the cache is placed out of reach). Instructions that load
+//! a control word get valid values from a `mov` just before (`ldmxcsr`/`vldmxcsr` with every
+//! exception masked and random rounding, FTZ, DAZ and sticky flags; `fldcw` with every
+//! exception masked and random precision and rounding). The generator follows the x87 stack
+//! depth and mostly redraws instructions that would read an empty register or push onto a
+//! full stack (about 30% of the x87+SSE sequences still fault, compared like the rest). Mask
+//! instructions (kmov, kand/kor/kxor/knot/kshift/kortest/ktest ..) and compares into a mask
+//! (vpcmp*, vcmpp*, vptestm*, vfpclass*) have their own share; a few integer instructions
+//! move values and flags between the units.
 //!
 //! Sequences are cut into blocks by `jmp`/`jcc` to the next instruction and `jcc` over one
 //! instruction (reading the flags that comis, fcomi, ptest and kortest set), and call a
@@ -31,13 +33,14 @@
 //! Each sequence runs natively through `guest/rand_vec_harness.S` (`xrstor` of the initial
 //! state, `xsave` of the final one) and under one reused `Vm` from the same general
 //! registers, flags, MXCSR (random but valid: rounding, FTZ, DAZ, sticky flags, every
-//! exception masked; often exactly the host's 0x1f80), x87 state (control word, status
-//! word with TOP and sticky flags, tag word, 80-bit registers including denormals and
-//! invalid encodings), xmm/ymm/zmm0-31, k0-k7, data buffer, RIP-relative area and stack
-//! content. At the end every general register, the masked flags, MXCSR, FCW, FSW, the
-//! abridged tag word, st0-7 as 80 bits, the vector registers at the campaign's width, k0-k7,
-//! the data buffer, the RIP-relative area and the red zone under the stack pointer must be
-//! equal. The x87 instruction and data pointers are not compared (they are addresses).
+//! exception masked; often exactly the host's, which is 0x1f80 when the Vm runs), x87 state
+//! (control word, status word with TOP and sticky flags, tag word, 80-bit registers
+//! including denormals and invalid encodings), xmm/ymm/zmm0-31, k0-k7, data buffer,
+//! RIP-relative area and stack content. At the end every general register, the masked
+//! flags, MXCSR, FCW, FSW, the abridged tag word, st0-7 as 80 bits, the vector registers at
+//! the campaign's width, k0-k7, the data buffer, the RIP-relative area and the red zone
+//! under the stack pointer must be equal. The x87 instruction and data pointers are not
+//! compared (they are addresses).
 //!
 //! Campaigns: x87 + SSE, + AVX2/FMA (if the CPU and OS have them), + AVX-512 (if the CPU
 //! has avx512f/bw/dq/vl and XCR0 enables opmask, ZMM_Hi256 and Hi16_ZMM); each without
@@ -46,13 +49,15 @@
 //! like ordinary Rust code (libc `memcpy`/`strlen`, the x87 stack with an exception flag
 //! raised) on every instruction and at block entry and exit, and with callbacks that also
 //! compute with f64 in ways that raise MXCSR exception flags. A campaign the machine cannot
-//! run prints a line saying so.
+//! run prints a line saying so. A state transfer check (store every vector and mask
+//! register, load them all) and the reduced reproducers of engine bugs the campaigns found
+//! come last.
 //!
 //! `rdi` holds the data buffer's middle and is never written nor read as a value; `rsp` is
 //! only moved by balanced push/pop pairs and calls. Set `QBDI_TEST_SEED` (decimal or 0x-hex)
 //! to replay or vary a campaign; a failure prints the seed, the campaign, the sequence
 //! index, the disassembly (and the native function's), the initial state, the differences
-//! and a reduced sequence that still fails.
+//! and a reduced sequence that still fails (after an engine panic, reduced on a new Vm).
 
 use iced_x86::{
     Code, CpuidFeature, Decoder, DecoderOptions, Encoder, EncodingKind, FlowControl, Formatter,
