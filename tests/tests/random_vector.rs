@@ -2626,6 +2626,13 @@ fn run_campaign(campaign: Campaign, hooks: Hooks, count: u64) {
         panic!("{report}");
     }
     SLOT_INDEX[slot].store(u64::MAX, Ordering::SeqCst);
+    if hooks == Hooks::Noop {
+        assert!(
+            runner.vm.direct_call_sites() > 0,
+            "the no-op callback before each instruction is called directly (both callback \
+             paths are tested)"
+        );
+    }
     if matches!(hooks, Hooks::HostWork | Hooks::HostMxcsrFlags) {
         assert!(
             HOST_WORK_CALLS.load(Ordering::Relaxed) > host_work_calls + count,
