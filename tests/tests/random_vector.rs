@@ -3108,15 +3108,16 @@ fn mxcsr_flags_raised_by_a_callback_stay_out_of_the_guest() {
     );
 }
 
-/// The code cache filling up (here: the callback site table) while the dispatcher
-/// translates the target of an exit it is about to link (found by the `Noop` campaigns
-/// after some 6,000 sequences on one Vm, reduced): `translate` resets the cache and the
-/// directory, then the dispatcher links the stub id it kept from before the reset, which
-/// indexes the new, nearly empty stub table (`index out of bounds` in directory.rs; with a
-/// small enough id it would patch an unrelated new stub instead). The guest: 40 blocks of 60
-/// `inc rax` chained by `jmp` to the next instruction, a no-op callback before every
-/// instruction, the cache cleared before every run (sites are only reclaimed by a reset):
-/// the site table fills after about 200 runs.
+/// The code cache filling up while the dispatcher translates the target of an exit it is
+/// about to link (found by the `Noop` campaigns after some 6,000 sequences on one Vm, when
+/// the callback site table fills, and without callbacks after some 42,000, when the code
+/// area or the directory does; reduced): `translate` resets the cache and the directory,
+/// then the dispatcher links the stub id it kept from before the reset, which indexes the
+/// new, nearly empty stub table (`index out of bounds` in directory.rs; a small enough id
+/// would patch an unrelated new stub instead). The guest: 40 blocks of 60 `inc rax` chained
+/// by `jmp` to the next instruction, a no-op callback before every instruction, the cache
+/// cleared before every run (sites are only reclaimed by a reset): the site table fills
+/// after about 180 runs.
 #[test]
 fn a_run_survives_the_cache_filling_up_between_an_exit_and_its_link() {
     const BLOCKS: usize = 40;
