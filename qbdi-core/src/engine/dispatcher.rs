@@ -67,7 +67,9 @@ impl Engine {
             }
         }
         let mut pc = start;
-        let mut link_from: Option<u32> = None;
+        // The stub the guest left through, to link once its target is translated, and the
+        // cache generation (`resets`) it belongs to.
+        let mut link_from: Option<(u32, u64)> = None;
         let result = loop {
             if pc == stop {
                 break Ok(());
@@ -76,11 +78,14 @@ impl Engine {
                 Ok(n) => n,
                 Err(e) => break Err(e),
             };
-            // The exit we came through now has a translated target: link it.
+            // The exit we came through now has a translated target: link it (unless the
+            // cache was started over since: the stub is gone).
             let link = link_from.take();
             let target = match next {
                 Next::Block(host) => {
-                    if let Some(i) = link {
+                    if let Some((i, resets)) = link
+                        && self.resets == resets
+                    {
                         self.link(i, host);
                     }
                     host
@@ -130,7 +135,7 @@ impl Engine {
             match self.after_exit(exit_id, stop) {
                 Ok(After::Go(next_pc, link)) => {
                     pc = next_pc;
-                    link_from = link;
+                    link_from = link.map(|i| (i, self.resets));
                     self.apply_flush();
                 }
                 Ok(After::Finish) => {

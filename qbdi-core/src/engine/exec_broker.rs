@@ -93,11 +93,7 @@ impl Engine {
         const STUB_BYTES: u64 = 15;
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
         if cache.room() < STUB_BYTES || !dir.has_room(1) {
-            cache.reset();
-            dir.reset();
-            let shared = self.shared();
-            shared.inst.reset_sites();
-            shared.memory.reset();
+            self.reset_full_cache();
         }
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
         let host = cache.next_addr();

@@ -67,6 +67,8 @@ pub(crate) struct Engine {
     cb_env: Box<CallbackEnv>,
     /// Blocks translated since the last entry, to report as BASIC_BLOCK_NEW.
     new_blocks: Vec<(u64, u64)>,
+    /// How many times the cache was started over because it was full.
+    resets: u64,
 }
 
 impl Engine {
@@ -90,6 +92,7 @@ impl Engine {
                 table: std::ptr::null(),
             }),
             new_blocks: Vec::with_capacity(64),
+            resets: 0,
         }
     }
 
@@ -257,6 +260,19 @@ impl Engine {
         count
     }
 
+    /// Starts the code cache over because it (or the directory, or the site tables) is
+    /// full. Only from the dispatcher: nothing of this Vm is executing. Stub ids and host
+    /// addresses from before are meaningless afterwards (`resets` tells).
+    fn reset_full_cache(&mut self) {
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        cache.reset();
+        dir.reset();
+        self.resets += 1;
+        let shared = self.shared();
+        shared.inst.reset_sites();
+        shared.memory.reset();
+    }
+
     fn cache(&self) -> &CodeCache {
         &self
             .cache
@@ -293,12 +309,10 @@ impl Engine {
             && (!shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8)
                 || !shared.memory.has_room_for_block());
         if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) || sites_full {
-            // Full: start over. Nothing of this Vm is executing (we are in the dispatcher).
-            cache.reset();
-            dir.reset();
-            shared.inst.reset_sites();
-            shared.memory.reset();
+            self.reset_full_cache();
         }
+        let shared = self.shared();
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
         let host = cache.next_addr();
         let ranges: *const RangeSet = &shared.inst.ranges;
         // SAFETY: translation plants sites but never changes the ranges.
