@@ -504,3 +504,90 @@ fn calltrace_shows_longjmp_out_of_native_code_as_not_returning() {
         }
     }
 }
+
+/// The output files in `dir` whose names start with `prefix`, with their contents.
+fn outputs(dir: &Path, prefix: &str) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .map(|p| {
+            let text = String::from_utf8_lossy(&std::fs::read(&p).unwrap()).into_owned();
+            (p.file_name().unwrap().to_string_lossy().into_owned(), text)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// A `fork` child stays instrumented and writes outputs of its own: the parent's trace
+/// lines are not written a second time (by the child, into the parent's file), the child's
+/// counts are its own, and an explicit `out=PATH` becomes `PATH.<child pid>` in the child.
+#[test]
+fn a_fork_child_writes_its_own_outputs_and_not_the_parents_data_again() {
+    let dir = scratch("fork_child");
+    let forker = env!("QBDI_TEST_FORKER");
+    let mt = dir.join("mt.txt");
+    let mt_spec = format!("memtrace:out={}", mt.display());
+    let out = assert_same(
+        &dir,
+        &[
+            "-p",
+            "calltrace",
+            "-p",
+            "bbcount",
+            "-p",
+            "drcov",
+            "-p",
+            &mt_spec,
+        ],
+        forker,
+        &[],
+        None,
+    );
+    assert!(out.text().contains("child exited 7"), "{}", out.text());
+    for plugin in ["calltrace.", "bbcount.", "drcov."] {
+        assert_eq!(
+            outputs(&dir, plugin).len(),
+            2,
+            "{plugin}: one file per process"
+        );
+    }
+    // calltrace: the child's file starts at fork's return in the child.
+    let traces = outputs(&dir, "calltrace.");
+    let (child, parent): (Vec<_>, Vec<_>) = traces.iter().partition(|(_, t)| {
+        t.lines()
+            .any(|l| l.starts_with("fork@") && l.ends_with("= 0x0"))
+    });
+    let (child, parent) = (&child[0].1, &parent[0].1);
+    let first_printf = |t: &str| t.lines().filter(|l| l.starts_with("printf@")).count();
+    assert_eq!(first_printf(parent), 2, "parent: its two printfs\n{parent}");
+    assert_eq!(
+        first_printf(child),
+        1,
+        "child: its own printf only\n{child}"
+    );
+    assert!(
+        !child.contains("fflush"),
+        "the parent's pre-fork calls are not in the child's:\n{child}"
+    );
+    // bbcount: each process counts what it ran.
+    let counts = outputs(&dir, "bbcount.");
+    let with = |name: &str| counts.iter().filter(|(_, t)| t.contains(name)).count();
+    assert_eq!(with("child_only"), 1, "only the child ran child_only");
+    assert_eq!(with("parent_only"), 1, "only the parent ran parent_only");
+    // memtrace with an explicit path: PATH for the parent, PATH.<pid> for the child.
+    let mts = outputs(&dir, "mt.txt");
+    assert_eq!(
+        mts.len(),
+        2,
+        "{:?}",
+        mts.iter().map(|m| &m.0).collect::<Vec<_>>()
+    );
+    assert!(mts.iter().any(|(n, _)| n == "mt.txt"));
+    assert!(mts.iter().all(|(_, t)| !t.is_empty()));
+}

@@ -47,7 +47,16 @@ fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
+    qbdi_plugin_support::fork::on_fork_child(forget_parents_counts);
     Ok(())
+}
+
+/// In a `fork` child: the counts start again from zero (the blocks stay known: the child
+/// runs the same translations, which are not reported new again).
+fn forget_parents_counts() {
+    if let Ok(mut blocks) = BLOCKS.try_lock() {
+        blocks.values_mut().for_each(|b| b.count = 0);
+    }
 }
 
 #[vm_event(BASIC_BLOCK_NEW | BASIC_BLOCK_ENTRY)]
@@ -78,7 +87,12 @@ fn on_block(vm: &mut VmRef, state: &VmState, _gpr: &mut GprState, _fpr: &mut Fpr
 fn fini() {
     let text = match lock_for_fini(&BLOCKS, FINI_WAIT) {
         Some(blocks) => {
-            let list: Vec<(u64, &Block)> = blocks.iter().map(|(&s, b)| (s, b)).collect();
+            // Blocks a fork child knows from its parent but never ran are not reported.
+            let list: Vec<(u64, &Block)> = blocks
+                .iter()
+                .filter(|(_, b)| b.count > 0)
+                .map(|(&s, b)| (s, b))
+                .collect();
             let top = Some(TOP.load(Relaxed)).filter(|&t| t != usize::MAX);
             report::render(&list, top)
         }

@@ -43,7 +43,11 @@ static LAZY: Mutex<LazyResolver> = Mutex::new(LazyResolver::new());
 
 #[plugin_init]
 fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
-    TRACE.open(&Output::from_options(NAME, options)?)
+    TRACE.open(&Output::from_options(NAME, options)?)?;
+    // A fork child traces into a file of its own (the calls in progress, fork's included,
+    // are the child's too).
+    qbdi_plugin_support::fork::on_fork_child(|| TRACE.reopen_in_fork_child());
+    Ok(())
 }
 
 /// The label of `target` (see [`calls::label`]); when the host has no symbol there,

@@ -47,6 +47,7 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
         .map(|r| parse_address_range(r).map_err(|e| format!("range={r}: {e}")))
         .collect::<Result<Vec<_>, _>>()?;
     TRACE.open(&output)?;
+    qbdi_plugin_support::fork::on_fork_child(|| TRACE.reopen_in_fork_child());
     if max == Some(0) {
         return Ok(());
     }

@@ -51,7 +51,15 @@ fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
+    qbdi_plugin_support::fork::on_fork_child(forget_parents_counts);
     Ok(())
+}
+
+/// In a `fork` child: the counts start again from zero (the blocks stay known).
+fn forget_parents_counts() {
+    if let Ok(mut blocks) = BLOCKS.try_lock() {
+        blocks.values_mut().for_each(|b| b.entries = 0);
+    }
 }
 
 /// The mnemonics of the block `[start, end)`, from the Vm's analyses.

@@ -6,11 +6,13 @@
 //! - [`sync`]: locking that recovers from poisoning, and the bounded `try_lock` fini uses
 //!   (fini may run from a signal handler that interrupted a callback holding the lock);
 //! - [`budget`]: the `max=N` option of the trace plugins;
+//! - [`fork`]: what a plugin's state and outputs become in a `fork` child;
 //! - [`hash`]: a cheap hasher for maps keyed by code addresses.
 
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod fork;
 pub mod hash;
 pub mod maps;
 pub mod output;

@@ -2,16 +2,21 @@
 //!
 //! `out` absent: `<plugin>.<pid>.log` in the directory the program started in (the pid of
 //! the process that writes it, so a forked child does not overwrite its parent's file);
-//! `out=-`: stderr; otherwise the path, made absolute at init (the program may `chdir`).
+//! `out=-`: stderr; otherwise the path, made absolute at init (the program may `chdir`),
+//! with `.<pid>` appended in a `fork` child (see [`fork`](crate::fork)).
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use qbdi_sdk::PluginOptions;
 
 use crate::sync::{FINI_WAIT, lock, lock_for_fini};
+
+/// The pid of the process that resolved the `out` option (0: none yet).
+static INIT_PID: AtomicU32 = AtomicU32::new(0);
 
 /// The resolved `out` option.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,6 +40,8 @@ impl Output {
     pub fn from_options(plugin: &'static str, options: &PluginOptions) -> Result<Output, String> {
         let cwd = std::env::current_dir()
             .map_err(|e| format!("cannot get the current directory: {e}"))?;
+        let _ =
+            INIT_PID.compare_exchange(0, std::process::id(), Ordering::AcqRel, Ordering::Acquire);
         let out = Self::resolve(plugin, options.get("out"), &cwd);
         if let Output::File(path) = &out {
             let dir = path.parent().unwrap_or(Path::new("/"));
@@ -70,11 +77,22 @@ impl Output {
         }
     }
 
-    /// The file written to (`None` for stderr); the default name takes the current pid.
+    /// The file written to (`None` for stderr); the default name takes the current pid, an
+    /// explicit path gets `.<pid>` in a process other than the one that resolved it (a
+    /// `fork` child).
     pub fn path(&self) -> Option<PathBuf> {
         match self {
             Output::Stderr => None,
-            Output::File(p) => Some(p.clone()),
+            Output::File(p) => {
+                let (init, now) = (INIT_PID.load(Ordering::Acquire), std::process::id());
+                if init == 0 || init == now {
+                    Some(p.clone())
+                } else {
+                    let mut name = p.clone().into_os_string();
+                    name.push(format!(".{now}"));
+                    Some(PathBuf::from(name))
+                }
+            }
             Output::Default { plugin, dir } => {
                 Some(dir.join(format!("{plugin}.{}.log", std::process::id())))
             }
@@ -150,6 +168,8 @@ pub const STREAM_BUFFER: usize = 1 << 20;
 pub struct Stream {
     plugin: &'static str,
     writer: Mutex<Option<BufWriter<Sink>>>,
+    /// What `open` opened (for [`reopen_in_fork_child`](Stream::reopen_in_fork_child)).
+    output: Mutex<Option<Output>>,
 }
 
 impl Stream {
@@ -159,6 +179,7 @@ impl Stream {
         Stream {
             plugin,
             writer: Mutex::new(None),
+            output: Mutex::new(None),
         }
     }
 
@@ -168,7 +189,35 @@ impl Stream {
             .open()
             .map_err(|e| format!("cannot create {}: {e}", output.describe()))?;
         *lock(&self.writer) = Some(BufWriter::with_capacity(STREAM_BUFFER, sink));
+        *lock(&self.output) = Some(output.clone());
         Ok(())
+    }
+
+    /// In a `fork` child (see [`fork::on_fork_child`](crate::fork::on_fork_child)): drops
+    /// what the parent had buffered without writing it (the parent writes it), and opens
+    /// this process's own output (`<plugin>.<child pid>.log`, `PATH.<child pid>`, or
+    /// stderr). Only tries the locks: a lock held by another thread at the fork stays held
+    /// in the child, whose stream then stays closed.
+    pub fn reopen_in_fork_child(&self) {
+        let (Ok(mut writer), Ok(output)) = (self.writer.try_lock(), self.output.try_lock()) else {
+            return;
+        };
+        let Some(old) = writer.take() else {
+            return;
+        };
+        // The parent's buffered bytes are discarded, not flushed.
+        let (sink, _parents_bytes) = old.into_parts();
+        drop(sink);
+        let Some(output) = output.as_ref() else {
+            return;
+        };
+        match output.open() {
+            Ok(sink) => *writer = Some(BufWriter::with_capacity(STREAM_BUFFER, sink)),
+            Err(e) => warn(
+                self.plugin,
+                &format!("fork child: cannot create {}: {e}", output.describe()),
+            ),
+        }
     }
 
     /// Runs `f` on the writer, if open. A write error closes the stream (reported at

@@ -56,6 +56,7 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let mappings = maps::read_self_maps().map_err(|e| format!("/proc/self/maps: {e}"))?;
     let ranges = filter::code_ranges(options, &mappings)?;
     TRACE.open(&output)?;
+    qbdi_plugin_support::fork::on_fork_child(|| TRACE.reopen_in_fork_child());
     if max == Some(0) {
         return Ok(());
     }
