@@ -8,7 +8,10 @@
 //!
 //! Returns are matched by stack pointer: the call whose return-address slot is just below
 //! the stack pointer after the return. Calls above it on the stack (left by `longjmp` or an
-//! exception) are reported as left without returning.
+//! exception) are reported as left without returning. A return that matches no call but
+//! lands above the innermost ones (a second return from `setjmp` after `longjmp`: the
+//! `longjmp` call itself never returns) ends those calls the same way and prints nothing
+//! for itself.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -190,6 +193,18 @@ impl CallTracer {
             .frames
             .iter()
             .rposition(|f| f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE);
+        if matching.is_none()
+            && let Some(top) = self.frames.last()
+            && top.rsp < rsp
+        {
+            // The stack went back above the innermost calls without their returns: they
+            // were unwound (longjmp); the return belongs to none of them.
+            while self.frames.last().is_some_and(|f| f.rsp < rsp) {
+                let f = self.frames.pop().expect("checked");
+                self.end_without_return(w, self.frames.len(), &f, NoReturn::Left)?;
+            }
+            return Ok(());
+        }
         let Some(index) = matching.or(self.frames.len().checked_sub(1)) else {
             return Ok(());
         };
@@ -377,6 +392,24 @@ mod tests {
              \x20   malloc@libc.so.6(0x1, 0x0, 0x0) = ? (left without returning)\n\
              \x20 <... strcmp@libc.so.6 left without returning>\n\
              <... qsort@libc.so.6 resumed> = 0x9\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn longjmp_back_to_a_setjmp_site_ends_the_longjmp_call() {
+        // setjmp (0x100 here) returns once; later longjmp (0x300), called deeper, never
+        // returns: execution resumes at setjmp's return site with setjmp's stack pointer.
+        let (text, t) = run(&[
+            C(0x100, 0x7000),
+            R(0x7008, 0),
+            C(0x300, 0x5000),
+            R(0x7008, 1),
+        ]);
+        assert_eq!(
+            text,
+            "malloc@libc.so.6(0x1, 0x0, 0x0) = 0x0\n\
+             strcmp@libc.so.6(0x3, 0x0, 0x0) = ? (left without returning)\n"
         );
         assert_eq!(t.depth(), 0);
     }
