@@ -1,7 +1,8 @@
 //! Builds the guest programs of the tests and benchmarks: every `guest/*.c` and `guest/*.S`
 //! file goes into one static library, `libguest.a`, linked into each test and bench; and
 //! `programs/cxx_exceptions.cpp` into a program of its own for the `qbdi run` tests
-//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`).
+//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/call_plugin.c` likewise
+//! (`QBDI_TEST_CALL_PLUGIN`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -44,6 +45,21 @@ fn main() {
         println!("cargo:rustc-link-arg-{kind}=-Wl,--no-whole-archive");
     }
     build_cxx_program(&out);
+    build_c_program(&out, "call_plugin", "QBDI_TEST_CALL_PLUGIN");
+}
+
+/// Compiles `programs/<name>.c` with the system's gcc; its path in the environment
+/// variable `var` of the tests.
+fn build_c_program(out: &str, name: &str, var: &str) {
+    let src = format!("programs/{name}.c");
+    println!("cargo:rerun-if-changed={src}");
+    let exe = format!("{out}/{name}");
+    let status = std::process::Command::new("gcc")
+        .args(["-O1", "-o", &exe, &src, "-ldl"])
+        .status()
+        .expect("gcc runs (the machine image has it)");
+    assert!(status.success(), "gcc failed on {src}");
+    println!("cargo:rustc-env={var}={exe}");
 }
 
 /// Compiles the C++ exception test program with the system's g++.

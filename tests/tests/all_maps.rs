@@ -708,3 +708,42 @@ fn glibc_tunables_select_the_string_variants() {
     let off = variants(&dir, Setting::Avx512Off);
     assert!(off.iter().all(|&v| v < Variant::Evex), "{off:?}");
 }
+
+#[test]
+fn all_maps_leaves_the_plugins_out() {
+    // The program calls into an attached plugin's code (tracer's descriptor function);
+    // tracer traces its own module: left out of the ranges, that code runs natively and
+    // the trace is empty. AVX-512 off: the string routines qbdi runs correctly on every
+    // CPU today.
+    let dir = scratch("all-maps-own");
+    let plugin = qbdi_tests::cli::artifacts().join("libqbdi_plugin_tracer.so");
+    let trace = dir.join("trace.txt");
+    let mut c = case(
+        "calls the plugin",
+        env!("QBDI_TEST_CALL_PLUGIN"),
+        &[plugin.to_str().unwrap()],
+    );
+    c.same_stderr = false;
+    let args = [
+        "--all-maps".to_owned(),
+        "-p".to_owned(),
+        format!(
+            "tracer:out={},module=libqbdi_plugin_tracer.so",
+            trace.display()
+        ),
+    ];
+    let out = run_case(&dir, &c, Setting::Avx512Off, Some(&args));
+    assert_eq!(
+        (out.code, String::from_utf8_lossy(&out.stdout).as_ref()),
+        (Some(0), "descriptor\n"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&trace).unwrap_or_default();
+    let traced: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert!(
+        traced.is_empty(),
+        "the plugin's own code ran under the Vm: {:?}",
+        &traced[..traced.len().min(5)]
+    );
+}
