@@ -232,7 +232,7 @@ exit 4
 fn cases(dir: &Path) -> Vec<Case> {
     let d = |p: &str| dir.join(p).display().to_string();
     let listing = listing_dir(dir).display().to_string();
-    // Small inputs: the whole file runs 9 x 22 programs under the Vm.
+    // Small inputs: the whole file runs 6 x 24 programs under the Vm.
     let data = corpus()[..256 << 10].to_vec();
     std::fs::write(dir.join("data.bin"), &data).unwrap();
     let mut lines = String::new();
@@ -243,6 +243,11 @@ fn cases(dir: &Path) -> Vec<Case> {
     }
     std::fs::write(dir.join("lines.txt"), &lines).unwrap();
     let short: String = lines.lines().take(3000).map(|l| format!("{l}\n")).collect();
+    // GNU sort sorts with threads from 128 Ki lines on (SUBTHREAD_LINES_HEURISTIC).
+    let long: String = (0..140_000u32)
+        .map(|i| format!("{:08x} {i}\n", i.wrapping_mul(2_654_435_761)))
+        .collect();
+    std::fs::write(dir.join("long.txt"), long).unwrap();
     std::fs::write(dir.join("short.txt"), &short).unwrap();
     std::fs::write(dir.join("script.py"), PYTHON).unwrap();
     std::fs::write(dir.join("trap.sh"), BASH).unwrap();
@@ -270,6 +275,11 @@ fn cases(dir: &Path) -> Vec<Case> {
         case("unxz", "xz", &["-d", "-c"]).input(xz),
         case("sort", "sort", &[&d("lines.txt")]),
         case("sort -rn -k3", "sort", &["-r", "-n", "-k", "3"]).input(short.clone()),
+        case(
+            "sort (2 threads)",
+            "sort",
+            &["--parallel=2", &d("long.txt")],
+        ),
         case("sha256sum", "sha256sum", &[&d("data.bin"), &d("lines.txt")]),
         case(
             "grep -E",
