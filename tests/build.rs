@@ -1,8 +1,9 @@
 //! Builds the guest programs of the tests and benchmarks: every `guest/*.c` and `guest/*.S`
 //! file goes into one static library, `libguest.a`, linked into each test and bench; and
 //! `programs/cxx_exceptions.cpp` into a program of its own for the `qbdi run` tests
-//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/call_plugin.c` likewise
-//! (`QBDI_TEST_CALL_PLUGIN`).
+//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/call_plugin.c` and
+//! `programs/setjmp_longjmp.c` likewise (`QBDI_TEST_CALL_PLUGIN`,
+//! `QBDI_TEST_SETJMP_LONGJMP`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -46,6 +47,7 @@ fn main() {
     }
     build_cxx_program(&out);
     build_c_program(&out, "call_plugin", "QBDI_TEST_CALL_PLUGIN");
+    build_c_program(&out, "setjmp_longjmp", "QBDI_TEST_SETJMP_LONGJMP");
 }
 
 /// Compiles `programs/<name>.c` with the system's gcc; its path in the environment

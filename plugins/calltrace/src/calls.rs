@@ -24,6 +24,21 @@ use qbdi_sdk::Symbol;
 /// entered with two words pushed above it), popped by the return.
 const MAX_RETURN_DISTANCE: u64 = 32;
 
+/// Functions that never return to their caller (they jump elsewhere or end the thread).
+const NORETURN: [&str; 11] = [
+    "longjmp",
+    "_longjmp",
+    "siglongjmp",
+    "__longjmp_chk",
+    "__libc_longjmp",
+    "__libc_siglongjmp",
+    "exit",
+    "_exit",
+    "_Exit",
+    "abort",
+    "pthread_exit",
+];
+
 /// A lazily bound call (see [`lazy`](crate::lazy)): its target is the dynamic loader's
 /// resolver, which binds a PLT slot and jumps to the function.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +167,15 @@ impl CallTracer {
         }
     }
 
+    /// Whether `f` calls a function that never returns to its caller: a return that looks
+    /// like its own is execution resuming elsewhere (`longjmp` from a shallow callee lands
+    /// at `setjmp`'s return site a few words above it).
+    fn never_returns(&self, f: &Frame) -> bool {
+        let label = self.label(f);
+        let name = label.split('@').next().unwrap_or_default();
+        NORETURN.contains(&name)
+    }
+
     /// A call to `target` with the argument registers `args` and the stack pointer `rsp`
     /// (at the callee's entry); `lazy` when it goes through the loader's resolver.
     pub fn call(
@@ -189,10 +213,9 @@ impl CallTracer {
         value: u64,
         resolve: impl FnOnce(&Lazy) -> Option<String>,
     ) -> io::Result<()> {
-        let matching = self
-            .frames
-            .iter()
-            .rposition(|f| f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE);
+        let matching = self.frames.iter().rposition(|f| {
+            f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE && !self.never_returns(f)
+        });
         if matching.is_none()
             && let Some(top) = self.frames.last()
             && top.rsp < rsp
@@ -410,6 +433,26 @@ mod tests {
             text,
             "malloc@libc.so.6(0x1, 0x0, 0x0) = 0x0\n\
              strcmp@libc.so.6(0x3, 0x0, 0x0) = ? (left without returning)\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn a_longjmp_from_a_shallow_callee_is_no_return_of_longjmp() {
+        // longjmp's entry is 24 bytes below setjmp's return: within a return's reach, but
+        // longjmp never returns.
+        let mut t = CallTracer::new();
+        t.set_label(0x100, "_setjmp@libc.so.6".into());
+        t.set_label(0x400, "longjmp@libc.so.6".into());
+        let mut out = Vec::new();
+        t.call(&mut out, 0x100, [1, 0, 0], 0x7000, None).unwrap();
+        t.ret(&mut out, 0x7008, 0, |_| None).unwrap();
+        t.call(&mut out, 0x400, [1, 0x2a, 0], 0x6ff0, None).unwrap();
+        t.ret(&mut out, 0x7008, 0x2a, |_| None).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "_setjmp@libc.so.6(0x1, 0x0, 0x0) = 0x0\n\
+             longjmp@libc.so.6(0x1, 0x2a, 0x0) = ? (left without returning)\n"
         );
         assert_eq!(t.depth(), 0);
     }
