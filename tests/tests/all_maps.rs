@@ -366,7 +366,12 @@ fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("the program starts");
+        .unwrap_or_else(|e| {
+            panic!(
+                "{:?} does not start ({e}): .ci/run installs the programs this file runs",
+                cmd.get_program()
+            )
+        });
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
         let input = input.to_vec();
