@@ -1,7 +1,9 @@
 //! Builds the guest programs of the tests and benchmarks: every `guest/*.c` and `guest/*.S`
 //! file goes into one static library, `libguest.a`, linked into each test and bench; and
-//! `programs/cxx_exceptions.cpp` and `programs/forker.c` into programs of their own for the
-//! `qbdi run` tests (their paths in `QBDI_TEST_CXX_EXCEPTIONS`, `QBDI_TEST_FORKER`).
+//! `programs/cxx_exceptions.cpp` into a program of its own for the `qbdi run` tests
+//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/forker.c`, `programs/call_plugin.c`
+//! and `programs/setjmp_longjmp.c` likewise (`QBDI_TEST_FORKER`, `QBDI_TEST_CALL_PLUGIN`,
+//! `QBDI_TEST_SETJMP_LONGJMP`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -45,6 +47,8 @@ fn main() {
     }
     build_cxx_program(&out);
     build_c_program(&out, "forker", "QBDI_TEST_FORKER");
+    build_c_program(&out, "call_plugin", "QBDI_TEST_CALL_PLUGIN");
+    build_c_program(&out, "setjmp_longjmp", "QBDI_TEST_SETJMP_LONGJMP");
 }
 
 /// Compiles `programs/<name>.c` with the system's gcc; its path in the environment
@@ -54,7 +58,7 @@ fn build_c_program(out: &str, name: &str, var: &str) {
     println!("cargo:rerun-if-changed={src}");
     let exe = format!("{out}/{name}");
     let status = std::process::Command::new("gcc")
-        .args(["-O1", "-o", &exe, &src])
+        .args(["-O1", "-o", &exe, &src, "-ldl"])
         .status()
         .expect("gcc runs (the machine image has it)");
     assert!(status.success(), "gcc failed on {src}");

@@ -150,7 +150,11 @@ unsafe extern "C" fn qbdi_main(
     let main = REAL_MAIN.load(Ordering::SeqCst);
     let vm: &'static mut Vm = Box::leak(Box::new(Vm::new()));
     crate::unwind::set_vm(vm);
-    if let Err(e) = instrument(vm, &config, main as u64) {
+    let plugin_paths: Vec<String> = plugins
+        .iter()
+        .map(|(p, _)| p.path.to_string_lossy().into_owned())
+        .collect();
+    if let Err(e) = instrument(vm, &config, main as u64, &plugin_paths) {
         fail_early(&e);
     }
     let _ = CONFIG.set(config);
@@ -215,14 +219,24 @@ fn libc_instrumented(vm: &Vm) -> bool {
     })
 }
 
-/// Sets the instrumented ranges of a run.
-fn instrument(vm: &mut Vm, config: &RunConfig, main: u64) -> Result<(), String> {
+/// Sets the instrumented ranges of a run (`plugins`: the loaded plugins' paths, which
+/// `--all-maps` leaves out; they are not attached yet, so `instrument_all_but_own` does
+/// not know them).
+fn instrument(
+    vm: &mut Vm,
+    config: &RunConfig,
+    main: u64,
+    plugins: &[String],
+) -> Result<(), String> {
     if !config.no_main {
         vm.add_instrumented_module_from_addr(main)
             .map_err(|e| format!("cannot instrument the main executable: {e}"))?;
     }
     if config.all_maps {
         session::instrument_all_but_own(vm).map_err(|e| e.to_string())?;
+        for path in plugins {
+            let _ = vm.remove_instrumented_module(path);
+        }
     }
     for m in &config.modules {
         vm.add_instrumented_module(m)

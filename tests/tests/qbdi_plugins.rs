@@ -591,3 +591,37 @@ fn a_fork_child_writes_its_own_outputs_and_not_the_parents_data_again() {
     assert!(mts.iter().any(|(n, _)| n == "mt.txt"));
     assert!(mts.iter().all(|(_, t)| !t.is_empty()));
 }
+
+#[test]
+fn exec_transfer_callbacks_survive_longjmp() {
+    // With EXEC_TRANSFER callbacks (testkit's counts calls and does nothing else), every
+    // native call returns through the engine; a native setjmp records that return address,
+    // and a later longjmp to it must resume at setjmp's own return site.
+    let dir = scratch("longjmp");
+    let program = env!("QBDI_TEST_SETJMP_LONGJMP");
+    let tk = dir.join("tk.txt");
+    let spec = format!("testkit:out={},transfers", tk.display());
+    let out = assert_same(&dir, &["-p", &spec], program, &[], None);
+    assert_eq!(out.code, Some(3), "{}", out.text());
+    // calltrace: the longjmp call shows with no return, the program is unchanged.
+    let calls = dir.join("calls.txt");
+    let spec = format!("calltrace:out={}", calls.display());
+    assert_same(&dir, &["-p", &spec], program, &[], None);
+    let text = read(&calls);
+    let longjmps: Vec<&str> = text.lines().filter(|l| l.contains("longjmp")).collect();
+    assert_eq!(longjmps.len(), 3, "{text}");
+    assert!(
+        longjmps
+            .iter()
+            .all(|l| l.ends_with("= ? (left without returning)")),
+        "{longjmps:?}"
+    );
+    // Perl's die and Lua's error unwind with (sig)longjmp out of the interpreter.
+    let perl = "for my $i (1..3) { eval { die \"oops $i\\n\" }; print \"caught: $@\" }";
+    assert_same(&dir, &["-p", &spec], "perl", &["-e", perl], None);
+    assert!(read(&calls).contains("longjmp"));
+    if std::path::Path::new("/usr/bin/lua5.4").exists() {
+        let lua = "for i = 1, 3 do print(pcall(error, 'oops ' .. i)) end";
+        assert_same(&dir, &["-p", &spec], "lua5.4", &["-e", lua], None);
+    }
+}

@@ -8,9 +8,10 @@
 //!
 //! Returns are matched by stack pointer: the call whose return-address slot is just below
 //! the stack pointer after the return. Calls above it on the stack (left by `longjmp` or an
-//! exception) are reported as left without returning; so are all calls in progress when
-//! the stack pointer after a return is above all of them (a `longjmp` out of a native call,
-//! `__longjmp_chk` itself for one, to a `setjmp` whose call returned already).
+//! exception) are reported as left without returning. A return that matches no call but
+//! lands above the innermost ones (a second return from `setjmp` after `longjmp`: the
+//! `longjmp` call itself never returns) ends those calls the same way and prints nothing
+//! for itself.
 
 use std::borrow::Cow;
 use std::io::{self, Write};
@@ -22,6 +23,21 @@ use qbdi_sdk::Symbol;
 /// the return address is within the first three words (the lazy-binding resolver is
 /// entered with two words pushed above it), popped by the return.
 const MAX_RETURN_DISTANCE: u64 = 32;
+
+/// Functions that never return to their caller (they jump elsewhere or end the thread).
+const NORETURN: [&str; 11] = [
+    "longjmp",
+    "_longjmp",
+    "siglongjmp",
+    "__longjmp_chk",
+    "__libc_longjmp",
+    "__libc_siglongjmp",
+    "exit",
+    "_exit",
+    "_Exit",
+    "abort",
+    "pthread_exit",
+];
 
 /// A lazily bound call (see [`lazy`](crate::lazy)): its target is the dynamic loader's
 /// resolver, which binds a PLT slot and jumps to the function.
@@ -151,6 +167,15 @@ impl CallTracer {
         }
     }
 
+    /// Whether `f` calls a function that never returns to its caller: a return that looks
+    /// like its own is execution resuming elsewhere (`longjmp` from a shallow callee lands
+    /// at `setjmp`'s return site a few words above it).
+    fn never_returns(&self, f: &Frame) -> bool {
+        let label = self.label(f);
+        let name = label.split('@').next().unwrap_or_default();
+        NORETURN.contains(&name)
+    }
+
     /// A call to `target` with the argument registers `args` and the stack pointer `rsp`
     /// (at the callee's entry); `lazy` when it goes through the loader's resolver.
     pub fn call(
@@ -188,21 +213,17 @@ impl CallTracer {
         value: u64,
         resolve: impl FnOnce(&Lazy) -> Option<String>,
     ) -> io::Result<()> {
-        let matching = self
-            .frames
-            .iter()
-            .rposition(|f| f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE);
+        let matching = self.frames.iter().rposition(|f| {
+            f.rsp < rsp && rsp - f.rsp <= MAX_RETURN_DISTANCE && !self.never_returns(f)
+        });
         if matching.is_none()
-            && !self.frames.is_empty()
-            && self
-                .frames
-                .iter()
-                .all(|f| rsp > f.rsp + MAX_RETURN_DISTANCE)
+            && let Some(top) = self.frames.last()
+            && top.rsp < rsp
         {
-            // The stack went up past every call in progress: a longjmp (or an exception)
-            // from inside them landed in instrumented code (at a setjmp's return site).
-            // None of them returned.
-            while let Some(f) = self.frames.pop() {
+            // The stack went back above the innermost calls without their returns: they
+            // were unwound (longjmp); the return belongs to none of them.
+            while self.frames.last().is_some_and(|f| f.rsp < rsp) {
+                let f = self.frames.pop().expect("checked");
                 self.end_without_return(w, self.frames.len(), &f, NoReturn::Left)?;
             }
             return Ok(());
@@ -399,19 +420,39 @@ mod tests {
     }
 
     #[test]
-    fn longjmp_from_a_native_call_to_a_setjmp_above_it_ends_the_call_unreturned() {
-        // `__longjmp_chk` called at 0x6000 lands at the return site of a `_setjmp` called
-        // at 0x7000 (which returned already): no call returned.
+    fn longjmp_back_to_a_setjmp_site_ends_the_longjmp_call() {
+        // setjmp (0x100 here) returns once; later longjmp (0x300), called deeper, never
+        // returns: execution resumes at setjmp's return site with setjmp's stack pointer.
         let (text, t) = run(&[
-            C(0x300, 0x7000),
+            C(0x100, 0x7000),
             R(0x7008, 0),
-            C(0x100, 0x6000),
+            C(0x300, 0x5000),
             R(0x7008, 1),
         ]);
         assert_eq!(
             text,
-            "strcmp@libc.so.6(0x3, 0x0, 0x0) = 0x0\n\
-             malloc@libc.so.6(0x1, 0x0, 0x0) = ? (left without returning)\n"
+            "malloc@libc.so.6(0x1, 0x0, 0x0) = 0x0\n\
+             strcmp@libc.so.6(0x3, 0x0, 0x0) = ? (left without returning)\n"
+        );
+        assert_eq!(t.depth(), 0);
+    }
+
+    #[test]
+    fn a_longjmp_from_a_shallow_callee_is_no_return_of_longjmp() {
+        // longjmp's entry is 24 bytes below setjmp's return: within a return's reach, but
+        // longjmp never returns.
+        let mut t = CallTracer::new();
+        t.set_label(0x100, "_setjmp@libc.so.6".into());
+        t.set_label(0x400, "longjmp@libc.so.6".into());
+        let mut out = Vec::new();
+        t.call(&mut out, 0x100, [1, 0, 0], 0x7000, None).unwrap();
+        t.ret(&mut out, 0x7008, 0, |_| None).unwrap();
+        t.call(&mut out, 0x400, [1, 0x2a, 0], 0x6ff0, None).unwrap();
+        t.ret(&mut out, 0x7008, 0x2a, |_| None).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "_setjmp@libc.so.6(0x1, 0x0, 0x0) = 0x0\n\
+             longjmp@libc.so.6(0x1, 0x2a, 0x0) = ? (left without returning)\n"
         );
         assert_eq!(t.depth(), 0);
     }

@@ -668,7 +668,9 @@ impl Translator {
             self.asm.bytes(&bytes[start..start + instr.len()]);
             return Ok(());
         }
-        if self.encoder.encode(instr, self.asm.here()).is_ok() {
+        if rel32_reaches(self.asm.here(), instr.ip_rel_memory_address())
+            && self.encoder.encode(instr, self.asm.here()).is_ok()
+        {
             self.append_encoded();
             return Ok(());
         }
@@ -833,7 +835,10 @@ impl Translator {
                             reason: e.to_string(),
                         }
                     })?;
-                if self.encoder.encode(&mov, self.asm.here()).is_ok() {
+                if (!instr.is_ip_rel_memory_operand()
+                    || rel32_reaches(self.asm.here(), instr.ip_rel_memory_address()))
+                    && self.encoder.encode(&mov, self.asm.here()).is_ok()
+                {
                     self.append_encoded();
                 } else {
                     self.discard_encoded();
@@ -875,6 +880,15 @@ impl Translator {
             });
         }
     }
+}
+
+/// Whether an instruction of at most 15 bytes placed at `here` reaches `target` with a
+/// rel32 displacement. Checked before asking iced's encoder: on a displacement out of reach
+/// it formats its error message on the heap, and the translator may run while the guest is
+/// inside `malloc` (libc instrumented), which is not reentrant.
+fn rel32_reaches(here: u64, target: u64) -> bool {
+    let fits = |next: u64| i32::try_from(target.wrapping_sub(next) as i64).is_ok();
+    fits(here) && fits(here + 15)
 }
 
 /// Disassembly of the instruction at `address` (for error messages).
