@@ -42,13 +42,12 @@
 //! starts a thread (`clone3` from libc, which `--all-maps` instruments). `gunzip` is a
 //! shell script, so the case runs `gzip -d`.
 //!
-//! Failures when this was written (see the report of the `progs` branch): under the
-//! default and the other setting nearly every program, from the AVX-512 state the engine
-//! loses on AMD; under all three, the plugin runs (plugins allocating with glibc's malloc
-//! in callbacks while the guest is inside malloc) and the thread case (the child thread
-//! runs on in the cache with the parent's context); with no plugin, programs whose run
-//! translates a far RIP-relative instruction while the guest is inside malloc (iced's
-//! encoder formats its error message on the heap: `lua5.4 -v` aborts in 4 runs of 5).
+//! What these runs found, all fixed since: the AVX-512 state the engine lost on AMD (its
+//! XSAVE layout), plugins allocating with glibc's malloc in callbacks while the guest was
+//! inside malloc (now a private heap), a thread made from instrumented libc running on in
+//! the cache with the parent's context (now native from its first instruction), and the
+//! translator asking iced to encode an out-of-reach RIP-relative operand while the guest
+//! was inside malloc (iced formats its error on the heap: `lua5.4 -v` aborted).
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
