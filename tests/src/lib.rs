@@ -2,6 +2,7 @@
 
 pub mod cli;
 pub mod ev_blocks;
+pub mod glibc;
 
 use qbdi_core::{Options, VirtualStack, Vm, allocate_virtual_stack};
 

@@ -57,6 +57,7 @@ use std::time::{Duration, Instant};
 
 use iced_x86::{Decoder, DecoderOptions, EncodingKind, Instruction, OpKind};
 use qbdi_tests::cli::{corpus, python, qbdi, scratch};
+use qbdi_tests::glibc::{self, has_avx512};
 
 /// How long one run may take before it is killed and reported as hung.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -87,33 +88,10 @@ impl Setting {
     fn tunables(self) -> Option<&'static str> {
         match self {
             Setting::Default => None,
-            Setting::OtherAvx512 if cpu_vendor() == *b"GenuineIntel" => {
-                Some("glibc.cpu.hwcaps=-Prefer_No_AVX512")
-            }
-            Setting::OtherAvx512 => Some("glibc.cpu.hwcaps=Prefer_No_AVX512"),
-            Setting::Avx512Off => Some("glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ"),
+            Setting::OtherAvx512 => Some(glibc::other_avx512_preference()),
+            Setting::Avx512Off => Some(glibc::AVX512_OFF),
         }
     }
-}
-
-/// The CPU vendor string (CPUID leaf 0: ebx, edx, ecx).
-fn cpu_vendor() -> [u8; 12] {
-    // SAFETY: CPUID leaf 0 exists on every x86-64 CPU (safe to call in newer Rust).
-    #[allow(unused_unsafe)]
-    let r = unsafe { std::arch::x86_64::__cpuid(0) };
-    let mut v = [0u8; 12];
-    v[0..4].copy_from_slice(&r.ebx.to_le_bytes());
-    v[4..8].copy_from_slice(&r.edx.to_le_bytes());
-    v[8..12].copy_from_slice(&r.ecx.to_le_bytes());
-    v
-}
-
-/// Whether glibc has AVX-512 variants to choose on this CPU (else the three settings select
-/// the same routines and only the default runs).
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512vl")
-        && std::arch::is_x86_feature_detected!("avx512bw")
 }
 
 /// The plugins of a run.

@@ -422,3 +422,75 @@ fn threads_and_children_made_from_instrumented_libc_run_and_the_parent_goes_on()
         blocks.get()
     );
 }
+
+/// Set in the test processes [`every_test_here_passes_under_each_glibc_string_routine_choice`]
+/// starts, so they do not start more.
+const CHILD_VAR: &str = "QBDI_TEST_GLIBC_SETTING";
+
+/// glibc picks its string routines once, at start-up, by CPU (`qbdi_tests::glibc`): this
+/// process runs whichever this CPU gets. So every other test of this file runs again in a
+/// process of its own under each `GLIBC_TUNABLES` setting (the other AVX-512 preference,
+/// AVX-512 off), whatever the CPU; and the settings are checked to select different
+/// `memmove` routines (the address `dlsym` resolves).
+#[test]
+fn every_test_here_passes_under_each_glibc_string_routine_choice() {
+    if std::env::var_os(CHILD_VAR).is_some() {
+        return;
+    }
+    let settings = qbdi_tests::glibc::settings();
+    if settings.len() == 1 {
+        eprintln!("skipped: no AVX-512 on this CPU, glibc has one choice of string routines");
+        return;
+    }
+    let exe = std::env::current_exe().unwrap();
+    let mut memmoves = Vec::new();
+    for (name, tunables) in settings {
+        let mut cmd = std::process::Command::new(&exe);
+        cmd.env(CHILD_VAR, name)
+            .args(["--test-threads=1", "--nocapture"]);
+        match tunables {
+            Some(t) => cmd.env("GLIBC_TUNABLES", t),
+            None => cmd.env_remove("GLIBC_TUNABLES"),
+        };
+        let out = cmd.output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success(),
+            "under GLIBC_TUNABLES={tunables:?} ({name}):\n{text}\n{err}"
+        );
+        assert!(text.contains("test result: ok"), "{name}: {text}");
+        let memmove = err
+            .lines()
+            .find_map(|l| l.strip_prefix("memmove at libc+"))
+            .unwrap_or_else(|| panic!("{name}: the child reports its memmove:\n{err}"))
+            .to_owned();
+        memmoves.push((name, memmove));
+    }
+    let mut distinct: Vec<&String> = memmoves.iter().map(|(_, m)| m).collect();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        memmoves.len(),
+        "each setting selects another memmove: {memmoves:?}"
+    );
+}
+
+/// Reports (on stderr) where the `memmove` glibc selected for this process lies in libc,
+/// for [`every_test_here_passes_under_each_glibc_string_routine_choice`].
+#[test]
+fn report_the_selected_memmove() {
+    if std::env::var_os(CHILD_VAR).is_none() {
+        return;
+    }
+    // SAFETY: dlsym with a NUL-terminated name on the global namespace (which runs the
+    // IFUNC resolver, as relocations do); dladdr on the address it returned.
+    let (addr, base) = unsafe {
+        let addr = libc::dlsym(libc::RTLD_DEFAULT, c"memmove".as_ptr());
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        assert_ne!(libc::dladdr(addr, &mut info), 0);
+        (addr as u64, info.dli_fbase as u64)
+    };
+    eprintln!("memmove at libc+{:#x}", addr - base);
+}
