@@ -1,9 +1,9 @@
 //! Builds the guest programs of the tests and benchmarks: every `guest/*.c` and `guest/*.S`
 //! file goes into one static library, `libguest.a`, linked into each test and bench; and
 //! `programs/cxx_exceptions.cpp` into a program of its own for the `qbdi run` tests
-//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/forker.c`, `programs/call_plugin.c`
-//! and `programs/setjmp_longjmp.c` likewise (`QBDI_TEST_FORKER`, `QBDI_TEST_CALL_PLUGIN`,
-//! `QBDI_TEST_SETJMP_LONGJMP`).
+//! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/forker.c`, `programs/call_plugin.c`,
+//! `programs/setjmp_longjmp.c` and `programs/spawner.c` likewise (`QBDI_TEST_FORKER`,
+//! `QBDI_TEST_CALL_PLUGIN`, `QBDI_TEST_SETJMP_LONGJMP`, `QBDI_TEST_SPAWNER`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -49,6 +49,7 @@ fn main() {
     build_c_program(&out, "forker", "QBDI_TEST_FORKER");
     build_c_program(&out, "call_plugin", "QBDI_TEST_CALL_PLUGIN");
     build_c_program(&out, "setjmp_longjmp", "QBDI_TEST_SETJMP_LONGJMP");
+    build_c_program(&out, "spawner", "QBDI_TEST_SPAWNER");
 }
 
 /// Compiles `programs/<name>.c` with the system's gcc; its path in the environment

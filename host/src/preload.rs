@@ -587,3 +587,242 @@ pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char)
     // SAFETY: forwarded.
     unsafe { execvpe(file, argv, environ()) }
 }
+
+/// Runs `f` with `environ` holding the host's variables (`--follow-exec`), for the libc
+/// functions that start a program with the caller's environment internally (`system`,
+/// `popen`, `posix_spawn` given `environ`): their internal `execve` is past any
+/// interposition. `environ` is swapped, not edited (no libc allocation), and put back after.
+fn with_exec_environ<R>(f: impl FnOnce() -> R) -> R {
+    unsafe extern "C" {
+        #[link_name = "environ"]
+        static mut ENVIRON: *const *const c_char;
+    }
+    let Some(env) = exec_env(environ()) else {
+        return f();
+    };
+    let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    // SAFETY: `ptrs` (and the strings it points to) outlive the call; the previous value is
+    // put back before they are dropped. Another thread reading environ meanwhile sees a
+    // valid environment either way.
+    unsafe {
+        let saved = ENVIRON;
+        ENVIRON = ptrs.as_ptr();
+        let r = f();
+        ENVIRON = saved;
+        r
+    }
+}
+
+/// `system`, interposed for `--follow-exec` (the shell it starts is instrumented, and so
+/// are the programs the shell executes).
+///
+/// # Safety
+/// system's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn system(command: *const c_char) -> c_int {
+    type SystemFn = unsafe extern "C" fn(*const c_char) -> c_int;
+    // SAFETY: libc's system has this signature.
+    let real: SystemFn = unsafe { std::mem::transmute(next_symbol(c"system")) };
+    // SAFETY: forwarded.
+    with_exec_environ(|| unsafe { real(command) })
+}
+
+/// `popen`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// popen's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn popen(command: *const c_char, mode: *const c_char) -> *mut c_void {
+    type PopenFn = unsafe extern "C" fn(*const c_char, *const c_char) -> *mut c_void;
+    // SAFETY: libc's popen has this signature (FILE* as an opaque pointer).
+    let real: PopenFn = unsafe { std::mem::transmute(next_symbol(c"popen")) };
+    // SAFETY: forwarded.
+    with_exec_environ(|| unsafe { real(command, mode) })
+}
+
+type SpawnFn = unsafe extern "C" fn(
+    *mut libc::pid_t,
+    *const c_char,
+    *const c_void,
+    *const c_void,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+
+/// `posix_spawn` and `posix_spawnp` with `name`'s libc definition, the host's variables
+/// put back into `envp` (`--follow-exec`). The caller goes on: no finalisation.
+///
+/// # Safety
+/// posix_spawn's contract.
+unsafe fn spawn(
+    name: &CStr,
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const c_void,
+    attr: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: libc's posix_spawn(p) have this signature (the file actions and attributes
+    // as opaque pointers).
+    let real: SpawnFn = unsafe { std::mem::transmute(next_symbol(name)) };
+    match exec_env(envp) {
+        // SAFETY: forwarded.
+        None => unsafe { real(pid, path, actions, attr, argv, envp) },
+        Some(env) => {
+            let mut ptrs: Vec<*const c_char> = env.iter().map(|c| c.as_ptr()).collect();
+            ptrs.push(std::ptr::null());
+            // SAFETY: forwarded with an environment of the same shape, alive for the call
+            // (posix_spawn copies what it needs before returning).
+            unsafe { real(pid, path, actions, attr, argv, ptrs.as_ptr()) }
+        }
+    }
+}
+
+/// `posix_spawn`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// posix_spawn's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawn(
+    pid: *mut libc::pid_t,
+    path: *const c_char,
+    actions: *const c_void,
+    attr: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { spawn(c"posix_spawn", pid, path, actions, attr, argv, envp) }
+}
+
+/// `posix_spawnp`, interposed for `--follow-exec`.
+///
+/// # Safety
+/// posix_spawnp's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn posix_spawnp(
+    pid: *mut libc::pid_t,
+    file: *const c_char,
+    actions: *const c_void,
+    attr: *const c_void,
+    argv: *const *const c_char,
+    envp: *const *const c_char,
+) -> c_int {
+    // SAFETY: forwarded.
+    unsafe { spawn(c"posix_spawnp", pid, file, actions, attr, argv, envp) }
+}
+
+/// Most arguments the `execl*` interposers read (6 in registers, the rest from the stack).
+const EXECL_MAX_ARGS: usize = 6 + 26;
+
+/// The `execl*` family is variadic, which stable Rust cannot define; the SysV x86-64 ABI
+/// passes a variadic call's integer arguments like a fixed one's, so these interposers take
+/// a fixed list of words: the first six from registers, the others from the caller's stack
+/// (words above the return address the caller wrote or, past its arguments, older words of
+/// its frame: only read up to the terminating NULL). A call with more arguments fails with
+/// E2BIG. The argument vector is then handed to the interposed `execv*`.
+macro_rules! execl_words {
+    ($name:ident, $doc:literal, |$first:ident, $words:ident| $body:expr) => {
+        #[doc = $doc]
+        ///
+        /// # Safety
+        /// The libc function's contract.
+        #[unsafe(no_mangle)]
+        #[allow(clippy::too_many_arguments)]
+        pub unsafe extern "C" fn $name(
+            $first: *const c_char,
+            w0: usize,
+            w1: usize,
+            w2: usize,
+            w3: usize,
+            w4: usize,
+            s0: usize,
+            s1: usize,
+            s2: usize,
+            s3: usize,
+            s4: usize,
+            s5: usize,
+            s6: usize,
+            s7: usize,
+            s8: usize,
+            s9: usize,
+            s10: usize,
+            s11: usize,
+            s12: usize,
+            s13: usize,
+            s14: usize,
+            s15: usize,
+            s16: usize,
+            s17: usize,
+            s18: usize,
+            s19: usize,
+            s20: usize,
+            s21: usize,
+            s22: usize,
+            s23: usize,
+            s24: usize,
+            s25: usize,
+        ) -> c_int {
+            let $words: [usize; EXECL_MAX_ARGS - 1] = [
+                w0, w1, w2, w3, w4, s0, s1, s2, s3, s4, s5, s6, s7, s8, s9, s10, s11, s12, s13,
+                s14, s15, s16, s17, s18, s19, s20, s21, s22, s23, s24, s25,
+            ];
+            $body
+        }
+    };
+}
+
+/// The argument vector of an `execl*` call (`words` from `arg0` on, NULL-terminated), and
+/// the word after its NULL (execle's envp). None: no NULL among the words.
+fn execl_argv(words: &[usize]) -> Option<(Vec<*const c_char>, usize)> {
+    let end = words.iter().position(|&w| w == 0)?;
+    let argv = words[..=end].iter().map(|&w| w as *const c_char).collect();
+    Some((argv, words.get(end + 1).copied().unwrap_or(0)))
+}
+
+fn too_many_arguments() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() = libc::E2BIG };
+    -1
+}
+
+execl_words!(
+    execl,
+    "`execl`, interposed for `--follow-exec`.",
+    |path, words| {
+        match execl_argv(&words) {
+            // SAFETY: a NULL-terminated argument vector of the caller's strings.
+            Some((argv, _)) => unsafe { execv(path, argv.as_ptr()) },
+            None => too_many_arguments(),
+        }
+    }
+);
+
+execl_words!(
+    execlp,
+    "`execlp`, interposed for `--follow-exec`.",
+    |file, words| {
+        match execl_argv(&words) {
+            // SAFETY: as in execl.
+            Some((argv, _)) => unsafe { execvp(file, argv.as_ptr()) },
+            None => too_many_arguments(),
+        }
+    }
+);
+
+execl_words!(
+    execle,
+    "`execle`, interposed for `--follow-exec`.",
+    |path, words| {
+        match execl_argv(&words) {
+            // SAFETY: as in execl; the word after the NULL is the environment (execle's
+            // contract).
+            Some((argv, envp)) => unsafe {
+                execve(path, argv.as_ptr(), envp as *const *const c_char)
+            },
+            None => too_many_arguments(),
+        }
+    }
+);

@@ -281,3 +281,52 @@ fn fini_runs_before_the_programs_atexit_handlers() {
     assert_eq!(out.code, Some(2));
     assert!(out.stderr.contains("testkit pid="), "{:?}", out.stderr);
 }
+
+/// `--follow-exec` follows every way libc runs a program: `execl`, `execlp`, `execle`,
+/// `execv`, `system`, `popen`, `posix_spawn`, `posix_spawnp` (the spawner starts itself
+/// again, which prints what it was started by). Each process is instrumented (one testkit
+/// report each: with `system` and `popen`, the shell's too); without the option only the
+/// first is. The output is native's.
+#[test]
+fn follow_exec_follows_every_exec_form() {
+    let dir = scratch("follow_forms");
+    let spawner = env!("QBDI_TEST_SPAWNER");
+    let report = dir.join("tk.txt");
+    let spec = format!("testkit:out={}", report.display());
+    for (form, processes) in [
+        ("execl", 2),
+        ("execlp", 2),
+        ("execle", 2),
+        ("execv", 2),
+        ("system", 3),
+        ("popen", 3),
+        ("posix_spawn", 2),
+        ("posix_spawnp", 2),
+    ] {
+        let out = assert_same(
+            &dir,
+            &["--follow-exec", "-p", &spec],
+            spawner,
+            &[form],
+            None,
+        );
+        assert!(
+            out.text().contains(&format!("child {form}")),
+            "{form}: {}",
+            out.text()
+        );
+        let reports = testkit_reports(&report);
+        assert_eq!(reports.len(), processes, "{form}: {reports:?}");
+        for r in &reports {
+            assert!(report_field(r, "blocks") > 0, "{form}: {r}");
+        }
+        std::fs::remove_file(&report).unwrap();
+        assert_same(&dir, &["-p", &spec], spawner, &[form], None);
+        assert_eq!(
+            testkit_reports(&report).len(),
+            1,
+            "{form} without --follow-exec"
+        );
+        std::fs::remove_file(&report).unwrap();
+    }
+}
