@@ -65,6 +65,17 @@ const PLAIN_FLAGS: u32 = 0xad7;
 
 const HOST_SAVED: [u8; 6] = [RBP, RBX, R12, R13, R14, R15];
 
+/// Byte `i` is `i & 1` (the `bit0_table` routine data).
+const BIT0_TABLE: [u8; 256] = {
+    let mut t = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = (i & 1) as u8;
+        i += 1;
+    }
+    t
+};
+
 /// Emits the routines into `a` (whose base is their final address). `fsgs`: the guest has
 /// FS and GS bases of its own (OPT_ENABLE_FS_GS, with the fsgsbase instructions usable).
 pub(crate) fn emit_runtime(
@@ -115,8 +126,7 @@ pub(crate) fn emit_runtime(
     let callback = a.here();
     emit_callback(a, ctx, cb_fp, fsgs, exit_tail);
     let bit0_table = a.here();
-    let table: Vec<u8> = (0..=255u8).map(|i| i & 1).collect();
-    a.bytes(&table);
+    a.bytes(&BIT0_TABLE);
     a.finish();
     Runtime {
         enter,
