@@ -59,10 +59,14 @@
 //! index, the disassembly (and the native function's), the initial state, the differences
 //! and a reduced sequence that still fails (after an engine panic, reduced on a new Vm).
 
+#[path = "random/common.rs"]
+mod common;
+use common::*;
+
 use iced_x86::{
-    Code, CpuidFeature, Decoder, DecoderOptions, Encoder, EncodingKind, FlowControl, Formatter,
-    IcedError, Instruction, InstructionInfoFactory, IntelFormatter, MemoryOperand, Mnemonic,
-    OpAccess, OpCodeOperandKind, OpKind, Register, RoundingControl,
+    Code, CpuidFeature, Decoder, DecoderOptions, Encoder, EncodingKind, FlowControl, IcedError,
+    Instruction, InstructionInfoFactory, MemoryOperand, Mnemonic, OpAccess, OpCodeOperandKind,
+    OpKind, Register, RoundingControl,
 };
 use qbdi_core::{
     FAKE_RETURN_ADDRESS, FprState, GprState, InstPosition, MemoryAccessType, MmstReg,
@@ -71,8 +75,8 @@ use qbdi_core::{
 use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::hint::black_box;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Once, OnceLock};
 
 // ---------------------------------------------------------------------------------------
 // XSAVE components and the CPU's layout of them.
@@ -380,99 +384,11 @@ unsafe extern "C" {
     fn vec_run_native(input: *const Harness, output: *mut Harness, code: *const u8);
 }
 
-const RSP: usize = 4;
-const RDI: usize = 7;
-const GPR_NAMES_HW: [&str; 16] = [
-    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
-    "r14", "r15",
-];
-
-fn gprs_to_vm(g: &[u64; 16], s: &mut GprState) {
-    s.rax = g[0];
-    s.rcx = g[1];
-    s.rdx = g[2];
-    s.rbx = g[3];
-    s.rsp = g[4];
-    s.rbp = g[5];
-    s.rsi = g[6];
-    s.rdi = g[7];
-    s.r8 = g[8];
-    s.r9 = g[9];
-    s.r10 = g[10];
-    s.r11 = g[11];
-    s.r12 = g[12];
-    s.r13 = g[13];
-    s.r14 = g[14];
-    s.r15 = g[15];
-}
-
-fn gprs_from_vm(s: &GprState) -> [u64; 16] {
-    [
-        s.rax, s.rcx, s.rdx, s.rbx, s.rsp, s.rbp, s.rsi, s.rdi, s.r8, s.r9, s.r10, s.r11, s.r12,
-        s.r13, s.r14, s.r15,
-    ]
-}
-
 // ---------------------------------------------------------------------------------------
 // Pseudo-random numbers (as random_sequences.rs).
 // ---------------------------------------------------------------------------------------
 
-fn splitmix64(x: u64) -> u64 {
-    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// xorshift64* seeded through splitmix64.
-struct Rng(u64);
-
 impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(splitmix64(seed) | 1)
-    }
-
-    fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-
-    fn range(&mut self, lo: u64, hi_inclusive: u64) -> u64 {
-        lo + self.below(hi_inclusive - lo + 1)
-    }
-
-    fn chance(&mut self, percent: u64) -> bool {
-        self.below(100) < percent
-    }
-
-    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
-        items[self.below(items.len() as u64) as usize]
-    }
-
-    /// A value that often hits edge cases: 0, -1, small counts, single bits, sign bits.
-    fn interesting(&mut self) -> u64 {
-        match self.below(10) {
-            0 => 0,
-            1 => u64::MAX,
-            2 => self.below(70),
-            3 => 1 << self.below(64),
-            4 => !(1u64 << self.below(64)),
-            5 => u64::from(self.next_u64() as u32),
-            6 => self.next_u64() as i32 as i64 as u64,
-            7 => 0x8000_0000_0000_0000 | self.below(4),
-            8 => u64::from(self.next_u64() as u8) << (8 * self.below(8)),
-            _ => self.next_u64(),
-        }
-    }
-
     fn small_f64(&mut self) -> f64 {
         (self.below(4001) as f64 - 2000.0) / (1 + self.below(16)) as f64
     }
@@ -963,33 +879,7 @@ const RIP_DATA_LEN: usize = 1024;
 const CODE_LEN: usize = 8192;
 const STUB_LEN: usize = 4096;
 const REGION_LEN: usize = CODE_LEN + STUB_LEN + 4096;
-const STACK_LEN: usize = 16 * 1024;
-const STACK_TOP_RESERVE: usize = 256;
-const STACK_INIT: usize = 512;
-/// CF PF AF ZF SF DF OF.
-const FLAGS_MASK: u64 = 0xcd5;
-const STATUS_FLAGS: u64 = 0x8d5;
 const DEFAULT_SEED: u64 = 0x5eed_0bd1_2025_0a5e;
-
-const GPR64: [Register; 14] = [
-    Register::RAX,
-    Register::RCX,
-    Register::RDX,
-    Register::RBX,
-    Register::RBP,
-    Register::RSI,
-    Register::R8,
-    Register::R9,
-    Register::R10,
-    Register::R11,
-    Register::R12,
-    Register::R13,
-    Register::R14,
-    Register::R15,
-];
-const CONDITIONS: [&str; 16] = [
-    "o", "no", "b", "ae", "e", "ne", "be", "a", "s", "ns", "p", "np", "l", "ge", "le", "g",
-];
 
 /// iced's `Code` by its name (`"Add_rm64_r64"`).
 fn code(name: &str) -> Code {
@@ -1038,8 +928,6 @@ fn needs_alignment(encoding: EncodingKind, mnemonic: Mnemonic, size: usize) -> b
         ),
     }
 }
-
-type Gen = Result<Vec<Instruction>, IcedError>;
 
 struct Generator<'a> {
     rng: &'a mut Rng,
@@ -1603,24 +1491,6 @@ fn encode_plain(ins: &[Instruction], base: u64) -> Result<Vec<u8>, IcedError> {
     Ok(out)
 }
 
-fn disassemble(bytes: &[u8], base: u64) -> String {
-    let mut decoder = Decoder::with_ip(64, bytes, base, DecoderOptions::NONE);
-    let mut formatter = IntelFormatter::new();
-    let mut text = String::new();
-    let mut out = String::new();
-    for ins in &mut decoder {
-        text.clear();
-        formatter.format(&ins, &mut text);
-        let start = (ins.ip() - base) as usize;
-        let hex: String = bytes[start..start + ins.len()]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        let _ = writeln!(out, "  +{:04x}  {hex:<30} {text}", ins.ip() - base);
-    }
-    out
-}
-
 // ---------------------------------------------------------------------------------------
 // Initial states.
 // ---------------------------------------------------------------------------------------
@@ -1759,9 +1629,6 @@ fn describe_case(case: &Case, comps: u64) -> String {
 
 #[repr(C, align(64))]
 struct DataBuf([u8; DATA_LEN]);
-
-#[repr(C, align(64))]
-struct StackBuf([u8; STACK_LEN]);
 
 impl StackBuf {
     /// The stack pointer the code is called with (16-byte aligned).
@@ -2333,45 +2200,15 @@ fn hex_f80(v: &[u8; 10]) -> String {
     )
 }
 
-/// Bytes as one little-endian hex number per 8-byte lane, high lane first.
-fn hex_le(bytes: &[u8]) -> String {
-    let lanes: Vec<String> = bytes
-        .chunks(8)
-        .rev()
-        .map(|c| {
-            format!(
-                "{:016x}",
-                u64::from_le_bytes(c.try_into().expect("8-byte lane"))
-            )
-        })
-        .collect();
-    lanes.join("_")
-}
-
 // ---------------------------------------------------------------------------------------
 // Crash reporting: a fatal signal while a campaign runs names the seed and the sequence.
 // ---------------------------------------------------------------------------------------
-
-#[derive(Clone, Copy)]
-enum Phase {
-    Idle = 0,
-    Native = 1,
-    Vm = 2,
-}
 
 /// One slot per (campaign, hooks) test; a thread runs one test at a time.
 const SLOTS: usize = 16;
 static SLOT_SEED: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
 static SLOT_INDEX: [AtomicU64; SLOTS] = [const { AtomicU64::new(u64::MAX) }; SLOTS];
 static SLOT_PHASE: [AtomicU64; SLOTS] = [const { AtomicU64::new(0) }; SLOTS];
-static OLD_ACTIONS: [AtomicU64; 32] = [const { AtomicU64::new(0) }; 32];
-const FATAL_SIGNALS: [libc::c_int; 5] = [
-    libc::SIGSEGV,
-    libc::SIGBUS,
-    libc::SIGILL,
-    libc::SIGFPE,
-    libc::SIGTRAP,
-];
 
 thread_local! {
     static SLOT: std::cell::Cell<usize> = const { std::cell::Cell::new(SLOTS - 1) };
@@ -2402,37 +2239,6 @@ fn slot_name(slot: usize) -> &'static [u8] {
 fn set_phase(phase: Phase) {
     let slot = SLOT.with(|s| s.get());
     SLOT_PHASE[slot].store(phase as u64, Ordering::SeqCst);
-}
-
-fn write_stderr(bytes: &[u8]) {
-    // SAFETY: write(2) on fd 2 with a valid buffer; async-signal-safe.
-    unsafe { libc::write(2, bytes.as_ptr().cast(), bytes.len()) };
-}
-
-fn hex_into(buf: &mut [u8; 18], v: u64) -> &[u8] {
-    buf[0] = b'0';
-    buf[1] = b'x';
-    for i in 0..16 {
-        let nibble = ((v >> (60 - 4 * i)) & 0xf) as u8;
-        buf[2 + i] = if nibble < 10 {
-            b'0' + nibble
-        } else {
-            b'a' + nibble - 10
-        };
-    }
-    &buf[..]
-}
-
-fn dec_into(buf: &mut [u8; 20], mut v: u64) -> &[u8] {
-    let mut i = buf.len();
-    loop {
-        i -= 1;
-        buf[i] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            return &buf[i..];
-        }
-    }
 }
 
 extern "C" fn on_fatal_signal(sig: libc::c_int) {
@@ -2469,48 +2275,9 @@ extern "C" fn on_fatal_signal(sig: libc::c_int) {
     }
 }
 
-fn install_crash_reporter() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        for &sig in &FATAL_SIGNALS {
-            let old: &'static mut libc::sigaction = Box::leak(Box::new(
-                // SAFETY: sigaction is a plain C struct; all-zero is a valid value.
-                unsafe { std::mem::zeroed() },
-            ));
-            // SAFETY: as above.
-            let mut action: libc::sigaction = unsafe { std::mem::zeroed() };
-            action.sa_sigaction = on_fatal_signal as *const () as usize;
-            // SAFETY: installs a handler that only uses async-signal-safe calls; `old`
-            // receives the previous action and lives forever.
-            let rc = unsafe {
-                libc::sigemptyset(&mut action.sa_mask);
-                libc::sigaction(sig, &action, old)
-            };
-            if rc == 0 {
-                OLD_ACTIONS[sig as usize]
-                    .store(old as *const libc::sigaction as u64, Ordering::SeqCst);
-            }
-        }
-    });
-}
-
 // ---------------------------------------------------------------------------------------
 // Campaigns.
 // ---------------------------------------------------------------------------------------
-
-fn base_seed() -> u64 {
-    match std::env::var("QBDI_TEST_SEED") {
-        Ok(s) => {
-            let s = s.trim();
-            let parsed = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
-                Some(hex) => u64::from_str_radix(hex, 16),
-                None => s.parse(),
-            };
-            parsed.unwrap_or_else(|_| panic!("QBDI_TEST_SEED={s:?} is not a decimal or 0x-hex u64"))
-        }
-        Err(_) => DEFAULT_SEED,
-    }
-}
 
 fn sequence_seed(base: u64, campaign: Campaign, index: u64) -> u64 {
     splitmix64(base ^ splitmix64(index.wrapping_mul(5).wrapping_add(campaign as u64 + 0x100)))
@@ -2560,10 +2327,10 @@ fn run_campaign(campaign: Campaign, hooks: Hooks, count: u64) {
         eprintln!("random_vector: campaign {campaign:?} with {hooks:?} callbacks SKIPPED: {why}");
         return;
     }
-    install_crash_reporter();
+    install_crash_reporter(on_fatal_signal);
     let slot = slot_of(campaign, hooks);
     SLOT.with(|s| s.set(slot));
-    let seed = base_seed();
+    let seed = base_seed(DEFAULT_SEED);
     SLOT_SEED[slot].store(seed, Ordering::SeqCst);
     let mut runner = Runner::new(campaign, hooks);
     let started = std::time::Instant::now();
