@@ -217,12 +217,16 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         Some(u) if !u.is_empty() => format!("{}:{u}", preload.display()),
         _ => preload.display().to_string(),
     };
-    let err = std::process::Command::new(&path)
-        .arg0(program)
+    let mut cmd = std::process::Command::new(&path);
+    cmd.arg0(program)
         .args(&args.program[1..])
         .env("LD_PRELOAD", ld_preload)
-        .env(CONFIG_VAR, config.encode())
-        .exec();
+        .env(CONFIG_VAR, config.encode());
+    // A shell sets `_` to the path of the program it runs: the program would see qbdi's.
+    if std::env::var_os("_").is_some() {
+        cmd.env("_", &path);
+    }
+    let err = cmd.exec();
     Err(format!("cannot execute {}: {err}", path.display()))
 }
 
