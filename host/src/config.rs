@@ -28,6 +28,14 @@ pub struct RunConfig {
     pub preload: PathBuf,
     /// The user's own `LD_PRELOAD`, restored before main (`None`: there was none).
     pub user_preload: Option<String>,
+    /// Python tools (scripts), in load order, run by the pyqbdi preload on the same Vm as
+    /// the plugins (`preload` is then pyqbdi's native module, after libpython).
+    pub python_tools: Vec<PathBuf>,
+    /// The Python interpreter's `sys.path` of whoever started the run (so its venv's
+    /// packages are found), and its `sys.base_prefix` (where the standard library is).
+    pub python_path: Vec<String>,
+    /// `sys.base_prefix` of that interpreter.
+    pub python_home: Option<String>,
 }
 
 impl RunConfig {
@@ -64,6 +72,15 @@ impl RunConfig {
         if let Some(u) = &self.user_preload {
             out.push_str(&format!("user_preload\t{u}\n"));
         }
+        for t in &self.python_tools {
+            out.push_str(&format!("python\t{}\n", t.to_string_lossy()));
+        }
+        for p in &self.python_path {
+            out.push_str(&format!("pypath\t{p}\n"));
+        }
+        if let Some(h) = &self.python_home {
+            out.push_str(&format!("pyhome\t{h}\n"));
+        }
         out
     }
 
@@ -92,6 +109,9 @@ impl RunConfig {
                 ("follow_exec", None) => c.follow_exec = true,
                 ("preload", Some(p)) => c.preload = PathBuf::from(p),
                 ("user_preload", v) => c.user_preload = Some(v.unwrap_or_default().to_owned()),
+                ("python", Some(p)) => c.python_tools.push(PathBuf::from(p)),
+                ("pypath", v) => c.python_path.push(v.unwrap_or_default().to_owned()),
+                ("pyhome", Some(h)) => c.python_home = Some(h.to_owned()),
                 _ => return Err(format!("bad line in {CONFIG_VAR}: {line:?}")),
             }
         }
@@ -121,6 +141,9 @@ mod tests {
             follow_exec: true,
             preload: PathBuf::from("/x/libqbdi_host.so"),
             user_preload: Some("/u/libmine.so".into()),
+            python_tools: vec![PathBuf::from("/t/cov.py")],
+            python_path: vec!["/v/lib/python3.11/site-packages".into(), "".into()],
+            python_home: Some("/usr".into()),
         };
         assert_eq!(RunConfig::decode(&c.encode()).unwrap(), c);
         assert!(RunConfig::decode("bogus\tline\n").is_err());

@@ -186,9 +186,92 @@ fn check_program(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Where the Python side of a run with Python tools is: pyqbdi's native module (the
+/// preload, a whole host with Python), libpython, and the interpreter's paths.
+struct PythonHost {
+    preload: PathBuf,
+    libpython: PathBuf,
+    home: String,
+    path: Vec<String>,
+}
+
+/// Asks the Python interpreter (`$QBDI_PYTHON`, else `python3`) where pyqbdi is installed.
+fn python_host() -> Result<PythonHost, String> {
+    let python = std::env::var("QBDI_PYTHON").unwrap_or_else(|_| "python3".into());
+    let out = std::process::Command::new(&python)
+        .args(["-m", "pyqbdipreload", "--host-info"])
+        .output()
+        .map_err(|e| format!("Python tools need a Python interpreter: cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "Python tools need pyqbdi installed for {python} (pip install host/python): {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut preload, mut libpython, mut home, mut path) = (None, None, String::new(), Vec::new());
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("preload", v)) => preload = Some(PathBuf::from(v)),
+            Some(("libpython", v)) => libpython = Some(PathBuf::from(v)),
+            Some(("home", v)) => home = v.to_owned(),
+            Some(("path", v)) => path.push(v.to_owned()),
+            _ => {}
+        }
+    }
+    match (preload, libpython) {
+        (Some(preload), Some(libpython)) => Ok(PythonHost {
+            preload,
+            libpython,
+            home,
+            path,
+        }),
+        _ => Err(format!(
+            "{python} -m pyqbdipreload --host-info said nothing usable: {text}"
+        )),
+    }
+}
+
 fn run(args: RunArgs) -> Result<ExitCode, String> {
-    let plugins = load_plugins(&args.plugins.plugins)?;
-    let preload = exe_dir()?.join("libqbdi_host.so");
+    // `-p tool.py`: a Python tool, run by the pyqbdi preload beside the plugins.
+    let (py_specs, specs): (Vec<PluginSpec>, Vec<PluginSpec>) = args
+        .plugins
+        .plugins
+        .iter()
+        .cloned()
+        .partition(|s| s.plugin.ends_with(".py"));
+    let mut python_tools = Vec::new();
+    for s in &py_specs {
+        let path = std::path::absolute(&s.plugin).unwrap_or_else(|_| PathBuf::from(&s.plugin));
+        if !path.is_file() {
+            return Err(format!("no Python tool {}: no such file", s.plugin));
+        }
+        python_tools.push(path);
+    }
+    let libc_module = args
+        .modules
+        .iter()
+        .any(|m| m.starts_with("libc.so") || m.starts_with("libc-"));
+    if !python_tools.is_empty() && (args.all_maps || libc_module) {
+        // The interpreter allocates with libc's malloc in every callback: with libc
+        // instrumented, it would do so while the guest is inside malloc.
+        return Err(format!(
+            "{}: a Python tool cannot run with libc instrumented (--all-maps, --module \
+             libc.so.6) yet: the interpreter uses the program's libc; drop the option, or \
+             write the tool as a Rust plugin",
+            py_specs[0].plugin
+        ));
+    }
+    let plugins = load_plugins(&specs)?;
+    let python = if python_tools.is_empty() {
+        None
+    } else {
+        Some(python_host()?)
+    };
+    let preload = match &python {
+        Some(p) => p.preload.clone(),
+        None => exe_dir()?.join("libqbdi_host.so"),
+    };
     if !preload.is_file() {
         return Err(format!(
             "the preload library {} is missing: build the whole workspace (cargo build --release)",
@@ -212,11 +295,19 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         follow_exec: args.follow_exec,
         preload: preload.clone(),
         user_preload: user_preload.clone(),
+        python_tools,
+        python_path: python.as_ref().map(|p| p.path.clone()).unwrap_or_default(),
+        python_home: python.as_ref().map(|p| p.home.clone()),
     };
-    let ld_preload = match user_preload.as_deref() {
-        Some(u) if !u.is_empty() => format!("{}:{u}", preload.display()),
-        _ => preload.display().to_string(),
+    // pyqbdi's module does not link libpython (an extension module must not): it is
+    // preloaded first.
+    let mut ld_preload = match &python {
+        Some(p) => format!("{}:{}", p.libpython.display(), preload.display()),
+        None => preload.display().to_string(),
     };
+    if let Some(u) = user_preload.as_deref().filter(|u| !u.is_empty()) {
+        ld_preload = format!("{ld_preload}:{u}");
+    }
     let mut cmd = std::process::Command::new(&path);
     cmd.arg0(program)
         .args(&args.program[1..])

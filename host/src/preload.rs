@@ -27,6 +27,21 @@ use qbdi_core::Vm;
 use crate::config::{CONFIG_VAR, RunConfig};
 use crate::{log, plugin, session};
 
+/// Runs main for tools of another kind than plugins: given the Vm (plugins attached, guest
+/// state set up as main's caller would), main's address and the stop address, it runs the
+/// Vm from one to the other (or lets its tools do it). The pyqbdi preload sets one to run
+/// Python tools (`RunConfig::python_tools`).
+pub type ToolRunner =
+    fn(vm: &mut Vm, config: &RunConfig, start: u64, stop: u64) -> Result<(), String>;
+
+static TOOL_RUNNER: OnceLock<ToolRunner> = OnceLock::new();
+
+/// Sets the runner of Python tools (once per process; the pyqbdi preload does, from its
+/// constructor).
+pub fn set_tool_runner(runner: ToolRunner) {
+    let _ = TOOL_RUNNER.set(runner);
+}
+
 /// Exit status of the process when qbdi itself fails (as env(1) and timeout(1) do).
 pub const QBDI_FAILURE_STATUS: c_int = 125;
 
@@ -134,6 +149,11 @@ unsafe extern "C" fn qbdi_main(
     envp: *mut *mut c_char,
 ) -> c_int {
     let config = take_config();
+    if !config.python_tools.is_empty() && TOOL_RUNNER.get().is_none() {
+        fail_early(
+            "Python tools need the pyqbdi preload library (pip install host/python); this preload has no Python",
+        );
+    }
     if let Some(path) = &config.log
         && let Err(e) = log::to_file(path)
     {
@@ -271,10 +291,17 @@ extern "C" fn main_job(job: *mut c_void) {
     let gpr = job.vm.gpr_state_mut();
     gpr.rsp = job.guest_sp;
     qbdi_core::simulate_call(gpr, stub, &job.args);
-    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.vm.run(job.main, stub)));
+    let runner = CONFIG
+        .get()
+        .filter(|c| !c.python_tools.is_empty())
+        .and_then(|c| Some((c, TOOL_RUNNER.get()?)));
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match runner {
+        Some((config, runner)) => runner(job.vm, config, job.main, stub),
+        None => job.vm.run(job.main, stub).map_err(|e| e.to_string()),
+    }));
     job.result = match run {
         Ok(Ok(())) => Ok(job.vm.gpr_state().rax as u32 as c_int),
-        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err("the host panicked (a qbdi bug: please report it)".into()),
     };
 }

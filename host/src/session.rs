@@ -274,6 +274,15 @@ fn iced_code_name(address: u64, size: u32) -> Option<String> {
     (!inst.is_invalid()).then(|| format!("{:?}", inst.code()))
 }
 
+/// What runs after the plugins' fini: the Python tools' (their `atexit` handlers), set by
+/// the pyqbdi preload.
+static EXTRA_FINI: OnceLock<fn()> = OnceLock::new();
+
+/// Sets what [`fini_all`] runs after the plugins' fini (once per process).
+pub fn set_extra_fini(f: fn()) {
+    let _ = EXTRA_FINI.set(f);
+}
+
 /// Marks finalisation done without running any fini (the run never started).
 pub fn skip_fini() {
     FINI_DONE.store(true, Ordering::SeqCst);
@@ -297,5 +306,8 @@ pub fn fini_all() {
                 ));
             }
         }
+    }
+    if let Some(f) = EXTRA_FINI.get() {
+        f();
     }
 }

@@ -42,7 +42,7 @@ pub use callback::{
     PRIORITY_MEMACCESS_LIMIT, VmAction, VmCallback, VmEvent, VmState,
 };
 pub use error::VmError;
-pub use maps::{MemoryMap, Permission, current_process_maps, module_names};
+pub use maps::{MemoryMap, Permission, current_process_maps, module_names, process_maps};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};
 pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use options::Options;

@@ -32,7 +32,18 @@ pub struct MemoryMap {
 /// names are reduced to their basename (`libc.so.6`), as QBDI does.
 #[must_use]
 pub fn current_process_maps(full_path: bool) -> Vec<MemoryMap> {
-    let text = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    read_maps("/proc/self/maps", full_path)
+}
+
+/// The mappings of process `pid` (QBDI's `getRemoteProcessMaps`), as
+/// [`current_process_maps`]; empty if its maps cannot be read.
+#[must_use]
+pub fn process_maps(pid: i32, full_path: bool) -> Vec<MemoryMap> {
+    read_maps(&format!("/proc/{pid}/maps"), full_path)
+}
+
+fn read_maps(path: &str, full_path: bool) -> Vec<MemoryMap> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
     text.lines()
         .filter_map(|l| parse_line(l, full_path))
         .collect()

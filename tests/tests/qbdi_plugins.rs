@@ -342,6 +342,21 @@ fn refused(dir: &Path, args: &[&str], needles: &[&str]) {
 fn every_plugin_error_is_named() {
     let dir = scratch("errors");
     let artifacts = qbdi_tests::cli::artifacts();
+    // A Python tool with libc instrumented (its interpreter would use libc's malloc in
+    // callbacks while the guest may be inside it).
+    let tool = dir.join("tool.py");
+    std::fs::write(&tool, "def qbdi_init(vm):\n    pass\n").unwrap();
+    let tool = tool.to_str().unwrap();
+    for opts in [
+        ["--all-maps", "-p", tool],
+        ["-p", tool, "--module=libc.so.6"],
+    ] {
+        refused(
+            &dir,
+            &opts,
+            &["tool.py", "Python tool", "libc", "Rust plugin"],
+        );
+    }
     refused(
         &dir,
         &["-p", "nosuchplugin"],

@@ -1,0 +1,3 @@
+from pyqbdipreload import run
+
+run()
