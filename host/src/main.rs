@@ -313,8 +313,15 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         .args(&args.program[1..])
         .env("LD_PRELOAD", ld_preload)
         .env(CONFIG_VAR, config.encode());
-    // A shell sets `_` to the path of the program it runs: the program would see qbdi's.
-    if std::env::var_os("_").is_some() {
+    // A shell sets `_` to the path of the program it runs: the program would see qbdi's
+    // where natively it sees its own.
+    if let Some(underscore) = std::env::var_os("_")
+        && let (Ok(named), Ok(me)) = (
+            std::fs::canonicalize(&underscore),
+            std::env::current_exe().and_then(std::fs::canonicalize),
+        )
+        && named == me
+    {
         cmd.env("_", &path);
     }
     let err = cmd.exec();
