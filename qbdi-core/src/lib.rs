@@ -49,6 +49,8 @@ pub use options::Options;
 pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
 pub use symbols::symbolize;
+pub use vm::{FAKE_RETURN_ADDRESS, Vm};
+pub use vm_ref::VmRef;
 
 /// One line describing how the engine saves FP and vector state on this CPU: the vendor, the
 /// XSAVE components saved and their offsets in the CPU's own image as CPUID reports them
@@ -57,5 +59,3 @@ pub use symbols::symbolize;
 pub fn fp_state_layout() -> String {
     engine::xstate::describe(engine::xstate::XLayout::current())
 }
-pub use vm::{FAKE_RETURN_ADDRESS, Vm};
-pub use vm_ref::VmRef;
