@@ -336,3 +336,37 @@ LABEL cb_vec_avx512_done
 ENDF cb_vec_avx512
 
     .section .note.GNU-stack,"",@progbits
+
+// void cb_read_hi16(uint8_t *out): a few integer instructions (callbacks run between
+// them), then stores zmm16-31 (16 x 64 bytes) and k1-k7 (7 x 8 bytes) to out[0..1080],
+// without writing any of them first. Needs AVX-512 F and BW.
+FUNC cb_read_hi16
+    mov rax, 1
+    add rax, 2
+    imul rax, rax, 3
+    xor rax, 5
+    vmovdqu64 [rdi + 0 * 64], zmm16
+    vmovdqu64 [rdi + 1 * 64], zmm17
+    vmovdqu64 [rdi + 2 * 64], zmm18
+    vmovdqu64 [rdi + 3 * 64], zmm19
+    vmovdqu64 [rdi + 4 * 64], zmm20
+    vmovdqu64 [rdi + 5 * 64], zmm21
+    vmovdqu64 [rdi + 6 * 64], zmm22
+    vmovdqu64 [rdi + 7 * 64], zmm23
+    vmovdqu64 [rdi + 8 * 64], zmm24
+    vmovdqu64 [rdi + 9 * 64], zmm25
+    vmovdqu64 [rdi + 10 * 64], zmm26
+    vmovdqu64 [rdi + 11 * 64], zmm27
+    vmovdqu64 [rdi + 12 * 64], zmm28
+    vmovdqu64 [rdi + 13 * 64], zmm29
+    vmovdqu64 [rdi + 14 * 64], zmm30
+    vmovdqu64 [rdi + 15 * 64], zmm31
+    kmovq [rdi + 1024], k1
+    kmovq [rdi + 1032], k2
+    kmovq [rdi + 1040], k3
+    kmovq [rdi + 1048], k4
+    kmovq [rdi + 1056], k5
+    kmovq [rdi + 1064], k6
+    kmovq [rdi + 1072], k7
+    ret
+ENDF cb_read_hi16

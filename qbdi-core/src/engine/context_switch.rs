@@ -19,8 +19,9 @@
 //! when x87 is not in use (nearly always), xmm0-15, MXCSR and those of the AVX, AVX-512
 //! and mask components that are in use are saved and restored with moves (a few ns when
 //! only SSE is in use; the AVX-512 state glibc's EVEX routines leave in use costs about
-//! 60 ns more); state the callback dirtied that the guest had unused is put back to its
-//! initial state (`vzeroupper`, `xrstor` from an all-initial image). Otherwise a full
+//! 60 ns more); state the callback dirtied that the guest had unused gets its initial
+//! values back (`vzeroupper`; zmm16-31 and k0-7 zeroed with instructions; x87 by `xrstor`
+//! from an all-initial image). Otherwise a full
 //! `xsave`/`xrstor`. Either way the callback runs after a `vzeroupper`: host SSE code with
 //! dirty upper halves runs several times slower.
 //!
@@ -257,6 +258,41 @@ fn emit_vector_moves(a: &mut Asm, ctx: u64, k: XSaveKind, save: bool) {
     }
 }
 
+/// Zeroes zmm16-31 and k0-7 where eax (the components the callback dirtied and the guest
+/// had unused) says so, when the fast path moves those components; returns the components
+/// it handles. eax is left as it was.
+fn emit_zero_dirty(a: &mut Asm, k: XSaveKind) -> u64 {
+    use super::xstate::{HI16_ZMM, OPMASK};
+    use iced_x86::{Code, Instruction, Register};
+    let mut handled = 0;
+    let parts = [
+        (
+            HI16_ZMM,
+            Register::ZMM16,
+            16u8,
+            Code::EVEX_Vpxord_zmm_k1z_zmm_zmmm512b32,
+        ),
+        (OPMASK, Register::K0, 8, Code::VEX_Kxorq_kr_kr_kr),
+    ];
+    for (bit, first, count, code) in parts {
+        if k.moved_mask() & bit == 0 {
+            continue;
+        }
+        handled |= bit;
+        let skip = a.new_label();
+        a.test_eax(bit as u32);
+        a.jcc_label(4, skip); // jz
+        for n in 0..count {
+            // iced numbers the registers of a class contiguously.
+            let r = Register::try_from(first as usize + usize::from(n))
+                .expect("a register of the class");
+            a.encode(&Instruction::with3(code, r, r, r).expect("a valid zeroing idiom"));
+        }
+        a.bind(skip);
+    }
+    handled
+}
+
 /// What `site_entry` returns to go on right after the site (a `ret` to the site).
 pub(crate) const RESUME_AFTER_SITE: u64 = 1;
 
@@ -344,7 +380,12 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, fsgs: bool, exit_tail
                 a.vzeroupper();
             }
             // Components vzeroupper leaves in use that the callback dirtied and the guest
-            // had unused go back to their initial state (the others are reloaded below).
+            // had unused get their initial values back (the others are reloaded below):
+            // zmm16-31 and k0-7 by zeroing them (an `xrstor` from the initial image costs
+            // about 80 ns a callback, and glibc's AVX-512 memcpy in host code dirties
+            // zmm16-31 nearly every time; the registers then stay "in use" at zero, saved
+            // and reloaded with moves by later callbacks, until the next exit's `xsave`
+            // finds them zero), x87 with that `xrstor`.
             a.mov_imm32(RCX, 1);
             a.xgetbv();
             a.load_ecx32(ctx + off::FP_IN_USE);
@@ -352,9 +393,14 @@ fn emit_callback(a: &mut Asm, ctx: u64, cb_fp: CallbackFp, fsgs: bool, exit_tail
             a.bytes(&[0x21, 0xc8]); // and eax, ecx
             a.test_eax(k.sticky_mask() as u32);
             a.jcc_label(4, clean); // jz
-            a.and_eax(k.sticky_mask() as u32);
-            a.mov_imm32(RDX, 0);
-            a.xrstor(ctx + off::INIT_IMAGE);
+            let zeroed = emit_zero_dirty(a, k);
+            let rest = k.sticky_mask() & !zeroed;
+            if rest != 0 {
+                a.and_eax(rest as u32);
+                a.jcc_label(4, clean); // jz
+                a.mov_imm32(RDX, 0);
+                a.xrstor(ctx + off::INIT_IMAGE);
+            }
             a.bind(clean);
             for n in 0..16 {
                 a.load_xmm(n, ctx + off::xmm(n));
