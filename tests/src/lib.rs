@@ -1,6 +1,7 @@
 //! Helpers shared by the workspace-level tests.
 
 pub mod cli;
+pub mod clobber;
 pub mod ev_blocks;
 pub mod glibc;
 

@@ -1637,37 +1637,12 @@ fn avx512_registers_a_callback_dirties_read_as_zero_when_the_guest_never_set_the
         eprintln!("no AVX-512 F/BW: skipped");
         return;
     }
-    #[target_feature(enable = "avx512f,avx512bw")]
-    fn dirty(seed: u64) {
-        // SAFETY: writes only the declared registers; AVX-512 F/BW are enabled here.
-        unsafe {
-            std::arch::asm!(
-                "vpbroadcastq zmm16, {s}",
-                "vmovdqa64 zmm17, zmm16", "vmovdqa64 zmm18, zmm16", "vmovdqa64 zmm19, zmm16",
-                "vmovdqa64 zmm20, zmm16", "vmovdqa64 zmm21, zmm16", "vmovdqa64 zmm22, zmm16",
-                "vmovdqa64 zmm23, zmm16", "vmovdqa64 zmm24, zmm16", "vmovdqa64 zmm25, zmm16",
-                "vmovdqa64 zmm26, zmm16", "vmovdqa64 zmm27, zmm16", "vmovdqa64 zmm28, zmm16",
-                "vmovdqa64 zmm29, zmm16", "vmovdqa64 zmm30, zmm16", "vmovdqa64 zmm31, zmm16",
-                "kmovq k1, {s}", "kmovq k2, {s}", "kmovq k3, {s}", "kmovq k4, {s}",
-                "kmovq k5, {s}", "kmovq k6, {s}", "kmovq k7, {s}",
-                s = in(reg) seed,
-                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
-                out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
-                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
-                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
-                out("k1") _, out("k2") _, out("k3") _, out("k4") _,
-                out("k5") _, out("k6") _, out("k7") _,
-                options(nostack),
-            );
-        }
-    }
     for options in [Options::NO_OPT, Options::OPT_DISABLE_OPTIONAL_FPR] {
         let (mut vm, _stack) = vm_with(options, addr!(cb_read_hi16), addr!(cb_read_hi16_end));
         vm.add_code_cb(
             PreInst,
             |_: &mut VmRef<'_>, gpr: &mut GprState, _: &mut FprState| -> VmAction {
-                // SAFETY: the CPU has AVX-512 F and BW (checked above).
-                unsafe { dirty(gpr.rip | 0x8080_0000_0000_0001) };
+                qbdi_tests::clobber::clobber_avx512(gpr.rip | 0x8080_0000_0000_0001);
                 VmAction::Continue
             },
             0,
