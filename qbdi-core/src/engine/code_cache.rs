@@ -103,14 +103,6 @@ impl CodeCache {
         self.cursor = (self.cursor + a.len() as u64).next_multiple_of(16);
     }
 
-    /// Copies `code` (assembled for the cursor address) to the cursor.
-    pub fn commit_bytes(&mut self, code: &[u8]) {
-        assert!(code.len() as u64 <= self.room(), "caller checked room");
-        // SAFETY: [cursor, cursor+len) is inside the writable mapping and not executing.
-        unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), self.cursor as *mut u8, code.len()) };
-        self.cursor = (self.cursor + code.len() as u64).next_multiple_of(16);
-    }
-
     /// Forgets every block: the space after the shared routines is reused.
     pub fn reset(&mut self) {
         self.cursor = self.code_start;

@@ -84,7 +84,8 @@ impl Engine {
     }
 
     /// The host address of the transfer return stub of guest return address `ret`, made
-    /// now if there is none: `mov dword [ctx.exit_id], id; jmp exit` (15 bytes). Allocates
+    /// now if there is none: `mov dword [ctx.exit_id], id; jmp exit` (15 bytes; the id's
+    /// place is what `transfer_stub_target` reads back). Allocates
     /// nothing (the guest may be inside malloc); a full cache or directory is reset first.
     fn transfer_return_stub(&mut self, ret: u64) -> u64 {
         if let Some(s) = self.dir().transfer_stub(ret) {
@@ -98,20 +99,14 @@ impl Engine {
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
         let host = cache.next_addr();
         let id = dir.next_stub();
-        let mut code = [0u8; STUB_BYTES as usize];
-        let exit_id = cache.ctx_addr() + off::EXIT_ID;
-        code[..2].copy_from_slice(&[0xc7, 0x05]);
-        // rip-relative displacements: from the end of each instruction.
-        let disp = exit_id.wrapping_sub(host + 10) as i64;
-        let jmp = cache.runtime.exit.wrapping_sub(host + STUB_BYTES) as i64;
-        let (Ok(disp), Ok(jmp)) = (i32::try_from(disp), i32::try_from(jmp)) else {
-            unreachable!("the context and routines are in the same 2 GiB as the code");
-        };
-        code[2..6].copy_from_slice(&disp.to_le_bytes());
-        code[6..10].copy_from_slice(&(FIRST_STUB_ID + id).to_le_bytes());
-        code[10] = 0xe9;
-        code[11..15].copy_from_slice(&jmp.to_le_bytes());
-        cache.commit_bytes(&code);
+        // The translator's buffer is sized for a whole block: no allocation here.
+        let a = &mut self.translator.asm;
+        a.reset(host);
+        a.store_imm32(cache.ctx_addr() + off::EXIT_ID, FIRST_STUB_ID + id);
+        a.jmp_to(cache.runtime.exit);
+        a.finish();
+        debug_assert!(a.len() as u64 <= STUB_BYTES);
+        cache.commit(a);
         dir.push_stub(ret, 0, host, ExitKind::TransferReturn);
         dir.set_transfer_stub(id);
         host
