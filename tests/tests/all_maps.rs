@@ -531,6 +531,9 @@ fn run_all(dir: &Path, case: &Case, settings: &[Setting], index: usize) -> Vec<R
                 let cov = std::fs::read(format!("{}.drcov", prefix.display())).unwrap_or_default();
                 if !cov.starts_with(b"DRCOV VERSION: 2") {
                     failure = Some("  drcov wrote no coverage file".into());
+                } else if drcov_blocks_in(&cov, "/libc.so.6") == 0 {
+                    // Coverage, not only output: libc must have run under the Vm.
+                    failure = Some("  drcov lists no block of libc: it ran natively".into());
                 }
             }
             for ext in ["drcov", "calls", "mem"] {
@@ -546,6 +549,28 @@ fn run_all(dir: &Path, case: &Case, settings: &[Setting], index: usize) -> Vec<R
         }
     }
     rows
+}
+
+/// How many blocks of the drcov file `cov` (format 2: text module table, `BB Table: N bbs`,
+/// then 8-byte records `offset: u32, size: u16, module: u16`) lie in the module whose path
+/// ends with `suffix`.
+fn drcov_blocks_in(cov: &[u8], suffix: &str) -> usize {
+    let Some(table) = cov.windows(10).position(|w| w == b"BB Table: ") else {
+        return 0;
+    };
+    let text = String::from_utf8_lossy(&cov[..table]);
+    let ids: Vec<u16> = text
+        .lines()
+        .filter(|l| l.trim_end().ends_with(suffix))
+        .filter_map(|l| l.split(',').next()?.trim().parse().ok())
+        .collect();
+    let Some(records) = cov[table..].iter().position(|&b| b == b'\n') else {
+        return 0;
+    };
+    cov[table + records + 1..]
+        .chunks_exact(8)
+        .filter(|r| ids.contains(&u16::from_le_bytes([r[6], r[7]])))
+        .count()
 }
 
 /// The words of a filter variable (`None`: no filter).
