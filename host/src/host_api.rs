@@ -9,6 +9,7 @@
 use std::cell::RefCell;
 use std::ffi::c_void;
 use std::mem::ManuallyDrop;
+use std::sync::Arc;
 
 use qbdi_core::{
     AnalysisType, FprState, GprState, InstAnalysis, InstPosition, InstrRuleCallback, MemoryAccess,
@@ -253,6 +254,41 @@ impl Drop for PluginClosure {
     }
 }
 
+// SAFETY: the SDK only hands over closures that are `Send + Sync` (its registration
+// methods require it), so calling one from several threads, and freeing it from any, is
+// what the plugin allowed.
+unsafe impl Send for PluginClosure {}
+// SAFETY: as for Send.
+unsafe impl Sync for PluginClosure {}
+
+/// What a plugin's init did to the Vm, to do again on the Vm of every thread the program
+/// starts (see `threads`): callbacks and rules (same ids, same order), deletions, memory
+/// recording. Ranges are copied from the Vm as init left them.
+type Replay = Box<dyn Fn(&mut Vm) + Send + Sync>;
+static INIT_LOG: std::sync::Mutex<Vec<Replay>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps `op` for the threads' Vms when the call is an init's (its target is the Vm).
+fn record_for_threads(vm: *const RawVm, op: impl Fn(&mut Vm) + Send + Sync + 'static) {
+    // SAFETY: the plugin passes back its call's handle.
+    if let Target::Vm(_) = unsafe { ctx(vm) }.target {
+        INIT_LOG
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(Box::new(op));
+    }
+}
+
+/// Does on `vm` what the plugins' inits did on the session's Vm.
+pub(crate) fn replay_init(vm: &mut Vm) {
+    for op in INIT_LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .iter()
+    {
+        op(vm);
+    }
+}
+
 /// The engine's position for an ABI position value.
 pub(crate) fn position_of(raw: u32) -> InstPosition {
     if raw == position::POST_INST {
@@ -269,8 +305,9 @@ pub(crate) fn inst_closure(
     data: *mut c_void,
     call: RawClosureInstFn,
     drop: RawDropFn,
-) -> impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static {
-    let closure = PluginClosure { data, drop };
+) -> impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Clone + Send + Sync + 'static
+{
+    let closure = Arc::new(PluginClosure { data, drop });
     move |vm, gpr, fpr| {
         let mut c = CallCtx::new(ref_target(vm), plugin);
         let raw = c.raw();
@@ -296,25 +333,33 @@ extern "C" fn add_inst_cb(
     let access = MemoryAccessType::from_bits_truncate(spec.access as u8);
     // SAFETY: the pattern is the plugin's, valid for the call.
     let pattern = unsafe { spec.pattern.as_str() }.into_owned();
-    let result = with_target!(
-        vm,
-        |v| match spec.target {
-            target::ALL => v.add_code_cb(pos, cb, spec.priority),
-            target::ADDR => v.add_code_addr_cb(spec.start, pos, cb, spec.priority),
-            target::RANGE => v.add_code_range_cb(spec.start, spec.end, pos, cb, spec.priority),
-            target::MNEMONIC => v.add_mnemonic_cb(&pattern, pos, cb, spec.priority),
-            target::MEM_ACCESS => v.add_mem_access_cb(access, cb, spec.priority),
-            target::MEM_ADDR => v.add_mem_addr_cb(spec.start, access, cb),
-            target::MEM_RANGE => v.add_mem_range_cb(spec.start, spec.end, access, cb),
-            other => Err(qbdi_core::VmError::InvalidArgument(format!(
-                "unknown callback target {other} (plugin built with a newer SDK?)"
-            ))),
-        },
-        {
-            no_vm();
-            return INVALID_ID;
-        }
-    );
+    macro_rules! add {
+        ($v:ident, $cb:expr) => {
+            match spec.target {
+                target::ALL => $v.add_code_cb(pos, $cb, spec.priority),
+                target::ADDR => $v.add_code_addr_cb(spec.start, pos, $cb, spec.priority),
+                target::RANGE => {
+                    $v.add_code_range_cb(spec.start, spec.end, pos, $cb, spec.priority)
+                }
+                target::MNEMONIC => $v.add_mnemonic_cb(&pattern, pos, $cb, spec.priority),
+                target::MEM_ACCESS => $v.add_mem_access_cb(access, $cb, spec.priority),
+                target::MEM_ADDR => $v.add_mem_addr_cb(spec.start, access, $cb),
+                target::MEM_RANGE => $v.add_mem_range_cb(spec.start, spec.end, access, $cb),
+                other => Err(qbdi_core::VmError::InvalidArgument(format!(
+                    "unknown callback target {other} (plugin built with a newer SDK?)"
+                ))),
+            }
+        };
+    }
+    let result = with_target!(vm, |v| add!(v, cb.clone()), {
+        no_vm();
+        return INVALID_ID;
+    });
+    if result.is_ok() {
+        record_for_threads(vm, move |v: &mut Vm| {
+            let _ = add!(v, cb.clone());
+        });
+    }
     id_or_error(result)
 }
 
@@ -346,8 +391,12 @@ pub(crate) fn event_closure(
     data: *mut c_void,
     call: RawClosureEventFn,
     drop: RawDropFn,
-) -> impl FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + 'static {
-    let closure = PluginClosure { data, drop };
+) -> impl FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction
++ Clone
++ Send
++ Sync
++ 'static {
+    let closure = Arc::new(PluginClosure { data, drop });
     move |vm, state, gpr, fpr| {
         let mut c = CallCtx::new(ref_target(vm), plugin);
         let raw = c.raw();
@@ -367,14 +416,16 @@ extern "C" fn add_event_cb(
     // SAFETY: the plugin's name, valid for the call; its call's handle.
     let (name, plugin) = unsafe { (name.as_str().into_owned(), ctx(vm).plugin) };
     let cb = event_closure(plugin, name, data, call, drop);
-    let result = with_target!(
-        vm,
-        |v| v.add_vm_event_cb(VmEvent::from_bits_retain(events), cb),
-        {
-            no_vm();
-            return INVALID_ID;
-        }
-    );
+    let events = VmEvent::from_bits_retain(events);
+    let result = with_target!(vm, |v| v.add_vm_event_cb(events, cb.clone()), {
+        no_vm();
+        return INVALID_ID;
+    });
+    if result.is_ok() {
+        record_for_threads(vm, move |v: &mut Vm| {
+            let _ = v.add_vm_event_cb(events, cb.clone());
+        });
+    }
     id_or_error(result)
 }
 
@@ -426,25 +477,31 @@ extern "C" fn add_instr_rule(
 ) -> u32 {
     // SAFETY: the plugin's name, valid for the call; its call's handle.
     let (name, plugin) = unsafe { (name.as_str().into_owned(), ctx(vm).plugin) };
-    let closure = PluginClosure { data, drop };
+    let closure = Arc::new(PluginClosure { data, drop });
     let rule = move |vm: &mut VmRef<'_>, a: &InstAnalysis| {
         run_rule(vm, a, plugin, &name, |raw, an, sink| {
             call(closure.data(), raw, an, sink)
         })
     };
     let what = AnalysisType::from_bits_retain(analysis);
-    let result = with_target!(
-        vm,
-        |v| if start == 0 && end == u64::MAX {
-            v.add_instr_rule(rule, what)
-        } else {
-            v.add_instr_rule_range(start, end, rule, what)
-        },
-        {
-            no_vm();
-            return INVALID_ID;
-        }
-    );
+    macro_rules! add {
+        ($v:ident) => {
+            if start == 0 && end == u64::MAX {
+                $v.add_instr_rule(rule.clone(), what)
+            } else {
+                $v.add_instr_rule_range(start, end, rule.clone(), what)
+            }
+        };
+    }
+    let result = with_target!(vm, |v| add!(v), {
+        no_vm();
+        return INVALID_ID;
+    });
+    if result.is_ok() {
+        record_for_threads(vm, move |v: &mut Vm| {
+            let _ = add!(v);
+        });
+    }
     id_or_error(result)
 }
 
@@ -464,7 +521,13 @@ extern "C" fn rule_push(
 }
 
 extern "C" fn delete_instrumentation(vm: *const RawVm, id: u32) -> bool {
-    with_target!(vm, |v| v.delete_instrumentation(id).is_ok(), no_vm())
+    let deleted = with_target!(vm, |v| v.delete_instrumentation(id).is_ok(), no_vm());
+    if deleted {
+        record_for_threads(vm, move |v: &mut Vm| {
+            let _ = v.delete_instrumentation(id);
+        });
+    }
+    deleted
 }
 
 extern "C" fn ranges(vm: *const RawVm, op: u32, start: Rword, end: Rword, name: StrRef) -> bool {
@@ -504,6 +567,11 @@ extern "C" fn ranges(vm: *const RawVm, op: u32, start: Rword, end: Rword, name: 
 extern "C" fn record_memory_access(vm: *const RawVm, access: u32) -> bool {
     let access = MemoryAccessType::from_bits_truncate(access as u8);
     let result = with_target!(vm, |v| v.record_memory_access(access), return no_vm());
+    if result.is_ok() {
+        record_for_threads(vm, move |v: &mut Vm| {
+            let _ = v.record_memory_access(access);
+        });
+    }
     ok_or_error(result)
 }
 

@@ -17,6 +17,7 @@ pub mod log;
 pub mod plugin;
 pub mod preload;
 pub mod session;
+mod threads;
 mod unwind;
 
 /// The process's allocator, in `qbdi` and in `libqbdi_host.so`: the private heap, which never

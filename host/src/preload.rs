@@ -169,7 +169,6 @@ unsafe extern "C" fn qbdi_main(
     }
     let main = REAL_MAIN.load(Ordering::SeqCst);
     let vm: &'static mut Vm = Box::leak(Box::new(Vm::new()));
-    crate::unwind::set_vm(vm);
     let plugin_paths: Vec<String> = plugins
         .iter()
         .map(|(p, _)| p.path.to_string_lossy().into_owned())
@@ -186,6 +185,11 @@ unsafe extern "C" fn qbdi_main(
         fail_early(&e.to_string());
     }
     install_finalisers();
+    if CONFIG.get().is_some_and(|c| c.python_tools.is_empty()) {
+        // Python tools' callbacks are not replayed on other threads: with them, threads
+        // other than main run natively.
+        crate::threads::enable(vm);
+    }
 
     // The guest runs main on the real stack, just below this frame; the host's code runs on
     // a stack of its own from here on, so nothing of the host's ever lands on the guest's.
@@ -297,7 +301,14 @@ extern "C" fn main_job(job: *mut c_void) {
         .and_then(|c| Some((c, TOOL_RUNNER.get()?)));
     let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match runner {
         Some((config, runner)) => runner(job.vm, config, job.main, stub),
-        None => job.vm.run(job.main, stub).map_err(|e| e.to_string()),
+        None => match job.vm.run(job.main, stub) {
+            // The main thread ended with the exit system call (pthread_exit in main with
+            // libc instrumented): the other threads go on.
+            Err(qbdi_core::VmError::ThreadExit { status }) => {
+                qbdi_core::threads::exit_thread(status, None)
+            }
+            r => r.map_err(|e| e.to_string()),
+        },
     }));
     job.result = match run {
         Ok(Ok(())) => Ok(job.vm.gpr_state().rax as u32 as c_int),
@@ -362,7 +373,11 @@ fn run_on_private_stack(job: &mut MainJob) {
     // SAFETY: the first page of the mapping just made.
     unsafe { libc::mprotect(base, 4096, libc::PROT_NONE) };
     let top = (base as usize + HOST_STACK - 64) & !0xf;
-    crate::unwind::set_host_stack(base as u64, (base as usize + HOST_STACK) as u64);
+    crate::unwind::register_thread(
+        qbdi_core::threads::current_thread_id(),
+        job.vm,
+        Some((base as u64, (base as usize + HOST_STACK) as u64)),
+    );
     // SAFETY: switches rsp to the top of the private stack (16-byte aligned, so the callee
     // sees the ABI's alignment after `call`), calls main_job(job) there and switches back;
     // r12 (callee-saved) keeps the old rsp across the call.

@@ -159,6 +159,13 @@ pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Resul
             })
             .collect(),
     );
+    let _ = REGISTRATIONS.set(StaticRegistrations(
+        plugins
+            .iter()
+            .enumerate()
+            .flat_map(|(index, (p, _))| p.registrations.iter().map(move |r| (index, r.clone())))
+            .collect(),
+    ));
     for (index, (plugin, _)) in plugins.iter().enumerate() {
         for reg in &plugin.registrations {
             register(vm, index, reg).map_err(|e| PluginError::Registration {
@@ -195,6 +202,25 @@ pub fn attach(vm: &mut Vm, plugins: &[(Plugin, Vec<(String, String)>)]) -> Resul
             }
         }
     }
+    Ok(())
+}
+
+/// Every plugin's registrations, in attach order (what `register_again` repeats).
+struct StaticRegistrations(Vec<(usize, Registration)>);
+// SAFETY: the registrations' pointers are the plugins' trampolines (code, never unloaded:
+// RTLD_NODELETE), callable from any thread.
+unsafe impl Sync for StaticRegistrations {}
+// SAFETY: as for Sync.
+unsafe impl Send for StaticRegistrations {}
+static REGISTRATIONS: OnceLock<StaticRegistrations> = OnceLock::new();
+
+/// Registers on `vm` (a thread's) what `attach` registered on the session's Vm, in the
+/// same order (so callback ids are the same), then what the plugins' inits added.
+pub(crate) fn register_again(vm: &mut Vm) -> Result<(), VmError> {
+    for (index, reg) in REGISTRATIONS.get().map(|r| r.0.as_slice()).unwrap_or(&[]) {
+        register(vm, *index, reg)?;
+    }
+    crate::host_api::replay_init(vm);
     Ok(())
 }
 

@@ -10,23 +10,39 @@
 //! (uninstrumented); if it is `main`, `main` returns to a stub that exits with its value.
 
 use std::ffi::{c_int, c_void};
-use std::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use qbdi_core::Vm;
 
-static VM: AtomicPtr<Vm> = AtomicPtr::new(std::ptr::null_mut());
-static HOST_STACK_LO: AtomicU64 = AtomicU64::new(0);
-static HOST_STACK_HI: AtomicU64 = AtomicU64::new(0);
+/// The Vm of each thread running under one, and its host stack (never rewritten: the
+/// host's own frames), by thread id.
+struct Entry {
+    tid: u32,
+    vm: usize,
+    host_stack: Option<(u64, u64)>,
+}
+static THREADS: Mutex<Vec<Entry>> = Mutex::new(Vec::new());
 
-/// Records the Vm whose redirections to undo.
-pub(crate) fn set_vm(vm: &mut Vm) {
-    VM.store(vm, Ordering::SeqCst);
+fn threads() -> std::sync::MutexGuard<'static, Vec<Entry>> {
+    THREADS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// Records the host's private stack (never rewritten: the host's own frames).
-pub(crate) fn set_host_stack(lo: u64, hi: u64) {
-    HOST_STACK_LO.store(lo, Ordering::SeqCst);
-    HOST_STACK_HI.store(hi, Ordering::SeqCst);
+/// Records that thread `tid` runs under `vm` with its host code on `host_stack`.
+pub(crate) fn register_thread(tid: u32, vm: *const Vm, host_stack: Option<(u64, u64)>) {
+    let mut t = threads();
+    t.retain(|e| e.tid != tid);
+    t.push(Entry {
+        tid,
+        vm: vm as usize,
+        host_stack,
+    });
+}
+
+/// Thread `tid` no longer runs under a Vm.
+pub(crate) fn unregister_thread(tid: u32) {
+    threads().retain(|e| e.tid != tid);
 }
 
 /// The end of the mapping that contains `addr`.
@@ -39,23 +55,24 @@ fn mapping_end(addr: u64) -> Option<u64> {
 
 /// Undoes the broker's redirections on the current stack, from here to its top.
 fn restore_stack() {
-    let vm = VM.load(Ordering::SeqCst);
-    if vm.is_null() {
+    let tid = qbdi_core::threads::current_thread_id();
+    let Some((vm, host_stack)) = threads()
+        .iter()
+        .find(|e| e.tid == tid)
+        .map(|e| (e.vm, e.host_stack))
+    else {
         return;
-    }
+    };
     let here = 0u64;
     let sp = &here as *const u64 as u64;
-    let (lo, hi) = (
-        HOST_STACK_LO.load(Ordering::SeqCst),
-        HOST_STACK_HI.load(Ordering::SeqCst),
-    );
-    if (lo..hi).contains(&sp) {
+    if host_stack.is_some_and(|(lo, hi)| (lo..hi).contains(&sp)) {
         return;
     }
     if let Some(end) = mapping_end(sp) {
         // SAFETY: [sp, end) is the rest of this thread's stack mapping (readable and
-        // writable); this runs in native code the guest called, with the Vm suspended.
-        unsafe { Vm::restore_return_addresses(vm, sp, end) };
+        // writable); this runs in native code the guest called, with this thread's Vm
+        // suspended.
+        unsafe { Vm::restore_return_addresses(vm as *const Vm, sp, end) };
     }
 }
 

@@ -43,6 +43,13 @@ pub enum VmError {
     },
     /// A memory allocation request the engine cannot satisfy as asked.
     InvalidArgument(String),
+    /// The guest thread made the `exit` system call (only while threads are followed, see
+    /// [`crate::threads`]): the Vm's state is at that `syscall`, which has not run. The
+    /// embedder ends the thread ([`crate::threads::exit_thread`]).
+    ThreadExit {
+        /// The exit status the guest passed.
+        status: i32,
+    },
 }
 
 impl fmt::Display for VmError {
@@ -87,6 +94,10 @@ impl fmt::Display for VmError {
                 )
             }
             VmError::InvalidArgument(what) => write!(f, "invalid argument: {what}"),
+            VmError::ThreadExit { status } => write!(
+                f,
+                "the guest thread made the exit system call (status {status}); end the thread with threads::exit_thread"
+            ),
         }
     }
 }

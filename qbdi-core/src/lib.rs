@@ -30,6 +30,7 @@ mod options;
 mod range;
 mod state;
 mod symbols;
+pub mod threads;
 mod vm;
 mod vm_ref;
 

@@ -30,12 +30,14 @@ pub struct VmRef<'a> {
 }
 
 /// A boxed instruction callback of a plugin.
-type InstClosure = Box<dyn FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction>;
+type InstClosure =
+    Box<dyn Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync>;
 /// A boxed VM event callback of a plugin.
 type EventClosure =
-    Box<dyn FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction>;
+    Box<dyn Fn(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + Send + Sync>;
 /// A boxed instrumentation rule of a plugin.
-type RuleClosure = Box<dyn FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback>>;
+type RuleClosure =
+    Box<dyn Fn(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + Send + Sync>;
 
 /// A callback an instrumentation rule attaches to the instruction it was asked about.
 pub struct InstrRuleCallback {
@@ -48,7 +50,10 @@ impl InstrRuleCallback {
     /// A callback at `position` with `priority`.
     pub fn new(
         position: InstPosition,
-        callback: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        callback: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction
+        + Send
+        + Sync
+        + 'static,
         priority: i32,
     ) -> InstrRuleCallback {
         InstrRuleCallback {
@@ -227,7 +232,7 @@ impl<'a> VmRef<'a> {
     pub fn add_code_cb(
         &mut self,
         position: InstPosition,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
         priority: i32,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
@@ -244,7 +249,7 @@ impl<'a> VmRef<'a> {
         &mut self,
         addr: Rword,
         position: InstPosition,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
         priority: i32,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
@@ -262,7 +267,7 @@ impl<'a> VmRef<'a> {
         start: Rword,
         end: Rword,
         position: InstPosition,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
         priority: i32,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
@@ -280,7 +285,7 @@ impl<'a> VmRef<'a> {
         &mut self,
         pattern: &str,
         position: InstPosition,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
         priority: i32,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
@@ -296,7 +301,7 @@ impl<'a> VmRef<'a> {
     pub fn add_mem_access_cb(
         &mut self,
         access: MemoryAccessType,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
         priority: i32,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
@@ -313,7 +318,7 @@ impl<'a> VmRef<'a> {
         &mut self,
         addr: Rword,
         access: MemoryAccessType,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
         let spec = RawInstSpec {
@@ -331,7 +336,7 @@ impl<'a> VmRef<'a> {
         start: Rword,
         end: Rword,
         access: MemoryAccessType,
-        cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + Send + Sync + 'static,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
         let spec = RawInstSpec {
@@ -348,7 +353,10 @@ impl<'a> VmRef<'a> {
     pub fn add_vm_event_cb(
         &mut self,
         events: VmEvent,
-        cb: impl FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + 'static,
+        cb: impl Fn(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction
+        + Send
+        + Sync
+        + 'static,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
         let cb: EventClosure = Box::new(cb);
@@ -368,7 +376,7 @@ impl<'a> VmRef<'a> {
     #[track_caller]
     pub fn add_instr_rule(
         &mut self,
-        rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + 'static,
+        rule: impl Fn(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + Send + Sync + 'static,
         analysis: AnalysisType,
     ) -> Result<CallbackId, VmError> {
         self.add_instr_rule_range(0, u64::MAX, rule, analysis)
@@ -380,7 +388,7 @@ impl<'a> VmRef<'a> {
         &mut self,
         start: Rword,
         end: Rword,
-        rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + 'static,
+        rule: impl Fn(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback> + Send + Sync + 'static,
         analysis: AnalysisType,
     ) -> Result<CallbackId, VmError> {
         let name = caller();
@@ -517,7 +525,7 @@ extern "C" fn inst_call(
         // SAFETY: `data` is the InstClosure boxed in `add_inst` (or a rule's push), alive
         // until `inst_drop`; the host passes valid `vm`, `gpr`, `fpr` for this call and no
         // other reference to them exists while it runs.
-        let (cb, gpr, fpr) = unsafe { (&mut *(data as *mut InstClosure), &mut *gpr, &mut *fpr) };
+        let (cb, gpr, fpr) = unsafe { (&*(data as *const InstClosure), &mut *gpr, &mut *fpr) };
         // SAFETY: `vm` is this call's handle.
         let mut vm = unsafe { VmRef::from_raw(vm) };
         cb(&mut vm, gpr, fpr) as RawAction
@@ -540,7 +548,7 @@ extern "C" fn event_call(
         // SAFETY: as in inst_call, for an EventClosure; `state` is valid for the call.
         let (cb, state, gpr, fpr) = unsafe {
             (
-                &mut *(data as *mut EventClosure),
+                &*(data as *const EventClosure),
                 &*state,
                 &mut *gpr,
                 &mut *fpr,
@@ -565,7 +573,7 @@ extern "C" fn rule_call(
 ) -> RawAction {
     guard(vm, "", || {
         // SAFETY: as in inst_call, for a RuleClosure.
-        let rule = unsafe { &mut *(data as *mut RuleClosure) };
+        let rule = unsafe { &*(data as *const RuleClosure) };
         // SAFETY: the host's record is valid during the call.
         let analysis = unsafe { convert::inst_analysis(&*analysis) };
         // SAFETY: `vm` is this call's handle.

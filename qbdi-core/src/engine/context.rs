@@ -16,6 +16,9 @@ pub(crate) const EXIT_BROKER: u32 = 1;
 pub(crate) const EXIT_STOP: u32 = 2;
 /// A callback asked for `BreakToVm` or `Stop`, or panicked (details in the instrumentation).
 pub(crate) const EXIT_CALLBACK: u32 = 3;
+/// The guest made the `exit` system call (threads followed): the thread ends; the
+/// `syscall`'s address is in `ib_target`.
+pub(crate) const EXIT_THREAD: u32 = 4;
 
 /// How the callback routine saved the guest's FP state (`Context::fp_mode`).
 pub(crate) const FP_NONE: u8 = 0;

@@ -30,7 +30,9 @@
 //! host code (`exit`, the callback routine) saves the guest's and reloads the host's.
 //! Otherwise guest and host share the thread's, as they share the thread.
 
-use super::context::{EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, FP_FAST, FP_FULL, FP_NONE, off};
+use super::context::{
+    EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, EXIT_THREAD, FP_FAST, FP_FULL, FP_NONE, off,
+};
 use super::emitter::{Asm, Label, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::xstate::XSaveKind;
@@ -47,6 +49,8 @@ pub(crate) struct Runtime {
     /// 256 bytes, byte `i` = `i & 1`: lets translated `syscall`s test a flag bit without
     /// touching RFLAGS (see `translator::emit_syscall`).
     pub bit0_table: u64,
+    /// Leaves the cache reporting the guest's `exit` system call (`EXIT_THREAD`).
+    pub thread_exit: u64,
 }
 
 /// How the callback routine protects the guest's FP state.
@@ -124,6 +128,10 @@ pub(crate) fn emit_runtime(
     a.store_imm32(ctx + off::EXIT_ID, EXIT_STOP);
     a.jmp_to(exit);
 
+    let thread_exit = a.here();
+    a.store_imm32(ctx + off::EXIT_ID, EXIT_THREAD);
+    a.jmp_to(exit);
+
     let callback = a.here();
     emit_callback(a, ctx, cb_fp, fsgs, exit_tail);
     let bit0_table = a.here();
@@ -137,6 +145,7 @@ pub(crate) fn emit_runtime(
         stop_return,
         callback,
         bit0_table,
+        thread_exit,
     }
 }
 

@@ -6,7 +6,9 @@
 //! a callback says Stop.
 
 use super::callbacks::fire_events;
-use super::context::{EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STOP, FIRST_STUB_ID};
+use super::context::{
+    EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STOP, EXIT_THREAD, FIRST_STUB_ID,
+};
 use super::directory::ExitKind;
 use super::translator::disassemble_at;
 use super::{Engine, NO_STOP};
@@ -150,6 +152,10 @@ impl Engine {
                     {
                         pc = a;
                     }
+                    if let VmError::ThreadExit { .. } = e {
+                        // SAFETY: as above.
+                        pc = unsafe { (*ctx).ib_target };
+                    }
                     break Err(e);
                 }
             }
@@ -232,6 +238,10 @@ impl Engine {
             unsafe { ((*ctx).ib_target, (*ctx).gpr.rip, (*ctx).cb_stop) };
         match exit_id {
             EXIT_IB_MISS | EXIT_BROKER => Ok(After::Go(ib_target, None)),
+            EXIT_THREAD => Err(VmError::ThreadExit {
+                // SAFETY: as above.
+                status: unsafe { (*ctx).gpr.rdi } as i32,
+            }),
             EXIT_STOP => {
                 // SAFETY: as above.
                 unsafe { (*ctx).gpr.rip = stop };

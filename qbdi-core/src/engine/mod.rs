@@ -450,3 +450,12 @@ fn transfer_stub_target(dir: &Directory, host: u64) -> Option<u64> {
         .filter(|s| s.kind == directory::ExitKind::TransferReturn && s.stub == host)
         .map(|s| s.target)
 }
+
+/// The host stack pointer `enter` saved in the context at `ctx` (see `threads`).
+///
+/// # Safety
+/// `ctx` must be the context of a live code cache.
+pub(crate) unsafe fn host_rsp_of(ctx: usize) -> u64 {
+    // SAFETY: the caller's contract.
+    unsafe { (*(ctx as *const context::Context)).host_rsp }
+}

@@ -490,7 +490,7 @@ impl Translator {
             return Ok(true);
         }
         if code == Code::Syscall {
-            self.emit_syscall(next, env);
+            self.emit_syscall(ip, next, env);
             return Ok(false);
         }
         match instr.flow_control() {
@@ -603,12 +603,14 @@ impl Translator {
     /// gave it. Other children (fork) are copies of the whole process and stay
     /// instrumented. The checks use rcx and r11 only (the syscall clobbers both) and never
     /// touch RFLAGS (the kernel saves them into r11 at the syscall).
-    fn emit_syscall(&mut self, next: u64, env: &Env<'_>) {
+    fn emit_syscall(&mut self, ip: u64, next: u64, env: &Env<'_>) {
         const CLONE: i32 = 56;
         const VFORK: i32 = 58;
         const CLONE3: i32 = 435;
+        let follow = crate::threads::following();
         let a = &mut self.asm;
-        let (clone, clone3, vm_child, plain, done) = (
+        let (clone, clone3, vfork, plain, done, exit) = (
+            a.new_label(),
             a.new_label(),
             a.new_label(),
             a.new_label(),
@@ -620,39 +622,75 @@ impl Translator {
             a.bytes(&[0x8d, 0x88]); // lea ecx, [rax + disp32]
             a.bytes(&(-n).to_le_bytes());
         };
+        // `jrcxz` reaches 127 bytes: `jrcxz +2; jmp +5; jmp rel32 far`.
+        let jrcxz_far = |a: &mut Asm, l: Label| {
+            a.bytes(&[0xe3, 0x02, 0xeb, 0x05]);
+            a.jmp_label(l);
+        };
+        if follow {
+            lea_ecx_rax_minus(a, crate::threads::SYS_EXIT as i32);
+            jrcxz_far(a, exit);
+        }
         lea_ecx_rax_minus(a, CLONE);
-        a.jrcxz_label(clone);
+        jrcxz_far(a, clone);
         lea_ecx_rax_minus(a, CLONE3);
-        a.jrcxz_label(clone3);
+        jrcxz_far(a, clone3);
         lea_ecx_rax_minus(a, VFORK);
-        a.jrcxz_label(vm_child);
+        jrcxz_far(a, vfork);
         a.bind(plain);
         a.bytes(&[0x0f, 0x05]); // syscall
         a.mov_imm64(RCX, next);
         a.jmp_label(done);
         // clone: flags in rdi; clone3: flags in the first word of the struct at rdi.
         let bit0 = env.runtime.bit0_table;
+        let test_vm = |a: &mut Asm| {
+            a.bytes(&[0x0f, 0xb6, 0xcd]); // movzx ecx, ch: CLONE_VM (0x100) is its bit 0
+            a.lea_rip(R11, bit0);
+            a.bytes(&[0x41, 0x0f, 0xb6, 0x0c, 0x0b]); // movzx ecx, byte [r11 + rcx]
+            jrcxz_far(a, plain);
+        };
+        let child = |a: &mut Asm, kind: i8| {
+            a.bytes(&[0x0f, 0x05]); // syscall
+            a.bytes(&[0x48, 0x89, 0xc1]); // mov rcx, rax
+            let child = a.new_label();
+            a.jrcxz_label(child);
+            a.mov_imm64(RCX, next);
+            a.jmp_label(done);
+            a.bind(child);
+            a.mov_imm64(RCX, next);
+            if follow {
+                // To the thread-start handler (threads::qbdi_thread_child), below the red
+                // zone: [rsp] = next, [rsp+8] = kind, [rsp+16] = this cache's context.
+                a.bytes(&[0x48, 0x8d, 0x64, 0x24, 0x80]); // lea rsp, [rsp-128]
+                const _: () = assert!(crate::threads::CHILD_RED_ZONE == 128);
+                a.lea_rip(RCX, env.ctx);
+                a.bytes(&[0x51]); // push rcx
+                a.push_imm8(kind);
+                a.mov_imm64(RCX, next);
+                a.bytes(&[0x51]); // push rcx
+                a.jmp_abs(crate::threads::child_routine());
+            } else {
+                a.bytes(&[0xff, 0xe1]); // jmp rcx: the child runs natively
+            }
+        };
         a.bind(clone3);
         a.bytes(&[0x8b, 0x0f]); // mov ecx, [rdi]
-        let test_vm = a.new_label();
-        a.jmp_label(test_vm);
+        test_vm(a);
+        child(a, crate::threads::CHILD_CLONE3);
         a.bind(clone);
         a.bytes(&[0x89, 0xf9]); // mov ecx, edi
-        a.bind(test_vm);
-        a.bytes(&[0x0f, 0xb6, 0xcd]); // movzx ecx, ch: CLONE_VM (0x100) is its bit 0
-        a.lea_rip(R11, bit0);
-        a.bytes(&[0x41, 0x0f, 0xb6, 0x0c, 0x0b]); // movzx ecx, byte [r11 + rcx]
-        a.jrcxz_label(plain);
-        a.bind(vm_child);
-        a.bytes(&[0x0f, 0x05]); // syscall
-        a.bytes(&[0x48, 0x89, 0xc1]); // mov rcx, rax
-        let child = a.new_label();
-        a.jrcxz_label(child);
-        a.mov_imm64(RCX, next);
-        a.jmp_label(done);
-        a.bind(child);
-        a.mov_imm64(RCX, next);
-        a.bytes(&[0xff, 0xe1]); // jmp rcx: the child runs natively
+        test_vm(a);
+        child(a, crate::threads::CHILD_CLONE);
+        a.bind(vfork);
+        child(a, crate::threads::CHILD_VFORK);
+        a.bind(exit);
+        if follow {
+            // The thread ends: leave the cache with the syscall's address (the dispatcher
+            // returns ThreadExit; the embedder makes the system call).
+            a.mov_imm64(RCX, ip);
+            a.store(env.ctx + off::IB_TARGET, RCX);
+            a.jmp_to(env.runtime.thread_exit);
+        }
         a.bind(done);
     }
 
