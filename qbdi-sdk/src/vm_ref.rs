@@ -479,6 +479,16 @@ impl<'a> VmRef<'a> {
         self.ok(ok)
     }
 
+    /// The kernel's id of the thread this callback runs on (`gettid`; the process id for
+    /// the main thread). Callbacks run on every thread of the program, concurrently.
+    ///
+    /// A child made with a raw `clone` without `CLONE_SETTLS` shares its parent's
+    /// thread-local storage, where the id is cached: it reads its parent's id.
+    #[must_use]
+    pub fn thread_id(&self) -> u32 {
+        thread_id()
+    }
+
     /// The symbol containing `addr`, from the ELF symbol tables of the file mapped there
     /// (`None` if no file is mapped there).
     pub fn symbolize(&self, addr: Rword) -> Option<Symbol> {
@@ -613,4 +623,49 @@ pub(crate) fn with_vm<R>(vm: *const RawVm, f: impl FnOnce(&mut VmRef<'_>) -> R) 
     // SAFETY: `vm` is the handle of the call the trampoline is in.
     let mut r = unsafe { VmRef::from_raw(vm) };
     f(&mut r)
+}
+
+/// The calling thread's kernel id, cached per thread (no destructor: see the SDK's notes on
+/// thread-locals) and per process (a `fork` child's thread has an id of its own).
+fn thread_id() -> u32 {
+    use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+    static FORKS: AtomicU32 = AtomicU32::new(0);
+    static WATCH: std::sync::Once = std::sync::Once::new();
+    unsafe extern "C" {
+        fn pthread_atfork(
+            prepare: Option<extern "C" fn()>,
+            parent: Option<extern "C" fn()>,
+            child: Option<extern "C" fn()>,
+        ) -> i32;
+    }
+    extern "C" fn forked() {
+        FORKS.fetch_add(1, Relaxed);
+    }
+    thread_local! {
+        static TID: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    WATCH.call_once(|| {
+        // SAFETY: registers a plain extern "C" child handler.
+        unsafe { pthread_atfork(None, None, Some(forked)) };
+    });
+    let forks = FORKS.load(Relaxed);
+    TID.with(|t| {
+        let (tid, seen) = t.get();
+        if tid != 0 && seen == forks {
+            return tid;
+        }
+        let tid: u64;
+        // SAFETY: the gettid system call (186) has no arguments and no side effects.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                inlateout("rax") 186u64 => tid,
+                out("rcx") _,
+                out("r11") _,
+                options(nostack),
+            );
+        }
+        t.set((tid as u32, forks));
+        tid as u32
+    })
 }

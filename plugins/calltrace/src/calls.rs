@@ -67,6 +67,8 @@ struct Frame {
 pub struct CallTracer {
     frames: Vec<Frame>,
     labels: AddrMap<u64, String>,
+    /// What starts each line (`[tid N] ` for a thread other than the main one).
+    prefix: String,
 }
 
 /// How a call that did not return ended.
@@ -91,7 +93,21 @@ impl CallTracer {
         CallTracer {
             frames: Vec::new(),
             labels: AddrMap::with_hasher(std::hash::BuildHasherDefault::new()),
+            prefix: String::new(),
         }
+    }
+
+    /// A tracer whose lines start with `prefix` (a thread's, as `strace -f` marks them).
+    pub fn with_prefix(prefix: String) -> CallTracer {
+        CallTracer {
+            prefix,
+            ..CallTracer::new()
+        }
+    }
+
+    /// Changes what starts each line.
+    pub fn set_prefix(&mut self, prefix: String) {
+        self.prefix = prefix;
     }
 
     /// Whether `target` has a label.
@@ -120,7 +136,8 @@ impl CallTracer {
         }
     }
 
-    fn indent(w: &mut impl Write, depth: usize) -> io::Result<()> {
+    fn indent(&self, w: &mut impl Write, depth: usize) -> io::Result<()> {
+        w.write_all(self.prefix.as_bytes())?;
         for _ in 0..depth {
             w.write_all(b"  ")?;
         }
@@ -128,7 +145,7 @@ impl CallTracer {
     }
 
     fn head(&self, w: &mut impl Write, depth: usize, f: &Frame, label: &str) -> io::Result<()> {
-        Self::indent(w, depth)?;
+        self.indent(w, depth)?;
         let [a, b, c] = f.args;
         write!(w, "{label}({a:#x}, {b:#x}, {c:#x})")
     }
@@ -142,7 +159,7 @@ impl CallTracer {
         value: u64,
     ) -> io::Result<()> {
         if f.printed {
-            Self::indent(w, depth)?;
+            self.indent(w, depth)?;
             writeln!(w, "<... {label} resumed> = {value:#x}")
         } else {
             self.head(w, depth, f, label)?;
@@ -159,7 +176,7 @@ impl CallTracer {
     ) -> io::Result<()> {
         let label = self.label(f);
         if f.printed {
-            Self::indent(w, depth)?;
+            self.indent(w, depth)?;
             writeln!(w, "<... {label} {}>", why.text())
         } else {
             self.head(w, depth, f, &label)?;

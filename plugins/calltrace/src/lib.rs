@@ -12,7 +12,10 @@
 
 #![warn(missing_docs)]
 
+use std::hash::BuildHasherDefault;
 use std::sync::Mutex;
+
+use qbdi_plugin_support::hash::AddrMap;
 
 use qbdi_plugin_support::output::{Output, Stream};
 use qbdi_plugin_support::sync::{FINI_WAIT, lock, lock_for_fini};
@@ -36,8 +39,23 @@ qbdi_sdk::plugin!(
 
 /// The output.
 static TRACE: Stream = Stream::new(NAME);
-/// Calls in progress and target names. Locked before `LAZY`, which is before `TRACE`.
-static CALLS: Mutex<CallTracer> = Mutex::new(CallTracer::new());
+/// Calls in progress and target names, per thread. Locked before `LAZY`, which is before
+/// `TRACE`.
+static CALLS: Mutex<AddrMap<u32, CallTracer>> =
+    Mutex::new(AddrMap::with_hasher(BuildHasherDefault::new()));
+
+/// The tracer of the thread `vm` runs on; lines of threads other than the process's main
+/// one start with `[tid N] ` (as `strace -f` marks them).
+fn tracer<'a>(calls: &'a mut AddrMap<u32, CallTracer>, vm: &VmRef) -> &'a mut CallTracer {
+    let tid = vm.thread_id();
+    calls.entry(tid).or_insert_with(|| {
+        if tid == std::process::id() {
+            CallTracer::new()
+        } else {
+            CallTracer::with_prefix(format!("[tid {tid}] "))
+        }
+    })
+}
 /// Naming of lazily bound calls.
 static LAZY: Mutex<LazyResolver> = Mutex::new(LazyResolver::new());
 
@@ -46,7 +64,20 @@ fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     TRACE.open(&Output::from_options(NAME, options)?)?;
     // A fork child traces into a file of its own (the calls in progress, fork's included,
     // are the child's too).
-    qbdi_plugin_support::fork::on_fork_child(|| TRACE.reopen_in_fork_child());
+    qbdi_plugin_support::fork::on_fork_child(|| {
+        TRACE.reopen_in_fork_child();
+        // The child's only thread is the one that forked: if that was the parent's main
+        // thread, its calls in progress go on as the child's main thread's.
+        if let Ok(mut all) = CALLS.try_lock() {
+            let parent = std::os::unix::process::parent_id();
+            let forked = all.remove(&parent);
+            all.clear();
+            if let Some(mut t) = forked {
+                t.set_prefix(String::new());
+                all.insert(std::process::id(), t);
+            }
+        }
+    });
     Ok(())
 }
 
@@ -71,7 +102,8 @@ fn name_target(vm: &VmRef, target: u64, slot_name: impl FnOnce() -> Option<Strin
 #[vm_event(EXEC_TRANSFER_CALL)]
 fn on_call(vm: &mut VmRef, _state: &VmState, gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
     let (target, rsp) = (gpr.rip, gpr.rsp);
-    let mut calls = lock(&CALLS);
+    let mut all = lock(&CALLS);
+    let calls = tracer(&mut all, vm);
     let mut lazy = lock(&LAZY);
     if !calls.knows(target) {
         let label = name_target(vm, target, || lazy.slot_name(target, rsp));
@@ -90,7 +122,8 @@ fn on_return(
     gpr: &mut GprState,
     _fpr: &mut FprState,
 ) -> VmAction {
-    let mut calls = lock(&CALLS);
+    let mut all = lock(&CALLS);
+    let calls = tracer(&mut all, vm);
     let resolve = |l: &calls::Lazy| {
         let bound = lock(&LAZY).resolved(l)?;
         Some(name_target(vm, bound, || Some(l.name.clone())))
@@ -103,7 +136,14 @@ fn on_return(
 fn fini() {
     let calls = lock_for_fini(&CALLS, FINI_WAIT);
     TRACE.finish(|w| match calls {
-        Some(mut c) => c.finish(w),
+        Some(mut all) => {
+            let mut tids: Vec<u32> = all.keys().copied().collect();
+            tids.sort_unstable();
+            for tid in tids {
+                all.get_mut(&tid).expect("listed").finish(w)?;
+            }
+            Ok(())
+        }
         None => {
             use std::io::Write;
             writeln!(
