@@ -309,6 +309,9 @@ pub(crate) fn inst_closure(
 {
     let closure = Arc::new(PluginClosure { data, drop });
     move |vm, gpr, fpr| {
+        let Some(_in) = session::enter_callback() else {
+            return VmAction::Continue;
+        };
         let mut c = CallCtx::new(ref_target(vm), plugin);
         let raw = c.raw();
         let action = call(closure.data(), &raw, gpr, fpr);
@@ -398,6 +401,9 @@ pub(crate) fn event_closure(
 + 'static {
     let closure = Arc::new(PluginClosure { data, drop });
     move |vm, state, gpr, fpr| {
+        let Some(_in) = session::enter_callback() else {
+            return VmAction::Continue;
+        };
         let mut c = CallCtx::new(ref_target(vm), plugin);
         let raw = c.raw();
         let action = call(closure.data(), &raw, state, gpr, fpr);
@@ -449,6 +455,9 @@ pub(crate) fn run_rule(
         plugin,
         name: name.to_owned(),
         out: Vec::new(),
+    };
+    let Some(_in) = session::enter_callback() else {
+        return Vec::new();
     };
     let raw_analysis = raw_analysis(analysis);
     let mut c = CallCtx::new(ref_target(vm), plugin);

@@ -2,7 +2,7 @@
 //! once, however the run ends), and what happens when plugin code panics.
 
 use std::ffi::c_void;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use qbdi_core::{
@@ -232,6 +232,9 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
             // SAFETY: INST and MEM_ACCESS registrations carry the SDK's RawInstFn.
             let f = unsafe { std::mem::transmute::<*const c_void, RawInstFn>(reg.callback) };
             let cb = move |v: &mut VmRef<'_>, gpr: &mut _, fpr: &mut _| {
+                let Some(_in) = enter_callback() else {
+                    return VmAction::Continue;
+                };
                 let mut c = CallCtx::new(ref_target(v), plugin);
                 let raw = c.raw();
                 action(f(&raw, gpr, fpr), plugin, &name)
@@ -265,6 +268,9 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
             vm.add_vm_event_cb(
                 VmEvent::from_bits_retain(reg.flags),
                 move |v, state, gpr, fpr| {
+                    let Some(_in) = enter_callback() else {
+                        return VmAction::Continue;
+                    };
                     let mut c = CallCtx::new(ref_target(v), plugin);
                     let raw = c.raw();
                     action(f(&raw, state, gpr, fpr), plugin, &name)
@@ -300,6 +306,56 @@ fn iced_code_name(address: u64, size: u32) -> Option<String> {
     (!inst.is_invalid()).then(|| format!("{:?}", inst.code()))
 }
 
+/// Set when finalisation starts: callbacks that start after it are skipped (the program's
+/// other threads go on running, without callbacks, until the process ends).
+static STOPPING: AtomicBool = AtomicBool::new(false);
+/// One counter per thread that ever ran a callback: callbacks in progress on it.
+static IN_CALLBACK: Mutex<Vec<&'static AtomicU32>> = Mutex::new(Vec::new());
+
+thread_local! {
+    /// This thread's counter in IN_CALLBACK (a `&'static`: no destructor to register).
+    static MY_COUNT: &'static AtomicU32 = {
+        let c: &'static AtomicU32 = Box::leak(Box::new(AtomicU32::new(0)));
+        lock(&IN_CALLBACK).push(c);
+        c
+    };
+}
+
+/// A plugin callback in progress on this thread (see [`enter_callback`]).
+pub(crate) struct InCallback(&'static AtomicU32);
+
+impl Drop for InCallback {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Marks a plugin callback in progress on this thread, or `None` once finalisation has
+/// started: the caller then skips the plugin (and the guest goes on).
+pub(crate) fn enter_callback() -> Option<InCallback> {
+    let count = MY_COUNT.with(|c| *c);
+    count.fetch_add(1, Ordering::SeqCst);
+    let guard = InCallback(count);
+    (!STOPPING.load(Ordering::SeqCst)).then_some(guard)
+}
+
+/// Stops new callbacks and waits (a bounded time) for those in progress on other threads.
+fn stop_callbacks() {
+    STOPPING.store(true, Ordering::SeqCst);
+    // A callback of this thread may be what is finalising (a plugin calling exit).
+    let mine = MY_COUNT.with(|c| std::ptr::from_ref(*c));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let busy = lock(&IN_CALLBACK)
+            .iter()
+            .any(|c| !std::ptr::eq(*c, mine) && c.load(Ordering::SeqCst) != 0);
+        if !busy || std::time::Instant::now() > deadline {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
 /// What runs after the plugins' fini: the Python tools' (their `atexit` handlers), set by
 /// the pyqbdi preload.
 static EXTRA_FINI: OnceLock<fn()> = OnceLock::new();
@@ -320,6 +376,7 @@ pub fn fini_all() {
     if FINI_DONE.swap(true, Ordering::SeqCst) {
         return;
     }
+    stop_callbacks();
     for (index, entry) in ATTACHED.get().into_iter().flatten().enumerate() {
         for (name, fini) in &entry.fini {
             let mut c = CallCtx::new(Target::None, index);

@@ -12,6 +12,8 @@
 
 #![warn(missing_docs)]
 
+use std::io::Write;
+
 use qbdi_plugin_support::budget::{Budget, Take};
 use qbdi_plugin_support::output::{Output, Stream};
 use qbdi_sdk::parse_address_range;
@@ -79,12 +81,18 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
 /// Writes the current instruction's accesses that `keep` accepts.
 fn record(vm: &mut VmRef, keep: impl Fn(&MemoryAccess) -> bool) -> VmAction {
     let mut last = false;
+    // Lines of threads other than the main one start with `[tid N] ` (as strace -f).
+    let tid = vm.thread_id();
+    let mark = (tid != std::process::id()).then_some(tid);
     TRACE.with(|w| {
         for a in vm.inst_memory_access().iter().filter(|a| keep(a)) {
             match BUDGET.take() {
                 Take::Over => break,
                 Take::Last => last = true,
                 Take::Record => {}
+            }
+            if let Some(tid) = mark {
+                write!(w, "[tid {tid}] ")?;
             }
             line::write_access(w, a)?;
         }

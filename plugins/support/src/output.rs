@@ -99,6 +99,21 @@ impl Output {
         }
     }
 
+    /// The file of thread `tid`'s own trace, next to this output's: `PATH.tid<N>` (or
+    /// `<plugin>.<pid>.tid<N>.log` for the default name); `None` for stderr.
+    pub fn thread_path(&self, tid: u32) -> Option<PathBuf> {
+        match self {
+            Output::Default { plugin, dir } => {
+                Some(dir.join(format!("{plugin}.{}.tid{tid}.log", std::process::id())))
+            }
+            _ => self.path().map(|p| {
+                let mut name = p.into_os_string();
+                name.push(format!(".tid{tid}"));
+                PathBuf::from(name)
+            }),
+        }
+    }
+
     /// Where the output goes, for messages.
     pub fn describe(&self) -> String {
         match self.path() {

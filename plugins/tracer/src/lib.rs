@@ -15,7 +15,14 @@
 
 #![warn(missing_docs)]
 
+use std::hash::BuildHasherDefault;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
+
+use qbdi_plugin_support::hash::AddrMap;
+use qbdi_plugin_support::output::warn;
+use qbdi_plugin_support::sync::{FINI_WAIT, lock, lock_for_fini};
 
 use qbdi_plugin_support::budget::{Budget, Take};
 use qbdi_plugin_support::maps;
@@ -46,6 +53,32 @@ static TRACE: Stream = Stream::new(NAME);
 static BUDGET: Budget = Budget::new();
 /// The `regs` option.
 static REGS: AtomicBool = AtomicBool::new(false);
+/// Where the main thread's trace goes.
+static OUTPUT: OnceLock<Output> = OnceLock::new();
+/// The traces of the other threads, one file each (`PATH.tid<N>`), by thread id.
+static THREAD_TRACES: Mutex<AddrMap<u32, &'static Stream>> =
+    Mutex::new(AddrMap::with_hasher(BuildHasherDefault::new()));
+
+/// The trace the thread `vm` runs on writes to, and the thread id to mark its lines with
+/// (stderr is shared: `[tid N] ` marks the lines of threads other than the main one).
+fn trace_of(vm: &VmRef) -> (&'static Stream, Option<u32>) {
+    let tid = vm.thread_id();
+    if tid == std::process::id() {
+        return (&TRACE, None);
+    }
+    let Some(path) = OUTPUT.get().and_then(|o| o.thread_path(tid)) else {
+        return (&TRACE, Some(tid));
+    };
+    let mut traces = lock(&THREAD_TRACES);
+    let stream = traces.entry(tid).or_insert_with(|| {
+        let stream: &'static Stream = Box::leak(Box::new(Stream::new(NAME)));
+        if let Err(e) = stream.open(&Output::File(path)) {
+            warn(NAME, &format!("thread {tid}: {e}"));
+        }
+        stream
+    });
+    (stream, None)
+}
 
 #[plugin_init]
 fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
@@ -56,7 +89,15 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let mappings = maps::read_self_maps().map_err(|e| format!("/proc/self/maps: {e}"))?;
     let ranges = filter::code_ranges(options, &mappings)?;
     TRACE.open(&output)?;
-    qbdi_plugin_support::fork::on_fork_child(|| TRACE.reopen_in_fork_child());
+    let _ = OUTPUT.set(output);
+    qbdi_plugin_support::fork::on_fork_child(|| {
+        TRACE.reopen_in_fork_child();
+        // The parent's other threads do not exist in the child; their buffered lines stay
+        // unwritten here (the parent writes them).
+        if let Ok(mut traces) = THREAD_TRACES.try_lock() {
+            traces.clear();
+        }
+    });
     if max == Some(0) {
         return Ok(());
     }
@@ -86,8 +127,14 @@ fn on_inst(vm: &mut VmRef, gpr: &mut GprState, _fpr: &mut FprState) -> VmAction 
         return VmAction::Continue;
     }
     let regs = REGS.load(Relaxed).then_some(&*gpr);
+    let (trace, mark) = trace_of(vm);
     let analysis = vm.inst_analysis(AnalysisType::DISASSEMBLY);
-    TRACE.with(|w| line::write_line(w, analysis.address, &analysis.disassembly, regs));
+    trace.with(|w| {
+        if let Some(tid) = mark {
+            write!(w, "[tid {tid}] ")?;
+        }
+        line::write_line(w, analysis.address, &analysis.disassembly, regs)
+    });
     if take == Take::Last {
         BUDGET.stop(vm);
     }
@@ -96,9 +143,13 @@ fn on_inst(vm: &mut VmRef, gpr: &mut GprState, _fpr: &mut FprState) -> VmAction 
 
 #[plugin_fini]
 fn fini() {
+    if let Some(traces) = lock_for_fini(&THREAD_TRACES, FINI_WAIT) {
+        for stream in traces.values() {
+            stream.finish(|_| Ok(()));
+        }
+    }
     TRACE.finish(|w| match BUDGET.limit() {
         Some(max) if BUDGET.used() >= max => {
-            use std::io::Write;
             writeln!(w, "# stopped after {max} instructions (max={max})")
         }
         _ => Ok(()),
