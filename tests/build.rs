@@ -2,8 +2,10 @@
 //! file goes into one static library, `libguest.a`, linked into each test and bench; and
 //! `programs/cxx_exceptions.cpp` into a program of its own for the `qbdi run` tests
 //! (its path in `QBDI_TEST_CXX_EXCEPTIONS`), `programs/forker.c`, `programs/call_plugin.c`,
-//! `programs/setjmp_longjmp.c` and `programs/spawner.c` likewise (`QBDI_TEST_FORKER`,
-//! `QBDI_TEST_CALL_PLUGIN`, `QBDI_TEST_SETJMP_LONGJMP`, `QBDI_TEST_SPAWNER`).
+//! `programs/setjmp_longjmp.c`, `programs/spawner.c`, `programs/threads8.c` and
+//! `programs/raw_threads.c` likewise (`QBDI_TEST_FORKER`, `QBDI_TEST_CALL_PLUGIN`,
+//! `QBDI_TEST_SETJMP_LONGJMP`, `QBDI_TEST_SPAWNER`, `QBDI_TEST_THREADS8`,
+//! `QBDI_TEST_RAW_THREADS`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -50,6 +52,8 @@ fn main() {
     build_c_program(&out, "call_plugin", "QBDI_TEST_CALL_PLUGIN");
     build_c_program(&out, "setjmp_longjmp", "QBDI_TEST_SETJMP_LONGJMP");
     build_c_program(&out, "spawner", "QBDI_TEST_SPAWNER");
+    build_c_program(&out, "threads8", "QBDI_TEST_THREADS8");
+    build_c_program(&out, "raw_threads", "QBDI_TEST_RAW_THREADS");
 }
 
 /// Compiles `programs/<name>.c` with the system's gcc; its path in the environment
