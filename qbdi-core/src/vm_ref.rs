@@ -356,6 +356,13 @@ impl VmRef<'_> {
 
     instrumentation_methods!();
 
+    /// The kernel's id of the thread the callback runs on (`gettid`). Under the `qbdi`
+    /// host every thread of the program runs on a Vm of its own (see [`crate::threads`]).
+    #[must_use]
+    pub fn thread_id(&self) -> u32 {
+        crate::threads::current_thread_id()
+    }
+
     /// The address of the instruction the callback runs for (`None` in VM event callbacks
     /// that are not attached to one instruction).
     pub fn current_address(&self) -> Option<Rword> {

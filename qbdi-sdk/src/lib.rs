@@ -24,8 +24,12 @@
 //! }
 //! ```
 //!
-//! Plugin state lives in `Sync` statics (atomics, `Mutex`, `OnceLock`): no `static mut`,
-//! no `unsafe`. The host (`qbdi run -p PLUGIN`) loads several plugins into one Vm; each
+//! Callbacks run on every thread of the program, concurrently (each thread runs under a Vm
+//! of its own, with the same registrations): plugin state lives in `Sync` statics
+//! (atomics, `Mutex`, `OnceLock`; per-thread state in a map keyed by
+//! [`VmRef::thread_id`](vm_ref::VmRef::thread_id)), no `static mut`, no `unsafe`; closures
+//! registered at run time are `Fn + Send + Sync`. Fini runs once per process, after the
+//! callbacks in progress on other threads have returned (later ones are skipped). The host (`qbdi run -p PLUGIN`) loads several plugins into one Vm; each
 //! plugin has its own registry ([`inventory`](https://docs.rs/inventory), collected per
 //! cdylib) and talks to the host only through the `#[repr(C)]` ABI of [`abi`]. A panic in a
 //! plugin's code is caught in the plugin and reported: the host stops the run, names the

@@ -489,6 +489,13 @@ impl<'a> VmRef<'a> {
         thread_id()
     }
 
+    /// Whether this callback runs on the process's main thread (the one whose id is the
+    /// process id), for plugins that mark only other threads' output.
+    #[must_use]
+    pub fn is_main_thread(&self) -> bool {
+        thread_id() == process_id()
+    }
+
     /// The symbol containing `addr`, from the ELF symbol tables of the file mapped there
     /// (`None` if no file is mapped there).
     pub fn symbolize(&self, addr: Rword) -> Option<Symbol> {
@@ -625,9 +632,9 @@ pub(crate) fn with_vm<R>(vm: *const RawVm, f: impl FnOnce(&mut VmRef<'_>) -> R) 
     f(&mut r)
 }
 
-/// The calling thread's kernel id, cached per thread (no destructor: see the SDK's notes on
-/// thread-locals) and per process (a `fork` child's thread has an id of its own).
-fn thread_id() -> u32 {
+/// Forks seen in this process (a `fork` child's ids are its own): counted from a
+/// `pthread_atfork` child handler registered at the first use.
+fn fork_generation() -> u32 {
     use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
     static FORKS: AtomicU32 = AtomicU32::new(0);
     static WATCH: std::sync::Once = std::sync::Once::new();
@@ -641,31 +648,57 @@ fn thread_id() -> u32 {
     extern "C" fn forked() {
         FORKS.fetch_add(1, Relaxed);
     }
-    thread_local! {
-        static TID: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
-    }
     WATCH.call_once(|| {
         // SAFETY: registers a plain extern "C" child handler.
         unsafe { pthread_atfork(None, None, Some(forked)) };
     });
-    let forks = FORKS.load(Relaxed);
+    FORKS.load(Relaxed)
+}
+
+/// A system call without arguments that cannot fail (`gettid`, `getpid`).
+fn id_syscall(number: u64) -> u32 {
+    let id: u64;
+    // SAFETY: gettid (186) and getpid (39) take no arguments and have no side effects.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") number => id,
+            out("rcx") _,
+            out("r11") _,
+            options(nostack),
+        );
+    }
+    id as u32
+}
+
+/// The calling thread's kernel id, cached per thread (no destructor: see the SDK's notes on
+/// thread-locals) and per process.
+fn thread_id() -> u32 {
+    thread_local! {
+        static TID: std::cell::Cell<(u32, u32)> = const { std::cell::Cell::new((0, 0)) };
+    }
+    let forks = fork_generation();
     TID.with(|t| {
         let (tid, seen) = t.get();
         if tid != 0 && seen == forks {
             return tid;
         }
-        let tid: u64;
-        // SAFETY: the gettid system call (186) has no arguments and no side effects.
-        unsafe {
-            std::arch::asm!(
-                "syscall",
-                inlateout("rax") 186u64 => tid,
-                out("rcx") _,
-                out("r11") _,
-                options(nostack),
-            );
-        }
-        t.set((tid as u32, forks));
-        tid as u32
+        let tid = id_syscall(186);
+        t.set((tid, forks));
+        tid
     })
+}
+
+/// The process id, cached per process.
+fn process_id() -> u32 {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static PID: AtomicU64 = AtomicU64::new(0);
+    let forks = fork_generation();
+    let cached = PID.load(Relaxed);
+    if cached != 0 && (cached >> 32) as u32 == forks {
+        return cached as u32;
+    }
+    let pid = id_syscall(39);
+    PID.store(u64::from(forks) << 32 | u64::from(pid), Relaxed);
+    pid
 }

@@ -1,10 +1,10 @@
 //! `qbdi run` on real programs against the same programs run natively, in the same run:
 //! gzip -9 of 3 MB with no plugin and with drcov (issue 4's targets: <= 3x and <= 3.5x),
 //! and a few more programs; and with `--all-maps` (libc, the loader and every library
-//! instrumented too, no plugin). Each time is the minimum of several runs; the
+//! instrumented too, no plugin). `pigz -p 2` (two compressing threads, each under a Vm of
+//! its own) when pigz is installed. Each time is the minimum of several runs; the
 //! `--all-maps` column gives the median too (its runs translate far more code, and vary
-//! more). A run that fails leaves its `--all-maps` cells empty (NaN): on a CPU where glibc
-//! picks its AVX-512 routines they fail today (tests/tests/all_maps.rs); with
+//! more). A run that fails leaves its `--all-maps` cells empty (NaN). With
 //! `GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ` every column,
 //! native included, runs the avx2 routines.
 //!
@@ -74,7 +74,7 @@ fn main() {
     let python = python();
     let cov = dir.join("cov.log").display().to_string();
     let drcov = format!("drcov:out={cov}");
-    let cases: Vec<(&str, Vec<String>, &Path)> = vec![
+    let mut cases: Vec<(&str, Vec<String>, &Path)> = vec![
         ("gzip -9", s(&["gzip", "-9", "-c"]), &input),
         (
             "sha256sum",
@@ -92,6 +92,11 @@ fn main() {
             &empty,
         ),
     ];
+    if Path::new("/usr/bin/pigz").exists() {
+        cases.push(("pigz -p 2", s(&["pigz", "-p", "2", "-c"]), &input));
+    } else {
+        eprintln!("pigz is not installed: no pigz row (apt-get install pigz)");
+    }
     println!(
         "{:<10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>8} {:>12}",
         "program",
@@ -120,7 +125,7 @@ fn main() {
         with_drcov.extend(cmd.iter().cloned());
         let covered = best(&dir, &with_drcov, stdin, reps);
         let (all_maps, all_maps_median) =
-            if name == "gzip -9" || name == "sort" || name == "sha256sum" || name == "python3" {
+            if ["gzip -9", "sort", "sha256sum", "python3", "pigz -p 2"].contains(&name) {
                 let mut all = vec![qbdi.clone(), "run".into(), "--all-maps".into(), "--".into()];
                 all.extend(cmd.iter().cloned());
                 // A failing run (see tests/tests/all_maps.rs) leaves the column empty.

@@ -47,9 +47,9 @@ static CALLS: Mutex<AddrMap<u32, CallTracer>> =
 /// The tracer of the thread `vm` runs on; lines of threads other than the process's main
 /// one start with `[tid N] ` (as `strace -f` marks them).
 fn tracer<'a>(calls: &'a mut AddrMap<u32, CallTracer>, vm: &VmRef) -> &'a mut CallTracer {
-    let tid = vm.thread_id();
+    let (tid, main) = (vm.thread_id(), vm.is_main_thread());
     calls.entry(tid).or_insert_with(|| {
-        if tid == std::process::id() {
+        if main {
             CallTracer::new()
         } else {
             CallTracer::with_prefix(format!("[tid {tid}] "))

@@ -80,10 +80,14 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
 
 /// Writes the current instruction's accesses that `keep` accepts.
 fn record(vm: &mut VmRef, keep: impl Fn(&MemoryAccess) -> bool) -> VmAction {
+    if BUDGET.exhausted() {
+        // Spent on another thread: this thread's callbacks go too.
+        BUDGET.stop(vm);
+        return VmAction::Continue;
+    }
     let mut last = false;
     // Lines of threads other than the main one start with `[tid N] ` (as strace -f).
-    let tid = vm.thread_id();
-    let mark = (tid != std::process::id()).then_some(tid);
+    let mark = (!vm.is_main_thread()).then(|| vm.thread_id());
     TRACE.with(|w| {
         for a in vm.inst_memory_access().iter().filter(|a| keep(a)) {
             match BUDGET.take() {

@@ -71,10 +71,17 @@ impl Budget {
         lock(&self.callbacks).push(id);
     }
 
-    /// Removes the remembered callbacks (from a callback: effective when the current block
-    /// ends; events until then get [`Take::Over`]).
+    /// Whether every allowed record was taken.
+    pub fn exhausted(&self) -> bool {
+        self.used.load(Relaxed) >= self.limit.load(Relaxed)
+    }
+
+    /// Deletes the registered callbacks from `vm`: the Vm of the thread the calling
+    /// callback runs on (each thread has its own; each one that sees the budget spent
+    /// deletes them from its own, so no thread keeps paying for callbacks that record
+    /// nothing).
     pub fn stop(&self, vm: &mut VmRef) {
-        let ids = std::mem::take(&mut *lock(&self.callbacks));
+        let ids = lock(&self.callbacks).clone();
         for id in ids {
             let _ = vm.delete_instrumentation(id);
         }

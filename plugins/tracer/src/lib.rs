@@ -62,10 +62,10 @@ static THREAD_TRACES: Mutex<AddrMap<u32, &'static Stream>> =
 /// The trace the thread `vm` runs on writes to, and the thread id to mark its lines with
 /// (stderr is shared: `[tid N] ` marks the lines of threads other than the main one).
 fn trace_of(vm: &VmRef) -> (&'static Stream, Option<u32>) {
-    let tid = vm.thread_id();
-    if tid == std::process::id() {
+    if vm.is_main_thread() {
         return (&TRACE, None);
     }
+    let tid = vm.thread_id();
     let Some(path) = OUTPUT.get().and_then(|o| o.thread_path(tid)) else {
         return (&TRACE, Some(tid));
     };
@@ -124,6 +124,8 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
 fn on_inst(vm: &mut VmRef, gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
     let take = BUDGET.take();
     if take == Take::Over {
+        // Spent (on another thread): this thread's callbacks go too.
+        BUDGET.stop(vm);
         return VmAction::Continue;
     }
     let regs = REGS.load(Relaxed).then_some(&*gpr);
