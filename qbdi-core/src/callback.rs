@@ -1,8 +1,7 @@
 //! The types of instrumentation callbacks: what they return, where they run, and what VM
 //! events report (QBDI's `VMAction`, `InstPosition`, `VMEvent`, `VMState`).
 
-use crate::state::{FprState, GprState, Rword};
-use crate::vm_ref::VmRef;
+use crate::state::Rword;
 
 /// What a callback asks the engine to do next. When several callbacks run at one point,
 /// the largest action wins (the order of the variants).
@@ -86,40 +85,3 @@ pub const PRIORITY_DEFAULT: i32 = 0;
 /// Callbacks that read memory accesses must have a priority at most this (memory recording
 /// runs above it).
 pub const PRIORITY_MEMACCESS_LIMIT: i32 = 0x0100_0000;
-
-/// An instruction callback, boxed.
-pub type InstCallback = Box<dyn FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction>;
-/// A VM event callback, boxed.
-pub type VmCallback =
-    Box<dyn FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction>;
-
-/// A callback an instrumentation rule attaches to the instruction it was asked about.
-pub struct InstrRuleCallback {
-    pub(crate) position: InstPosition,
-    pub(crate) callback: InstCallback,
-    pub(crate) priority: i32,
-}
-
-impl InstrRuleCallback {
-    /// A callback at `position` with `priority`.
-    pub fn new(
-        position: InstPosition,
-        callback: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
-        priority: i32,
-    ) -> InstrRuleCallback {
-        InstrRuleCallback {
-            position,
-            callback: Box::new(callback),
-            priority,
-        }
-    }
-}
-
-impl std::fmt::Debug for InstrRuleCallback {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstrRuleCallback")
-            .field("position", &self.position)
-            .field("priority", &self.priority)
-            .finish_non_exhaustive()
-    }
-}

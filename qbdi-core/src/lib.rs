@@ -28,21 +28,23 @@ mod memory;
 mod memory_access;
 mod options;
 mod range;
+mod regs;
 mod state;
 mod symbols;
 pub mod threads;
 mod vm;
-mod vm_ref;
 
 pub use analysis::{
     AnalysisType, ConditionType, InstAnalysis, OperandAnalysis, OperandFlag, OperandType,
     RegisterAccessType, analyze, mnemonic_matches, mnemonic_names, mnemonic_pattern_is_valid,
 };
 pub use callback::{
-    CallbackId, InstCallback, InstPosition, InstrRuleCallback, PRIORITY_DEFAULT,
-    PRIORITY_MEMACCESS_LIMIT, VmAction, VmCallback, VmEvent, VmState,
+    CallbackId, InstPosition, PRIORITY_DEFAULT, PRIORITY_MEMACCESS_LIMIT, VmAction, VmEvent,
+    VmState,
 };
 pub use error::VmError;
+pub use instrumentation::callbacks::{InstCallback, InstrRuleCallback, VmCallback};
+pub use instrumentation::vm_ref::VmRef;
 pub use maps::{MemoryMap, Permission, current_process_maps, module_names, process_maps};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};
 pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
@@ -51,7 +53,6 @@ pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
 pub use symbols::symbolize;
 pub use vm::{FAKE_RETURN_ADDRESS, Vm};
-pub use vm_ref::VmRef;
 
 /// One line describing how the engine saves FP and vector state on this CPU: the vendor, the
 /// XSAVE components saved and their offsets in the CPU's own image as CPUID reports them

@@ -205,6 +205,8 @@ struct ChildFrame {
     kind: u64,
     /// The parent's context (its code cache's base).
     parent: u64,
+    /// The host stack pointer the parent's `enter` saved.
+    parent_host_rsp: u64,
 }
 
 /// Bytes the child path skips below the child's stack pointer before pushing (its red
@@ -220,7 +222,8 @@ unsafe extern "C" {
 }
 
 // The child path of a translated syscall jumps here with [rsp] = next, [rsp+8] = kind,
-// [rsp+16] = parent context; every other register is the child's.
+// [rsp+16] = parent context, [rsp+24] = the parent's host stack pointer; every other
+// register is the child's.
 std::arch::global_asm!(
     ".globl qbdi_thread_child",
     ".hidden qbdi_thread_child",
@@ -294,9 +297,7 @@ extern "C" fn thread_child_entry(frame: *const ChildFrame) -> ! {
     let (stack, top) = if vfork {
         // The parent is suspended in its `syscall` until this child executes a program or
         // exits: the part of its host stack below the frames of its dispatcher is free.
-        // SAFETY: `parent` is the parent's live context (shared memory: CLONE_VM).
-        let host_rsp = unsafe { crate::engine::host_rsp_of(f.parent as usize) };
-        (None, (host_rsp - 4096) & !0xf)
+        (None, (f.parent_host_rsp - 4096) & !0xf)
     } else {
         match HostStack::acquire() {
             Some(s) => (Some(s), s.top()),

@@ -7,20 +7,13 @@ use crate::analysis::{AnalysisType, InstAnalysis};
 use crate::callback::{CallbackId, InstPosition, VmAction, VmEvent, VmState};
 use crate::engine::Engine;
 use crate::error::VmError;
+use crate::instrumentation::shared::Shared;
+use crate::instrumentation::vm_ref::{AnalysisCache, VmRef, instrumentation_methods};
 use crate::instrumentation::{Filter, Instrumentation, mnemonic_filter};
 use crate::memory::simulate_call;
 use crate::memory_access::{MemoryAccessType, MemoryRecorder};
 use crate::options::Options;
 use crate::state::{DEFAULT_EFLAGS, FprState, GprState, Rword};
-use crate::vm_ref::{AnalysisCache, VmRef, instrumentation_methods};
-
-/// What the Vm, its engine and the callbacks (through `VmRef`) share: the instrumentation
-/// and the analyses computed so far. Heap-allocated once; the engine keeps its address.
-pub(crate) struct Shared {
-    pub inst: Instrumentation,
-    pub analyses: AnalysisCache,
-    pub memory: MemoryRecorder,
-}
 
 /// The return address `call` pushes: never code, so returning to it ends the run.
 pub const FAKE_RETURN_ADDRESS: Rword = 0x2a;

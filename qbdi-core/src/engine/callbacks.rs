@@ -13,14 +13,15 @@ use super::directory::Directory;
 use super::ib_table::IbTable;
 use super::xstate::XSaveKind;
 use crate::callback::{InstPosition, VmAction, VmEvent, VmState};
+use crate::instrumentation::shared::Shared;
+use crate::instrumentation::vm_ref::{NO_SITE, VmRef};
 use crate::instrumentation::{ENTRY_EVENTS, Instrumentation, SiteKind};
-use crate::vm_ref::{NO_SITE, VmRef};
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 /// What `site_entry` needs; lives in the engine, its address is in `ctx.cb_data`.
 pub(crate) struct CallbackEnv {
     pub ctx: *mut Context,
-    pub shared: *mut crate::vm::Shared,
+    pub shared: *mut Shared,
     pub fp: Option<XSaveKind>,
     /// Whether the guest's `errno` is kept from what callbacks do (unless
     /// OPT_DISABLE_ERRNO_BACKUP).
@@ -169,7 +170,7 @@ fn prepare_fp_image(ctx: &mut Context, fp: Option<XSaveKind>) {
 }
 
 fn run_inst_site(
-    shared: &mut crate::vm::Shared,
+    shared: &mut Shared,
     ctx: &mut Context,
     site: u32,
     position: InstPosition,
@@ -228,7 +229,7 @@ fn run_inst_site(
 /// Calls the event callbacks `ids` with `state` (each sees only the events it registered
 /// for); the largest action wins.
 pub(crate) fn run_event_callbacks(
-    shared: &mut crate::vm::Shared,
+    shared: &mut Shared,
     ctx: &mut Context,
     ids: Ids<'_>,
     state: &VmState,
@@ -275,7 +276,7 @@ pub(crate) fn run_event_callbacks(
 /// (excluding, for BASIC_BLOCK_NEW, those that also take block entries: their entry site
 /// reports it). Catches panics like `site_entry`.
 pub(crate) fn fire_events(
-    shared: &mut crate::vm::Shared,
+    shared: &mut Shared,
     ctx: &mut Context,
     events: VmEvent,
     start: u64,

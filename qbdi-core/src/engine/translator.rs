@@ -29,9 +29,9 @@ use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
+use crate::instrumentation::vm_ref::AnalysisCache;
 use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
 use crate::memory_access::MemoryRecorder;
-use crate::vm_ref::AnalysisCache;
 use iced_x86::{
     Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter, Instruction,
     InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
@@ -660,9 +660,13 @@ impl Translator {
             a.mov_imm64(RCX, next);
             if follow {
                 // To the thread-start handler (threads::qbdi_thread_child), below the red
-                // zone: [rsp] = next, [rsp+8] = kind, [rsp+16] = this cache's context.
+                // zone: [rsp] = next, [rsp+8] = kind, [rsp+16] = this cache's context,
+                // [rsp+24] = the host stack pointer its `enter` saved (the parent is in
+                // this syscall, its host stack below that is free for a vfork child).
                 a.bytes(&[0x48, 0x8d, 0x64, 0x24, 0x80]); // lea rsp, [rsp-128]
                 const _: () = assert!(crate::threads::CHILD_RED_ZONE == 128);
+                a.load(RCX, env.ctx + off::HOST_RSP);
+                a.bytes(&[0x51]); // push rcx
                 a.lea_rip(RCX, env.ctx);
                 a.bytes(&[0x51]); // push rcx
                 a.push_imm8(kind);

@@ -8,10 +8,7 @@
 //! block is running.
 
 use crate::analysis::{AnalysisType, InstAnalysis};
-use crate::callback::{
-    CallbackId, InstCallback, InstPosition, InstrRuleCallback, VmCallback, VmEvent, VmState,
-};
-use crate::engine::DirectCall;
+use crate::callback::{CallbackId, InstPosition, VmEvent, VmState};
 use crate::error::VmError;
 use crate::maps::{Permission, current_process_maps, map_is_module};
 use crate::memory_access::MemoryAccessType;
@@ -19,8 +16,15 @@ use crate::memory_access::MemoryRecorder;
 use crate::options::Options;
 use crate::range::{Range, RangeSet};
 use crate::state::Rword;
-use crate::vm_ref::{AnalysisCache, VmRef};
+use callbacks::{InstCallback, InstrRuleCallback, VmCallback};
+use direct::DirectCall;
 use iced_x86::Instruction;
+use vm_ref::{AnalysisCache, VmRef};
+
+pub(crate) mod callbacks;
+pub(crate) mod direct;
+pub(crate) mod shared;
+pub(crate) mod vm_ref;
 
 /// Events whose callbacks run inline, planted in translated code.
 pub(crate) const INLINE_EVENTS: VmEvent = VmEvent::SEQUENCE_ENTRY
@@ -256,7 +260,7 @@ impl Instrumentation {
                         analyses,
                         memory,
                         slots: &[],
-                        site: crate::vm_ref::NO_SITE,
+                        site: vm_ref::NO_SITE,
                         current: instr.ip(),
                     };
                     rule(&mut vm, a)

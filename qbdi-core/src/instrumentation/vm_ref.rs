@@ -70,7 +70,7 @@ macro_rules! instrumentation_methods {
             cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
             priority: i32,
         ) -> Result<CallbackId, VmError> {
-            let id = self.inst_mut().add_inst(Filter::All, position, crate::engine::inst_callback(cb), priority);
+            let id = self.inst_mut().add_inst(Filter::All, position, crate::instrumentation::direct::inst_callback(cb), priority);
             self.changed();
             Ok(id)
         }
@@ -83,7 +83,7 @@ macro_rules! instrumentation_methods {
             cb: impl FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
             priority: i32,
         ) -> Result<CallbackId, VmError> {
-            let id = self.inst_mut().add_inst(Filter::Addr(addr), position, crate::engine::inst_callback(cb), priority);
+            let id = self.inst_mut().add_inst(Filter::Addr(addr), position, crate::instrumentation::direct::inst_callback(cb), priority);
             self.changed();
             Ok(id)
         }
@@ -101,7 +101,7 @@ macro_rules! instrumentation_methods {
                 return Err(VmError::InvalidRange { start, end });
             }
             let filter = Filter::Range(crate::range::Range::new(start, end));
-            let id = self.inst_mut().add_inst(filter, position, crate::engine::inst_callback(cb), priority);
+            let id = self.inst_mut().add_inst(filter, position, crate::instrumentation::direct::inst_callback(cb), priority);
             self.changed();
             Ok(id)
         }
@@ -117,7 +117,7 @@ macro_rules! instrumentation_methods {
             priority: i32,
         ) -> Result<CallbackId, VmError> {
             let filter = mnemonic_filter(pattern)?;
-            let id = self.inst_mut().add_inst(filter, position, crate::engine::inst_callback(cb), priority);
+            let id = self.inst_mut().add_inst(filter, position, crate::instrumentation::direct::inst_callback(cb), priority);
             self.changed();
             Ok(id)
         }
@@ -128,7 +128,7 @@ macro_rules! instrumentation_methods {
             events: VmEvent,
             cb: impl FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + 'static,
         ) -> Result<CallbackId, VmError> {
-            let id = self.inst_mut().add_event(events, crate::engine::event_callback(cb))?;
+            let id = self.inst_mut().add_event(events, crate::instrumentation::direct::event_callback(cb))?;
             self.changed();
             Ok(id)
         }
@@ -162,7 +162,7 @@ macro_rules! instrumentation_methods {
         ) -> Result<CallbackId, VmError> {
             self.record_memory_access(access)?;
             let filter = Filter::MemAccess(access, None);
-            let id = self.inst_mut().add_inst(filter, InstPosition::PreInst, crate::engine::inst_callback(cb), priority);
+            let id = self.inst_mut().add_inst(filter, InstPosition::PreInst, crate::instrumentation::direct::inst_callback(cb), priority);
             self.changed();
             Ok(id)
         }
@@ -191,7 +191,7 @@ macro_rules! instrumentation_methods {
             }
             self.record_memory_access(access)?;
             let filter = Filter::MemAccess(access, Some(crate::range::Range::new(start, end)));
-            let id = self.inst_mut().add_inst(filter, InstPosition::PreInst, crate::engine::inst_callback(cb), crate::callback::PRIORITY_DEFAULT);
+            let id = self.inst_mut().add_inst(filter, InstPosition::PreInst, crate::instrumentation::direct::inst_callback(cb), crate::callback::PRIORITY_DEFAULT);
             self.changed();
             Ok(id)
         }
@@ -202,7 +202,7 @@ macro_rules! instrumentation_methods {
         /// flush) and must then answer the same.
         pub fn add_instr_rule(
             &mut self,
-            rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<crate::callback::InstrRuleCallback> + 'static,
+            rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<crate::instrumentation::callbacks::InstrRuleCallback> + 'static,
             analysis: AnalysisType,
         ) -> Result<CallbackId, VmError> {
             let id = self.inst_mut().add_rule(None, analysis, Box::new(rule));
@@ -215,7 +215,7 @@ macro_rules! instrumentation_methods {
             &mut self,
             start: Rword,
             end: Rword,
-            rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<crate::callback::InstrRuleCallback> + 'static,
+            rule: impl FnMut(&mut VmRef<'_>, &InstAnalysis) -> Vec<crate::instrumentation::callbacks::InstrRuleCallback> + 'static,
             analysis: AnalysisType,
         ) -> Result<CallbackId, VmError> {
             if end <= start {

@@ -1,0 +1,404 @@
+//! The engine of one Vm: its code cache and directory, the translator, and cache
+//! invalidation. The run loop is in `dispatcher`, native calls in `exec_broker`.
+
+use super::callbacks::{CallbackEnv, site_entry};
+use super::code_cache::CodeCache;
+use super::context::FIRST_STUB_ID;
+use super::context_switch::CallbackFp;
+use super::directory::{Directory, ExitKind};
+use super::maps_reader::ReadableMaps;
+use super::segments::fsgsbase_usable;
+use super::translator::{
+    Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator,
+};
+use super::xstate::XSaveKind;
+use crate::callback::VmEvent;
+use crate::error::VmError;
+use crate::instrumentation::shared::Shared;
+use crate::instrumentation::{INLINE_EVENTS, TRANSFER_EVENTS};
+use crate::options::Options;
+use crate::range::{Range, RangeSet};
+
+/// No run in progress: no stop address.
+pub(crate) const NO_STOP: u64 = u64::MAX;
+
+pub(crate) struct Engine {
+    pub(super) options: Options,
+    /// How FP state is saved at each cache exit (None: OPT_DISABLE_FPR).
+    pub(super) fp: Option<XSaveKind>,
+    /// The code cache and its directory, created at the first run near the guest's code.
+    pub(super) cache: Option<(CodeCache, Directory)>,
+    pub(super) translator: Translator,
+    /// Readable memory, as last read from the process maps.
+    pub(super) readable: ReadableMaps,
+    /// Scratch list of block starts (reserved capacity, reused).
+    pub(super) scratch: Vec<u64>,
+    /// The current run's stop address.
+    pub(super) stop: u64,
+    /// The Vm's instrumentation and analyses (owned by the Vm, which outlives us).
+    pub(super) shared: *mut Shared,
+    /// What the callback routine hands to `site_entry` (boxed: its address is in the context).
+    pub(super) cb_env: Box<CallbackEnv>,
+    /// Blocks translated since the last entry, to report as BASIC_BLOCK_NEW.
+    pub(super) new_blocks: Vec<(u64, u64)>,
+    /// How many times the cache was started over because it was full.
+    pub(super) resets: u64,
+}
+
+impl Engine {
+    /// An engine for the Vm whose shared state is at `shared`.
+    pub fn new(options: Options, shared: *mut Shared) -> Engine {
+        Engine {
+            options,
+            fp: fp_mode(options),
+            cache: None,
+            translator: Translator::new(),
+            readable: ReadableMaps::new(),
+            scratch: Vec::with_capacity(1024),
+            stop: NO_STOP,
+            shared,
+            cb_env: Box::new(CallbackEnv {
+                ctx: std::ptr::null_mut(),
+                shared,
+                fp: None,
+                keep_errno: true,
+                dir: std::ptr::null_mut(),
+                table: std::ptr::null(),
+            }),
+            new_blocks: Vec::with_capacity(64),
+            resets: 0,
+        }
+    }
+
+    /// The Vm's shared state.
+    #[allow(clippy::mut_from_ref)]
+    pub(super) fn shared<'a>(&self) -> &'a mut Shared {
+        // SAFETY: the Vm owns the shared state and outlives the engine; engine methods run
+        // on the Vm's thread and never while a `VmRef` (a callback) is alive, so this is the
+        // only reference in use.
+        unsafe { &mut *self.shared }
+    }
+
+    /// Applies the cache invalidations the instrumentation asked for. Only between two
+    /// entries into the cache: nothing of this Vm is executing.
+    pub fn apply_flush(&mut self) {
+        let shared = self.shared();
+        if shared.inst.flush.all {
+            shared.inst.flush.all = false;
+            shared.inst.flush.ranges.clear();
+            self.clear_all_cache();
+            shared.inst.reset_sites();
+            shared.memory.reset();
+            shared.analyses.clear();
+            return;
+        }
+        while let Some(r) = shared.inst.flush.ranges.pop() {
+            self.clear_cache(r);
+        }
+    }
+
+    /// New options: the shared routines depend on them, so the whole cache goes.
+    pub fn set_options(&mut self, options: Options) {
+        self.options = options;
+        self.fp = fp_mode(options);
+        self.cache = None;
+        self.shared().inst.reset_sites();
+        self.shared().analyses.clear();
+    }
+
+    pub fn precache(&mut self, addr: u64) -> Result<bool, VmError> {
+        self.ensure_cache(addr)?;
+        self.apply_flush();
+        if self.dir().lookup(addr).is_some() {
+            return Ok(false);
+        }
+        self.translate(addr)?;
+        self.new_blocks.clear();
+        Ok(true)
+    }
+
+    /// Drops the translations of every block overlapping `range`, and native entries of the
+    /// inline table inside it.
+    pub fn clear_cache(&mut self, range: Range) {
+        self.readable.invalidate();
+        let Some((cache, _)) = &self.cache else {
+            return;
+        };
+        if range.is_empty() {
+            return;
+        }
+        cache
+            .table
+            .remove_natives_in(range.start, range.end, cache.runtime.broker);
+        self.invalidate_overlapping(range);
+    }
+
+    /// Invalidates every live block whose guest bytes overlap `range`.
+    pub(super) fn invalidate_overlapping(&mut self, range: Range) {
+        let mut doomed = std::mem::take(&mut self.scratch);
+        if let Some((_, dir)) = &mut self.cache {
+            dir.overlapping(range.start, range.end, &mut doomed);
+        }
+        for &start in &doomed {
+            self.invalidate_block(start);
+        }
+        self.scratch = doomed;
+    }
+
+    /// Drops every translation. Code memory is reused only when the cache fills up, so a
+    /// translation address still held somewhere (a native frame's return address) leads
+    /// back to the dispatcher instead of to freed code.
+    pub fn clear_all_cache(&mut self) {
+        self.readable.invalidate();
+        let Some((cache, dir)) = &self.cache else {
+            return;
+        };
+        cache.table.clear();
+        let mut doomed = std::mem::take(&mut self.scratch);
+        dir.all_live(&mut doomed);
+        for &start in &doomed {
+            self.invalidate_block(start);
+        }
+        doomed.clear();
+        doomed.shrink_to(1024);
+        self.scratch = doomed;
+    }
+
+    pub(super) fn ensure_cache(&mut self, near: u64) -> Result<(), VmError> {
+        if self.cache.is_none() {
+            let cb_fp = match self.fp {
+                None => CallbackFp::None,
+                Some(k)
+                    if self.options.contains(Options::OPT_DISABLE_OPTIONAL_FPR)
+                        || !k.has_xinuse() =>
+                {
+                    CallbackFp::Full(k)
+                }
+                Some(k) => CallbackFp::Optional(k),
+            };
+            let fsgs = self.options.contains(Options::OPT_ENABLE_FS_GS) && fsgsbase_usable();
+            let cache = CodeCache::new(near, self.fp, cb_fp, fsgs)?;
+            // SAFETY: the context is at the start of the new mapping; nothing runs yet.
+            unsafe {
+                let ctx = cache.ctx();
+                (*ctx).cb_fn = site_entry as unsafe extern "C" fn(*mut CallbackEnv, u32) -> u64
+                    as usize as u64;
+                (*ctx).cb_data = &*self.cb_env as *const CallbackEnv as u64;
+                self.cb_env.ctx = ctx;
+                self.cb_env.fp = self.fp;
+                self.cb_env.keep_errno = !self.options.contains(Options::OPT_DISABLE_ERRNO_BACKUP);
+            }
+            self.cache = Some((cache, Directory::new()));
+            // Sites refer to code of the old cache, if any.
+            self.shared().inst.reset_sites();
+            self.shared().memory.reset();
+        }
+        Ok(())
+    }
+
+    /// Rewrites, in the words of `[lo, hi)`, every return address the exec broker redirected
+    /// into the cache back to the guest address it stands for. Returns how many it rewrote.
+    ///
+    /// # Safety
+    /// `[lo, hi)` must be readable and writable memory of a stack of this thread, and no
+    /// guest code of this Vm may run concurrently.
+    pub unsafe fn restore_return_addresses(&self, lo: u64, hi: u64) -> usize {
+        let Some((cache, dir)) = self.cache.as_ref() else {
+            return 0;
+        };
+        let mut count = 0;
+        let mut at = (lo + 7) & !7;
+        while at + 8 <= hi {
+            let slot = at as *mut u64;
+            // SAFETY: inside [lo, hi), readable and writable (caller), aligned.
+            let value = unsafe { slot.read() };
+            if cache.contains(value) {
+                let guest = if value == cache.runtime.stop_return {
+                    Some(self.stop)
+                } else {
+                    dir.by_host(value).map(|b| b.start).or_else(|| {
+                        cache
+                            .contains(value + 10)
+                            .then(|| transfer_stub_target(dir, value))
+                            .flatten()
+                    })
+                };
+                if let Some(guest) = guest {
+                    // SAFETY: as above.
+                    unsafe { slot.write(guest) };
+                    count += 1;
+                }
+            }
+            at += 8;
+        }
+        count
+    }
+
+    /// Starts the code cache over because it (or the directory, or the site tables) is
+    /// full. Only from the dispatcher: nothing of this Vm is executing. Stub ids and host
+    /// addresses from before are meaningless afterwards (`resets` tells).
+    pub(super) fn reset_full_cache(&mut self) {
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        cache.reset();
+        dir.reset();
+        self.resets += 1;
+        let shared = self.shared();
+        shared.inst.reset_sites();
+        shared.memory.reset();
+    }
+
+    pub(super) fn cache(&self) -> &CodeCache {
+        &self
+            .cache
+            .as_ref()
+            .expect("the cache exists once a run or precache started")
+            .0
+    }
+
+    pub(super) fn dir(&self) -> &Directory {
+        &self
+            .cache
+            .as_ref()
+            .expect("the cache exists once a run or precache started")
+            .1
+    }
+
+    /// Translates the block at `pc` and enters it in the directory and the inline table.
+    /// Allocates nothing (see `directory`).
+    pub(super) fn translate(&mut self, pc: u64) -> Result<u64, VmError> {
+        let readable_end = self
+            .readable
+            .end_of(pc)
+            .ok_or(VmError::AddressNotMapped(pc))?;
+        let shared = self.shared();
+        let limit = shared
+            .inst
+            .ranges
+            .range_containing(pc)
+            .map_or(readable_end, |r| r.end);
+        let with_sites = shared.inst.has_sites() || !shared.memory.recorded.is_empty();
+        let events = shared.inst.events;
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        let sites_full = with_sites
+            && (!shared.inst.has_room(MAX_BLOCK_SITES, MAX_BLOCK_SITES * 8)
+                || !shared.memory.has_room_for_block());
+        if cache.room() < MAX_BLOCK_HOST_BYTES || !dir.has_room(MAX_BLOCK_STUBS) || sites_full {
+            self.reset_full_cache();
+        }
+        let shared = self.shared();
+        let (cache, dir) = self.cache.as_mut().expect("cache exists");
+        let host = cache.next_addr();
+        let ranges: *const RangeSet = &shared.inst.ranges;
+        // SAFETY: translation plants sites but never changes the ranges.
+        let in_range = |a: u64| unsafe { (*ranges).contains(a) };
+        let env = Env {
+            ctx: cache.ctx_addr(),
+            table: cache.table_addr(),
+            runtime: cache.runtime,
+            in_range: &in_range,
+            limit,
+            readable_end,
+            boundary: self.stop,
+            first_stub_id: FIRST_STUB_ID + dir.next_stub(),
+            inline_broker: !events.intersects(TRANSFER_EVENTS),
+        };
+        let values = !self
+            .options
+            .contains(Options::OPT_DISABLE_MEMORYACCESS_VALUE);
+        let hooks = with_sites.then(|| Hooks {
+            inst: &mut shared.inst,
+            mem: &mut shared.memory,
+            analyses: &mut shared.analyses,
+            values,
+            block_start: pc,
+            events: events & INLINE_EVENTS,
+        });
+        let t = self.translator.translate(pc, host, &env, hooks)?;
+        cache.commit(&self.translator.asm);
+        for &(site, skip_inst, skip_patch) in &self.translator.site_addrs {
+            let s = &mut shared.inst.sites[site as usize];
+            s.skip_inst = skip_inst;
+            s.skip_patch = skip_patch;
+            s.block_end = t.guest_end;
+            s.state.basic_block_end = t.guest_end;
+            s.state.sequence_end = t.guest_end;
+        }
+        if events.contains(VmEvent::BASIC_BLOCK_NEW)
+            && self.new_blocks.len() < self.new_blocks.capacity()
+        {
+            self.new_blocks.push((pc, t.guest_end));
+        }
+        let first = dir.next_stub();
+        for e in &self.translator.exits {
+            dir.push_stub(e.target, e.site, e.stub, e.kind);
+        }
+        dir.insert(pc, t.guest_end, host, first + t.reentry as u32);
+        if pc != self.stop {
+            cache.table.insert(pc, host);
+        }
+        // Link this block's exits to blocks that already exist (itself included).
+        for i in first..dir.stub_count() {
+            let s = dir.stub(i);
+            if s.site == 0 || s.kind != ExitKind::Branch || s.target == self.stop {
+                continue;
+            }
+            if let Some(h) = dir.lookup(s.target).map(|b| b.host) {
+                link(dir, i, h);
+            }
+        }
+        Ok(host)
+    }
+
+    /// Points stub `i`'s branch straight at `host`.
+    pub(super) fn link(&mut self, i: u32, host: u64) {
+        link(&mut self.cache.as_mut().expect("cache exists").1, i, host);
+    }
+
+    /// Removes a block: out of the directory and the table, its incoming links back to
+    /// their stubs, and its entry turned into a jump to its reentry stub.
+    pub(super) fn invalidate_block(&mut self, start: u64) {
+        let (cache, dir) = self.cache.as_mut().expect("blocks exist only with a cache");
+        // SAFETY (closure): as in `link`: each site is a committed branch, nothing runs.
+        let Some(block) = dir.remove(start, |s| unsafe {
+            super::emitter::patch_rel32(s.site, s.stub)
+        }) else {
+            return;
+        };
+        cache.table.remove(start);
+        let reentry = dir.stub(block.reentry_stub).stub;
+        // jmp rel32 to the reentry stub, written over the block's first bytes (every block
+        // is longer than 5 bytes). Written rel32 first, opcode last.
+        // SAFETY: the block's code is committed, writable, and not executing.
+        unsafe {
+            super::emitter::patch_rel32(block.host + 1, reentry);
+            (block.host as *mut u8).write_volatile(0xe9);
+        }
+    }
+}
+
+/// Points stub `i`'s branch straight at `host` (the translation of its target).
+pub(super) fn link(dir: &mut Directory, i: u32, host: u64) {
+    let s = dir.stub(i);
+    debug_assert!(s.site != 0 && s.kind == ExitKind::Branch && !s.linked);
+    // SAFETY: `site` is the rel32 of a branch of committed code; no guest code of this Vm
+    // runs while the dispatcher links.
+    unsafe { super::emitter::patch_rel32(s.site, host) };
+    dir.mark_linked(i);
+}
+
+pub(super) fn fp_mode(options: Options) -> Option<XSaveKind> {
+    (!options.contains(Options::OPT_DISABLE_FPR)).then(XSaveKind::detect)
+}
+
+/// The guest return address of the transfer return stub at host address `host`, if `host`
+/// is one (the stub's first instruction holds its id: `mov dword [rip+d], FIRST_STUB_ID +
+/// id`).
+pub(super) fn transfer_stub_target(dir: &Directory, host: u64) -> Option<u64> {
+    // SAFETY: `host..host + 10` is inside the code cache mapping (the caller checked).
+    let id = unsafe { ((host + 6) as *const u32).read_unaligned() };
+    let i = id.checked_sub(super::context::FIRST_STUB_ID)?;
+    (i < dir.stub_count())
+        .then(|| dir.stub(i))
+        .filter(|s| s.kind == ExitKind::TransferReturn && s.stub == host)
+        .map(|s| s.target)
+}

@@ -1,0 +1,541 @@
+//! Direct calls of simple callbacks, DynamoRIO's "clean call" optimisation.
+//!
+//! The general path of a callback site (`context_switch::emit_callback`) saves every guest
+//! register, the flags and the FP state, enters `callbacks::site_entry`, which finds the
+//! site's callbacks and calls them through their boxes, then restores everything: about
+//! 30 ns. Most analysis callbacks are far simpler than that machinery (count, set a bit,
+//! compare a register), so when a site has a single callback, the engine looks at the
+//! machine code of the callback's compiled entry and, if it is a leaf that only touches
+//! general purpose registers, calls it straight from the translated code, saving only
+//! what that code can change.
+//!
+//! - Every callback is registered with a monomorphized `extern "C"` entry
+//!   ([`inst_entry`], [`event_entry`]) next to its box. Both reach the same closure.
+//! - [`analyze`] decodes that entry (once per closure type): it must be a leaf (no call, no
+//!   indirect branch, no system instruction), use only general purpose registers (no x87,
+//!   MMX, SSE, AVX, mask registers, MXCSR), and no string instruction (so the direction
+//!   flag does not matter). It records which registers the code reads before writing and
+//!   which it writes.
+//! - A callback whose entry reads its `VmRef` or `FprState` argument is not eligible: those
+//!   exist only on the general path. One that reads its `GprState` gets the whole state
+//!   stored in the context before the call and reloaded after (it may change registers).
+//! - The site (`engine::direct_call::emit_direct_site`) switches to the host stack, saves the flags and the
+//!   caller-saved registers the entry writes, calls it, and restores them. Anything unusual
+//!   goes to the general path, which the site still contains: the guest's direction or
+//!   alignment-check flag set, the callback deleted (a per-site flag: its closure may be
+//!   freed while translated code still names it), or an action other than `Continue`,
+//!   which the general path then applies without calling the callback again.
+//!
+//! Callee-saved registers (rbx, rbp, r12-r15) are trusted to be restored by the entry: it is
+//! compiled code following the SysV ABI.
+
+use super::callbacks::{InstCallback, VmCallback};
+use super::vm_ref::VmRef;
+use crate::callback::{VmAction, VmState};
+use crate::maps::{Permission, current_process_maps};
+use crate::regs::{R8, RAX, RCX, RDI, RDX, RSI, RSP};
+use crate::state::{FprState, GprState};
+use iced_x86::{
+    CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
+    Mnemonic, OpAccess, OpKind, Register,
+};
+use std::sync::Mutex;
+
+/// How a direct site calls one callback (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct DirectCall {
+    pub kind: EntryKind,
+    /// The compiled entry and the closure it is called with.
+    pub func: u64,
+    pub data: u64,
+    /// Guest registers the site saves before the call and restores after it (bit n:
+    /// emitter register n). Always includes rax (the result) and rcx (flag restore).
+    pub saves: u16,
+    /// The entry reads its `GprState`: the whole guest state goes through the context.
+    pub gpr_arg: bool,
+    /// (Event callbacks) the entry reads its `VmState`.
+    pub state_arg: bool,
+    /// The entry uses thread-local storage: with OPT_ENABLE_FS_GS the guest's FS and GS
+    /// are not the host's, so only the general path (which switches them) may call it.
+    pub fs_gs: bool,
+}
+
+/// The shape of a callback entry: which register holds which argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum EntryKind {
+    /// `(data, vm, gpr, fpr)`: rdi, rsi, rdx, rcx.
+    Inst,
+    /// `(data, vm, state, gpr, fpr)`: rdi, rsi, rdx, rcx, r8.
+    Event,
+}
+
+/// rax, rcx, rdx, rsi, rdi, r8-r11.
+const CALLER_SAVED: u16 = 0b0000_1111_1100_0111;
+const ALL_BUT_RSP: u16 = !(1 << RSP);
+
+impl EntryKind {
+    /// Argument registers: (data, vm, state, gpr, fpr).
+    pub(crate) fn args(self) -> (u8, u8, Option<u8>, u8, u8) {
+        match self {
+            EntryKind::Inst => (RDI, RSI, None, RDX, RCX),
+            EntryKind::Event => (RDI, RSI, Some(RDX), RCX, R8),
+        }
+    }
+}
+
+/// What the machine code of a leaf entry does with general purpose registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Leaf {
+    /// Registers (bit n: emitter register n) read before being written on some path.
+    pub reads: u16,
+    /// Registers written anywhere.
+    pub writes: u16,
+    /// Whether it uses the FS or GS segment (thread-local storage).
+    pub fs_gs: bool,
+}
+
+impl Leaf {
+    /// How a site calls an entry of `kind` with this summary and closure `data`, unless
+    /// the entry needs arguments only the general path provides.
+    pub fn direct_call(self, kind: EntryKind, func: u64, data: u64) -> Option<DirectCall> {
+        let (data_reg, vm, state, gpr, fpr) = kind.args();
+        let reads = |r: u8| self.reads & (1 << r) != 0;
+        if reads(vm) || reads(fpr) {
+            return None;
+        }
+        let gpr_arg = reads(gpr);
+        let state_arg = state.is_some_and(reads);
+        let mut saves = (1 << RAX) | (1 << RCX) | (self.writes & CALLER_SAVED);
+        if reads(data_reg) {
+            saves |= 1 << data_reg;
+        }
+        if let Some(s) = state.filter(|_| state_arg) {
+            saves |= 1 << s;
+        }
+        if gpr_arg {
+            // The whole state goes through the context.
+            saves = ALL_BUT_RSP;
+        }
+        Some(DirectCall {
+            kind,
+            func,
+            data,
+            saves,
+            gpr_arg,
+            state_arg,
+            fs_gs: self.fs_gs,
+        })
+    }
+}
+
+/// Most instructions decoded while analysing one entry (over all paths).
+const MAX_DECODED: usize = 256;
+
+/// Features an instruction of a direct entry may need: general purpose integer code.
+const ALLOWED_FEATURES: &[CpuidFeature] = &[
+    CpuidFeature::INTEL8086,
+    CpuidFeature::INTEL186,
+    CpuidFeature::INTEL286,
+    CpuidFeature::INTEL386,
+    CpuidFeature::INTEL486,
+    CpuidFeature::X64,
+    CpuidFeature::CMOV,
+    CpuidFeature::CX8,
+    CpuidFeature::CMPXCHG16B,
+    CpuidFeature::BMI1,
+    CpuidFeature::BMI2,
+    CpuidFeature::LZCNT,
+    CpuidFeature::POPCNT,
+    CpuidFeature::MOVBE,
+    CpuidFeature::ADX,
+    CpuidFeature::MULTIBYTENOP,
+    CpuidFeature::PAUSE,
+    CpuidFeature::CET_IBT,
+];
+
+/// Integer-feature instructions a direct entry may not contain: they change flags the site
+/// does not restore, depend on the direction flag, or are system instructions.
+fn forbidden(m: Mnemonic) -> bool {
+    use Mnemonic::*;
+    matches!(
+        m,
+        Popf | Popfd
+            | Popfq
+            | Cld
+            | Std
+            | Cli
+            | Sti
+            | Hlt
+            | In
+            | Out
+            | Iret
+            | Iretd
+            | Iretq
+            | Int
+            | Int1
+            | Int3
+            | Into
+            | Syscall
+            | Sysenter
+            | Wait
+            | Movsb
+            | Movsw
+            | Movsd
+            | Movsq
+            | Stosb
+            | Stosw
+            | Stosd
+            | Stosq
+            | Lodsb
+            | Lodsw
+            | Lodsd
+            | Lodsq
+            | Scasb
+            | Scasw
+            | Scasd
+            | Scasq
+            | Cmpsb
+            | Cmpsw
+            | Cmpsd
+            | Cmpsq
+            | Insb
+            | Insw
+            | Insd
+            | Outsb
+            | Outsw
+            | Outsd
+            | Lss
+            | Lfs
+            | Lgs
+    )
+}
+
+/// Emitter number (0..16) of a general purpose register, and whether writing it defines
+/// the whole 64-bit register (32- and 64-bit writes do; 8- and 16-bit ones merge).
+fn gpr_number(r: Register) -> Option<(u8, bool)> {
+    if !r.is_gpr() {
+        return None;
+    }
+    let full = r.full_register();
+    full.is_gpr64()
+        .then(|| (full.number() as u8, r.is_gpr32() || r.is_gpr64()))
+}
+
+/// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
+/// `ip` to the end of their mapping). `None`: not a leaf of general purpose code.
+pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
+    let mut factory = InstructionInfoFactory::new();
+    let mut leaf = Leaf {
+        reads: 0,
+        writes: 0,
+        fs_gs: false,
+    };
+    // Paths to explore: (address, registers defined so far). A state already explored
+    // with a superset of definitions adds nothing.
+    let mut work: Vec<(u64, u16)> = vec![(ip, 0)];
+    let mut seen: Vec<(u64, u16)> = Vec::new();
+    let mut decoded = 0usize;
+    let mut instr = Instruction::default();
+    while let Some((mut pc, mut defined)) = work.pop() {
+        loop {
+            if seen.iter().any(|&(a, d)| a == pc && d & defined == d) {
+                break;
+            }
+            seen.push((pc, defined));
+            decoded += 1;
+            let offset = usize::try_from(pc.checked_sub(ip)?).ok()?;
+            if decoded > MAX_DECODED || offset >= code.len() {
+                return None;
+            }
+            let mut decoder = Decoder::with_ip(64, &code[offset..], pc, DecoderOptions::NONE);
+            decoder.decode_out(&mut instr);
+            if instr.is_invalid()
+                || forbidden(instr.mnemonic())
+                || instr.has_rep_prefix()
+                || instr.has_repne_prefix()
+                || !instr
+                    .cpuid_features()
+                    .iter()
+                    .all(|f| ALLOWED_FEATURES.contains(f))
+            {
+                return None;
+            }
+            let zero_idiom = matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
+                && instr.op_count() == 2
+                && instr.op0_kind() == OpKind::Register
+                && instr.op1_kind() == OpKind::Register
+                && instr.op0_register() == instr.op1_register();
+            if matches!(instr.segment_prefix(), Register::FS | Register::GS) {
+                leaf.fs_gs = true;
+            }
+            let info = factory.info(&instr);
+            // Definitions count from the next instruction on (this one may read first).
+            let mut defines = 0u16;
+            for used in info.used_registers() {
+                let r = used.register();
+                let Some((n, whole)) = gpr_number(r) else {
+                    // Segment registers may be read (fs: for thread locals), nothing else
+                    // (vector, x87, mask, control registers) may appear.
+                    let segment_read = r.is_segment_register() && used.access() == OpAccess::Read;
+                    if segment_read || r == Register::RIP {
+                        continue;
+                    }
+                    return None;
+                };
+                if n == RSP {
+                    continue; // the site gives the entry a stack of its own
+                }
+                let bit = 1u16 << n;
+                let (read, write) = match used.access() {
+                    OpAccess::Read | OpAccess::CondRead => (true, false),
+                    OpAccess::Write => (false, true),
+                    OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite => {
+                        (true, true)
+                    }
+                    OpAccess::None | OpAccess::NoMemAccess => (false, false),
+                };
+                if read && !zero_idiom && defined & bit == 0 {
+                    leaf.reads |= bit;
+                }
+                if write {
+                    leaf.writes |= bit;
+                    if (whole && used.access() == OpAccess::Write) || zero_idiom {
+                        defines |= bit;
+                    }
+                }
+            }
+            defined |= defines;
+            let next = instr.next_ip();
+            match instr.flow_control() {
+                FlowControl::Next => pc = next,
+                FlowControl::Return => {
+                    // `ret imm16` would leave the stack unbalanced for the site.
+                    if instr.op_count() != 0 {
+                        return None;
+                    }
+                    break;
+                }
+                FlowControl::UnconditionalBranch if instr.op0_kind() == OpKind::NearBranch64 => {
+                    pc = instr.near_branch_target();
+                }
+                FlowControl::ConditionalBranch if instr.op0_kind() == OpKind::NearBranch64 => {
+                    work.push((instr.near_branch_target(), defined));
+                    pc = next;
+                }
+                _ => return None,
+            }
+        }
+    }
+    Some(leaf)
+}
+
+/// An analysed entry: its address, its first bytes (up to 64, within its page) and the
+/// answer.
+struct Known {
+    func: u64,
+    prefix: Vec<u8>,
+    leaf: Option<Leaf>,
+}
+
+/// The first bytes of the code at `func` that are surely mapped: up to 64, within its page.
+///
+/// # Safety
+/// `func` must be in a readable mapping.
+unsafe fn code_prefix(func: u64) -> &'static [u8] {
+    let len = (64).min(4096 - (func % 4096)) as usize;
+    // SAFETY: the page holding `func` is mapped readable (per the contract) and the slice
+    // stays inside it.
+    unsafe { std::slice::from_raw_parts(func as *const u8, len) }
+}
+
+/// Analyses the compiled entry at `func` (code of this process), remembering the answer per
+/// address. A remembered answer counts only if the code there starts with the same bytes
+/// (a library unloaded and another loaded at its address would not).
+pub(crate) fn analyze(func: u64) -> Option<Leaf> {
+    static KNOWN: Mutex<Vec<Known>> = Mutex::new(Vec::new());
+    let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(i) = known.iter().position(|k| k.func == func) {
+        // SAFETY: `func` is the entry of a callback being registered: its code is mapped,
+        // and was readable when it was analysed (a non-empty prefix was read then).
+        if known[i].prefix.is_empty() || unsafe { code_prefix(func) } == known[i].prefix {
+            return known[i].leaf;
+        }
+        known.swap_remove(i);
+    }
+    let mapping = current_process_maps(false)
+        .into_iter()
+        .find(|m| m.range.contains(func) && m.permission.contains(Permission::READ));
+    let (prefix, leaf) = match mapping {
+        Some(m) => {
+            let len = usize::try_from(m.range.end - func).unwrap_or(0);
+            // SAFETY: [func, end of its mapping) is mapped readable memory of this process,
+            // holding the code of a callback being registered (it stays mapped while the
+            // callback exists).
+            let code = unsafe { std::slice::from_raw_parts(func as *const u8, len) };
+            // SAFETY: as above.
+            let prefix = unsafe { code_prefix(func) }.to_vec();
+            (prefix, analyze_code(code, func))
+        }
+        None => (Vec::new(), None),
+    };
+    known.push(Known { func, prefix, leaf });
+    leaf
+}
+
+/// The entry direct sites call for an instruction callback `F`; `data` is the closure.
+/// References, not raw pointers: a raw pointer dereference would get an alignment check in
+/// builds with debug assertions, which reads every argument and calls the panic machinery.
+///
+/// Only direct sites call it (see the module docs): the analysis of its machine code
+/// rejected it if it reads `vm` or `fpr`, which a direct site does not provide.
+extern "C" fn inst_entry<F>(
+    data: &mut F,
+    vm: &mut VmRef<'_>,
+    gpr: &mut GprState,
+    fpr: &mut FprState,
+) -> VmAction
+where
+    F: FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction,
+{
+    data(vm, gpr, fpr)
+}
+
+/// The entry direct sites call for a VM event callback `F`; see [`inst_entry`] (`state` is
+/// provided when the machine code reads it).
+extern "C" fn event_entry<F>(
+    data: &mut F,
+    vm: &mut VmRef<'_>,
+    state: &VmState,
+    gpr: &mut GprState,
+    fpr: &mut FprState,
+) -> VmAction
+where
+    F: FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction,
+{
+    data(vm, state, gpr, fpr)
+}
+
+/// Boxes an instruction callback, with its direct call if it is eligible.
+pub(crate) fn inst_callback<F>(f: F) -> (InstCallback, Option<DirectCall>)
+where
+    F: FnMut(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction + 'static,
+{
+    let boxed = Box::new(f);
+    let data = &*boxed as *const F as u64;
+    let func = inst_entry::<F> as *const () as u64;
+    let direct = analyze(func).and_then(|l| l.direct_call(EntryKind::Inst, func, data));
+    (boxed, direct)
+}
+
+/// Boxes a VM event callback, with its direct call if it is eligible.
+pub(crate) fn event_callback<F>(f: F) -> (VmCallback, Option<DirectCall>)
+where
+    F: FnMut(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction + 'static,
+{
+    let boxed = Box::new(f);
+    let data = &*boxed as *const F as u64;
+    let func = event_entry::<F> as *const () as u64;
+    let direct = analyze(func).and_then(|l| l.direct_call(EntryKind::Event, func, data));
+    (boxed, direct)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(code: &[u8]) -> Option<Leaf> {
+        analyze_code(code, 0x1000)
+    }
+
+    const fn bit(r: u8) -> u16 {
+        1 << r
+    }
+
+    #[test]
+    fn a_counter_is_a_leaf_that_reads_its_closure() {
+        // mov rax,[rdi]; inc rax; mov [rdi],rax; xor eax,eax; ret
+        let code = [
+            0x48, 0x8b, 0x07, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x07, 0x31, 0xc0, 0xc3,
+        ];
+        let l = leaf(&code).expect("leaf");
+        assert_eq!(l.reads, bit(RDI));
+        assert_eq!(l.writes, bit(RAX));
+        let d = l.direct_call(EntryKind::Inst, 1, 2).expect("eligible");
+        assert_eq!(d.saves, bit(RAX) | bit(RCX) | bit(RDI));
+        assert!(!d.gpr_arg && !d.state_arg);
+    }
+
+    #[test]
+    fn branches_are_followed_and_registers_defined_first_are_not_inputs() {
+        // mov ecx,5; test rdx,rdx; je +3; add rcx,[rdx]; mov eax,ecx; ret
+        let code = [
+            0xb9, 0x05, 0, 0, 0, 0x48, 0x85, 0xd2, 0x74, 0x03, 0x48, 0x03, 0x0a, 0x89, 0xc8, 0xc3,
+        ];
+        let l = leaf(&code).expect("leaf");
+        assert_eq!(l.reads, bit(RDX), "rcx is written before it is read");
+        assert_eq!(l.writes, bit(RAX) | bit(RCX));
+        let d = l.direct_call(EntryKind::Inst, 1, 2).expect("eligible");
+        assert!(d.gpr_arg, "rdx is the GprState of an instruction callback");
+        assert_eq!(d.saves, ALL_BUT_RSP);
+        // For an event callback rdx is the VmState and rcx (written first) the GprState.
+        let e = l.direct_call(EntryKind::Event, 1, 2).expect("eligible");
+        assert!(e.state_arg && !e.gpr_arg);
+        assert_eq!(e.saves, bit(RAX) | bit(RCX) | bit(RDX));
+    }
+
+    #[test]
+    fn a_partial_write_does_not_define_the_register() {
+        // mov cl,1; mov rax,rcx; ret: rcx's upper bytes come from the caller (the FprState).
+        let l = leaf(&[0xb1, 0x01, 0x48, 0x89, 0xc8, 0xc3]).expect("leaf");
+        assert_eq!(l.reads, bit(RCX));
+        assert_eq!(
+            l.direct_call(EntryKind::Inst, 1, 2),
+            None,
+            "reads the FprState"
+        );
+    }
+
+    #[test]
+    fn what_is_not_a_leaf_of_integer_code_is_refused() {
+        let refused: &[(&str, &[u8])] = &[
+            ("call", &[0xe8, 0, 0, 0, 0, 0xc3]),
+            ("indirect jump", &[0xff, 0xe0]),
+            ("tail jump out of the code", &[0xe9, 0x00, 0x10, 0, 0]),
+            ("sse", &[0x66, 0x0f, 0xef, 0xc0, 0xc3]),
+            ("avx", &[0xc5, 0xf9, 0xef, 0xc0, 0xc3]),
+            ("x87", &[0xd9, 0xe8, 0xc3]),
+            ("rep stosb", &[0xf3, 0xaa, 0xc3]),
+            ("cld", &[0xfc, 0xc3]),
+            ("popfq", &[0x9d, 0xc3]),
+            ("syscall", &[0x0f, 0x05, 0xc3]),
+            ("ud2", &[0x0f, 0x0b]),
+            ("ret imm16", &[0xc2, 0x08, 0x00]),
+            ("runs off the end", &[0x90, 0x90]),
+            ("reads the VmRef", &[0x48, 0x8b, 0x06, 0xc3]),
+        ];
+        for (what, code) in refused {
+            let eligible = leaf(code)
+                .and_then(|l| l.direct_call(EntryKind::Inst, 1, 2))
+                .is_some();
+            assert!(!eligible, "{what} must not be called directly");
+        }
+    }
+
+    #[test]
+    fn thread_local_access_is_noted() {
+        // mov rax, fs:[0]; inc qword [rax-8]; xor eax,eax; ret
+        let code = [
+            0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0, 0x48, 0xff, 0x40, 0xf8, 0x31, 0xc0, 0xc3,
+        ];
+        let l = leaf(&code).expect("leaf");
+        assert!(l.fs_gs);
+        assert!(!leaf(&[0x31, 0xc0, 0xc3]).expect("leaf").fs_gs);
+    }
+
+    #[test]
+    fn a_loop_terminates() {
+        // l: dec rdi; jnz l; xor eax,eax; ret
+        let l = leaf(&[0x48, 0xff, 0xcf, 0x75, 0xfb, 0x31, 0xc0, 0xc3]).expect("leaf");
+        assert_eq!(l.reads, bit(RDI));
+    }
+}

@@ -1,0 +1,13 @@
+//! What a Vm, its engine and its callbacks (through `VmRef`) share.
+
+use super::Instrumentation;
+use super::vm_ref::AnalysisCache;
+use crate::memory_access::MemoryRecorder;
+
+/// What the Vm, its engine and the callbacks (through `VmRef`) share: the instrumentation
+/// and the analyses computed so far. Heap-allocated once; the engine keeps its address.
+pub(crate) struct Shared {
+    pub inst: Instrumentation,
+    pub analyses: AnalysisCache,
+    pub memory: MemoryRecorder,
+}
