@@ -54,6 +54,35 @@ fn main() {
     build_c_program(&out, "spawner", "QBDI_TEST_SPAWNER");
     build_c_program(&out, "threads8", "QBDI_TEST_THREADS8");
     build_c_program(&out, "raw_threads", "QBDI_TEST_RAW_THREADS");
+    build_cxx_threads(&out);
+    build_rust_threads(&out);
+}
+
+/// Compiles the C++ `std::thread` test program with the system's g++.
+fn build_cxx_threads(out: &str) {
+    let src = "programs/cxx_threads.cpp";
+    println!("cargo:rerun-if-changed={src}");
+    let exe = format!("{out}/cxx_threads");
+    let status = std::process::Command::new("g++")
+        .args(["-O1", "-pthread", "-o", &exe, src])
+        .status()
+        .expect("g++ runs (the machine image has it)");
+    assert!(status.success(), "g++ failed on {src}");
+    println!("cargo:rustc-env=QBDI_TEST_CXX_THREADS={exe}");
+}
+
+/// Compiles the Rust `std::thread` test program with the compiler building this crate.
+fn build_rust_threads(out: &str) {
+    let src = "programs/rust_threads.rs";
+    println!("cargo:rerun-if-changed={src}");
+    let exe = format!("{out}/rust_threads");
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let status = std::process::Command::new(rustc)
+        .args(["--edition", "2024", "-O", "-o", &exe, src])
+        .status()
+        .expect("rustc runs");
+    assert!(status.success(), "rustc failed on {src}");
+    println!("cargo:rustc-env=QBDI_TEST_RUST_THREADS={exe}");
 }
 
 /// Compiles `programs/<name>.c` with the system's gcc; its path in the environment

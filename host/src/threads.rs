@@ -79,6 +79,14 @@ fn take_vm() -> Box<Vm> {
     lock(&POOL).pop().map_or_else(new_vm, |o| o.0)
 }
 
+/// `vm` without the range a start routine added to it.
+fn without(mut vm: Box<Vm>, extra: Option<Range>) -> Box<Vm> {
+    if let Some(r) = extra {
+        let _ = vm.remove_instrumented_range(r.start, r.end);
+    }
+    vm
+}
+
 fn give_back(vm: Box<Vm>) {
     lock(&POOL).push(Owned(vm));
 }
@@ -159,6 +167,10 @@ type CreateFn = unsafe extern "C" fn(
 struct Job {
     start: StartFn,
     arg: *mut c_void,
+    /// The start routine's own function, when it is outside the instrumented ranges (C++
+    /// `std::thread` starts in libstdc++): instrumented on this thread's Vm for the run, so
+    /// that what it calls in instrumented code runs under the Vm.
+    extra: Option<Range>,
 }
 
 /// `pthread_create`, interposed: while threads are followed, the start routine runs under a
@@ -183,11 +195,17 @@ pub unsafe extern "C" fn pthread_create(
     }
     // SAFETY: the next definition of pthread_create, with its own type.
     let real = unsafe { std::mem::transmute::<usize, CreateFn>(real) };
-    if !ENABLED.load(Ordering::SeqCst) || !instrumented(start as usize as u64) {
+    let start_addr = start as usize as u64;
+    let extra = if instrumented(start_addr) {
+        None
+    } else {
+        qbdi_core::function_extent(start_addr)
+    };
+    if !ENABLED.load(Ordering::SeqCst) || (!instrumented(start_addr) && extra.is_none()) {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(thread, attr, start, arg) };
     }
-    let job = Box::into_raw(Box::new(Job { start, arg }));
+    let job = Box::into_raw(Box::new(Job { start, arg, extra }));
     // SAFETY: forwarding, with our start routine and its job.
     let r = unsafe { real(thread, attr, start_routine, job.cast()) };
     if r != 0 {
@@ -203,6 +221,7 @@ struct Running {
     vm: *mut Vm,
     stack: HostStack,
     tid: u32,
+    extra: Option<Range>,
 }
 
 /// The state `run_start` works on, on the host stack.
@@ -223,8 +242,18 @@ extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
     };
     let tid = threads::current_thread_id();
     let vm = Box::into_raw(take_vm());
+    if let Some(r) = job.extra {
+        // SAFETY: the Vm taken above is this thread's alone.
+        let _ = unsafe { (*vm).add_instrumented_range(r.start, r.end) };
+    }
     unwind::register_thread(tid, vm, Some(stack.bounds()));
-    let running = Box::into_raw(Box::new(Running { vm, stack, tid }));
+    let extra = job.extra;
+    let running = Box::into_raw(Box::new(Running {
+        vm,
+        stack,
+        tid,
+        extra,
+    }));
     if let Some(&key) = CLEANUP_KEY.get() {
         // SAFETY: a key of ours; the value is freed by thread_ended or below.
         unsafe { libc::pthread_setspecific(key, running.cast()) };
@@ -247,7 +276,7 @@ extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
     drop(unsafe { Box::from_raw(running) });
     unwind::unregister_thread(tid);
     // SAFETY: from Box::into_raw above; the run is over.
-    give_back(unsafe { Box::from_raw(vm) });
+    give_back(without(unsafe { Box::from_raw(vm) }, extra));
     stack.release();
     match run.result {
         Ok(value) => value as *mut c_void,
@@ -277,7 +306,7 @@ extern "C" fn thread_ended(running: *mut c_void) {
     let r = *unsafe { Box::from_raw(running as *mut Running) };
     unwind::unregister_thread(r.tid);
     // SAFETY: from Box::into_raw in start_routine; that run was abandoned.
-    give_back(unsafe { Box::from_raw(r.vm) });
+    give_back(without(unsafe { Box::from_raw(r.vm) }, r.extra));
     r.stack.release();
 }
 
@@ -390,6 +419,7 @@ extern "C" fn clone_child(job: *mut c_void) -> c_int {
             // of which the caller reads eax).
             start: unsafe { std::mem::transmute::<CloneFn, StartFn>(job.f) },
             arg: job.arg,
+            extra: None,
         },
         guest_sp: (current_sp() - 1024) & !0xf,
         result: Ok(0),

@@ -51,7 +51,7 @@ pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use options::Options;
 pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
-pub use symbols::symbolize;
+pub use symbols::{function_extent, symbolize};
 pub use vm::{FAKE_RETURN_ADDRESS, Vm};
 
 /// One line describing how the engine saves FP and vector state on this CPU: the vendor, the

@@ -32,6 +32,140 @@ pub fn symbolize(addr: u64) -> Option<(String, u32, String)> {
     })
 }
 
+/// The extent `[start, end)` of the sized function symbol containing `addr` (`None`
+/// outside file-backed mappings, or when no sized symbol covers `addr`).
+///
+/// Without a symbol (a static function of a stripped library), the function's unwind
+/// information (its `.eh_frame` FDE, which C and C++ code always has) gives the extent.
+pub fn function_extent(addr: u64) -> Option<crate::Range> {
+    let mapping = find_mapping(addr)?;
+    let symbols = module_symbols(&mapping.path);
+    let bias = symbols.bias(&mapping)?;
+    if let Some((start, size)) = symbols.sized(addr.wrapping_sub(bias)) {
+        let start = start.wrapping_add(bias);
+        return Some(crate::Range::new(start, start + size));
+    }
+    fde_extent(addr)
+}
+
+/// `struct dwarf_eh_bases` of libgcc's unwinder.
+#[repr(C)]
+struct EhBases {
+    tbase: *mut std::ffi::c_void,
+    dbase: *mut std::ffi::c_void,
+    func: *mut std::ffi::c_void,
+}
+
+unsafe extern "C" {
+    /// libgcc's lookup of the FDE covering `pc` (through the loader's list of objects).
+    fn _Unwind_Find_FDE(pc: *mut std::ffi::c_void, bases: *mut EhBases) -> *const u8;
+}
+
+/// The extent of the function whose FDE covers `addr`: `[func, func + pc_range)`.
+fn fde_extent(addr: u64) -> Option<crate::Range> {
+    let mut bases = EhBases {
+        tbase: std::ptr::null_mut(),
+        dbase: std::ptr::null_mut(),
+        func: std::ptr::null_mut(),
+    };
+    // SAFETY: a lookup by address; `bases` is ours to fill.
+    let fde = unsafe { _Unwind_Find_FDE(addr as *mut std::ffi::c_void, &mut bases) };
+    if fde.is_null() || bases.func.is_null() {
+        return None;
+    }
+    // SAFETY: `fde` is an FDE of a loaded object's .eh_frame (length, CIE pointer,
+    // pc_begin, pc_range, ...), and its CIE precedes it in the same section.
+    let size = unsafe {
+        let read_u32 = |p: *const u8| (p as *const u32).read_unaligned();
+        if read_u32(fde) == u32::MAX {
+            return None; // 64-bit DWARF: not produced for x86-64 code
+        }
+        let cie_field = fde.add(4);
+        let cie = cie_field.sub(read_u32(cie_field) as usize);
+        let width = pointer_width(cie)?;
+        let range = fde.add(8 + width);
+        match width {
+            2 => u64::from((range as *const u16).read_unaligned()),
+            4 => u64::from(read_u32(range)),
+            _ => (range as *const u64).read_unaligned(),
+        }
+    };
+    let start = bases.func as u64;
+    (size > 0 && (start..start + size).contains(&addr))
+        .then(|| crate::Range::new(start, start + size))
+}
+
+/// The size of an encoded address in the FDEs of `cie`: from the CIE's 'R' augmentation
+/// (the pointer encoding), 8 without one.
+///
+/// # Safety
+/// `cie` must point at a CIE of a loaded `.eh_frame`.
+unsafe fn pointer_width(cie: *const u8) -> Option<usize> {
+    // SAFETY: the caller's contract: the CIE's fields are readable in order.
+    unsafe {
+        let mut p = cie.add(8); // length, CIE id
+        let version = *p;
+        p = p.add(1);
+        let augmentation = p;
+        while *p != 0 {
+            p = p.add(1);
+        }
+        p = p.add(1);
+        let uleb = |p: &mut *const u8| {
+            let mut v = 0u64;
+            let mut shift = 0;
+            loop {
+                let b = **p;
+                *p = p.add(1);
+                v |= u64::from(b & 0x7f) << shift;
+                shift += 7;
+                if b & 0x80 == 0 || shift > 63 {
+                    return v;
+                }
+            }
+        };
+        uleb(&mut p); // code alignment
+        uleb(&mut p); // data alignment (sleb: same length)
+        if version == 1 {
+            p = p.add(1);
+        } else {
+            uleb(&mut p);
+        }
+        if *augmentation != b'z' {
+            return Some(8);
+        }
+        uleb(&mut p); // augmentation data length
+        let mut a = augmentation.add(1);
+        while *a != 0 {
+            match *a {
+                b'R' => {
+                    return match *p & 0x0f {
+                        0x02 | 0x0a => Some(2),
+                        0x03 | 0x0b => Some(4),
+                        0x00 | 0x04 | 0x0c => Some(8),
+                        _ => None,
+                    };
+                }
+                b'L' => p = p.add(1),
+                b'P' => {
+                    let encoding = *p;
+                    p = p.add(1);
+                    p = p.add(match encoding & 0x0f {
+                        0x02 | 0x0a => 2,
+                        0x03 | 0x0b => 4,
+                        0x00 | 0x04 | 0x0c => 8,
+                        _ => return None,
+                    });
+                }
+                b'S' | b'B' => {}
+                _ => return None,
+            }
+            a = a.add(1);
+        }
+        Some(8)
+    }
+}
+
 /// A file-backed mapping of the process.
 #[derive(Debug)]
 struct Mapping {
@@ -142,6 +276,17 @@ impl ModuleSymbols {
             }
         }
         None
+    }
+
+    /// The sized symbol covering link-time address `vaddr`: its address and size.
+    fn sized(&self, vaddr: u64) -> Option<(u64, u64)> {
+        let end = self.symbols.partition_point(|s| s.address <= vaddr);
+        self.symbols[..end]
+            .iter()
+            .rev()
+            .take(64)
+            .find(|s| s.size > 0 && vaddr - s.address < s.size)
+            .map(|s| (s.address, s.size))
     }
 
     /// Reads the file at `path`; an unreadable or non-ELF file gives an empty table.
@@ -366,6 +511,20 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn a_function_extent_comes_from_unwind_information_without_a_symbol() {
+        // A static function of this test binary has an FDE; its extent holds the function.
+        #[inline(never)]
+        extern "C" fn probe(x: u64) -> u64 {
+            std::hint::black_box(x).wrapping_mul(3)
+        }
+        let addr = probe as *const () as u64;
+        let r = super::fde_extent(addr + 1).expect("an FDE covers a compiled function");
+        assert_eq!(r.start, addr);
+        assert!(r.end > addr + 1 && r.end - r.start < 4096, "{r:?}");
+        assert_eq!(super::function_extent(addr + 1).map(|r| r.start), Some(addr));
     }
 
     #[test]

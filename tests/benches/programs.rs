@@ -93,7 +93,7 @@ fn main() {
         ),
     ];
     if Path::new("/usr/bin/pigz").exists() {
-        cases.push(("pigz -p 2", s(&["pigz", "-p", "2", "-c"]), &input));
+        cases.push(("pigz -p 2", s(&["pigz", "-n", "-p", "2", "-c"]), &input));
     } else {
         eprintln!("pigz is not installed: no pigz row (apt-get install pigz)");
     }

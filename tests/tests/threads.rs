@@ -653,6 +653,35 @@ fn threads8_bbcount_counts_every_step_of_every_thread() {
     }
 }
 
+/// C++ `std::thread` (started by libstdc++, which calls the lambda: under the default
+/// ranges libstdc++ is not instrumented, so the start routine's own function is, on the
+/// thread) and Rust `std::thread`: each worker's calls to the step function are counted
+/// exactly, under the default ranges and `--all-maps`.
+#[test]
+fn cxx_and_rust_std_threads_are_followed() {
+    let dir = scratch("std-threads");
+    for (exe, step) in [
+        (env!("QBDI_TEST_CXX_THREADS"), "cxx_step"),
+        (env!("QBDI_TEST_RUST_THREADS"), "rs_step"),
+    ] {
+        let n = native_ok(&dir, &[], exe, &[], None);
+        for (i, ranges) in [&[][..], &["--all-maps"][..]].into_iter().enumerate() {
+            let out = dir.join(format!("{step}{i}.txt"));
+            let spec = format!("bbcount:out={}", out.display());
+            let mut args = ranges.to_vec();
+            args.extend(["-p", &spec]);
+            like_native(&dir, &[], &args, &n, exe, &[], None);
+            let lines = read_bbcount(&out);
+            assert_eq!(
+                bb_count_of(&lines, Path::new(exe), step),
+                4000,
+                "{exe} {args:?}: entries of {step} (4 threads x 1000); hottest:\n{}",
+                show_hottest(&lines)
+            );
+        }
+    }
+}
+
 // ---- raw_threads ----------------------------------------------------------------------
 
 /// Runs `raw_threads <args>` natively, under the default ranges and under `--all-maps`,
@@ -806,6 +835,40 @@ fn thread_churn_with_a_callback_on_every_block() {
             show_hottest(&lines)
         );
     }
+}
+
+/// The peak resident memory (KiB) of `qbdi run --all-maps -- raw_threads churn <rounds>`.
+fn churn_peak_rss_kib(dir: &Path, rounds: u64) -> i64 {
+    let child = std::process::Command::new(qbdi_tests::cli::qbdi())
+        .args(["run", "--all-maps", "--", RAW, "churn", &rounds.to_string()])
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("qbdi starts");
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: waits for the child just spawned (not waited for elsewhere).
+    let pid = unsafe { libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    assert_eq!(pid, child.id() as i32);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "churn {rounds}: status {status:#x}"
+    );
+    usage.ru_maxrss
+}
+
+/// Creating and joining threads does not grow memory with their number: a thread's Vm and
+/// host stack go back to a pool when it ends (10x the threads, about the same peak).
+#[test]
+fn thread_churn_memory_stays_bounded() {
+    let dir = scratch("raw-churn-rss");
+    let small = churn_peak_rss_kib(&dir, 20);
+    let large = churn_peak_rss_kib(&dir, 200);
+    assert!(
+        large < small + 48 * 1024,
+        "peak RSS {large} KiB for 12,800 threads against {small} KiB for 1,280"
+    );
 }
 
 /// translate_race: how many times thread t calls each function (see raw_threads.c).
@@ -1047,7 +1110,7 @@ fn pigz_threads_under_all_maps() {
         return;
     }
     let big = corpus();
-    let args = ["-p", "4", "-c"];
+    let args = ["-n", "-p", "4", "-c"];
     let real = RealRun {
         dir: &dir,
         env: &[],
@@ -1060,7 +1123,7 @@ fn pigz_threads_under_all_maps() {
     assert_round_trip(&dir, "gzip", &["-d", "-c"], &out.stdout, &big);
     // With bbcount: 256 KiB in 32 KiB blocks.
     let small = &big[..256 << 10];
-    let args = ["-p", "4", "-b", "32", "-c"];
+    let args = ["-n", "-p", "4", "-b", "32", "-c"];
     let real = RealRun {
         args: &args,
         input: Some(small),
