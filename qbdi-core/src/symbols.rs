@@ -524,7 +524,10 @@ mod tests {
         let r = super::fde_extent(addr + 1).expect("an FDE covers a compiled function");
         assert_eq!(r.start, addr);
         assert!(r.end > addr + 1 && r.end - r.start < 4096, "{r:?}");
-        assert_eq!(super::function_extent(addr + 1).map(|r| r.start), Some(addr));
+        assert_eq!(
+            super::function_extent(addr + 1).map(|r| r.start),
+            Some(addr)
+        );
     }
 
     #[test]
