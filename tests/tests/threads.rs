@@ -838,6 +838,8 @@ fn thread_churn_with_a_callback_on_every_block() {
 }
 
 /// The peak resident memory (KiB) of `qbdi run --all-maps -- raw_threads churn <rounds>`.
+// The child is reaped by wait4 (for its rusage), not by Child::wait.
+#[allow(clippy::zombie_processes)]
 fn churn_peak_rss_kib(dir: &Path, rounds: u64) -> i64 {
     let child = std::process::Command::new(qbdi_tests::cli::qbdi())
         .args(["run", "--all-maps", "--", RAW, "churn", &rounds.to_string()])
