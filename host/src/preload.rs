@@ -341,7 +341,8 @@ extern "C" fn main_returned_natively(status: c_int) -> ! {
     unsafe { libc::exit(status) }
 }
 
-fn current_sp() -> u64 {
+/// The caller's stack pointer.
+pub(crate) fn current_sp() -> u64 {
     let sp: u64;
     // SAFETY: reads rsp.
     unsafe {

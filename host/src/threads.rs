@@ -258,13 +258,13 @@ extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
         // SAFETY: a key of ours; the value is freed by thread_ended or below.
         unsafe { libc::pthread_setspecific(key, running.cast()) };
     }
-    let (mxcsr, fcw) = control_words();
+    let (mxcsr, fcw) = threads::control_words();
     // SAFETY: the Vm taken above is this thread's alone.
     unsafe { (*vm).set_fpr_state(&fresh_fpr(mxcsr, fcw)) };
     let mut run = StartRun {
         vm,
         job,
-        guest_sp: (current_sp() - 1024) & !0xf,
+        guest_sp: (crate::preload::current_sp() - 1024) & !0xf,
         result: Ok(0),
     };
     stack.run(run_start, (&raw mut run).cast());
@@ -308,31 +308,6 @@ extern "C" fn thread_ended(running: *mut c_void) {
     // SAFETY: from Box::into_raw in start_routine; that run was abandoned.
     give_back(without(unsafe { Box::from_raw(r.vm) }, r.extra));
     r.stack.release();
-}
-
-fn control_words() -> (u32, u16) {
-    let mut mxcsr = 0u32;
-    let mut fcw = 0u16;
-    // SAFETY: stores MXCSR and the x87 control word into the locals.
-    unsafe {
-        std::arch::asm!(
-            "stmxcsr [{m}]",
-            "fnstcw [{c}]",
-            m = in(reg) &mut mxcsr,
-            c = in(reg) &mut fcw,
-            options(nostack),
-        );
-    }
-    (mxcsr, fcw)
-}
-
-fn current_sp() -> u64 {
-    let sp: u64;
-    // SAFETY: reads rsp.
-    unsafe {
-        std::arch::asm!("mov {}, rsp", out(reg) sp, options(nomem, nostack, preserves_flags))
-    };
-    sp
 }
 
 type CloneFn = extern "C" fn(*mut c_void) -> c_int;
@@ -409,7 +384,7 @@ extern "C" fn clone_child(job: *mut c_void) -> c_int {
     let tid = threads::current_thread_id();
     let vm = Box::into_raw(take_vm());
     unwind::register_thread(tid, vm, Some(stack.bounds()));
-    let (mxcsr, fcw) = control_words();
+    let (mxcsr, fcw) = threads::control_words();
     // SAFETY: the Vm taken above is this thread's alone.
     unsafe { (*vm).set_fpr_state(&fresh_fpr(mxcsr, fcw)) };
     let mut run = StartRun {
@@ -421,7 +396,7 @@ extern "C" fn clone_child(job: *mut c_void) -> c_int {
             arg: job.arg,
             extra: None,
         },
-        guest_sp: (current_sp() - 1024) & !0xf,
+        guest_sp: (crate::preload::current_sp() - 1024) & !0xf,
         result: Ok(0),
     };
     stack.run(run_start, (&raw mut run).cast());

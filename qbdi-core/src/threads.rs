@@ -339,7 +339,9 @@ extern "C" fn start_on_host_stack(job: *mut (usize, ThreadStart)) -> ! {
     handler(start)
 }
 
-fn control_words() -> (u32, u16) {
+/// The calling thread's MXCSR and x87 control word (what a new thread inherits).
+#[must_use]
+pub fn control_words() -> (u32, u16) {
     let mut mxcsr = 0u32;
     let mut fcw = 0u16;
     // SAFETY: stores MXCSR and the x87 control word into the locals.

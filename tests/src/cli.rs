@@ -6,6 +6,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 /// `target/<profile>/`, where cargo put `qbdi`, `libqbdi_host.so` and the plugins.
 pub fn artifacts() -> PathBuf {
@@ -118,7 +119,6 @@ pub fn qbdi_cmd(dir: &Path, args: &[&str]) -> Outcome {
 }
 
 fn run(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>) -> Outcome {
-    use std::io::Write;
     cmd.current_dir(dir)
         .env_remove("QBDI_PLUGIN_PATH")
         .stdin(if stdin.is_some() {
@@ -129,15 +129,21 @@ fn run(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("the program starts");
+    feed(&mut child, stdin);
+    Outcome::from(child.wait_with_output().expect("the program ends"))
+}
+
+/// Writes `stdin` (if any) to the child's piped input from a thread: the program may write
+/// before it has read everything.
+fn feed(child: &mut std::process::Child, stdin: Option<&[u8]>) {
+    use std::io::Write;
     if let Some(input) = stdin {
         let mut pipe = child.stdin.take().expect("piped stdin");
         let input = input.to_vec();
-        // Feed it from a thread: the program may write before it has read everything.
         std::thread::spawn(move || {
             let _ = pipe.write_all(&input);
         });
     }
-    Outcome::from(child.wait_with_output().expect("the program ends"))
 }
 
 /// A fresh scratch directory under the target directory.
@@ -245,4 +251,75 @@ pub fn python() -> String {
         .expect("a path")
         .trim()
         .to_owned()
+}
+
+/// What a run that may hang did (see [`run_with_timeout`]).
+#[derive(Debug)]
+pub struct TimedRun {
+    /// Its standard output.
+    pub stdout: Vec<u8>,
+    /// Its standard error.
+    pub stderr: Vec<u8>,
+    /// Its exit code, if it exited.
+    pub code: Option<i32>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// Whether it was killed after the timeout.
+    pub hung: bool,
+    /// How long it ran.
+    pub seconds: f64,
+}
+
+/// Runs `cmd` (its directory and arguments already set) with `stdin` as input, killing it
+/// after `timeout`.
+pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Duration) -> TimedRun {
+    use std::io::Read;
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let mut child = cmd
+        .env_remove("QBDI_PLUGIN_PATH")
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "{:?} does not start ({e}): .ci/run installs the programs the tests run",
+                cmd.get_program()
+            )
+        });
+    feed(&mut child, stdin);
+    let reader = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            let _ = r.read_to_end(&mut v);
+            v
+        })
+    };
+    let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
+    let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
+    let mut hung = false;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break status;
+        }
+        if start.elapsed() > timeout {
+            hung = true;
+            let _ = child.kill();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    TimedRun {
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        code: status.code(),
+        signal: status.signal(),
+        hung,
+        seconds: start.elapsed().as_secs_f64(),
+    }
 }

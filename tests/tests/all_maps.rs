@@ -49,14 +49,13 @@
 //! translator asking iced to encode an out-of-reach RIP-relative operand while the guest
 //! was inside malloc (iced formats its error on the heap: `lua5.4 -v` aborted).
 
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use iced_x86::{Decoder, DecoderOptions, EncodingKind, Instruction, OpKind};
-use qbdi_tests::cli::{corpus, python, qbdi, scratch};
+use qbdi_tests::cli::{self, corpus, python, qbdi, scratch};
 use qbdi_tests::glibc::{self, has_avx512};
 
 /// How long one run may take before it is killed and reported as hung.
@@ -331,60 +330,14 @@ impl Outcome {
 
 /// Runs `cmd` with `stdin`, killing it after [`TIMEOUT`].
 fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
-    let start = Instant::now();
-    let mut child = cmd
-        .env_remove("QBDI_PLUGIN_PATH")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| {
-            panic!(
-                "{:?} does not start ({e}): .ci/run installs the programs this file runs",
-                cmd.get_program()
-            )
-        });
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        let input = input.to_vec();
-        // From a thread: the program may write before it has read everything.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
-    let mut hung = false;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > TIMEOUT {
-            hung = true;
-            let _ = child.kill();
-            break child.wait().expect("wait after kill");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let r = cli::run_with_timeout(cmd, stdin, TIMEOUT);
     Outcome {
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
-        code: status.code(),
-        signal: status.signal(),
-        hung,
-        seconds: start.elapsed().as_secs_f64(),
+        stdout: r.stdout,
+        stderr: r.stderr,
+        code: r.code,
+        signal: r.signal,
+        hung: r.hung,
+        seconds: r.seconds,
     }
 }
 

@@ -35,13 +35,12 @@
 //! drcov's (PIE: the symbol's value).
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use qbdi_tests::cli::{Outcome, corpus, python, qbdi, scratch};
+use qbdi_tests::cli::{self, Outcome, corpus, python, qbdi, scratch};
 
 const THREADS8: &str = env!("QBDI_TEST_THREADS8");
 const RAW: &str = env!("QBDI_TEST_RAW_THREADS");
@@ -77,7 +76,6 @@ fn run(
     args: &[&str],
     stdin: Option<&[u8]>,
 ) -> Outcome {
-    use std::os::unix::process::ExitStatusExt;
     let mut cmd = match qbdi_args {
         None => Command::new(program),
         Some(q) => {
@@ -86,62 +84,23 @@ fn run(
             c
         }
     };
-    cmd.args(args)
-        .envs(env.iter().copied())
-        .current_dir(dir)
-        .env_remove("QBDI_PLUGIN_PATH")
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .unwrap_or_else(|e| panic!("{program} does not start: {e}"));
-    if let Some(input) = stdin {
-        let mut pipe = child.stdin.take().expect("piped stdin");
-        let input = input.to_vec();
-        // From a thread: the program may write before it has read everything.
-        std::thread::spawn(move || {
-            let _ = pipe.write_all(&input);
-        });
-    }
-    let reader = |mut r: Box<dyn Read + Send>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            let _ = r.read_to_end(&mut v);
-            v
-        })
-    };
-    let out = reader(Box::new(child.stdout.take().expect("piped stdout")));
-    let err = reader(Box::new(child.stderr.take().expect("piped stderr")));
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            break status;
-        }
-        if start.elapsed() > TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "{program} {args:?} under {}: hung (killed after {} s)",
-                describe(qbdi_args),
-                TIMEOUT.as_secs()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    cmd.args(args).envs(env.iter().copied()).current_dir(dir);
+    let r = cli::run_with_timeout(&mut cmd, stdin, TIMEOUT);
+    assert!(
+        !r.hung,
+        "{program} {args:?} under {}: hung (killed after {} s)",
+        describe(qbdi_args),
+        TIMEOUT.as_secs()
+    );
     let outcome = Outcome {
-        stdout: out.join().unwrap(),
-        stderr: String::from_utf8_lossy(&err.join().unwrap()).into_owned(),
-        code: status.code(),
-        signal: status.signal(),
+        stdout: r.stdout,
+        stderr: String::from_utf8_lossy(&r.stderr).into_owned(),
+        code: r.code,
+        signal: r.signal,
     };
     eprintln!(
         "{:>7.2}s  {program} {} under {}",
-        start.elapsed().as_secs_f64(),
+        r.seconds,
         args.join(" "),
         describe(qbdi_args)
     );
