@@ -85,7 +85,11 @@ impl HostStack {
             }
             let mut base = BASES[slot].load(Ordering::Relaxed);
             if base == 0 {
-                base = map_stack()?;
+                let Some(mapped) = map_stack() else {
+                    BUSY[slot].store(false, Ordering::Release);
+                    return None;
+                };
+                base = mapped;
                 BASES[slot].store(base, Ordering::Relaxed);
             }
             return Some(HostStack { slot, base });
