@@ -55,7 +55,23 @@ fn main() {
     build_c_program(&out, "threads8", "QBDI_TEST_THREADS8");
     build_c_program(&out, "raw_threads", "QBDI_TEST_RAW_THREADS");
     build_cxx_threads(&out);
+    build_c_program(&out, "late_main", "QBDI_TEST_LATE_MAIN");
+    build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
     build_rust_threads(&out);
+}
+
+/// Compiles `programs/<name>.c` into `lib<name>.so`; its path in the environment variable
+/// `var` of the tests.
+fn build_shared_library(out: &str, name: &str, var: &str) {
+    let src = format!("programs/{name}.c");
+    println!("cargo:rerun-if-changed={src}");
+    let lib = format!("{out}/lib{name}.so");
+    let status = std::process::Command::new("gcc")
+        .args(["-O1", "-shared", "-fPIC", "-o", &lib, &src])
+        .status()
+        .expect("gcc runs (the machine image has it)");
+    assert!(status.success(), "gcc failed on {src}");
+    println!("cargo:rustc-env={var}={lib}");
 }
 
 /// Compiles the C++ `std::thread` test program with the system's g++.

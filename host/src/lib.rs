@@ -13,6 +13,7 @@ pub mod config;
 pub mod elf;
 pub mod heap;
 mod host_api;
+mod late;
 pub mod log;
 pub mod plugin;
 pub mod preload;

@@ -185,6 +185,17 @@ unsafe extern "C" fn qbdi_main(
         fail_early(&e.to_string());
     }
     install_finalisers();
+    if let Some(c) = CONFIG.get() {
+        let mut own = plugin_paths.clone();
+        let here = qbdi_main as *const () as u64;
+        own.extend(
+            qbdi_core::current_process_maps(true)
+                .into_iter()
+                .filter(|m| m.range.contains(here))
+                .map(|m| m.name),
+        );
+        crate::late::enable(c.all_maps, &c.modules, &c.exclude, own);
+    }
     if CONFIG.get().is_some_and(|c| c.python_tools.is_empty()) {
         // Python tools' callbacks are not replayed on other threads: with them, threads
         // other than main run natively.
@@ -263,8 +274,11 @@ fn instrument(
         }
     }
     for m in &config.modules {
-        vm.add_instrumented_module(m)
-            .map_err(|e| format!("--module {m}: {e}"))?;
+        match vm.add_instrumented_module(m) {
+            // Not mapped yet: instrumented when the program loads it (see `late`).
+            Err(qbdi_core::VmError::ModuleNotFound(_)) => {}
+            r => r.map_err(|e| format!("--module {m}: {e}"))?,
+        }
     }
     for m in &config.exclude {
         vm.remove_instrumented_module(m)

@@ -23,6 +23,7 @@ mod callback;
 mod engine;
 mod error;
 mod instrumentation;
+pub mod late_code;
 mod maps;
 mod memory;
 mod memory_access;

@@ -181,6 +181,9 @@ impl Engine {
 
     /// Where to go for guest address `pc`.
     fn next_for(&mut self, pc: u64) -> Result<Next, VmError> {
+        if crate::late_code::published() != self.late_seen {
+            self.take_published_ranges();
+        }
         if let Some(b) = self.dir().lookup(pc) {
             let host = b.host;
             // An indirect branch missed the inline table although the block exists: its entry

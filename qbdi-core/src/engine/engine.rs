@@ -43,6 +43,8 @@ pub(crate) struct Engine {
     pub(super) new_blocks: Vec<(u64, u64)>,
     /// How many times the cache was started over because it was full.
     pub(super) resets: u64,
+    /// How many of the ranges published with `late_code` this engine took.
+    pub(super) late_seen: u64,
 }
 
 impl Engine {
@@ -67,6 +69,7 @@ impl Engine {
             }),
             new_blocks: Vec::with_capacity(64),
             resets: 0,
+            late_seen: 0,
         }
     }
 
@@ -94,6 +97,22 @@ impl Engine {
         }
         while let Some(r) = shared.inst.flush.ranges.pop() {
             self.clear_cache(r);
+        }
+    }
+
+    /// Takes the ranges published since the last look (`late_code`): they join or leave
+    /// the instrumented ranges, and the cache forgets what it knew of them (native entries
+    /// of the inline table, translations).
+    pub(super) fn take_published_ranges(&mut self) {
+        while let Some(c) = crate::late_code::change_at(self.late_seen) {
+            self.late_seen += 1;
+            let ranges = &mut self.shared().inst.ranges;
+            if c.add {
+                ranges.add(c.range);
+            } else {
+                ranges.remove(c.range);
+            }
+            self.clear_cache(c.range);
         }
     }
 

@@ -1,0 +1,51 @@
+//! Code mapped after the Vms started: instrumented ranges an embedder publishes for every
+//! Vm of the process (the `qbdi` host publishes a library that `dlopen` maps when it
+//! matches the run's range options, and withdraws the ranges of one `dlclose` unmaps).
+//!
+//! Each Vm takes the changes at its next dispatcher round (a cache miss, a native call, a
+//! new block): the published ranges join (or leave) its instrumented ranges, and anything it
+//! had learnt about those addresses (native entries of its inline table, translations) is
+//! dropped. The check is one relaxed atomic load per dispatcher round.
+
+use crate::range::Range;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// One published change.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Change {
+    /// Added (true) or removed.
+    pub add: bool,
+    pub range: Range,
+}
+
+static LOG: Mutex<Vec<Change>> = Mutex::new(Vec::new());
+/// How many changes were published (the length of `LOG`).
+static PUBLISHED: AtomicU64 = AtomicU64::new(0);
+
+/// Adds `add` to and removes `remove` from the instrumented ranges of every Vm of the
+/// process, from each one's next dispatcher round on.
+pub fn publish_ranges(add: &[Range], remove: &[Range]) {
+    let mut log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.extend(remove.iter().map(|&range| Change { add: false, range }));
+    log.extend(add.iter().map(|&range| Change { add: true, range }));
+    PUBLISHED.store(log.len() as u64, Ordering::Release);
+}
+
+/// How many changes were published so far.
+pub(crate) fn published() -> u64 {
+    PUBLISHED.load(Ordering::Acquire)
+}
+
+/// The change published `index`-th (from 0), if there is one.
+pub(crate) fn change_at(index: u64) -> Option<Change> {
+    if index >= published() {
+        return None;
+    }
+    let log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.get(index as usize).copied()
+}
