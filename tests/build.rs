@@ -56,6 +56,7 @@ fn main() {
     build_c_program(&out, "raw_threads", "QBDI_TEST_RAW_THREADS");
     build_cxx_threads(&out);
     build_c_program(&out, "late_main", "QBDI_TEST_LATE_MAIN");
+    build_c_program(&out, "signals", "QBDI_TEST_SIGNALS");
     build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
     build_rust_threads(&out);
 }
@@ -108,7 +109,7 @@ fn build_c_program(out: &str, name: &str, var: &str) {
     println!("cargo:rerun-if-changed={src}");
     let exe = format!("{out}/{name}");
     let status = std::process::Command::new("gcc")
-        .args(["-O1", "-o", &exe, &src, "-ldl"])
+        .args(["-O1", "-o", &exe, &src, "-ldl", "-lpthread"])
         .status()
         .expect("gcc runs (the machine image has it)");
     assert!(status.success(), "gcc failed on {src}");

@@ -18,6 +18,7 @@ pub mod log;
 pub mod plugin;
 pub mod preload;
 pub mod session;
+mod signals;
 mod threads;
 mod unwind;
 

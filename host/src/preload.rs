@@ -200,6 +200,9 @@ unsafe extern "C" fn qbdi_main(
         // Python tools' callbacks are not replayed on other threads: with them, threads
         // other than main run natively.
         crate::threads::enable(vm);
+        if !libc_instrumented(vm) {
+            crate::signals::enable();
+        }
     }
 
     // The guest runs main on the real stack, just below this frame; the host's code runs on

@@ -326,8 +326,17 @@ pub(crate) struct InCallback(&'static AtomicU32);
 
 impl Drop for InCallback {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
+        if self.0.fetch_sub(1, Ordering::SeqCst) == 1 {
+            // Signals that came during the callback are delivered now.
+            crate::signals::run_deferred();
+        }
     }
+}
+
+/// Whether a plugin callback is in progress on this thread (a signal handler that
+/// interrupts it must not run plugin code again: the plugin may hold its locks).
+pub(crate) fn in_callback() -> bool {
+    MY_COUNT.with(|c| c.load(Ordering::Relaxed) != 0)
 }
 
 /// Marks a plugin callback in progress on this thread, or `None` once finalisation has

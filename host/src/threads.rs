@@ -58,7 +58,7 @@ pub(crate) fn enable(vm: &Vm) {
     ENABLED.store(true, Ordering::SeqCst);
 }
 
-fn instrumented(addr: u64) -> bool {
+pub(crate) fn instrumented(addr: u64) -> bool {
     RANGES
         .get()
         .is_some_and(|r| r.iter().any(|r| r.contains(addr)))
@@ -85,6 +85,27 @@ fn without(mut vm: Box<Vm>, extra: Option<Range>) -> Box<Vm> {
         let _ = vm.remove_instrumented_range(r.start, r.end);
     }
     vm
+}
+
+/// Vms kept for signal handlers (see `signals`): taken without blocking, since the
+/// interrupted code may hold the lock of the threads' pool or be making a Vm.
+static SIGNAL_POOL: Mutex<Vec<Owned>> = Mutex::new(Vec::new());
+
+/// A Vm for a signal handler, if one is free and its pool is not locked.
+pub(crate) fn try_take_signal_vm() -> Option<Box<Vm>> {
+    SIGNAL_POOL.try_lock().ok()?.pop().map(|o| o.0)
+}
+
+/// Gives back a signal handler's Vm.
+pub(crate) fn give_back_signal_vm(vm: Box<Vm>) {
+    lock(&SIGNAL_POOL).push(Owned(vm));
+}
+
+/// Makes `n` Vms for signal handlers (outside signal handlers).
+pub(crate) fn fill_signal_pool(n: usize) {
+    for _ in 0..n {
+        give_back_signal_vm(new_vm());
+    }
 }
 
 fn give_back(vm: Box<Vm>) {

@@ -1,0 +1,376 @@
+//! The program's signal handlers under the engine (libc not instrumented).
+//!
+//! The preload interposes `sigaction` and `signal`. A handler in the instrumented ranges is
+//! installed behind a wrapper (same mask and flags, plus `SA_SIGINFO`); `oldact` reports
+//! the program's own handler. When the signal comes, the wrapper runs the handler under a
+//! Vm of its own, taken from a pool kept for handlers, on the stack the kernel gave the handler
+//! (the thread's, or its `sigaltstack`), with the host's code on a pool host stack. The
+//! interrupted code, guest or host, is left as it is: its Vm is not touched.
+//!
+//! - A handler that returns gives the Vm back; the kernel's `sigreturn` resumes the
+//!   interrupted code.
+//! - A handler that leaves with `siglongjmp` (native libc) resumes the interrupted Vm's code
+//!   where `sigsetjmp` returned; the handler's Vm is taken back by the next signal on the
+//!   thread, which finds that handler's frame gone (its stack pointer below the new one).
+//! - The handler runs natively when the signal interrupts a plugin callback on the thread
+//!   (the plugin may hold its locks), or when no pooled Vm or host stack is free.
+//!
+//! With libc instrumented (`--all-maps`) handlers run natively, as before: a `siglongjmp`
+//! there would run in the handler's Vm (whole-process instrumentation III).
+
+use std::cell::Cell;
+use std::ffi::{c_int, c_void};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use qbdi_core::threads::{self, HostStack};
+use qbdi_core::{Vm, VmError};
+
+use crate::{log, session};
+
+const NSIG: usize = 65;
+static ENABLED: AtomicBool = AtomicBool::new(false);
+/// The program's handler of each signal that we wrap (0: not wrapped).
+static APP: [AtomicUsize; NSIG] = [const { AtomicUsize::new(0) }; NSIG];
+/// Whether the program asked for `SA_SIGINFO` (three arguments) for it.
+static SIGINFO: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
+/// Whether the disposition goes back to the default after one delivery (`SA_RESETHAND`).
+static RESETHAND: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
+
+/// Runs the program's signal handlers under the engine from now on.
+pub(crate) fn enable() {
+    // Vms for handlers (two: a handler interrupted by another signal).
+    crate::threads::fill_signal_pool(2);
+    ENABLED.store(true, Ordering::SeqCst);
+}
+
+type SigactionFn =
+    unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+
+fn real_sigaction() -> Option<SigactionFn> {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
+    let real = *REAL
+        .get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) as usize });
+    // SAFETY: the next definition of sigaction, with its own type.
+    (real != 0).then(|| unsafe { std::mem::transmute::<usize, SigactionFn>(real) })
+}
+
+/// `sigaction`, interposed (see the module docs).
+///
+/// # Safety
+/// sigaction's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigaction(
+    sig: c_int,
+    act: *const libc::sigaction,
+    old: *mut libc::sigaction,
+) -> c_int {
+    let Some(real) = real_sigaction() else {
+        // SAFETY: sets this thread's errno.
+        unsafe { *libc::__errno_location() = libc::ENOSYS };
+        return -1;
+    };
+    let index = sig as usize;
+    if !ENABLED.load(Ordering::SeqCst) || sig <= 0 || index >= NSIG {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { real(sig, act, old) };
+    }
+    let (prev_app, prev_siginfo) = (
+        APP[index].load(Ordering::SeqCst),
+        SIGINFO[index].load(Ordering::SeqCst),
+    );
+    // SAFETY: `act`, when not null, points at the caller's sigaction.
+    let requested = (!act.is_null()).then(|| unsafe { *act });
+    let mut wrapped = None;
+    if let Some(a) = requested {
+        let h = a.sa_sigaction;
+        if h != libc::SIG_DFL && h != libc::SIG_IGN && crate::threads::instrumented(h as u64) {
+            let mut ours = a;
+            ours.sa_sigaction = wrapper as *const () as usize;
+            ours.sa_flags |= libc::SA_SIGINFO;
+            // Known before the kernel can deliver through the wrapper.
+            APP[index].store(h, Ordering::SeqCst);
+            SIGINFO[index].store(a.sa_flags & libc::SA_SIGINFO != 0, Ordering::SeqCst);
+            RESETHAND[index].store(a.sa_flags & libc::SA_RESETHAND != 0, Ordering::SeqCst);
+            wrapped = Some(ours);
+        }
+    }
+    let act_ptr = match &wrapped {
+        Some(ours) => ours as *const libc::sigaction,
+        None => act,
+    };
+    // SAFETY: forwarding, with our wrapper in place of the program's handler.
+    let r = unsafe { real(sig, act_ptr, old) };
+    if r != 0 {
+        APP[index].store(prev_app, Ordering::SeqCst);
+        SIGINFO[index].store(prev_siginfo, Ordering::SeqCst);
+        return r;
+    }
+    if !old.is_null() {
+        // SAFETY: the kernel filled the caller's `old`.
+        let o = unsafe { &mut *old };
+        if o.sa_sigaction == wrapper as *const () as usize {
+            o.sa_sigaction = prev_app;
+            if !prev_siginfo {
+                o.sa_flags &= !libc::SA_SIGINFO;
+            }
+        }
+    }
+    if requested.is_some() && wrapped.is_none() {
+        APP[index].store(0, Ordering::SeqCst);
+    }
+    r
+}
+
+/// `signal`, interposed: glibc's BSD semantics (`SA_RESTART`, the signal blocked in its
+/// handler) through [`sigaction`].
+///
+/// # Safety
+/// signal's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: an all-zero sigaction is valid; the set functions get our own set.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = handler;
+        act.sa_flags = libc::SA_RESTART;
+        libc::sigemptyset(&mut act.sa_mask);
+        if sig > 0 && (sig as usize) < NSIG {
+            libc::sigaddset(&mut act.sa_mask, sig);
+        }
+        let mut old: libc::sigaction = std::mem::zeroed();
+        if sigaction(sig, &act, &mut old) != 0 {
+            return libc::SIG_ERR;
+        }
+        old.sa_sigaction
+    }
+}
+
+/// Handler runs of this thread in progress (or abandoned by `siglongjmp`): the Vm, its
+/// host stack and the stack pointer of the wrapper's frame.
+const RECORDS: usize = 8;
+thread_local! {
+    static RUNS: [Cell<Option<(usize, HostStack, u64)>>; RECORDS] =
+        const { [const { Cell::new(None) }; RECORDS] };
+}
+
+/// Gives back the Vms of handler runs whose frames are gone: their stack pointer is at or
+/// below `sp`, where a new signal frame now is (a handler left with `siglongjmp`).
+fn reclaim_abandoned(sp: u64) {
+    RUNS.with(|runs| {
+        for r in runs {
+            if let Some((vm, stack, at)) = r.get()
+                && at <= sp
+            {
+                r.set(None);
+                // SAFETY: the Vm of a handler run whose frame is gone: no longer used.
+                crate::threads::give_back_signal_vm(unsafe { Box::from_raw(vm as *mut Vm) });
+                stack.release();
+            }
+        }
+    });
+}
+
+/// Records a handler run; `None` if every record is taken.
+fn record(vm: usize, stack: HostStack, sp: u64) -> Option<usize> {
+    RUNS.with(|runs| {
+        let i = runs.iter().position(|r| r.get().is_none())?;
+        runs[i].set(Some((vm, stack, sp)));
+        Some(i)
+    })
+}
+
+fn unrecord(i: usize) {
+    RUNS.with(|runs| runs[i].set(None));
+}
+
+/// What `run_handler` does on the host stack.
+struct HandlerRun {
+    vm: *mut Vm,
+    handler: u64,
+    args: [u64; 3],
+    guest_sp: u64,
+    result: Result<u64, VmError>,
+}
+
+extern "C" fn run_handler(run: *mut c_void) {
+    // SAFETY: the HandlerRun of `wrapper`, alive across HostStack::run.
+    let run = unsafe { &mut *(run as *mut HandlerRun) };
+    // SAFETY: a pooled Vm taken by `wrapper` for this run alone.
+    let vm = unsafe { &mut *run.vm };
+    let (mxcsr, fcw) = threads::control_words();
+    vm.set_fpr_state(&qbdi_core::FprState {
+        mxcsr,
+        fcw,
+        ..qbdi_core::FprState::default()
+    });
+    vm.set_gpr_state(&qbdi_core::GprState {
+        rsp: run.guest_sp,
+        eflags: qbdi_core::DEFAULT_EFLAGS,
+        ..qbdi_core::GprState::default()
+    });
+    run.result = vm.call(run.handler, &run.args);
+}
+
+thread_local! {
+    /// Signals that came during a plugin callback on this thread, to deliver after it (one
+    /// bit per signal), and their siginfo.
+    static DEFERRED: Cell<u64> = const { Cell::new(0) };
+    static DEFERRED_INFO: [Cell<Option<libc::siginfo_t>>; NSIG] =
+        const { [const { Cell::new(None) }; NSIG] };
+}
+
+/// Calls the program's handler natively.
+fn call_natively(
+    sig: c_int,
+    handler: usize,
+    siginfo: bool,
+    info: *mut libc::siginfo_t,
+    uctx: *mut c_void,
+) {
+    if siginfo {
+        // SAFETY: the program's three-argument handler, with the kernel's arguments.
+        let f = unsafe {
+            std::mem::transmute::<usize, extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)>(
+                handler,
+            )
+        };
+        f(sig, info, uctx);
+    } else {
+        // SAFETY: the program's one-argument handler.
+        let f = unsafe { std::mem::transmute::<usize, extern "C" fn(c_int)>(handler) };
+        f(sig);
+    }
+}
+
+/// Runs the program's `handler` for `sig` under a Vm of its own, with its guest stack
+/// below `guest_top`; natively when no Vm or host stack is free.
+fn deliver(
+    sig: c_int,
+    handler: usize,
+    siginfo: bool,
+    info: *mut libc::siginfo_t,
+    uctx: *mut c_void,
+    guest_top: u64,
+    frame_sp: u64,
+) {
+    let Some(stack) = HostStack::acquire() else {
+        return call_natively(sig, handler, siginfo, info, uctx);
+    };
+    let Some(vm) = crate::threads::try_take_signal_vm() else {
+        stack.release();
+        return call_natively(sig, handler, siginfo, info, uctx);
+    };
+    let vm = Box::into_raw(vm);
+    let Some(slot) = record(vm as usize, stack, frame_sp) else {
+        // SAFETY: from Box::into_raw just above; unused.
+        crate::threads::give_back_signal_vm(unsafe { Box::from_raw(vm) });
+        stack.release();
+        return call_natively(sig, handler, siginfo, info, uctx);
+    };
+    let mut run = HandlerRun {
+        vm,
+        handler: handler as u64,
+        args: [sig as u64, info as u64, uctx as u64],
+        guest_sp: (guest_top - 512) & !0xf,
+        result: Ok(0),
+    };
+    stack.run(run_handler, (&raw mut run).cast());
+    unrecord(slot);
+    // SAFETY: from Box::into_raw above; the run is over.
+    crate::threads::give_back_signal_vm(unsafe { Box::from_raw(vm) });
+    stack.release();
+    match run.result {
+        Ok(_) => {}
+        Err(VmError::ThreadExit { status }) => threads::exit_thread(status, None),
+        Err(e) => {
+            log::line(&format!("a signal handler stopped under the Vm: {e}"));
+            session::fini_all();
+            // SAFETY: ends the process.
+            unsafe { libc::_exit(crate::preload::QBDI_FAILURE_STATUS) }
+        }
+    }
+}
+
+/// Delivers the signals that came during the plugin callback that just ended on this
+/// thread (a safe point: no plugin code in progress), each with itself blocked, on a
+/// guest stack of its own, with a blank `ucontext` (the interrupted state was host code's).
+pub(crate) fn run_deferred() {
+    let bits = DEFERRED.with(Cell::get);
+    if bits == 0 {
+        return;
+    }
+    DEFERRED.with(|d| d.set(0));
+    for sig in 1..NSIG {
+        if bits & (1 << sig) == 0 {
+            continue;
+        }
+        let handler = APP[sig].load(Ordering::SeqCst);
+        if handler == 0 {
+            continue;
+        }
+        let Some(mut info) = DEFERRED_INFO.with(|i| i[sig].take()) else {
+            continue;
+        };
+        let siginfo = SIGINFO[sig].load(Ordering::SeqCst);
+        // SAFETY: an all-zero ucontext is a valid blank one; the mask calls get our sets.
+        unsafe {
+            let mut uc: libc::ucontext_t = std::mem::zeroed();
+            let mut fp: libc::_libc_fpstate = std::mem::zeroed();
+            uc.uc_mcontext.fpregs = &mut fp;
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut prev: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig as c_int);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut prev);
+            match HostStack::acquire() {
+                Some(guest) => {
+                    let top = guest.bounds().1;
+                    deliver(
+                        sig as c_int,
+                        handler,
+                        siginfo,
+                        &mut info,
+                        (&raw mut uc).cast(),
+                        top,
+                        top,
+                    );
+                    guest.release();
+                }
+                None => call_natively(
+                    sig as c_int,
+                    handler,
+                    siginfo,
+                    &mut info,
+                    (&raw mut uc).cast(),
+                ),
+            }
+            libc::pthread_sigmask(libc::SIG_SETMASK, &prev, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The handler the kernel calls for wrapped signals.
+extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+    let index = sig as usize;
+    let handler = APP[index].load(Ordering::SeqCst);
+    if handler == 0 {
+        return;
+    }
+    if RESETHAND[index].load(Ordering::SeqCst) {
+        APP[index].store(0, Ordering::SeqCst);
+    }
+    let siginfo = SIGINFO[index].load(Ordering::SeqCst);
+    let sp = crate::preload::current_sp();
+    reclaim_abandoned(sp);
+    if session::in_callback() {
+        // A safe point comes when the callback returns (`run_deferred`).
+        // SAFETY: the kernel's siginfo for this delivery.
+        let copy = unsafe { *info };
+        DEFERRED_INFO.with(|i| i[index].set(Some(copy)));
+        DEFERRED.with(|d| d.set(d.get() | 1 << index));
+        return;
+    }
+    deliver(sig, handler, siginfo, info, uctx, sp, sp);
+}
