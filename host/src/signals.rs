@@ -76,9 +76,10 @@ pub unsafe extern "C" fn sigaction(
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(sig, act, old) };
     }
-    let (prev_app, prev_siginfo) = (
+    let (prev_app, prev_siginfo, prev_reset) = (
         APP[index].load(Ordering::SeqCst),
         SIGINFO[index].load(Ordering::SeqCst),
+        RESETHAND[index].load(Ordering::SeqCst),
     );
     // SAFETY: `act`, when not null, points at the caller's sigaction.
     let requested = (!act.is_null()).then(|| unsafe { *act });
@@ -105,6 +106,7 @@ pub unsafe extern "C" fn sigaction(
     if r != 0 {
         APP[index].store(prev_app, Ordering::SeqCst);
         SIGINFO[index].store(prev_siginfo, Ordering::SeqCst);
+        RESETHAND[index].store(prev_reset, Ordering::SeqCst);
         return r;
     }
     if !old.is_null() {
