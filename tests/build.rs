@@ -57,6 +57,7 @@ fn main() {
     build_cxx_threads(&out);
     build_c_program(&out, "late_main", "QBDI_TEST_LATE_MAIN");
     build_c_program(&out, "signals", "QBDI_TEST_SIGNALS");
+    build_c_program(&out, "crash", "QBDI_TEST_CRASH");
     build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
     build_rust_threads(&out);
 }

@@ -437,7 +437,28 @@ const FATAL_SIGNALS: [c_int; 15] = [
     libc::SIGTRAP,
 ];
 
-extern "C" fn on_fatal_signal(sig: c_int) {
+extern "C" fn on_fatal_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+    // A fault the kernel raised at an instruction (not a signal sent to the process): say
+    // where, in the guest's terms.
+    // SAFETY: the kernel's siginfo and ucontext for this delivery (SA_SIGINFO).
+    let fault_pc = unsafe {
+        let synchronous = [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+        ]
+        .contains(&sig)
+            && !info.is_null()
+            && (*info).si_code > 0;
+        (synchronous && !uctx.is_null()).then(|| {
+            (*(uctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize] as u64
+        })
+    };
+    if let Some(pc) = fault_pc {
+        log::line(&crate::unwind::describe_fault(sig, pc));
+    }
     session::fini_all();
     // SAFETY: back to the default action, unblocked, and raised again: the process ends as
     // it would have without qbdi (same signal, same status).
@@ -486,8 +507,10 @@ fn install_finalisers() {
                 continue;
             }
             let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_fatal_signal as extern "C" fn(c_int) as usize;
-            sa.sa_flags = libc::SA_ONSTACK | libc::SA_RESETHAND | libc::SA_NODEFER;
+            sa.sa_sigaction =
+                on_fatal_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
+            sa.sa_flags =
+                libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND | libc::SA_NODEFER;
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }

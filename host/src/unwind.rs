@@ -45,6 +45,44 @@ pub(crate) fn unregister_thread(tid: u32) {
     threads().retain(|e| e.tid != tid);
 }
 
+/// What a fatal fault at `pc` on this thread was, in the guest's terms: the guest block whose
+/// translation faulted (with its symbol), the guest's own code (a native library), or
+/// qbdi's own code.
+pub(crate) fn describe_fault(sig: c_int, pc: u64) -> String {
+    // SAFETY: strsignal returns a static description.
+    let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }.to_string_lossy();
+    let named = |addr: u64| match qbdi_core::symbolize(addr) {
+        Some((sym, off, module)) if !sym.is_empty() => format!("{sym}+{off:#x} in {module}"),
+        Some((_, _, module)) => format!("in {module}"),
+        None => "in no file".to_owned(),
+    };
+    let tid = qbdi_core::threads::current_thread_id();
+    let vm = THREADS
+        .try_lock()
+        .ok()
+        .and_then(|t| t.iter().find(|e| e.tid == tid).map(|e| e.vm));
+    // SAFETY: this thread's Vm, suspended by the fault; its directory is only read.
+    if let Some(block) = vm.and_then(|vm| unsafe { Vm::guest_block_at(vm as *const Vm, pc) }) {
+        return format!(
+            "{name} in the guest's basic block at {:#x} ({}), translated code at {pc:#x}",
+            block.start,
+            named(block.start)
+        );
+    }
+    let own = describe_fault as *const () as u64;
+    let own_module = qbdi_core::current_process_maps(true)
+        .into_iter()
+        .find(|m| m.range.contains(own))
+        .map(|m| m.range);
+    if own_module.is_some_and(|r| r.contains(pc)) {
+        return format!(
+            "{name} in qbdi's own code at {pc:#x} ({}): a qbdi bug, please report it",
+            named(pc)
+        );
+    }
+    format!("{name} at {pc:#x} ({}), run natively", named(pc))
+}
+
 /// The end of the mapping that contains `addr`.
 fn mapping_end(addr: u64) -> Option<u64> {
     qbdi_core::current_process_maps(false)

@@ -252,6 +252,19 @@ impl Vm {
         unsafe { (*std::ptr::addr_of!((*vm).engine)).restore_return_addresses(lo, hi) }
     }
 
+    /// The guest basic block whose translation contains the host address `pc` (a pc of the
+    /// code cache, as a signal's context shows it), or `None` if `pc` is not in this Vm's
+    /// translated blocks. For crash reports.
+    ///
+    /// # Safety
+    /// `vm` must point at a live Vm that no other thread uses meanwhile (a signal handler on
+    /// the Vm's own thread is fine: the directory is only read).
+    pub unsafe fn guest_block_at(vm: *const Vm, pc: Rword) -> Option<crate::Range> {
+        // SAFETY: the caller guarantees the Vm is alive; only the engine's cache and
+        // directory are read.
+        unsafe { (*std::ptr::addr_of!((*vm).engine)).guest_block_at(pc) }
+    }
+
     /// Translates the basic block at `addr` now. Returns whether it was newly translated
     /// (false: it was already in the cache).
     pub fn precache_basic_block(&mut self, addr: Rword) -> Result<bool, VmError> {

@@ -174,13 +174,20 @@ impl Directory {
         self.find_slot(start).map(|s| self.map[s].1 - 1)
     }
 
-    /// The live block starting at `start`.
     /// The block whose translation starts at host address `host` (a linear scan: for rare
     /// paths such as stack unwinding).
     pub fn by_host(&self, host: u64) -> Option<&Block> {
         self.blocks.iter().find(|b| b.host == host)
     }
 
+    /// The block whose host code (its body, sites and stubs) contains `pc`: blocks are
+    /// entered in the order the cache hands out their code, so by increasing host address.
+    pub fn containing_host(&self, pc: u64) -> Option<&Block> {
+        let after = self.blocks.partition_point(|b| b.host <= pc);
+        after.checked_sub(1).map(|i| &self.blocks[i])
+    }
+
+    /// The live block starting at `start`.
     pub fn lookup(&self, start: u64) -> Option<&Block> {
         self.lookup_index(start).map(|i| &self.blocks[i as usize])
     }

@@ -215,6 +215,17 @@ impl Engine {
         Ok(())
     }
 
+    /// The guest block whose translation contains host address `pc` (`None` outside this
+    /// engine's translated blocks).
+    pub fn guest_block_at(&self, pc: u64) -> Option<crate::range::Range> {
+        let (cache, dir) = self.cache.as_ref()?;
+        if !cache.contains(pc) {
+            return None;
+        }
+        dir.containing_host(pc)
+            .map(|b| crate::range::Range::new(b.start, b.end))
+    }
+
     /// Rewrites, in the words of `[lo, hi)`, every return address the exec broker redirected
     /// into the cache back to the guest address it stands for. Returns how many it rewrote.
     ///
