@@ -165,10 +165,18 @@ fn reclaim_abandoned(sp: u64) {
             if let Some((vm, stack, at)) = r.get()
                 && at <= sp
             {
-                r.set(None);
                 // SAFETY: the Vm of a handler run whose frame is gone: no longer used.
-                crate::threads::give_back_signal_vm(unsafe { Box::from_raw(vm as *mut Vm) });
-                stack.release();
+                let vm = unsafe { Box::from_raw(vm as *mut Vm) };
+                match crate::threads::try_give_back_signal_vm(vm) {
+                    Ok(()) => {
+                        r.set(None);
+                        stack.release();
+                    }
+                    // The pool is locked by the code this signal interrupted: next time.
+                    Err(vm) => {
+                        let _ = Box::into_raw(vm);
+                    }
+                }
             }
         }
     });

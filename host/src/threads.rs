@@ -101,6 +101,18 @@ pub(crate) fn give_back_signal_vm(vm: Box<Vm>) {
     lock(&SIGNAL_POOL).push(Owned(vm));
 }
 
+/// Gives back a signal handler's Vm if the pool is not locked (from a handler that may have
+/// interrupted the pool's holder on this thread); else hands it back.
+pub(crate) fn try_give_back_signal_vm(vm: Box<Vm>) -> Result<(), Box<Vm>> {
+    match SIGNAL_POOL.try_lock() {
+        Ok(mut pool) => {
+            pool.push(Owned(vm));
+            Ok(())
+        }
+        Err(_) => Err(vm),
+    }
+}
+
 /// Makes `n` Vms for signal handlers (outside signal handlers).
 pub(crate) fn fill_signal_pool(n: usize) {
     for _ in 0..n {
