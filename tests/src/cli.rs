@@ -323,3 +323,16 @@ pub fn run_with_timeout(cmd: &mut Command, stdin: Option<&[u8]>, timeout: Durati
         seconds: start.elapsed().as_secs_f64(),
     }
 }
+
+/// The entries bbcount's report (`count start-end symbol module` lines) gives the blocks
+/// named `symbol` (the block starting at it), or 0.
+pub fn bbcount_entries(report: &str, symbol: &str) -> u64 {
+    report
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() >= 4 && f[2] == symbol).then(|| f[0].parse::<u64>().unwrap_or(0))
+        })
+        .sum()
+}

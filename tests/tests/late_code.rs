@@ -5,23 +5,10 @@
 
 use std::path::Path;
 
-use qbdi_tests::cli::{assert_same, python, scratch};
+use qbdi_tests::cli::{assert_same, bbcount_entries, python, scratch};
 
 const MAIN: &str = env!("QBDI_TEST_LATE_MAIN");
 const LIB: &str = env!("QBDI_TEST_LATE_LIB");
-
-/// The count bbcount's report gives the block that starts at `symbol` (its lines are
-/// `count start-end symbol module`), or 0.
-fn bbcount_of(report: &str, symbol: &str) -> u64 {
-    report
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[2] == symbol).then(|| f[0].parse::<u64>().unwrap_or(0))
-        })
-        .sum()
-}
 
 /// The modules (paths) of a drcov log that have at least one block in its BB table.
 fn drcov_modules_with_blocks(path: &Path) -> Vec<String> {
@@ -64,7 +51,7 @@ fn a_dlopened_library_is_instrumented_when_the_options_name_it() {
     let q = assert_same(&dir, &["-p", &spec], MAIN, &[LIB], None);
     assert_eq!(q.code, Some(0), "{}", q.stderr);
     assert_eq!(
-        bbcount_of(&std::fs::read_to_string(&out).unwrap(), "lib_step"),
+        bbcount_entries(&std::fs::read_to_string(&out).unwrap(), "lib_step"),
         0
     );
     for options in [&["--module", lib_name][..], &["--all-maps"][..]] {
@@ -76,13 +63,13 @@ fn a_dlopened_library_is_instrumented_when_the_options_name_it() {
         let report = std::fs::read_to_string(&out).unwrap();
         // Two rounds of dlopen, 1000 calls, dlclose: the second load is instrumented too.
         assert_eq!(
-            bbcount_of(&report, "lib_step"),
+            bbcount_entries(&report, "lib_step"),
             2000,
             "{options:?}:\n{report}"
         );
         // The program's callback, called by the library, runs under the Vm.
         assert_eq!(
-            bbcount_of(&report, "main_cb"),
+            bbcount_entries(&report, "main_cb"),
             2000,
             "{options:?}:\n{report}"
         );

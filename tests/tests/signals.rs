@@ -4,21 +4,9 @@
 //! signal. Output and status as native; every handler's blocks counted exactly. A program
 //! that dies of SIGSEGV: same status, complete coverage, a message naming the guest code.
 
-use qbdi_tests::cli::{assert_same, native, scratch, under_qbdi};
+use qbdi_tests::cli::{assert_same, bbcount_entries, native, scratch, under_qbdi};
 
 const SIGNALS: &str = env!("QBDI_TEST_SIGNALS");
-
-/// The count bbcount's report gives the block that starts at `symbol`, or 0.
-fn bbcount_of(report: &str, symbol: &str) -> u64 {
-    report
-        .lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() >= 4 && f[2] == symbol).then(|| f[0].parse::<u64>().unwrap_or(0))
-        })
-        .sum()
-}
 
 #[test]
 fn handlers_run_under_the_vm() {
@@ -37,7 +25,7 @@ fn handlers_run_under_the_vm() {
             ("on_usr2", 1),
         ] {
             assert_eq!(
-                bbcount_of(&report, handler),
+                bbcount_entries(&report, handler),
                 count,
                 "entries of {handler} (run {round}):\n{report}"
             );
