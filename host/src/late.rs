@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use qbdi_core::{Permission, Range, current_process_maps};
 
+use crate::preload::next_fn;
+
 /// What decides whether a late library is instrumented.
 struct Policy {
     all_maps: bool,
@@ -74,11 +76,6 @@ fn new_ranges(before: &[(Range, String)], after: &[(Range, String)]) -> Vec<(Ran
 type DlopenFn = unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void;
 type DlcloseFn = unsafe extern "C" fn(*mut c_void) -> c_int;
 
-fn next(name: &std::ffi::CStr) -> usize {
-    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-    unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) as usize }
-}
-
 /// `dlopen`, interposed (see the module docs).
 ///
 /// # Safety
@@ -86,12 +83,10 @@ fn next(name: &std::ffi::CStr) -> usize {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void {
     static REAL: OnceLock<usize> = OnceLock::new();
-    let real = *REAL.get_or_init(|| next(c"dlopen"));
-    if real == 0 {
+    // SAFETY: DlopenFn is dlopen's type.
+    let Some(real) = (unsafe { next_fn::<DlopenFn>(&REAL, c"dlopen") }) else {
         return std::ptr::null_mut();
-    }
-    // SAFETY: the next definition of dlopen, with its own type.
-    let real = unsafe { std::mem::transmute::<usize, DlopenFn>(real) };
+    };
     let Some(policy) = POLICY.get().filter(|_| ENABLED.load(Ordering::SeqCst)) else {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(file, mode) };
@@ -119,12 +114,10 @@ pub unsafe extern "C" fn dlopen(file: *const c_char, mode: c_int) -> *mut c_void
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn dlclose(handle: *mut c_void) -> c_int {
     static REAL: OnceLock<usize> = OnceLock::new();
-    let real = *REAL.get_or_init(|| next(c"dlclose"));
-    if real == 0 {
+    // SAFETY: DlcloseFn is dlclose's type.
+    let Some(real) = (unsafe { next_fn::<DlcloseFn>(&REAL, c"dlclose") }) else {
         return -1;
-    }
-    // SAFETY: the next definition of dlclose, with its own type.
-    let real = unsafe { std::mem::transmute::<usize, DlcloseFn>(real) };
+    };
     if !ENABLED.load(Ordering::SeqCst) {
         // SAFETY: forwarding the caller's argument.
         return unsafe { real(handle) };

@@ -83,6 +83,18 @@ fn next_symbol(name: &CStr) -> *mut c_void {
     unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) }
 }
 
+/// The definition of `name` that this library interposes (the next one after it), looked
+/// up once into `cache`, as the function pointer type `F`; `None` if there is none.
+///
+/// # Safety
+/// `F` must be the function pointer type of `name`.
+pub(crate) unsafe fn next_fn<F: Copy>(cache: &OnceLock<usize>, name: &CStr) -> Option<F> {
+    const { assert!(size_of::<F>() == size_of::<usize>()) };
+    let p = *cache.get_or_init(|| next_symbol(name) as usize);
+    // SAFETY: a non-null address of `name`, whose type is `F` (the caller's contract).
+    (p != 0).then(|| unsafe { std::mem::transmute_copy::<usize, F>(&p) })
+}
+
 /// libc's entry into the program, interposed.
 ///
 /// # Safety

@@ -49,11 +49,8 @@ type SigactionFn =
 
 fn real_sigaction() -> Option<SigactionFn> {
     static REAL: OnceLock<usize> = OnceLock::new();
-    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-    let real = *REAL
-        .get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"sigaction".as_ptr()) as usize });
-    // SAFETY: the next definition of sigaction, with its own type.
-    (real != 0).then(|| unsafe { std::mem::transmute::<usize, SigactionFn>(real) })
+    // SAFETY: SigactionFn is sigaction's type.
+    unsafe { crate::preload::next_fn::<SigactionFn>(&REAL, c"sigaction") }
 }
 
 /// `sigaction`, interposed (see the module docs).

@@ -20,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError};
 use qbdi_core::threads::{self, HostStack, ThreadStart};
 use qbdi_core::{FprState, GprState, Range, Vm, VmError};
 
+use crate::preload::next_fn;
 use crate::{log, session, unwind};
 
 /// A Vm that may move between threads: it only ever runs on one at a time, and its
@@ -196,7 +197,8 @@ type CreateFn = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
-/// What a thread created through `pthread_create` runs.
+/// What a thread created through `pthread_create` or `clone` runs.
+#[derive(Clone, Copy)]
 struct Job {
     start: StartFn,
     arg: *mut c_void,
@@ -219,15 +221,10 @@ pub unsafe extern "C" fn pthread_create(
     arg: *mut c_void,
 ) -> c_int {
     static REAL: OnceLock<usize> = OnceLock::new();
-    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-    let real = *REAL.get_or_init(|| unsafe {
-        libc::dlsym(libc::RTLD_NEXT, c"pthread_create".as_ptr()) as usize
-    });
-    if real == 0 {
+    // SAFETY: CreateFn is pthread_create's type.
+    let Some(real) = (unsafe { next_fn::<CreateFn>(&REAL, c"pthread_create") }) else {
         return libc::ENOSYS;
-    }
-    // SAFETY: the next definition of pthread_create, with its own type.
-    let real = unsafe { std::mem::transmute::<usize, CreateFn>(real) };
+    };
     let start_addr = start as usize as u64;
     let extra = if instrumented(start_addr) {
         None
@@ -269,9 +266,21 @@ struct StartRun {
 extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
     // SAFETY: the Job pthread_create boxed for this thread.
     let job = *unsafe { Box::from_raw(job as *mut Job) };
+    match run_job(job, true) {
+        Some(value) => value as *mut c_void,
+        None => (job.start)(job.arg),
+    }
+}
+
+/// Runs `job` under a Vm of this thread's own (its start routine on this thread's stack, the
+/// host's code on a pool stack) and returns its value; `None` (nothing run) when no host
+/// stack can be had. `cleanup_key`: a thread that ends without coming back here
+/// (`pthread_exit`) gives its Vm back from the key's destructor. A thread that makes the
+/// `exit` system call ends here.
+fn run_job(job: Job, cleanup_key: bool) -> Option<u64> {
     let Some(stack) = HostStack::acquire() else {
         log::line("no memory for a thread's host stack: the thread runs natively");
-        return (job.start)(job.arg);
+        return None;
     };
     let tid = threads::current_thread_id();
     let vm = Box::into_raw(take_vm());
@@ -280,14 +289,14 @@ extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
         let _ = unsafe { (*vm).add_instrumented_range(r.start, r.end) };
     }
     unwind::register_thread(tid, vm, Some(stack.bounds()));
-    let extra = job.extra;
+    let key = CLEANUP_KEY.get().copied().filter(|_| cleanup_key);
     let running = Box::into_raw(Box::new(Running {
         vm,
         stack,
         tid,
-        extra,
+        extra: job.extra,
     }));
-    if let Some(&key) = CLEANUP_KEY.get() {
+    if let Some(key) = key {
         // SAFETY: a key of ours; the value is freed by thread_ended or below.
         unsafe { libc::pthread_setspecific(key, running.cast()) };
     }
@@ -301,7 +310,7 @@ extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
         result: Ok(0),
     };
     stack.run(run_start, (&raw mut run).cast());
-    if let Some(&key) = CLEANUP_KEY.get() {
+    if let Some(key) = key {
         // SAFETY: clears our key's value.
         unsafe { libc::pthread_setspecific(key, std::ptr::null()) };
     }
@@ -309,10 +318,10 @@ extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
     drop(unsafe { Box::from_raw(running) });
     unwind::unregister_thread(tid);
     // SAFETY: from Box::into_raw above; the run is over.
-    give_back(without(unsafe { Box::from_raw(vm) }, extra));
+    give_back(without(unsafe { Box::from_raw(vm) }, job.extra));
     stack.release();
     match run.result {
-        Ok(value) => value as *mut c_void,
+        Ok(value) => Some(value),
         Err(VmError::ThreadExit { status }) => threads::exit_thread(status, None),
         Err(e) => fail(&format!("running a thread under the Vm failed: {e}")),
     }
@@ -354,12 +363,6 @@ type RealClone = unsafe extern "C" fn(
     *mut c_void,
 ) -> c_int;
 
-/// What a child created through `clone` runs.
-struct CloneJob {
-    f: CloneFn,
-    arg: *mut c_void,
-}
-
 /// `clone`, interposed: while threads are followed, a child sharing the memory (`CLONE_VM`,
 /// not `CLONE_VFORK`) runs its function under a Vm of its own. The variadic tail (parent
 /// tid, TLS, child tid) is read as three fixed arguments: libc reads them only when the
@@ -378,16 +381,12 @@ pub unsafe extern "C" fn clone(
     ctid: *mut c_void,
 ) -> c_int {
     static REAL: OnceLock<usize> = OnceLock::new();
-    // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name.
-    let real =
-        *REAL.get_or_init(|| unsafe { libc::dlsym(libc::RTLD_NEXT, c"clone".as_ptr()) as usize });
-    if real == 0 {
+    // SAFETY: RealClone is clone's type (its variadic tail read as three words).
+    let Some(real) = (unsafe { next_fn::<RealClone>(&REAL, c"clone") }) else {
         // SAFETY: sets this thread's errno.
         unsafe { *libc::__errno_location() = libc::ENOSYS };
         return -1;
-    }
-    // SAFETY: the next definition of clone, with its own type.
-    let real = unsafe { std::mem::transmute::<usize, RealClone>(real) };
+    };
     let follow = ENABLED.load(Ordering::SeqCst)
         && flags & libc::CLONE_VM != 0
         && flags & libc::CLONE_VFORK == 0
@@ -396,7 +395,13 @@ pub unsafe extern "C" fn clone(
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(f, stack, flags, arg, ptid, tls, ctid) };
     }
-    let job = Box::into_raw(Box::new(CloneJob { f, arg }));
+    let job = Box::into_raw(Box::new(Job {
+        // SAFETY: same ABI for the call (one pointer argument, the result in rax, of which
+        // the caller reads eax).
+        start: unsafe { std::mem::transmute::<CloneFn, StartFn>(f) },
+        arg,
+        extra: None,
+    }));
     // SAFETY: forwarding, with our function and its job.
     let r = unsafe { real(clone_child, stack, flags, job.cast(), ptid, tls, ctid) };
     if r < 0 {
@@ -409,37 +414,11 @@ pub unsafe extern "C" fn clone(
 /// The function of children created through the interposed `clone` (on the child's stack,
 /// possibly with its parent's TLS: no `CLONE_SETTLS`).
 extern "C" fn clone_child(job: *mut c_void) -> c_int {
-    // SAFETY: the CloneJob clone boxed for this child.
-    let job = *unsafe { Box::from_raw(job as *mut CloneJob) };
-    let Some(stack) = HostStack::acquire() else {
-        return (job.f)(job.arg);
-    };
-    let tid = threads::current_thread_id();
-    let vm = Box::into_raw(take_vm());
-    unwind::register_thread(tid, vm, Some(stack.bounds()));
-    let (mxcsr, fcw) = threads::control_words();
-    // SAFETY: the Vm taken above is this thread's alone.
-    unsafe { (*vm).set_fpr_state(&fresh_fpr(mxcsr, fcw)) };
-    let mut run = StartRun {
-        vm,
-        job: Job {
-            // SAFETY: same ABI for the call (one pointer argument, the result in rax,
-            // of which the caller reads eax).
-            start: unsafe { std::mem::transmute::<CloneFn, StartFn>(job.f) },
-            arg: job.arg,
-            extra: None,
-        },
-        guest_sp: (crate::preload::current_sp() - 1024) & !0xf,
-        result: Ok(0),
-    };
-    stack.run(run_start, (&raw mut run).cast());
-    unwind::unregister_thread(tid);
-    // SAFETY: from Box::into_raw above; the run is over.
-    give_back(unsafe { Box::from_raw(vm) });
-    stack.release();
-    match run.result {
-        Ok(value) => value as c_int,
-        Err(VmError::ThreadExit { status }) => threads::exit_thread(status, None),
-        Err(e) => fail(&format!("running a thread under the Vm failed: {e}")),
+    // SAFETY: the Job clone boxed for this child.
+    let job = *unsafe { Box::from_raw(job as *mut Job) };
+    match run_job(job, false) {
+        // The child's function returns an int: its low half.
+        Some(value) => value as c_int,
+        None => (job.start)(job.arg) as usize as c_int,
     }
 }
