@@ -56,6 +56,14 @@ fn main() {
     build_c_program(&out, "raw_threads", "QBDI_TEST_RAW_THREADS");
     build_cxx_threads(&out);
     build_c_program(&out, "late_main", "QBDI_TEST_LATE_MAIN");
+    build_c_program(&out, "reentry", "QBDI_TEST_REENTRY");
+    build_c_program_with(
+        &out,
+        "reentry",
+        "reentry_nopie",
+        "QBDI_TEST_REENTRY_NOPIE",
+        &["-no-pie", "-fno-pic"],
+    );
     build_c_program(&out, "signals", "QBDI_TEST_SIGNALS");
     build_c_program(&out, "crash", "QBDI_TEST_CRASH");
     build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
@@ -106,10 +114,16 @@ fn build_rust_threads(out: &str) {
 /// Compiles `programs/<name>.c` with the system's gcc; its path in the environment
 /// variable `var` of the tests.
 fn build_c_program(out: &str, name: &str, var: &str) {
+    build_c_program_with(out, name, name, var, &[]);
+}
+
+/// As `build_c_program`, into `exe_name`, with extra compiler flags.
+fn build_c_program_with(out: &str, name: &str, exe_name: &str, var: &str, flags: &[&str]) {
     let src = format!("programs/{name}.c");
     println!("cargo:rerun-if-changed={src}");
-    let exe = format!("{out}/{name}");
+    let exe = format!("{out}/{exe_name}");
     let status = std::process::Command::new("gcc")
+        .args(flags)
         .args(["-O1", "-o", &exe, &src, "-ldl", "-lpthread"])
         .status()
         .expect("gcc runs (the machine image has it)");

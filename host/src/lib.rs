@@ -17,6 +17,7 @@ mod late;
 pub mod log;
 pub mod plugin;
 pub mod preload;
+mod reentry;
 pub mod session;
 mod signals;
 mod threads;

@@ -5,9 +5,10 @@
 //!    the user's own value, [`CONFIG_VAR`] gone), so the program sees its own environment;
 //! 2. loads the plugins, creates the Vm, instruments the main executable (and what the
 //!    options add or remove), attaches the plugins and runs their init;
-//! 3. arranges finalisation exactly once: at the return of main and in an interposed `exit`
-//!    (both before the program's atexit handlers), an `atexit` handler for exits from
-//!    inside libc, interposed `_exit`/`_Exit` and `exec*`, and handlers for the fatal
+//! 3. arranges finalisation exactly once: in the last exit handler (registered before
+//!    libc's own, so the program's exit handlers and destructors run under the engine
+//!    first; Python tools finalise at the return of main and in an interposed `exit`),
+//!    interposed `_exit`/`_Exit` and `exec*`, and handlers for the fatal
 //!    signals that still have their default action (then the signal is raised again, so
 //!    the exit status is the program's);
 //! 4. runs the real `main` under the Vm **on the program's real stack**, while the host's own
@@ -123,6 +124,11 @@ pub unsafe extern "C" fn __libc_start_main(
     let has_config = !unsafe { libc::getenv(name.as_ptr()) }.is_null();
     let entry: MainFn = if has_config {
         REAL_MAIN.store(main as usize, Ordering::SeqCst);
+        // Registered before libc's own (the loader's finaliser, the program's constructors'
+        // and main's): runs last, after every exit handler of the program has run under the
+        // engine.
+        // SAFETY: registering a plain extern "C" fn with atexit.
+        unsafe { libc::atexit(at_exit) };
         qbdi_main
     } else {
         main
@@ -199,13 +205,7 @@ unsafe extern "C" fn qbdi_main(
     install_finalisers();
     if let Some(c) = CONFIG.get() {
         let mut own = plugin_paths.clone();
-        let here = qbdi_main as *const () as u64;
-        own.extend(
-            qbdi_core::current_process_maps(true)
-                .into_iter()
-                .filter(|m| m.range.contains(here))
-                .map(|m| m.name),
-        );
+        own.extend(own_library());
         crate::late::enable(c.all_maps, &c.modules, &c.exclude, own);
     }
     if CONFIG.get().is_some_and(|c| c.python_tools.is_empty()) {
@@ -214,6 +214,9 @@ unsafe extern "C" fn qbdi_main(
         crate::threads::enable(vm);
         if !libc_instrumented(vm) {
             crate::signals::enable();
+            let mut own = plugin_paths.clone();
+            own.extend(own_library());
+            crate::reentry::enable(vm, &own);
         }
     }
 
@@ -230,9 +233,11 @@ unsafe extern "C" fn qbdi_main(
     run_on_private_stack(&mut job);
     match job.result {
         Ok(status) if session::failure().is_none() => {
-            // Finalise before libc runs the program's atexit handlers (GNU tools close
-            // stdout and stderr in theirs).
-            session::fini_all();
+            // Plugins finalise after the program's exit handlers (`at_exit`). Python tools
+            // finalise here, while the interpreter is whole.
+            if python_tools() {
+                session::fini_all();
+            }
             status
         }
         result => {
@@ -258,6 +263,15 @@ unsafe extern "C" fn qbdi_main(
             }
         }
     }
+}
+
+/// The path of the file this code was loaded from (libqbdi_host.so, or `qbdi`).
+fn own_library() -> Option<String> {
+    let here = qbdi_main as *const () as u64;
+    qbdi_core::current_process_maps(true)
+        .into_iter()
+        .find(|m| m.range.contains(here))
+        .map(|m| m.name)
 }
 
 /// Whether libc's code runs instrumented (`--all-maps`, `--module libc.so.6`).
@@ -336,7 +350,8 @@ extern "C" fn main_job(job: *mut c_void) {
             Err(qbdi_core::VmError::ThreadExit { status }) => {
                 qbdi_core::threads::exit_thread(status, None)
             }
-            r => r.map_err(|e| e.to_string()),
+            Ok(()) => exit_under_the_vm(job.vm),
+            Err(e) => Err(e.to_string()),
         },
     }));
     job.result = match run {
@@ -344,6 +359,30 @@ extern "C" fn main_job(job: *mut c_void) {
         Ok(Err(e)) => Err(e),
         Err(_) => Err("the host panicked (a qbdi bug: please report it)".into()),
     };
+}
+
+/// main returned: with libc instrumented, libc's `exit` runs under the Vm with main's value
+/// (the program's exit handlers and destructors are its code too; the last handler
+/// finalises, see `at_exit`). Otherwise libc calls it natively once `qbdi_main` returns, and
+/// the handlers in guarded code come back under the engine (`reentry`).
+fn exit_under_the_vm(vm: &mut Vm) -> Result<(), String> {
+    let exit = next_symbol(c"exit") as u64;
+    if exit == 0 || !vm.instrumented_ranges().contains(exit) {
+        return Ok(());
+    }
+    let status = vm.gpr_state().rax;
+    let saved = *vm.gpr_state();
+    match vm.call(exit, &[status as u32 as u64]) {
+        // exit returned (it does not): main's value as it was.
+        Ok(_) => {
+            vm.set_gpr_state(&saved);
+            Ok(())
+        }
+        Err(qbdi_core::VmError::ThreadExit { status }) => {
+            qbdi_core::threads::exit_thread(status, None)
+        }
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 unsafe extern "C" {
@@ -426,8 +465,27 @@ fn run_on_private_stack(job: &mut MainJob) {
     }
 }
 
+/// The last exit handler: finalises the plugins, on the stderr the program started with if
+/// it closed its own (GNU tools close stdout and stderr in their exit handlers), then lets
+/// what still runs natively run natively.
 extern "C" fn at_exit() {
+    let saved = SAVED_STDERR.load(Ordering::SeqCst);
+    // SAFETY: fcntl on fd 2 only queries it; dup2 puts the saved copy back in its place.
+    unsafe {
+        if saved >= 0 && libc::fcntl(2, libc::F_GETFD) == -1 {
+            libc::dup2(saved, 2);
+        }
+    }
     session::fini_all();
+    crate::reentry::disable();
+}
+
+/// A copy of the program's stderr at start (close-on-exec), for [`at_exit`]; -1 if none.
+static SAVED_STDERR: AtomicI32 = AtomicI32::new(-1);
+
+/// Whether the run has Python tools (they finalise before the program's exit handlers).
+fn python_tools() -> bool {
+    CONFIG.get().is_some_and(|c| !c.python_tools.is_empty())
 }
 
 /// Signals whose default action ends the process.
@@ -450,6 +508,17 @@ const FATAL_SIGNALS: [c_int; 15] = [
 ];
 
 extern "C" fn on_fatal_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+    fatal_signal(sig, info, uctx);
+}
+
+/// The address of the host's fatal-signal finaliser, as `sa_sigaction` holds it.
+pub(crate) fn fatal_signal_handler() -> usize {
+    on_fatal_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize
+}
+
+/// A signal whose action is to end the process: says where a fault was, finalises, and
+/// raises it again with the default action (same signal, same status as natively).
+pub(crate) fn fatal_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
     // A fault the kernel raised at an instruction (not a signal sent to the process): say
     // where, in the guest's terms.
     // SAFETY: the kernel's siginfo and ucontext for this delivery (SA_SIGINFO).
@@ -472,10 +541,11 @@ extern "C" fn on_fatal_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut
         log::line(&crate::unwind::describe_fault(sig, pc));
     }
     session::fini_all();
-    // SAFETY: back to the default action, unblocked, and raised again: the process ends as
-    // it would have without qbdi (same signal, same status).
+    // Back to the default action, unblocked, and raised again: the process ends as it would
+    // have without qbdi (same signal, same status).
+    crate::signals::set_default_action(sig);
+    // SAFETY: unblocks and raises `sig` on this thread.
     unsafe {
-        libc::signal(sig, libc::SIG_DFL);
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, sig);
@@ -485,8 +555,11 @@ extern "C" fn on_fatal_signal(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut
 }
 
 fn install_finalisers() {
-    // SAFETY: registering a plain extern "C" fn with atexit.
-    unsafe { libc::atexit(at_exit) };
+    // SAFETY: duplicates fd 2 (if open) above the program's usual descriptors.
+    SAVED_STDERR.store(
+        unsafe { libc::fcntl(2, libc::F_DUPFD_CLOEXEC, 100) },
+        Ordering::SeqCst,
+    );
     // An alternate stack, so a stack overflow of the guest still finalises.
     const ALT: usize = 1 << 20;
     // SAFETY: a fresh anonymous mapping handed to sigaltstack, never freed.
@@ -531,11 +604,11 @@ fn install_finalisers() {
 
 type ExitFn = unsafe extern "C" fn(c_int) -> !;
 
-/// `exit`, interposed: finalise first, before the program's own atexit handlers run (GNU
-/// tools close stdout and stderr in theirs), then libc's `exit`.
+/// `exit`, interposed: libc's `exit`, whose last exit handler finalises the plugins
+/// (`at_exit`); Python tools finalise first, before the program's own handlers.
 #[unsafe(no_mangle)]
 pub extern "C" fn exit(status: c_int) -> ! {
-    if in_session_process() {
+    if in_session_process() && python_tools() {
         session::fini_all();
     }
     let real = next_symbol(c"exit");

@@ -21,7 +21,7 @@
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 use qbdi_core::threads::{self, HostStack};
 use qbdi_core::{Vm, VmError};
@@ -36,6 +36,15 @@ static APP: [AtomicUsize; NSIG] = [const { AtomicUsize::new(0) }; NSIG];
 static SIGINFO: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
 /// Whether the disposition goes back to the default after one delivery (`SA_RESETHAND`).
 static RESETHAND: [AtomicBool; NSIG] = [const { AtomicBool::new(false) }; NSIG];
+
+/// Whether the kernel's `SIGSEGV` handler is re-entry's (see `reentry`): the program's
+/// disposition of `SIGSEGV` is then kept here, and applied by [`forward_segv`].
+static SEGV_TAKEN: AtomicBool = AtomicBool::new(false);
+/// The program's `SIGSEGV` handler (`SIG_DFL`, `SIG_IGN` or a function), flags and mask
+/// (signals 1-64).
+static SEGV_HANDLER: AtomicUsize = AtomicUsize::new(libc::SIG_DFL);
+static SEGV_FLAGS: AtomicI32 = AtomicI32::new(0);
+static SEGV_MASK: AtomicU64 = AtomicU64::new(0);
 
 /// Runs the program's signal handlers under the engine from now on.
 pub(crate) fn enable() {
@@ -72,6 +81,11 @@ pub unsafe extern "C" fn sigaction(
     if !ENABLED.load(Ordering::SeqCst) || sig <= 0 || index >= NSIG {
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(sig, act, old) };
+    }
+    if sig == libc::SIGSEGV && SEGV_TAKEN.load(Ordering::SeqCst) {
+        // SAFETY: `act` and `old`, when not null, are the caller's.
+        unsafe { segv_action(act, old) };
+        return 0;
     }
     let (prev_app, prev_siginfo, prev_reset) = (
         APP[index].load(Ordering::SeqCst),
@@ -120,6 +134,133 @@ pub unsafe extern "C" fn sigaction(
         APP[index].store(0, Ordering::SeqCst);
     }
     r
+}
+
+fn mask_word(set: &libc::sigset_t) -> u64 {
+    (1..=64)
+        // SAFETY: sigismember reads the set.
+        .filter(|&sig| unsafe { libc::sigismember(set, sig) } == 1)
+        .fold(0, |m, sig| m | 1 << (sig - 1))
+}
+
+fn mask_set(word: u64) -> libc::sigset_t {
+    // SAFETY: sigemptyset initialises the set; sigaddset adds valid signal numbers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=64 {
+            if word & 1 << (sig - 1) != 0 {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        set
+    }
+}
+
+/// `sigaction(SIGSEGV, ..)` while re-entry has the kernel's handler: records the program's
+/// disposition (reported back as it was given) without changing the kernel's.
+///
+/// # Safety
+/// `act` and `old` are null or valid.
+unsafe fn segv_action(act: *const libc::sigaction, old: *mut libc::sigaction) {
+    let index = libc::SIGSEGV as usize;
+    if !old.is_null() {
+        // SAFETY: the caller's `old`; an all-zero sigaction is valid.
+        unsafe {
+            let mut o: libc::sigaction = std::mem::zeroed();
+            o.sa_sigaction = SEGV_HANDLER.load(Ordering::SeqCst);
+            o.sa_flags = SEGV_FLAGS.load(Ordering::SeqCst);
+            o.sa_mask = mask_set(SEGV_MASK.load(Ordering::SeqCst));
+            *old = o;
+        }
+    }
+    if act.is_null() {
+        return;
+    }
+    // SAFETY: the caller's `act`.
+    let a = unsafe { *act };
+    let h = a.sa_sigaction;
+    let wrapped =
+        h != libc::SIG_DFL && h != libc::SIG_IGN && crate::threads::instrumented(h as u64);
+    APP[index].store(if wrapped { h } else { 0 }, Ordering::SeqCst);
+    SIGINFO[index].store(a.sa_flags & libc::SA_SIGINFO != 0, Ordering::SeqCst);
+    RESETHAND[index].store(a.sa_flags & libc::SA_RESETHAND != 0, Ordering::SeqCst);
+    SEGV_MASK.store(mask_word(&a.sa_mask), Ordering::SeqCst);
+    SEGV_FLAGS.store(a.sa_flags, Ordering::SeqCst);
+    SEGV_HANDLER.store(h, Ordering::SeqCst);
+}
+
+/// Makes `handler` the kernel's `SIGSEGV` handler for good (re-entry's), keeping what the
+/// program had as its disposition for [`forward_segv`]. The host's own fatal-signal
+/// finaliser counts as the default action.
+pub(crate) fn take_segv(handler: extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void)) {
+    let Some(real) = real_sigaction() else {
+        return;
+    };
+    // SAFETY: reads the current disposition, then installs `handler` (SA_SIGINFO).
+    unsafe {
+        let mut old: libc::sigaction = std::mem::zeroed();
+        real(libc::SIGSEGV, std::ptr::null(), &mut old);
+        if old.sa_sigaction == crate::preload::fatal_signal_handler() {
+            old.sa_sigaction = libc::SIG_DFL;
+            old.sa_flags = 0;
+        }
+        SEGV_HANDLER.store(old.sa_sigaction, Ordering::SeqCst);
+        SEGV_FLAGS.store(old.sa_flags, Ordering::SeqCst);
+        SEGV_MASK.store(mask_word(&old.sa_mask), Ordering::SeqCst);
+        SEGV_TAKEN.store(true, Ordering::SeqCst);
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_NODEFER | libc::SA_RESTART;
+        libc::sigemptyset(&mut sa.sa_mask);
+        real(libc::SIGSEGV, &sa, std::ptr::null_mut());
+    }
+}
+
+/// Sets the kernel's disposition of `sig` to the default, past the interposer.
+pub(crate) fn set_default_action(sig: c_int) {
+    if sig == libc::SIGSEGV {
+        SEGV_TAKEN.store(false, Ordering::SeqCst);
+    }
+    let Some(real) = real_sigaction() else {
+        return;
+    };
+    // SAFETY: an all-zero sigaction with SIG_DFL is the default disposition.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = libc::SIG_DFL;
+        real(sig, &sa, std::ptr::null_mut());
+    }
+}
+
+/// A `SIGSEGV` that is not a re-entry: what the program's disposition says (its mask
+/// applied, `SA_RESETHAND` honoured; the kernel restores the mask at `sigreturn`).
+pub(crate) fn forward_segv(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
+    let h = SEGV_HANDLER.load(Ordering::SeqCst);
+    let flags = SEGV_FLAGS.load(Ordering::SeqCst);
+    if h == libc::SIG_IGN && !info.is_null() && unsafe { (*info).si_code } <= 0 {
+        // Sent by a process, ignored. (A fault the kernel raised cannot be ignored.)
+        return;
+    }
+    if h == libc::SIG_DFL || h == libc::SIG_IGN {
+        crate::preload::fatal_signal(sig, info, uctx);
+        return;
+    }
+    if flags & libc::SA_RESETHAND != 0 {
+        SEGV_HANDLER.store(libc::SIG_DFL, Ordering::SeqCst);
+    }
+    let mut mask = SEGV_MASK.load(Ordering::SeqCst);
+    if flags & libc::SA_NODEFER == 0 {
+        mask |= 1 << (sig - 1);
+    }
+    let set = mask_set(mask);
+    // SAFETY: blocks the program's handler mask on this thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if APP[sig as usize].load(Ordering::SeqCst) != 0 {
+        wrapper(sig, info, uctx);
+    } else {
+        call_natively(sig, h, flags & libc::SA_SIGINFO != 0, info, uctx);
+    }
 }
 
 /// `signal`, interposed: glibc's BSD semantics (`SA_RESTART`, the signal blocked in its

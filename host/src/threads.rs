@@ -76,7 +76,7 @@ fn new_vm() -> Box<Vm> {
     vm
 }
 
-fn take_vm() -> Box<Vm> {
+pub(crate) fn take_vm() -> Box<Vm> {
     lock(&POOL).pop().map_or_else(new_vm, |o| o.0)
 }
 
@@ -121,7 +121,7 @@ pub(crate) fn fill_signal_pool(n: usize) {
     }
 }
 
-fn give_back(vm: Box<Vm>) {
+pub(crate) fn give_back(vm: Box<Vm>) {
     lock(&POOL).push(Owned(vm));
 }
 
@@ -185,6 +185,8 @@ fn on_clone_child(start: ThreadStart) -> ! {
     if !start.vfork {
         // SAFETY: from Box::into_raw above; no longer used.
         give_back(unsafe { Box::from_raw(vm) });
+        // (A vfork child shares its parent's thread-local storage.)
+        crate::reentry::thread_ends();
     }
     threads::exit_thread(status, start.stack)
 }
@@ -320,6 +322,7 @@ fn run_job(job: Job, cleanup_key: bool) -> Option<u64> {
     // SAFETY: from Box::into_raw above; the run is over.
     give_back(without(unsafe { Box::from_raw(vm) }, job.extra));
     stack.release();
+    crate::reentry::thread_ends();
     match run.result {
         Ok(value) => Some(value),
         Err(VmError::ThreadExit { status }) => threads::exit_thread(status, None),
@@ -350,6 +353,7 @@ extern "C" fn thread_ended(running: *mut c_void) {
     // SAFETY: from Box::into_raw in start_routine; that run was abandoned.
     give_back(without(unsafe { Box::from_raw(r.vm) }, r.extra));
     r.stack.release();
+    crate::reentry::thread_ends();
 }
 
 type CloneFn = extern "C" fn(*mut c_void) -> c_int;

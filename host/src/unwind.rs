@@ -45,6 +45,21 @@ pub(crate) fn unregister_thread(tid: u32) {
     threads().retain(|e| e.tid != tid);
 }
 
+/// Records that thread `tid` also runs under `vm` (code re-entered from native code),
+/// inside the run of its own Vm.
+pub(crate) fn register_nested(tid: u32, vm: *const Vm, host_stack: (u64, u64)) {
+    threads().push(Entry {
+        tid,
+        vm: vm as usize,
+        host_stack: Some(host_stack),
+    });
+}
+
+/// `vm` no longer runs (see [`register_nested`]).
+pub(crate) fn unregister_nested(vm: *const Vm) {
+    threads().retain(|e| e.vm != vm as usize);
+}
+
 /// What a fatal fault at `pc` on this thread was, in the guest's terms: the guest block whose
 /// translation faulted (with its symbol), the guest's own code (a native library), or
 /// qbdi's own code.
@@ -57,12 +72,15 @@ pub(crate) fn describe_fault(sig: c_int, pc: u64) -> String {
         None => "in no file".to_owned(),
     };
     let tid = qbdi_core::threads::current_thread_id();
-    let vm = THREADS
+    let vms: Vec<usize> = THREADS
         .try_lock()
-        .ok()
-        .and_then(|t| t.iter().find(|e| e.tid == tid).map(|e| e.vm));
-    // SAFETY: this thread's Vm, suspended by the fault; its directory is only read.
-    if let Some(block) = vm.and_then(|vm| unsafe { Vm::guest_block_at(vm as *const Vm, pc) }) {
+        .map(|t| t.iter().filter(|e| e.tid == tid).map(|e| e.vm).collect())
+        .unwrap_or_default();
+    // SAFETY: this thread's Vms, suspended by the fault; their directories are only read.
+    if let Some(block) = vms
+        .iter()
+        .find_map(|&vm| unsafe { Vm::guest_block_at(vm as *const Vm, pc) })
+    {
         return format!(
             "{name} in the guest's basic block at {:#x} ({}), translated code at {pc:#x}",
             block.start,
@@ -94,21 +112,25 @@ fn mapping_end(addr: u64) -> Option<u64> {
 /// Undoes the broker's redirections on the current stack, from here to its top.
 fn restore_stack() {
     let tid = qbdi_core::threads::current_thread_id();
-    let Some((vm, host_stack)) = threads()
+    let vms: Vec<(usize, Option<(u64, u64)>)> = threads()
         .iter()
-        .find(|e| e.tid == tid)
+        .filter(|e| e.tid == tid)
         .map(|e| (e.vm, e.host_stack))
-    else {
-        return;
-    };
+        .collect();
     let here = 0u64;
     let sp = &here as *const u64 as u64;
-    if host_stack.is_some_and(|(lo, hi)| (lo..hi).contains(&sp)) {
+    if vms
+        .iter()
+        .any(|(_, h)| h.is_some_and(|(lo, hi)| (lo..hi).contains(&sp)))
+    {
         return;
     }
-    if let Some(end) = mapping_end(sp) {
+    let Some(end) = mapping_end(sp) else {
+        return;
+    };
+    for (vm, _) in vms {
         // SAFETY: [sp, end) is the rest of this thread's stack mapping (readable and
-        // writable); this runs in native code the guest called, with this thread's Vm
+        // writable); this runs in native code the guest called, with this thread's Vms
         // suspended.
         unsafe { Vm::restore_return_addresses(vm as *const Vm, sp, end) };
     }

@@ -22,6 +22,7 @@ mod analysis;
 mod callback;
 mod engine;
 mod error;
+pub mod exec_guard;
 mod instrumentation;
 pub mod late_code;
 mod maps;

@@ -44,9 +44,45 @@ pub fn process_maps(pid: i32, full_path: bool) -> Vec<MemoryMap> {
 
 fn read_maps(path: &str, full_path: bool) -> Vec<MemoryMap> {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| parse_line(l, full_path))
-        .collect()
+    let maps = text.lines().filter_map(|l| parse_line(l, full_path));
+    if path != "/proc/self/maps" {
+        return maps.collect();
+    }
+    // Instrumented code whose execute permission the host took away is reported with it
+    // (the kernel merges such pages with the file's neighbouring read-only mappings: split
+    // them out again).
+    let guarded = crate::exec_guard::regions();
+    let mut out = Vec::new();
+    for m in maps {
+        let mut at = m.range.start;
+        let mut cuts: Vec<(u64, u64)> = guarded
+            .iter()
+            .map(|&(s, e)| (s.max(m.range.start), e.min(m.range.end)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        cuts.sort_unstable();
+        for (s, e) in cuts {
+            if at < s {
+                out.push(MemoryMap {
+                    range: Range::new(at, s),
+                    ..m.clone()
+                });
+            }
+            out.push(MemoryMap {
+                range: Range::new(s, e),
+                permission: m.permission | Permission::EXEC,
+                name: m.name.clone(),
+            });
+            at = e;
+        }
+        if at < m.range.end {
+            out.push(MemoryMap {
+                range: Range::new(at, m.range.end),
+                ..m
+            });
+        }
+    }
+    out
 }
 
 /// Names of the mapped modules (each file with at least one executable mapping), full
@@ -78,6 +114,8 @@ fn parse_line(line: &str, full_path: bool) -> Option<MemoryMap> {
     if perms.get(1) == Some(&b'w') {
         permission |= Permission::WRITE;
     }
+    let start = Rword::from_str_radix(start, 16).ok()?;
+    let end = Rword::from_str_radix(end, 16).ok()?;
     if perms.get(2) == Some(&b'x') {
         permission |= Permission::EXEC;
     }
@@ -87,10 +125,7 @@ fn parse_line(line: &str, full_path: bool) -> Option<MemoryMap> {
         name
     };
     Some(MemoryMap {
-        range: Range::new(
-            Rword::from_str_radix(start, 16).ok()?,
-            Rword::from_str_radix(end, 16).ok()?,
-        ),
+        range: Range::new(start, end),
         permission,
         name: name.to_string(),
     })

@@ -215,6 +215,15 @@ impl Vm {
         result
     }
 
+    /// Where a run goes when the guest reaches code outside the instrumented ranges with no
+    /// return address to come back through (a `ret` or `jmp` out of instrumented code that
+    /// was entered from native code): by default it instruments that code too (QBDI's
+    /// behaviour); with `leave` set, the run ends there instead, with `rip` = that address,
+    /// so the caller can resume it natively.
+    pub fn set_leave_at_native(&mut self, leave: bool) {
+        self.engine.leave_at_native = leave;
+    }
+
     /// Calls `function` with the SysV x86-64 convention (any number of integer arguments)
     /// on the current guest stack and returns its `rax`. The stack pointer is restored after
     /// the call, so repeated calls do not creep down the stack.

@@ -7,3 +7,6 @@ long lib_work(long n, long (*cb)(long)) {
     for (long k = 0; k < n; k++) sum += lib_step(k) + cb(k);
     return sum;
 }
+
+// Calls the caller's callback with a double, twice, and returns the sum of its results.
+double lib_apply(double x, double (*f)(double)) { return f(x) + f(x + 1); }

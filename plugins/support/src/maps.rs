@@ -64,9 +64,67 @@ fn parse_line(line: &str) -> Option<Mapping> {
     })
 }
 
-/// The mappings of the current process.
+/// The mappings of the current process. Instrumented code whose execute permission the
+/// host took away (to catch native calls into it) is reported executable, as it was.
 pub fn read_self_maps() -> io::Result<Vec<Mapping>> {
-    Ok(parse_maps(&std::fs::read_to_string("/proc/self/maps")?))
+    let maps = parse_maps(&std::fs::read_to_string("/proc/self/maps")?);
+    Ok(with_guarded_code(maps, &guarded_ranges()))
+}
+
+/// `maps` with the pages of `guarded` executable. The kernel merges guarded pages with the
+/// file's neighbouring read-only mappings: they are split out again.
+fn with_guarded_code(maps: Vec<Mapping>, guarded: &[[u64; 2]]) -> Vec<Mapping> {
+    let mut out = Vec::with_capacity(maps.len());
+    for m in maps {
+        let mut cuts: Vec<(u64, u64)> = guarded
+            .iter()
+            .map(|&[s, e]| (s.max(m.start), e.min(m.end)))
+            .filter(|(s, e)| s < e)
+            .collect();
+        cuts.sort_unstable();
+        let mut at = m.start;
+        let piece = |start: u64, end: u64, exec: bool| Mapping {
+            start,
+            end,
+            exec: exec || m.exec,
+            offset: m.offset + (start - m.start),
+            ..m.clone()
+        };
+        for (s, e) in cuts {
+            if at < s {
+                out.push(piece(at, s, false));
+            }
+            out.push(piece(s, e, true));
+            at = e;
+        }
+        if at < m.end {
+            out.push(piece(at, m.end, false));
+        }
+    }
+    out
+}
+
+/// The code the host guards (`qbdi_exec_guard_ranges`, exported by `libqbdi_host.so`); none
+/// outside `qbdi run`.
+fn guarded_ranges() -> Vec<[u64; 2]> {
+    type GuardFn = unsafe extern "C" fn(*mut [u64; 2], usize) -> usize;
+    // SAFETY: looks the symbol up in the process's global scope.
+    let f = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"qbdi_exec_guard_ranges".as_ptr()) };
+    if f.is_null() {
+        return Vec::new();
+    }
+    // SAFETY: the host's export has this type.
+    let f = unsafe { std::mem::transmute::<*mut libc::c_void, GuardFn>(f) };
+    let mut out = vec![[0u64; 2]; 64];
+    loop {
+        // SAFETY: `out` has room for out.len() pairs.
+        let n = unsafe { f(out.as_mut_ptr(), out.len()) };
+        if n <= out.len() {
+            out.truncate(n);
+            return out;
+        }
+        out.resize(n, [0; 2]);
+    }
 }
 
 /// A mapped file: the span of all its mappings.
@@ -263,6 +321,28 @@ garbage line
         );
         assert!(exec_ranges(&maps, "libc.so").is_empty());
         assert!(exec_ranges(&maps, "[vdso]").is_empty());
+    }
+
+    #[test]
+    fn guarded_pages_are_split_out_executable() {
+        let maps = parse_maps(
+            "1000-4000 r--p 00000000 fe:00 7 /bin/x\n4000-5000 rw-p 00003000 fe:00 7 /bin/x\n",
+        );
+        let split = with_guarded_code(maps, &[[0x2000, 0x3000]]);
+        let view: Vec<(u64, u64, bool, u64)> = split
+            .iter()
+            .map(|m| (m.start, m.end, m.exec, m.offset))
+            .collect();
+        assert_eq!(
+            view,
+            [
+                (0x1000, 0x2000, false, 0),
+                (0x2000, 0x3000, true, 0x1000),
+                (0x3000, 0x4000, false, 0x2000),
+                (0x4000, 0x5000, false, 0x3000),
+            ]
+        );
+        assert_eq!(code_modules(&split).len(), 1);
     }
 
     #[test]

@@ -200,6 +200,10 @@ impl Engine {
         if let Some(next) = self.transfer_to_native(pc)? {
             return Ok(next);
         }
+        if self.leave_at_native {
+            // The guest leaves the instrumented code for good: the run ends here.
+            return Ok(Next::Stop);
+        }
         // No return address to come back through: instrument this code after all (QBDI's
         // behaviour), until it reaches instrumented code or a call we can broker.
         self.translate(pc).map(Next::Block)

@@ -45,6 +45,8 @@ pub(crate) struct Engine {
     pub(super) resets: u64,
     /// How many of the ranges published with `late_code` this engine took.
     pub(super) late_seen: u64,
+    /// A run ends at native code it cannot come back from, instead of instrumenting it.
+    pub(crate) leave_at_native: bool,
 }
 
 impl Engine {
@@ -68,6 +70,7 @@ impl Engine {
                 table: std::ptr::null(),
             }),
             new_blocks: Vec::with_capacity(64),
+            leave_at_native: false,
             resets: 0,
             late_seen: 0,
         }

@@ -1,10 +1,13 @@
-//! qbdi's own test plugin. It counts blocks, calls and exec transfers and appends one report
+//! qbdi's own test plugin. It counts blocks, calls and exec transfers (and distinct new
+//! blocks: the blocks translated, whichever thread's or re-entry's Vm translated them) and
+//! appends one report
 //! line per fini to `out`; on request it refuses to start, or panics in init, in a block
 //! callback or in fini, so that the host's handling of each case can be tested.
 
+use std::collections::HashSet;
 use std::io::Write;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Mutex, OnceLock};
 
 use qbdi_sdk::prelude::*;
 
@@ -32,7 +35,7 @@ struct Config {
 
 static CONFIG: OnceLock<Config> = OnceLock::new();
 static BLOCKS: AtomicU64 = AtomicU64::new(0);
-static NEW_BLOCKS: AtomicU64 = AtomicU64::new(0);
+static NEW_BLOCKS: Mutex<Option<HashSet<u64>>> = Mutex::new(None);
 static CALLS: AtomicU64 = AtomicU64::new(0);
 static TRANSFERS: AtomicU64 = AtomicU64::new(0);
 
@@ -83,11 +86,14 @@ fn on_block(
 #[vm_event(BASIC_BLOCK_NEW)]
 fn on_new_block(
     _vm: &mut VmRef,
-    _state: &VmState,
+    state: &VmState,
     _gpr: &mut GprState,
     _fpr: &mut FprState,
 ) -> VmAction {
-    NEW_BLOCKS.fetch_add(1, Relaxed);
+    if let Ok(mut set) = NEW_BLOCKS.lock() {
+        set.get_or_insert_with(HashSet::new)
+            .insert(state.basic_block_start);
+    }
     VmAction::Continue
 }
 
@@ -105,7 +111,9 @@ fn fini() {
         c.tag,
         std::process::id(),
         BLOCKS.load(Relaxed),
-        NEW_BLOCKS.load(Relaxed),
+        NEW_BLOCKS
+            .lock()
+            .map_or(0, |s| s.as_ref().map_or(0, HashSet::len)),
         CALLS.load(Relaxed),
         TRANSFERS.load(Relaxed)
     );

@@ -1,0 +1,102 @@
+//! Re-entry from native code: instrumented code that native code calls runs under the
+//! engine. The reentry program's comparators are called by libc's `qsort` and `bsearch`
+//! (nested, on four threads, one leaving with `longjmp`, one setting errno, one on a page
+//! the program `mprotect`s), its atexit handler and destructor by libc's `exit`, and its
+//! callback (a double in, a double out) by a dlopen'ed library. Output as native, and every
+//! one of those functions entered exactly as many times as the program counted.
+
+use std::path::Path;
+
+use qbdi_tests::cli::{assert_same, bbcount_entries, scratch};
+
+const REENTRY: &str = env!("QBDI_TEST_REENTRY");
+/// The same program built as a non-PIE executable: the addresses of the functions it
+/// imports are its PLT stubs, which native code then calls.
+const REENTRY_NOPIE: &str = env!("QBDI_TEST_REENTRY_NOPIE");
+const LIB: &str = env!("QBDI_TEST_LATE_LIB");
+
+/// The counts the program prints from its atexit handler: (value, row) comparisons.
+fn counted(stdout: &str) -> (u64, u64) {
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("atexit: "))
+        .unwrap_or_else(|| panic!("no atexit line in:\n{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    (words[1].parse().unwrap(), words[4].parse().unwrap())
+}
+
+fn check_coverage(report: &str, stdout: &str, what: &str) {
+    let (values, rows) = counted(stdout);
+    assert!(values > 20_000, "{stdout}");
+    for (function, entries) in [
+        ("by_value", values),
+        ("by_median", rows),
+        ("escaping", 50),
+        ("setting_errno", 545),
+        ("worker", 4),
+        ("twice_plus", 2),
+        ("at_exit_handler", 1),
+        ("destructor", 1),
+    ] {
+        assert_eq!(
+            bbcount_entries(report, function),
+            entries,
+            "entries of {function} ({what}):\n{report}"
+        );
+    }
+}
+
+#[test]
+fn code_called_from_native_code_runs_under_the_engine() {
+    let dir = scratch("reentry");
+    let lib_name = Path::new(LIB).file_name().unwrap().to_str().unwrap();
+    for (program, options) in [
+        (REENTRY, &[][..]),
+        (REENTRY_NOPIE, &[][..]),
+        (REENTRY, &["--module", lib_name][..]),
+        (REENTRY, &["--all-maps"][..]),
+    ] {
+        let out = dir.join("bb.txt");
+        let spec = format!("bbcount:out={}", out.display());
+        let mut args = options.to_vec();
+        args.extend(["-p", &spec]);
+        let q = assert_same(&dir, &args, program, &[LIB], None);
+        assert_eq!(q.code, Some(0), "{}", q.stderr);
+        let report = std::fs::read_to_string(&out).unwrap();
+        check_coverage(&report, &q.text(), &format!("{program} {options:?}"));
+        // The library itself: covered when the options name it.
+        let lib_entries = bbcount_entries(&report, "lib_apply");
+        assert_eq!(
+            lib_entries,
+            if options.is_empty() { 0 } else { 1 },
+            "{options:?}:\n{report}"
+        );
+    }
+}
+
+#[test]
+fn coverage_tools_see_the_main_executable_as_code() {
+    // The guarded pages lose their execute permission; drcov's module table (read from
+    // /proc/self/maps) still lists the executable, and its blocks are in the BB table.
+    let dir = scratch("reentry-drcov");
+    let log = dir.join("cov.drcov");
+    let spec = format!("drcov:out={}", log.display());
+    assert_same(&dir, &["-p", &spec], REENTRY, &[], None);
+    let data = std::fs::read(&log).expect("drcov log");
+    let at = data
+        .windows(9)
+        .position(|w| w == b"BB Table:")
+        .expect("a BB table");
+    let header = String::from_utf8_lossy(&data[..at]).into_owned();
+    let id = header
+        .lines()
+        .find(|l| l.trim_end().ends_with(REENTRY))
+        .and_then(|l| l.trim().split_once(',')?.0.trim().parse::<u16>().ok())
+        .unwrap_or_else(|| panic!("the executable is not in the module table:\n{header}"));
+    let body = &data[at + data[at..].iter().position(|&b| b == b'\n').unwrap() + 1..];
+    let blocks = body
+        .chunks_exact(8)
+        .filter(|e| u16::from_le_bytes([e[6], e[7]]) == id)
+        .count();
+    assert!(blocks > 50, "{blocks} blocks of the executable");
+}
