@@ -24,6 +24,8 @@ pub struct RunConfig {
     pub log: Option<PathBuf>,
     /// Keep instrumenting the programs this one executes.
     pub follow_exec: bool,
+    /// Let native code run the instrumented functions it calls natively (no re-entry).
+    pub native_callbacks: bool,
     /// The preload library itself (for `follow_exec`).
     pub preload: PathBuf,
     /// The user's own `LD_PRELOAD`, restored before main (`None`: there was none).
@@ -68,6 +70,9 @@ impl RunConfig {
         if self.follow_exec {
             out.push_str("follow_exec\n");
         }
+        if self.native_callbacks {
+            out.push_str("native_callbacks\n");
+        }
         out.push_str(&format!("preload\t{}\n", self.preload.to_string_lossy()));
         if let Some(u) = &self.user_preload {
             out.push_str(&format!("user_preload\t{u}\n"));
@@ -107,6 +112,7 @@ impl RunConfig {
                 ("no_main", None) => c.no_main = true,
                 ("log", Some(p)) => c.log = Some(PathBuf::from(p)),
                 ("follow_exec", None) => c.follow_exec = true,
+                ("native_callbacks", None) => c.native_callbacks = true,
                 ("preload", Some(p)) => c.preload = PathBuf::from(p),
                 ("user_preload", v) => c.user_preload = Some(v.unwrap_or_default().to_owned()),
                 ("python", Some(p)) => c.python_tools.push(PathBuf::from(p)),
@@ -139,6 +145,7 @@ mod tests {
             no_main: false,
             log: Some(PathBuf::from("/tmp/q.log")),
             follow_exec: true,
+            native_callbacks: true,
             preload: PathBuf::from("/x/libqbdi_host.so"),
             user_preload: Some("/u/libmine.so".into()),
             python_tools: vec![PathBuf::from("/t/cov.py")],

@@ -74,6 +74,11 @@ struct RunArgs {
     /// Keep instrumenting the programs this one executes (execve, execv, execvp, execvpe).
     #[arg(long)]
     follow_exec: bool,
+    /// Let native code (an uninstrumented libc, a library) run the instrumented functions
+    /// it calls natively, unseen: a qsort comparator, an atexit handler, a callback. Faster
+    /// for programs that make millions of such calls (each one otherwise costs a fault).
+    #[arg(long)]
+    native_callbacks: bool,
     /// The program and its arguments.
     #[arg(last = true, required = true, value_name = "PROGRAM [ARGS]")]
     program: Vec<String>,
@@ -293,6 +298,7 @@ fn run(args: RunArgs) -> Result<ExitCode, String> {
         no_main: args.no_main,
         log: args.log.map(|l| std::path::absolute(&l).unwrap_or(l)),
         follow_exec: args.follow_exec,
+        native_callbacks: args.native_callbacks,
         preload: preload.clone(),
         user_preload: user_preload.clone(),
         python_tools,

@@ -212,8 +212,8 @@ unsafe extern "C" fn qbdi_main(
         // Python tools' callbacks are not replayed on other threads: with them, threads
         // other than main run natively.
         crate::threads::enable(vm);
-        if !libc_instrumented(vm) {
-            crate::signals::enable();
+        crate::signals::enable();
+        if !libc_instrumented(vm) && !CONFIG.get().is_some_and(|c| c.native_callbacks) {
             let mut own = plugin_paths.clone();
             own.extend(own_library());
             crate::reentry::enable(vm, &own);

@@ -136,8 +136,18 @@ pub(crate) fn thread_ends() {
 pub(crate) fn disable() {
     if ENABLED.swap(false, Ordering::SeqCst) {
         exec_guard::unguard_all();
+        let n = REENTRIES.load(Ordering::Relaxed);
+        if n >= MANY_REENTRIES {
+            log::line(&format!(
+                "native code called instrumented code {n} times (a fault and a Vm entry each, a few microseconds); --native-callbacks lets those calls run natively, unseen"
+            ));
+        }
     }
 }
+
+/// Re-entries so far, and how many make the cost worth a word at the end.
+static REENTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+const MANY_REENTRIES: u64 = 1_000_000;
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -381,7 +391,8 @@ fn follow_plt_stub(g: &mut [i64; 23]) -> bool {
     let read_u64 = |addr: u64| -> Option<u64> {
         // SAFETY: the slot the decoded `push`/`jmp` reads, as the instruction itself would
         // (a stub's GOT slot: data of the same file).
-        addr.is_multiple_of(8).then(|| unsafe { *(addr as *const u64) })
+        addr.is_multiple_of(8)
+            .then(|| unsafe { *(addr as *const u64) })
     };
     for _ in 0..8 {
         if !exec_guard::is_guarded(pc) {
@@ -468,6 +479,7 @@ std::arch::global_asm!(
 extern "C" fn reenter_entry(record: *mut Record) -> ! {
     // SAFETY: the record `redirect` wrote for this run, on this stack.
     let rec = unsafe { &mut *record };
+    REENTRIES.fetch_add(1, Ordering::Relaxed);
     let tid = threads::current_thread_id();
     // The Vms of abandoned runs at this level and above are free again.
     LEVEL.with(|l| {

@@ -1,22 +1,30 @@
-//! The program's signal handlers under the engine (libc not instrumented).
+//! The program's signal handlers under the engine.
 //!
-//! The preload interposes `sigaction` and `signal`. A handler in the instrumented ranges is
+//! The preload interposes `sigaction` and `signal` (the program's calls reach them through
+//! its PLT, with libc instrumented or not). A handler in the instrumented ranges is
 //! installed behind a wrapper (same mask and flags, plus `SA_SIGINFO`); `oldact` reports
 //! the program's own handler. When the signal comes, the wrapper runs the handler under a
-//! Vm of its own, taken from a pool kept for handlers, on the stack the kernel gave the handler
-//! (the thread's, or its `sigaltstack`), with the host's code on a pool host stack. The
-//! interrupted code, guest or host, is left as it is: its Vm is not touched.
+//! Vm of its own, taken from a pool kept for handlers, on the stack the kernel gave the
+//! handler (the thread's, or its `sigaltstack`), with the host's code on a pool host stack.
+//! The interrupted code, guest or host, is left as it is: its Vm is not touched.
 //!
 //! - A handler that returns gives the Vm back; the kernel's `sigreturn` resumes the
 //!   interrupted code.
-//! - A handler that leaves with `siglongjmp` (native libc) resumes the interrupted Vm's code
-//!   where `sigsetjmp` returned; the handler's Vm is taken back by the next signal on the
-//!   thread, which finds that handler's frame gone (its stack pointer below the new one).
+//! - A handler that leaves with a native `siglongjmp` (libc not instrumented) resumes the
+//!   interrupted Vm's code where `sigsetjmp` returned; a jump to native code the handler
+//!   cannot come back from ends its run there and that code runs natively. The handler's
+//!   Vm is taken back by the next signal on the thread, which finds that handler's frame
+//!   gone (its stack pointer below the new one).
+//! - A handler that leaves with a translated `siglongjmp` (libc instrumented) goes on in
+//!   its own Vm: the program continues there. The next signal finds the interrupted pc in
+//!   that Vm's cache with its handler frame gone: the Vm it had interrupted, if one of
+//!   ours, is taken back.
 //! - The handler runs natively when the signal interrupts a plugin callback on the thread
-//!   (the plugin may hold its locks), or when no pooled Vm or host stack is free.
+//!   (the plugin may hold its locks: it runs when the callback returns), or when no pooled
+//!   Vm or host stack is free.
 //!
-//! With libc instrumented (`--all-maps`) handlers run natively, as before: a `siglongjmp`
-//! there would run in the handler's Vm (whole-process instrumentation III).
+//! With re-entry on (`reentry`), the kernel's `SIGSEGV` handler is re-entry's, and the
+//! program's `SIGSEGV` disposition is kept here ([`forward_segv`]).
 
 use std::cell::Cell;
 use std::ffi::{c_int, c_void};
@@ -287,44 +295,87 @@ pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc
     }
 }
 
-/// Handler runs of this thread in progress (or abandoned by `siglongjmp`): the Vm, its
-/// host stack and the stack pointer of the wrapper's frame.
-const RECORDS: usize = 8;
-thread_local! {
-    static RUNS: [Cell<Option<(usize, HostStack, u64)>>; RECORDS] =
-        const { [const { Cell::new(None) }; RECORDS] };
+/// A handler run of this thread: its Vm, its host stack, the stack pointer of the wrapper's
+/// frame, the record of the handler run it interrupted (if its Vm is one of ours), and
+/// whether the program now goes on in this run's Vm (its handler left with a `siglongjmp`
+/// translated in the Vm: libc instrumented).
+#[derive(Clone, Copy)]
+struct Run {
+    vm: usize,
+    stack: HostStack,
+    sp: u64,
+    interrupted: Option<usize>,
+    escaped: bool,
 }
 
-/// Gives back the Vms of handler runs whose frames are gone: their stack pointer is at or
-/// below `sp`, where a new signal frame now is (a handler left with `siglongjmp`).
-fn reclaim_abandoned(sp: u64) {
+/// Handler runs of this thread in progress (or abandoned, or escaped).
+const RECORDS: usize = 8;
+thread_local! {
+    static RUNS: [Cell<Option<Run>>; RECORDS] = const { [const { Cell::new(None) }; RECORDS] };
+}
+
+/// Takes back the Vms of handler runs that are over without having returned, as a new
+/// signal at stack pointer `sp` interrupting `pc` finds them, and returns the record of the
+/// run whose Vm `pc` is in (the program goes on in it), if any:
+/// - a run whose frame is gone (at or below `sp`) and whose Vm does not run the
+///   interrupted code: its handler left with a native `siglongjmp`;
+/// - the run a handler's run interrupted, once that handler's frame is gone and the
+///   program goes on in its Vm (a `siglongjmp` translated in it).
+fn reclaim_abandoned(sp: u64, pc: u64) -> Option<usize> {
     RUNS.with(|runs| {
-        for r in runs {
-            if let Some((vm, stack, at)) = r.get()
-                && at <= sp
-            {
-                // SAFETY: the Vm of a handler run whose frame is gone: no longer used.
-                let vm = unsafe { Box::from_raw(vm as *mut Vm) };
-                match crate::threads::try_give_back_signal_vm(vm) {
-                    Ok(()) => {
-                        r.set(None);
-                        stack.release();
+        let live = runs.iter().position(|r| {
+            // SAFETY: a recorded Vm is alive (owned by its record); only its cache's bounds
+            // are read.
+            r.get()
+                .is_some_and(|r| unsafe { Vm::code_cache_contains(r.vm as *const Vm, pc) })
+        });
+        let mut doomed = [false; RECORDS];
+        if let Some(l) = live
+            && let Some(mut r) = runs[l].get()
+            && r.sp <= sp
+        {
+            if let Some(j) = r.interrupted.take() {
+                doomed[j] = true;
+            }
+            r.escaped = true;
+            runs[l].set(Some(r));
+        }
+        for (i, slot) in runs.iter().enumerate() {
+            let Some(r) = slot.get() else { continue };
+            let gone = r.sp <= sp && !r.escaped && Some(i) != live;
+            if !(gone || doomed[i]) {
+                continue;
+            }
+            // SAFETY: the Vm of a handler run that is over: no longer used.
+            let vm = unsafe { Box::from_raw(r.vm as *mut Vm) };
+            match crate::threads::try_give_back_signal_vm(vm) {
+                Ok(()) => {
+                    slot.set(None);
+                    r.stack.release();
+                    for other in runs {
+                        if let Some(mut o) = other.get()
+                            && o.interrupted == Some(i)
+                        {
+                            o.interrupted = None;
+                            other.set(Some(o));
+                        }
                     }
-                    // The pool is locked by the code this signal interrupted: next time.
-                    Err(vm) => {
-                        let _ = Box::into_raw(vm);
-                    }
+                }
+                // The pool is locked by the code this signal interrupted: next time.
+                Err(vm) => {
+                    let _ = Box::into_raw(vm);
                 }
             }
         }
-    });
+        live
+    })
 }
 
 /// Records a handler run; `None` if every record is taken.
-fn record(vm: usize, stack: HostStack, sp: u64) -> Option<usize> {
+fn record(run: Run) -> Option<usize> {
     RUNS.with(|runs| {
         let i = runs.iter().position(|r| r.get().is_none())?;
-        runs[i].set(Some((vm, stack, sp)));
+        runs[i].set(Some(run));
         Some(i)
     })
 }
@@ -339,7 +390,7 @@ struct HandlerRun {
     handler: u64,
     args: [u64; 3],
     guest_sp: u64,
-    result: Result<u64, VmError>,
+    result: Result<(), VmError>,
 }
 
 extern "C" fn run_handler(run: *mut c_void) {
@@ -353,17 +404,31 @@ extern "C" fn run_handler(run: *mut c_void) {
         fcw,
         ..qbdi_core::FprState::default()
     });
-    vm.set_gpr_state(&qbdi_core::GprState {
+    let mut gpr = qbdi_core::GprState {
         rsp: run.guest_sp,
         eflags: qbdi_core::DEFAULT_EFLAGS,
         ..qbdi_core::GprState::default()
-    });
-    run.result = vm.call(run.handler, &run.args);
+    };
+    qbdi_core::simulate_call(&mut gpr, qbdi_core::FAKE_RETURN_ADDRESS, &run.args);
+    vm.set_gpr_state(&gpr);
+    // A jump out to native code it cannot come back from (a tail call of libc's
+    // `siglongjmp`) ends the run there, and that code runs natively.
+    vm.set_leave_at_native(true);
+    run.result = vm.run(run.handler, qbdi_core::FAKE_RETURN_ADDRESS);
+    let left = vm.gpr_state().rip;
+    if run.result.is_ok() && left != qbdi_core::FAKE_RETURN_ADDRESS {
+        // The handler left for native code for good: go on there. The record stays; the
+        // next signal on the thread takes the Vm back.
+        let (gpr, fpr) = (*vm.gpr_state(), *vm.fpr_state());
+        // SAFETY: the run ended at a jump or return to native code, with the guest's state
+        // at that point (the slot below rsp is no longer the handler's).
+        unsafe { qbdi_core::exec_guard::resume_native(&gpr, &fpr) }
+    }
 }
 
 thread_local! {
-    /// Signals that came during a plugin callback on this thread, to deliver after it (one
-    /// bit per signal), and their siginfo.
+    /// Signals that came during a plugin callback on this thread, to deliver after it (bit
+    /// `sig - 1` for signal `sig`), and their siginfo.
     static DEFERRED: Cell<u64> = const { Cell::new(0) };
     static DEFERRED_INFO: [Cell<Option<libc::siginfo_t>>; NSIG] =
         const { [const { Cell::new(None) }; NSIG] };
@@ -392,6 +457,14 @@ fn call_natively(
     }
 }
 
+/// Where a handler runs: the top of its guest stack, the wrapper's stack pointer, and the
+/// record of the handler run the signal interrupted (see [`Run`]).
+struct Frame {
+    guest_top: u64,
+    sp: u64,
+    interrupted: Option<usize>,
+}
+
 /// Runs the program's `handler` for `sig` under a Vm of its own, with its guest stack
 /// below `guest_top`; natively when no Vm or host stack is free.
 fn deliver(
@@ -400,9 +473,13 @@ fn deliver(
     siginfo: bool,
     info: *mut libc::siginfo_t,
     uctx: *mut c_void,
-    guest_top: u64,
-    frame_sp: u64,
+    at: Frame,
 ) {
+    let Frame {
+        guest_top,
+        sp: frame_sp,
+        interrupted,
+    } = at;
     let Some(stack) = HostStack::acquire() else {
         return call_natively(sig, handler, siginfo, info, uctx);
     };
@@ -411,7 +488,13 @@ fn deliver(
         return call_natively(sig, handler, siginfo, info, uctx);
     };
     let vm = Box::into_raw(vm);
-    let Some(slot) = record(vm as usize, stack, frame_sp) else {
+    let Some(slot) = record(Run {
+        vm: vm as usize,
+        stack,
+        sp: frame_sp,
+        interrupted,
+        escaped: false,
+    }) else {
         // SAFETY: from Box::into_raw just above; unused.
         crate::threads::give_back_signal_vm(unsafe { Box::from_raw(vm) });
         stack.release();
@@ -422,7 +505,7 @@ fn deliver(
         handler: handler as u64,
         args: [sig as u64, info as u64, uctx as u64],
         guest_sp: (guest_top - 512) & !0xf,
-        result: Ok(0),
+        result: Ok(()),
     };
     stack.run(run_handler, (&raw mut run).cast());
     unrecord(slot);
@@ -430,7 +513,7 @@ fn deliver(
     crate::threads::give_back_signal_vm(unsafe { Box::from_raw(vm) });
     stack.release();
     match run.result {
-        Ok(_) => {}
+        Ok(()) => {}
         Err(VmError::ThreadExit { status }) => threads::exit_thread(status, None),
         Err(e) => {
             log::line(&format!("a signal handler stopped under the Vm: {e}"));
@@ -451,7 +534,7 @@ pub(crate) fn run_deferred() {
     }
     DEFERRED.with(|d| d.set(0));
     for sig in 1..NSIG {
-        if bits & (1 << sig) == 0 {
+        if bits & (1 << (sig - 1)) == 0 {
             continue;
         }
         let handler = APP[sig].load(Ordering::SeqCst);
@@ -481,8 +564,11 @@ pub(crate) fn run_deferred() {
                         siginfo,
                         &mut info,
                         (&raw mut uc).cast(),
-                        top,
-                        top,
+                        Frame {
+                            guest_top: top,
+                            sp: top,
+                            interrupted: None,
+                        },
                     );
                     guest.release();
                 }
@@ -511,14 +597,28 @@ extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
     }
     let siginfo = SIGINFO[index].load(Ordering::SeqCst);
     let sp = crate::preload::current_sp();
-    reclaim_abandoned(sp);
+    let pc = if uctx.is_null() {
+        0
+    } else {
+        // SAFETY: the kernel's ucontext of this delivery.
+        let rip = unsafe {
+            (*(uctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RIP as usize]
+        };
+        rip as u64
+    };
+    let interrupted = reclaim_abandoned(sp, pc);
     if session::in_callback() {
         // A safe point comes when the callback returns (`run_deferred`).
         // SAFETY: the kernel's siginfo for this delivery.
         let copy = unsafe { *info };
         DEFERRED_INFO.with(|i| i[index].set(Some(copy)));
-        DEFERRED.with(|d| d.set(d.get() | 1 << index));
+        DEFERRED.with(|d| d.set(d.get() | 1 << (index - 1)));
         return;
     }
-    deliver(sig, handler, siginfo, info, uctx, sp, sp);
+    let at = Frame {
+        guest_top: sp,
+        sp,
+        interrupted,
+    };
+    deliver(sig, handler, siginfo, info, uctx, at);
 }

@@ -261,6 +261,15 @@ impl Vm {
         unsafe { (*std::ptr::addr_of!((*vm).engine)).restore_return_addresses(lo, hi) }
     }
 
+    /// Whether `pc` is in the code cache of the Vm at `vm` (its translated code runs there).
+    ///
+    /// # Safety
+    /// As [`Vm::guest_block_at`].
+    pub unsafe fn code_cache_contains(vm: *const Vm, pc: Rword) -> bool {
+        // SAFETY: the caller guarantees the Vm is alive; only the cache's bounds are read.
+        unsafe { (*std::ptr::addr_of!((*vm).engine)).cache_contains(pc) }
+    }
+
     /// The guest basic block whose translation contains the host address `pc` (a pc of the
     /// code cache, as a signal's context shows it), or `None` if `pc` is not in this Vm's
     /// translated blocks. For crash reports.

@@ -100,3 +100,36 @@ fn coverage_tools_see_the_main_executable_as_code() {
         .count();
     assert!(blocks > 50, "{blocks} blocks of the executable");
 }
+
+#[test]
+fn native_callbacks_run_natively_when_asked() {
+    // `--native-callbacks`: what native code calls runs natively (QBDI's way), unseen.
+    let dir = scratch("reentry-native");
+    let out = dir.join("bb.txt");
+    let spec = format!("bbcount:out={}", out.display());
+    let q = assert_same(
+        &dir,
+        &["--native-callbacks", "-p", &spec],
+        REENTRY,
+        &[LIB],
+        None,
+    );
+    assert_eq!(q.code, Some(0), "{}", q.stderr);
+    let report = std::fs::read_to_string(&out).unwrap();
+    // (by_value is also called by an inline bsearch in main.)
+    for function in [
+        "setting_errno",
+        "escaping",
+        "twice_plus",
+        "at_exit_handler",
+        "destructor",
+    ] {
+        assert_eq!(
+            bbcount_entries(&report, function),
+            0,
+            "{function}:\n{report}"
+        );
+    }
+    // main's own direct calls are still seen.
+    assert_eq!(bbcount_entries(&report, "by_median"), 39, "{report}");
+}

@@ -1,4 +1,4 @@
-//! Signal handlers run under the engine (libc not instrumented): SIGUSR1 by `raise` and by
+//! Signal handlers run under the engine (libc instrumented or not): SIGUSR1 by `raise` and by
 //! `kill` from another thread, SIGALRM from `setitimer`, SIGCHLD (`SA_SIGINFO`), a SIGSEGV
 //! probe on a `sigaltstack` leaving by `siglongjmp` twenty times, a blocked then unblocked
 //! signal. Output and status as native; every handler's blocks counted exactly. A program
@@ -8,34 +8,45 @@ use qbdi_tests::cli::{assert_same, bbcount_entries, native, scratch, under_qbdi}
 
 const SIGNALS: &str = env!("QBDI_TEST_SIGNALS");
 
-#[test]
-fn handlers_run_under_the_vm() {
-    let dir = scratch("signals");
-    for round in 0..3 {
+/// The handlers the signals program runs, and how many times.
+const HANDLERS: [(&str, u64); 5] = [
+    ("on_usr1", 2),
+    ("on_alrm", 1),
+    ("on_chld", 1),
+    ("on_segv", 20),
+    ("on_usr2", 1),
+];
+
+fn handlers_are_covered(dir: &std::path::Path, ranges: &[&str], rounds: usize) {
+    for round in 0..rounds {
         let out = dir.join(format!("bb{round}.txt"));
         let spec = format!("bbcount:out={}", out.display());
-        let q = assert_same(&dir, &["-p", &spec], SIGNALS, &[], None);
+        let mut args = ranges.to_vec();
+        args.extend(["-p", &spec]);
+        let q = assert_same(dir, &args, SIGNALS, &[], None);
         assert_eq!(q.code, Some(0), "{}", q.stderr);
         let report = std::fs::read_to_string(&out).unwrap();
-        for (handler, count) in [
-            ("on_usr1", 2),
-            ("on_alrm", 1),
-            ("on_chld", 1),
-            ("on_segv", 20),
-            ("on_usr2", 1),
-        ] {
+        for (handler, count) in HANDLERS {
             assert_eq!(
                 bbcount_entries(&report, handler),
                 count,
-                "entries of {handler} (run {round}):\n{report}"
+                "entries of {handler} ({ranges:?}, run {round}):\n{report}"
             );
         }
     }
 }
 
 #[test]
-fn handlers_run_as_natively_with_libc_instrumented() {
+fn handlers_run_under_the_vm() {
+    handlers_are_covered(&scratch("signals"), &[], 3);
+}
+
+/// With libc instrumented the SIGSEGV probe's `siglongjmp` is translated code: the program
+/// goes on in the handler's Vm, and the Vm it interrupted is taken back at the next probe.
+#[test]
+fn handlers_run_under_the_vm_with_libc_instrumented() {
     let dir = scratch("signals-all-maps");
+    handlers_are_covered(&dir, &["--all-maps"], 2);
     let log = dir.join("cov.drcov");
     let spec = format!("drcov:out={}", log.display());
     let q = assert_same(&dir, &["--all-maps", "-p", &spec], SIGNALS, &[], None);
@@ -72,6 +83,42 @@ fn a_fatal_fault_is_native_and_named_in_guest_terms() {
         assert!(
             cov.windows(9).any(|w| w == b"BB Table:"),
             "{args:?}: a complete drcov file"
+        );
+    }
+}
+
+/// Real programs whose signal handlers are libc's callers' own: bash's `trap`, Python's
+/// `signal.signal` (its C handler, then the Python function), `timeout` killing its child.
+/// Under `--all-maps` with drcov: output and status as native, a complete drcov file.
+#[test]
+fn real_programs_take_their_signals_under_all_maps() {
+    let dir = scratch("signals-real");
+    let trap = "trap 'echo got USR1' USR1; trap 'echo got TERM' TERM; trap 'echo bye' EXIT; \
+                kill -USR1 $$; kill -TERM $$; echo after";
+    let py = "import os, signal, time\n\
+              got = []\n\
+              signal.signal(signal.SIGUSR1, lambda s, f: got.append(s))\n\
+              os.kill(os.getpid(), signal.SIGUSR1)\n\
+              signal.signal(signal.SIGALRM, lambda s, f: got.append(s))\n\
+              signal.setitimer(signal.ITIMER_REAL, 0.01)\n\
+              time.sleep(0.2)\n\
+              print(got)";
+    let python = qbdi_tests::cli::python();
+    let cases: [(&str, Vec<&str>, Option<i32>); 3] = [
+        ("bash", vec!["-c", trap], Some(0)),
+        (python.as_str(), vec!["-c", py], Some(0)),
+        ("timeout", vec!["1", "sleep", "5"], Some(124)),
+    ];
+    for (program, args, code) in cases {
+        let log = dir.join("cov.drcov");
+        let _ = std::fs::remove_file(&log);
+        let spec = format!("drcov:out={}", log.display());
+        let q = assert_same(&dir, &["--all-maps", "-p", &spec], program, &args, None);
+        assert_eq!(q.code, code, "{program}: {}", q.stderr);
+        let cov = std::fs::read(&log).expect("a drcov file");
+        assert!(
+            cov.windows(9).any(|w| w == b"BB Table:"),
+            "{program}: a complete drcov file"
         );
     }
 }

@@ -220,6 +220,12 @@ impl Engine {
 
     /// The guest block whose translation contains host address `pc` (`None` outside this
     /// engine's translated blocks).
+    pub fn cache_contains(&self, pc: u64) -> bool {
+        self.cache
+            .as_ref()
+            .is_some_and(|(cache, _)| cache.contains(pc))
+    }
+
     pub fn guest_block_at(&self, pc: u64) -> Option<crate::range::Range> {
         let (cache, dir) = self.cache.as_ref()?;
         if !cache.contains(pc) {
