@@ -65,6 +65,8 @@ fn main() {
         &["-no-pie", "-fno-pic"],
     );
     build_c_program(&out, "signals", "QBDI_TEST_SIGNALS");
+    build_c_program(&out, "fault_resume", "QBDI_TEST_FAULT_RESUME");
+    build_c_program(&out, "jit", "QBDI_TEST_JIT");
     build_c_program(&out, "crash", "QBDI_TEST_CRASH");
     build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
     build_rust_threads(&out);

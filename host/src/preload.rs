@@ -194,6 +194,8 @@ unsafe extern "C" fn qbdi_main(
     if let Err(e) = instrument(vm, &config, main as u64, &plugin_paths) {
         fail_early(&e);
     }
+    // Whole-process: code the program writes at run time (a JIT's) is its code too.
+    qbdi_core::late_code::instrument_anonymous_code(config.all_maps);
     let _ = CONFIG.set(config);
     // SAFETY: getpid has no preconditions.
     SESSION_PID.store(unsafe { libc::getpid() }, Ordering::SeqCst);

@@ -553,7 +553,9 @@ fn fail(why: &str) -> ! {
 type MprotectFn = unsafe extern "C" fn(*mut c_void, usize, c_int) -> c_int;
 
 /// `mprotect`, interposed: a request for execute permission on guarded code is granted
-/// without it (the program's code keeps running under the engine).
+/// without it (the program's code keeps running under the engine); making instrumented
+/// code writable drops its translations in every Vm (they come back with byte checks, see
+/// docs/architecture.md, "Code written at run time").
 ///
 /// # Safety
 /// mprotect's contract.
@@ -567,13 +569,31 @@ pub unsafe extern "C" fn mprotect(addr: *mut c_void, len: usize, prot: c_int) ->
         return -1;
     };
     let start = addr as u64;
-    let prot = if ENABLED.load(Ordering::Relaxed) {
-        exec_guard::filter_protection(start, start.saturating_add(len as u64), prot)
+    let end = start.saturating_add(len as u64);
+    let enabled = ENABLED.load(Ordering::Relaxed);
+    let granted = if enabled {
+        exec_guard::filter_protection(start, end, prot)
     } else {
         prot
     };
     // SAFETY: forwarding the caller's request.
-    unsafe { real(addr, len, prot) }
+    let r = unsafe { real(addr, len, granted) };
+    if r == 0 && prot & libc::PROT_WRITE != 0 {
+        // The program may now rewrite its instrumented code: every Vm drops what it
+        // translated there, and translates it again with byte checks (writable memory).
+        let touched = crate::threads::instrumented_parts(start, end);
+        if !touched.is_empty() {
+            qbdi_core::late_code::publish_ranges(&touched, &touched);
+            // This thread's Vms now: the guest goes on in linked blocks, with no dispatcher
+            // round before it runs the code it is about to rewrite.
+            for vm in crate::unwind::thread_vms() {
+                // SAFETY: this thread's Vms, suspended in this native call (the guest's
+                // call of mprotect).
+                unsafe { Vm::sync_published_ranges(vm as *mut Vm) };
+            }
+        }
+    }
+    r
 }
 
 /// The guarded regions, for the plugins' map readers (`qbdi_plugin_support::maps`): up to

@@ -607,6 +607,9 @@ extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
         rip as u64
     };
     let interrupted = reclaim_abandoned(sp, pc);
+    // A fault in translated code: the handler sees the guest's instruction and registers.
+    // SAFETY: the kernel's siginfo and ucontext of this delivery.
+    let fault = unsafe { guest_view(sig, info, uctx, pc, interrupted) };
     if session::in_callback() {
         // A safe point comes when the callback returns (`run_deferred`).
         // SAFETY: the kernel's siginfo for this delivery.
@@ -621,4 +624,116 @@ extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
         interrupted,
     };
     deliver(sig, handler, siginfo, info, uctx, at);
+    if let Some(f) = fault {
+        // SAFETY: as above; the handler returned, its edits are in the ucontext.
+        unsafe { back_to_host_view(&f, uctx) };
+    }
+}
+
+/// A fault in a Vm's translated code, shown to the handler in the guest's terms.
+struct Translated {
+    vm: usize,
+    fault: qbdi_core::GuestFault,
+    /// The host's value of the borrowed register, while the handler sees the guest's.
+    host_scratch: i64,
+}
+
+/// The hardware register number -> `ucontext` register index.
+const UC_REG: [c_int; 16] = [
+    libc::REG_RAX,
+    libc::REG_RCX,
+    libc::REG_RDX,
+    libc::REG_RBX,
+    libc::REG_RSP,
+    libc::REG_RBP,
+    libc::REG_RSI,
+    libc::REG_RDI,
+    libc::REG_R8,
+    libc::REG_R9,
+    libc::REG_R10,
+    libc::REG_R11,
+    libc::REG_R12,
+    libc::REG_R13,
+    libc::REG_R14,
+    libc::REG_R15,
+];
+
+/// For a synchronous fault at `pc` in translated code: rewrites the ucontext (and, for
+/// SIGFPE, SIGILL and SIGTRAP, `si_addr`) to the guest's instruction and registers.
+///
+/// # Safety
+/// `info` and `uctx` are the kernel's for this delivery (or null / blank).
+unsafe fn guest_view(
+    sig: c_int,
+    info: *mut libc::siginfo_t,
+    uctx: *mut c_void,
+    pc: u64,
+    interrupted: Option<usize>,
+) -> Option<Translated> {
+    const SYNC: [c_int; 5] = [
+        libc::SIGSEGV,
+        libc::SIGBUS,
+        libc::SIGFPE,
+        libc::SIGILL,
+        libc::SIGTRAP,
+    ];
+    // SAFETY: the caller's contract.
+    if uctx.is_null() || info.is_null() || !SYNC.contains(&sig) || unsafe { (*info).si_code } <= 0 {
+        return None;
+    }
+    let vm = interrupted
+        .and_then(|i| RUNS.with(|r| r[i].get()).map(|r| r.vm))
+        .or_else(|| crate::unwind::thread_vm_running_at(pc))?;
+    // SAFETY: a Vm of this thread, suspended at `pc` by this fault.
+    let fault = unsafe { Vm::guest_fault_at(vm as *const Vm, pc) }?;
+    // SAFETY: the caller's contract.
+    let g = unsafe { &mut (*(uctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
+    let mut host_scratch = 0;
+    if let Some((reg, guest)) = fault.scratch {
+        let r = UC_REG[reg as usize] as usize;
+        host_scratch = g[r];
+        g[r] = guest as i64;
+    }
+    g[libc::REG_RIP as usize] = fault.guest_pc as i64;
+    if [libc::SIGFPE, libc::SIGILL, libc::SIGTRAP].contains(&sig) {
+        // The address of the faulting instruction (the first field after the header).
+        // SAFETY: siginfo's union starts with si_addr for these signals.
+        unsafe {
+            let fields = (info as *mut u8).add(16) as *mut u64;
+            if *fields == pc {
+                *fields = fault.guest_pc;
+            }
+        }
+    }
+    Some(Translated {
+        vm,
+        fault,
+        host_scratch,
+    })
+}
+
+/// After the handler returned: the ucontext back in the host's terms. The same guest
+/// instruction runs its translation again; another guest address is reached through the
+/// Vm's dispatcher.
+///
+/// # Safety
+/// As [`guest_view`], which made `t`.
+unsafe fn back_to_host_view(t: &Translated, uctx: *mut c_void) {
+    // SAFETY: the caller's contract.
+    let g = unsafe { &mut (*(uctx as *mut libc::ucontext_t)).uc_mcontext.gregs };
+    let rip = g[libc::REG_RIP as usize] as u64;
+    if rip == t.fault.guest_pc {
+        if let Some((reg, _)) = t.fault.scratch {
+            let r = UC_REG[reg as usize] as usize;
+            // SAFETY: the Vm is suspended at the fault; its spill slot is reloaded later.
+            unsafe { Vm::set_fault_scratch(t.vm as *const Vm, g[r] as u64) };
+            g[r] = t.host_scratch;
+        }
+        g[libc::REG_RIP as usize] = t.fault.host_pc as i64;
+    } else if let Some(host) =
+        // SAFETY: as above.
+        unsafe { Vm::resume_interrupted_at(t.vm as *const Vm, rip) }
+    {
+        g[libc::REG_RIP as usize] = host as i64;
+    }
 }

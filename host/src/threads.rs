@@ -59,6 +59,17 @@ pub(crate) fn enable(vm: &Vm) {
     ENABLED.store(true, Ordering::SeqCst);
 }
 
+/// The parts of `[start, end)` in the instrumented ranges the threads start with.
+pub(crate) fn instrumented_parts(start: u64, end: u64) -> Vec<Range> {
+    RANGES.get().map_or_else(Vec::new, |ranges| {
+        ranges
+            .iter()
+            .filter(|r| r.start < end && start < r.end)
+            .map(|r| Range::new(r.start.max(start), r.end.min(end)))
+            .collect()
+    })
+}
+
 pub(crate) fn instrumented(addr: u64) -> bool {
     RANGES
         .get()

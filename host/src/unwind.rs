@@ -55,14 +55,36 @@ pub(crate) fn register_nested(tid: u32, vm: *const Vm, host_stack: (u64, u64)) {
     });
 }
 
+/// A Vm this thread runs under whose code cache holds `pc` (for a signal that interrupted
+/// translated code). Allocation-free; `None` if the table is busy.
+pub(crate) fn thread_vm_running_at(pc: u64) -> Option<usize> {
+    let tid = qbdi_core::threads::current_thread_id();
+    let t = THREADS.try_lock().ok()?;
+    t.iter()
+        .filter(|e| e.tid == tid)
+        // SAFETY: a registered Vm is alive while registered; only its cache bounds are read.
+        .find(|e| unsafe { Vm::code_cache_contains(e.vm as *const Vm, pc) })
+        .map(|e| e.vm)
+}
+
+/// The Vms this thread runs under (its own, re-entries), innermost last.
+pub(crate) fn thread_vms() -> Vec<usize> {
+    let tid = qbdi_core::threads::current_thread_id();
+    threads()
+        .iter()
+        .filter(|e| e.tid == tid)
+        .map(|e| e.vm)
+        .collect()
+}
+
 /// `vm` no longer runs (see [`register_nested`]).
 pub(crate) fn unregister_nested(vm: *const Vm) {
     threads().retain(|e| e.vm != vm as usize);
 }
 
-/// What a fatal fault at `pc` on this thread was, in the guest's terms: the guest block whose
-/// translation faulted (with its symbol), the guest's own code (a native library), or
-/// qbdi's own code.
+/// What a fatal fault at `pc` on this thread was, in the guest's terms: the guest
+/// instruction and block whose translation faulted (with their symbols), the guest's own
+/// code (a native library), or qbdi's own code.
 pub(crate) fn describe_fault(sig: c_int, pc: u64) -> String {
     // SAFETY: strsignal returns a static description.
     let name = unsafe { std::ffi::CStr::from_ptr(libc::strsignal(sig)) }.to_string_lossy();
@@ -77,12 +99,21 @@ pub(crate) fn describe_fault(sig: c_int, pc: u64) -> String {
         .map(|t| t.iter().filter(|e| e.tid == tid).map(|e| e.vm).collect())
         .unwrap_or_default();
     // SAFETY: this thread's Vms, suspended by the fault; their directories are only read.
-    if let Some(block) = vms
+    if let Some((vm, block)) = vms
         .iter()
-        .find_map(|&vm| unsafe { Vm::guest_block_at(vm as *const Vm, pc) })
+        .find_map(|&vm| unsafe { Vm::guest_block_at(vm as *const Vm, pc) }.map(|b| (vm, b)))
     {
+        // SAFETY: as above.
+        let instruction = match unsafe { Vm::guest_fault_at(vm as *const Vm, pc) } {
+            Some(f) => format!(
+                "at the guest's instruction {:#x} ({}), ",
+                f.guest_pc,
+                named(f.guest_pc)
+            ),
+            None => String::new(),
+        };
         return format!(
-            "{name} in the guest's basic block at {:#x} ({}), translated code at {pc:#x}",
+            "{name} {instruction}in the guest's basic block at {:#x} ({}), translated code at {pc:#x}",
             block.start,
             named(block.start)
         );

@@ -6,6 +6,9 @@
 //! new block): the published ranges join (or leave) its instrumented ranges, and anything it
 //! had learnt about those addresses (native entries of its inline table, translations) is
 //! dropped. The check is one relaxed atomic load per dispatcher round.
+//!
+//! Code written at run time (a JIT's, an unpacker's) is found by the Vms themselves when
+//! [`instrument_anonymous_code`] is on: see the function.
 
 use crate::range::Range;
 use std::sync::Mutex;
@@ -48,4 +51,20 @@ pub(crate) fn change_at(index: u64) -> Option<Change> {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     log.get(index as usize).copied()
+}
+
+static ANONYMOUS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// With `on`, every Vm of the process instruments executable anonymous memory (a JIT's
+/// code, code on the stack or the heap) when the guest first jumps there, as part of its
+/// instrumented ranges (the `qbdi` host turns it on for `--all-maps`). Blocks translated
+/// from such memory, or from any writable memory, check at each entry that their guest
+/// bytes did not change, and are translated again when they did (self-modifying code).
+pub fn instrument_anonymous_code(on: bool) {
+    ANONYMOUS.store(on, Ordering::SeqCst);
+}
+
+/// Whether anonymous executable memory is instrumented (see [`instrument_anonymous_code`]).
+pub(crate) fn anonymous_code() -> bool {
+    ANONYMOUS.load(Ordering::Relaxed)
 }

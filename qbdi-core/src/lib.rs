@@ -54,7 +54,7 @@ pub use options::Options;
 pub use range::{Range, RangeSet};
 pub use state::{DEFAULT_EFLAGS, FprState, GPR_NAMES, GprState, MmstReg, Rword};
 pub use symbols::{function_extent, symbolize};
-pub use vm::{FAKE_RETURN_ADDRESS, Vm};
+pub use vm::{FAKE_RETURN_ADDRESS, GuestFault, Vm};
 
 /// One line describing how the engine saves FP and vector state on this CPU: the vendor, the
 /// XSAVE components saved and their offsets in the CPU's own image as CPUID reports them

@@ -261,6 +261,56 @@ impl Vm {
         unsafe { (*std::ptr::addr_of!((*vm).engine)).restore_return_addresses(lo, hi) }
     }
 
+    /// The guest's view of a fault at host address `pc` of the Vm at `vm`'s code cache (a
+    /// signal's context pc): the guest instruction, and the register its translation
+    /// borrowed, if any, with the guest's value of it. `None` outside translated
+    /// instructions that can fault (instrumentation code, exits).
+    ///
+    /// # Safety
+    /// As [`Vm::guest_block_at`]; the Vm's thread is suspended at `pc` (in a signal handler).
+    pub unsafe fn guest_fault_at(vm: *const Vm, pc: Rword) -> Option<GuestFault> {
+        // SAFETY: the caller's contract; the directory and the context are only read.
+        unsafe { (*std::ptr::addr_of!((*vm).engine)).fault_point(pc) }
+    }
+
+    /// Prepares the Vm at `vm`, suspended in its code cache by a signal, to go on at guest
+    /// address `target`: returns the host address the signal's context must resume at (the
+    /// guest's registers as they are then, the scratch register of a [`GuestFault`] holding
+    /// its guest value).
+    ///
+    /// # Safety
+    /// As [`Vm::guest_fault_at`].
+    pub unsafe fn resume_interrupted_at(vm: *const Vm, target: Rword) -> Option<Rword> {
+        // SAFETY: the caller's contract; only the context's exit fields are written.
+        unsafe { (*std::ptr::addr_of!((*vm).engine)).redirect_to(target) }
+    }
+
+    /// Sets the guest's value of the register a [`GuestFault`] borrowed, before its context
+    /// resumes at `host_pc` (the translation reloads it from there).
+    ///
+    /// # Safety
+    /// As [`Vm::guest_fault_at`].
+    pub unsafe fn set_fault_scratch(vm: *const Vm, value: Rword) {
+        // SAFETY: the caller's contract.
+        unsafe { (*std::ptr::addr_of!((*vm).engine)).set_spill_far(value) }
+    }
+
+    /// Applies the range changes published with `late_code` to the Vm at `vm` now (drops
+    /// its translations there), instead of at its next dispatcher round: for the thread's
+    /// own Vm, suspended in a native call (an interposed function) that published them, so
+    /// that the guest does not run a linked translation of them once more.
+    ///
+    /// # Safety
+    /// `vm` must point at a live Vm of the calling thread whose run, if any, is suspended in
+    /// native code this thread runs (no translated code of it runs, and its dispatcher is
+    /// not in the middle of an update).
+    pub unsafe fn sync_published_ranges(vm: *mut Vm) {
+        // SAFETY: the caller's contract: nothing else touches the Vm's engine meanwhile;
+        // the invalidation patches blocks' first bytes only, so the block that made the
+        // native call returns into the rest of its old code.
+        unsafe { (*std::ptr::addr_of_mut!((*vm).engine)).sync_published_ranges() }
+    }
+
     /// Whether `pc` is in the code cache of the Vm at `vm` (its translated code runs there).
     ///
     /// # Safety
@@ -299,4 +349,16 @@ fn own_segment_bases(options: Options, gpr: &mut GprState) {
     if options.contains(Options::OPT_ENABLE_FS_GS) && gpr.fs == 0 && gpr.gs == 0 {
         (gpr.fs, gpr.gs) = crate::engine::thread_segment_bases();
     }
+}
+
+/// A fault in translated code, in the guest's terms (see [`Vm::guest_fault_at`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestFault {
+    /// The guest instruction that faulted.
+    pub guest_pc: Rword,
+    /// Where its translation starts (resuming there runs it again).
+    pub host_pc: Rword,
+    /// The register its translation borrowed (hardware number: 0 = rax, 1 = rcx, ...,
+    /// 15 = r15) and the guest's value of it; the context holds a host address there.
+    pub scratch: Option<(u8, Rword)>,
 }

@@ -1,8 +1,10 @@
 //! Signal handlers run under the engine (libc instrumented or not): SIGUSR1 by `raise` and by
 //! `kill` from another thread, SIGALRM from `setitimer`, SIGCHLD (`SA_SIGINFO`), a SIGSEGV
 //! probe on a `sigaltstack` leaving by `siglongjmp` twenty times, a blocked then unblocked
-//! signal. Output and status as native; every handler's blocks counted exactly. A program
-//! that dies of SIGSEGV: same status, complete coverage, a message naming the guest code.
+//! signal. Output and status as native; every handler's blocks counted exactly. Handlers
+//! of faults in translated code see the guest's pc and registers, fix them and resume. A
+//! program that dies of SIGSEGV: same status, complete coverage, a message naming the
+//! guest code.
 
 use qbdi_tests::cli::{assert_same, bbcount_entries, native, scratch, under_qbdi};
 
@@ -120,5 +122,36 @@ fn real_programs_take_their_signals_under_all_maps() {
             cov.windows(9).any(|w| w == b"BB Table:"),
             "{program}: a complete drcov file"
         );
+    }
+}
+
+/// SIGFPE (integer division by zero) and SIGSEGV handlers read the faulting instruction's
+/// guest address in the context and in `si_addr` and the guest's registers, then resume
+/// past it or run it again with a register fixed; the program prints what they saw.
+#[test]
+fn fault_handlers_see_and_fix_the_guest_context() {
+    let dir = scratch("signals-fault-resume");
+    let program = env!("QBDI_TEST_FAULT_RESUME");
+    let n = native(&dir, program, &[], None);
+    assert_eq!(
+        n.text(),
+        "divisions: 397, SIGFPE 4 times, pc 4, si_addr 4, registers 4\n\
+         loads: SIGSEGV 3 times, pc and address 3, registers 3\n"
+    );
+    for ranges in [&[][..], &["--all-maps"][..]] {
+        let out = dir.join("bb.txt");
+        let spec = format!("bbcount:out={}", out.display());
+        let mut args = ranges.to_vec();
+        args.extend(["-p", &spec]);
+        let q = assert_same(&dir, &args, program, &[], None);
+        assert_eq!(q.code, Some(0), "{ranges:?}: {}", q.stderr);
+        let report = std::fs::read_to_string(&out).unwrap();
+        for (handler, count) in [("on_fpe", 4), ("on_segv", 3), ("divide", 6)] {
+            assert_eq!(
+                bbcount_entries(&report, handler),
+                count,
+                "{handler} ({ranges:?}):\n{report}"
+            );
+        }
     }
 }

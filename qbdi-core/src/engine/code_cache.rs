@@ -47,6 +47,7 @@ impl CodeCache {
         fsgs: bool,
     ) -> Result<CodeCache, VmError> {
         let base = map_near(near)?;
+        register_cache(base);
         let ctx = base;
         let table = base + TABLE_OFFSET as u64;
         let code = base + CODE_OFFSET as u64;
@@ -110,8 +111,45 @@ impl CodeCache {
     }
 }
 
+/// The code caches of the process (their bases; 0: free), so that no Vm takes another's
+/// translated code for the guest's own (see `late_code::instrument_anonymous_code`).
+const MAX_CACHES: usize = 1024;
+static CACHES: [std::sync::atomic::AtomicU64; MAX_CACHES] =
+    [const { std::sync::atomic::AtomicU64::new(0) }; MAX_CACHES];
+
+fn register_cache(base: u64) {
+    use std::sync::atomic::Ordering;
+    for c in &CACHES {
+        if c.compare_exchange(0, base, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+fn unregister_cache(base: u64) {
+    use std::sync::atomic::Ordering;
+    for c in &CACHES {
+        if c.compare_exchange(base, 0, Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+/// Whether `addr` is in the code cache of any Vm of the process.
+pub(crate) fn is_code_cache(addr: u64) -> bool {
+    CACHES.iter().any(|c| {
+        let base = c.load(std::sync::atomic::Ordering::Acquire);
+        base != 0 && base <= addr && addr < base + REGION_BYTES as u64
+    })
+}
+
 impl Drop for CodeCache {
     fn drop(&mut self) {
+        unregister_cache(self.base);
         // SAFETY: the region was mapped by map_near with this size; nothing runs in it now.
         unsafe { libc::munmap(self.base as *mut libc::c_void, REGION_BYTES) };
     }

@@ -19,6 +19,9 @@ pub(crate) const EXIT_CALLBACK: u32 = 3;
 /// The guest made the `exit` system call (threads followed): the thread ends; the
 /// `syscall`'s address is in `ib_target`.
 pub(crate) const EXIT_THREAD: u32 = 4;
+/// A block translated from memory that may change found its guest bytes changed (start in
+/// `ib_target`): translate it again.
+pub(crate) const EXIT_STALE: u32 = 5;
 
 /// How the callback routine saved the guest's FP state (`Context::fp_mode`).
 pub(crate) const FP_NONE: u8 = 0;

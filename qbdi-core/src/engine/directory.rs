@@ -91,7 +91,28 @@ pub(crate) struct Directory {
     hi: u64,
     /// (guest return address, stub id + 1) of transfer return stubs; 0: empty.
     transfer: Vec<(u64, u32)>,
+    /// The translated guest instructions that can fault, in host address order (blocks are
+    /// committed in address order between resets): see [`FaultPoint`].
+    faults: Vec<FaultPoint>,
 }
+
+/// A translated guest instruction that can fault: its host code `[host, host + len)`, its
+/// guest address, and the register (hardware number) the translation borrowed and spilled
+/// to `ctx.spill_far` around it (a far RIP-relative operand), or `NO_SCRATCH`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct FaultPoint {
+    pub host: u64,
+    pub guest: u64,
+    pub len: u8,
+    pub scratch: u8,
+}
+
+/// `FaultPoint::scratch` when no register was borrowed.
+pub(crate) const NO_SCRATCH: u8 = 0xff;
+
+/// Capacity of the fault map (a block has at most 128 instructions; the cache fills up
+/// long before this does for ordinary code).
+const MAX_FAULTS: usize = MAX_BLOCKS * 8;
 
 impl Directory {
     pub fn new() -> Directory {
@@ -104,7 +125,20 @@ impl Directory {
             lo: u64::MAX,
             hi: 0,
             transfer: vec![(0, 0); TRANSFER_SLOTS],
+            faults: Vec::with_capacity(MAX_FAULTS),
         }
+    }
+
+    /// Enters the fault points of a block just committed (in host address order).
+    pub fn push_faults(&mut self, points: &[FaultPoint]) {
+        self.faults.extend_from_slice(points);
+    }
+
+    /// The fault point whose host code contains `pc`.
+    pub fn fault_at(&self, pc: u64) -> Option<FaultPoint> {
+        let after = self.faults.partition_point(|f| f.host <= pc);
+        let f = self.faults[..after].last()?;
+        (pc < f.host + u64::from(f.len)).then_some(*f)
     }
 
     /// The transfer return stub for guest return address `ret`, if one was made.
@@ -121,7 +155,9 @@ impl Directory {
 
     /// Whether a block with `stubs` more stubs still fits.
     pub fn has_room(&self, stubs: usize) -> bool {
-        self.blocks.len() < MAX_BLOCKS && self.stubs.len() + stubs <= MAX_STUBS
+        self.blocks.len() < MAX_BLOCKS
+            && self.stubs.len() + stubs <= MAX_STUBS
+            && self.faults.len() + super::translator::MAX_BLOCK_INSTRUCTIONS <= MAX_FAULTS
     }
 
     /// Id the next stub will get.
@@ -343,6 +379,7 @@ impl Directory {
         self.lo = u64::MAX;
         self.hi = 0;
         self.transfer.fill((0, 0));
+        self.faults.clear();
     }
 }
 

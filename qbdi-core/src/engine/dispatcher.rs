@@ -7,7 +7,7 @@
 
 use super::callbacks::fire_events;
 use super::context::{
-    EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STOP, EXIT_THREAD, FIRST_STUB_ID,
+    EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STALE, EXIT_STOP, EXIT_THREAD, FIRST_STUB_ID,
 };
 use super::directory::ExitKind;
 use super::translator::disassemble_at;
@@ -197,6 +197,9 @@ impl Engine {
         if self.shared().inst.ranges.contains(pc) {
             return self.translate(pc).map(Next::Block);
         }
+        if crate::late_code::anonymous_code() && self.takes_new_code(pc) {
+            return self.translate(pc).map(Next::Block);
+        }
         if let Some(next) = self.transfer_to_native(pc)? {
             return Ok(next);
         }
@@ -207,6 +210,22 @@ impl Engine {
         // No return address to come back through: instrument this code after all (QBDI's
         // behaviour), until it reaches instrumented code or a call we can broker.
         self.translate(pc).map(Next::Block)
+    }
+
+    /// Code written at run time (`late_code::instrument_anonymous_code`): an executable
+    /// mapping that may change (anonymous or writable), not a code cache, joins the
+    /// instrumented ranges.
+    fn takes_new_code(&mut self, pc: u64) -> bool {
+        if super::code_cache::is_code_cache(pc) || self.readable.end_of(pc).is_none() {
+            return false;
+        }
+        match self.readable.volatile_at(pc) {
+            Some((start, end, true)) => {
+                self.shared().inst.ranges.add(Range::new(start, end));
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Reports BASIC_BLOCK_NEW for the blocks translated since the last entry.
@@ -245,6 +264,11 @@ impl Engine {
             unsafe { ((*ctx).ib_target, (*ctx).gpr.rip, (*ctx).cb_stop) };
         match exit_id {
             EXIT_IB_MISS | EXIT_BROKER => Ok(After::Go(ib_target, None)),
+            EXIT_STALE => {
+                // The block's guest bytes changed since it was translated.
+                self.invalidate_overlapping(Range::new(ib_target, ib_target + 1));
+                Ok(After::Go(ib_target, None))
+            }
             EXIT_THREAD => Err(VmError::ThreadExit {
                 // SAFETY: as above.
                 status: unsafe { (*ctx).gpr.rdi } as i32,

@@ -106,7 +106,16 @@ impl Engine {
     /// Takes the ranges published since the last look (`late_code`): they join or leave
     /// the instrumented ranges, and the cache forgets what it knew of them (native entries
     /// of the inline table, translations).
+    /// Takes the published range changes now if there are new ones (see `late_code`).
+    pub fn sync_published_ranges(&mut self) {
+        if crate::late_code::published() != self.late_seen {
+            self.take_published_ranges();
+        }
+    }
+
     pub(super) fn take_published_ranges(&mut self) {
+        // Mappings changed (or their permissions did): read them again when needed.
+        self.readable.invalidate();
         while let Some(c) = crate::late_code::change_at(self.late_seen) {
             self.late_seen += 1;
             let ranges = &mut self.shared().inst.ranges;
@@ -220,6 +229,47 @@ impl Engine {
 
     /// The guest block whose translation contains host address `pc` (`None` outside this
     /// engine's translated blocks).
+    /// The guest instruction whose translation contains host address `pc`, if it is one
+    /// that can fault: (guest address, host start, borrowed register and the guest's value
+    /// of it).
+    pub fn fault_point(&self, pc: u64) -> Option<crate::vm::GuestFault> {
+        let (cache, dir) = self.cache.as_ref()?;
+        if !cache.contains(pc) {
+            return None;
+        }
+        let f = dir.fault_at(pc)?;
+        let scratch = (f.scratch != super::directory::NO_SCRATCH).then(|| {
+            // SAFETY: the context of this live cache; its thread is suspended at `pc`.
+            (f.scratch, unsafe { (*cache.ctx()).spill_far })
+        });
+        Some(crate::vm::GuestFault {
+            guest_pc: f.guest,
+            host_pc: f.host,
+            scratch,
+        })
+    }
+
+    /// Makes the guest of this suspended cache continue at guest address `target` when it
+    /// jumps to the returned host address (the exit routine, leaving for the dispatcher).
+    pub fn redirect_to(&self, target: u64) -> Option<u64> {
+        let (cache, _) = self.cache.as_ref()?;
+        let ctx = cache.ctx();
+        // SAFETY: the context of this live cache; its thread is suspended in the cache.
+        unsafe {
+            (*ctx).ib_target = target;
+            (*ctx).exit_id = super::context::EXIT_IB_MISS;
+        }
+        Some(cache.runtime.exit)
+    }
+
+    /// Sets the guest's value of the register a far RIP-relative operand borrows.
+    pub fn set_spill_far(&self, value: u64) {
+        if let Some((cache, _)) = &self.cache {
+            // SAFETY: as above.
+            unsafe { (*cache.ctx()).spill_far = value };
+        }
+    }
+
     pub fn cache_contains(&self, pc: u64) -> bool {
         self.cache
             .as_ref()
@@ -340,6 +390,7 @@ impl Engine {
             boundary: self.stop,
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
+            check_bytes: self.readable.volatile_at(pc).is_some(),
         };
         let values = !self
             .options
@@ -354,6 +405,7 @@ impl Engine {
         });
         let t = self.translator.translate(pc, host, &env, hooks)?;
         cache.commit(&self.translator.asm);
+        dir.push_faults(&self.translator.faults);
         for &(site, skip_inst, skip_patch) in &self.translator.site_addrs {
             let s = &mut shared.inst.sites[site as usize];
             s.skip_inst = skip_inst;

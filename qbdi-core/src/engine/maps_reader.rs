@@ -10,6 +10,10 @@ const CHUNK: usize = 16 << 10;
 pub(crate) struct ReadableMaps {
     /// Sorted, merged (start, end) of readable mappings; capacity reserved up front.
     areas: Vec<(u64, u64)>,
+    /// Sorted (start, end, executable) of readable mappings whose contents may change
+    /// under code translated from them: writable, or anonymous (no file: a JIT's memory,
+    /// `[stack]`, `[heap]`); not the vDSO.
+    volatile: Vec<(u64, u64, bool)>,
     valid: bool,
 }
 
@@ -17,6 +21,7 @@ impl ReadableMaps {
     pub fn new() -> ReadableMaps {
         ReadableMaps {
             areas: Vec::with_capacity(MAX_AREAS),
+            volatile: Vec::with_capacity(MAX_AREAS),
             valid: false,
         }
     }
@@ -36,6 +41,13 @@ impl ReadableMaps {
         self.find(addr)
     }
 
+    /// The volatile mapping containing `addr` (see `volatile`), as last read: (start, end,
+    /// executable).
+    pub fn volatile_at(&self, addr: u64) -> Option<(u64, u64, bool)> {
+        let i = self.volatile.partition_point(|a| a.1 <= addr);
+        self.volatile.get(i).copied().filter(|a| a.0 <= addr)
+    }
+
     fn find(&self, addr: u64) -> Option<u64> {
         let i = self.areas.partition_point(|a| a.1 <= addr);
         self.areas.get(i).filter(|a| a.0 <= addr).map(|a| a.1)
@@ -43,6 +55,7 @@ impl ReadableMaps {
 
     fn reload(&mut self) {
         self.areas.clear();
+        self.volatile.clear();
         self.valid = true;
         // SAFETY: a plain open(2) of a NUL-terminated path; the descriptor is closed below.
         let fd = unsafe {
@@ -91,6 +104,13 @@ impl ReadableMaps {
         let (Some(start), Some(end)) = (hex(&range[..dash]), hex(&range[dash + 1..])) else {
             return;
         };
+        // offset, device, inode, then the name (absent for anonymous memory).
+        let name = fields.skip(3).find(|f| !f.is_empty()).unwrap_or_default();
+        let anonymous = name.is_empty() || name == b"[stack]" || name == b"[heap]";
+        if (anonymous || perms.get(1) == Some(&b'w')) && self.volatile.len() < MAX_AREAS {
+            self.volatile
+                .push((start, end, perms.get(2) == Some(&b'x')));
+        }
         if let Some(last) = self.areas.last_mut().filter(|l| l.1 == start) {
             last.1 = end;
         } else if self.areas.len() < MAX_AREAS {
@@ -120,5 +140,29 @@ mod tests {
         let code = own_stack_and_code_are_readable as fn() as usize as u64;
         assert!(m.end_of(code).is_some_and(|e| e > code));
         assert_eq!(m.end_of(8), None);
+        // The stack may change under code; this test's own code may not.
+        assert!(m.volatile_at(here).is_some());
+        assert!(m.volatile_at(code).is_none());
+    }
+
+    #[test]
+    fn anonymous_executable_memory_is_volatile_code() {
+        // SAFETY: a fresh anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        } as u64;
+        let mut m = ReadableMaps::new();
+        assert!(m.end_of(p).is_some());
+        let (s, e, exec) = m.volatile_at(p).expect("anonymous: volatile");
+        assert!(s <= p && p < e && exec);
+        // SAFETY: unmaps the page mapped above.
+        unsafe { libc::munmap(p as *mut libc::c_void, 4096) };
     }
 }

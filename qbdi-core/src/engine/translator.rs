@@ -23,7 +23,7 @@
 use super::context::off;
 use super::context_switch::Runtime;
 use super::direct_call::{DirectSite, emit_direct_site};
-use super::directory::ExitKind;
+use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
@@ -77,6 +77,9 @@ pub(crate) struct Env<'a> {
     /// Whether direct calls to native code may jump there straight (false when the
     /// dispatcher must report EXEC_TRANSFER events).
     pub inline_broker: bool,
+    /// The guest bytes may change (writable or anonymous memory): the block checks them
+    /// at each entry.
+    pub check_bytes: bool,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -109,6 +112,8 @@ pub(crate) struct Translator {
     mem: MemInfo,
     next_slot: u16,
     bb_mem_first: u32,
+    /// The block's instructions that can fault (see `directory::FaultPoint`).
+    pub faults: Vec<FaultPoint>,
 }
 
 /// Where a callback site finds the guest's `rip`.
@@ -198,6 +203,7 @@ impl Translator {
             mem: MemInfo::default(),
             next_slot: 0,
             bb_mem_first: 0,
+            faults: Vec::with_capacity(MAX_BLOCK_INSTRUCTIONS + 1),
         }
     }
 
@@ -212,6 +218,7 @@ impl Translator {
     ) -> Result<Translated, VmError> {
         self.asm.reset(host);
         self.exits.clear();
+        self.faults.clear();
         self.pending.clear();
         self.site_labels.clear();
         self.site_addrs.clear();
@@ -219,6 +226,15 @@ impl Translator {
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
         self.planned.clear();
+        // Blocks of memory that may change start with a jump to their byte check, emitted
+        // after the block (its extent is known then).
+        let check = env.check_bytes.then(|| {
+            let check = self.asm.new_label();
+            self.asm.jmp_label(check);
+            let body = self.asm.new_label();
+            self.asm.bind(body);
+            (check, body)
+        });
         self.event_site(env, &mut hooks, ENTRY_EVENTS, pc, Rip::Imm(pc));
         let len = env.readable_end.saturating_sub(pc) as usize;
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
@@ -232,7 +248,10 @@ impl Translator {
                 && (ip >= env.limit
                     || ip == env.boundary
                     || count >= MAX_BLOCK_INSTRUCTIONS
-                    || self.asm.len() + MAX_INST_HOST_BYTES + MAX_TAIL_HOST_BYTES
+                    || self.asm.len()
+                        + MAX_INST_HOST_BYTES
+                        + MAX_TAIL_HOST_BYTES
+                        + check_bytes_len(env, ip - pc + 16)
                         > MAX_BLOCK_HOST_BYTES as usize
                     || !block_has_room(self.next_slot));
             if ends_here || !decoder.can_decode() && count > 0 {
@@ -271,6 +290,10 @@ impl Translator {
         self.pending.push((reentry_label, pc, 0, ExitKind::Reentry));
         let reentry = self.pending.len() - 1;
         self.emit_stubs(env);
+        if let Some((check, body)) = check {
+            self.asm.bind(check);
+            self.emit_byte_check(env, pc, guest_end, body);
+        }
         self.asm.finish();
         debug_assert!(self.asm.len() <= MAX_BLOCK_HOST_BYTES as usize);
         for &(site, skip_inst, skip_patch) in &self.site_labels {
@@ -501,7 +524,9 @@ impl Translator {
             FlowControl::Interrupt | FlowControl::Exception => {
                 // int3, int n, ud2...: run as they are (same fault as native), then go on.
                 let start = (ip - pc) as usize;
+                let host = self.asm.here();
                 self.asm.bytes(&bytes[start..start + instr.len()]);
+                self.note_fault(host, ip, NO_SCRATCH);
                 self.path_hooks(env, hooks, instr, Rip::Imm(next));
                 self.exit_to(next, ExitKind::Branch, true);
                 Ok(true)
@@ -705,15 +730,18 @@ impl Translator {
         pc: u64,
         env: &Env<'_>,
     ) -> Result<(), VmError> {
+        let host = self.asm.here();
         if !instr.is_ip_rel_memory_operand() {
             let start = (instr.ip() - pc) as usize;
             self.asm.bytes(&bytes[start..start + instr.len()]);
+            self.note_fault(host, instr.ip(), NO_SCRATCH);
             return Ok(());
         }
         if rel32_reaches(self.asm.here(), instr.ip_rel_memory_address())
             && self.encoder.encode(instr, self.asm.here()).is_ok()
         {
             self.append_encoded();
+            self.note_fault(host, instr.ip(), NO_SCRATCH);
             return Ok(());
         }
         self.discard_encoded();
@@ -733,9 +761,74 @@ impl Translator {
         rewritten.set_memory_base(r);
         rewritten.set_memory_displacement64(0);
         rewritten.set_memory_displ_size(0);
+        let host = self.asm.here();
         self.encode_or_err(&rewritten, instr.ip())?;
+        self.note_fault(host, instr.ip(), n);
         self.asm.load(n, env.ctx + off::SPILL_FAR);
         Ok(())
+    }
+
+    /// The byte check of a block of changing memory (its size: [`check_bytes_len`]): compares the guest bytes
+    /// `[start, end)` with what they were at translation, 8 at a time (flags untouched:
+    /// `rcx_diff` and `jrcxz`), then goes on at `body`; on a difference, leaves the cache
+    /// with `EXIT_STALE` (the block is translated again).
+    fn emit_byte_check(&mut self, env: &Env<'_>, start: u64, end: u64, body: Label) {
+        let ctx = env.ctx;
+        let a = &mut self.asm;
+        let stale = a.new_label();
+        a.store(ctx + off::SPILL, RAX);
+        a.store(ctx + off::SPILL + 8, RCX);
+        let word = |a: &mut Asm, w: u64| {
+            // SAFETY: [w, w+8) is readable guest memory (inside the block, or below
+            // `readable_end`).
+            let expected = unsafe { (w as *const u64).read_unaligned() };
+            a.bytes(&[0x48, 0xa1]); // mov rax, [moffs64]
+            a.bytes(&w.to_le_bytes());
+            a.mov_imm64(RCX, expected);
+            a.rcx_diff(RAX);
+            let same = a.new_label();
+            a.jrcxz_label(same);
+            a.jmp_label(stale);
+            a.bind(same);
+        };
+        // Whole words; the last one ends at `end` (overlapping the one before it), or, in a
+        // block shorter than a word, starts at `start` when the memory reaches that far.
+        let mut at = start;
+        while at + 8 <= end {
+            word(a, at);
+            at += 8;
+        }
+        if at < end {
+            if end >= start + 8 {
+                word(a, end - 8);
+            } else if start + 8 <= env.readable_end {
+                word(a, start);
+            }
+        }
+        a.load(RAX, ctx + off::SPILL);
+        a.load(RCX, ctx + off::SPILL + 8);
+        a.jmp_label(body);
+        a.bind(stale);
+        a.mov_imm64(RCX, start);
+        a.store(ctx + off::IB_TARGET, RCX);
+        a.load(RAX, ctx + off::SPILL);
+        a.load(RCX, ctx + off::SPILL + 8);
+        a.store_imm32(ctx + off::EXIT_ID, super::context::EXIT_STALE);
+        a.jmp_to(env.runtime.exit);
+    }
+
+    /// Records that the host code from `host` to here is guest instruction `guest`, which
+    /// may fault (with `scratch` borrowed, or NO_SCRATCH).
+    fn note_fault(&mut self, host: u64, guest: u64, scratch: u8) {
+        let len = (self.asm.here() - host) as u8;
+        if self.faults.len() < self.faults.capacity() {
+            self.faults.push(FaultPoint {
+                host,
+                guest,
+                len,
+                scratch,
+            });
+        }
     }
 
     /// Moves what the encoder just produced into the block, keeping its buffer for reuse.
@@ -996,6 +1089,16 @@ fn is_unsupported(code: Code) -> bool {
 fn reg_number(r: Register) -> Option<u8> {
     let n = r.number();
     (r.is_gpr64()).then_some(n as u8)
+}
+
+/// Host bytes of the byte check of a block of `guest_bytes` (see `emit_byte_check`): two
+/// spills, two reloads and the exit (at most 64 bytes), and 35 bytes a word.
+fn check_bytes_len(env: &Env<'_>, guest_bytes: u64) -> usize {
+    if env.check_bytes {
+        64 + 35 * (guest_bytes as usize / 8 + 2)
+    } else {
+        0
+    }
 }
 
 #[cfg(test)]
