@@ -136,18 +136,12 @@ pub(crate) fn thread_ends() {
 pub(crate) fn disable() {
     if ENABLED.swap(false, Ordering::SeqCst) {
         exec_guard::unguard_all();
-        let n = REENTRIES.load(Ordering::Relaxed);
-        if n >= MANY_REENTRIES {
-            log::line(&format!(
-                "native code called instrumented code {n} times (a fault and a Vm entry each, a few microseconds); --native-callbacks lets those calls run natively, unseen"
-            ));
-        }
     }
 }
 
-/// Re-entries so far, and how many make the cost worth a word at the end.
+/// Re-entries so far, and how many make the cost worth a word (once, while it runs).
 static REENTRIES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-const MANY_REENTRIES: u64 = 1_000_000;
+const MANY_REENTRIES: u64 = 100_000;
 
 fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or(path)
@@ -479,7 +473,11 @@ std::arch::global_asm!(
 extern "C" fn reenter_entry(record: *mut Record) -> ! {
     // SAFETY: the record `redirect` wrote for this run, on this stack.
     let rec = unsafe { &mut *record };
-    REENTRIES.fetch_add(1, Ordering::Relaxed);
+    if REENTRIES.fetch_add(1, Ordering::Relaxed) + 1 == MANY_REENTRIES {
+        log::line(&format!(
+            "native code has called instrumented code {MANY_REENTRIES} times so far (each call a fault and a Vm entry, a few microseconds): --all-maps instruments the native callers too and avoids the faults; --native-callbacks lets such calls run natively, unseen"
+        ));
+    }
     let tid = threads::current_thread_id();
     // The Vms of abandoned runs at this level and above are free again.
     LEVEL.with(|l| {
