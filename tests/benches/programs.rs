@@ -8,6 +8,11 @@
 //! `GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ` every column,
 //! native included, runs the avx2 routines.
 //!
+//! Under `--all-maps`, the `count` column runs the count test plugin (one BASIC_BLOCK_ENTRY
+//! callback doing a `fetch_add`): its time, the blocks the program executed, and the
+//! plugin's cost per executed block over the plain `--all-maps` run (`ns/block`; one run,
+//! they are long). sqlite3 runs a SQL script of about 0.3 s.
+//!
 //! Build the release artifacts first: `cargo build --release --workspace`, then
 //! `cargo bench --bench programs`. `QBDI_BENCH_QUICK=1` runs each case once.
 
@@ -92,6 +97,13 @@ fn main() {
             &empty,
         ),
     ];
+    let sql = dir.join("bench.sql");
+    std::fs::write(&sql, SQL).unwrap();
+    if Path::new("/usr/bin/sqlite3").exists() {
+        cases.push(("sqlite3", s(&["sqlite3", ":memory:"]), &sql));
+    } else {
+        eprintln!("sqlite3 is not installed: no sqlite3 row");
+    }
     // pigz compresses 10 copies of the corpus (about 0.6 s natively, as long as the gzip
     // row): on the corpus alone (70 ms) the row measures mostly translation, which each
     // thread does for itself (see docs/architecture.md, "Threads").
@@ -102,8 +114,10 @@ fn main() {
     } else {
         eprintln!("pigz is not installed: no pigz row (apt-get install pigz)");
     }
+    let count_out = dir.join("count.txt");
+    let count_spec = format!("count:out={}", count_out.display());
     println!(
-        "{:<10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>8} {:>12}",
+        "{:<10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>8} {:>12} {:>9} {:>12} {:>9}",
         "program",
         "native_s",
         "qbdi_s",
@@ -112,7 +126,10 @@ fn main() {
         "ratio",
         "allmaps_s",
         "ratio",
-        "median ratio"
+        "median ratio",
+        "count_s",
+        "blocks",
+        "ns/block"
     );
     for (name, cmd, stdin) in cases {
         let native_times = times(&dir, &cmd, stdin, reps);
@@ -129,29 +146,60 @@ fn main() {
         ];
         with_drcov.extend(cmd.iter().cloned());
         let covered = best(&dir, &with_drcov, stdin, reps);
-        let (all_maps, all_maps_median) =
-            if ["gzip -9", "sort", "sha256sum", "python3", "pigz -p 2"].contains(&name) {
-                let mut all = vec![qbdi.clone(), "run".into(), "--all-maps".into(), "--".into()];
-                all.extend(cmd.iter().cloned());
-                // A failing run (see tests/tests/all_maps.rs) leaves the column empty.
-                let t: Result<Vec<f64>, String> = (0..reps)
-                    .map(|_| try_time_once(&dir, &all, stdin).map(|d| d.as_secs_f64()))
-                    .collect();
-                match t {
-                    Ok(mut t) => {
-                        t.sort_by(f64::total_cmp);
-                        (t[0], median(&t))
-                    }
-                    Err(e) => {
-                        eprintln!("--all-maps: {e}");
-                        (f64::NAN, f64::NAN)
-                    }
+        let (all_maps, all_maps_median) = if [
+            "gzip -9",
+            "sort",
+            "sha256sum",
+            "python3",
+            "pigz -p 2",
+            "sqlite3",
+        ]
+        .contains(&name)
+        {
+            let mut all = vec![qbdi.clone(), "run".into(), "--all-maps".into(), "--".into()];
+            all.extend(cmd.iter().cloned());
+            // A failing run (see tests/tests/all_maps.rs) leaves the column empty.
+            let t: Result<Vec<f64>, String> = (0..reps)
+                .map(|_| try_time_once(&dir, &all, stdin).map(|d| d.as_secs_f64()))
+                .collect();
+            match t {
+                Ok(mut t) => {
+                    t.sort_by(f64::total_cmp);
+                    (t[0], median(&t))
                 }
-            } else {
-                (f64::NAN, f64::NAN)
-            };
+                Err(e) => {
+                    eprintln!("--all-maps: {e}");
+                    (f64::NAN, f64::NAN)
+                }
+            }
+        } else {
+            (f64::NAN, f64::NAN)
+        };
+        // The count plugin under --all-maps: its cost per executed block.
+        let (count_time, blocks) = if all_maps.is_nan() {
+            (f64::NAN, 0)
+        } else {
+            let mut counted = vec![
+                qbdi.clone(),
+                "run".into(),
+                "--all-maps".into(),
+                "-p".into(),
+                count_spec.clone(),
+                "--".into(),
+            ];
+            counted.extend(cmd.iter().cloned());
+            // Long runs (today about 100 ns a block, see issue "plugins at in-process
+            // speed"): one is enough.
+            let t = best(&dir, &counted, stdin, 1);
+            let blocks = std::fs::read_to_string(&count_out)
+                .ok()
+                .and_then(|l| l.trim().strip_prefix("blocks=")?.parse::<u64>().ok())
+                .unwrap_or(0);
+            (t, blocks)
+        };
+        let ns_per_block = (count_time - all_maps) * 1e9 / blocks.max(1) as f64;
         println!(
-            "{name:<10} {native:>10.3} {under:>10.3} {:>8.2} {covered:>10.3} {:>8.2} {all_maps:>11.3} {:>8.2} {:>12.2}",
+            "{name:<10} {native:>10.3} {under:>10.3} {:>8.2} {covered:>10.3} {:>8.2} {all_maps:>11.3} {:>8.2} {:>12.2} {count_time:>9.3} {blocks:>12} {ns_per_block:>9.1}",
             under / native,
             covered / native,
             all_maps / native,
@@ -163,3 +211,12 @@ fn main() {
         }
     }
 }
+
+/// The sqlite3 row's script: about 0.3 s natively.
+const SQL: &str = "create table t (id integer primary key, name text, v real);\n\
+    with recursive n(i) as (select 1 union all select i + 1 from n where i < 200000)\n\
+    insert into t (name, v) select printf('name%06d', i), i * 1.5 from n;\n\
+    create index t_v on t (v);\n\
+    select count(*), sum(v), min(name), max(name) from t;\n\
+    select count(*) from t where v between 1000 and 90000;\n\
+    select substr(name, 5, 2) as d, count(*) from t group by d order by d limit 3;\n";
