@@ -9,26 +9,19 @@
 //! ([`is_guarded`]), runs the code under a Vm from the faulting state, and resumes the native
 //! caller with the final state ([`resume_native`]).
 //!
-//! The registry keeps the original permissions: [`current_process_maps`] and the plugins'
+//! The registry (kept by `maps`, which reports it) keeps the original permissions: [`current_process_maps`] and the plugins'
 //! map readers (through the host's `qbdi_exec_guard_ranges` export) report guarded pages as
 //! executable, and [`unguard_all`] gives the permission back.
 //!
 //! [`current_process_maps`]: crate::current_process_maps
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::engine::xstate::{XAREA_BYTES, XLayout, XSaveKind};
-use crate::maps::{Permission, current_process_maps};
+use crate::maps::{Permission, current_process_maps, guarded};
 use crate::state::{FprState, GprState};
 
-/// At most this many guarded regions (one per guarded mapping).
-const MAX: usize = 256;
-static STARTS: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
-static ENDS: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
-/// The protection each region had (PROT_* bits, execute included).
-static PROTS: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
-static COUNT: AtomicUsize = AtomicUsize::new(0);
+/// Serialises the changes of the registry (`maps::guarded` keeps it).
 static WRITER: Mutex<()> = Mutex::new(());
 
 fn prot_of(p: Permission) -> i32 {
@@ -55,7 +48,7 @@ pub fn guard(start: u64, end: u64) -> std::io::Result<u64> {
     let _w = WRITER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let mut guarded = 0;
+    let mut bytes = 0;
     for m in current_process_maps(false) {
         if !m.permission.contains(Permission::EXEC) {
             continue;
@@ -65,16 +58,11 @@ pub fn guard(start: u64, end: u64) -> std::io::Result<u64> {
         if s >= e || already(s) {
             continue;
         }
-        let n = COUNT.load(Ordering::Acquire);
-        if n == MAX {
-            return Err(std::io::ErrorKind::OutOfMemory.into());
-        }
         let prot = prot_of(m.permission);
         // Recorded before the change, so a fault right after it is recognised.
-        STARTS[n].store(s, Ordering::Relaxed);
-        ENDS[n].store(e, Ordering::Relaxed);
-        PROTS[n].store(prot as u64, Ordering::Relaxed);
-        COUNT.store(n + 1, Ordering::Release);
+        let Some(n) = guarded::push(s, e, prot) else {
+            return Err(std::io::ErrorKind::OutOfMemory.into());
+        };
         // SAFETY: changes the protection of pages of an existing mapping; they stay readable
         // (the engine reads them) and only lose execute.
         if unsafe {
@@ -86,12 +74,12 @@ pub fn guard(start: u64, end: u64) -> std::io::Result<u64> {
         } != 0
         {
             let err = std::io::Error::last_os_error();
-            COUNT.store(n, Ordering::Release);
+            guarded::truncate(n);
             return Err(err);
         }
-        guarded += e - s;
+        bytes += e - s;
     }
-    Ok(guarded)
+    Ok(bytes)
 }
 
 fn already(addr: u64) -> bool {
@@ -101,10 +89,7 @@ fn already(addr: u64) -> bool {
 /// Whether `addr` is in a guarded region. Lock-free and allocation-free (signal handlers).
 #[must_use]
 pub fn is_guarded(addr: u64) -> bool {
-    let n = COUNT.load(Ordering::Acquire);
-    (0..n).any(|i| {
-        STARTS[i].load(Ordering::Relaxed) <= addr && addr < ENDS[i].load(Ordering::Relaxed)
-    })
+    guarded::contains(addr)
 }
 
 /// Whether `[start, end)` overlaps a guarded region.
@@ -116,15 +101,7 @@ pub fn overlaps(start: u64, end: u64) -> bool {
 /// The guarded regions, `(start, end)`, in the order they were guarded.
 #[must_use]
 pub fn regions() -> Vec<(u64, u64)> {
-    let n = COUNT.load(Ordering::Acquire);
-    (0..n)
-        .map(|i| {
-            (
-                STARTS[i].load(Ordering::Relaxed),
-                ENDS[i].load(Ordering::Relaxed),
-            )
-        })
-        .collect()
+    guarded::regions()
 }
 
 /// Gives every guarded region its execute permission back (native code runs it natively
@@ -133,17 +110,11 @@ pub fn unguard_all() {
     let _w = WRITER
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let n = COUNT.load(Ordering::Acquire);
-    for i in 0..n {
-        let (s, e) = (
-            STARTS[i].load(Ordering::Relaxed),
-            ENDS[i].load(Ordering::Relaxed),
-        );
-        let prot = PROTS[i].load(Ordering::Relaxed) as i32;
+    for (s, e, prot) in guarded::entries() {
         // SAFETY: the pages `guard` changed, back to the protection they had.
         unsafe { libc::mprotect(s as *mut libc::c_void, (e - s) as usize, prot) };
     }
-    COUNT.store(0, Ordering::Release);
+    guarded::truncate(0);
 }
 
 /// The `mprotect` protection to apply for a program's request `prot` on `[start, end)`:

@@ -51,7 +51,7 @@ fn read_maps(path: &str, full_path: bool) -> Vec<MemoryMap> {
     // Instrumented code whose execute permission the host took away is reported with it
     // (the kernel merges such pages with the file's neighbouring read-only mappings: split
     // them out again).
-    let guarded = crate::exec_guard::regions();
+    let guarded = guarded::regions();
     let mut out = Vec::new();
     for m in maps {
         let mut at = m.range.start;
@@ -136,6 +136,64 @@ pub(crate) fn map_is_module(map_full_name: &str, name: &str) -> bool {
     !name.is_empty()
         && (map_full_name == name
             || (map_full_name.starts_with('/') && map_full_name.rsplit('/').next() == Some(name)))
+}
+
+/// The registry of guarded code (see `exec_guard`): regions whose execute permission the
+/// host took away, with the protection they had. Kept here, where the maps are reported;
+/// lock-free to read (signal handlers), written under `exec_guard`'s lock.
+pub(crate) mod guarded {
+    use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+    /// At most this many guarded regions (one per guarded mapping).
+    const MAX: usize = 256;
+    static STARTS: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+    static ENDS: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+    static PROTS: [AtomicU64; MAX] = [const { AtomicU64::new(0) }; MAX];
+    static COUNT: AtomicUsize = AtomicUsize::new(0);
+
+    /// Records `[start, end)` with protection `prot`; its index, `None` when full.
+    pub(crate) fn push(start: u64, end: u64, prot: i32) -> Option<usize> {
+        let n = COUNT.load(Ordering::Acquire);
+        if n == MAX {
+            return None;
+        }
+        STARTS[n].store(start, Ordering::Relaxed);
+        ENDS[n].store(end, Ordering::Relaxed);
+        PROTS[n].store(prot as u64, Ordering::Relaxed);
+        COUNT.store(n + 1, Ordering::Release);
+        Some(n)
+    }
+
+    /// Keeps the first `n` regions.
+    pub(crate) fn truncate(n: usize) {
+        COUNT.store(n, Ordering::Release);
+    }
+
+    /// Whether `addr` is in a region (lock-free, allocation-free).
+    pub(crate) fn contains(addr: u64) -> bool {
+        let n = COUNT.load(Ordering::Acquire);
+        (0..n).any(|i| {
+            STARTS[i].load(Ordering::Relaxed) <= addr && addr < ENDS[i].load(Ordering::Relaxed)
+        })
+    }
+
+    /// `(start, end, protection)` of each region.
+    pub(crate) fn entries() -> Vec<(u64, u64, i32)> {
+        let n = COUNT.load(Ordering::Acquire);
+        (0..n)
+            .map(|i| {
+                (
+                    STARTS[i].load(Ordering::Relaxed),
+                    ENDS[i].load(Ordering::Relaxed),
+                    PROTS[i].load(Ordering::Relaxed) as i32,
+                )
+            })
+            .collect()
+    }
+
+    pub(crate) fn regions() -> Vec<(u64, u64)> {
+        entries().into_iter().map(|(s, e, _)| (s, e)).collect()
+    }
 }
 
 #[cfg(test)]
