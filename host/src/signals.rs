@@ -246,7 +246,9 @@ pub(crate) fn set_default_action(sig: c_int) {
 pub(crate) fn forward_segv(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
     let h = SEGV_HANDLER.load(Ordering::SeqCst);
     let flags = SEGV_FLAGS.load(Ordering::SeqCst);
-    if h == libc::SIG_IGN && !info.is_null() && unsafe { (*info).si_code } <= 0 {
+    // SAFETY: `info`, when not null, is the kernel's siginfo of this delivery.
+    let sent = !info.is_null() && unsafe { (*info).si_code } <= 0;
+    if h == libc::SIG_IGN && sent {
         // Sent by a process, ignored. (A fault the kernel raised cannot be ignored.)
         return;
     }
