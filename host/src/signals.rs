@@ -1,7 +1,8 @@
 //! The program's signal handlers under the engine.
 //!
-//! The preload interposes `sigaction` and `signal` (the program's calls reach them through
-//! its PLT, with libc instrumented or not). A handler in the instrumented ranges is
+//! The preload interposes `sigaction` and the `signal` family (`signal`, `bsd_signal`,
+//! `sysv_signal`; the program's calls reach them through its PLT, with libc instrumented or
+//! not). A handler in the instrumented ranges is
 //! installed behind a wrapper (same mask and flags, plus `SA_SIGINFO`); `oldact` reports
 //! the program's own handler. When the signal comes, the wrapper runs the handler under a
 //! Vm of its own, taken from a pool kept for handlers, on the stack the kernel gave the
@@ -280,13 +281,65 @@ pub(crate) fn forward_segv(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_
 /// signal's contract.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: the caller's contract.
+    unsafe { install(sig, handler, libc::SA_RESTART, true) }
+}
+
+/// `bsd_signal`, interposed: as [`signal`].
+///
+/// # Safety
+/// bsd_signal's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn bsd_signal(sig: c_int, handler: libc::sighandler_t) -> libc::sighandler_t {
+    // SAFETY: the caller's contract.
+    unsafe { install(sig, handler, libc::SA_RESTART, true) }
+}
+
+/// `sysv_signal`, interposed: System V semantics (the disposition back to the default at
+/// delivery, the signal not blocked in its handler, no restart) through [`sigaction`].
+///
+/// # Safety
+/// sysv_signal's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sysv_signal(
+    sig: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    // SAFETY: the caller's contract.
+    unsafe { install(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER, false) }
+}
+
+/// `__sysv_signal` (what `signal` means in strict ISO C), interposed: as [`sysv_signal`].
+///
+/// # Safety
+/// sysv_signal's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn __sysv_signal(
+    sig: c_int,
+    handler: libc::sighandler_t,
+) -> libc::sighandler_t {
+    // SAFETY: the caller's contract.
+    unsafe { install(sig, handler, libc::SA_RESETHAND | libc::SA_NODEFER, false) }
+}
+
+/// The `signal` family through [`sigaction`]: `flags`, and the signal blocked in its
+/// handler if `block_self`. Returns the previous handler, or `SIG_ERR`.
+///
+/// # Safety
+/// signal's contract.
+unsafe fn install(
+    sig: c_int,
+    handler: libc::sighandler_t,
+    flags: c_int,
+    block_self: bool,
+) -> libc::sighandler_t {
     // SAFETY: an all-zero sigaction is valid; the set functions get our own set.
     unsafe {
         let mut act: libc::sigaction = std::mem::zeroed();
         act.sa_sigaction = handler;
-        act.sa_flags = libc::SA_RESTART;
+        act.sa_flags = flags;
         libc::sigemptyset(&mut act.sa_mask);
-        if sig > 0 && (sig as usize) < NSIG {
+        if block_self && sig > 0 && (sig as usize) < NSIG {
             libc::sigaddset(&mut act.sa_mask, sig);
         }
         let mut old: libc::sigaction = std::mem::zeroed();

@@ -1,7 +1,9 @@
 // Signal handlers the engine must run (and cover): SIGUSR1 by raise and by kill from
 // another thread, SIGALRM from setitimer, SIGCHLD, a SIGSEGV probe of unmapped memory on a
-// sigaltstack that leaves by siglongjmp (several times), and a signal blocked then
-// unblocked. Deterministic output; exit 0.
+// sigaltstack that leaves by siglongjmp (several times), a signal blocked then unblocked,
+// and handlers installed with sysv_signal (once) and bsd_signal. Deterministic output;
+// exit 0.
+#define _GNU_SOURCE
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
@@ -27,6 +29,11 @@ __attribute__((noinline, noipa)) void on_segv(int sig) {
     siglongjmp(probe_env, 1);
 }
 __attribute__((noinline, noipa)) void on_usr2(int sig) { blocked_seen += sig == SIGUSR2; }
+// Still in glibc, no longer declared by its headers.
+extern __sighandler_t bsd_signal(int sig, __sighandler_t handler);
+static volatile sig_atomic_t winch_count, urg_count;
+__attribute__((noinline, noipa)) void on_winch(int sig) { winch_count += sig == SIGWINCH; }
+__attribute__((noinline, noipa)) void on_urg(int sig) { urg_count += sig == SIGURG; }
 
 static void *killer(void *arg) {
     (void)arg;
@@ -94,5 +101,14 @@ int main(void) {
     printf("blocked: %d\n", (int)blocked_seen);
     sigprocmask(SIG_SETMASK, &prev, NULL);
     printf("unblocked: %d\n", (int)blocked_seen);
+
+    // System V: the handler runs once, then the default (ignore, for these two).
+    sysv_signal(SIGWINCH, on_winch);
+    raise(SIGWINCH);
+    raise(SIGWINCH);
+    bsd_signal(SIGURG, on_urg);
+    raise(SIGURG);
+    raise(SIGURG);
+    printf("sysv %d bsd %d\n", (int)winch_count, (int)urg_count);
     return 0;
 }

@@ -1,7 +1,7 @@
 //! Signal handlers run under the engine (libc instrumented or not): SIGUSR1 by `raise` and by
 //! `kill` from another thread, SIGALRM from `setitimer`, SIGCHLD (`SA_SIGINFO`), a SIGSEGV
 //! probe on a `sigaltstack` leaving by `siglongjmp` twenty times, a blocked then unblocked
-//! signal. Output and status as native; every handler's blocks counted exactly. Handlers
+//! signal, `sysv_signal` (one delivery) and `bsd_signal`. Output and status as native; every handler's blocks counted exactly. Handlers
 //! of faults in translated code see the guest's pc and registers, fix them and resume. A
 //! program that dies of SIGSEGV: same status, complete coverage, a message naming the
 //! guest code.
@@ -11,12 +11,14 @@ use qbdi_tests::cli::{assert_same, bbcount_entries, native, scratch, under_qbdi}
 const SIGNALS: &str = env!("QBDI_TEST_SIGNALS");
 
 /// The handlers the signals program runs, and how many times.
-const HANDLERS: [(&str, u64); 5] = [
+const HANDLERS: [(&str, u64); 7] = [
     ("on_usr1", 2),
     ("on_alrm", 1),
     ("on_chld", 1),
     ("on_segv", 20),
     ("on_usr2", 1),
+    ("on_winch", 1),
+    ("on_urg", 2),
 ];
 
 fn handlers_are_covered(dir: &std::path::Path, ranges: &[&str], rounds: usize) {
