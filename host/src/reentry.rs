@@ -68,7 +68,7 @@ thread_local! {
 struct Record {
     fpr: FprState,
     gpr: GprState,
-    /// Where the run ends: the native return address at [rsp], or [`NO_STOP`].
+    /// Where the run ends: the native return address at [rsp], or `threads::NO_STOP`.
     stop: u64,
     errno: i32,
     /// The nesting level this record uses.
@@ -81,9 +81,6 @@ const SEGV_ACCERR: c_int = 2;
 /// How far above a run's starting stack pointer a new re-entry must be for that run to be
 /// taken as abandoned (farther: another stack, such as a `sigaltstack`).
 const ABANDONED_SPAN: u64 = 64 << 20;
-
-/// Never a guest address.
-const NO_STOP: u64 = u64::MAX - 1;
 
 /// Guards the instrumented modules that the host does not run natively, and takes
 /// `SIGSEGV` to recognise native calls into them. `own`: the host's and the plugins' paths.
@@ -324,7 +321,7 @@ unsafe fn redirect(info: *mut libc::siginfo_t, uctx: *mut c_void) -> bool {
     let stop = if ret != 0 && !crate::threads::instrumented(ret) && !exec_guard::is_guarded(ret) {
         ret
     } else {
-        NO_STOP
+        crate::threads::NO_STOP
     };
     let reg = |r: c_int| g[r as usize] as u64;
     let gpr = GprState {

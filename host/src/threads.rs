@@ -40,7 +40,7 @@ static VFORK_VMS: Mutex<Vec<(usize, Owned)>> = Mutex::new(Vec::new());
 static CLEANUP_KEY: OnceLock<libc::pthread_key_t> = OnceLock::new();
 
 /// Never the guest's address: a thread's run ends at its exit system call.
-const NO_STOP: u64 = u64::MAX - 1;
+pub(crate) const NO_STOP: u64 = u64::MAX - 1;
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)

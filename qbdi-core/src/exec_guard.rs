@@ -55,7 +55,7 @@ pub fn guard(start: u64, end: u64) -> std::io::Result<u64> {
         }
         let (s, e) = (m.range.start.max(start), m.range.end.min(end));
         let (s, e) = (s & !0xfff, (e + 0xfff) & !0xfff);
-        if s >= e || already(s) {
+        if s >= e || is_guarded(s) {
             continue;
         }
         let prot = prot_of(m.permission);
@@ -80,10 +80,6 @@ pub fn guard(start: u64, end: u64) -> std::io::Result<u64> {
         bytes += e - s;
     }
     Ok(bytes)
-}
-
-fn already(addr: u64) -> bool {
-    is_guarded(addr)
 }
 
 /// Whether `addr` is in a guarded region. Lock-free and allocation-free (signal handlers).

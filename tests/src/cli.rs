@@ -336,3 +336,51 @@ pub fn bbcount_entries(report: &str, symbol: &str) -> u64 {
         })
         .sum()
 }
+
+/// [`assert_same`] with the bbcount plugin added to `qbdi_args` (its report in
+/// `dir/bb.txt`): the qbdi run's outcome and the report.
+pub fn assert_same_bbcount(
+    dir: &Path,
+    qbdi_args: &[&str],
+    program: &str,
+    args: &[&str],
+) -> (Outcome, String) {
+    let out = dir.join("bb.txt");
+    let _ = std::fs::remove_file(&out);
+    let spec = format!("bbcount:out={}", out.display());
+    let mut all = qbdi_args.to_vec();
+    all.extend(["-p", &spec]);
+    let q = assert_same(dir, &all, program, args, None);
+    let report = std::fs::read_to_string(&out)
+        .unwrap_or_else(|e| panic!("no bbcount report ({e}): {}", q.stderr));
+    (q, report)
+}
+
+/// The modules of a drcov file (paths) with the number of blocks of each in its BB table,
+/// for those that have some.
+pub fn drcov_blocks_by_module(path: &Path) -> Vec<(String, usize)> {
+    let data = std::fs::read(path).expect("drcov log");
+    let at = data
+        .windows(9)
+        .position(|w| w == b"BB Table:")
+        .expect("a BB table");
+    let header = String::from_utf8_lossy(&data[..at]).into_owned();
+    let modules: Vec<(u16, String)> = header
+        .lines()
+        .filter_map(|l| {
+            let (id, rest) = l.trim().split_once(',')?;
+            let id = id.trim().parse::<u16>().ok()?;
+            Some((id, rest.rsplit(',').next()?.trim().to_owned()))
+        })
+        .collect();
+    let body_start = at + data[at..].iter().position(|&b| b == b'\n').expect("line") + 1;
+    let ids: Vec<u16> = data[body_start..]
+        .chunks_exact(8)
+        .map(|e| u16::from_le_bytes([e[6], e[7]]))
+        .collect();
+    modules
+        .into_iter()
+        .map(|(id, p)| (p, ids.iter().filter(|&&i| i == id).count()))
+        .filter(|(_, n)| *n > 0)
+        .collect()
+}

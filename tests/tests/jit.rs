@@ -4,7 +4,7 @@
 //! blocks run under the engine, as many times as the program calls them). The program's
 //! patches of its own text are seen under the default ranges too.
 
-use qbdi_tests::cli::{assert_same, bbcount_entries, scratch};
+use qbdi_tests::cli::{assert_same_bbcount, bbcount_entries, scratch};
 
 const JIT: &str = env!("QBDI_TEST_JIT");
 
@@ -37,17 +37,12 @@ fn jit_code_runs_instrumented_and_rewrites_are_seen() {
     let code_file = code_file.to_str().unwrap();
     // Default ranges: the JIT's code is not the program's file: it runs natively. The
     // program's own function that it patches runs instrumented, each version.
-    let out = dir.join("bb.txt");
-    let spec = format!("bbcount:out={}", out.display());
-    let q = assert_same(&dir, &["-p", &spec], JIT, &[code_file], None);
+    let (q, report) = assert_same_bbcount(&dir, &[], JIT, &[code_file]);
     assert_eq!(q.code, Some(0), "{}", q.stderr);
-    let report = std::fs::read_to_string(&out).unwrap();
     assert_eq!(bbcount_entries(&report, "patched"), 4, "{report}");
     assert_eq!(entries_at(&report, 0x1000_0000), 0, "{report}");
-    let spec = format!("bbcount:out={}", out.display());
-    let q = assert_same(&dir, &["--all-maps", "-p", &spec], JIT, &[code_file], None);
+    let (q, report) = assert_same_bbcount(&dir, &["--all-maps"], JIT, &[code_file]);
     assert_eq!(q.code, Some(0), "{}", q.stderr);
-    let report = std::fs::read_to_string(&out).unwrap();
     // 0x10000000: five versions of `add` called twice each, then `mul` once.
     assert_eq!(entries_at(&report, 0x1000_0000), 11, "{report}");
     // 0x10000040: the loop, twice (10 then 20 iterations: 9 + 19 back edges to 0x47).
@@ -66,18 +61,14 @@ fn pcre2_jit_code_runs_instrumented_under_all_maps() {
         .map(|i| format!("line{i} {}\n", if i % 7 == 0 { "abc123" } else { "xyz" }))
         .collect();
     std::fs::write(&input, text).unwrap();
-    let out = dir.join("bb.txt");
-    let spec = format!("bbcount:out={}", out.display());
-    let q = assert_same(
+    let (q, report) = assert_same_bbcount(
         &dir,
-        &["--all-maps", "-p", &spec],
+        &["--all-maps"],
         "grep",
         &["-P", "[a-c]+\\d{2,}", input.to_str().unwrap()],
-        None,
     );
     assert_eq!(q.code, Some(0), "{}", q.stderr);
     assert_eq!(q.text().lines().count(), 286);
-    let report = std::fs::read_to_string(&out).unwrap();
     // PCRE2's compiled pattern: blocks in anonymous memory (no module), run per line.
     let jit: Vec<_> = blocks(&report).into_iter().filter(|b| b.3 == "?").collect();
     assert!(jit.len() >= 5, "{report}");

@@ -5,40 +5,12 @@
 
 use std::path::Path;
 
-use qbdi_tests::cli::{assert_same, bbcount_entries, python, scratch};
+use qbdi_tests::cli::{
+    assert_same, assert_same_bbcount, bbcount_entries, drcov_blocks_by_module, python, scratch,
+};
 
 const MAIN: &str = env!("QBDI_TEST_LATE_MAIN");
 const LIB: &str = env!("QBDI_TEST_LATE_LIB");
-
-/// The modules (paths) of a drcov log that have at least one block in its BB table.
-fn drcov_modules_with_blocks(path: &Path) -> Vec<String> {
-    let data = std::fs::read(path).expect("drcov log");
-    let at = data
-        .windows(9)
-        .position(|w| w == b"BB Table:")
-        .expect("a BB table");
-    let header = String::from_utf8_lossy(&data[..at]).into_owned();
-    let modules: Vec<(u16, String)> = header
-        .lines()
-        .filter_map(|l| {
-            let (id, rest) = l.trim().split_once(',')?;
-            let id = id.trim().parse::<u16>().ok()?;
-            Some((id, rest.rsplit(',').next()?.trim().to_owned()))
-        })
-        .collect();
-    let body_start = at + data[at..].iter().position(|&b| b == b'\n').expect("line") + 1;
-    let mut used: Vec<u16> = data[body_start..]
-        .chunks_exact(8)
-        .map(|e| u16::from_le_bytes([e[6], e[7]]))
-        .collect();
-    used.sort_unstable();
-    used.dedup();
-    modules
-        .into_iter()
-        .filter(|(id, _)| used.contains(id))
-        .map(|(_, p)| p)
-        .collect()
-}
 
 #[test]
 fn a_dlopened_library_is_instrumented_when_the_options_name_it() {
@@ -46,20 +18,12 @@ fn a_dlopened_library_is_instrumented_when_the_options_name_it() {
     let lib_name = Path::new(LIB).file_name().unwrap().to_str().unwrap();
     // Default ranges: the library runs natively; the program's own callback, called from
     // it, runs under the engine (re-entry from native code).
-    let out = dir.join("default.txt");
-    let spec = format!("bbcount:out={}", out.display());
-    let q = assert_same(&dir, &["-p", &spec], MAIN, &[LIB], None);
+    let (q, report) = assert_same_bbcount(&dir, &[], MAIN, &[LIB]);
     assert_eq!(q.code, Some(0), "{}", q.stderr);
-    let report = std::fs::read_to_string(&out).unwrap();
     assert_eq!(bbcount_entries(&report, "lib_step"), 0, "{report}");
     assert_eq!(bbcount_entries(&report, "main_cb"), 2000, "{report}");
     for options in [&["--module", lib_name][..], &["--all-maps"][..]] {
-        let out = dir.join("bb.txt");
-        let spec = format!("bbcount:out={}", out.display());
-        let mut args = options.to_vec();
-        args.extend(["-p", &spec]);
-        assert_same(&dir, &args, MAIN, &[LIB], None);
-        let report = std::fs::read_to_string(&out).unwrap();
+        let (_, report) = assert_same_bbcount(&dir, options, MAIN, &[LIB]);
         // Two rounds of dlopen, 1000 calls, dlclose: the second load is instrumented too.
         assert_eq!(
             bbcount_entries(&report, "lib_step"),
@@ -90,7 +54,10 @@ fn python_extension_modules_are_instrumented_under_all_maps() {
         None,
     );
     assert_eq!(q.code, Some(0), "{}", q.stderr);
-    let modules = drcov_modules_with_blocks(&log);
+    let modules: Vec<String> = drcov_blocks_by_module(&log)
+        .into_iter()
+        .map(|(m, _)| m)
+        .collect();
     for m in ["_json", "_decimal"] {
         assert!(
             modules

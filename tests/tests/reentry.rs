@@ -7,7 +7,9 @@
 
 use std::path::Path;
 
-use qbdi_tests::cli::{assert_same, bbcount_entries, scratch};
+use qbdi_tests::cli::{
+    assert_same, assert_same_bbcount, bbcount_entries, drcov_blocks_by_module, scratch,
+};
 
 const REENTRY: &str = env!("QBDI_TEST_REENTRY");
 /// The same program built as a non-PIE executable: the addresses of the functions it
@@ -56,13 +58,8 @@ fn code_called_from_native_code_runs_under_the_engine() {
         (REENTRY, &["--module", lib_name][..]),
         (REENTRY, &["--all-maps"][..]),
     ] {
-        let out = dir.join("bb.txt");
-        let spec = format!("bbcount:out={}", out.display());
-        let mut args = options.to_vec();
-        args.extend(["-p", &spec]);
-        let q = assert_same(&dir, &args, program, &[LIB], None);
+        let (q, report) = assert_same_bbcount(&dir, options, program, &[LIB]);
         assert_eq!(q.code, Some(0), "{}", q.stderr);
-        let report = std::fs::read_to_string(&out).unwrap();
         check_coverage(&report, &q.text(), &format!("{program} {options:?}"));
         // The library itself: covered when the options name it.
         let lib_entries = bbcount_entries(&report, "lib_apply");
@@ -82,22 +79,10 @@ fn coverage_tools_see_the_main_executable_as_code() {
     let log = dir.join("cov.drcov");
     let spec = format!("drcov:out={}", log.display());
     assert_same(&dir, &["-p", &spec], REENTRY, &[], None);
-    let data = std::fs::read(&log).expect("drcov log");
-    let at = data
-        .windows(9)
-        .position(|w| w == b"BB Table:")
-        .expect("a BB table");
-    let header = String::from_utf8_lossy(&data[..at]).into_owned();
-    let id = header
-        .lines()
-        .find(|l| l.trim_end().ends_with(REENTRY))
-        .and_then(|l| l.trim().split_once(',')?.0.trim().parse::<u16>().ok())
-        .unwrap_or_else(|| panic!("the executable is not in the module table:\n{header}"));
-    let body = &data[at + data[at..].iter().position(|&b| b == b'\n').unwrap() + 1..];
-    let blocks = body
-        .chunks_exact(8)
-        .filter(|e| u16::from_le_bytes([e[6], e[7]]) == id)
-        .count();
+    let blocks = drcov_blocks_by_module(&log)
+        .into_iter()
+        .find(|(m, _)| m == REENTRY)
+        .map_or(0, |(_, n)| n);
     assert!(blocks > 50, "{blocks} blocks of the executable");
 }
 
@@ -105,17 +90,8 @@ fn coverage_tools_see_the_main_executable_as_code() {
 fn native_callbacks_run_natively_when_asked() {
     // `--native-callbacks`: what native code calls runs natively (QBDI's way), unseen.
     let dir = scratch("reentry-native");
-    let out = dir.join("bb.txt");
-    let spec = format!("bbcount:out={}", out.display());
-    let q = assert_same(
-        &dir,
-        &["--native-callbacks", "-p", &spec],
-        REENTRY,
-        &[LIB],
-        None,
-    );
+    let (q, report) = assert_same_bbcount(&dir, &["--native-callbacks"], REENTRY, &[LIB]);
     assert_eq!(q.code, Some(0), "{}", q.stderr);
-    let report = std::fs::read_to_string(&out).unwrap();
     // (by_value is also called by an inline bsearch in main.)
     for function in [
         "setting_errno",
@@ -132,4 +108,22 @@ fn native_callbacks_run_natively_when_asked() {
     }
     // main's own direct calls are still seen.
     assert_eq!(bbcount_entries(&report, "by_median"), 39, "{report}");
+}
+
+/// The FP/vector state crosses every re-entry (a double in, a double out of the library's
+/// callback): also with glibc's AVX-512 routines off, whatever this CPU picks by default.
+#[test]
+fn reentry_keeps_the_vector_state_with_either_glibc_routine_set() {
+    let dir = scratch("reentry-tunables");
+    let out = dir.join("bb.txt");
+    let spec = format!("bbcount:out={}", out.display());
+    let tunables = [(
+        "GLIBC_TUNABLES",
+        "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ",
+    )];
+    let q =
+        qbdi_tests::cli::assert_same_env(&dir, &tunables, &["-p", &spec], REENTRY, &[LIB], None);
+    assert_eq!(q.code, Some(0), "{}", q.stderr);
+    let report = std::fs::read_to_string(&out).unwrap();
+    check_coverage(&report, &q.text(), "AVX-512 routines off");
 }

@@ -6,7 +6,9 @@
 //! program that dies of SIGSEGV: same status, complete coverage, a message naming the
 //! guest code.
 
-use qbdi_tests::cli::{assert_same, bbcount_entries, native, scratch, under_qbdi};
+use qbdi_tests::cli::{
+    assert_same, assert_same_bbcount, bbcount_entries, native, scratch, under_qbdi,
+};
 
 const SIGNALS: &str = env!("QBDI_TEST_SIGNALS");
 
@@ -23,13 +25,8 @@ const HANDLERS: [(&str, u64); 7] = [
 
 fn handlers_are_covered(dir: &std::path::Path, ranges: &[&str], rounds: usize) {
     for round in 0..rounds {
-        let out = dir.join(format!("bb{round}.txt"));
-        let spec = format!("bbcount:out={}", out.display());
-        let mut args = ranges.to_vec();
-        args.extend(["-p", &spec]);
-        let q = assert_same(dir, &args, SIGNALS, &[], None);
+        let (q, report) = assert_same_bbcount(dir, ranges, SIGNALS, &[]);
         assert_eq!(q.code, Some(0), "{}", q.stderr);
-        let report = std::fs::read_to_string(&out).unwrap();
         for (handler, count) in HANDLERS {
             assert_eq!(
                 bbcount_entries(&report, handler),
@@ -141,13 +138,8 @@ fn fault_handlers_see_and_fix_the_guest_context() {
          loads: SIGSEGV 3 times, pc and address 3, registers 3\n"
     );
     for ranges in [&[][..], &["--all-maps"][..]] {
-        let out = dir.join("bb.txt");
-        let spec = format!("bbcount:out={}", out.display());
-        let mut args = ranges.to_vec();
-        args.extend(["-p", &spec]);
-        let q = assert_same(&dir, &args, program, &[], None);
+        let (q, report) = assert_same_bbcount(&dir, ranges, program, &[]);
         assert_eq!(q.code, Some(0), "{ranges:?}: {}", q.stderr);
-        let report = std::fs::read_to_string(&out).unwrap();
         for (handler, count) in [("on_fpe", 4), ("on_segv", 3), ("divide", 6)] {
             assert_eq!(
                 bbcount_entries(&report, handler),

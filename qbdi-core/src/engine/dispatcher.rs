@@ -216,11 +216,11 @@ impl Engine {
     /// mapping that may change (anonymous or writable), not a code cache, joins the
     /// instrumented ranges.
     fn takes_new_code(&mut self, pc: u64) -> bool {
-        if super::code_cache::is_code_cache(pc) || self.readable.end_of(pc).is_none() {
+        if self.readable.end_of(pc).is_none() {
             return false;
         }
         match self.readable.volatile_at(pc) {
-            Some((start, end, true)) => {
+            Some((start, end, true)) if !super::code_cache::is_code_cache(pc) => {
                 self.shared().inst.ranges.add(Range::new(start, end));
                 true
             }
