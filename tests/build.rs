@@ -68,6 +68,7 @@ fn main() {
     build_c_program(&out, "fault_resume", "QBDI_TEST_FAULT_RESUME");
     build_c_program(&out, "jit", "QBDI_TEST_JIT");
     build_c_program(&out, "crash", "QBDI_TEST_CRASH");
+    build_c_program(&out, "direct_paths", "QBDI_TEST_DIRECT_PATHS");
     build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
     build_rust_threads(&out);
 }

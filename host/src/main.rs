@@ -496,6 +496,9 @@ fn info(spec: &str) -> Result<ExitCode, String> {
             r.line,
             detail.join(", ")
         );
+        if let Some(path) = call_path(r) {
+            println!("  {:<13} called {path}", "");
+        }
     }
     println!("options:");
     if p.options.is_empty() {
@@ -510,6 +513,27 @@ fn info(spec: &str) -> Result<ExitCode, String> {
         println!("  {:<10} {}{default}", o.key, o.help);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How translated code calls a registered callback: "directly" when its trampoline is
+/// simple enough (`Vm::set_direct_entry`), or through the general path and why. `None`
+/// for registrations that are no callbacks.
+fn call_path(r: &plugin::Registration) -> Option<String> {
+    use qbdi_sdk::abi::kind;
+    let abi = match r.kind {
+        kind::INST | kind::MEM_ACCESS => qbdi_core::EntryAbi::Inst,
+        kind::EVENT => qbdi_core::EntryAbi::Event,
+        _ => return None,
+    };
+    if !r.code.is_empty() {
+        return Some("through the general path: `code =` callbacks come from a rule".into());
+    }
+    Some(
+        match qbdi_core::direct_call_refusal(r.callback as *const (), abi) {
+            None => "directly from translated code (where it is alone at its point)".into(),
+            Some(why) => format!("through the general path: {why}"),
+        },
+    )
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use qbdi_core::{
-    AnalysisType, InstAnalysis, InstrRuleCallback, MemoryAccessType, Vm, VmAction, VmError,
-    VmEvent, VmRef,
+    AnalysisType, EntryAbi, InstAnalysis, InstrRuleCallback, MemoryAccessType, Vm, VmAction,
+    VmError, VmEvent, VmRef,
 };
 use qbdi_sdk::abi::{
     PANICKED, RawAction, RawEventFn, RawFiniFn, RawInitFn, RawInstFn, RawKeyValue, RawRuleFn,
@@ -239,9 +239,9 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
                 let raw = c.raw();
                 action(f(&raw, gpr, fpr), plugin, &name)
             };
-            if reg.kind == kind::MEM_ACCESS {
+            let id = if reg.kind == kind::MEM_ACCESS {
                 let access = MemoryAccessType::from_bits_truncate(reg.flags as u8);
-                vm.add_mem_access_cb(access, cb, reg.priority)?;
+                vm.add_mem_access_cb(access, cb, reg.priority)?
             } else if !reg.code.is_empty() {
                 let code = reg.code.clone();
                 let priority = reg.priority;
@@ -256,16 +256,18 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
                     },
                     AnalysisType::INSTRUCTION,
                 )?;
+                return Ok(());
             } else if !reg.mnemonic.is_empty() {
-                vm.add_mnemonic_cb(&reg.mnemonic, pos, cb, reg.priority)?;
+                vm.add_mnemonic_cb(&reg.mnemonic, pos, cb, reg.priority)?
             } else {
-                vm.add_code_cb(pos, cb, reg.priority)?;
-            }
+                vm.add_code_cb(pos, cb, reg.priority)?
+            };
+            direct_entry(vm, id, reg, EntryAbi::Inst)?;
         }
         kind::EVENT => {
             // SAFETY: EVENT registrations carry the SDK's RawEventFn.
             let f = unsafe { std::mem::transmute::<*const c_void, RawEventFn>(reg.callback) };
-            vm.add_vm_event_cb(
+            let id = vm.add_vm_event_cb(
                 VmEvent::from_bits_retain(reg.flags),
                 move |v, state, gpr, fpr| {
                     let Some(_in) = enter_callback() else {
@@ -276,6 +278,7 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
                     action(f(&raw, state, gpr, fpr), plugin, &name)
                 },
             )?;
+            direct_entry(vm, id, reg, EntryAbi::Event)?;
         }
         kind::INSTR_RULE => {
             // SAFETY: INSTR_RULE registrations carry the SDK's RawRuleFn.
@@ -292,6 +295,21 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
             )));
         }
     }
+    Ok(())
+}
+
+/// Lets translated code call the plugin's trampoline directly when it is simple enough
+/// (see `Vm::set_direct_entry`): the closure registered above is then only the general
+/// path. `QBDI_NO_DIRECT=1` keeps every plugin callback on the general path (to compare).
+fn direct_entry(vm: &mut Vm, id: u32, reg: &Registration, abi: EntryAbi) -> Result<(), VmError> {
+    if std::env::var_os("QBDI_NO_DIRECT").is_some_and(|v| v == "1") {
+        return Ok(());
+    }
+    // SAFETY: the trampoline follows the SDK's RawInstFn / RawEventFn convention, which is
+    // EntryAbi's; it does what the closure above does once that closure has checked it may
+    // run (the host's per-call context only serves a VmRef, which a direct entry does not
+    // read); plugins are never unloaded.
+    unsafe { vm.set_direct_entry(id, reg.callback as *const (), abi) }?;
     Ok(())
 }
 

@@ -46,6 +46,7 @@ pub use callback::{
 };
 pub use error::VmError;
 pub use instrumentation::callbacks::{InstCallback, InstrRuleCallback, VmCallback};
+pub use instrumentation::direct::{EntryAbi, direct_call_refusal};
 pub use instrumentation::vm_ref::VmRef;
 pub use maps::{MemoryMap, Permission, current_process_maps, module_names, process_maps};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};

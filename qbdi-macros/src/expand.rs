@@ -73,11 +73,21 @@ fn registration(kind: Kind, config: &Config, function: &ItemFn, line: u32) -> To
     let raw_vm = quote!(*const #sdk::abi::RawVm);
     let gpr_ty = quote!(*mut #sdk::prelude::GprState);
     let fpr_ty = quote!(*mut #sdk::prelude::FprState);
+    // Instruction and event functions are checked against their signature once, as a
+    // constant of fn pointer type (a mismatch is reported on the function's name); the
+    // trampoline calls that constant, which the compiler resolves and inlines.
+    let function_const = match kind {
+        Kind::Inst | Kind::MemAccess => {
+            quote!(const __QBDI_FUNCTION: #sdk::private::InstFn = #f;)
+        }
+        Kind::Event => quote!(const __QBDI_FUNCTION: #sdk::private::EventFn = #f;),
+        _ => TokenStream::new(),
+    };
     let (params, returns, call, variant) = match kind {
         Kind::Inst | Kind::MemAccess => (
             quote!(#vm: #raw_vm, #gpr: #gpr_ty, #fpr: #fpr_ty),
             quote!(#sdk::abi::RawAction),
-            quote!(call_inst(#vm, #gpr, #fpr, #name, #f)),
+            quote!(call_inst(#vm, #gpr, #fpr, #name, __QBDI_FUNCTION)),
             if kind == Kind::Inst {
                 quote!(Inst)
             } else {
@@ -92,7 +102,7 @@ fn registration(kind: Kind, config: &Config, function: &ItemFn, line: u32) -> To
                 #fpr: #fpr_ty
             ),
             quote!(#sdk::abi::RawAction),
-            quote!(call_event(#vm, #state, #gpr, #fpr, #name, #f)),
+            quote!(call_event(#vm, #state, #gpr, #fpr, #name, __QBDI_FUNCTION)),
             quote!(Event),
         ),
         Kind::Rule => (
@@ -130,6 +140,7 @@ fn registration(kind: Kind, config: &Config, function: &ItemFn, line: u32) -> To
     let mut out = TokenStream::new();
     quote! {
         const _: () = {
+            #function_const
             extern "C" fn __qbdi_trampoline(#params) -> #returns {
                 // SAFETY: called by the qbdi host with the pointers of the current callback.
                 unsafe { #sdk::private::#call }
@@ -202,7 +213,8 @@ mod tests {
             "mnemonic : \"CALL*\"",
             "code : \"\"",
             "Trampoline :: Inst (__qbdi_trampoline)",
-            "call_inst (vm , gpr , fpr , \"on_call\" , on_call)",
+            "const __QBDI_FUNCTION : :: qbdi_sdk :: private :: InstFn = on_call ;",
+            "call_inst (vm , gpr , fpr , \"on_call\" , __QBDI_FUNCTION)",
         ] {
             assert!(out.contains(part), "{part} not in {out}");
         }

@@ -37,15 +37,23 @@ pub(crate) fn install_hook() {
 }
 
 /// Runs `f`; a panic becomes [`PANICKED`] after a report to the host naming `what`.
+/// Inlined: around code that cannot unwind, the compiler drops the landing pad and the
+/// report with it.
+#[inline(always)]
 pub(crate) fn guard(vm: *const RawVm, what: &str, f: impl FnOnce() -> RawAction) -> RawAction {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(action) => action,
-        Err(_) => {
-            let message = LAST_PANIC.with(|p| std::mem::take(&mut **p.borrow_mut()));
-            report(vm, what, &message);
-            PANICKED
-        }
+        Err(_) => panicked(vm, what),
     }
+}
+
+/// The cold half of [`guard`]: reports the panic on this thread.
+#[cold]
+#[inline(never)]
+fn panicked(vm: *const RawVm, what: &str) -> RawAction {
+    let message = LAST_PANIC.with(|p| std::mem::take(&mut **p.borrow_mut()));
+    report(vm, what, &message);
+    PANICKED
 }
 
 /// Tells the host that `what` panicked with `message`.

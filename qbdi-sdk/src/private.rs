@@ -21,16 +21,25 @@ pub type RuleFn = fn(&mut VmRef<'_>, &InstAnalysis) -> Vec<InstrRuleCallback>;
 
 /// Body of an instruction (or memory access) trampoline.
 ///
+/// Generic and always inlined, as is everything it calls, so that a trampoline whose
+/// function is simple compiles to simple code: the engine then calls it straight from
+/// translated code (its "direct path"). A `VmRef` that the function does not use is never
+/// built, and `catch_unwind` around code that cannot panic leaves no trace.
+///
 /// # Safety
 /// Only for the trampolines the macros generate: every pointer is what the host passed into
 /// the current call (valid, and not otherwise referenced, until it returns).
-pub unsafe fn call_inst(
+#[inline(always)]
+pub unsafe fn call_inst<F>(
     vm: *const RawVm,
     gpr: *mut GprState,
     fpr: *mut FprState,
     name: &str,
-    f: InstFn,
-) -> RawAction {
+    f: F,
+) -> RawAction
+where
+    F: FnOnce(&mut VmRef<'_>, &mut GprState, &mut FprState) -> VmAction,
+{
     guard(vm, name, || {
         // SAFETY: the host passes valid, exclusive state pointers for the call.
         let (gpr, fpr) = unsafe { (&mut *gpr, &mut *fpr) };
@@ -38,19 +47,23 @@ pub unsafe fn call_inst(
     })
 }
 
-/// Body of a VM event trampoline.
+/// Body of a VM event trampoline (inlined as [`call_inst`]).
 ///
 /// # Safety
 /// Only for the trampolines the macros generate: every pointer is what the host passed into
 /// the current call (valid, and not otherwise referenced, until it returns).
-pub unsafe fn call_event(
+#[inline(always)]
+pub unsafe fn call_event<F>(
     vm: *const RawVm,
     state: *const VmState,
     gpr: *mut GprState,
     fpr: *mut FprState,
     name: &str,
-    f: EventFn,
-) -> RawAction {
+    f: F,
+) -> RawAction
+where
+    F: FnOnce(&mut VmRef<'_>, &VmState, &mut GprState, &mut FprState) -> VmAction,
+{
     guard(vm, name, || {
         // SAFETY: as in call_inst; `state` is valid for the call.
         let (state, gpr, fpr) = unsafe { (&*state, &mut *gpr, &mut *fpr) };

@@ -97,6 +97,7 @@ impl<'a> VmRef<'a> {
     /// # Safety
     /// `raw` must be the `RawVm` the host passed into the current call, with a valid
     /// function table, and `'a` must not outlive that call.
+    #[inline(always)]
     pub(crate) unsafe fn from_raw(raw: *const RawVm) -> VmRef<'a> {
         // SAFETY: guaranteed by the caller.
         let api = unsafe { &*(*raw).api };
@@ -625,7 +626,9 @@ pub(crate) fn push_rule_callbacks(
     }
 }
 
-/// Runs an attribute-registered function with a `VmRef` for `vm`.
+/// Runs an attribute-registered function with a `VmRef` for `vm` (inlined: unused, it is
+/// never built).
+#[inline(always)]
 pub(crate) fn with_vm<R>(vm: *const RawVm, f: impl FnOnce(&mut VmRef<'_>) -> R) -> R {
     // SAFETY: `vm` is the handle of the call the trampoline is in.
     let mut r = unsafe { VmRef::from_raw(vm) };

@@ -387,3 +387,88 @@ fn callbacks_doing_float_math_are_not_called_directly() {
     );
     assert!(sum.get() > 0.0);
 }
+
+/// Counts of the `extern "C"` entries below (plugin trampolines' convention).
+static ENTRY_COUNT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// An instruction entry in the convention of a plugin trampoline: `(vm, gpr, fpr)`.
+extern "C" fn counting_entry(
+    _vm: *const std::ffi::c_void,
+    _gpr: *mut qbdi_core::GprState,
+    _fpr: *mut qbdi_core::FprState,
+) -> u32 {
+    ENTRY_COUNT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    0
+}
+
+/// An event entry `(vm, state, gpr, fpr)` that reads its VmState (a reference: a raw
+/// pointer dereference would get an alignment check in this debug-assertion build).
+extern "C" fn state_entry(
+    _vm: *const std::ffi::c_void,
+    state: &qbdi_core::VmState,
+    _gpr: *mut qbdi_core::GprState,
+    _fpr: *mut qbdi_core::FprState,
+) -> u32 {
+    let start = state.basic_block_start;
+    ENTRY_COUNT.fetch_add(start & 1 ^ 1, std::sync::atomic::Ordering::Relaxed);
+    0
+}
+
+#[test]
+fn a_callback_given_a_compiled_entry_is_called_through_it() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // The closure is the general path (it reads its VmRef: never direct by itself); the
+    // entry does the same count directly.
+    let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+    let general = counter();
+    let g = general.clone();
+    let id = vm
+        .add_code_cb(
+            PreInst,
+            move |vm, _, _| {
+                g.set(g.get() + u64::from(vm.current_address().is_some()));
+                ENTRY_COUNT.fetch_add(1, Relaxed);
+                VmAction::Continue
+            },
+            0,
+        )
+        .unwrap();
+    ENTRY_COUNT.store(0, Relaxed);
+    let result = vm.call(addr!(cb_loop), &[10]).unwrap();
+    assert_eq!(
+        vm.direct_call_sites(),
+        0,
+        "the closure alone is not eligible"
+    );
+    assert_eq!(ENTRY_COUNT.load(Relaxed), loop_instructions(10));
+    // SAFETY: counting_entry does what the closure does to ENTRY_COUNT.
+    let refusal =
+        unsafe { vm.set_direct_entry(id, counting_entry as *const (), qbdi_core::EntryAbi::Inst) }
+            .unwrap();
+    assert_eq!(refusal, None);
+    ENTRY_COUNT.store(0, Relaxed);
+    general.set(0);
+    assert_eq!(vm.call(addr!(cb_loop), &[10]).unwrap(), result);
+    assert!(vm.direct_call_sites() > 0, "the entry is called directly");
+    assert_eq!(ENTRY_COUNT.load(Relaxed), loop_instructions(10));
+    assert_eq!(general.get(), 0, "the closure is not called");
+    // The wrong convention, an entry reading its VmRef, and an unknown id are refused.
+    // SAFETY: refused before any use.
+    unsafe {
+        let wrong = vm.set_direct_entry(id, state_entry as *const (), qbdi_core::EntryAbi::Event);
+        assert!(wrong.unwrap().is_some());
+        assert!(
+            vm.set_direct_entry(999, counting_entry as *const (), qbdi_core::EntryAbi::Inst)
+                .is_err()
+        );
+    }
+    let reads_vm = qbdi_core::direct_call_refusal(
+        qbdi_core::Vm::direct_call_sites as *const (),
+        qbdi_core::EntryAbi::Inst,
+    );
+    assert!(reads_vm.is_some());
+    assert_eq!(
+        qbdi_core::direct_call_refusal(state_entry as *const (), qbdi_core::EntryAbi::Event),
+        None
+    );
+}

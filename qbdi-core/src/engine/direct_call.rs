@@ -58,8 +58,8 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite) {
         a.store(ctx + off::RIP, RAX);
     }
     let (data_reg, _, state_reg, gpr_reg, _) = c.kind.args();
-    if c.saves & (1 << data_reg) != 0 {
-        a.mov_imm64(data_reg, c.data);
+    if let Some(r) = data_reg.filter(|&r| c.saves & (1 << r) != 0) {
+        a.mov_imm64(r, c.data);
     }
     if let Some(s) = state_reg.filter(|_| c.state_arg) {
         a.mov_imm64(s, d.state);

@@ -67,6 +67,10 @@ pub(crate) enum EntryKind {
     Inst,
     /// `(data, vm, state, gpr, fpr)`: rdi, rsi, rdx, rcx, r8.
     Event,
+    /// A plugin's instruction trampoline `(vm, gpr, fpr)`: rdi, rsi, rdx.
+    PluginInst,
+    /// A plugin's event trampoline `(vm, state, gpr, fpr)`: rdi, rsi, rdx, rcx.
+    PluginEvent,
 }
 
 /// rax, rcx, rdx, rsi, rdi, r8-r11.
@@ -75,12 +79,49 @@ const ALL_BUT_RSP: u16 = !(1 << RSP);
 
 impl EntryKind {
     /// Argument registers: (data, vm, state, gpr, fpr).
-    pub(crate) fn args(self) -> (u8, u8, Option<u8>, u8, u8) {
+    pub(crate) fn args(self) -> (Option<u8>, u8, Option<u8>, u8, u8) {
         match self {
-            EntryKind::Inst => (RDI, RSI, None, RDX, RCX),
-            EntryKind::Event => (RDI, RSI, Some(RDX), RCX, R8),
+            EntryKind::Inst => (Some(RDI), RSI, None, RDX, RCX),
+            EntryKind::Event => (Some(RDI), RSI, Some(RDX), RCX, R8),
+            EntryKind::PluginInst => (None, RDI, None, RSI, RDX),
+            EntryKind::PluginEvent => (None, RDI, Some(RSI), RDX, RCX),
         }
     }
+}
+
+/// The calling convention of a compiled callback entry given to
+/// [`Vm::set_direct_entry`](crate::Vm::set_direct_entry): that of the trampolines the
+/// plugin SDK's attribute macros generate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryAbi {
+    /// `extern "C" fn(vm: *const c_void, gpr: *mut GprState, fpr: *mut FprState) -> u32`,
+    /// returning a [`VmAction`] as its `u32` value.
+    Inst,
+    /// `extern "C" fn(vm: *const c_void, state: *const VmState, gpr: *mut GprState,
+    /// fpr: *mut FprState) -> u32`.
+    Event,
+}
+
+impl EntryAbi {
+    pub(crate) fn kind(self) -> EntryKind {
+        match self {
+            EntryAbi::Inst => EntryKind::PluginInst,
+            EntryAbi::Event => EntryKind::PluginEvent,
+        }
+    }
+}
+
+/// Why the compiled entry at `func` cannot be called directly from translated code, or
+/// `None` if it can (whether a given site then uses the direct path also depends on the
+/// site: one callback, no memory-range filter, see `docs/architecture.md`).
+///
+/// `func` must be the address of code mapped in this process (a function of this process
+/// or of a loaded library); anything else is refused.
+pub fn direct_call_refusal(func: *const (), abi: EntryAbi) -> Option<String> {
+    let func = func as u64;
+    analyze(func)
+        .and_then(|l| l.direct_call(abi.kind(), func, 0))
+        .err()
 }
 
 /// What the machine code of a leaf entry does with general purpose registers.
@@ -96,18 +137,21 @@ pub(crate) struct Leaf {
 
 impl Leaf {
     /// How a site calls an entry of `kind` with this summary and closure `data`, unless
-    /// the entry needs arguments only the general path provides.
-    pub fn direct_call(self, kind: EntryKind, func: u64, data: u64) -> Option<DirectCall> {
+    /// the entry needs arguments only the general path provides (the error says which).
+    pub fn direct_call(self, kind: EntryKind, func: u64, data: u64) -> Result<DirectCall, String> {
         let (data_reg, vm, state, gpr, fpr) = kind.args();
         let reads = |r: u8| self.reads & (1 << r) != 0;
-        if reads(vm) || reads(fpr) {
-            return None;
+        if reads(vm) {
+            return Err("it reads its VmRef (which only the general path provides)".into());
+        }
+        if reads(fpr) {
+            return Err("it reads its FprState (which only the general path provides)".into());
         }
         let gpr_arg = reads(gpr);
         let state_arg = state.is_some_and(reads);
         let mut saves = (1 << RAX) | (1 << RCX) | (self.writes & CALLER_SAVED);
-        if reads(data_reg) {
-            saves |= 1 << data_reg;
+        if let Some(d) = data_reg.filter(|&d| reads(d)) {
+            saves |= 1 << d;
         }
         if let Some(s) = state.filter(|_| state_arg) {
             saves |= 1 << s;
@@ -116,7 +160,7 @@ impl Leaf {
             // The whole state goes through the context.
             saves = ALL_BUT_RSP;
         }
-        Some(DirectCall {
+        Ok(DirectCall {
             kind,
             func,
             data,
@@ -222,8 +266,9 @@ fn gpr_number(r: Register) -> Option<(u8, bool)> {
 }
 
 /// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
-/// `ip` to the end of their mapping). `None`: not a leaf of general purpose code.
-pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
+/// `ip` to the end of their mapping). The error says why it is not a leaf of general purpose
+/// code.
+pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
     let mut factory = InstructionInfoFactory::new();
     let mut leaf = Leaf {
         reads: 0,
@@ -236,6 +281,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
     let mut seen: Vec<(u64, u16)> = Vec::new();
     let mut decoded = 0usize;
     let mut instr = Instruction::default();
+    let at = |i: &Instruction| format!("`{i}` at {:#x}", i.ip());
     while let Some((mut pc, mut defined)) = work.pop() {
         loop {
             if seen.iter().any(|&(a, d)| a == pc && d & defined == d) {
@@ -243,22 +289,31 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
             }
             seen.push((pc, defined));
             decoded += 1;
-            let offset = usize::try_from(pc.checked_sub(ip)?).ok()?;
-            if decoded > MAX_DECODED || offset >= code.len() {
-                return None;
+            if decoded > MAX_DECODED {
+                return Err(format!("it is longer than {MAX_DECODED} instructions"));
             }
+            let offset = pc
+                .checked_sub(ip)
+                .and_then(|o| usize::try_from(o).ok())
+                .filter(|&o| o < code.len())
+                .ok_or_else(|| format!("it jumps out of its code, to {pc:#x} (a tail call)"))?;
             let mut decoder = Decoder::with_ip(64, &code[offset..], pc, DecoderOptions::NONE);
             decoder.decode_out(&mut instr);
-            if instr.is_invalid()
-                || forbidden(instr.mnemonic())
-                || instr.has_rep_prefix()
-                || instr.has_repne_prefix()
-                || !instr
-                    .cpuid_features()
-                    .iter()
-                    .all(|f| ALLOWED_FEATURES.contains(f))
+            if instr.is_invalid() {
+                return Err(format!("undecodable bytes at {pc:#x}"));
+            }
+            if forbidden(instr.mnemonic()) || instr.has_rep_prefix() || instr.has_repne_prefix() {
+                return Err(format!(
+                    "it contains {} (flags, string or system instruction)",
+                    at(&instr)
+                ));
+            }
+            if !instr
+                .cpuid_features()
+                .iter()
+                .all(|f| ALLOWED_FEATURES.contains(f))
             {
-                return None;
+                return Err(format!("it uses {} (not integer code)", at(&instr)));
             }
             let zero_idiom = matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
                 && instr.op_count() == 2
@@ -280,7 +335,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                     if segment_read || r == Register::RIP {
                         continue;
                     }
-                    return None;
+                    return Err(format!("it uses {r:?} in {}", at(&instr)));
                 };
                 if n == RSP {
                     continue; // the site gives the entry a stack of its own
@@ -311,7 +366,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                 FlowControl::Return => {
                     // `ret imm16` would leave the stack unbalanced for the site.
                     if instr.op_count() != 0 {
-                        return None;
+                        return Err(format!("it returns with {}", at(&instr)));
                     }
                     break;
                 }
@@ -322,11 +377,23 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
                     work.push((instr.near_branch_target(), defined));
                     pc = next;
                 }
-                _ => return None,
+                FlowControl::Call | FlowControl::IndirectCall => {
+                    return Err(format!(
+                        "it calls other code ({}): not a leaf (a function it calls was not \
+                         inlined, or it may panic)",
+                        at(&instr)
+                    ));
+                }
+                _ => {
+                    return Err(format!(
+                        "it leaves by {} (an indirect or far branch, or a trap)",
+                        at(&instr)
+                    ));
+                }
             }
         }
     }
-    Some(leaf)
+    Ok(leaf)
 }
 
 /// An analysed entry: its address, its first bytes (up to 64, within its page) and the
@@ -334,7 +401,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Option<Leaf> {
 struct Known {
     func: u64,
     prefix: Vec<u8>,
-    leaf: Option<Leaf>,
+    leaf: Result<Leaf, String>,
 }
 
 /// The first bytes of the code at `func` that are surely mapped: up to 64, within its page.
@@ -351,14 +418,14 @@ unsafe fn code_prefix(func: u64) -> &'static [u8] {
 /// Analyses the compiled entry at `func` (code of this process), remembering the answer per
 /// address. A remembered answer counts only if the code there starts with the same bytes
 /// (a library unloaded and another loaded at its address would not).
-pub(crate) fn analyze(func: u64) -> Option<Leaf> {
+pub(crate) fn analyze(func: u64) -> Result<Leaf, String> {
     static KNOWN: Mutex<Vec<Known>> = Mutex::new(Vec::new());
     let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(i) = known.iter().position(|k| k.func == func) {
         // SAFETY: `func` is the entry of a callback being registered: its code is mapped,
         // and was readable when it was analysed (a non-empty prefix was read then).
         if known[i].prefix.is_empty() || unsafe { code_prefix(func) } == known[i].prefix {
-            return known[i].leaf;
+            return known[i].leaf.clone();
         }
         known.swap_remove(i);
     }
@@ -376,9 +443,16 @@ pub(crate) fn analyze(func: u64) -> Option<Leaf> {
             let prefix = unsafe { code_prefix(func) }.to_vec();
             (prefix, analyze_code(code, func))
         }
-        None => (Vec::new(), None),
+        None => (
+            Vec::new(),
+            Err(format!("{func:#x} is not in a readable mapping")),
+        ),
     };
-    known.push(Known { func, prefix, leaf });
+    known.push(Known {
+        func,
+        prefix,
+        leaf: leaf.clone(),
+    });
     leaf
 }
 
@@ -424,7 +498,7 @@ where
     let data = &*boxed as *const F as u64;
     let func = inst_entry::<F> as *const () as u64;
     let direct = analyze(func).and_then(|l| l.direct_call(EntryKind::Inst, func, data));
-    (boxed, direct)
+    (boxed, direct.ok())
 }
 
 /// Boxes a VM event callback, with its direct call if it is eligible.
@@ -436,7 +510,7 @@ where
     let data = &*boxed as *const F as u64;
     let func = event_entry::<F> as *const () as u64;
     let direct = analyze(func).and_then(|l| l.direct_call(EntryKind::Event, func, data));
-    (boxed, direct)
+    (boxed, direct.ok())
 }
 
 #[cfg(test)]
@@ -444,7 +518,7 @@ mod tests {
     use super::*;
 
     fn leaf(code: &[u8]) -> Option<Leaf> {
-        analyze_code(code, 0x1000)
+        analyze_code(code, 0x1000).ok()
     }
 
     const fn bit(r: u8) -> u16 {
@@ -488,37 +562,72 @@ mod tests {
         // mov cl,1; mov rax,rcx; ret: rcx's upper bytes come from the caller (the FprState).
         let l = leaf(&[0xb1, 0x01, 0x48, 0x89, 0xc8, 0xc3]).expect("leaf");
         assert_eq!(l.reads, bit(RCX));
-        assert_eq!(
-            l.direct_call(EntryKind::Inst, 1, 2),
-            None,
-            "reads the FprState"
-        );
+        let refusal = l
+            .direct_call(EntryKind::Inst, 1, 2)
+            .expect_err("reads the FprState");
+        assert!(refusal.contains("FprState"), "{refusal}");
     }
 
     #[test]
     fn what_is_not_a_leaf_of_integer_code_is_refused() {
-        let refused: &[(&str, &[u8])] = &[
-            ("call", &[0xe8, 0, 0, 0, 0, 0xc3]),
-            ("indirect jump", &[0xff, 0xe0]),
-            ("tail jump out of the code", &[0xe9, 0x00, 0x10, 0, 0]),
-            ("sse", &[0x66, 0x0f, 0xef, 0xc0, 0xc3]),
-            ("avx", &[0xc5, 0xf9, 0xef, 0xc0, 0xc3]),
-            ("x87", &[0xd9, 0xe8, 0xc3]),
-            ("rep stosb", &[0xf3, 0xaa, 0xc3]),
-            ("cld", &[0xfc, 0xc3]),
-            ("popfq", &[0x9d, 0xc3]),
-            ("syscall", &[0x0f, 0x05, 0xc3]),
-            ("ud2", &[0x0f, 0x0b]),
-            ("ret imm16", &[0xc2, 0x08, 0x00]),
-            ("runs off the end", &[0x90, 0x90]),
-            ("reads the VmRef", &[0x48, 0x8b, 0x06, 0xc3]),
+        // (what, code, a word of the reason given)
+        let refused: &[(&str, &[u8], &str)] = &[
+            ("call", &[0xe8, 0, 0, 0, 0, 0xc3], "not a leaf"),
+            ("indirect jump", &[0xff, 0xe0], "indirect"),
+            (
+                "tail jump out of the code",
+                &[0xe9, 0x00, 0x10, 0, 0],
+                "tail call",
+            ),
+            ("sse", &[0x66, 0x0f, 0xef, 0xc0, 0xc3], "not integer code"),
+            ("avx", &[0xc5, 0xf9, 0xef, 0xc0, 0xc3], "not integer code"),
+            ("x87", &[0xd9, 0xe8, 0xc3], "not integer code"),
+            ("rep stosb", &[0xf3, 0xaa, 0xc3], "string"),
+            ("cld", &[0xfc, 0xc3], "cld"),
+            ("popfq", &[0x9d, 0xc3], "popfq"),
+            ("syscall", &[0x0f, 0x05, 0xc3], "syscall"),
+            ("ud2", &[0x0f, 0x0b], "trap"),
+            ("ret imm16", &[0xc2, 0x08, 0x00], "ret"),
+            ("runs off the end", &[0x90, 0x90], "out of its code"),
+            ("reads the VmRef", &[0x48, 0x8b, 0x06, 0xc3], "VmRef"),
         ];
-        for (what, code) in refused {
-            let eligible = leaf(code)
+        for (what, code, reason) in refused {
+            let refusal = analyze_code(code, 0x1000)
                 .and_then(|l| l.direct_call(EntryKind::Inst, 1, 2))
-                .is_some();
-            assert!(!eligible, "{what} must not be called directly");
+                .expect_err(what);
+            assert!(refusal.contains(reason), "{what}: {refusal}");
         }
+    }
+
+    #[test]
+    fn plugin_trampolines_have_no_closure_argument() {
+        // A plugin's event trampoline (vm, state, gpr, fpr): lock inc qword [rip+x];
+        // xor eax,eax; ret. It reads nothing: no register is loaded for it.
+        let code = [0xf0, 0x48, 0xff, 0x05, 0x10, 0, 0, 0, 0x31, 0xc0, 0xc3];
+        let l = leaf(&code).expect("leaf");
+        assert_eq!(l.reads, 0);
+        let d = l
+            .direct_call(EntryKind::PluginEvent, 1, 0)
+            .expect("eligible");
+        assert_eq!(d.saves, bit(RAX) | bit(RCX));
+        assert!(!d.gpr_arg && !d.state_arg);
+        // mov rax,[rdi] reads the VmRef of a plugin trampoline, and [rsi] its VmState
+        // (event) or GprState (instruction).
+        let vm = leaf(&[0x48, 0x8b, 0x07, 0xc3]).expect("leaf");
+        assert!(vm.direct_call(EntryKind::PluginInst, 1, 0).is_err());
+        let second = leaf(&[0x48, 0x8b, 0x06, 0x31, 0xc0, 0xc3]).expect("leaf");
+        assert!(
+            second
+                .direct_call(EntryKind::PluginEvent, 1, 0)
+                .expect("ok")
+                .state_arg
+        );
+        assert!(
+            second
+                .direct_call(EntryKind::PluginInst, 1, 0)
+                .expect("ok")
+                .gpr_arg
+        );
     }
 
     #[test]

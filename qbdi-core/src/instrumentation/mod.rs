@@ -341,6 +341,41 @@ impl Instrumentation {
         }))
     }
 
+    /// Gives callback `id` the compiled entry `func` (convention `abi`) for direct calls:
+    /// `Ok(None)` if sites may now call it directly, `Ok(Some(reason))` if they may not (the
+    /// callback is then left as it was).
+    pub fn set_direct_entry(
+        &mut self,
+        id: CallbackId,
+        func: u64,
+        abi: direct::EntryAbi,
+    ) -> Result<Option<String>, VmError> {
+        let refusal = |e: String| Ok(Some(e));
+        let (slot, wanted) = match self.entries.get_mut(id as usize) {
+            Some(Some(Entry::Inst { direct, .. })) => (direct, direct::EntryAbi::Inst),
+            Some(Some(Entry::Event { direct, .. })) => (direct, direct::EntryAbi::Event),
+            _ => {
+                return Err(VmError::InvalidArgument(format!(
+                    "no instruction or event callback has id {id}"
+                )));
+            }
+        };
+        if abi != wanted {
+            return refusal(format!(
+                "callback {id} is an {wanted:?} callback, the entry follows the {abi:?} convention"
+            ));
+        }
+        match direct::analyze(func).and_then(|l| l.direct_call(abi.kind(), func, 0)) {
+            Ok(call) => {
+                *slot = Some(call);
+                // Sites planned before this keep their general path until translated again.
+                self.schedule_flush(None);
+                Ok(None)
+            }
+            Err(e) => refusal(e),
+        }
+    }
+
     pub fn delete(&mut self, id: CallbackId) -> Result<(), VmError> {
         let entry = self
             .entries

@@ -227,6 +227,28 @@ macro_rules! instrumentation_methods {
             Ok(id)
         }
 
+        /// Lets translated code call callback `id` (an instruction, memory access or VM event
+        /// callback) through the compiled entry `func`, without the general save of the
+        /// guest state, when `func` is simple enough: a leaf of integer code that does not
+        /// read its `vm` or `fpr` argument (see [`direct_call_refusal`](crate::direct_call_refusal)).
+        /// Returns `None` if it is, or why it is not (the callback keeps its general path).
+        /// The plugin host gives every plugin callback the trampoline the SDK generated.
+        ///
+        /// # Safety
+        /// `func` must follow the convention `abi` and behave as the callback `id` does when
+        /// called with the same `GprState` (and `VmState`): same effects, same action. It
+        /// must stay mapped and unchanged for as long as the callback exists.
+        pub unsafe fn set_direct_entry(
+            &mut self,
+            id: CallbackId,
+            func: *const (),
+            abi: crate::EntryAbi,
+        ) -> Result<Option<String>, VmError> {
+            let refusal = self.inst_mut().set_direct_entry(id, func as u64, abi)?;
+            self.changed();
+            Ok(refusal)
+        }
+
         /// Removes one callback.
         pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
             self.inst_mut().delete(id)?;

@@ -1,0 +1,137 @@
+//! Plugin callbacks on the engine's direct path (called straight from translated code, see
+//! `Vm::set_direct_entry`) behave as on the general path: the `direct` test plugin's counts,
+//! its register change and its `SkipInst` are the same with and without `QBDI_NO_DIRECT=1`
+//! (which keeps every plugin callback on the general path), and `qbdi plugin info` says
+//! which path each callback takes.
+
+use std::path::Path;
+use std::process::Command;
+
+use qbdi_tests::cli::{artifacts, qbdi, qbdi_cmd, scratch};
+
+const PROGRAM: &str = env!("QBDI_TEST_DIRECT_PATHS");
+
+fn plugin() -> String {
+    artifacts()
+        .join("libqbdi_plugin_direct.so")
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `setarch -R qbdi run <args> -p direct -- <program>` with `QBDI_NO_DIRECT` set to
+/// `no_direct` (set either way: the guest's environment is the same size in both runs),
+/// address randomisation off (glibc's string routines take other paths by alignment);
+/// returns (stdout, the plugin's report, status).
+fn run(
+    dir: &Path,
+    no_direct: bool,
+    qbdi_args: &[&str],
+    program: &str,
+    args: &[&str],
+) -> (String, String, Option<i32>) {
+    let report = dir.join(format!("report-{no_direct}"));
+    let _ = std::fs::remove_file(&report);
+    let option = format!("out={}", report.display());
+    let out = Command::new("setarch")
+        .arg("-R")
+        .arg(qbdi())
+        .arg("run")
+        .args(qbdi_args)
+        .args(["-p", &format!("{}:{option}", plugin()), "--", program])
+        .args(args)
+        .env("QBDI_NO_DIRECT", if no_direct { "1" } else { "0" })
+        .current_dir(dir)
+        .output()
+        .expect("setarch runs qbdi");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let report = std::fs::read_to_string(&report)
+        .unwrap_or_else(|e| panic!("no report from the plugin ({e}); stderr:\n{stderr}"));
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        report.trim().to_owned(),
+        out.status.code(),
+    )
+}
+
+fn field(report: &str, key: &str) -> u64 {
+    report
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in {report}"))
+}
+
+#[test]
+fn plugin_info_says_the_callbacks_are_called_directly() {
+    let dir = scratch("direct-info");
+    let info = qbdi_cmd(&dir, &["plugin", "info", &plugin()]);
+    assert_eq!(info.code, Some(0), "{}", info.stderr);
+    let text = info.text();
+    for name in ["on_block", "on_call", "on_marker", "on_ud2"] {
+        let line = text
+            .lines()
+            .skip_while(|l| !l.contains(name))
+            .nth(1)
+            .unwrap_or_else(|| panic!("{name} not listed:\n{text}"));
+        assert!(
+            line.contains("directly from translated code"),
+            "{name}: {line}\n{text}"
+        );
+    }
+    // A callback that reads its VmRef (testkit's on_block asks the Vm for options).
+    let testkit = artifacts().join("libqbdi_plugin_testkit.so");
+    let info = qbdi_cmd(&dir, &["plugin", "info", testkit.to_str().unwrap()]);
+    assert!(
+        info.text().contains("through the general path: "),
+        "{}",
+        info.text()
+    );
+}
+
+#[test]
+fn direct_and_general_paths_give_the_same_results() {
+    let dir = scratch("direct-paths");
+    const N: u64 = 1000;
+    let expected_sum: u64 = (0..N).map(|i| 3 * i + 1).sum();
+    let direct = run(&dir, false, &[], PROGRAM, &["trap"]);
+    let general = run(&dir, true, &[], PROGRAM, &["trap"]);
+    assert_eq!(
+        direct.0,
+        format!("sum={expected_sum}\nsurvived=10\n"),
+        "the marker's callback changed rax and every ud2 was skipped: {direct:?}"
+    );
+    assert_eq!(direct.2, Some(0), "{direct:?}");
+    assert_eq!(direct, general, "direct path vs general path");
+    let report = &direct.1;
+    assert_eq!(field(report, "markers"), N, "{report}");
+    assert_eq!(field(report, "skipped"), 10, "{report}");
+    // main calls marker N times and trap 10 times, plus printf and fflush.
+    assert!(field(report, "calls") >= N + 10, "{report}");
+    assert!(field(report, "blocks") >= 2 * N, "{report}");
+}
+
+#[test]
+fn real_programs_count_the_same_on_both_paths_under_all_maps() {
+    let dir = scratch("direct-real");
+    let input = dir.join("in.txt");
+    let text: String = (0..3000)
+        .map(|i| format!("line {} {}\n", (i * 7919) % 3001, i))
+        .collect();
+    std::fs::write(&input, text).unwrap();
+    let input = input.to_str().unwrap();
+    for (program, args) in [
+        ("sort", vec!["-n", "-k2", input]),
+        ("gzip", vec!["-c", input]),
+        ("sh", vec!["-c", "echo a b c | tr a-z A-Z"]),
+    ] {
+        let direct = run(&dir, false, &["--all-maps"], program, &args);
+        let general = run(&dir, true, &["--all-maps"], program, &args);
+        assert_eq!(direct.2, Some(0), "{program}: {direct:?}");
+        assert!(
+            field(&direct.1, "blocks") > 10_000,
+            "{program}: {}",
+            direct.1
+        );
+        assert_eq!(direct, general, "{program}: direct path vs general path");
+    }
+}
