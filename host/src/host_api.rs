@@ -16,9 +16,9 @@ use qbdi_core::{
     MemoryAccessType, Rword, Vm, VmAction, VmEvent, VmRef, VmState,
 };
 use qbdi_sdk::abi::{
-    HostApi, INVALID_ID, PANICKED, RawAction, RawClosureEventFn, RawClosureInstFn,
-    RawClosureRuleFn, RawDropFn, RawInstAnalysis, RawInstSpec, RawOperand, RawSymbol, RawVm,
-    StrRef, position, range_op, target,
+    HostApi, INVALID_ID, PANICKED, RawAction, RawBlockHashFn, RawClosureEventFn, RawClosureInstFn,
+    RawClosureRuleFn, RawCounterSlotFn, RawDropFn, RawInstAnalysis, RawInstSpec, RawOperand,
+    RawSymbol, RawVm, StrRef, position, range_op, target,
 };
 
 use crate::log;
@@ -584,6 +584,59 @@ extern "C" fn record_memory_access(vm: *const RawVm, access: u32) -> bool {
     ok_or_error(result)
 }
 
+extern "C" fn add_block_counter(
+    vm: *const RawVm,
+    data: *mut c_void,
+    slot: RawCounterSlotFn,
+    drop: RawDropFn,
+) -> u32 {
+    let closure = Arc::new(PluginClosure { data, drop });
+    let make = move || {
+        let c = Arc::clone(&closure);
+        move |start, end| slot(c.data(), start, end)
+    };
+    // SAFETY: the ABI's contract: every address the plugin's slot function returns stays
+    // valid for the life of the process and is only updated atomically or by the engine.
+    let result = with_target!(vm, |v| unsafe { v.add_block_counter(make()) }, {
+        no_vm();
+        return INVALID_ID;
+    });
+    if result.is_ok() {
+        record_for_threads(vm, move |v: &mut Vm| {
+            // SAFETY: as above.
+            let _ = unsafe { v.add_block_counter(make()) };
+        });
+    }
+    id_or_error(result)
+}
+
+extern "C" fn add_edge_map(
+    vm: *const RawVm,
+    map: *mut u8,
+    size: usize,
+    hash: Option<RawBlockHashFn>,
+    never_zero: bool,
+) -> u32 {
+    let hash = move |start| hash.map_or_else(|| qbdi_core::afl_block_hash(start), |h| h(start));
+    let map_addr = map as usize;
+    // SAFETY: the ABI's contract: the map stays valid for the life of the process.
+    let result = with_target!(
+        vm,
+        |v| unsafe { v.add_edge_map(map_addr as *mut u8, size, hash, never_zero) },
+        {
+            no_vm();
+            return INVALID_ID;
+        }
+    );
+    if result.is_ok() {
+        record_for_threads(vm, move |v: &mut Vm| {
+            // SAFETY: as above.
+            let _ = unsafe { v.add_edge_map(map_addr as *mut u8, size, hash, never_zero) };
+        });
+    }
+    id_or_error(result)
+}
+
 extern "C" fn symbolize(addr: Rword, out: *mut RawSymbol) -> bool {
     let Some((name, offset, module)) = qbdi_core::symbolize(addr) else {
         return false;
@@ -642,4 +695,6 @@ pub(crate) static HOST_API: HostApi = HostApi {
     set_error: init_error,
     report_panic,
     log: host_log,
+    add_block_counter,
+    add_edge_map,
 };

@@ -47,6 +47,12 @@ pub use callback::{
 pub use error::VmError;
 pub use instrumentation::callbacks::{InstCallback, InstrRuleCallback, VmCallback};
 pub use instrumentation::direct::{EntryAbi, direct_call_refusal};
+
+/// The block hash of AFL's QEMU mode, `(addr >> 4) ^ (addr << 8)`, for
+/// [`Vm::add_edge_map`] (which masks it to the map's size).
+pub fn afl_block_hash(addr: Rword) -> u64 {
+    (addr >> 4) ^ (addr << 8)
+}
 pub use instrumentation::vm_ref::VmRef;
 pub use maps::{MemoryMap, Permission, current_process_maps, module_names, process_maps};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};

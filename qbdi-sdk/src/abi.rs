@@ -30,7 +30,9 @@ pub const ABI_MAJOR: u16 = 1;
 ///
 /// - 1.0: the descriptor, the host function table, the callback trampolines.
 /// - 1.1: the host's heap: the optional export [`HEAP_SYMBOL`] taking a [`HeapTable`].
-pub const ABI_MINOR: u16 = 1;
+/// - 1.2: inline instrumentation: [`HostApi::add_block_counter`] and
+///   [`HostApi::add_edge_map`].
+pub const ABI_MINOR: u16 = 2;
 
 /// The second export of a plugin (ABI 1.1, optional for the host):
 /// `unsafe extern "C" fn(table: *const HeapTable) -> u32`, returning 0 if the plugin now
@@ -281,6 +283,11 @@ pub type RawClosureRuleFn = extern "C" fn(
 ) -> RawAction;
 /// Frees a closure the plugin boxed (called by the host when the callback is deleted).
 pub type RawDropFn = extern "C" fn(data: *mut c_void);
+/// (ABI 1.2) Gives the counter of the block `[start, end)` being translated (null: not
+/// counted). Called at translation, on any thread.
+pub type RawCounterSlotFn = extern "C" fn(data: *mut c_void, start: Rword, end: Rword) -> *mut u64;
+/// (ABI 1.2) An edge map's block hash, called at translation, on any thread.
+pub type RawBlockHashFn = extern "C" fn(start: Rword) -> u64;
 
 /// A plugin option given on the command line.
 #[repr(C)]
@@ -506,4 +513,23 @@ pub struct HostApi {
     pub report_panic: extern "C" fn(vm: *const RawVm, what: StrRef, message: StrRef),
     /// Prints a line to the host's log (stderr with a `qbdi:` prefix, or `--log FILE`).
     pub log: extern "C" fn(message: StrRef),
+    /// (ABI 1.2) `add_block_counter`: an inline counter per block, whose address `slot`
+    /// gives (see [`RawCounterSlotFn`]; every address must stay valid for the life of the
+    /// process). Returns the id, or [`INVALID_ID`].
+    pub add_block_counter: extern "C" fn(
+        vm: *const RawVm,
+        data: *mut c_void,
+        slot: RawCounterSlotFn,
+        drop: RawDropFn,
+    ) -> u32,
+    /// (ABI 1.2) `add_edge_map`: an inline AFL edge map of `size` bytes at `map` (valid for
+    /// the life of the process), hashing blocks with `hash` (None: AFL's QEMU mode hash).
+    /// Returns the id, or [`INVALID_ID`].
+    pub add_edge_map: extern "C" fn(
+        vm: *const RawVm,
+        map: *mut u8,
+        size: usize,
+        hash: Option<RawBlockHashFn>,
+        never_zero: bool,
+    ) -> u32,
 }

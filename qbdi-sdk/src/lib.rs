@@ -45,6 +45,7 @@
 pub mod abi;
 mod convert;
 pub mod heap;
+mod inline;
 mod options;
 mod panic;
 mod registry;
@@ -53,6 +54,7 @@ mod vm_ref;
 #[doc(hidden)]
 pub mod private;
 
+pub use inline::{BlockCount, BlockCounter, EdgeHash, EdgeMap};
 pub use options::{PluginOptions, parse_address_range};
 pub use qbdi_macros::{inst_callback, instr_rule, mem_access, plugin_fini, plugin_init, vm_event};
 pub use vm_ref::{InstrRuleCallback, Symbol, VmRef};
@@ -61,8 +63,8 @@ pub use vm_ref::{InstrRuleCallback, Symbol, VmRef};
 /// events, analyses, memory accesses), the SDK's [`VmRef`] and the attribute macros.
 pub mod prelude {
     pub use crate::{
-        InstrRuleCallback, PluginOptions, Symbol, VmRef, inst_callback, instr_rule, mem_access,
-        plugin_fini, plugin_init, vm_event,
+        BlockCount, BlockCounter, EdgeHash, EdgeMap, InstrRuleCallback, PluginOptions, Symbol,
+        VmRef, inst_callback, instr_rule, mem_access, plugin_fini, plugin_init, vm_event,
     };
     pub use qbdi_core::{
         AnalysisType, CallbackId, ConditionType, FprState, GprState, InstAnalysis, InstPosition,

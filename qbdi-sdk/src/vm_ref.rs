@@ -19,6 +19,7 @@ use crate::abi::{
     position, range_op, target,
 };
 use crate::convert;
+use crate::inline::{BlockCounter, EdgeHash, EdgeMap};
 use crate::panic::guard;
 
 /// The plugin's handle on the Vm it is attached to, valid for one call from the host (a
@@ -478,6 +479,46 @@ impl<'a> VmRef<'a> {
     pub fn record_memory_access(&mut self, access: MemoryAccessType) -> Result<(), VmError> {
         let ok = (self.api.record_memory_access)(self.raw, access.bits().into());
         self.ok(ok)
+    }
+
+    /// Counts the executions of every instrumented block inline: translated code adds one
+    /// to the block's counter at each entry, with no callback. Every thread's Vm counts
+    /// into the same counters; read them with [`BlockCounter::counts`] (at fini, for
+    /// instance). Call it from init to count from the first block.
+    pub fn add_block_counter(&mut self) -> Result<BlockCounter, VmError> {
+        let counter = BlockCounter::new();
+        let id = (self.api.add_block_counter)(
+            self.raw,
+            counter.data(),
+            crate::inline::counter_slot,
+            crate::inline::keep,
+        );
+        self.id(id).map(|_| counter)
+    }
+
+    /// AFL-style edge coverage, inline: at each block entry translated code does
+    /// `map[prev ^ cur] += 1; prev = cur >> 1`, with `cur` the block's `hash` masked to the
+    /// map's size (a power of two, up to 2^30 bytes) and `prev` per thread. With
+    /// `never_zero`, a count that wraps skips 0 (AFL++'s NeverZero). The map is typically
+    /// a fuzzer's shared memory, mapped for the life of the process.
+    pub fn add_edge_map(
+        &mut self,
+        map: EdgeMap,
+        hash: EdgeHash,
+        never_zero: bool,
+    ) -> Result<CallbackId, VmError> {
+        let hash = match hash {
+            EdgeHash::Afl => None,
+            EdgeHash::Custom(f) => Some(f),
+        };
+        let id = (self.api.add_edge_map)(
+            self.raw,
+            map.as_ptr().cast::<u8>().cast_mut(),
+            map.len(),
+            hash,
+            never_zero,
+        );
+        self.id(id)
     }
 
     /// The kernel's id of the thread this callback runs on (`gettid`; the process id for

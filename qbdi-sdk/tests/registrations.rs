@@ -64,10 +64,29 @@ fn default_rule(_vm: &mut VmRef, _analysis: &InstAnalysis) -> Vec<InstrRuleCallb
     Vec::new()
 }
 
+/// The counter `init` made with `mode=inline`.
+static COUNTER: std::sync::OnceLock<BlockCounter> = std::sync::OnceLock::new();
+/// The edge map `init` registers with `mode=inline`.
+static EDGES: [std::sync::atomic::AtomicU8; 1024] =
+    [const { std::sync::atomic::AtomicU8::new(0) }; 1024];
+
+extern "C" fn my_hash(addr: u64) -> u64 {
+    addr >> 2
+}
+
 #[plugin_init]
-fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     match options.get("mode") {
         Some("fail") => Err("refused: mode=fail".to_owned()),
+        Some("inline") => {
+            let c = vm.add_block_counter().map_err(|e| e.to_string())?;
+            let _ = COUNTER.set(c);
+            vm.add_edge_map(&EDGES, EdgeHash::Custom(my_hash), true)
+                .map_err(|e| e.to_string())?;
+            vm.add_edge_map(&EDGES, EdgeHash::Afl, false)
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
@@ -337,6 +356,36 @@ extern "C" fn report_panic(_: *const RawVm, what: StrRef, message: StrRef) {
 extern "C" fn log(message: StrRef) {
     record("log", text(message));
 }
+/// Asks for the counters of two blocks, the first twice, and counts in them as translated
+/// code would (3 and 4 entries).
+extern "C" fn add_block_counter(
+    _: *const RawVm,
+    data: *mut c_void,
+    slot: abi::RawCounterSlotFn,
+    _drop: RawDropFn,
+) -> u32 {
+    let a = slot(data, 0x1000, 0x1010);
+    let again = slot(data, 0x1000, 0x1010);
+    let b = slot(data, 0x2000, 0x2004);
+    record("add_block_counter", format!("same slot: {}", a == again));
+    // SAFETY: the SDK's counters are AtomicU64s valid for the life of the process.
+    unsafe {
+        (*(a as *const AtomicU64)).fetch_add(3, SeqCst);
+        (*(b as *const AtomicU64)).fetch_add(4, SeqCst);
+    }
+    7
+}
+extern "C" fn add_edge_map(
+    _: *const RawVm,
+    _map: *mut u8,
+    size: usize,
+    hash: Option<abi::RawBlockHashFn>,
+    never_zero: bool,
+) -> u32 {
+    let hash = hash.map(|h| h(0x100));
+    record("add_edge_map", format!("{size} {hash:?} {never_zero}"));
+    8
+}
 
 static API: HostApi = HostApi {
     size: size_of::<HostApi>(),
@@ -355,6 +404,8 @@ static API: HostApi = HostApi {
     set_error,
     report_panic,
     log,
+    add_block_counter,
+    add_edge_map,
 };
 
 fn raw_vm() -> RawVm {
@@ -487,6 +538,46 @@ fn rule_trampoline_pushes_what_the_rule_returns() {
         VmAction::Continue as RawAction
     );
     assert_eq!(host_calls(), []);
+}
+
+#[test]
+fn inline_instrumentation_goes_through_the_host() {
+    let Trampoline::Init(f) = trampoline("init") else {
+        panic!("init is not an init");
+    };
+    let vm = raw_vm();
+    let inline = [RawKeyValue {
+        key: StrRef::new("mode"),
+        value: StrRef::new("inline"),
+    }];
+    assert_eq!(f(&vm, inline.as_ptr(), inline.len()), 0);
+    assert_eq!(
+        host_calls(),
+        [
+            ("add_block_counter", "same slot: true".to_owned()),
+            ("add_edge_map", "1024 Some(64) true".to_owned()),
+            ("add_edge_map", "1024 None false".to_owned()),
+        ]
+    );
+    let counter = COUNTER.get().expect("init made a counter");
+    assert_eq!(
+        counter.counts(),
+        [
+            BlockCount {
+                start: 0x1000,
+                end: 0x1010,
+                count: 3
+            },
+            BlockCount {
+                start: 0x2000,
+                end: 0x2004,
+                count: 4
+            }
+        ]
+    );
+    assert_eq!(counter.total(), 7);
+    assert!(counter.reset());
+    assert_eq!(counter.total(), 0);
 }
 
 #[test]

@@ -9,9 +9,11 @@
 //! native included, runs the avx2 routines.
 //!
 //! Under `--all-maps`, the `count` column runs the count test plugin (one BASIC_BLOCK_ENTRY
-//! callback doing a `fetch_add`): its time, the blocks the program executed, and the
-//! plugin's cost per executed block over the plain `--all-maps` run (`ns/block`; one run,
-//! they are long). sqlite3 runs a SQL script of about 0.3 s.
+//! callback doing a `fetch_add`, on the direct path): its time, the blocks the program
+//! executed, and the plugin's cost per executed block over the plain `--all-maps` run
+//! (`ns/block`). `edges` runs the edges plugin (an inline AFL edge map), `edges_x` is its
+//! time over the plain `--all-maps` run; `opstats_x` is opstats (inline block counters)
+//! under `--all-maps` over native. sqlite3 runs a SQL script of about 0.3 s, perl a loop.
 //!
 //! Build the release artifacts first: `cargo build --release --workspace`, then
 //! `cargo bench --bench programs`. `QBDI_BENCH_QUICK=1` runs each case once.
@@ -96,6 +98,15 @@ fn main() {
             ]),
             &empty,
         ),
+        (
+            "perl",
+            s(&[
+                "perl",
+                "-e",
+                "my $s = 0; for my $i (1..6000000) { $s += ($i * $i) % 7 } print \"$s\\n\"",
+            ]),
+            &empty,
+        ),
     ];
     let sql = dir.join("bench.sql");
     std::fs::write(&sql, SQL).unwrap();
@@ -116,8 +127,10 @@ fn main() {
     }
     let count_out = dir.join("count.txt");
     let count_spec = format!("count:out={}", count_out.display());
+    let edges_spec = format!("edges:out={}", dir.join("edges.map").display());
+    let opstats_spec = format!("opstats:out={}", dir.join("opstats.log").display());
     println!(
-        "{:<10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>8} {:>12} {:>9} {:>12} {:>9}",
+        "{:<10} {:>10} {:>10} {:>8} {:>10} {:>8} {:>11} {:>8} {:>12} {:>9} {:>12} {:>9} {:>8} {:>8} {:>9}",
         "program",
         "native_s",
         "qbdi_s",
@@ -129,7 +142,10 @@ fn main() {
         "median ratio",
         "count_s",
         "blocks",
-        "ns/block"
+        "ns/block",
+        "edges_s",
+        "edges_x",
+        "opstats_x"
     );
     for (name, cmd, stdin) in cases {
         let native_times = times(&dir, &cmd, stdin, reps);
@@ -153,6 +169,7 @@ fn main() {
             "python3",
             "pigz -p 2",
             "sqlite3",
+            "perl",
         ]
         .contains(&name)
         {
@@ -175,35 +192,43 @@ fn main() {
         } else {
             (f64::NAN, f64::NAN)
         };
-        // The count plugin under --all-maps: its cost per executed block.
-        let (count_time, blocks) = if all_maps.is_nan() {
-            (f64::NAN, 0)
-        } else {
-            let mut counted = vec![
+        // The count, edges and opstats plugins under --all-maps.
+        let under_plugin = |spec: &str| {
+            let mut c = vec![
                 qbdi.clone(),
                 "run".into(),
                 "--all-maps".into(),
                 "-p".into(),
-                count_spec.clone(),
+                spec.to_owned(),
                 "--".into(),
             ];
-            counted.extend(cmd.iter().cloned());
-            // Long runs (today about 100 ns a block, see issue "plugins at in-process
-            // speed"): one is enough.
-            let t = best(&dir, &counted, stdin, 1);
+            c.extend(cmd.iter().cloned());
+            best(&dir, &c, stdin, reps.min(3))
+        };
+        let (count_time, blocks, edges, opstats) = if all_maps.is_nan() {
+            (f64::NAN, 0, f64::NAN, f64::NAN)
+        } else {
+            let t = under_plugin(&count_spec);
             let blocks = std::fs::read_to_string(&count_out)
                 .ok()
                 .and_then(|l| l.trim().strip_prefix("blocks=")?.parse::<u64>().ok())
                 .unwrap_or(0);
-            (t, blocks)
+            (
+                t,
+                blocks,
+                under_plugin(&edges_spec),
+                under_plugin(&opstats_spec),
+            )
         };
         let ns_per_block = (count_time - all_maps) * 1e9 / blocks.max(1) as f64;
         println!(
-            "{name:<10} {native:>10.3} {under:>10.3} {:>8.2} {covered:>10.3} {:>8.2} {all_maps:>11.3} {:>8.2} {:>12.2} {count_time:>9.3} {blocks:>12} {ns_per_block:>9.1}",
+            "{name:<10} {native:>10.3} {under:>10.3} {:>8.2} {covered:>10.3} {:>8.2} {all_maps:>11.3} {:>8.2} {:>12.2} {count_time:>9.3} {blocks:>12} {ns_per_block:>9.1} {edges:>8.3} {:>8.2} {:>9.2}",
             under / native,
             covered / native,
             all_maps / native,
             all_maps_median / median(&native_times),
+            edges / all_maps,
+            opstats / native,
         );
         if name == "gzip -9" {
             println!("gzip_qbdi_ratio={:.2}", under / native);

@@ -262,7 +262,7 @@ fn plugin_info_describes_a_plugin() {
     let text = out.text();
     for needle in [
         "name:        drcov",
-        "abi:         1.1",
+        "abi:         1.2",
         "heap:        qbdi's private heap",
         "BASIC_BLOCK_NEW",
         "out",
@@ -380,7 +380,7 @@ fn every_plugin_error_is_named() {
     );
     let bad = artifacts.join("libqbdi_plugin_bad_abi.so");
     let b = bad.to_str().unwrap();
-    refused(&dir, &["-p", b], &[b, "ABI 99.0", "speaks 1.1", "rebuild"]);
+    refused(&dir, &["-p", b], &[b, "ABI 99.0", "speaks 1.2", "rebuild"]);
     refused(
         &dir,
         &["-p", "testkit:color=red"],

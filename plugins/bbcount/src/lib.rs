@@ -1,7 +1,8 @@
 //! `bbcount`: how many times each basic block ran, hottest first (see [`report`]).
 //!
 //! A block is known by its start address; its symbol is resolved once, when it is new
-//! (fini runs without a Vm to ask).
+//! (fini runs without a Vm to ask). Executions are counted inline by translated code (no
+//! callback per block, see `VmRef::add_block_counter`).
 //!
 //! Options: `out=PATH` (default `bbcount.<pid>.log`, `-` for stderr), `top=N` (only the N
 //! hottest blocks).
@@ -37,16 +38,19 @@ qbdi_sdk::plugin!(
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 /// The `top` option (`usize::MAX`: all).
 static TOP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Executions of every block, counted inline by translated code.
+static COUNTER: OnceLock<BlockCounter> = OnceLock::new();
 /// Every block seen, by start address.
 static BLOCKS: Mutex<AddrMap<u64, Block>> =
     Mutex::new(AddrMap::with_hasher(BuildHasherDefault::new()));
 
 #[plugin_init]
-fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let _ = OUTPUT.set(Output::from_options(NAME, options)?);
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
+    let _ = COUNTER.set(vm.add_block_counter().map_err(|e| e.to_string())?);
     qbdi_plugin_support::fork::on_fork_child(forget_parents_counts);
     Ok(())
 }
@@ -54,27 +58,27 @@ fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
 /// In a `fork` child: the counts start again from zero (the blocks stay known: the child
 /// runs the same translations, which are not reported new again).
 fn forget_parents_counts() {
-    if let Ok(mut blocks) = BLOCKS.try_lock() {
-        blocks.values_mut().for_each(|b| b.count = 0);
+    if let Some(c) = COUNTER.get() {
+        c.reset();
     }
 }
 
-#[vm_event(BASIC_BLOCK_NEW | BASIC_BLOCK_ENTRY)]
-fn on_block(vm: &mut VmRef, state: &VmState, _gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
+/// A new block: its extent and symbol (counting is inline, see [`COUNTER`]).
+#[vm_event(BASIC_BLOCK_NEW)]
+fn on_new_block(
+    vm: &mut VmRef,
+    state: &VmState,
+    _gpr: &mut GprState,
+    _fpr: &mut FprState,
+) -> VmAction {
     let start = state.basic_block_start;
-    let entered = u64::from(state.event.contains(VmEvent::BASIC_BLOCK_ENTRY));
     let mut blocks = lock(&BLOCKS);
     match blocks.get_mut(&start) {
-        Some(b) => {
-            b.count += entered;
-            if state.event.contains(VmEvent::BASIC_BLOCK_NEW) {
-                b.end = state.basic_block_end;
-            }
-        }
+        Some(b) => b.end = state.basic_block_end,
         None => {
             let block = Block {
                 end: state.basic_block_end,
-                count: entered,
+                count: 0,
                 symbol: vm.symbolize(start),
             };
             blocks.insert(start, block);
@@ -86,7 +90,17 @@ fn on_block(vm: &mut VmRef, state: &VmState, _gpr: &mut GprState, _fpr: &mut Fpr
 #[plugin_fini]
 fn fini() {
     let text = match lock_for_fini(&BLOCKS, FINI_WAIT) {
-        Some(blocks) => {
+        Some(mut blocks) => {
+            // The counters are per translated extent: a start translated with two ends
+            // (a block split differently after a flush) adds up.
+            for c in COUNTER.get().map(BlockCounter::counts).unwrap_or_default() {
+                let b = blocks.entry(c.start).or_insert(Block {
+                    end: c.end,
+                    count: 0,
+                    symbol: None,
+                });
+                b.count += c.count;
+            }
             // Blocks a fork child knows from its parent but never ran are not reported.
             let list: Vec<(u64, &Block)> = blocks
                 .iter()

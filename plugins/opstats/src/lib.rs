@@ -1,8 +1,9 @@
 //! `opstats`: how many instructions ran, and how often each mnemonic did.
 //!
-//! Cheap: a block's mnemonics are read once, when the block is new; each block entry adds
-//! one to the block's count; at exit the counts are multiplied out (see [`stats`]). A block
-//! left in the middle (a fault, a `longjmp` from a callee) still counts whole.
+//! Cheap: a block's mnemonics are read once, when the block is new; translated code counts
+//! each block's entries itself (an inline counter, no callback); at exit the counts are
+//! multiplied out (see [`stats`]). A block left in the middle (a fault, a `longjmp` from a
+//! callee) still counts whole.
 //!
 //! Options: `out=PATH` (default `opstats.<pid>.log`, `-` for stderr), `top=N` (only the N
 //! most frequent mnemonics).
@@ -38,6 +39,8 @@ qbdi_sdk::plugin!(
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 /// The `top` option (`usize::MAX`: all).
 static TOP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// Entries of every block, counted inline by translated code.
+static COUNTER: OnceLock<BlockCounter> = OnceLock::new();
 /// Every block seen, by `[start, end)`.
 static BLOCKS: Mutex<AddrMap<(u64, u64), BlockStats>> =
     Mutex::new(AddrMap::with_hasher(BuildHasherDefault::new()));
@@ -46,19 +49,20 @@ static BLOCKS: Mutex<AddrMap<(u64, u64), BlockStats>> =
 const UNKNOWN: &str = "(unknown)";
 
 #[plugin_init]
-fn init(_vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let _ = OUTPUT.set(Output::from_options(NAME, options)?);
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
+    let _ = COUNTER.set(vm.add_block_counter().map_err(|e| e.to_string())?);
     qbdi_plugin_support::fork::on_fork_child(forget_parents_counts);
     Ok(())
 }
 
 /// In a `fork` child: the counts start again from zero (the blocks stay known).
 fn forget_parents_counts() {
-    if let Ok(mut blocks) = BLOCKS.try_lock() {
-        blocks.values_mut().for_each(|b| b.entries = 0);
+    if let Some(c) = COUNTER.get() {
+        c.reset();
     }
 }
 
@@ -81,31 +85,36 @@ fn block_mnemonics(vm: &mut VmRef, start: u64, end: u64) -> Vec<&'static str> {
     mnemonics
 }
 
-#[vm_event(BASIC_BLOCK_NEW | BASIC_BLOCK_ENTRY)]
-fn on_block(vm: &mut VmRef, state: &VmState, _gpr: &mut GprState, _fpr: &mut FprState) -> VmAction {
+/// A new block: its mnemonics (its entries are counted inline, see [`COUNTER`]).
+#[vm_event(BASIC_BLOCK_NEW)]
+fn on_new_block(
+    vm: &mut VmRef,
+    state: &VmState,
+    _gpr: &mut GprState,
+    _fpr: &mut FprState,
+) -> VmAction {
     let key = (state.basic_block_start, state.basic_block_end);
-    let entered = u64::from(state.event.contains(VmEvent::BASIC_BLOCK_ENTRY));
-    let mut blocks = lock(&BLOCKS);
-    match blocks.get_mut(&key) {
-        Some(b) => b.entries += entered,
-        None => {
-            let mnemonics = block_mnemonics(vm, key.0, key.1);
-            blocks.insert(
-                key,
-                BlockStats {
-                    mnemonics,
-                    entries: entered,
-                },
-            );
-        }
-    }
+    lock(&BLOCKS).entry(key).or_insert_with(|| BlockStats {
+        mnemonics: block_mnemonics(vm, key.0, key.1),
+        entries: 0,
+    });
     VmAction::Continue
 }
 
 #[plugin_fini]
 fn fini() {
     let (total, rows) = match lock_for_fini(&BLOCKS, FINI_WAIT) {
-        Some(blocks) => stats::histogram(blocks.values()),
+        Some(mut blocks) => {
+            for c in COUNTER.get().map(BlockCounter::counts).unwrap_or_default() {
+                // A block counted but never reported new: its instructions are unknown.
+                let b = blocks.entry((c.start, c.end)).or_insert(BlockStats {
+                    mnemonics: vec![UNKNOWN],
+                    entries: 0,
+                });
+                b.entries = c.count;
+            }
+            stats::histogram(blocks.values())
+        }
         None => {
             warn(NAME, "block table still locked at exit: no statistics");
             (0, Vec::new())

@@ -60,6 +60,10 @@ pub(crate) struct Context {
     pub spill: [u64; 3],
     /// Spill slot for far RIP-relative rewriting.
     pub spill_far: u64,
+    /// Spills of inline instrumentation at block entry (rax, rcx, flags).
+    pub inline_spill: [u64; 3],
+    /// The running thread's edge-map `prev` words (`inline::thread_prev`), set at each run.
+    pub edge_prev: u64,
     /// Callback sites: the Rust entry point, its environment, the site being run, and the
     /// host address to resume at.
     pub cb_fn: u64,
@@ -110,6 +114,8 @@ pub(crate) mod off {
     pub const IB_JUMP: u64 = offset_of!(Context, ib_jump) as u64;
     pub const SPILL: u64 = offset_of!(Context, spill) as u64;
     pub const SPILL_FAR: u64 = offset_of!(Context, spill_far) as u64;
+    pub const INLINE_SPILL: u64 = offset_of!(Context, inline_spill) as u64;
+    pub const EDGE_PREV: u64 = offset_of!(Context, edge_prev) as u64;
     pub const CB_FN: u64 = offset_of!(Context, cb_fn) as u64;
     pub const CB_DATA: u64 = offset_of!(Context, cb_data) as u64;
     pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;

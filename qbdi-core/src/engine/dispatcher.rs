@@ -64,6 +64,7 @@ impl Engine {
             (*ctx).gpr = *gpr;
             (*ctx).fpr = *fpr;
             (*ctx).ext_dirty = 1;
+            (*ctx).edge_prev = super::inline::thread_prev();
             if let Some(fp) = self.fp {
                 fp.prepare_for_restore(&mut (*ctx).fpr);
             }

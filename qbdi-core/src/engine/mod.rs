@@ -8,7 +8,8 @@
 //! - [`exec_broker`]: handing control to native (uninstrumented) code and back;
 //! - [`directory`]: bookkeeping of blocks and exit stubs; [`xstate`]: FP state saving;
 //! - [`callbacks`]: the Rust side of callback sites; [`direct_call`]: calling simple
-//!   callbacks straight from translated code.
+//!   callbacks straight from translated code; [`inline`]: counters and edge maps translated
+//!   code updates itself.
 //!
 //! [`engine`] holds the `Engine` of one Vm: its cache directory (which guest block is where,
 //! which stubs are linked) and its invalidation. It never runs guest code itself: the
@@ -26,6 +27,7 @@ mod emitter;
 mod engine;
 mod exec_broker;
 mod ib_table;
+pub(crate) mod inline;
 mod maps_reader;
 mod memory_recording;
 mod segments;

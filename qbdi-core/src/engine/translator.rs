@@ -26,6 +26,7 @@ use super::direct_call::{DirectSite, emit_direct_site};
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RSP};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
+use super::inline::{self, InlinePatch};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
@@ -114,6 +115,8 @@ pub(crate) struct Translator {
     bb_mem_first: u32,
     /// The block's instructions that can fault (see `directory::FaultPoint`).
     pub faults: Vec<FaultPoint>,
+    /// The block's inline counters, filled in once its extent is known.
+    inline_patches: Vec<InlinePatch>,
 }
 
 /// Where a callback site finds the guest's `rip`.
@@ -204,6 +207,7 @@ impl Translator {
             next_slot: 0,
             bb_mem_first: 0,
             faults: Vec::with_capacity(MAX_BLOCK_INSTRUCTIONS + 1),
+            inline_patches: Vec::with_capacity(inline::MAX_INLINE_COUNTERS),
         }
     }
 
@@ -235,10 +239,24 @@ impl Translator {
             self.asm.bind(body);
             (check, body)
         });
-        self.event_site(env, &mut hooks, ENTRY_EVENTS, pc, Rip::Imm(pc));
         let len = env.readable_end.saturating_sub(pc) as usize;
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
         let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
+        self.inline_patches.clear();
+        if let Some(h) = hooks.as_ref()
+            && h.inst.inline().next().is_some()
+        {
+            let live = inline::status_flags_live(bytes, pc);
+            inline::emit_entry(
+                &mut self.asm,
+                env.ctx,
+                h.inst,
+                pc,
+                live,
+                &mut self.inline_patches,
+            );
+        }
+        self.event_site(env, &mut hooks, ENTRY_EVENTS, pc, Rip::Imm(pc));
         let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
         let mut instr = Instruction::default();
         let mut count = 0usize;
@@ -293,6 +311,9 @@ impl Translator {
         if let Some((check, body)) = check {
             self.asm.bind(check);
             self.emit_byte_check(env, pc, guest_end, body);
+        }
+        if let Some(h) = hooks.as_mut() {
+            inline::apply_patches(&mut self.asm, h.inst, &self.inline_patches, pc, guest_end);
         }
         self.asm.finish();
         debug_assert!(self.asm.len() <= MAX_BLOCK_HOST_BYTES as usize);

@@ -105,6 +105,26 @@ pub(crate) enum Entry {
         analysis: AnalysisType,
         rule: Option<RuleCallback>,
     },
+    /// Inline instrumentation planted at every block entry (engine/inline.rs).
+    Inline(Inline),
+}
+
+/// Work translated code does itself at each block entry, without a callback.
+pub(crate) enum Inline {
+    /// Adds one to the `u64` at the address the closure gives for the block `[start, end)`
+    /// (asked once per translation; 0: not counted).
+    Counter(Box<dyn FnMut(Rword, Rword) -> u64>),
+    /// An AFL-style edge map: `map[prev ^ cur] += 1; prev = cur >> 1`, with
+    /// `cur = hash(block start) & mask`.
+    Edges {
+        map: u64,
+        mask: u64,
+        hash: Box<dyn Fn(Rword) -> u64>,
+        /// Which of the thread's `prev` words it uses (engine/inline.rs).
+        index: u32,
+        /// Counters skip 0 when they wrap (AFL++'s NeverZero).
+        never_zero: bool,
+    },
 }
 
 /// Ids of callbacks produced by rules carry this bit (index into `produced`).
@@ -187,6 +207,10 @@ pub(crate) struct Instrumentation {
     /// What the rules returned for the instruction being translated: (position, priority,
     /// produced id).
     rule_output: Vec<(InstPosition, i32, u32)>,
+    /// Where inline counters without a slot for a block count.
+    sink: Box<u64>,
+    /// Edge maps registered so far (the next one's `prev` index).
+    edge_maps: u32,
 }
 
 impl Instrumentation {
@@ -203,15 +227,59 @@ impl Instrumentation {
             scratch: Vec::new(),
             produced: Vec::new(),
             rule_output: Vec::new(),
+            sink: Box::new(0),
+            edge_maps: 0,
         }
     }
 
-    /// Whether translation has sites to plant (instruction or inline event callbacks).
+    /// Whether translation has sites to plant (instruction or inline event callbacks, or
+    /// inline instrumentation).
     pub fn has_sites(&self) -> bool {
         self.entries.iter().flatten().any(|e| match e {
-            Entry::Inst { .. } | Entry::Rule { .. } => true,
+            Entry::Inst { .. } | Entry::Rule { .. } | Entry::Inline(_) => true,
             Entry::Event { events, .. } => events.intersects(INLINE_EVENTS),
         })
+    }
+
+    /// Registers inline instrumentation (applies to blocks translated from now on).
+    pub fn add_inline(&mut self, inline: Inline) -> CallbackId {
+        self.schedule_flush(None);
+        self.push_entry(Entry::Inline(inline))
+    }
+
+    /// The `prev` index of the next edge map, if there is one left.
+    pub fn next_edge_index(&mut self) -> Option<u32> {
+        let i = self.edge_maps;
+        if i as usize >= crate::engine::inline::MAX_EDGE_MAPS {
+            return None;
+        }
+        self.edge_maps += 1;
+        Some(i)
+    }
+
+    /// The inline instrumentation, in registration order, with its id.
+    pub fn inline(&self) -> impl Iterator<Item = (u32, &Inline)> + '_ {
+        self.entries
+            .iter()
+            .enumerate()
+            .filter_map(|(id, e)| match e {
+                Some(Entry::Inline(i)) => Some((id as u32, i)),
+                _ => None,
+            })
+    }
+
+    /// The counter address inline counter `id` uses for the block `[start, end)`; a sink
+    /// that nobody reads if the counter's closure gives none.
+    pub fn counter_slot(&mut self, id: u32, start: Rword, end: Rword) -> u64 {
+        let slot = match self.entries.get_mut(id as usize) {
+            Some(Some(Entry::Inline(Inline::Counter(slot)))) => slot(start, end),
+            _ => 0,
+        };
+        if slot == 0 {
+            &raw mut *self.sink as u64
+        } else {
+            slot
+        }
     }
 
     pub fn add_rule(
@@ -386,16 +454,17 @@ impl Instrumentation {
                     "no instrumentation has id {id} (already deleted?)"
                 ))
             })?;
-        let affected = match &entry {
-            Entry::Inst { filter, .. } => filter.affected(),
+        let affected = match entry {
+            Entry::Inst { ref filter, .. } => filter.affected(),
             Entry::Event { .. } => None,
+            Entry::Inline(_) => None,
             Entry::Rule { range, .. } => {
                 for p in &mut self.produced {
                     if p.rule == id {
                         p.cb = None;
                     }
                 }
-                *range
+                range
             }
         };
         // Translated code may still reach the site before the flush applies: its direct
@@ -426,7 +495,7 @@ impl Instrumentation {
             .flatten()
             .fold(VmEvent::empty(), |acc, e| match e {
                 Entry::Event { events, .. } => acc | *events,
-                Entry::Inst { .. } | Entry::Rule { .. } => acc,
+                Entry::Inst { .. } | Entry::Rule { .. } | Entry::Inline(_) => acc,
             });
     }
 

@@ -249,6 +249,70 @@ macro_rules! instrumentation_methods {
             Ok(refusal)
         }
 
+        /// Counts the executions of every instrumented block inline: translated code adds
+        /// one (atomically) to a `u64` at each entry of the block, with no callback. `slot`
+        /// is asked once per translation of a block, with its extent `[start, end)`, for the
+        /// counter's address (null: this block is not counted). Blocks translated again
+        /// (after a cache flush) ask again; give the same counter for the same extent to
+        /// keep counting. Returns an id for `delete_instrumentation`.
+        ///
+        /// # Safety
+        /// Every non-null address `slot` returns must be valid for reads and writes of a
+        /// `u64` (8-aligned) for as long as the Vm exists, and not otherwise written but
+        /// atomically.
+        pub unsafe fn add_block_counter(
+            &mut self,
+            mut slot: impl FnMut(Rword, Rword) -> *mut u64 + 'static,
+        ) -> Result<CallbackId, VmError> {
+            let slot = move |start, end| slot(start, end) as u64;
+            let id = self
+                .inst_mut()
+                .add_inline(crate::instrumentation::Inline::Counter(Box::new(slot)));
+            self.changed();
+            Ok(id)
+        }
+
+        /// AFL-style edge coverage, inline: at each block entry translated code does
+        /// `map[prev ^ cur] += 1; prev = cur >> 1`, where `cur = hash(block start) & (size
+        /// - 1)` (computed once, at translation; [`afl_block_hash`](crate::afl_block_hash)
+        /// is AFL's QEMU mode's) and `prev` is kept per thread (shared by the Vms that run on
+        /// it, as AFL's thread-local), starting at 0; at most 8 edge maps per Vm.
+        /// With `never_zero`, a counter that wraps goes from 255 to 1 (AFL++'s NeverZero).
+        /// `size` is a power of two up to 2^30. Returns an id for `delete_instrumentation`.
+        ///
+        /// # Safety
+        /// `map` must be valid for reads and writes of `size` bytes for as long as the Vm
+        /// exists, and not otherwise accessed but atomically or by this engine.
+        pub unsafe fn add_edge_map(
+            &mut self,
+            map: *mut u8,
+            size: usize,
+            hash: impl Fn(Rword) -> u64 + 'static,
+            never_zero: bool,
+        ) -> Result<CallbackId, VmError> {
+            if !size.is_power_of_two() || size > crate::engine::inline::MAX_EDGE_MAP || map.is_null() {
+                return Err(VmError::InvalidArgument(format!(
+                    "an edge map is a non-null power-of-two number of bytes up to 2^30 \
+                     (got {size} bytes at {map:p})"
+                )));
+            }
+            let Some(index) = self.inst_mut().next_edge_index() else {
+                return Err(VmError::InvalidArgument(format!(
+                    "a Vm carries at most {} edge maps",
+                    crate::engine::inline::MAX_EDGE_MAPS
+                )));
+            };
+            let id = self.inst_mut().add_inline(crate::instrumentation::Inline::Edges {
+                map: map as u64,
+                mask: size as u64 - 1,
+                hash: Box::new(hash),
+                index,
+                never_zero,
+            });
+            self.changed();
+            Ok(id)
+        }
+
         /// Removes one callback.
         pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
             self.inst_mut().delete(id)?;

@@ -1,0 +1,131 @@
+//! `edges`: AFL-style edge coverage, the map a fuzzer reads. At each block entry translated
+//! code itself does `map[prev ^ cur]++; prev = cur >> 1` (no callback: about a nanosecond a
+//! block), with `cur` AFL's QEMU-mode hash of the block's address and `prev` per thread.
+//!
+//! - Under AFL++ (`__AFL_SHM_ID` in the environment) the map is the fuzzer's System V
+//!   shared memory, of `AFL_MAP_SIZE` bytes (65536 if unset; a size that is not a power of
+//!   two uses its largest power of two). Nothing is written at exit: the fuzzer reads the
+//!   map.
+//! - Otherwise the map is the plugin's own (`size` bytes) and is written raw to `out` at
+//!   exit (default `edges.<pid>.log`), with a one-line summary on stderr. A `fork` child
+//!   starts from an empty map and writes its own file.
+//!
+//! Counters skip 0 when they wrap (AFL++'s NeverZero) unless `wrap` is given. Like AFL's
+//! own instrumentation, counts of two threads running the same edge at once may be lost.
+
+#![warn(missing_docs)]
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+
+use qbdi_plugin_support::output::{Output, warn};
+use qbdi_sdk::prelude::*;
+
+/// The plugin's name.
+const NAME: &str = "edges";
+
+qbdi_sdk::plugin!(
+    name: "edges",
+    description: "AFL++-compatible edge coverage map (inline, shared memory under AFL++)",
+    options: [
+        ("out", "file the map is written to when not under AFL++", "edges.<pid>.log"),
+        ("size", "map size in bytes when not under AFL++ (a power of two)", "65536"),
+        ("wrap", "let counters wrap to 0 (no NeverZero)", ""),
+    ],
+);
+
+/// Where the map lives.
+enum Map {
+    /// The fuzzer's shared memory.
+    Shared(EdgeMap),
+    /// The plugin's own, written at fini.
+    Own(EdgeMap, Output),
+}
+
+static MAP: OnceLock<Map> = OnceLock::new();
+
+/// The AFL++ map of `__AFL_SHM_ID`, if the variable is set; its size from `AFL_MAP_SIZE`.
+fn afl_map() -> Result<Option<EdgeMap>, String> {
+    let Ok(id) = std::env::var("__AFL_SHM_ID") else {
+        return Ok(None);
+    };
+    let id: i32 = id
+        .trim()
+        .parse()
+        .map_err(|_| format!("__AFL_SHM_ID={id:?} is not a shared memory id"))?;
+    let size = match std::env::var("AFL_MAP_SIZE") {
+        Ok(s) => s
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| format!("AFL_MAP_SIZE={s:?} is not a size in bytes"))?,
+        Err(_) => 1 << 16,
+    };
+    if size == 0 {
+        return Err("AFL_MAP_SIZE=0: the map needs at least one byte".into());
+    }
+    // The largest power of two that fits (the engine masks the hash with size - 1).
+    let used = 1usize << (usize::BITS - 1 - size.leading_zeros());
+    // SAFETY: attaches an existing segment; the result is checked below.
+    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    if p as isize == -1 {
+        return Err(format!(
+            "cannot attach the fuzzer's shared memory __AFL_SHM_ID={id}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: the segment is at least AFL_MAP_SIZE bytes (the fuzzer made it so) and stays
+    // attached for the life of the process (never detached); AtomicU8 has u8's layout.
+    let map = unsafe { std::slice::from_raw_parts(p as *const AtomicU8, used) };
+    Ok(Some(map))
+}
+
+#[plugin_init]
+fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
+    let never_zero = !options.flag("wrap");
+    let map = match afl_map()? {
+        Some(m) => Map::Shared(m),
+        None => {
+            let size = options.parse::<usize>("size")?.unwrap_or(1 << 16);
+            if !size.is_power_of_two() || size > 1 << 30 {
+                return Err(format!(
+                    "size={size}: the map size is a power of two up to 2^30 (65536 is AFL's)"
+                ));
+            }
+            let own: EdgeMap = Box::leak((0..size).map(|_| AtomicU8::new(0)).collect());
+            qbdi_plugin_support::fork::on_fork_child(forget_parents_edges);
+            Map::Own(own, Output::from_options(NAME, options)?)
+        }
+    };
+    let slice = match &map {
+        Map::Shared(m) | Map::Own(m, _) => *m,
+    };
+    vm.add_edge_map(slice, EdgeHash::Afl, never_zero)
+        .map_err(|e| e.to_string())?;
+    let _ = MAP.set(map);
+    Ok(())
+}
+
+/// In a `fork` child: its own map starts empty.
+fn forget_parents_edges() {
+    if let Some(Map::Own(map, _)) = MAP.get() {
+        map.iter().for_each(|b| b.store(0, Relaxed));
+    }
+}
+
+#[plugin_fini]
+fn fini() {
+    let Some(Map::Own(map, output)) = MAP.get() else {
+        return;
+    };
+    let bytes: Vec<u8> = map.iter().map(|b| b.load(Relaxed)).collect();
+    let hit = bytes.iter().filter(|&&b| b != 0).count();
+    output.write_all(NAME, &bytes);
+    warn(
+        NAME,
+        &format!(
+            "{hit} of {} map entries hit, map written to {}",
+            bytes.len(),
+            output.describe()
+        ),
+    );
+}

@@ -1,0 +1,97 @@
+//! Differential suite under inline instrumentation (`Vm::add_block_counter`,
+//! `Vm::add_edge_map`): the cases of `differential/cases.rs` with a block counter and an
+//! AFL edge map that translated code updates itself at every block entry. The guests'
+//! results must be the native ones (the inline code keeps every register and flag), and
+//! after every call the counts and the map must be exactly what a BASIC_BLOCK_ENTRY
+//! callback computed the same way from its VmState.
+
+use qbdi_core::{Vm, VmAction, VmEvent, afl_block_hash};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+#[path = "differential/cases.rs"]
+mod cases;
+
+const HEAVY_INPUTS: bool = false;
+
+/// Edge map size (small, so that edges collide and counts wrap as in a fuzzer's map).
+const MAP: usize = 1 << 12;
+
+/// What the callback computes: per-block counts, and the edge map.
+#[derive(Default)]
+struct Expected {
+    blocks: HashMap<(u64, u64), u64>,
+    map: Vec<u8>,
+}
+
+thread_local! {
+    /// The edge chain's `prev`: the thread's, shared by every Vm that runs on it, as the
+    /// engine's.
+    static PREV: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn configure(vm: &mut Vm) -> cases::AfterCall {
+    // Counters: one leaked u64 per block extent, found again by extent.
+    let counters: Rc<RefCell<HashMap<(u64, u64), &'static mut u64>>> = Rc::default();
+    let slots = Rc::clone(&counters);
+    // SAFETY: every counter is leaked (valid forever) and only read between calls.
+    unsafe {
+        vm.add_block_counter(move |start, end| {
+            let mut s = slots.borrow_mut();
+            let c = s
+                .entry((start, end))
+                .or_insert_with(|| Box::leak(Box::new(0u64)));
+            &raw mut **c
+        })
+    }
+    .expect("a block counter");
+    let map: &'static mut [u8] = Box::leak(vec![0u8; MAP].into_boxed_slice());
+    let map_ptr = map.as_mut_ptr();
+    // SAFETY: the map is leaked (valid forever) and only read between calls.
+    unsafe { vm.add_edge_map(map_ptr, MAP, afl_block_hash, false) }.expect("an edge map");
+    let expected = Rc::new(RefCell::new(Expected {
+        map: vec![0; MAP],
+        ..Expected::default()
+    }));
+    let e = Rc::clone(&expected);
+    vm.add_vm_event_cb(VmEvent::BASIC_BLOCK_ENTRY, move |_vm, state, _gpr, _fpr| {
+        let mut e = e.borrow_mut();
+        let (start, end) = (state.basic_block_start, state.basic_block_end);
+        *e.blocks.entry((start, end)).or_default() += 1;
+        let cur = afl_block_hash(start) & (MAP as u64 - 1);
+        let at = (PREV.get() ^ cur) as usize;
+        e.map[at] = e.map[at].wrapping_add(1);
+        PREV.set(cur >> 1);
+        VmAction::Continue
+    })
+    .expect("a block entry callback");
+    Box::new(move |name, _vm| {
+        let mut e = expected.borrow_mut();
+        assert!(!e.blocks.is_empty(), "{name}: no block entered");
+        let mut counted = counters.borrow_mut();
+        for (extent, n) in &e.blocks {
+            let inline = counted.get(extent).map_or(0, |c| **c);
+            assert_eq!(
+                inline, *n,
+                "{name}: block {:#x}-{:#x} counted {inline} times inline, entered {n} times",
+                extent.0, extent.1
+            );
+        }
+        let total: u64 = counted.values().map(|c| **c).sum();
+        let entered: u64 = e.blocks.values().sum();
+        assert_eq!(
+            total, entered,
+            "{name}: inline counts of blocks never entered"
+        );
+        // SAFETY: the map is not written while no call runs.
+        let inline_map = unsafe { std::slice::from_raw_parts(map_ptr, MAP) };
+        assert!(inline_map == &e.map[..], "{name}: the edge maps differ");
+        // Next call from zero (prev goes on, as in the engine).
+        e.blocks.clear();
+        e.map.iter_mut().for_each(|b| *b = 0);
+        // SAFETY: as above.
+        unsafe { std::ptr::write_bytes(map_ptr, 0, MAP) };
+        counted.values_mut().for_each(|c| **c = 0);
+    })
+}
