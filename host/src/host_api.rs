@@ -591,9 +591,13 @@ extern "C" fn add_block_counter(
     drop: RawDropFn,
 ) -> u32 {
     let closure = Arc::new(PluginClosure { data, drop });
+    // Each Vm (the session's, every thread's) gets a lane of its own: its counters are
+    // incremented without atomics.
+    let lanes = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let make = move || {
         let c = Arc::clone(&closure);
-        move |start, end| slot(c.data(), start, end)
+        let lane = lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        move |start, end| slot(c.data(), start, end, lane)
     };
     // SAFETY: the ABI's contract: every address the plugin's slot function returns stays
     // valid for the life of the process and is only updated atomically or by the engine.

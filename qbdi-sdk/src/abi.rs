@@ -283,9 +283,11 @@ pub type RawClosureRuleFn = extern "C" fn(
 ) -> RawAction;
 /// Frees a closure the plugin boxed (called by the host when the callback is deleted).
 pub type RawDropFn = extern "C" fn(data: *mut c_void);
-/// (ABI 1.2) Gives the counter of the block `[start, end)` being translated (null: not
-/// counted). Called at translation, on any thread.
-pub type RawCounterSlotFn = extern "C" fn(data: *mut c_void, start: Rword, end: Rword) -> *mut u64;
+/// (ABI 1.2) Gives the counter of the block `[start, end)` being translated by the Vm
+/// numbered `lane` (null: not counted). Called at translation, on any thread. Translated
+/// code increments it without atomics: each lane (each Vm) needs counters of its own.
+pub type RawCounterSlotFn =
+    extern "C" fn(data: *mut c_void, start: Rword, end: Rword, lane: u32) -> *mut u64;
 /// (ABI 1.2) An edge map's block hash, called at translation, on any thread.
 pub type RawBlockHashFn = extern "C" fn(start: Rword) -> u64;
 

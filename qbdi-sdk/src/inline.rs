@@ -22,18 +22,19 @@ pub struct BlockCount {
 }
 
 /// The counters of [`VmRef::add_block_counter`](crate::VmRef::add_block_counter): one per
-/// translated block extent, shared by every thread's Vm. Cheap to clone; read it whenever
-/// (typically at fini).
+/// basic block and Vm (every thread's Vm counts in its own, without atomics), added up by
+/// [`counts`](Self::counts). Cheap to copy; read it whenever (typically at fini: counts
+/// read while threads run may lag a little).
 #[derive(Clone, Copy, Debug)]
 pub struct BlockCounter {
     table: &'static CounterTable,
 }
 
-/// Counters by block extent. Leaked: translated code writes them for the life of the
-/// process.
+/// Counters by block extent and lane (each Vm counts in its own, without atomics). Leaked:
+/// translated code writes them for the life of the process.
 #[derive(Debug, Default)]
 pub(crate) struct CounterTable {
-    slots: Mutex<HashMap<(Rword, Rword), &'static AtomicU64>>,
+    slots: Mutex<HashMap<(Rword, Rword, u32), &'static AtomicU64>>,
 }
 
 impl BlockCounter {
@@ -52,13 +53,13 @@ impl BlockCounter {
     #[must_use]
     pub fn counts(&self) -> Vec<BlockCount> {
         let slots = self.table.slots.lock().unwrap_or_else(|e| e.into_inner());
-        let mut out: Vec<BlockCount> = slots
-            .iter()
-            .map(|(&(start, end), c)| BlockCount {
-                start,
-                end,
-                count: c.load(Ordering::Relaxed),
-            })
+        let mut sums: HashMap<(Rword, Rword), u64> = HashMap::new();
+        for (&(start, end, _lane), c) in slots.iter() {
+            *sums.entry((start, end)).or_default() += c.load(Ordering::Relaxed);
+        }
+        let mut out: Vec<BlockCount> = sums
+            .into_iter()
+            .map(|((start, end), count)| BlockCount { start, end, count })
             .collect();
         out.sort_unstable_by_key(|b| (b.start, b.end));
         out
@@ -85,13 +86,19 @@ impl BlockCounter {
     }
 }
 
-/// The slot function the host calls at translation: the counter of `[start, end)`.
-pub(crate) extern "C" fn counter_slot(data: *mut c_void, start: Rword, end: Rword) -> *mut u64 {
+/// The slot function the host calls at translation: lane `lane`'s counter of
+/// `[start, end)`.
+pub(crate) extern "C" fn counter_slot(
+    data: *mut c_void,
+    start: Rword,
+    end: Rword,
+    lane: u32,
+) -> *mut u64 {
     // SAFETY: `data` is the leaked table of a BlockCounter (see `BlockCounter::data`).
     let table = unsafe { &*(data as *const CounterTable) };
     let mut slots = table.slots.lock().unwrap_or_else(|e| e.into_inner());
     let c: &'static AtomicU64 = slots
-        .entry((start, end))
+        .entry((start, end, lane))
         .or_insert_with(|| Box::leak(Box::new(AtomicU64::new(0))));
     c.as_ptr()
 }

@@ -356,21 +356,30 @@ extern "C" fn report_panic(_: *const RawVm, what: StrRef, message: StrRef) {
 extern "C" fn log(message: StrRef) {
     record("log", text(message));
 }
-/// Asks for the counters of two blocks, the first twice, and counts in them as translated
-/// code would (3 and 4 entries).
+/// Asks for the counters of two blocks, the first twice in lane 0 and once in lane 1, and
+/// counts in them as translated code would (1 + 2 and 4 entries).
 extern "C" fn add_block_counter(
     _: *const RawVm,
     data: *mut c_void,
     slot: abi::RawCounterSlotFn,
     _drop: RawDropFn,
 ) -> u32 {
-    let a = slot(data, 0x1000, 0x1010);
-    let again = slot(data, 0x1000, 0x1010);
-    let b = slot(data, 0x2000, 0x2004);
-    record("add_block_counter", format!("same slot: {}", a == again));
+    let a = slot(data, 0x1000, 0x1010, 0);
+    let again = slot(data, 0x1000, 0x1010, 0);
+    let other_lane = slot(data, 0x1000, 0x1010, 1);
+    let b = slot(data, 0x2000, 0x2004, 0);
+    record(
+        "add_block_counter",
+        format!(
+            "same slot: {}, lanes apart: {}",
+            a == again,
+            a != other_lane
+        ),
+    );
     // SAFETY: the SDK's counters are AtomicU64s valid for the life of the process.
     unsafe {
-        (*(a as *const AtomicU64)).fetch_add(3, SeqCst);
+        (*(a as *const AtomicU64)).fetch_add(1, SeqCst);
+        (*(other_lane as *const AtomicU64)).fetch_add(2, SeqCst);
         (*(b as *const AtomicU64)).fetch_add(4, SeqCst);
     }
     7
@@ -554,7 +563,10 @@ fn inline_instrumentation_goes_through_the_host() {
     assert_eq!(
         host_calls(),
         [
-            ("add_block_counter", "same slot: true".to_owned()),
+            (
+                "add_block_counter",
+                "same slot: true, lanes apart: true".to_owned()
+            ),
             ("add_edge_map", "1024 Some(64) true".to_owned()),
             ("add_edge_map", "1024 None false".to_owned()),
         ]

@@ -72,4 +72,22 @@ ev_sys_getpid_after:
 ev_sys_getpid_end:
     .size ev_sys_getpid, .-ev_sys_getpid
 
+/* uint64_t ev_long_block(uint64_t *buf): one basic block of 1 + 3 * 600 instructions and a
+ * ret, each triple loading, adding and storing buf[0]: 1201 memory accesses, far more than
+ * one translation holds with memory recording and callbacks on every instruction. Returns
+ * x + 600 * 7 where x = buf[0], and leaves it in buf[0].
+ *   [ev_long_block, ev_long_block_end): the whole block. */
+    .globl ev_long_block, ev_long_block_end
+    .type ev_long_block,@function
+ev_long_block:
+    xor eax, eax
+    .rept 600
+    mov rax, [rdi]
+    add rax, 7
+    mov [rdi], rax
+    .endr
+    ret
+ev_long_block_end:
+    .size ev_long_block, .-ev_long_block
+
     .section .note.GNU-stack,"",@progbits

@@ -29,7 +29,9 @@ fn run(
     program: &str,
     args: &[&str],
 ) -> (String, String, Option<i32>) {
-    let report = dir.join(format!("report-{no_direct}"));
+    // Names of one length: the run's configuration (in the environment at exec) moves the
+    // initial stack, and glibc's string routines take other paths by alignment.
+    let report = dir.join(format!("report-{}", u8::from(no_direct)));
     let _ = std::fs::remove_file(&report);
     let option = format!("out={}", report.display());
     let out = Command::new("setarch")
@@ -132,6 +134,14 @@ fn real_programs_count_the_same_on_both_paths_under_all_maps() {
             "{program}: {}",
             direct.1
         );
-        assert_eq!(direct, general, "{program}: direct path vs general path");
+        assert!(
+            direct.0 == general.0,
+            "{program}: outputs differ between the paths"
+        );
+        assert_eq!(
+            (&direct.1, direct.2),
+            (&general.1, general.2),
+            "{program}: direct path vs general path"
+        );
     }
 }

@@ -500,3 +500,98 @@ fn a_deleted_event_callback_is_no_longer_called() {
         "the other callback still is"
     );
 }
+
+// ---- a basic block longer than one translation ------------------------------------------
+
+unsafe extern "C" {
+    fn ev_long_block(buf: *mut u64) -> u64;
+    static ev_long_block_end: u8;
+}
+
+/// QBDI's block semantics when a basic block's host code must be split: with PreInst and
+/// PostInst callbacks on every instruction and memory recording, `ev_long_block` (1802
+/// instructions, 1201 memory accesses, one basic block) takes several translations. Block
+/// events still come once per execution, with the whole block; sequence events come once
+/// per piece, the pieces tiling the block; BASIC_BLOCK_NEW comes once; every instruction
+/// runs once, in order; the result is native.
+#[test]
+fn a_long_basic_block_split_in_sequences_reports_block_events_once() {
+    let (start, end) = (addr!(fn ev_long_block), addr!(ev_long_block_end));
+    let (mut vm, _stack) = guest_vm();
+    vm.record_memory_access(qbdi_core::MemoryAccessType::READ_WRITE)
+        .expect("memory recording");
+    let instructions = record_instructions(&mut vm);
+    let posts = Rc::new(Cell::new(0u64));
+    let p = Rc::clone(&posts);
+    vm.add_code_cb(
+        InstPosition::PostInst,
+        move |_vm, _gpr, _fpr| {
+            p.set(p.get() + 1);
+            VmAction::Continue
+        },
+        PRIORITY_DEFAULT,
+    )
+    .unwrap();
+    let events = record_events(
+        &mut vm,
+        VmEvent::BASIC_BLOCK_ENTRY
+            | VmEvent::BASIC_BLOCK_EXIT
+            | VmEvent::SEQUENCE_ENTRY
+            | VmEvent::SEQUENCE_EXIT
+            | VmEvent::BASIC_BLOCK_NEW,
+    );
+    let expected_instructions = instruction_addresses(start, end);
+    assert_eq!(expected_instructions.len(), 1802);
+    for round in 0..2u64 {
+        let mut buf = [5u64];
+        let got = vm.call(start, &[(&raw mut buf) as u64]).unwrap();
+        assert_eq!((got, buf[0]), (5 + 600 * 7, 5 + 600 * 7), "round {round}");
+        assert_eq!(
+            *instructions.borrow(),
+            expected_instructions,
+            "round {round}"
+        );
+        assert_eq!(posts.get(), 1802, "round {round}");
+        let log = events.borrow();
+        let with = |e: VmEvent| -> Vec<VmState> {
+            log.iter()
+                .filter(|(s, _)| s.event.contains(e))
+                .map(|(s, _)| *s)
+                .collect()
+        };
+        for e in [VmEvent::BASIC_BLOCK_ENTRY, VmEvent::BASIC_BLOCK_EXIT] {
+            let states = with(e);
+            assert_eq!(
+                states.len(),
+                1,
+                "round {round}: {e:?} once per execution: {log:?}"
+            );
+            assert_eq!(block_of(&states[0]), (start, end), "round {round}: {e:?}");
+        }
+        assert_eq!(
+            with(VmEvent::BASIC_BLOCK_NEW).len(),
+            usize::from(round == 0),
+            "new once, at the first execution"
+        );
+        let entries = with(VmEvent::SEQUENCE_ENTRY);
+        let exits = with(VmEvent::SEQUENCE_EXIT);
+        assert!(entries.len() > 1, "the block was split: {entries:?}");
+        assert_eq!(entries.len(), exits.len());
+        // The sequences tile the block, each reported with the whole block.
+        let mut at = start;
+        for (n, x) in entries.iter().zip(&exits) {
+            assert_eq!(
+                (n.sequence_start, n.sequence_end),
+                (x.sequence_start, x.sequence_end)
+            );
+            assert_eq!(n.sequence_start, at);
+            assert_eq!(block_of(n), (start, end));
+            at = n.sequence_end;
+        }
+        assert_eq!(at, end);
+        drop(log);
+        events.borrow_mut().clear();
+        instructions.borrow_mut().clear();
+        posts.set(0);
+    }
+}

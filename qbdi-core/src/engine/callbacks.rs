@@ -70,8 +70,8 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
                 event: events,
                 basic_block_start: s.block_start,
                 basic_block_end: s.block_end,
-                sequence_start: s.block_start,
-                sequence_end: s.block_end,
+                sequence_start: s.seq_start,
+                sequence_end: s.seq_end,
             };
             let syscall = events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT);
             let current = if syscall { inst_addr } else { 0 };

@@ -9,7 +9,7 @@ use super::directory::{Directory, ExitKind};
 use super::maps_reader::ReadableMaps;
 use super::segments::fsgsbase_usable;
 use super::translator::{
-    Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator,
+    Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator, basic_block_end,
 };
 use super::xstate::XSaveKind;
 use crate::callback::VmEvent;
@@ -21,6 +21,10 @@ use crate::range::{Range, RangeSet};
 
 /// No run in progress: no stop address.
 pub(crate) const NO_STOP: u64 = u64::MAX;
+
+/// Most split basic blocks remembered at once (the oldest is forgotten: its next piece then
+/// reports block events of its own, as before splits were tracked).
+const MAX_CONTINUATIONS: usize = 256;
 
 pub(crate) struct Engine {
     pub(super) options: Options,
@@ -41,6 +45,10 @@ pub(crate) struct Engine {
     pub(super) cb_env: Box<CallbackEnv>,
     /// Blocks translated since the last entry, to report as BASIC_BLOCK_NEW.
     pub(super) new_blocks: Vec<(u64, u64)>,
+    /// Where a basic block whose host code was split goes on: (continuation start, basic
+    /// block start). Few (only dense instrumentation on long blocks splits), bounded, and
+    /// forgotten whenever translations are dropped.
+    pub(super) continuations: Vec<(u64, u64)>,
     /// How many times the cache was started over because it was full.
     pub(super) resets: u64,
     /// How many of the ranges published with `late_code` this engine took.
@@ -70,6 +78,7 @@ impl Engine {
                 table: std::ptr::null(),
             }),
             new_blocks: Vec::with_capacity(64),
+            continuations: Vec::with_capacity(MAX_CONTINUATIONS),
             leave_at_native: false,
             resets: 0,
             late_seen: 0,
@@ -89,6 +98,9 @@ impl Engine {
     /// entries into the cache: nothing of this Vm is executing.
     pub fn apply_flush(&mut self) {
         let shared = self.shared();
+        if shared.inst.flush.all || !shared.inst.flush.ranges.is_empty() {
+            self.continuations.clear();
+        }
         if shared.inst.flush.all {
             shared.inst.flush.all = false;
             shared.inst.flush.ranges.clear();
@@ -166,6 +178,7 @@ impl Engine {
 
     /// Invalidates every live block whose guest bytes overlap `range`.
     pub(super) fn invalidate_overlapping(&mut self, range: Range) {
+        self.continuations.clear();
         let mut doomed = std::mem::take(&mut self.scratch);
         if let Some((_, dir)) = &mut self.cache {
             dir.overlapping(range.start, range.end, &mut doomed);
@@ -181,6 +194,7 @@ impl Engine {
     /// back to the dispatcher instead of to freed code.
     pub fn clear_all_cache(&mut self) {
         self.readable.invalidate();
+        self.continuations.clear();
         let Some((cache, dir)) = &self.cache else {
             return;
         };
@@ -327,6 +341,7 @@ impl Engine {
     /// full. Only from the dispatcher: nothing of this Vm is executing. Stub ids and host
     /// addresses from before are meaningless afterwards (`resets` tells).
     pub(super) fn reset_full_cache(&mut self) {
+        self.continuations.clear();
         let (cache, dir) = self.cache.as_mut().expect("cache exists");
         cache.reset();
         dir.reset();
@@ -395,29 +410,53 @@ impl Engine {
         let values = !self
             .options
             .contains(Options::OPT_DISABLE_MEMORYACCESS_VALUE);
+        // The whole basic block, which may take several translations (sequences).
+        let block_start = self
+            .continuations
+            .iter()
+            .find(|c| c.0 == pc)
+            .map_or(pc, |c| c.1);
+        let block_end = {
+            let len = readable_end.saturating_sub(pc) as usize;
+            // SAFETY: [pc, readable_end) is mapped readable memory (the maps say so).
+            let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
+            basic_block_end(bytes, pc, limit, self.stop)
+        };
         let hooks = with_sites.then(|| Hooks {
             inst: &mut shared.inst,
             mem: &mut shared.memory,
             analyses: &mut shared.analyses,
             values,
-            block_start: pc,
+            block_start,
+            block_end,
+            seq_start: pc,
             events: events & INLINE_EVENTS,
         });
         let t = self.translator.translate(pc, host, &env, hooks)?;
+        let block_end = block_end.max(t.guest_end);
+        if t.cut {
+            if self.continuations.len() == self.continuations.capacity() {
+                self.continuations.remove(0);
+            }
+            self.continuations.push((t.guest_end, block_start));
+        }
         cache.commit(&self.translator.asm);
         dir.push_faults(&self.translator.faults);
         for &(site, skip_inst, skip_patch) in &self.translator.site_addrs {
             let s = &mut shared.inst.sites[site as usize];
             s.skip_inst = skip_inst;
             s.skip_patch = skip_patch;
-            s.block_end = t.guest_end;
-            s.state.basic_block_end = t.guest_end;
+            s.block_end = block_end;
+            s.seq_end = t.guest_end;
+            s.state.basic_block_end = block_end;
             s.state.sequence_end = t.guest_end;
         }
+        // A basic block is new once, at its first piece.
         if events.contains(VmEvent::BASIC_BLOCK_NEW)
+            && block_start == pc
             && self.new_blocks.len() < self.new_blocks.capacity()
         {
-            self.new_blocks.push((pc, t.guest_end));
+            self.new_blocks.push((pc, block_end));
         }
         let first = dir.next_stub();
         for e in &self.translator.exits {

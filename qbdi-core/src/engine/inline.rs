@@ -4,9 +4,10 @@
 //! `lahf`/`seto` (restored by `add al, 0x7f` and `sahf`) unless the block overwrites all of
 //! them before reading any ([`status_flags_live`]).
 //!
-//! - A counter: `mov rax, slot; lock inc qword [rax]` (atomic: threads running one block
-//!   at once all count). The slot depends on the block's extent, known once it is
-//!   translated: its `imm64` is patched then ([`InlinePatch`]).
+//! - A counter: `mov rax, slot; inc qword [rax]`. Not atomic (a `lock` costs 10-20 cycles
+//!   and serialises memory): the slots a Vm's counter gives must be that Vm's own, and a
+//!   Vm runs on one thread at a time. The slot depends on the block's extent, known once it
+//!   is translated: its `imm64` is patched then ([`InlinePatch`]).
 //! - An edge map: `mov rax, [ctx.edge_prev]; mov rcx, [rax + 8i]; mov qword [rax + 8i],
 //!   cur >> 1; xor rcx, cur; mov rax, map; add byte [rax + rcx], 1` (and
 //!   `adc byte [rax + rcx], 0` for NeverZero), `cur` the block's hash computed at
@@ -130,7 +131,7 @@ pub(crate) fn emit_entry(
                         id,
                     });
                 }
-                a.bytes(&[0xf0, 0x48, 0xff, 0x00]); // lock inc qword [rax]
+                a.bytes(&[0x48, 0xff, 0x00]); // inc qword [rax]
             }
             Inline::Edges {
                 map,

@@ -95,6 +95,9 @@ pub(crate) struct Translated {
     pub guest_end: u64,
     /// Index in `exits` of the reentry stub.
     pub reentry: usize,
+    /// The basic block goes on at `guest_end` in another translation: this one was cut for
+    /// room (instructions, host bytes or memory slots), not by the block's end.
+    pub cut: bool,
 }
 
 pub(crate) struct Translator {
@@ -144,7 +147,12 @@ pub(crate) struct Hooks<'a> {
     pub analyses: &'a mut AnalysisCache,
     /// Whether recorded accesses include values.
     pub values: bool,
+    /// The guest basic block this translation belongs to, whole (`[block_start,
+    /// block_end)`); `seq_start` is where this translation starts (the block start, or where
+    /// an earlier piece of the block was cut: a continuation).
     pub block_start: u64,
+    pub block_end: u64,
+    pub seq_start: u64,
     /// Events planted inline for this Vm (entry, exit, syscall).
     pub events: VmEvent,
 }
@@ -157,9 +165,12 @@ impl Hooks<'_> {
         position: InstPosition,
         mem: MemInfo,
     ) -> Option<u32> {
-        let site = self
-            .inst
-            .plan_inst_site(instr, position, self.block_start, mem.access)?;
+        let site = self.inst.plan_inst_site(
+            instr,
+            position,
+            (self.block_start, self.seq_start),
+            mem.access,
+        )?;
         let s = &mut self.inst.sites[site as usize];
         s.mem_first = mem.first;
         s.mem_len = mem.len;
@@ -243,7 +254,10 @@ impl Translator {
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
         let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
         self.inline_patches.clear();
+        // Inline work counts basic blocks (and edges between them): the first piece only.
+        let continuation = hooks.as_ref().is_some_and(|h| h.seq_start != h.block_start);
         if let Some(h) = hooks.as_ref()
+            && !continuation
             && h.inst.inline().next().is_some()
         {
             let live = inline::status_flags_live(bytes, pc);
@@ -256,24 +270,37 @@ impl Translator {
                 &mut self.inline_patches,
             );
         }
-        self.event_site(env, &mut hooks, ENTRY_EVENTS, pc, Rip::Imm(pc));
+        let entry = if continuation {
+            VmEvent::SEQUENCE_ENTRY
+        } else {
+            ENTRY_EVENTS
+        };
+        self.event_site(env, &mut hooks, entry, pc, Rip::Imm(pc));
         let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
         let mut instr = Instruction::default();
         let mut count = 0usize;
         let mut ip = pc;
+        let mut cut = false;
         loop {
-            let ends_here = count > 0
-                && (ip >= env.limit
-                    || ip == env.boundary
-                    || count >= MAX_BLOCK_INSTRUCTIONS
+            let full = count > 0
+                && (count >= MAX_BLOCK_INSTRUCTIONS
                     || self.asm.len()
                         + MAX_INST_HOST_BYTES
                         + MAX_TAIL_HOST_BYTES
                         + check_bytes_len(env, ip - pc + 16)
                         > MAX_BLOCK_HOST_BYTES as usize
                     || !block_has_room(self.next_slot));
+            let ends_here = count > 0 && (ip >= env.limit || ip == env.boundary);
             if ends_here || !decoder.can_decode() && count > 0 {
-                self.exit_events(env, &mut hooks, ip, Rip::Imm(ip));
+                self.exit_events(env, &mut hooks, EXIT_EVENTS, ip, Rip::Imm(ip));
+                self.exit_to(ip, ExitKind::Branch, true);
+                break;
+            }
+            if full {
+                // Out of room: the basic block goes on in another translation (a sequence
+                // ends, not the block).
+                cut = true;
+                self.exit_events(env, &mut hooks, VmEvent::SEQUENCE_EXIT, ip, Rip::Imm(ip));
                 self.exit_to(ip, ExitKind::Branch, true);
                 break;
             }
@@ -285,7 +312,7 @@ impl Translator {
             if instr.is_invalid() {
                 // Translate up to the bad bytes; reaching them is an exit of its own.
                 if count > 0 {
-                    self.exit_events(env, &mut hooks, ip, Rip::Imm(ip));
+                    self.exit_events(env, &mut hooks, EXIT_EVENTS, ip, Rip::Imm(ip));
                     self.exit_to(ip, ExitKind::Branch, true);
                 } else {
                     self.exit_to(ip, ExitKind::Invalid, false);
@@ -313,7 +340,8 @@ impl Translator {
             self.emit_byte_check(env, pc, guest_end, body);
         }
         if let Some(h) = hooks.as_mut() {
-            inline::apply_patches(&mut self.asm, h.inst, &self.inline_patches, pc, guest_end);
+            let (start, end) = (h.block_start, h.block_end);
+            inline::apply_patches(&mut self.asm, h.inst, &self.inline_patches, start, end);
         }
         self.asm.finish();
         debug_assert!(self.asm.len() <= MAX_BLOCK_HOST_BYTES as usize);
@@ -322,7 +350,11 @@ impl Translator {
             self.site_addrs
                 .push((site, a.label_addr(skip_inst), a.label_addr(skip_patch)));
         }
-        Ok(Translated { guest_end, reentry })
+        Ok(Translated {
+            guest_end,
+            reentry,
+            cut,
+        })
     }
 
     /// Emits a call of callback site `site`: saves rax, sets `gpr.rip`, names the site, and
@@ -389,7 +421,7 @@ impl Translator {
             self.site_call(env, h.inst, site, rip, after, after);
             self.asm.bind(after);
         }
-        self.exit_events(env, hooks, instr.ip(), rip);
+        self.exit_events(env, hooks, EXIT_EVENTS, instr.ip(), rip);
     }
 
     /// Block-exit events on a path leaving the block towards `rip`; they see the whole
@@ -398,10 +430,11 @@ impl Translator {
         &mut self,
         env: &Env<'_>,
         hooks: &mut Option<Hooks<'_>>,
+        events: VmEvent,
         inst_addr: u64,
         rip: Rip,
     ) {
-        let Some(site) = self.event_site(env, hooks, EXIT_EVENTS, inst_addr, rip) else {
+        let Some(site) = self.event_site(env, hooks, events, inst_addr, rip) else {
             return;
         };
         if let Some(h) = hooks.as_mut() {
@@ -421,9 +454,9 @@ impl Translator {
         rip: Rip,
     ) -> Option<u32> {
         let h = hooks.as_mut()?;
-        let site = h
-            .inst
-            .plan_event_site(events & h.events, inst_addr, h.block_start)?;
+        let site =
+            h.inst
+                .plan_event_site(events & h.events, inst_addr, (h.block_start, h.seq_start))?;
         let after = self.asm.new_label();
         self.site_call(env, h.inst, site, rip, after, after);
         self.asm.bind(after);
@@ -479,7 +512,13 @@ impl Translator {
                 self.path_hooks(env, hooks, instr, Rip::Imm(instr.next_ip()));
                 self.exit_to(instr.next_ip(), ExitKind::Branch, true);
                 self.asm.bind(skipped_nopost);
-                self.exit_events(env, hooks, instr.ip(), Rip::Imm(instr.next_ip()));
+                self.exit_events(
+                    env,
+                    hooks,
+                    EXIT_EVENTS,
+                    instr.ip(),
+                    Rip::Imm(instr.next_ip()),
+                );
                 self.exit_to(instr.next_ip(), ExitKind::Branch, true);
             }
             return Ok(ended);
@@ -1056,6 +1095,33 @@ pub(crate) fn disassemble_at(address: u64) -> String {
     let mut text = String::new();
     IntelFormatter::new().format(&instr, &mut text);
     text
+}
+
+/// Most instructions [`basic_block_end`] looks at.
+const MAX_BASIC_BLOCK_SCAN: usize = 16 * MAX_BLOCK_INSTRUCTIONS;
+
+/// The end of the guest basic block at `pc` in `bytes` (which start at `pc`): after its
+/// control-flow instruction, or where translation would stop whatever the room (the range's
+/// `limit`, the run's `boundary`, bytes that do not decode). What QBDI calls the basic
+/// block, however many translations (sequences) its host code takes.
+pub(crate) fn basic_block_end(bytes: &[u8], pc: u64, limit: u64, boundary: u64) -> u64 {
+    let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
+    let mut instr = Instruction::default();
+    let mut ip = pc;
+    for count in 0..MAX_BASIC_BLOCK_SCAN {
+        if count > 0 && (ip >= limit || ip == boundary) || !decoder.can_decode() {
+            break;
+        }
+        decoder.decode_out(&mut instr);
+        if instr.is_invalid() {
+            break;
+        }
+        ip = instr.next_ip();
+        if is_terminator(&instr) {
+            break;
+        }
+    }
+    ip.max(pc + 1)
 }
 
 /// Whether the instruction ends a block (may change rip), as opposed to running in place.

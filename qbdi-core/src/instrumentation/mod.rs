@@ -151,8 +151,13 @@ pub(crate) struct Site {
     pub kind: SiteKind,
     /// The guest instruction it belongs to (entry sites: the block start).
     pub inst_addr: Rword,
+    /// The guest basic block, whole (QBDI's: up to its control-flow instruction).
     pub block_start: Rword,
     pub block_end: Rword,
+    /// The piece of it this translation holds (the whole block unless the block's host code
+    /// had to be split: a "sequence").
+    pub seq_start: Rword,
+    pub seq_end: Rword,
     /// Host addresses to resume at after SkipInst and SkipPatch (Continue returns to the
     /// site itself).
     pub skip_inst: u64,
@@ -577,7 +582,7 @@ impl Instrumentation {
         &mut self,
         instr: &Instruction,
         position: InstPosition,
-        block_start: Rword,
+        block: (Rword, Rword),
         access: (bool, bool),
     ) -> Option<u32> {
         self.scratch.clear();
@@ -615,7 +620,7 @@ impl Instrumentation {
         let site = self.push_site(
             SiteKind::Inst(position),
             instr.ip(),
-            block_start,
+            block,
             first,
             self.scratch.len() as u32,
         );
@@ -643,7 +648,7 @@ impl Instrumentation {
             event: events,
             basic_block_start: s.block_start,
             basic_block_end: 0,
-            sequence_start: s.block_start,
+            sequence_start: s.seq_start,
             sequence_end: 0,
         };
     }
@@ -653,7 +658,7 @@ impl Instrumentation {
         &mut self,
         events: VmEvent,
         inst_addr: Rword,
-        block_start: Rword,
+        block: (Rword, Rword),
     ) -> Option<u32> {
         let wanted = events & self.events;
         if wanted.is_empty() {
@@ -669,9 +674,11 @@ impl Instrumentation {
                 n += 1;
             }
         }
-        let new_pending =
-            wanted.intersects(ENTRY_EVENTS) && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
-        let site = self.push_site(SiteKind::Events(wanted), inst_addr, block_start, first, n);
+        // A basic block is new at its first piece only.
+        let new_pending = wanted.intersects(ENTRY_EVENTS)
+            && block.0 == block.1
+            && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
+        let site = self.push_site(SiteKind::Events(wanted), inst_addr, block, first, n);
         self.sites[site as usize].new_pending = new_pending;
         // A single callback, whose VmState is then the same at every run (with a block
         // still to be reported new, it is not).
@@ -690,7 +697,7 @@ impl Instrumentation {
         &mut self,
         kind: SiteKind,
         inst_addr: Rword,
-        block_start: Rword,
+        (block_start, seq_start): (Rword, Rword),
         first: u32,
         len: u32,
     ) -> u32 {
@@ -699,6 +706,8 @@ impl Instrumentation {
             inst_addr,
             block_start,
             block_end: 0,
+            seq_start,
+            seq_end: 0,
             skip_inst: 0,
             skip_patch: 0,
             first,

@@ -249,17 +249,19 @@ macro_rules! instrumentation_methods {
             Ok(refusal)
         }
 
-        /// Counts the executions of every instrumented block inline: translated code adds
-        /// one (atomically) to a `u64` at each entry of the block, with no callback. `slot`
-        /// is asked once per translation of a block, with its extent `[start, end)`, for the
+        /// Counts the executions of every instrumented basic block inline: translated code
+        /// adds one to a `u64` at each entry of the block, with no callback. `slot` is asked
+        /// once per translation of a block, with its extent `[start, end)`, for the
         /// counter's address (null: this block is not counted). Blocks translated again
         /// (after a cache flush) ask again; give the same counter for the same extent to
-        /// keep counting. Returns an id for `delete_instrumentation`.
+        /// keep counting. The increment is not atomic (an atomic one costs 10-20 cycles):
+        /// give each Vm counters of its own (other threads' Vms included) and add them up
+        /// when reading. Returns an id for `delete_instrumentation`.
         ///
         /// # Safety
         /// Every non-null address `slot` returns must be valid for reads and writes of a
-        /// `u64` (8-aligned) for as long as the Vm exists, and not otherwise written but
-        /// atomically.
+        /// `u64` (8-aligned) for as long as the Vm exists, written by nothing else while the
+        /// Vm runs (reading it, even from another thread, may see an older count).
         pub unsafe fn add_block_counter(
             &mut self,
             mut slot: impl FnMut(Rword, Rword) -> *mut u64 + 'static,
