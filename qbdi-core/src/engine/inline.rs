@@ -1,8 +1,9 @@
 //! Inline instrumentation: work translated code does itself at each block entry, with no
 //! callback (`Vm::add_block_counter`, `Vm::add_edge_map`). The code keeps every guest
-//! register: rax and rcx are spilled to the context, and the arithmetic flags with
-//! `lahf`/`seto` (restored by `add al, 0x7f` and `sahf`) unless the block overwrites all of
-//! them before reading any ([`status_flags_live`]).
+//! register: rax (and rcx) are spilled to the context. When the block may read the
+//! arithmetic flags it has on entry ([`status_flags_live`]), counters increment with
+//! `mov`/`lea`/`mov`, which leave them alone, and edge maps save them with `lahf`/`seto`
+//! (restored by `add al, 0x7f` and `sahf`).
 //!
 //! - A counter: `mov rax, slot; inc qword [rax]`. Not atomic (a `lock` costs 10-20 cycles
 //!   and serialises memory): the slots a Vm's counter gives must be that Vm's own, and a
@@ -114,9 +115,17 @@ pub(crate) fn emit_entry(
     patches: &mut Vec<InlinePatch>,
 ) {
     let spill = ctx + off::INLINE_SPILL;
+    // Edge maps need the flags (xor, add); counters do without when they are live.
+    let edges = inst
+        .inline()
+        .any(|(_, i)| matches!(i, Inline::Edges { .. }));
+    let save_flags = flags_live && edges;
+    let use_rcx = edges || flags_live;
     a.store(spill, RAX);
-    a.store(spill + 8, RCX);
-    if flags_live {
+    if use_rcx {
+        a.store(spill + 8, RCX);
+    }
+    if save_flags {
         a.bytes(&[0x9f]); // lahf
         a.bytes(&[0x0f, 0x90, 0xc0]); // seto al
         a.store(spill + 16, RAX);
@@ -131,7 +140,13 @@ pub(crate) fn emit_entry(
                         id,
                     });
                 }
-                a.bytes(&[0x48, 0xff, 0x00]); // inc qword [rax]
+                if flags_live && !save_flags {
+                    a.bytes(&[0x48, 0x8b, 0x08]); // mov rcx, [rax]
+                    a.bytes(&[0x48, 0x8d, 0x49, 0x01]); // lea rcx, [rcx + 1]
+                    a.bytes(&[0x48, 0x89, 0x08]); // mov [rax], rcx
+                } else {
+                    a.bytes(&[0x48, 0xff, 0x00]); // inc qword [rax]
+                }
             }
             Inline::Edges {
                 map,
@@ -158,12 +173,14 @@ pub(crate) fn emit_entry(
             }
         }
     }
-    if flags_live {
+    if save_flags {
         a.load(RAX, spill + 16);
         a.bytes(&[0x04, 0x7f]); // add al, 0x7f: OF as saved
         a.bytes(&[0x9e]); // sahf
     }
-    a.load(RCX, spill + 8);
+    if use_rcx {
+        a.load(RCX, spill + 8);
+    }
     a.load(RAX, spill);
 }
 
