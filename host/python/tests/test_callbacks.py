@@ -204,3 +204,47 @@ def test_callbacks_can_add_callbacks(vm, guest):
     vm.addCodeAddrCB(f, pyqbdi.PREINST, first, {"added": False})
     vm.call(f, [2])
     assert later == [1]
+
+
+def test_a_long_block_split_in_sequences_is_one_basic_block(vm, guest):
+    """ev_long_block (tests/guest/ev_blocks.S) is one basic block of 1802 instructions and
+    1201 memory accesses: with PreInst and PostInst callbacks on every instruction and memory
+    recording, its host code takes several sequences. QBDI's semantics: BASIC_BLOCK_ENTRY,
+    BASIC_BLOCK_EXIT and BASIC_BLOCK_NEW once, with the whole block; SEQUENCE_ENTRY/EXIT
+    once per piece, the pieces tiling the block; every instruction seen once before and once
+    after, with the accesses it made."""
+    import ctypes
+    f = setup(vm, guest, "ev_long_block")
+    end = addr(guest, "ev_long_block_end")
+    assert vm.recordMemoryAccess(pyqbdi.MEMORY_READ_WRITE)
+    pre, post, accesses = [], [], [0]
+
+    def on_post(v, g, fp, d):
+        post.append(g.rip)
+        accesses[0] += len(v.getInstMemoryAccess())
+        return pyqbdi.CONTINUE
+
+    vm.addCodeCB(pyqbdi.PREINST, lambda v, g, fp, d: pre.append(g.rip) or pyqbdi.CONTINUE, None)
+    vm.addCodeCB(pyqbdi.POSTINST, on_post, None)
+    events = []
+    vm.addVMEventCB(pyqbdi.BASIC_BLOCK_ENTRY | pyqbdi.BASIC_BLOCK_EXIT | pyqbdi.SEQUENCE_ENTRY
+                    | pyqbdi.SEQUENCE_EXIT | pyqbdi.BASIC_BLOCK_NEW,
+                    lambda v, s, g, fp, d: events.append(
+                        (s.event, s.basicBlockStart, s.basicBlockEnd, s.sequenceStart,
+                         s.sequenceEnd)) or pyqbdi.CONTINUE, None)
+    buf = (ctypes.c_uint64 * 1)(5)
+    ok, ret = vm.call(f, [ctypes.addressof(buf)])
+    assert ok and ret == 5 + 600 * 7 and buf[0] == ret
+    assert len(pre) == len(post) == 1802 and pre[0] == f
+    assert accesses[0] == 1201  # 600 loads, 600 stores and the ret's read of its address
+    with_event = lambda e: [x for x in events if x[0] & e]
+    for e in (pyqbdi.BASIC_BLOCK_ENTRY, pyqbdi.BASIC_BLOCK_EXIT, pyqbdi.BASIC_BLOCK_NEW):
+        got = with_event(e)
+        assert len(got) == 1 and got[0][1:3] == (f, end), (e, got)
+    seqs = with_event(pyqbdi.SEQUENCE_ENTRY)
+    assert len(seqs) > 1 and len(seqs) == len(with_event(pyqbdi.SEQUENCE_EXIT))
+    at = f
+    for _, bb_start, bb_end, s_start, s_end in seqs:
+        assert (bb_start, bb_end, s_start) == (f, end, at)
+        at = s_end
+    assert at == end
