@@ -600,7 +600,8 @@ extern "C" fn add_block_counter(
         move |start, end| slot(c.data(), start, end, lane)
     };
     // SAFETY: the ABI's contract: every address the plugin's slot function returns stays
-    // valid for the life of the process and is only updated atomically or by the engine.
+    // valid for the life of the process and belongs to the lane it was asked for, which is
+    // this Vm's alone.
     let result = with_target!(vm, |v| unsafe { v.add_block_counter(make()) }, {
         no_vm();
         return INVALID_ID;

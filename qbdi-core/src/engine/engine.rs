@@ -9,7 +9,7 @@ use super::directory::{Directory, ExitKind};
 use super::maps_reader::ReadableMaps;
 use super::segments::fsgsbase_usable;
 use super::translator::{
-    Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator, basic_block_end,
+    Env, Hooks, MAX_BLOCK_HOST_BYTES, MAX_BLOCK_SITES, MAX_BLOCK_STUBS, Translator,
 };
 use super::xstate::XSaveKind;
 use crate::callback::VmEvent;
@@ -410,30 +410,23 @@ impl Engine {
         let values = !self
             .options
             .contains(Options::OPT_DISABLE_MEMORYACCESS_VALUE);
-        // The whole basic block, which may take several translations (sequences).
+        // The basic block this translation belongs to (a split one takes several).
         let block_start = self
             .continuations
             .iter()
             .find(|c| c.0 == pc)
             .map_or(pc, |c| c.1);
-        let block_end = {
-            let len = readable_end.saturating_sub(pc) as usize;
-            // SAFETY: [pc, readable_end) is mapped readable memory (the maps say so).
-            let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
-            basic_block_end(bytes, pc, limit, self.stop)
-        };
         let hooks = with_sites.then(|| Hooks {
             inst: &mut shared.inst,
             mem: &mut shared.memory,
             analyses: &mut shared.analyses,
             values,
             block_start,
-            block_end,
             seq_start: pc,
             events: events & INLINE_EVENTS,
         });
         let t = self.translator.translate(pc, host, &env, hooks)?;
-        let block_end = block_end.max(t.guest_end);
+        let block_end = t.block_end;
         if t.cut {
             if self.continuations.len() == self.continuations.capacity() {
                 self.continuations.remove(0);

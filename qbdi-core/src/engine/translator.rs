@@ -98,6 +98,8 @@ pub(crate) struct Translated {
     /// The basic block goes on at `guest_end` in another translation: this one was cut for
     /// room (instructions, host bytes or memory slots), not by the block's end.
     pub cut: bool,
+    /// End of the whole basic block (`guest_end` unless this translation is a piece).
+    pub block_end: u64,
 }
 
 pub(crate) struct Translator {
@@ -147,11 +149,10 @@ pub(crate) struct Hooks<'a> {
     pub analyses: &'a mut AnalysisCache,
     /// Whether recorded accesses include values.
     pub values: bool,
-    /// The guest basic block this translation belongs to, whole (`[block_start,
-    /// block_end)`); `seq_start` is where this translation starts (the block start, or where
-    /// an earlier piece of the block was cut: a continuation).
+    /// Start of the guest basic block this translation belongs to; `seq_start` is where
+    /// this translation starts (the block start, or where an earlier piece of the block was
+    /// cut: a continuation).
     pub block_start: u64,
-    pub block_end: u64,
     pub seq_start: u64,
     /// Events planted inline for this Vm (entry, exit, syscall).
     pub events: VmEvent,
@@ -339,9 +340,21 @@ impl Translator {
             self.asm.bind(check);
             self.emit_byte_check(env, pc, guest_end, body);
         }
+        // The whole block's end: scanned ahead only for a piece of one.
+        let block_end = if cut || continuation {
+            basic_block_end(bytes, pc, env.limit, env.boundary).max(guest_end)
+        } else {
+            guest_end
+        };
         if let Some(h) = hooks.as_mut() {
-            let (start, end) = (h.block_start, h.block_end);
-            inline::apply_patches(&mut self.asm, h.inst, &self.inline_patches, start, end);
+            let start = h.block_start;
+            inline::apply_patches(
+                &mut self.asm,
+                h.inst,
+                &self.inline_patches,
+                start,
+                block_end,
+            );
         }
         self.asm.finish();
         debug_assert!(self.asm.len() <= MAX_BLOCK_HOST_BYTES as usize);
@@ -354,6 +367,7 @@ impl Translator {
             guest_end,
             reentry,
             cut,
+            block_end,
         })
     }
 
@@ -1104,7 +1118,7 @@ const MAX_BASIC_BLOCK_SCAN: usize = 16 * MAX_BLOCK_INSTRUCTIONS;
 /// control-flow instruction, or where translation would stop whatever the room (the range's
 /// `limit`, the run's `boundary`, bytes that do not decode). What QBDI calls the basic
 /// block, however many translations (sequences) its host code takes.
-pub(crate) fn basic_block_end(bytes: &[u8], pc: u64, limit: u64, boundary: u64) -> u64 {
+fn basic_block_end(bytes: &[u8], pc: u64, limit: u64, boundary: u64) -> u64 {
     let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
     let mut instr = Instruction::default();
     let mut ip = pc;
