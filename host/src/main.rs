@@ -530,7 +530,9 @@ fn call_path(r: &plugin::Registration) -> Option<String> {
     }
     Some(
         match qbdi_core::direct_call_refusal(r.callback as *const (), abi) {
-            None => "directly from translated code (where it is alone at its point)".into(),
+            None => "directly from translated code (where every callback at its point, up to \
+                     four, can be)"
+                .into(),
             Some(why) => format!("through the general path: {why}"),
         },
     )

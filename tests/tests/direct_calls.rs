@@ -472,3 +472,97 @@ fn a_callback_given_a_compiled_entry_is_called_through_it() {
         None
     );
 }
+
+/// Several callbacks at one point are called directly one after the other (up to four),
+/// in priority order, and every action keeps its meaning: the ones after a callback that
+/// returned another action than Continue run (through the general routine) unless that
+/// action ends the point (SkipPatch, SkipInst before the instruction).
+#[test]
+fn several_callbacks_at_one_point_are_called_directly_in_order() {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static ORDER: AtomicU64 = AtomicU64::new(0);
+    // Each callback appends its digit to ORDER (ORDER = ORDER * 10 + d), and the third
+    // changes rax (it reads the GprState: the whole state goes through the context).
+    fn run(action_of_first: VmAction, position: InstPosition) -> (u64, u64, usize, u64) {
+        let (mut vm, _stack) = vm_over(addr!(cb_inc), addr!(cb_inc_end));
+        let at = addr!(cb_inc_inc);
+        for (digit, priority) in [(1u64, 30), (2, 20), (3, 10), (4, 0)] {
+            vm.add_code_addr_cb(
+                at,
+                position,
+                move |_, gpr, _| {
+                    let o = ORDER.load(Relaxed);
+                    ORDER.store(o.wrapping_mul(10).wrapping_add(digit), Relaxed);
+                    if digit == 3 {
+                        gpr.rax = gpr.rax.wrapping_add(1000);
+                    }
+                    if digit == 1 {
+                        black_box(action_of_first)
+                    } else {
+                        VmAction::Continue
+                    }
+                },
+                priority,
+            )
+            .unwrap();
+        }
+        ORDER.store(0, Relaxed);
+        let r = vm.call(addr!(cb_inc), &[41]).unwrap();
+        (
+            r,
+            ORDER.load(Relaxed),
+            vm.direct_call_sites(),
+            vm.gpr_state().rip,
+        )
+    }
+    // cb_inc(41): mov rax, rdi; inc rax; add rax, 16; ret -> 58.
+    let (r, order, direct, _) = run(VmAction::Continue, PreInst);
+    assert_eq!((r, order), (1058, 1234), "all four, in priority order");
+    assert!(direct > 0, "the four are called directly");
+    let (r, order, _, _) = run(VmAction::Continue, PostInst);
+    assert_eq!((r, order), (1058, 1234));
+    // SkipInst before the instruction: the others do not run, the inc is skipped.
+    let (r, order, _, _) = run(VmAction::SkipInst, PreInst);
+    assert_eq!((r, order), (57, 1));
+    // SkipPatch likewise; after the instruction SkipInst changes nothing and the rest run.
+    let (r, order, _, _) = run(VmAction::SkipPatch, PreInst);
+    assert_eq!((r, order), (57, 1));
+    let (r, order, _, _) = run(VmAction::SkipInst, PostInst);
+    assert_eq!((r, order), (1058, 1234));
+    // Stop: the others still run (as on the general path), then the run ends there.
+    let (r, order, _, rip) = run(VmAction::Stop, PreInst);
+    assert_eq!((r, order, rip), (1041, 1234, addr!(cb_inc_inc)));
+}
+
+/// Two VM event callbacks on block entries are called directly one after the other, and
+/// count what one callback counts.
+#[test]
+fn several_event_callbacks_are_called_directly() {
+    let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+    let counts = [counter(), counter()];
+    for c in &counts {
+        let c = c.clone();
+        vm.add_vm_event_cb(VmEvent::BASIC_BLOCK_ENTRY, move |_, _, _, _| {
+            c.set(c.get().wrapping_add(1));
+            VmAction::Continue
+        })
+        .unwrap();
+    }
+    let alone = {
+        let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
+        let c = counter();
+        let c2 = c.clone();
+        vm.add_vm_event_cb(VmEvent::BASIC_BLOCK_ENTRY, move |vm, _, _, _| {
+            // Reads its VmRef: the general path.
+            c2.set(c2.get() + u64::from(vm.current_address().is_none()));
+            VmAction::Continue
+        })
+        .unwrap();
+        vm.call(addr!(cb_loop), &[20]).unwrap();
+        c.get()
+    };
+    vm.call(addr!(cb_loop), &[20]).unwrap();
+    assert!(vm.direct_call_sites() > 0);
+    assert!(alone > 20);
+    assert_eq!([counts[0].get(), counts[1].get()], [alone, alone]);
+}

@@ -145,3 +145,34 @@ fn real_programs_count_the_same_on_both_paths_under_all_maps() {
         );
     }
 }
+
+/// Two plugins with a BASIC_BLOCK_ENTRY callback each (direct's counter, edgecheck's edge
+/// map): translated code calls both directly, one after the other; the results are those
+/// of the general path.
+#[test]
+fn two_plugins_at_one_point_are_both_called_directly() {
+    let dir = scratch("direct-two");
+    let edgecheck = artifacts().join("libqbdi_plugin_edgecheck.so");
+    let info = qbdi_cmd(&dir, &["plugin", "info", edgecheck.to_str().unwrap()]);
+    assert!(
+        info.text().contains("directly from translated code"),
+        "{}",
+        info.text()
+    );
+    let mut results = Vec::new();
+    for no_direct in [false, true] {
+        let map = dir.join(format!("map-{}", u8::from(no_direct)));
+        let spec = format!("{}:out={}", edgecheck.display(), map.display());
+        let (stdout, report, code) = run(&dir, no_direct, &["-p", &spec], PROGRAM, &["trap"]);
+        assert_eq!(code, Some(0), "{stdout}");
+        let map = std::fs::read(&map).expect("edgecheck's map");
+        assert!(map.iter().filter(|&&b| b != 0).count() > 5);
+        results.push((stdout, report, map));
+    }
+    assert!(
+        results[0] == results[1],
+        "direct path vs general path:\n{:?}\n{:?}",
+        (&results[0].0, &results[0].1),
+        (&results[1].0, &results[1].1)
+    );
+}

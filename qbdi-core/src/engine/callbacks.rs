@@ -55,10 +55,20 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
     let (kind, first, len, inst_addr) = (s.kind, s.first, s.len, s.inst_addr);
     let (skip_inst, skip_patch) = (s.skip_inst, s.skip_patch);
     let pending = std::mem::take(&mut ctx.cb_pending);
+    // The direct calls already ran this many of the site's callbacks (engine/direct_call.rs).
+    let done = if pending != 0 { ctx.cb_pending_next } else { 0 };
     let result = catch_unwind(AssertUnwindSafe(|| match kind {
-        // A direct call already ran the site's callback (engine/direct_call.rs).
-        _ if pending != 0 => pending_action(pending),
-        SiteKind::Inst(position) => run_inst_site(shared, ctx, site, position),
+        SiteKind::Inst(position) if pending != 0 => {
+            let action = pending_action(pending);
+            let stop = action == VmAction::SkipPatch
+                || (action == VmAction::SkipInst && position == InstPosition::PreInst);
+            if stop || done >= len {
+                action
+            } else {
+                action.max(run_inst_site(shared, ctx, site, position, done))
+            }
+        }
+        SiteKind::Inst(position) => run_inst_site(shared, ctx, site, position, 0),
         SiteKind::Events(events) => {
             let s = &mut shared.inst.sites[site as usize];
             let mut events = events;
@@ -75,7 +85,13 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
             };
             let syscall = events.intersects(VmEvent::SYSCALL_ENTRY | VmEvent::SYSCALL_EXIT);
             let current = if syscall { inst_addr } else { 0 };
-            run_event_callbacks(shared, ctx, Ids::Site(first, len), &state, current, site)
+            let action = pending_action(pending);
+            if done >= len {
+                action
+            } else {
+                let ids = Ids::Site(first + done, len - done);
+                action.max(run_event_callbacks(shared, ctx, ids, &state, current, site))
+            }
         }
     }));
     let action = match result {
@@ -118,7 +134,7 @@ pub(crate) unsafe extern "C" fn site_entry(env: *mut CallbackEnv, site: u32) -> 
     }
 }
 
-/// The action a direct site's callback returned, as the site stored it.
+/// The action a direct site's callback returned, as the site stored it (0: none).
 fn pending_action(value: u32) -> VmAction {
     match value {
         1 => VmAction::SkipInst,
@@ -174,6 +190,7 @@ fn run_inst_site(
     ctx: &mut Context,
     site: u32,
     position: InstPosition,
+    skip: u32,
 ) -> VmAction {
     let mut action = VmAction::Continue;
     let Context {
@@ -185,7 +202,7 @@ fn run_inst_site(
     let s = &shared.inst.sites[site as usize];
     let (first, len, inst_addr) = (s.first, s.len, s.inst_addr);
     let (mem_first, mem_len) = (s.mem_first, s.mem_len);
-    for k in first..first + len {
+    for k in first + skip..first + len {
         let id = shared.inst.site_cbs[k as usize];
         if let Some((kind, range)) = shared.inst.mem_range(id) {
             // A memory range callback runs only if an access of this instruction touches it.

@@ -71,8 +71,11 @@ pub(crate) struct Context {
     pub cb_resume: u64,
     pub cb_site: u32,
     /// A `VmAction` a direct site's callback already returned (0: none): the routine then
-    /// applies it instead of calling the site's callbacks.
+    /// applies it instead of calling the site's callbacks, and calls those after it.
     pub cb_pending: u32,
+    /// How many of the site's callbacks the direct site called (the one that returned
+    /// `cb_pending` included).
+    pub cb_pending_next: u32,
     /// FP_NONE / FP_FAST / FP_FULL: how the callback routine saved FP state.
     pub fp_mode: u8,
     /// Whether the non-SSE parts of `fpr` may hold values other than their initial ones
@@ -121,6 +124,7 @@ pub(crate) mod off {
     pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;
     pub const CB_SITE: u64 = offset_of!(Context, cb_site) as u64;
     pub const CB_PENDING: u64 = offset_of!(Context, cb_pending) as u64;
+    pub const CB_PENDING_NEXT: u64 = offset_of!(Context, cb_pending_next) as u64;
     pub const FP_MODE: u64 = offset_of!(Context, fp_mode) as u64;
     pub const FP_IN_USE: u64 = offset_of!(Context, fp_in_use) as u64;
     pub const CUR_MXCSR: u64 = offset_of!(Context, cur_mxcsr) as u64;

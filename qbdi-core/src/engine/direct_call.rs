@@ -13,9 +13,10 @@ use crate::instrumentation::direct::DirectCall;
 /// assume it clear) and AC (its unaligned accesses would fault).
 const UNUSUAL_FLAGS: u32 = (1 << 10) | (1 << 18);
 
-/// A site planted with a direct call.
-pub(crate) struct DirectSite {
-    pub call: DirectCall,
+/// A site planted with direct calls.
+pub(crate) struct DirectSite<'a> {
+    /// The site's callbacks' direct calls, in call order (all `Some`).
+    pub calls: &'a [Option<DirectCall>],
     pub site: u32,
     /// A byte that is non-zero while the callback exists (`Site::direct_live`).
     pub live_flag: u64,
@@ -30,12 +31,30 @@ pub(crate) struct DirectSite {
     pub after: Label,
 }
 
+/// What the calls of a site save and pass, together: the union of their saved registers
+/// (all of them if one reads its `GprState`).
+fn union(calls: &[Option<DirectCall>]) -> (u16, bool) {
+    let mut saves = 0u16;
+    let mut gpr_arg = false;
+    for c in calls.iter().flatten() {
+        saves |= c.saves;
+        gpr_arg |= c.gpr_arg;
+    }
+    if gpr_arg {
+        saves = !(1 << RSP);
+    }
+    (saves, gpr_arg)
+}
+
 /// Emits the direct path of a site; it jumps to `general` when it cannot handle the call
-/// and to `after` when done.
-pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite) {
+/// and to `after` when done. The calls run one after the other; before each, the number of
+/// callbacks called so far plus one goes to `ctx.cb_pending_next`, so that when one returns
+/// another action than Continue, the general routine applies it and runs the remaining
+/// callbacks itself.
+pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
     let slow = a.new_label();
     let action = a.new_label();
-    let c = d.call;
+    let (saves, gpr_arg) = union(d.calls);
     a.store(ctx + off::gpr(RSP), RSP);
     a.load(RSP, ctx + off::HOST_RSP);
     // host_rsp is 8 mod 16: after pushfq the call is aligned as the ABI wants.
@@ -47,31 +66,36 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite) {
     a.cmp_byte_at_rax(0);
     a.jcc_label(4, slow); // je: deleted
     for r in 1..16u8 {
-        if r != RSP && c.saves & (1 << r) != 0 {
+        if r != RSP && saves & (1 << r) != 0 {
             a.store(ctx + off::gpr(r), r);
         }
     }
-    if c.gpr_arg {
+    if gpr_arg {
         a.load_rax_from_stack_top();
         a.store(ctx + off::EFLAGS, RAX);
         d.rip.emit(a, ctx);
         a.store(ctx + off::RIP, RAX);
     }
-    let (data_reg, _, state_reg, gpr_reg, _) = c.kind.args();
-    if let Some(r) = data_reg.filter(|&r| c.saves & (1 << r) != 0) {
-        a.mov_imm64(r, c.data);
+    for (k, c) in d.calls.iter().flatten().enumerate() {
+        let (data_reg, _, state_reg, gpr_reg, _) = c.kind.args();
+        if d.calls.len() > 1 {
+            a.store_imm32(ctx + off::CB_PENDING_NEXT, k as u32 + 1);
+        }
+        if let Some(r) = data_reg.filter(|&r| c.saves & (1 << r) != 0) {
+            a.mov_imm64(r, c.data);
+        }
+        if let Some(s) = state_reg.filter(|_| c.state_arg) {
+            a.mov_imm64(s, d.state);
+        }
+        if c.gpr_arg {
+            a.mov_imm64(gpr_reg, ctx + off::GPR);
+        }
+        a.mov_imm64(RAX, c.func);
+        a.call_rax();
+        a.test_eax_eax();
+        a.jcc_label(5, action); // jnz: not Continue
     }
-    if let Some(s) = state_reg.filter(|_| c.state_arg) {
-        a.mov_imm64(s, d.state);
-    }
-    if c.gpr_arg {
-        a.mov_imm64(gpr_reg, ctx + off::GPR);
-    }
-    a.mov_imm64(RAX, c.func);
-    a.call_rax();
-    a.test_eax_eax();
-    a.jcc_label(5, action); // jnz: not Continue
-    emit_restore(a, ctx, c);
+    emit_restore(a, ctx, saves, gpr_arg);
     a.load(RSP, ctx + off::gpr(RSP));
     a.jmp_label(d.after);
 
@@ -86,12 +110,15 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite) {
     // state as it is now (a callback reading the GprState may have changed `rip`).
     a.bind(action);
     a.store_eax32(ctx + off::CB_PENDING);
-    if !c.gpr_arg {
+    if d.calls.len() == 1 {
+        a.store_imm32(ctx + off::CB_PENDING_NEXT, 1);
+    }
+    if !gpr_arg {
         d.rip.emit(a, ctx);
         a.store(ctx + off::RIP, RAX);
     }
     a.store_imm32(ctx + off::CB_SITE, d.site);
-    emit_restore(a, ctx, c);
+    emit_restore(a, ctx, saves, gpr_arg);
     a.store(ctx + off::gpr(RAX), RAX);
     a.lea_rsp(8); // back to host_rsp, as the general path calls the routine
     a.call_to(d.routine);
@@ -101,8 +128,8 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite) {
 
 /// Puts the guest registers and flags back after the call (still on the host stack, the
 /// guest flags at its top).
-fn emit_restore(a: &mut Asm, ctx: u64, c: DirectCall) {
-    if c.gpr_arg {
+fn emit_restore(a: &mut Asm, ctx: u64, saves: u16, gpr_arg: bool) {
+    if gpr_arg {
         // The callback may have changed any register or flag in the context.
         emit_reload_guest(a, ctx);
         return;
@@ -110,7 +137,7 @@ fn emit_restore(a: &mut Asm, ctx: u64, c: DirectCall) {
     a.load_rax_from_stack_top();
     emit_restore_plain_flags(a);
     for r in 0..16u8 {
-        if r != RSP && c.saves & (1 << r) != 0 {
+        if r != RSP && saves & (1 << r) != 0 {
             a.load(r, ctx + off::gpr(r));
         }
     }

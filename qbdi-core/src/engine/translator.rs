@@ -31,7 +31,7 @@ use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room
 use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
 use crate::instrumentation::vm_ref::AnalysisCache;
-use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation};
+use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation, MAX_DIRECT_CHAIN};
 use crate::memory_access::MemoryRecorder;
 use iced_x86::{
     Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter, Instruction,
@@ -388,10 +388,16 @@ impl Translator {
         let start = self.asm.len();
         let s = &inst.sites[site as usize];
         let after = self.asm.new_label();
-        if let Some(call) = s.direct {
+        // The site's direct calls, in call order (the callbacks' order).
+        let mut calls = [None; MAX_DIRECT_CHAIN];
+        for (k, c) in calls.iter_mut().enumerate().take(s.direct as usize) {
+            *c = inst.direct_call(inst.site_cbs[s.first as usize + k]);
+        }
+        let n = s.direct as usize;
+        if n > 0 && calls[..n].iter().all(Option::is_some) {
             let general = self.asm.new_label();
             let d = DirectSite {
-                call,
+                calls: &calls[..n],
                 site,
                 live_flag: &s.direct_live as *const u8 as u64,
                 state: &s.state as *const VmState as u64,

@@ -127,6 +127,9 @@ pub(crate) enum Inline {
     },
 }
 
+/// Most callbacks one site calls directly, one after the other.
+pub(crate) const MAX_DIRECT_CHAIN: usize = 4;
+
 /// Ids of callbacks produced by rules carry this bit (index into `produced`).
 const PRODUCED: u32 = 1 << 31;
 
@@ -173,10 +176,10 @@ pub(crate) struct Site {
     pub mem_len: u32,
     pub bb_mem_first: u32,
     pub bb_mem_len: u32,
-    /// How translated code calls the site's only callback directly, if it can
-    /// (engine/direct_call.rs).
-    pub direct: Option<DirectCall>,
-    /// Non-zero while that callback exists: a direct site reads it before each call (the
+    /// How many of the site's callbacks translated code calls directly, one after the
+    /// other (engine/direct_call.rs): all of them (each with an eligible entry), or 0.
+    pub direct: u8,
+    /// Non-zero while those callbacks exist: a direct site reads it before each call (a
     /// callback may be deleted while translated code still names it).
     pub direct_live: u8,
     /// (Event sites with a direct call) the VmState the callback sees.
@@ -475,7 +478,8 @@ impl Instrumentation {
         // Translated code may still reach the site before the flush applies: its direct
         // calls must not use the freed closure.
         for s in &mut self.sites {
-            if s.direct.is_some() && self.site_cbs[s.first as usize] == id {
+            let ids = &self.site_cbs[s.first as usize..(s.first + s.len) as usize];
+            if s.direct > 0 && ids.contains(&id) {
                 s.direct_live = 0;
             }
         }
@@ -624,26 +628,39 @@ impl Instrumentation {
             first,
             self.scratch.len() as u32,
         );
-        // A single callback with an eligible entry, unless a memory range decides at run
-        // time whether it runs.
-        if let [(_, id)] = self.scratch[..]
-            && let Some(Some(Entry::Inst { filter, direct, .. })) = self.entries.get(id as usize)
-            && !matches!(filter, Filter::MemAccess(_, Some(_)))
-        {
-            self.set_direct(site, *direct, VmEvent::empty());
+        // Callbacks with eligible entries, unless a memory range decides at run time
+        // whether one runs.
+        let chain = self.scratch.len() <= MAX_DIRECT_CHAIN
+            && self.scratch.iter().all(|&(_, id)| {
+                matches!(
+                    self.entries.get(id as usize),
+                    Some(Some(Entry::Inst { filter, direct: Some(_), .. }))
+                        if !matches!(filter, Filter::MemAccess(_, Some(_)))
+                )
+            });
+        if chain {
+            self.set_direct(site, VmEvent::empty());
         }
         Some(site)
     }
 
-    /// Gives `site` its direct call (if any) and the VmState it passes.
-    fn set_direct(&mut self, site: u32, direct: Option<DirectCall>, events: VmEvent) {
+    /// Makes `site` call its callbacks directly (the caller checked that each has an
+    /// eligible entry), and sets the VmState they get.
+    fn set_direct(&mut self, site: u32, events: VmEvent) {
         // Thread-local storage needs the host's FS and GS, which only the general path loads
         // when the guest has its own.
         let own_fs_gs = self.options.contains(Options::OPT_ENABLE_FS_GS);
-        let direct = direct.filter(|d| !(d.fs_gs && own_fs_gs));
+        let (first, len) = {
+            let s = &self.sites[site as usize];
+            (s.first, s.len)
+        };
+        let fs_gs = (first..first + len)
+            .filter_map(|k| self.direct_call(self.site_cbs[k as usize]))
+            .any(|d| d.fs_gs);
+        let direct = !(fs_gs && own_fs_gs);
         let s = &mut self.sites[site as usize];
-        s.direct = direct;
-        s.direct_live = u8::from(direct.is_some());
+        s.direct = if direct { len as u8 } else { 0 };
+        s.direct_live = u8::from(direct);
         s.state = VmState {
             event: events,
             basic_block_start: s.block_start,
@@ -651,6 +668,14 @@ impl Instrumentation {
             sequence_start: s.seq_start,
             sequence_end: 0,
         };
+    }
+
+    /// The direct call of callback `id`, if it has one.
+    pub fn direct_call(&self, id: u32) -> Option<DirectCall> {
+        match self.entries.get(id as usize)? {
+            Some(Entry::Inst { direct, .. } | Entry::Event { direct, .. }) => *direct,
+            _ => None,
+        }
     }
 
     /// Adds a site for the inline events in `events` that have callbacks.
@@ -680,15 +705,24 @@ impl Instrumentation {
             && self.events.contains(VmEvent::BASIC_BLOCK_NEW);
         let site = self.push_site(SiteKind::Events(wanted), inst_addr, block, first, n);
         self.sites[site as usize].new_pending = new_pending;
-        // A single callback, whose VmState is then the same at every run (with a block
-        // still to be reported new, it is not).
-        if n == 1
+        // Callbacks with eligible entries that all see the same events: their VmState is
+        // then the same at every run (with a block still to be reported new, it is not).
+        let ids = &self.site_cbs[first as usize..(first + n) as usize];
+        let seen = |id: u32| match self.entries.get(id as usize) {
+            Some(Some(Entry::Event {
+                events,
+                direct: Some(_),
+                ..
+            })) => Some(*events & wanted),
+            _ => None,
+        };
+        let common = ids.first().and_then(|&id| seen(id));
+        if let Some(events) = common
             && !new_pending
-            && let Some(Some(Entry::Event { events, direct, .. })) =
-                self.entries.get(self.site_cbs[first as usize] as usize)
+            && n as usize <= MAX_DIRECT_CHAIN
+            && ids.iter().all(|&id| seen(id) == Some(events))
         {
-            let (direct, events) = (*direct, *events & wanted);
-            self.set_direct(site, direct, events);
+            self.set_direct(site, events);
         }
         Some(site)
     }
@@ -717,7 +751,7 @@ impl Instrumentation {
             mem_len: 0,
             bb_mem_first: 0,
             bb_mem_len: 0,
-            direct: None,
+            direct: 0,
             direct_live: 0,
             state: VmState::default(),
         });
