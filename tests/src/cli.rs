@@ -156,6 +156,27 @@ pub fn scratch(name: &str) -> PathBuf {
     dir
 }
 
+/// A directory under `dir` whose `ls -la` listing is the same every run: fixed files and
+/// dates, its parent (`..` in the listing) one of its own, dated too, that nothing else
+/// writes to (`dir` itself changes as runs write their outputs there).
+pub fn listing_dir(dir: &Path) -> PathBuf {
+    let parent = dir.join("listing-parent");
+    let d = parent.join("listing");
+    std::fs::create_dir_all(d.join("sub")).expect("listing directory");
+    for (name, size) in [("a.txt", 10), ("b.bin", 2000), ("zeta", 0), (".hidden", 3)] {
+        std::fs::write(d.join(name), vec![b'x'; size]).expect("listing file");
+    }
+    for p in ["a.txt", "b.bin", "zeta", ".hidden", "sub", ".", ".."] {
+        let status = Command::new("touch")
+            .args(["-h", "-d", "2024-01-02 03:04:05", p])
+            .current_dir(&d)
+            .status()
+            .expect("touch runs");
+        assert!(status.success());
+    }
+    d
+}
+
 /// Asserts that the program behaves under `qbdi run <qbdi_args>` exactly as natively:
 /// same stdout, same exit code or signal; returns the instrumented outcome.
 pub fn assert_same(

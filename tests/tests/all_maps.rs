@@ -49,13 +49,13 @@
 //! translator asking iced to encode an out-of-reach RIP-relative operand while the guest
 //! was inside malloc (iced formats its error on the heap: `lua5.4 -v` aborted).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use iced_x86::{Decoder, DecoderOptions, EncodingKind, Instruction, OpKind};
-use qbdi_tests::cli::{self, corpus, python, qbdi, scratch};
+use qbdi_tests::cli::{self, corpus, listing_dir, python, qbdi, scratch};
 use qbdi_tests::glibc::{self, has_avx512};
 
 /// How long one run may take before it is killed and reported as hung.
@@ -135,24 +135,6 @@ impl Case {
         self.stdin = Some(data.into());
         self
     }
-}
-
-/// A directory whose `ls -la` listing is the same every run (as in qbdi_run.rs).
-fn listing_dir(dir: &Path) -> PathBuf {
-    let d = dir.join("listing");
-    std::fs::create_dir_all(d.join("sub")).unwrap();
-    for (name, size) in [("a.txt", 10), ("b.bin", 2000), ("zeta", 0), (".hidden", 3)] {
-        std::fs::write(d.join(name), vec![b'x'; size]).unwrap();
-    }
-    for p in ["a.txt", "b.bin", "zeta", ".hidden", "sub", "."] {
-        let status = Command::new("touch")
-            .args(["-h", "-d", "2024-01-02 03:04:05", p])
-            .current_dir(&d)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    d
 }
 
 const PYTHON: &str = r#"

@@ -6,26 +6,9 @@
 use std::path::Path;
 
 use qbdi_tests::cli::{
-    assert_same, corpus, native, python, report_field, scratch, testkit_reports, under_qbdi,
+    assert_same, corpus, listing_dir, native, python, report_field, scratch, testkit_reports,
+    under_qbdi,
 };
-
-/// A directory whose `ls -la` listing is the same every run (fixed names, sizes, times).
-fn listing_dir(dir: &Path) -> std::path::PathBuf {
-    let d = dir.join("listing");
-    std::fs::create_dir_all(d.join("sub")).unwrap();
-    for (name, size) in [("a.txt", 10), ("b.bin", 2000), ("zeta", 0), (".hidden", 3)] {
-        std::fs::write(d.join(name), vec![b'x'; size]).unwrap();
-    }
-    for p in ["a.txt", "b.bin", "zeta", ".hidden", "sub", "."] {
-        let status = std::process::Command::new("touch")
-            .args(["-h", "-d", "2024-01-02 03:04:05", p])
-            .current_dir(&d)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    d
-}
 
 #[test]
 fn ls_la_is_the_same() {

@@ -1,5 +1,5 @@
-//! Direct sites: translated code calling one simple callback straight, without the general
-//! save of the guest state (DynamoRIO's "clean call" optimisation). Which callbacks qualify
+//! Direct sites: translated code calling a site's simple callbacks straight, one after the
+//! other, without the general save of the guest state (DynamoRIO's "clean call" optimisation). Which callbacks qualify
 //! and why is decided at registration (`instrumentation::direct`); this file emits the
 //! sites.
 

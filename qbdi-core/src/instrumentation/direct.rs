@@ -4,10 +4,10 @@
 //! register, the flags and the FP state, enters `callbacks::site_entry`, which finds the
 //! site's callbacks and calls them through their boxes, then restores everything: about
 //! 30 ns. Most analysis callbacks are far simpler than that machinery (count, set a bit,
-//! compare a register), so when a site has a single callback, the engine looks at the
-//! machine code of the callback's compiled entry and, if it is a leaf that only touches
-//! general purpose registers, calls it straight from the translated code, saving only
-//! what that code can change.
+//! compare a register), so the engine looks at the machine code of each callback's compiled
+//! entry and, when every callback of a site (up to four) is a leaf that only touches
+//! general purpose registers, calls them straight from the translated code, one after the
+//! other, saving only what that code can change.
 //!
 //! - Every callback is registered with a monomorphized `extern "C"` entry
 //!   ([`inst_entry`], [`event_entry`]) next to its box. Both reach the same closure.
@@ -113,7 +113,8 @@ impl EntryAbi {
 
 /// Why the compiled entry at `func` cannot be called directly from translated code, or
 /// `None` if it can (whether a given site then uses the direct path also depends on the
-/// site: one callback, no memory-range filter, see `docs/architecture.md`).
+/// site: at most four callbacks, all eligible, no memory-range filter, see
+/// `docs/architecture.md`).
 ///
 /// `func` must be the address of code mapped in this process (a function of this process
 /// or of a loaded library); anything else is refused.
