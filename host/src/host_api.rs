@@ -17,8 +17,8 @@ use qbdi_core::{
 };
 use qbdi_sdk::abi::{
     HostApi, INVALID_ID, PANICKED, RawAction, RawBlockHashFn, RawClosureEventFn, RawClosureInstFn,
-    RawClosureRuleFn, RawCounterSlotFn, RawDropFn, RawInstAnalysis, RawInstSpec, RawOperand,
-    RawSymbol, RawVm, StrRef, position, range_op, target,
+    RawClosureRuleFn, RawCounterSlotFn, RawDropFn, RawInstAnalysis, RawInstSpec, RawLaneMapFn,
+    RawOperand, RawSymbol, RawVm, StrRef, position, range_op, target,
 };
 
 use crate::log;
@@ -621,13 +621,25 @@ extern "C" fn add_edge_map(
     size: usize,
     hash: Option<RawBlockHashFn>,
     never_zero: bool,
+    data: *mut c_void,
+    lane_map: Option<RawLaneMapFn>,
 ) -> u32 {
     let hash = move |start| hash.map_or_else(|| qbdi_core::afl_block_hash(start), |h| h(start));
-    let map_addr = map as usize;
-    // SAFETY: the ABI's contract: the map stays valid for the life of the process.
+    let (map_addr, data_addr) = (map as usize, data as usize);
+    // Each Vm's map: the shared one, or the lane's own.
+    let lanes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let map_of_next_vm = move || match lane_map {
+        Some(f) => {
+            let lane = lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            f(data_addr as *mut c_void, lane)
+        }
+        None => map_addr as *mut u8,
+    };
+    // SAFETY: the ABI's contract: each map stays valid for the life of the process (a
+    // lane's map is that Vm's alone).
     let result = with_target!(
         vm,
-        |v| unsafe { v.add_edge_map(map_addr as *mut u8, size, hash, never_zero) },
+        |v| unsafe { v.add_edge_map(map_of_next_vm(), size, hash, never_zero) },
         {
             no_vm();
             return INVALID_ID;
@@ -636,7 +648,7 @@ extern "C" fn add_edge_map(
     if result.is_ok() {
         record_for_threads(vm, move |v: &mut Vm| {
             // SAFETY: as above.
-            let _ = unsafe { v.add_edge_map(map_addr as *mut u8, size, hash, never_zero) };
+            let _ = unsafe { v.add_edge_map(map_of_next_vm(), size, hash, never_zero) };
         });
     }
     id_or_error(result)

@@ -290,6 +290,9 @@ pub type RawCounterSlotFn =
     extern "C" fn(data: *mut c_void, start: Rword, end: Rword, lane: u32) -> *mut u64;
 /// (ABI 1.2) An edge map's block hash, called at translation, on any thread.
 pub type RawBlockHashFn = extern "C" fn(start: Rword) -> u64;
+/// (ABI 1.2) Gives the edge map of the Vm numbered `lane` (its own: updated without
+/// atomics by that Vm only). Called once per Vm, on any thread.
+pub type RawLaneMapFn = extern "C" fn(data: *mut c_void, lane: u32) -> *mut u8;
 
 /// A plugin option given on the command line.
 #[repr(C)]
@@ -525,13 +528,16 @@ pub struct HostApi {
         drop: RawDropFn,
     ) -> u32,
     /// (ABI 1.2) `add_edge_map`: an inline AFL edge map of `size` bytes at `map` (valid for
-    /// the life of the process), hashing blocks with `hash` (None: AFL's QEMU mode hash).
-    /// Returns the id, or [`INVALID_ID`].
+    /// the life of the process), shared by every Vm, or, with `lane_map`, one map per Vm
+    /// that `lane_map(data, lane)` gives; blocks hashed with `hash` (None: AFL's QEMU mode
+    /// hash). Returns the id, or [`INVALID_ID`].
     pub add_edge_map: extern "C" fn(
         vm: *const RawVm,
         map: *mut u8,
         size: usize,
         hash: Option<RawBlockHashFn>,
         never_zero: bool,
+        data: *mut c_void,
+        lane_map: Option<RawLaneMapFn>,
     ) -> u32,
 }

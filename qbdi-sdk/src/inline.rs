@@ -119,3 +119,86 @@ pub enum EdgeHash {
 
 /// An edge map: `size` counters of one byte, `size` a power of two.
 pub type EdgeMap = &'static [AtomicU8];
+
+/// The per-thread edge maps of
+/// [`VmRef::add_thread_edge_maps`](crate::VmRef::add_thread_edge_maps): one map per Vm
+/// (per thread), so that threads never fight over map lines; [`merged`](Self::merged)
+/// adds them up. Cheap to copy.
+#[derive(Clone, Copy, Debug)]
+pub struct ThreadEdgeMaps {
+    table: &'static LaneMaps,
+}
+
+/// Maps by lane. Leaked: translated code writes them for the life of the process.
+#[derive(Debug)]
+pub(crate) struct LaneMaps {
+    size: usize,
+    never_zero: bool,
+    maps: Mutex<Vec<EdgeMap>>,
+}
+
+impl ThreadEdgeMaps {
+    pub(crate) fn new(size: usize, never_zero: bool) -> ThreadEdgeMaps {
+        ThreadEdgeMaps {
+            table: Box::leak(Box::new(LaneMaps {
+                size,
+                never_zero,
+                maps: Mutex::new(Vec::new()),
+            })),
+        }
+    }
+
+    /// What the host calls with.
+    pub(crate) fn data(self) -> *mut c_void {
+        std::ptr::from_ref(self.table).cast_mut().cast()
+    }
+
+    /// The maps added up entry by entry, modulo 256: what one map shared by every thread
+    /// would hold without lost increments. With NeverZero each map skipped 0 on its own
+    /// wraps and a sum that wraps to 0 counts 1: the hot entries' low bits then depend on
+    /// how the counts spread over the maps (a fuzzer classifies counts in buckets, where
+    /// it does not matter).
+    #[must_use]
+    pub fn merged(&self) -> Vec<u8> {
+        let maps = self.table.maps.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out = vec![0u8; self.table.size];
+        for map in maps.iter() {
+            for (o, b) in out.iter_mut().zip(map.iter()) {
+                let v = b.load(Ordering::Relaxed);
+                if v != 0 {
+                    *o = o.wrapping_add(v);
+                    if *o == 0 && self.table.never_zero {
+                        *o = 1;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Clears every map (a `fork` child starting its own). False, and nothing cleared, if
+    /// another thread held the table when the process forked.
+    pub fn reset(&self) -> bool {
+        match self.table.maps.try_lock() {
+            Ok(maps) => {
+                maps.iter()
+                    .for_each(|m| m.iter().for_each(|b| b.store(0, Ordering::Relaxed)));
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// The map function the host calls once per Vm: lane `lane`'s own map.
+pub(crate) extern "C" fn lane_map(data: *mut c_void, _lane: u32) -> *mut u8 {
+    // SAFETY: `data` is the leaked table of a ThreadEdgeMaps (see `ThreadEdgeMaps::data`).
+    let table = unsafe { &*(data as *const LaneMaps) };
+    let map: EdgeMap = Box::leak((0..table.size).map(|_| AtomicU8::new(0)).collect());
+    table
+        .maps
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(map);
+    map.as_ptr().cast::<u8>().cast_mut()
+}

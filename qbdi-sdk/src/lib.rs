@@ -54,7 +54,7 @@ mod vm_ref;
 #[doc(hidden)]
 pub mod private;
 
-pub use inline::{BlockCount, BlockCounter, EdgeHash, EdgeMap};
+pub use inline::{BlockCount, BlockCounter, EdgeHash, EdgeMap, ThreadEdgeMaps};
 pub use options::{PluginOptions, parse_address_range};
 pub use qbdi_macros::{inst_callback, instr_rule, mem_access, plugin_fini, plugin_init, vm_event};
 pub use vm_ref::{InstrRuleCallback, Symbol, VmRef};
@@ -64,7 +64,8 @@ pub use vm_ref::{InstrRuleCallback, Symbol, VmRef};
 pub mod prelude {
     pub use crate::{
         BlockCount, BlockCounter, EdgeHash, EdgeMap, InstrRuleCallback, PluginOptions, Symbol,
-        VmRef, inst_callback, instr_rule, mem_access, plugin_fini, plugin_init, vm_event,
+        ThreadEdgeMaps, VmRef, inst_callback, instr_rule, mem_access, plugin_fini, plugin_init,
+        vm_event,
     };
     pub use qbdi_core::{
         AnalysisType, CallbackId, ConditionType, FprState, GprState, InstAnalysis, InstPosition,

@@ -64,6 +64,8 @@ fn default_rule(_vm: &mut VmRef, _analysis: &InstAnalysis) -> Vec<InstrRuleCallb
     Vec::new()
 }
 
+/// The per-thread edge maps `init` made with `mode=inline`.
+static THREAD_MAPS: std::sync::OnceLock<ThreadEdgeMaps> = std::sync::OnceLock::new();
 /// The counter `init` made with `mode=inline`.
 static COUNTER: std::sync::OnceLock<BlockCounter> = std::sync::OnceLock::new();
 /// The edge map `init` registers with `mode=inline`.
@@ -85,6 +87,11 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
                 .map_err(|e| e.to_string())?;
             vm.add_edge_map(&EDGES, EdgeHash::Afl, false)
                 .map_err(|e| e.to_string())?;
+            let maps = vm
+                .add_thread_edge_maps(64, EdgeHash::Afl, true)
+                .map_err(|e| e.to_string())?;
+            let _ = THREAD_MAPS.set(maps);
+            assert!(vm.add_thread_edge_maps(100, EdgeHash::Afl, true).is_err());
             Ok(())
         }
         _ => Ok(()),
@@ -384,15 +391,31 @@ extern "C" fn add_block_counter(
     }
     7
 }
+/// Records the map's size, hash of 0x100 and NeverZero; with per-lane maps, asks for two
+/// lanes' maps and counts in them as translated code would.
 extern "C" fn add_edge_map(
     _: *const RawVm,
     _map: *mut u8,
     size: usize,
     hash: Option<abi::RawBlockHashFn>,
     never_zero: bool,
+    data: *mut c_void,
+    lane_map: Option<abi::RawLaneMapFn>,
 ) -> u32 {
     let hash = hash.map(|h| h(0x100));
     record("add_edge_map", format!("{size} {hash:?} {never_zero}"));
+    if let Some(f) = lane_map {
+        let (a, b) = (f(data, 0), f(data, 1));
+        record("lane maps", format!("apart: {}", a != b));
+        // SAFETY: the SDK's maps are `size` bytes valid for the life of the process.
+        unsafe {
+            *a.add(3) = 200;
+            *b.add(3) = 100;
+            *a.add(4) = 200;
+            *b.add(4) = 56;
+            *b.add(5) = 7;
+        }
+    }
     8
 }
 
@@ -569,8 +592,14 @@ fn inline_instrumentation_goes_through_the_host() {
             ),
             ("add_edge_map", "1024 Some(64) true".to_owned()),
             ("add_edge_map", "1024 None false".to_owned()),
+            ("add_edge_map", "64 None true".to_owned()),
+            ("lane maps", "apart: true".to_owned()),
         ]
     );
+    // 200 + 100 wraps to 44; 200 + 56 wraps to 0, which NeverZero makes 1.
+    let merged = THREAD_MAPS.get().expect("init made them").merged();
+    assert_eq!(merged.len(), 64);
+    assert_eq!((merged[3], merged[4], merged[5], merged[0]), (44, 1, 7, 0));
     let counter = COUNTER.get().expect("init made a counter");
     assert_eq!(
         counter.counts(),

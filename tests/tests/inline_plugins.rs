@@ -195,3 +195,33 @@ fn inline_block_counts_are_what_a_callback_counts() {
         assert_eq!(bbcount_total(&report), blocks, "{program} {qbdi_args:?}");
     }
 }
+
+/// Without AFL++ each thread counts in a map of its own (no thread waits for another's map
+/// lines, no count is lost), added up at exit: on eight threads the map is the same run
+/// after run (address randomisation off: the hash is of addresses; counts that wrap
+/// without NeverZero, which is not additive), whatever the scheduling (which thread runs
+/// on which Vm, and which Vm's map counts what), and it holds the workers' loops.
+#[test]
+fn threads_count_edges_in_maps_of_their_own() {
+    let dir = scratch("edges-threads");
+    let mut maps = Vec::new();
+    for run in 0..2 {
+        let out = dir.join(format!("edges-{run}.map"));
+        let edges = format!("{}:out={},wrap", plugin("edges"), out.display());
+        let status = std::process::Command::new("setarch")
+            .arg("-R")
+            .arg(qbdi_tests::cli::qbdi())
+            .args(["run", "-p", &edges, "--", THREADS8])
+            .current_dir(&dir)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("setarch runs qbdi");
+        assert!(status.success());
+        maps.push(std::fs::read(&out).expect("the edges map file"));
+    }
+    assert!(hits(&maps[0]) > 10, "{} entries hit", hits(&maps[0]));
+    assert!(
+        maps[0] == maps[1],
+        "two runs of threads8 gave different maps"
+    );
+}

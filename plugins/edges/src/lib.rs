@@ -6,17 +6,19 @@
 //!   shared memory, of `AFL_MAP_SIZE` bytes (65536 if unset; a size that is not a power of
 //!   two uses its largest power of two). Nothing is written at exit: the fuzzer reads the
 //!   map.
-//! - Otherwise the map is the plugin's own (`size` bytes) and is written raw to `out` at
-//!   exit (default `edges.<pid>.log`), with a one-line summary on stderr. A `fork` child
-//!   starts from an empty map and writes its own file.
+//! - Otherwise the map is the plugin's own (`size` bytes, one per thread, added up at exit:
+//!   threads never fight over map lines) and is written raw to `out` at exit (default
+//!   `edges.<pid>.log`), with a one-line summary on stderr. A `fork` child starts from an
+//!   empty map and writes its own file.
 //!
-//! Counters skip 0 when they wrap (AFL++'s NeverZero) unless `wrap` is given. Like AFL's
-//! own instrumentation, counts of two threads running the same edge at once may be lost.
+//! Counters skip 0 when they wrap (AFL++'s NeverZero) unless `wrap` is given. In AFL++'s
+//! shared map, as with AFL's own instrumentation, counts of two threads running the same
+//! edge at once may be lost.
 
 #![warn(missing_docs)]
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+use std::sync::atomic::AtomicU8;
 
 use qbdi_plugin_support::output::{Output, warn};
 use qbdi_sdk::prelude::*;
@@ -36,10 +38,11 @@ qbdi_sdk::plugin!(
 
 /// Where the map lives.
 enum Map {
-    /// The fuzzer's shared memory.
-    Shared(EdgeMap),
-    /// The plugin's own, written at fini.
-    Own(EdgeMap, Output),
+    /// The fuzzer's shared memory (the fuzzer reads it).
+    Shared,
+    /// The plugin's own, one per thread (no thread waits for another's map lines), added
+    /// up and written at fini.
+    Own(ThreadEdgeMaps, Output),
 }
 
 static MAP: OnceLock<Map> = OnceLock::new();
@@ -83,7 +86,11 @@ fn afl_map() -> Result<Option<EdgeMap>, String> {
 fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let never_zero = !options.flag("wrap");
     let map = match afl_map()? {
-        Some(m) => Map::Shared(m),
+        Some(m) => {
+            vm.add_edge_map(m, EdgeHash::Afl, never_zero)
+                .map_err(|e| e.to_string())?;
+            Map::Shared
+        }
         None => {
             let size = options.parse::<usize>("size")?.unwrap_or(1 << 16);
             if !size.is_power_of_two() || size > 1 << 30 {
@@ -91,33 +98,30 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
                     "size={size}: the map size is a power of two up to 2^30 (65536 is AFL's)"
                 ));
             }
-            let own: EdgeMap = Box::leak((0..size).map(|_| AtomicU8::new(0)).collect());
+            let maps = vm
+                .add_thread_edge_maps(size, EdgeHash::Afl, never_zero)
+                .map_err(|e| e.to_string())?;
             qbdi_plugin_support::fork::on_fork_child(forget_parents_edges);
-            Map::Own(own, Output::from_options(NAME, options)?)
+            Map::Own(maps, Output::from_options(NAME, options)?)
         }
     };
-    let slice = match &map {
-        Map::Shared(m) | Map::Own(m, _) => *m,
-    };
-    vm.add_edge_map(slice, EdgeHash::Afl, never_zero)
-        .map_err(|e| e.to_string())?;
     let _ = MAP.set(map);
     Ok(())
 }
 
-/// In a `fork` child: its own map starts empty.
+/// In a `fork` child: its own maps start empty.
 fn forget_parents_edges() {
-    if let Some(Map::Own(map, _)) = MAP.get() {
-        map.iter().for_each(|b| b.store(0, Relaxed));
+    if let Some(Map::Own(maps, _)) = MAP.get() {
+        maps.reset();
     }
 }
 
 #[plugin_fini]
 fn fini() {
-    let Some(Map::Own(map, output)) = MAP.get() else {
+    let Some(Map::Own(maps, output)) = MAP.get() else {
         return;
     };
-    let bytes: Vec<u8> = map.iter().map(|b| b.load(Relaxed)).collect();
+    let bytes = maps.merged();
     let hit = bytes.iter().filter(|&&b| b != 0).count();
     output.write_all(NAME, &bytes);
     warn(
