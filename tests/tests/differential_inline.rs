@@ -106,3 +106,30 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
         counted.values_mut().for_each(|c| **c = 0);
     })
 }
+
+/// A Vm carries at most 32 block counters and 8 edge maps; more are refused with a message
+/// (a counter translated code cannot place would count nowhere).
+#[test]
+fn too_many_counters_or_maps_are_refused() {
+    let mut vm = Vm::new();
+    let sink: &'static mut u64 = Box::leak(Box::new(0));
+    let sink = sink as *mut u64 as usize;
+    for _ in 0..32 {
+        // SAFETY: a leaked counter, valid forever, that nothing reads.
+        unsafe { vm.add_block_counter(move |_, _| sink as *mut u64) }.expect("32 counters");
+    }
+    // SAFETY: as above (refused anyway).
+    let e = unsafe { vm.add_block_counter(move |_, _| sink as *mut u64) }.expect_err("33rd");
+    assert!(e.to_string().contains("at most 32"), "{e}");
+    let map: &'static mut [u8] = Box::leak(vec![0u8; 64].into_boxed_slice());
+    let map = map.as_mut_ptr();
+    for _ in 0..8 {
+        // SAFETY: a leaked map, valid forever.
+        unsafe { vm.add_edge_map(map, 64, afl_block_hash, true) }.expect("8 maps");
+    }
+    // SAFETY: as above (refused anyway).
+    let e = unsafe { vm.add_edge_map(map, 64, afl_block_hash, true) }.expect_err("9th");
+    assert!(e.to_string().contains("at most 8"), "{e}");
+    // SAFETY: as above (refused: not a power of two).
+    assert!(unsafe { Vm::new().add_edge_map(map, 60, afl_block_hash, true) }.is_err());
+}

@@ -133,13 +133,14 @@ pub(crate) fn emit_entry(
     for (id, inline) in inst.inline() {
         match inline {
             Inline::Counter(_) => {
-                a.mov_imm64(RAX, 0);
-                if patches.len() < patches.capacity() {
-                    patches.push(InlinePatch {
-                        at: (a.len() - 8) as u32,
-                        id,
-                    });
+                if patches.len() == patches.capacity() {
+                    continue; // more counters than MAX_INLINE_COUNTERS: not this one
                 }
+                a.mov_imm64(RAX, 0);
+                patches.push(InlinePatch {
+                    at: (a.len() - 8) as u32,
+                    id,
+                });
                 if flags_live && !save_flags {
                     a.bytes(&[0x48, 0x8b, 0x08]); // mov rcx, [rax]
                     a.bytes(&[0x48, 0x8d, 0x49, 0x01]); // lea rcx, [rcx + 1]

@@ -255,6 +255,13 @@ impl Instrumentation {
         self.push_entry(Entry::Inline(inline))
     }
 
+    /// How many inline counters are registered.
+    pub fn inline_counters(&self) -> usize {
+        self.inline()
+            .filter(|(_, i)| matches!(i, Inline::Counter(_)))
+            .count()
+    }
+
     /// The `prev` index of the next edge map, if there is one left.
     pub fn next_edge_index(&mut self) -> Option<u32> {
         let i = self.edge_maps;

@@ -266,6 +266,12 @@ macro_rules! instrumentation_methods {
             &mut self,
             mut slot: impl FnMut(Rword, Rword) -> *mut u64 + 'static,
         ) -> Result<CallbackId, VmError> {
+            let max = crate::engine::inline::MAX_INLINE_COUNTERS;
+            if self.inst_ref().inline_counters() >= max {
+                return Err(VmError::InvalidArgument(format!(
+                    "a Vm carries at most {max} block counters"
+                )));
+            }
             let slot = move |start, end| slot(start, end) as u64;
             let id = self
                 .inst_mut()
