@@ -54,16 +54,8 @@ fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
-    let _ = COUNTER.set(vm.add_block_counter().map_err(|e| e.to_string())?);
-    qbdi_plugin_support::fork::on_fork_child(forget_parents_counts);
+    let _ = COUNTER.set(qbdi_plugin_support::counts::block_counter(vm)?);
     Ok(())
-}
-
-/// In a `fork` child: the counts start again from zero (the blocks stay known).
-fn forget_parents_counts() {
-    if let Some(c) = COUNTER.get() {
-        c.reset();
-    }
 }
 
 /// The mnemonics of the block `[start, end)`, from the Vm's analyses.

@@ -7,11 +7,13 @@
 //!   (fini may run from a signal handler that interrupted a callback holding the lock);
 //! - [`budget`]: the `max=N` option of the trace plugins;
 //! - [`fork`]: what a plugin's state and outputs become in a `fork` child;
-//! - [`hash`]: a cheap hasher for maps keyed by code addresses.
+//! - [`hash`]: a cheap hasher for maps keyed by code addresses;
+//! - [`counts`]: block execution counts, counted inline.
 
 #![warn(missing_docs)]
 
 pub mod budget;
+pub mod counts;
 pub mod fork;
 pub mod hash;
 pub mod maps;
