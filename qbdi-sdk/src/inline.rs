@@ -1,14 +1,32 @@
 //! Inline instrumentation for plugins: counters and edge maps that translated code updates
 //! itself, with no callback (the engine's `Vm::add_block_counter` and `Vm::add_edge_map`).
-//! A few nanoseconds less per block than even a direct callback, and none of a callback's
-//! limits: any number of them compose on one block.
+//! A few nanoseconds less per block than even a direct callback, and several compose on
+//! one block (up to 32 counters and 8 edge maps per Vm).
 
 use std::collections::HashMap;
 use std::ffi::c_void;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::{Duration, Instant};
 
 use qbdi_core::Rword;
+
+/// Locks `m` for a reader, waiting at most a fifth of a second: fini may run from a signal
+/// handler that interrupted a translation on this very thread, holding the lock (`None`
+/// then).
+fn lock_for_reading<T>(m: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+    let deadline = Instant::now() + Duration::from_millis(200);
+    loop {
+        match m.try_lock() {
+            Ok(g) => return Some(g),
+            Err(TryLockError::Poisoned(p)) => return Some(p.into_inner()),
+            Err(TryLockError::WouldBlock) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(TryLockError::WouldBlock) => return None,
+        }
+    }
+}
 
 /// One block's execution count, from [`BlockCounter::counts`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,10 +67,13 @@ impl BlockCounter {
         std::ptr::from_ref(self.table).cast_mut().cast()
     }
 
-    /// Every counted block with its count, sorted by start address.
+    /// Every counted block with its count, sorted by start address (empty if the table
+    /// stayed locked, see `lock_for_reading`).
     #[must_use]
     pub fn counts(&self) -> Vec<BlockCount> {
-        let slots = self.table.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slots) = lock_for_reading(&self.table.slots) else {
+            return Vec::new();
+        };
         let mut sums: HashMap<(Rword, Rword), u64> = HashMap::new();
         for (&(start, end, _lane), c) in slots.iter() {
             *sums.entry((start, end)).or_default() += c.load(Ordering::Relaxed);
@@ -78,10 +99,13 @@ impl BlockCounter {
         }
     }
 
-    /// The sum of every block's count: the number of blocks executed.
+    /// The sum of every block's count: the number of blocks executed (0 if the table
+    /// stayed locked).
     #[must_use]
     pub fn total(&self) -> u64 {
-        let slots = self.table.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(slots) = lock_for_reading(&self.table.slots) else {
+            return 0;
+        };
         slots.values().map(|c| c.load(Ordering::Relaxed)).sum()
     }
 }
@@ -160,8 +184,10 @@ impl ThreadEdgeMaps {
     /// it does not matter).
     #[must_use]
     pub fn merged(&self) -> Vec<u8> {
-        let maps = self.table.maps.lock().unwrap_or_else(|e| e.into_inner());
         let mut out = vec![0u8; self.table.size];
+        let Some(maps) = lock_for_reading(&self.table.maps) else {
+            return out;
+        };
         for map in maps.iter() {
             for (o, b) in out.iter_mut().zip(map.iter()) {
                 let v = b.load(Ordering::Relaxed);

@@ -132,4 +132,10 @@ fn too_many_counters_or_maps_are_refused() {
     assert!(e.to_string().contains("at most 8"), "{e}");
     // SAFETY: as above (refused: not a power of two).
     assert!(unsafe { Vm::new().add_edge_map(map, 60, afl_block_hash, true) }.is_err());
+    // Once every instrumentation is deleted, the limits start over.
+    vm.delete_all_instrumentations();
+    // SAFETY: as above.
+    unsafe { vm.add_edge_map(map, 64, afl_block_hash, true) }.expect("a map again");
+    // SAFETY: as above.
+    unsafe { vm.add_block_counter(move |_, _| sink as *mut u64) }.expect("a counter again");
 }

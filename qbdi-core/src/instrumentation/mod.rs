@@ -501,6 +501,8 @@ impl Instrumentation {
         }
         self.entries.clear();
         self.events = VmEvent::empty();
+        // Every edge map is gone: their `prev` words may serve new ones.
+        self.edge_maps = 0;
         self.schedule_flush(None);
     }
 
