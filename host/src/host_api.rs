@@ -584,6 +584,13 @@ extern "C" fn record_memory_access(vm: *const RawVm, access: u32) -> bool {
     ok_or_error(result)
 }
 
+/// Numbers for the Vms one registration is made on (0 for the session's, then each
+/// thread's as it is created): the lanes of inline instrumentation that is per Vm.
+fn lanes() -> impl Fn() -> u32 + Send + Sync + 'static {
+    let next = std::sync::atomic::AtomicU32::new(0);
+    move || next.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
 extern "C" fn add_block_counter(
     vm: *const RawVm,
     data: *mut c_void,
@@ -593,10 +600,10 @@ extern "C" fn add_block_counter(
     let closure = Arc::new(PluginClosure { data, drop });
     // Each Vm (the session's, every thread's) gets a lane of its own: its counters are
     // incremented without atomics.
-    let lanes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let next_lane = lanes();
     let make = move || {
         let c = Arc::clone(&closure);
-        let lane = lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let lane = next_lane();
         move |start, end| slot(c.data(), start, end, lane)
     };
     // SAFETY: the ABI's contract: every address the plugin's slot function returns stays
@@ -627,12 +634,9 @@ extern "C" fn add_edge_map(
     let hash = move |start| hash.map_or_else(|| qbdi_core::afl_block_hash(start), |h| h(start));
     let (map_addr, data_addr) = (map as usize, data as usize);
     // Each Vm's map: the shared one, or the lane's own.
-    let lanes = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let next_lane = lanes();
     let map_of_next_vm = move || match lane_map {
-        Some(f) => {
-            let lane = lanes.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            f(data_addr as *mut c_void, lane)
-        }
+        Some(f) => f(data_addr as *mut c_void, next_lane()),
         None => map_addr as *mut u8,
     };
     // SAFETY: the ABI's contract: each map stays valid for the life of the process (a

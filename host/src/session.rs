@@ -302,7 +302,8 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
 /// (see `Vm::set_direct_entry`): the closure registered above is then only the general
 /// path. `QBDI_NO_DIRECT=1` keeps every plugin callback on the general path (to compare).
 fn direct_entry(vm: &mut Vm, id: u32, reg: &Registration, abi: EntryAbi) -> Result<(), VmError> {
-    if std::env::var_os("QBDI_NO_DIRECT").is_some_and(|v| v == "1") {
+    static NO_DIRECT: OnceLock<bool> = OnceLock::new();
+    if *NO_DIRECT.get_or_init(|| std::env::var_os("QBDI_NO_DIRECT").is_some_and(|v| v == "1")) {
         return Ok(());
     }
     // SAFETY: the trampoline follows the SDK's RawInstFn / RawEventFn convention, which is

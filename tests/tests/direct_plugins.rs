@@ -18,7 +18,8 @@ fn plugin() -> String {
         .into_owned()
 }
 
-/// `setarch -R qbdi run <args> -p direct -- <program>` with `QBDI_NO_DIRECT` set to
+/// `setarch -R qbdi run <args> -p direct -- <program>` (with `tunables` as GLIBC_TUNABLES)
+/// with `QBDI_NO_DIRECT` set to
 /// `no_direct` (set either way: the guest's environment is the same size in both runs),
 /// address randomisation off (glibc's string routines take other paths by alignment);
 /// returns (stdout, the plugin's report, status).
@@ -28,6 +29,7 @@ fn run(
     qbdi_args: &[&str],
     program: &str,
     args: &[&str],
+    tunables: Option<&str>,
 ) -> (String, String, Option<i32>) {
     // Names of one length: the run's configuration (in the environment at exec) moves the
     // initial stack, and glibc's string routines take other paths by alignment.
@@ -42,6 +44,7 @@ fn run(
         .args(["-p", &format!("{}:{option}", plugin()), "--", program])
         .args(args)
         .env("QBDI_NO_DIRECT", if no_direct { "1" } else { "0" })
+        .envs(tunables.map(|t| ("GLIBC_TUNABLES", t)))
         .current_dir(dir)
         .output()
         .expect("setarch runs qbdi");
@@ -95,8 +98,8 @@ fn direct_and_general_paths_give_the_same_results() {
     let dir = scratch("direct-paths");
     const N: u64 = 1000;
     let expected_sum: u64 = (0..N).map(|i| 3 * i + 1).sum();
-    let direct = run(&dir, false, &[], PROGRAM, &["trap"]);
-    let general = run(&dir, true, &[], PROGRAM, &["trap"]);
+    let direct = run(&dir, false, &[], PROGRAM, &["trap"], None);
+    let general = run(&dir, true, &[], PROGRAM, &["trap"], None);
     assert_eq!(
         direct.0,
         format!("sum={expected_sum}\nsurvived=10\n"),
@@ -121,13 +124,22 @@ fn real_programs_count_the_same_on_both_paths_under_all_maps() {
         .collect();
     std::fs::write(&input, text).unwrap();
     let input = input.to_str().unwrap();
-    for (program, args) in [
-        ("sort", vec!["-n", "-k2", input]),
-        ("gzip", vec!["-c", input]),
-        ("sed", vec!["-e", "s/line \\([0-9]*\\)/\\1 enil/", input]),
-    ] {
-        let direct = run(&dir, false, &["--all-maps"], program, &args);
-        let general = run(&dir, true, &["--all-maps"], program, &args);
+    // Under each choice of libc's string routines glibc has here (GLIBC_TUNABLES).
+    let settings = qbdi_tests::glibc::settings();
+    let runs = settings.iter().flat_map(|&(_, tunables)| {
+        [
+            ("sort", vec!["-n", "-k2", input], tunables),
+            ("gzip", vec!["-c", input], tunables),
+            (
+                "sed",
+                vec!["-e", "s/line \\([0-9]*\\)/\\1 enil/", input],
+                tunables,
+            ),
+        ]
+    });
+    for (program, args, tunables) in runs {
+        let direct = run(&dir, false, &["--all-maps"], program, &args, tunables);
+        let general = run(&dir, true, &["--all-maps"], program, &args, tunables);
         assert_eq!(direct.2, Some(0), "{program}: {direct:?}");
         assert!(
             field(&direct.1, "blocks") > 10_000,
@@ -163,7 +175,7 @@ fn two_plugins_at_one_point_are_both_called_directly() {
     for no_direct in [false, true] {
         let map = dir.join(format!("map-{}", u8::from(no_direct)));
         let spec = format!("{}:out={}", edgecheck.display(), map.display());
-        let (stdout, report, code) = run(&dir, no_direct, &["-p", &spec], PROGRAM, &["trap"]);
+        let (stdout, report, code) = run(&dir, no_direct, &["-p", &spec], PROGRAM, &["trap"], None);
         assert_eq!(code, Some(0), "{stdout}");
         let map = std::fs::read(&map).expect("edgecheck's map");
         assert!(map.iter().filter(|&&b| b != 0).count() > 5);

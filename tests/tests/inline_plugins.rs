@@ -167,22 +167,43 @@ fn bbcount_total(report: &str) -> u64 {
     words[at + 1].parse().expect(header)
 }
 
+/// (qbdi options, program, its arguments, GLIBC_TUNABLES)
+type Run<'a> = (&'a [&'a str], &'a str, Vec<&'a str>, Option<&'static str>);
+
 #[test]
 fn inline_block_counts_are_what_a_callback_counts() {
     let dir = scratch("inline-counts");
     let input = input(&dir);
-    for (qbdi_args, program, args) in [
-        (&["--all-maps"][..], "sort", vec!["-n", input.as_str()]),
-        (&["--all-maps"][..], "gzip", vec!["-c", input.as_str()]),
-        (&[][..], THREADS8, vec![]),
-        (&["--all-maps"][..], THREADS8, vec![]),
-    ] {
+    // libc's string routines differ by CPU: its programs run under each choice glibc has
+    // here (GLIBC_TUNABLES).
+    let mut runs: Vec<Run<'_>> = Vec::new();
+    for (_, tunables) in qbdi_tests::glibc::settings() {
+        runs.push((
+            &["--all-maps"],
+            "sort",
+            vec!["-n", input.as_str()],
+            tunables,
+        ));
+        runs.push((
+            &["--all-maps"],
+            "gzip",
+            vec!["-c", input.as_str()],
+            tunables,
+        ));
+    }
+    runs.push((&[], THREADS8, vec![], None));
+    runs.push((&["--all-maps"], THREADS8, vec![], None));
+    for (qbdi_args, program, args, tunables) in runs {
+        let env: Vec<(&str, &str)> = tunables
+            .map(|t| ("GLIBC_TUNABLES", t))
+            .into_iter()
+            .collect();
         let (b, c) = (dir.join("bb.log"), dir.join("count.log"));
         let bbcount = format!("{}:out={}", plugin("bbcount"), b.display());
         let count = format!("{}:out={}", plugin("count"), c.display());
         let mut qargs = qbdi_args.to_vec();
         qargs.extend(["-p", &bbcount, "-p", &count]);
-        let q = assert_same_env(&dir, &[], &qargs, program, &args, None);
+        let q = assert_same_env(&dir, &env, &qargs, program, &args, None);
         assert_eq!(q.code, Some(0), "{}", q.stderr);
         let report = std::fs::read_to_string(&b).unwrap();
         let counted = std::fs::read_to_string(&c).unwrap();
@@ -192,7 +213,11 @@ fn inline_block_counts_are_what_a_callback_counts() {
             .parse()
             .unwrap();
         assert!(blocks > 1000, "{program}: {counted}");
-        assert_eq!(bbcount_total(&report), blocks, "{program} {qbdi_args:?}");
+        assert_eq!(
+            bbcount_total(&report),
+            blocks,
+            "{program} {qbdi_args:?} {tunables:?}"
+        );
     }
 }
 

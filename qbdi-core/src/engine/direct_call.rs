@@ -32,18 +32,11 @@ pub(crate) struct DirectSite<'a> {
 }
 
 /// What the calls of a site save and pass, together: the union of their saved registers
-/// (all of them if one reads its `GprState`).
+/// (a call that reads its `GprState` saves all of them already), and whether one reads it.
 fn union(calls: &[Option<DirectCall>]) -> (u16, bool) {
-    let mut saves = 0u16;
-    let mut gpr_arg = false;
-    for c in calls.iter().flatten() {
-        saves |= c.saves;
-        gpr_arg |= c.gpr_arg;
-    }
-    if gpr_arg {
-        saves = !(1 << RSP);
-    }
-    (saves, gpr_arg)
+    calls.iter().flatten().fold((0, false), |(saves, gpr), c| {
+        (saves | c.saves, gpr | c.gpr_arg)
+    })
 }
 
 /// Emits the direct path of a site; it jumps to `general` when it cannot handle the call
