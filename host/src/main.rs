@@ -1,5 +1,6 @@
 //! The `qbdi` command: run a program under plugins from its `main` (`qbdi run`), call one
-//! function of a library under them (`qbdi call`), describe a plugin (`qbdi plugin info`).
+//! function of a library under them (`qbdi call`), describe a plugin (`qbdi plugin info`),
+//! create, install, list and remove plugin crates (`qbdi plugin new/install/list/remove`).
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
@@ -13,6 +14,9 @@ use qbdi_host::elf::NotElf;
 use qbdi_host::plugin::{self, LoadedPlugins, PluginSpec};
 use qbdi_host::preload::QBDI_FAILURE_STATUS;
 use qbdi_host::{log, session};
+
+mod scaffold;
+mod store;
 
 /// Dynamic binary instrumentation for x86-64 Linux: run programs under analysis plugins.
 #[derive(Parser, Debug)]
@@ -40,8 +44,39 @@ enum Command {
 enum PluginCommand {
     /// Show a plugin's name, version, ABI, registrations and options.
     Info {
-        /// Plugin name (looked up in QBDI_PLUGIN_PATH, then next to qbdi) or path.
+        /// Plugin name (looked up in QBDI_PLUGIN_PATH, the installed plugins, then next to
+        /// qbdi) or path.
         plugin: String,
+    },
+    /// Create a plugin crate that builds as it is: a block and a call counter, a test, a
+    /// README.
+    New {
+        /// The crate's and the plugin's name.
+        name: String,
+        /// Where to create it (default: ./NAME; must not exist).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The qbdi-sdk crate to depend on (default: the one this qbdi was built from, or
+        /// the registry's of this version when those sources are gone).
+        #[arg(long, value_name = "DIR")]
+        sdk_path: Option<PathBuf>,
+    },
+    /// Build a plugin crate (cargo, release) and install it into the user's plugin
+    /// directory ($XDG_DATA_HOME/qbdi/plugins), where `-p NAME` finds it.
+    Install {
+        /// A crate directory, a git URL (https://, ssh://, file://, git@host:path, PATH.git)
+        /// or a crate name from the registry (NAME or NAME@VERSION).
+        source: String,
+        /// The git revision (branch, tag or commit) to build.
+        #[arg(long, value_name = "REV")]
+        rev: Option<String>,
+    },
+    /// List the installed plugins: name, version, ABI, where from.
+    List,
+    /// Remove an installed plugin.
+    Remove {
+        /// Its name (as `qbdi plugin list` shows it).
+        name: String,
     },
 }
 
@@ -106,9 +141,21 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Call(args) => call(args),
-        Command::Plugin {
-            command: PluginCommand::Info { plugin },
-        } => info(&plugin),
+        Command::Plugin { command } => match command {
+            PluginCommand::Info { plugin } => info(&plugin),
+            PluginCommand::New {
+                name,
+                dir,
+                sdk_path,
+            } => say(scaffold::new_crate(
+                &name,
+                dir.as_deref(),
+                sdk_path.as_deref(),
+            )),
+            PluginCommand::Install { source, rev } => say(store::install(&source, rev.as_deref())),
+            PluginCommand::List => say(store::list()),
+            PluginCommand::Remove { name } => say(store::remove(&name)),
+        },
     };
     match result {
         Ok(code) => code,
@@ -117,6 +164,12 @@ fn main() -> ExitCode {
             ExitCode::from(QBDI_FAILURE_STATUS as u8)
         }
     }
+}
+
+/// Prints what a command has to say.
+fn say(result: Result<String, String>) -> Result<ExitCode, String> {
+    println!("{}", result?);
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Finds, loads and checks the plugins of the command line.

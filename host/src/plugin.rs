@@ -1,6 +1,7 @@
 //! Finding, loading and checking plugins.
 //!
-//! A plugin is found by path, by name in `QBDI_PLUGIN_PATH`, or by name next to the `qbdi`
+//! A plugin is found by path, by name in `QBDI_PLUGIN_PATH`, in the user's plugin directory
+//! (`qbdi plugin install`), or by name next to the `qbdi`
 //! binary. It is loaded `RTLD_NOW | RTLD_LOCAL | RTLD_NODELETE` and never unloaded (its
 //! registrations and closures point into it). Before anything else in it is called, it is
 //! handed the host's heap (its `qbdi_plugin_set_heap`, ABI 1.1, looked up optionally).
@@ -87,8 +88,8 @@ impl fmt::Display for PluginError {
                 }
                 write!(
                     f,
-                    "; give its path (-p ./libmyplugin.so), or put it in a directory listed in \
-                     QBDI_PLUGIN_PATH"
+                    "; give its path (-p ./libmyplugin.so), install it (qbdi plugin install \
+                     CRATE_DIR), or put it in a directory listed in QBDI_PLUGIN_PATH"
                 )
             }
             PluginError::NotElf { path, why } => write!(
@@ -194,7 +195,7 @@ pub struct Plugin {
 }
 
 /// The file names `-p NAME` may refer to, in the order they are tried in each directory.
-fn candidate_names(name: &str) -> [String; 3] {
+pub fn candidate_names(name: &str) -> [String; 3] {
     [
         format!("libqbdi_plugin_{name}.so"),
         format!("lib{name}.so"),
@@ -202,7 +203,35 @@ fn candidate_names(name: &str) -> [String; 3] {
     ]
 }
 
-/// Finds the plugin file for `spec` (a path, or a name to look up).
+/// The directories of `QBDI_PLUGIN_PATH`, in order.
+pub fn path_dirs() -> Vec<PathBuf> {
+    std::env::var_os("QBDI_PLUGIN_PATH")
+        .map(|v| {
+            std::env::split_paths(&v)
+                .filter(|p| !p.as_os_str().is_empty())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The user's plugin directory, where `qbdi plugin install` puts plugins:
+/// `$XDG_DATA_HOME/qbdi/plugins`, or `~/.local/share/qbdi/plugins` when `XDG_DATA_HOME` is
+/// unset or empty (`None` without `HOME` either).
+pub fn user_dir() -> Option<PathBuf> {
+    let data = std::env::var_os("XDG_DATA_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".local/share"))
+        })?;
+    Some(data.join("qbdi").join("plugins"))
+}
+
+/// Finds the plugin file for `spec` (a path, or a name to look up): in the directories of
+/// `QBDI_PLUGIN_PATH`, then the user's plugin directory ([`user_dir`]), then the directory
+/// of the running executable (where the bundled plugins are built).
 pub fn find(spec: &str) -> Result<PathBuf, PluginError> {
     if spec.contains('/') || spec.ends_with(".so") {
         let path = PathBuf::from(spec);
@@ -214,13 +243,8 @@ pub fn find(spec: &str) -> Result<PathBuf, PluginError> {
             searched: vec![path],
         });
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("QBDI_PLUGIN_PATH")
-        .map(|v| {
-            std::env::split_paths(&v)
-                .filter(|p| !p.as_os_str().is_empty())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut dirs = path_dirs();
+    dirs.extend(user_dir());
     if let Some(dir) = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(Path::to_path_buf))

@@ -38,6 +38,16 @@
 //! A plugin allocates from the host's private heap, not from libc's malloc (see [`heap`]):
 //! [`plugin!`] installs the allocator, so a plugin crate must not declare a
 //! `#[global_allocator]` of its own.
+//!
+//! # Compatibility
+//!
+//! The crate's version follows semantic versioning for the source of plugins (before 1.0,
+//! a 0.x bump may break it, a 0.x.y one does not). The plugin ABI ([`abi::ABI_MAJOR`].
+//! [`abi::ABI_MINOR`]) is separate: a built plugin records the ABI it was built for, and a
+//! host of ABI M.n loads plugins of ABI M.0 to M.n (minor versions only append). A plugin of
+//! another major version, or of a newer minor one, is refused at load and by
+//! `qbdi plugin install`, with a message saying which. An incompatible ABI change bumps the
+//! ABI's major version and the crate's version.
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(missing_docs)]

@@ -121,6 +121,8 @@ pub fn qbdi_cmd(dir: &Path, args: &[&str]) -> Outcome {
 fn run(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>) -> Outcome {
     cmd.current_dir(dir)
         .env_remove("QBDI_PLUGIN_PATH")
+        // The plugins the user installed (`qbdi plugin install`) are not the workspace's.
+        .env("XDG_DATA_HOME", no_user_plugins())
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -144,6 +146,16 @@ fn feed(child: &mut std::process::Child, stdin: Option<&[u8]>) {
             let _ = pipe.write_all(&input);
         });
     }
+}
+
+/// An empty data directory (`XDG_DATA_HOME` of the programs run here): `-p NAME` finds no
+/// installed plugin, only the workspace's.
+pub fn no_user_plugins() -> PathBuf {
+    let dir = artifacts()
+        .join("qbdi-test-scratch")
+        .join("no-user-plugins");
+    std::fs::create_dir_all(&dir).expect("scratch directory");
+    dir
 }
 
 /// A fresh scratch directory under the target directory.
