@@ -5,12 +5,30 @@
 //! callback per block, see `VmRef::add_block_counter`).
 //!
 //! Options: `out=PATH` (default `bbcount.<pid>.log`, `-` for stderr), `top=N` (only the N
-//! hottest blocks).
+//! hottest blocks), `format=text|json` (the text report, the default, or one JSON
+//! document).
+//!
+//! # `format=json`
+//!
+//! The report is one JSON object (and a newline). Addresses are strings of hexadecimal
+//! (`"0x401000"`: JSON readers lose integers above 2^53).
+//! - `entered_blocks` (integer): blocks entered at least once (the text's
+//!   `# N blocks entered ...`), all of them, whatever `top`;
+//! - `entries` (integer): the sum of their counts (the text's `... entered T times`);
+//! - `blocks` (array of objects): the blocks the text lists, in its order (highest count
+//!   first, ties by address; the `top` first ones), each with:
+//!   - `count` (integer): times the block was entered;
+//!   - `start` (string, hex): its first instruction's address;
+//!   - `end` (string, hex): the end of its last instruction (exclusive);
+//!   - `symbol` (string or null): the symbol containing `start`, `null` when none (`?`);
+//!   - `offset` (integer or null): `start`'s offset from `symbol` (`null` with no symbol);
+//!   - `module` (string or null): basename of the file mapped at `start`, `null` when
+//!     none (`?`).
 
 #![warn(missing_docs)]
 
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use qbdi_plugin_support::hash::AddrMap;
@@ -31,6 +49,7 @@ qbdi_sdk::plugin!(
     options: [
         ("out", "file to write (- for stderr)", "bbcount.<pid>.log"),
         ("top", "only the N hottest blocks", "all"),
+        ("format", "text (the report as text) or json (one JSON document)", "text"),
     ],
 );
 
@@ -38,6 +57,8 @@ qbdi_sdk::plugin!(
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 /// The `top` option (`usize::MAX`: all).
 static TOP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The `format` option: `json`.
+static JSON: AtomicBool = AtomicBool::new(false);
 /// Executions of every block, counted inline by translated code.
 static COUNTER: OnceLock<BlockCounter> = OnceLock::new();
 /// Every block seen, by start address.
@@ -47,6 +68,7 @@ static BLOCKS: Mutex<AddrMap<u64, Block>> =
 #[plugin_init]
 fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let _ = OUTPUT.set(Output::from_options(NAME, options)?);
+    JSON.store(report::parse_format(options.get("format"))?, Relaxed);
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
@@ -99,7 +121,11 @@ fn fini() {
                 .map(|(&s, b)| (s, b))
                 .collect();
             let top = Some(TOP.load(Relaxed)).filter(|&t| t != usize::MAX);
-            report::render(&list, top)
+            if JSON.load(Relaxed) {
+                report::render_json(&list, top)
+            } else {
+                report::render(&list, top)
+            }
         }
         None => {
             warn(NAME, "block table still locked at exit: no counts");

@@ -1,24 +1,49 @@
 //! The trace's lines, and which accesses a `range=` filter keeps.
 //!
-//! `0x<instruction> R|W 0x<address> size <bytes> value 0x<value>`; when the value is not
-//! known (`rep` string instructions, accesses wider than 8 bytes) it is `value ?`, and
-//! approximate accesses end with ` flags` and the flag names (`unknown_size`,
-//! `minimum_size`, `unknown_value`).
+//! Text (`format=text`): `0x<instruction> R|W|RW 0x<address> size <bytes> value 0x<value>`;
+//! when the value is not known (`rep` string instructions, accesses wider than 8 bytes) it
+//! is `value ?`, and approximate accesses end with ` flags` and the flag names
+//! (`unknown_size`, `minimum_size`, `unknown_value`).
+//!
+//! JSON lines (`format=jsonl`): the same record as one object (see the crate's doc for the
+//! fields), `{"event":"access","tid":null,"inst":"0x401000","type":"R",
+//! "address":"0x7ffd1000","size":8,"value":"0x2a","flags":[]}`.
 
 use std::io::{self, Write};
 
+use qbdi_plugin_support::json::{self, Object};
 use qbdi_sdk::prelude::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 
-/// Writes the line of one access.
-pub fn write_access(w: &mut impl Write, a: &MemoryAccess) -> io::Result<()> {
-    let kind = match (
+/// The names of the flags, in the order the line gives them.
+const FLAG_NAMES: [(MemoryAccessFlags, &str); 3] = [
+    (MemoryAccessFlags::UNKNOWN_SIZE, "unknown_size"),
+    (MemoryAccessFlags::MINIMUM_SIZE, "minimum_size"),
+    (MemoryAccessFlags::UNKNOWN_VALUE, "unknown_value"),
+];
+
+/// `R`, `W` or `RW`.
+fn kind(a: &MemoryAccess) -> &'static str {
+    match (
         a.access_type.contains(MemoryAccessType::READ),
         a.access_type.contains(MemoryAccessType::WRITE),
     ) {
         (true, true) => "RW",
         (false, true) => "W",
         _ => "R",
-    };
+    }
+}
+
+/// The names of the flags of `a`, in order.
+fn flag_names(a: &MemoryAccess) -> impl Iterator<Item = &'static str> + '_ {
+    FLAG_NAMES
+        .iter()
+        .filter(|(flag, _)| a.flags.contains(*flag))
+        .map(|&(_, name)| name)
+}
+
+/// Writes the line of one access.
+pub fn write_access(w: &mut impl Write, a: &MemoryAccess) -> io::Result<()> {
+    let kind = kind(a);
     write!(
         w,
         "{:#x} {kind} {:#x} size {}",
@@ -31,20 +56,55 @@ pub fn write_access(w: &mut impl Write, a: &MemoryAccess) -> io::Result<()> {
     }
     if !a.flags.is_empty() {
         w.write_all(b" flags")?;
-        let names = [
-            (MemoryAccessFlags::UNKNOWN_SIZE, "unknown_size"),
-            (MemoryAccessFlags::MINIMUM_SIZE, "minimum_size"),
-            (MemoryAccessFlags::UNKNOWN_VALUE, "unknown_value"),
-        ];
         let mut sep = b' ';
-        for (flag, name) in names {
-            if a.flags.contains(flag) {
-                w.write_all(&[sep])?;
-                w.write_all(name.as_bytes())?;
-                sep = b',';
-            }
+        for name in flag_names(a) {
+            w.write_all(&[sep])?;
+            w.write_all(name.as_bytes())?;
+            sep = b',';
         }
     }
+    w.write_all(b"\n")
+}
+
+/// Writes the JSON line of one access; `tid` is the thread of a line the text form marks
+/// `[tid N] ` (`None`: the main thread).
+pub fn write_access_json(w: &mut impl Write, a: &MemoryAccess, tid: Option<u32>) -> io::Result<()> {
+    let mut o = Object::new(w)?;
+    o.str("event", "access")?;
+    match tid {
+        Some(t) => o.int("tid", t)?,
+        None => o.null("tid")?,
+    };
+    o.hex("inst", a.inst_address)?
+        .str("type", kind(a))?
+        .hex("address", a.access_address)?
+        .int("size", a.size)?;
+    if a.flags.contains(MemoryAccessFlags::UNKNOWN_VALUE) {
+        o.null("value")?;
+    } else {
+        o.hex("value", a.value)?;
+    }
+    o.raw("flags", |w| {
+        w.write_all(b"[")?;
+        for (i, name) in flag_names(a).enumerate() {
+            if i > 0 {
+                w.write_all(b",")?;
+            }
+            json::write_str(w, name)?;
+        }
+        w.write_all(b"]")
+    })?
+    .end()?;
+    w.write_all(b"\n")
+}
+
+/// Writes the last line of a trace the `max=N` budget stopped: the text form's
+/// `# stopped after N accesses (max=N)` as `{"event":"stopped","max":N}`.
+pub fn write_stopped_json(w: &mut impl Write, max: u64) -> io::Result<()> {
+    Object::new(w)?
+        .str("event", "stopped")?
+        .int("max", max)?
+        .end()?;
     w.write_all(b"\n")
 }
 
@@ -117,6 +177,40 @@ mod tests {
             )),
             "0x401000 R 0x10 size 512 value 0x2a flags minimum_size\n"
         );
+    }
+
+    fn json(a: &MemoryAccess, tid: Option<u32>) -> String {
+        let mut out = Vec::new();
+        write_access_json(&mut out, a, tid).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn json_lines() {
+        let none = MemoryAccessFlags::empty();
+        assert_eq!(
+            json(&access(0x7ffd_1000, 8, MemoryAccessType::READ, none), None),
+            r#"{"event":"access","tid":null,"inst":"0x401000","type":"R","address":"0x7ffd1000","size":8,"value":"0x2a","flags":[]}"#
+                .to_owned()
+                + "\n"
+        );
+        assert_eq!(
+            json(
+                &access(
+                    0x10,
+                    0,
+                    MemoryAccessType::READ_WRITE,
+                    MemoryAccessFlags::UNKNOWN_SIZE | MemoryAccessFlags::UNKNOWN_VALUE
+                ),
+                Some(42)
+            ),
+            r#"{"event":"access","tid":42,"inst":"0x401000","type":"RW","address":"0x10","size":0,"value":null,"flags":["unknown_size","unknown_value"]}"#
+                .to_owned()
+                + "\n"
+        );
+        let mut out = Vec::new();
+        write_stopped_json(&mut out, 1000).unwrap();
+        assert_eq!(out, b"{\"event\":\"stopped\",\"max\":1000}\n");
     }
 
     #[test]

@@ -6,12 +6,30 @@
 //! callee) still counts whole.
 //!
 //! Options: `out=PATH` (default `opstats.<pid>.log`, `-` for stderr), `top=N` (only the N
-//! most frequent mnemonics).
+//! most frequent mnemonics), `format=text|json` (the text report, the default, or one
+//! JSON document).
+//!
+//! # `format=json`
+//!
+//! The report is one JSON object (and a newline):
+//! - `instructions` (integer): instructions executed (the text's `instructions N`);
+//! - `mnemonics` (array of objects): the mnemonics the text lists, in its order (most
+//!   frequent first, ties by name; the `top` first ones), each with:
+//!   - `mnemonic` (string): the mnemonic as the disassembler names it (`"MOV"`;
+//!     `"(unknown)"` for code the Vm could not analyse);
+//!   - `count` (integer): times an instruction with this mnemonic ran;
+//!   - `percent` (number): `count` in percent of `instructions`, two decimals as in the
+//!     text;
+//! - `other` (object or null): the mnemonics `top` left out (the text's last line
+//!   `# K other mnemonics: N instructions P%`), `null` when none was:
+//!   - `mnemonics` (integer): K, how many;
+//!   - `count` (integer): N, the instructions they account for;
+//!   - `percent` (number): P, in percent of `instructions`.
 
 #![warn(missing_docs)]
 
 use std::hash::BuildHasherDefault;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Mutex, OnceLock};
 
 use qbdi_plugin_support::hash::AddrMap;
@@ -32,6 +50,7 @@ qbdi_sdk::plugin!(
     options: [
         ("out", "file to write (- for stderr)", "opstats.<pid>.log"),
         ("top", "only the N most frequent mnemonics", "all"),
+        ("format", "text (the report as text) or json (one JSON document)", "text"),
     ],
 );
 
@@ -39,6 +58,8 @@ qbdi_sdk::plugin!(
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 /// The `top` option (`usize::MAX`: all).
 static TOP: AtomicUsize = AtomicUsize::new(usize::MAX);
+/// The `format` option: `json`.
+static JSON: AtomicBool = AtomicBool::new(false);
 /// Entries of every block, counted inline by translated code.
 static COUNTER: OnceLock<BlockCounter> = OnceLock::new();
 /// Every block seen, by `[start, end)`.
@@ -51,6 +72,7 @@ const UNKNOWN: &str = "(unknown)";
 #[plugin_init]
 fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let _ = OUTPUT.set(Output::from_options(NAME, options)?);
+    JSON.store(stats::parse_format(options.get("format"))?, Relaxed);
     if let Some(top) = options.parse::<usize>("top")? {
         TOP.store(top, Relaxed);
     }
@@ -113,7 +135,11 @@ fn fini() {
         }
     };
     let top = Some(TOP.load(Relaxed)).filter(|&t| t != usize::MAX);
-    let report = stats::render(total, &rows, top);
+    let report = if JSON.load(Relaxed) {
+        stats::render_json(total, &rows, top)
+    } else {
+        stats::render(total, &rows, top)
+    };
     let output = OUTPUT.get().cloned().unwrap_or(Output::default_for(NAME));
     output.write_all(NAME, report.as_bytes());
 }

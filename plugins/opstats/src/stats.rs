@@ -1,7 +1,17 @@
-//! Block statistics into a mnemonic histogram, and the report.
+//! Block statistics into a mnemonic histogram, and the report (text, or with
+//! `format=json` one JSON document: see the crate's doc for the fields).
 
 use std::collections::HashMap;
 use std::fmt::Write;
+use std::io::{self, Write as _};
+
+use qbdi_plugin_support::json::{Format, Object};
+
+/// The plugin's `format` option: `text` (the default) or `json` (true); the error names the
+/// value and the accepted ones.
+pub fn parse_format(value: Option<&str>) -> Result<bool, String> {
+    Format::parse_among("opstats", value, &[Format::Text, Format::Json]).map(|f| f == Format::Json)
+}
 
 /// What the plugin keeps per block: its instructions' mnemonics (computed once, when the
 /// block is new) and how many times it was entered.
@@ -44,13 +54,7 @@ pub fn histogram<'a>(
 /// ```
 pub fn render(total: u64, rows: &[(&str, u64)], top: Option<usize>) -> String {
     let mut out = format!("instructions {total}\n# mnemonic count percent\n");
-    let percent = |n: u64| {
-        if total == 0 {
-            0.0
-        } else {
-            n as f64 * 100.0 / total as f64
-        }
-    };
+    let percent = |n: u64| percent(n, total);
     let shown = top.unwrap_or(usize::MAX).min(rows.len());
     for &(m, n) in &rows[..shown] {
         let _ = writeln!(out, "{m:<12} {n:>12} {:>6.2}%", percent(n));
@@ -66,6 +70,65 @@ pub fn render(total: u64, rows: &[(&str, u64)], top: Option<usize>) -> String {
         );
     }
     out
+}
+
+/// `n` in percent of `total` (0 when `total` is).
+fn percent(n: u64, total: u64) -> f64 {
+    if total == 0 {
+        0.0
+    } else {
+        n as f64 * 100.0 / total as f64
+    }
+}
+
+/// The report as a JSON document (and a newline): the total, the rows [`render`] lists, in
+/// its order, and what it sums on its last line.
+///
+/// ```text
+/// {"instructions":10,"mnemonics":[{"mnemonic":"mov","count":6,"percent":60.00}],
+///  "other":{"mnemonics":2,"count":4,"percent":40.00}}
+/// ```
+///
+/// (on one line; `"other":null` when every mnemonic is listed).
+pub fn render_json(total: u64, rows: &[(&str, u64)], top: Option<usize>) -> String {
+    let shown = top.unwrap_or(usize::MAX).min(rows.len());
+    let rest = &rows[shown..];
+    let pct = |n: u64| move |w: &mut Vec<u8>| write!(w, "{:.2}", percent(n, total));
+    let mut out = Vec::new();
+    let written: io::Result<()> = (|| {
+        let mut o = Object::new(&mut out)?;
+        o.int("instructions", total)?.raw("mnemonics", |w| {
+            w.write_all(b"[")?;
+            for (i, &(m, n)) in rows[..shown].iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b",")?;
+                }
+                Object::new(w)?
+                    .str("mnemonic", m)?
+                    .int("count", n)?
+                    .raw("percent", pct(n))?
+                    .end()?;
+            }
+            w.write_all(b"]")
+        })?;
+        if rest.is_empty() {
+            o.null("other")?;
+        } else {
+            let n: u64 = rest.iter().map(|r| r.1).sum();
+            o.raw("other", |w| {
+                Object::new(w)?
+                    .int("mnemonics", rest.len() as u64)?
+                    .int("count", n)?
+                    .raw("percent", pct(n))?
+                    .end()
+            })?;
+        }
+        o.end()?;
+        out.push(b'\n');
+        Ok(())
+    })();
+    written.expect("writing to a Vec does not fail");
+    String::from_utf8(out).expect("JSON text is UTF-8")
 }
 
 #[cfg(test)]
@@ -122,6 +185,44 @@ mod tests {
         assert_eq!(
             render(0, &[], Some(5)),
             "instructions 0\n# mnemonic count percent\n"
+        );
+    }
+
+    #[test]
+    fn json_report_with_and_without_top() {
+        let rows = [("mov", 6), ("add", 3), ("ret", 1)];
+        assert_eq!(
+            render_json(10, &rows, None),
+            concat!(
+                r#"{"instructions":10,"mnemonics":["#,
+                r#"{"mnemonic":"mov","count":6,"percent":60.00},"#,
+                r#"{"mnemonic":"add","count":3,"percent":30.00},"#,
+                r#"{"mnemonic":"ret","count":1,"percent":10.00}],"other":null}"#,
+                "\n"
+            )
+        );
+        assert_eq!(
+            render_json(10, &rows, Some(1)),
+            concat!(
+                r#"{"instructions":10,"mnemonics":[{"mnemonic":"mov","count":6,"percent":60.00}],"#,
+                r#""other":{"mnemonics":2,"count":4,"percent":40.00}}"#,
+                "\n"
+            )
+        );
+        assert_eq!(
+            render_json(0, &[], Some(5)),
+            "{\"instructions\":0,\"mnemonics\":[],\"other\":null}\n"
+        );
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(parse_format(None), Ok(false));
+        assert_eq!(parse_format(Some("json")), Ok(true));
+        let e = parse_format(Some("xml")).unwrap_err();
+        assert!(
+            e.contains("opstats") && e.contains("format=xml") && e.contains("format=json"),
+            "{e}"
         );
     }
 }

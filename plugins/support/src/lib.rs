@@ -8,7 +8,8 @@
 //! - [`budget`]: the `max=N` option of the trace plugins;
 //! - [`fork`]: what a plugin's state and outputs become in a `fork` child;
 //! - [`hash`]: a cheap hasher for maps keyed by code addresses;
-//! - [`counts`]: block execution counts, counted inline.
+//! - [`counts`]: block execution counts, counted inline;
+//! - [`json`]: JSON text for the `format=jsonl`/`format=json` outputs.
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod budget;
 pub mod counts;
 pub mod fork;
 pub mod hash;
+pub mod json;
 pub mod maps;
 pub mod output;
 pub mod sync;

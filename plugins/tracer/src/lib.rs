@@ -8,10 +8,32 @@
 //!   mapped when the plugin starts, and instrumented: `qbdi run --module NAME` for a
 //!   library);
 //! - `range=0xA-0xB` (repeatable): trace only `[A, B)`;
-//! - `max=N`: stop after N instructions.
+//! - `max=N`: stop after N instructions;
+//! - `format=text|jsonl`: lines of text (the default) or one JSON object per line.
 //!
 //! The callback is registered at init: on every instrumented instruction, or on the
 //! ranges the filters select. The trace streams through a 1 MiB buffer, flushed at exit.
+//! Threads other than the main one write to files of their own (`PATH.tid<N>`); with
+//! `out=-` their lines go to stderr too, marked `[tid N] `.
+//!
+//! # `format=jsonl`
+//!
+//! Every line is one JSON object; its `event` field says which kind. Addresses and
+//! register values are strings of hexadecimal (`"0x401000"`: JSON readers lose integers
+//! above 2^53).
+//!
+//! `"event":"instruction"`, one per executed instruction (a text line):
+//! - `tid` (integer or null): the thread, on a line the text form marks `[tid N] ` (a
+//!   thread other than the main one, with `out=-`); `null` otherwise;
+//! - `address` (string, hex): the instruction's address;
+//! - `disassembly` (string): the instruction, as in the text line (Intel syntax);
+//! - `regs` (object, or null without the `regs` option): the general-purpose registers
+//!   before the instruction, `rax`, `rbx`, `rcx`, `rdx`, `rsi`, `rdi`, `r8` to `r15`,
+//!   `rbp`, `rsp`, `eflags`, each a string of hex.
+//!
+//! `"event":"stopped"`, the last line when `max=N` stopped the trace (the text's
+//! `# stopped after N instructions (max=N)`):
+//! - `max` (integer): N, the number of instructions written.
 
 #![warn(missing_docs)]
 
@@ -25,6 +47,7 @@ use qbdi_plugin_support::output::warn;
 use qbdi_plugin_support::sync::{FINI_WAIT, lock, lock_for_fini};
 
 use qbdi_plugin_support::budget::{Budget, Take};
+use qbdi_plugin_support::json::Format;
 use qbdi_plugin_support::maps;
 use qbdi_plugin_support::output::{Output, Stream};
 use qbdi_sdk::prelude::*;
@@ -44,6 +67,7 @@ qbdi_sdk::plugin!(
         ("module", "trace only this module's code (basename or path; repeatable)", "all"),
         ("range", "trace only the code in 0xSTART-0xEND (repeatable)", "all"),
         ("max", "stop after this many instructions", "unlimited"),
+        ("format", "text (lines of text) or jsonl (one JSON object per line)", "text"),
     ],
 );
 
@@ -53,6 +77,8 @@ static TRACE: Stream = Stream::new(NAME);
 static BUDGET: Budget = Budget::new();
 /// The `regs` option.
 static REGS: AtomicBool = AtomicBool::new(false);
+/// The `format` option: `jsonl`.
+static JSONL: AtomicBool = AtomicBool::new(false);
 /// Where the main thread's trace goes.
 static OUTPUT: OnceLock<Output> = OnceLock::new();
 /// The traces of the other threads, one file each (`PATH.tid<N>`), by thread id.
@@ -83,6 +109,8 @@ fn trace_of(vm: &VmRef) -> (&'static Stream, Option<u32>) {
 #[plugin_init]
 fn init(vm: &mut VmRef, options: &PluginOptions) -> Result<(), String> {
     let output = Output::from_options(NAME, options)?;
+    let format = Format::parse(NAME, options.get("format"))?;
+    JSONL.store(format == Format::Jsonl, Relaxed);
     let max = options.parse::<u64>("max")?;
     REGS.store(options.flag("regs"), Relaxed);
     BUDGET.set_limit(max);
@@ -132,6 +160,9 @@ fn on_inst(vm: &mut VmRef, gpr: &mut GprState, _fpr: &mut FprState) -> VmAction 
     let (trace, mark) = trace_of(vm);
     let analysis = vm.inst_analysis(AnalysisType::DISASSEMBLY);
     trace.with(|w| {
+        if JSONL.load(Relaxed) {
+            return line::write_line_json(w, mark, analysis.address, &analysis.disassembly, regs);
+        }
         if let Some(tid) = mark {
             write!(w, "[tid {tid}] ")?;
         }
@@ -152,7 +183,11 @@ fn fini() {
     }
     TRACE.finish(|w| match BUDGET.limit() {
         Some(max) if BUDGET.used() >= max => {
-            writeln!(w, "# stopped after {max} instructions (max={max})")
+            if JSONL.load(Relaxed) {
+                line::write_stopped_json(w, max)
+            } else {
+                writeln!(w, "# stopped after {max} instructions (max={max})")
+            }
         }
         _ => Ok(()),
     });
