@@ -248,7 +248,9 @@ struct CrateInfo {
     lib: String,
 }
 
-fn inspect(dir: &Path) -> Result<CrateInfo, String> {
+/// `origin` says where the crate comes from in messages (its directory, or the URL or
+/// registry name it was fetched from).
+fn inspect(dir: &Path, origin: &str) -> Result<CrateInfo, String> {
     let manifest = dir.join("Cargo.toml");
     if !manifest.is_file() {
         return Err(format!(
@@ -292,10 +294,9 @@ fn inspect(dir: &Path) -> Result<CrateInfo, String> {
     });
     let Some(lib) = lib else {
         return Err(format!(
-            "the crate {name} ({}) is not a qbdi plugin: it builds no cdylib (a plugin crate has \
-             `[lib] crate-type = [\"cdylib\"]` in its Cargo.toml and depends on qbdi-sdk; \
-             `qbdi plugin new NAME` makes one)",
-            dir.display()
+            "the crate {name} ({origin}) is not a qbdi plugin: it builds no cdylib (a plugin \
+             crate has `[lib] crate-type = [\"cdylib\"]` in its Cargo.toml and depends on \
+             qbdi-sdk; `qbdi plugin new NAME` makes one)"
         ));
     };
     let uses_sdk = pkg["dependencies"]
@@ -305,10 +306,9 @@ fn inspect(dir: &Path) -> Result<CrateInfo, String> {
         .any(|d| d["name"] == "qbdi-sdk" && d["kind"].is_null());
     if !uses_sdk {
         return Err(format!(
-            "the crate {name} ({}) is not a qbdi plugin: it does not depend on qbdi-sdk (a \
-             plugin crate depends on qbdi-sdk and calls `qbdi_sdk::plugin!(..)` once; \
-             `qbdi plugin new NAME` makes one)",
-            dir.display()
+            "the crate {name} ({origin}) is not a qbdi plugin: it does not depend on qbdi-sdk \
+             (a plugin crate depends on qbdi-sdk and calls `qbdi_sdk::plugin!(..)` once; \
+             `qbdi plugin new NAME` makes one)"
         ));
     }
     Ok(CrateInfo {
@@ -443,7 +443,7 @@ pub fn install(source: &str, rev: Option<&str>) -> Result<String, String> {
             (dir, shared_target_dir())
         }
     };
-    let info = inspect(&dir)?;
+    let info = inspect(&dir, &source.describe())?;
     let built = build(&dir, &info, target_dir.as_deref())?;
     let p = plugin::load(&built).map_err(|e| {
         let hint = match e {
