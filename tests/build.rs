@@ -5,7 +5,8 @@
 //! `programs/setjmp_longjmp.c`, `programs/spawner.c`, `programs/threads8.c` and
 //! `programs/raw_threads.c` likewise (`QBDI_TEST_FORKER`, `QBDI_TEST_CALL_PLUGIN`,
 //! `QBDI_TEST_SETJMP_LONGJMP`, `QBDI_TEST_SPAWNER`, `QBDI_TEST_THREADS8`,
-//! `QBDI_TEST_RAW_THREADS`).
+//! `QBDI_TEST_RAW_THREADS`); `programs/dwarf_main.c` with its library `dwarf_lib.c`, built
+//! with debug information (`QBDI_TEST_DWARF_MAIN_LAZY`, `QBDI_TEST_DWARF_MAIN_NOW`).
 
 fn main() {
     let mut c_files = Vec::new();
@@ -70,7 +71,46 @@ fn main() {
     build_c_program(&out, "crash", "QBDI_TEST_CRASH");
     build_c_program(&out, "direct_paths", "QBDI_TEST_DIRECT_PATHS");
     build_shared_library(&out, "late_lib", "QBDI_TEST_LATE_LIB");
+    build_dwarf_program(&out);
     build_rust_threads(&out);
+}
+
+/// `programs/dwarf_lib.c` into `libdwarf_lib.so` with debug information, and
+/// `programs/dwarf_main.c` linked against it (found through its rpath), its calls bound
+/// lazily and at start-up: the programs' paths in `QBDI_TEST_DWARF_MAIN_LAZY` and
+/// `QBDI_TEST_DWARF_MAIN_NOW`.
+fn build_dwarf_program(out: &str) {
+    let (lib_src, main_src) = ("programs/dwarf_lib.c", "programs/dwarf_main.c");
+    println!("cargo:rerun-if-changed={lib_src}");
+    println!("cargo:rerun-if-changed={main_src}");
+    let lib = format!("{out}/libdwarf_lib.so");
+    let status = std::process::Command::new("gcc")
+        .args(["-O1", "-g", "-shared", "-fPIC", "-o", &lib, lib_src])
+        .status()
+        .expect("gcc runs (the machine image has it)");
+    assert!(status.success(), "gcc failed on {lib_src}");
+    // Bound lazily (calls enter the dynamic loader's resolver first) and at start-up.
+    for (binding, var) in [
+        ("lazy", "QBDI_TEST_DWARF_MAIN_LAZY"),
+        ("now", "QBDI_TEST_DWARF_MAIN_NOW"),
+    ] {
+        let exe = format!("{out}/dwarf_main_{binding}");
+        let status = std::process::Command::new("gcc")
+            .args([
+                "-O1",
+                "-o",
+                &exe,
+                main_src,
+                &format!("-L{out}"),
+                "-ldwarf_lib",
+            ])
+            .arg(format!("-Wl,-rpath,{out}"))
+            .arg(format!("-Wl,-z,{binding}"))
+            .status()
+            .expect("gcc runs (the machine image has it)");
+        assert!(status.success(), "gcc failed on {main_src}");
+        println!("cargo:rustc-env={var}={exe}");
+    }
 }
 
 /// Compiles `programs/<name>.c` into `lib<name>.so`; its path in the environment variable
