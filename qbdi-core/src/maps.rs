@@ -42,8 +42,21 @@ pub fn process_maps(pid: i32, full_path: bool) -> Vec<MemoryMap> {
     read_maps(&format!("/proc/{pid}/maps"), full_path)
 }
 
+/// The whole text of a procfs file, in a few large reads: `std::fs::read_to_string`
+/// sees a size of 0 and starts with small reads, a dozen system calls for a maps file.
+pub(crate) fn read_proc_file(path: &str) -> String {
+    use std::io::Read;
+    let mut text = String::with_capacity(64 << 10);
+    if let Ok(mut f) = std::fs::File::open(path)
+        && f.read_to_string(&mut text).is_err()
+    {
+        text.clear();
+    }
+    text
+}
+
 fn read_maps(path: &str, full_path: bool) -> Vec<MemoryMap> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let text = read_proc_file(path);
     let maps = text.lines().filter_map(|l| parse_line(l, full_path));
     if path != "/proc/self/maps" {
         return maps.collect();

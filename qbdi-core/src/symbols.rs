@@ -177,7 +177,7 @@ struct Mapping {
 
 /// The file-backed mapping of `/proc/self/maps` that contains `addr`.
 fn find_mapping(addr: u64) -> Option<Mapping> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let maps = crate::maps::read_proc_file("/proc/self/maps");
     maps.lines().find_map(|line| {
         // "start-end perms offset dev inode   path"
         let mut fields = line.splitn(6, ' ');
