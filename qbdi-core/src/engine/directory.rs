@@ -7,6 +7,12 @@
 //! So every table here has a fixed capacity reserved up front, links are intrusive lists
 //! threaded through the stubs, and a full directory is reported to the engine, which resets
 //! the whole cache.
+//!
+//! The reserved tables start as zeroed memory the OS hands out lazily, and "empty" is zero
+//! in each, so that creating a directory touches none of their pages. The start -> block
+//! map uses a small part of its reservation and grows into the next part (see
+//! [`Directory::insert`]): a map spread over its whole reservation would put nearly every
+//! new block on a fresh page.
 
 /// What an exit stub does when the guest reaches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,7 +63,7 @@ pub(crate) struct Block {
     pub reentry_stub: u32,
     /// First stub linked to this block, or NONE.
     incoming: u32,
-    /// Next block (older) in the same page bucket, or NONE.
+    /// Next block (older) in the same page bucket, as block index + 1; 0: none.
     next_in_page: u32,
     pub live: bool,
 }
@@ -66,8 +72,14 @@ pub(crate) struct Block {
 /// do for ordinary code (128 MiB at about 150 bytes a block).
 const MAX_BLOCKS: usize = 1 << 18;
 const MAX_STUBS: usize = 1 << 20;
-/// Open-addressing slots of the start -> block map: twice the blocks, a power of two.
+/// Open-addressing slots of the start -> block map at its largest: twice the blocks, a
+/// power of two.
 const MAP_SLOTS: usize = MAX_BLOCKS * 2;
+/// Slots of the map at creation and after a reset (a power of two): 64 KiB.
+const MAP_MIN_SLOTS: usize = 1 << 12;
+/// Slots reserved for the map: its regions of `MAP_MIN_SLOTS`, twice as many, ...,
+/// `MAP_SLOTS` slots, one after the other (see [`region_base`]).
+const MAP_RESERVED: usize = 2 * MAP_SLOTS - MAP_MIN_SLOTS;
 /// Buckets of the page index (guest page number modulo this).
 const PAGE_BUCKETS: usize = 1 << 16;
 /// Slots of the guest return address -> transfer return stub cache (direct-mapped).
@@ -78,11 +90,18 @@ const MAX_BLOCK_GUEST_BYTES: u64 = super::translator::MAX_BLOCK_INSTRUCTIONS as 
 pub(crate) struct Directory {
     blocks: Vec<Block>,
     stubs: Vec<ExitStub>,
-    /// Open addressing, linear probing: (guest start, block index + 1); 0 = empty, so the
-    /// table starts as zeroed memory the OS hands out lazily.
+    /// The start -> block map: open addressing, linear probing, (guest start, block
+    /// index + 1); 0 = empty. Only the region of `map_mask + 1` slots at `map_base` is in
+    /// use (see [`region_base`]); every slot outside it is empty.
     map: Vec<(u64, u32)>,
-    /// Page index: for each bucket, the newest block starting in a page of that bucket;
-    /// blocks chain through `next_in_page`. Dead blocks are unchained lazily.
+    map_base: usize,
+    /// Slots of the region in use, minus one (a power of two minus one).
+    map_mask: usize,
+    /// 64 - log2(slots of the region in use): the shift of the map's hash.
+    map_shift: u32,
+    /// Page index: for each bucket, the newest block starting in a page of that bucket (as
+    /// block index + 1; 0: none); blocks chain through `next_in_page`. Dead blocks are
+    /// unchained lazily.
     pages: Vec<u32>,
     live: usize,
     /// Guest span of all blocks ever entered since the last reset: a fast "surely not
@@ -119,8 +138,12 @@ impl Directory {
         Directory {
             blocks: Vec::with_capacity(MAX_BLOCKS),
             stubs: Vec::with_capacity(MAX_STUBS),
-            map: vec![(0, 0); MAP_SLOTS],
-            pages: vec![NONE; PAGE_BUCKETS],
+            // Zeroed: fresh memory from the allocator, untouched until used.
+            map: vec![(0, 0); MAP_RESERVED],
+            map_base: region_base(MAP_MIN_SLOTS),
+            map_mask: MAP_MIN_SLOTS - 1,
+            map_shift: 64 - MAP_MIN_SLOTS.trailing_zeros(),
+            pages: vec![0; PAGE_BUCKETS],
             live: 0,
             lo: u64::MAX,
             hi: 0,
@@ -185,29 +208,39 @@ impl Directory {
         });
     }
 
+    /// The home slot of `start` in the map's region in use (an index in that region).
     fn slot_of(&self, start: u64) -> usize {
-        // Fibonacci hashing spreads nearby code addresses over the table.
-        (start.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - MAP_SLOTS.trailing_zeros())) as usize
+        map_hash(start, self.map_shift)
     }
 
-    /// The map slot holding `start`, if a live block starts there.
+    /// The map's region in use.
+    fn region(&self) -> &[(u64, u32)] {
+        &self.map[self.map_base..=self.map_base + self.map_mask]
+    }
+
+    fn region_mut(&mut self) -> &mut [(u64, u32)] {
+        &mut self.map[self.map_base..=self.map_base + self.map_mask]
+    }
+
+    /// The slot of the map's region in use holding `start`, if a live block starts there.
     fn find_slot(&self, start: u64) -> Option<usize> {
+        let region = self.region();
         let mut s = self.slot_of(start);
         loop {
-            let (k, v) = self.map[s];
+            let (k, v) = region[s];
             if v == 0 {
                 return None;
             }
             if k == start {
                 return Some(s);
             }
-            s = (s + 1) & (MAP_SLOTS - 1);
+            s = (s + 1) & self.map_mask;
         }
     }
 
     /// Index in `blocks` of the live block starting at `start`.
     fn lookup_index(&self, start: u64) -> Option<u32> {
-        self.find_slot(start).map(|s| self.map[s].1 - 1)
+        self.find_slot(start).map(|s| self.region()[s].1 - 1)
     }
 
     /// The block whose translation starts at host address `host` (a linear scan: for rare
@@ -229,12 +262,19 @@ impl Directory {
     }
 
     /// Enters a new block; there must be none at `start`.
+    ///
+    /// When the block would make the map's region in use more than half full, the map first
+    /// moves to its next region, twice as large (see [`region_base`]), in the memory
+    /// reserved at creation: no allocation.
     pub fn insert(&mut self, start: u64, end: u64, host: u64, reentry_stub: u32) {
         assert!(self.blocks.len() < MAX_BLOCKS, "callers check has_room");
+        if (self.live + 1) * 2 > self.map_mask + 1 {
+            self.grow_map();
+        }
         let index = self.blocks.len() as u32;
         let bucket = page_bucket(start);
         let next_in_page = self.pages[bucket];
-        self.pages[bucket] = index;
+        self.pages[bucket] = index + 1;
         self.blocks.push(Block {
             start,
             end,
@@ -244,15 +284,46 @@ impl Directory {
             next_in_page,
             live: true,
         });
+        let mask = self.map_mask;
         let mut s = self.slot_of(start);
-        while self.map[s].1 != 0 {
-            debug_assert_ne!(self.map[s].0, start, "one block per start address");
-            s = (s + 1) & (MAP_SLOTS - 1);
+        let region = self.region_mut();
+        while region[s].1 != 0 {
+            debug_assert_ne!(region[s].0, start, "one block per start address");
+            s = (s + 1) & mask;
         }
-        self.map[s] = (start, index + 1);
+        region[s] = (start, index + 1);
         self.live += 1;
         self.lo = self.lo.min(start);
         self.hi = self.hi.max(end);
+    }
+
+    /// Moves the map to its next region, twice as large, and empties the old one. The old
+    /// region stays the one in use until the new one is complete.
+    fn grow_map(&mut self) {
+        let old_slots = self.map_mask + 1;
+        let slots = old_slots * 2;
+        // `live` never exceeds MAX_BLOCKS, which the largest region holds at half load.
+        assert!(slots <= MAP_SLOTS, "the map outgrew its reservation");
+        let (old_base, base) = (self.map_base, region_base(slots));
+        let (mask, shift) = (slots - 1, 64 - slots.trailing_zeros());
+        // The new region follows the old one.
+        let (head, tail) = self.map.split_at_mut(base);
+        let old = &mut head[old_base..];
+        let new = &mut tail[..slots];
+        debug_assert!(new.iter().all(|&(_, v)| v == 0), "unused regions are empty");
+        for &(k, v) in old.iter() {
+            if v != 0 {
+                let mut s = map_hash(k, shift);
+                while new[s].1 != 0 {
+                    s = (s + 1) & mask;
+                }
+                new[s] = (k, v);
+            }
+        }
+        self.map_base = base;
+        self.map_mask = mask;
+        self.map_shift = shift;
+        old.fill((0, 0));
     }
 
     /// Records that stub `i` is linked to the block at its target.
@@ -272,21 +343,23 @@ impl Directory {
     /// to it (marked unlinked here) and returns the block.
     pub fn remove(&mut self, start: u64, mut unlink: impl FnMut(&ExitStub)) -> Option<Block> {
         let s = self.find_slot(start)?;
-        let index = self.map[s].1 as usize - 1;
+        let (mask, shift) = (self.map_mask, self.map_shift);
+        let region = self.region_mut();
+        let index = region[s].1 as usize - 1;
         // Backward-shift deletion keeps probe chains intact without tombstones.
         let mut hole = s;
-        let mut j = (s + 1) & (MAP_SLOTS - 1);
-        while self.map[j].1 != 0 {
-            let home = self.slot_of(self.map[j].0);
-            let distance_j = j.wrapping_sub(home) & (MAP_SLOTS - 1);
-            let distance_hole = j.wrapping_sub(hole) & (MAP_SLOTS - 1);
+        let mut j = (s + 1) & mask;
+        while region[j].1 != 0 {
+            let home = map_hash(region[j].0, shift);
+            let distance_j = j.wrapping_sub(home) & mask;
+            let distance_hole = j.wrapping_sub(hole) & mask;
             if distance_j >= distance_hole {
-                self.map[hole] = self.map[j];
+                region[hole] = region[j];
                 hole = j;
             }
-            j = (j + 1) & (MAP_SLOTS - 1);
+            j = (j + 1) & mask;
         }
-        self.map[hole] = (0, 0);
+        region[hole] = (0, 0);
         self.live -= 1;
         let block = &mut self.blocks[index];
         block.live = false;
@@ -326,16 +399,17 @@ impl Directory {
         }
         for page in first_page..=last_page {
             let bucket = page_bucket(page << 12);
-            let mut prev = NONE;
+            // Block indices + 1, 0: none (as in `pages`).
+            let mut prev = 0;
             let mut i = self.pages[bucket];
-            while i != NONE {
-                let b = self.blocks[i as usize];
+            while i != 0 {
+                let b = self.blocks[i as usize - 1];
                 if !b.live {
                     // Unchain it.
-                    if prev == NONE {
+                    if prev == 0 {
                         self.pages[bucket] = b.next_in_page;
                     } else {
-                        self.blocks[prev as usize].next_in_page = b.next_in_page;
+                        self.blocks[prev as usize - 1].next_in_page = b.next_in_page;
                     }
                 } else {
                     if b.start >> 12 == page && b.start < end && start < b.end {
@@ -369,12 +443,16 @@ impl Directory {
         out.extend(self.blocks.iter().filter(|b| b.live).map(|b| b.start));
     }
 
-    /// Forgets everything (the code cache was reset).
+    /// Forgets everything (the code cache was reset). The map goes back to its first
+    /// region.
     pub fn reset(&mut self) {
         self.blocks.clear();
         self.stubs.clear();
-        self.map.fill((0, 0));
-        self.pages.fill(NONE);
+        self.region_mut().fill((0, 0));
+        self.map_base = region_base(MAP_MIN_SLOTS);
+        self.map_mask = MAP_MIN_SLOTS - 1;
+        self.map_shift = 64 - MAP_MIN_SLOTS.trailing_zeros();
+        self.pages.fill(0);
         self.live = 0;
         self.lo = u64::MAX;
         self.hi = 0;
@@ -385,6 +463,19 @@ impl Directory {
 
 fn transfer_slot(ret: u64) -> usize {
     ((ret ^ (ret >> 12)) as usize) & (TRANSFER_SLOTS - 1)
+}
+
+/// Where the map's region of `slots` slots (`MAP_MIN_SLOTS` times a power of two) starts
+/// in its reservation: the regions lie one after the other by increasing size, so that the
+/// next one never overlaps the one in use and the first ones stay small and dense.
+fn region_base(slots: usize) -> usize {
+    slots - MAP_MIN_SLOTS
+}
+
+/// The home slot of `start` in a map region of `1 << (64 - shift)` slots: Fibonacci
+/// hashing spreads nearby code addresses over the region.
+fn map_hash(start: u64, shift: u32) -> usize {
+    (start.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
 }
 
 fn page_bucket(addr: u64) -> usize {
@@ -417,6 +508,72 @@ mod tests {
         let mut out = Vec::with_capacity(16);
         d.overlapping(0x40_0010, 0x40_0012, &mut out);
         assert_eq!(out, vec![0x40_0010]);
+    }
+
+    /// Whether every map slot outside the region in use is empty.
+    fn outside_region_empty(d: &Directory) -> bool {
+        let (lo, hi) = (d.map_base, d.map_base + d.map_mask + 1);
+        d.map[..lo].iter().chain(&d.map[hi..]).all(|&e| e == (0, 0))
+    }
+
+    #[test]
+    fn map_grows_through_its_regions_and_resets() {
+        let mut d = Directory::new();
+        assert_eq!(d.map_mask + 1, MAP_MIN_SLOTS);
+        let n = 40_000u64;
+        // Spread and clustered starts, removals interleaved with the growth.
+        let start = |i: u64| {
+            if i.is_multiple_of(2) {
+                0x40_0000 + i * 16
+            } else {
+                0x7f00_0000_0000 + i * 4096 + 7
+            }
+        };
+        for i in 0..n {
+            d.push_stub(start(i), 0, 0, ExitKind::Reentry);
+            d.insert(start(i), start(i) + 4, 0x1000 + i, i as u32);
+            if i % 5 == 4 {
+                assert!(d.remove(start(i - 2), |_| {}).is_some());
+            }
+        }
+        assert!(d.map_mask + 1 >= 2 * d.live && d.map_mask + 1 > MAP_MIN_SLOTS);
+        assert!(outside_region_empty(&d));
+        for i in 0..n {
+            let removed = i % 5 == 2 && i + 2 < n;
+            let found = d.lookup(start(i)).map(|b| b.host);
+            assert_eq!(found, (!removed).then_some(0x1000 + i), "block {i}");
+        }
+        let mut out = Vec::with_capacity(16);
+        d.overlapping(start(1), start(1) + 1, &mut out);
+        assert_eq!(out, vec![start(1)]);
+        d.reset();
+        assert_eq!(d.map_mask + 1, MAP_MIN_SLOTS);
+        assert!(d.map.iter().all(|&e| e == (0, 0)));
+        assert!(d.pages.iter().all(|&p| p == 0));
+        assert_eq!(d.lookup(start(1)).map(|b| b.host), None);
+        for i in 0..10_000 {
+            d.push_stub(start(i), 0, 0, ExitKind::Reentry);
+            d.insert(start(i), start(i) + 4, 0x2000 + i, i as u32);
+        }
+        assert!(outside_region_empty(&d));
+        for i in 0..10_000 {
+            assert_eq!(d.lookup(start(i)).map(|b| b.host), Some(0x2000 + i));
+        }
+    }
+
+    #[test]
+    fn map_reaches_its_largest_region() {
+        let mut d = Directory::new();
+        for i in 0..MAX_BLOCKS as u64 {
+            d.insert(0x1000 + i * 3, 0x1000 + i * 3 + 1, i, 0);
+        }
+        assert_eq!(d.map_mask + 1, MAP_SLOTS);
+        assert_eq!(d.map_base + MAP_SLOTS, MAP_RESERVED);
+        assert!(!d.has_room(0));
+        for i in (0..MAX_BLOCKS as u64).step_by(97) {
+            assert_eq!(d.lookup(0x1000 + i * 3).map(|b| b.host), Some(i));
+        }
+        assert!(d.lookup(0x1000 + 1).is_none());
     }
 
     #[test]
