@@ -306,7 +306,9 @@ diff_asm_indirect_mem:
 
 /* uint64_t diff_asm_riprel(uint64_t i): RIP-relative loads, a RIP-relative compare with an
  * imm32 and with an imm8 (displacement relative to the end of the immediate), a RIP-relative
- * read-modify-write, a RIP-relative movdqu. */
+ * read-modify-write, a RIP-relative movdqu; imul, pshufd, vpshufd with immediates after the
+ * displacement, a RIP-relative shift and test (the translator rewrites displacements in
+ * place). */
     .globl diff_asm_riprel
     .type diff_asm_riprel,@function
 diff_asm_riprel:
@@ -331,6 +333,21 @@ diff_asm_riprel:
     add rax, rdx
     pextrq rdx, xmm0, 1
     xor rax, rdx
+    /* An immediate after the displacement in legacy, SSE and VEX forms, a shift. */
+    imul edx, dword ptr [rip + .Ltab + 8], 0x12345
+    add rax, rdx
+    pshufd xmm1, [rip + .Lvec], 0x1b
+    vpshufd xmm2, [rip + .Lvec], 0x4e
+    movq rdx, xmm1
+    add rax, rdx
+    movq rdx, xmm2
+    xor rax, rdx
+    shl qword ptr [rip + .Lscratch], 3
+    add rax, [rip + .Lscratch]
+    test byte ptr [rip + .Lbyte], 2
+    setnz dl
+    movzx edx, dl
+    add rax, rdx
     ret
     .size diff_asm_riprel, .-diff_asm_riprel
 

@@ -122,6 +122,10 @@ pub(crate) struct Translator {
     pub faults: Vec<FaultPoint>,
     /// The block's inline counters, filled in once its extent is known.
     inline_patches: Vec<InlinePatch>,
+    /// Where the displacement of the instruction just decoded is in its bytes, when it is
+    /// RIP-relative with a 4-byte displacement (iced's constant offsets): the copy placed
+    /// elsewhere gets its displacement rewritten there, without re-encoding.
+    rip_disp_offset: Option<usize>,
 }
 
 /// Where a callback site finds the guest's `rip`.
@@ -220,6 +224,7 @@ impl Translator {
             bb_mem_first: 0,
             faults: Vec::with_capacity(MAX_BLOCK_INSTRUCTIONS + 1),
             inline_patches: Vec::with_capacity(inline::MAX_INLINE_COUNTERS),
+            rip_disp_offset: None,
         }
     }
 
@@ -310,6 +315,12 @@ impl Translator {
                 break;
             }
             decoder.decode_out(&mut instr);
+            // RIP-relative only (an EIP-relative operand wraps at 4 GiB).
+            self.rip_disp_offset = (instr.is_ip_rel_memory_operand()
+                && instr.memory_base() == Register::RIP)
+                .then(|| decoder.get_constant_offsets(&instr))
+                .filter(|o| o.has_displacement() && o.displacement_size() == 4)
+                .map(|o| o.displacement_offset());
             if instr.is_invalid() {
                 // Translate up to the bad bytes; reaching them is an exit of its own.
                 if count > 0 {
@@ -817,7 +828,20 @@ impl Translator {
             self.note_fault(host, instr.ip(), NO_SCRATCH);
             return Ok(());
         }
-        if rel32_reaches(self.asm.here(), instr.ip_rel_memory_address())
+        let target = instr.ip_rel_memory_address();
+        if let Some(at) = self.rip_disp_offset.filter(|&at| at + 4 <= instr.len()) {
+            // The same bytes, their displacement now relative to the copy's end.
+            let disp = target.wrapping_sub(host + instr.len() as u64) as i64;
+            if let Ok(disp) = i32::try_from(disp) {
+                let start = (instr.ip() - pc) as usize;
+                self.asm.bytes(&bytes[start..start + instr.len()]);
+                let d = self.asm.len() - instr.len() + at;
+                self.asm.buf[d..d + 4].copy_from_slice(&disp.to_le_bytes());
+                self.note_fault(host, instr.ip(), NO_SCRATCH);
+                return Ok(());
+            }
+        }
+        if rel32_reaches(self.asm.here(), target)
             && self.encoder.encode(instr, self.asm.here()).is_ok()
         {
             self.append_encoded();
@@ -827,7 +851,6 @@ impl Translator {
         self.discard_encoded();
         // Out of rel32 reach: address the operand through a scratch register the
         // instruction does not use, spilled to the context.
-        let target = instr.ip_rel_memory_address();
         let scratch = self
             .free_register(instr)
             .ok_or_else(|| VmError::Translation {
@@ -1027,6 +1050,19 @@ impl Translator {
                 Ok(())
             }
             OpKind::Memory => {
+                if instr.is_ip_rel_memory_operand()
+                    && instr.memory_base() == Register::RIP
+                    && instr.segment_prefix() == Register::None
+                {
+                    // mov rcx, [rip+disp32] (a PLT's `jmp [rip+slot]`): encoded by hand.
+                    let slot = instr.ip_rel_memory_address();
+                    let disp = slot.wrapping_sub(self.asm.here() + 7) as i64;
+                    if let Ok(disp) = i32::try_from(disp) {
+                        self.asm.bytes(&[0x48, 0x8b, 0x0d]);
+                        self.asm.bytes(&disp.to_le_bytes());
+                        return Ok(());
+                    }
+                }
                 let mem = if instr.is_ip_rel_memory_operand() {
                     MemoryOperand::with_base_displ(
                         Register::RIP,
