@@ -304,6 +304,35 @@ diff_asm_indirect_mem:
     ret 16
     .size diff_asm_indirect_mem, .-diff_asm_indirect_mem
 
+/* uint64_t diff_asm_slot_switch(uint64_t i, uint64_t x): calls, then tail-jumps, through a
+ * writable slot that holds one of two functions depending on i: the translator expects the
+ * slot's value at translation (a direct jump when it holds it), and every other value must
+ * take the lookup with the right target. */
+    .globl diff_asm_slot_switch
+    .type diff_asm_slot_switch,@function
+diff_asm_slot_switch:
+    lea rax, [rip + .Lslot_a]
+    lea rcx, [rip + .Lslot_b]
+    test edi, 1
+    cmovnz rax, rcx
+    mov [rip + .Lslot], rax
+    push rbx
+    mov rbx, rsi
+    mov rdi, rsi
+    call qword ptr [rip + .Lslot]
+    add rbx, rax
+    mov rdi, rbx
+    pop rbx
+    jmp qword ptr [rip + .Lslot]
+.Lslot_a:
+    lea rax, [rdi * 2 + 1]
+    ret
+.Lslot_b:
+    mov rax, rdi
+    xor rax, 0x5a5a
+    ret
+    .size diff_asm_slot_switch, .-diff_asm_slot_switch
+
 /* uint64_t diff_asm_riprel(uint64_t i): RIP-relative loads, a RIP-relative compare with an
  * imm32 and with an imm8 (displacement relative to the end of the immediate), a RIP-relative
  * read-modify-write, a RIP-relative movdqu; imul, pshufd, vpshufd with immediates after the
@@ -485,5 +514,7 @@ diff_asm_avx512_hi:
     .quad 0x1234, 0x1111, 0x2222, 0x3333, 0x4444, 0x5555, 0x6666, 0x7777
 .Lscratch:
     .quad 0
+.Lslot:
+    .quad .Lslot_a
 
     .section .note.GNU-stack,"",@progbits

@@ -395,6 +395,14 @@ impl Engine {
         let ranges: *const RangeSet = &shared.inst.ranges;
         // SAFETY: translation plants sites but never changes the ranges.
         let in_range = |a: u64| unsafe { (*ranges).contains(a) };
+        let readable = &self.readable;
+        let read_word = |a: u64| {
+            // SAFETY: the 8 bytes are in a readable mapping as the maps were last read
+            // (and those are read again after any change the host sees).
+            readable
+                .known_readable(a, 8)
+                .then(|| unsafe { (a as *const u64).read_unaligned() })
+        };
         let env = Env {
             ctx: cache.ctx_addr(),
             table: cache.table_addr(),
@@ -406,6 +414,7 @@ impl Engine {
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
             check_bytes: self.readable.volatile_at(pc).is_some(),
+            read_word: &read_word,
         };
         let values = !self
             .options

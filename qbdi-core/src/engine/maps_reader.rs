@@ -48,6 +48,15 @@ impl ReadableMaps {
         self.volatile.get(i).copied().filter(|a| a.0 <= addr)
     }
 
+    /// Whether the `len` bytes at `addr` are readable, as the maps were last read (never
+    /// reads them again: false when they may be stale).
+    pub fn known_readable(&self, addr: u64, len: u64) -> bool {
+        self.valid
+            && self
+                .find(addr)
+                .is_some_and(|end| addr.checked_add(len).is_some_and(|e| e <= end))
+    }
+
     fn find(&self, addr: u64) -> Option<u64> {
         let i = self.areas.partition_point(|a| a.1 <= addr);
         self.areas.get(i).filter(|a| a.0 <= addr).map(|a| a.1)

@@ -81,6 +81,8 @@ pub(crate) struct Env<'a> {
     /// The guest bytes may change (writable or anonymous memory): the block checks them
     /// at each entry.
     pub check_bytes: bool,
+    /// The 8 bytes at an address, if they are readable now (a `jmp [rip+slot]`'s slot).
+    pub read_word: &'a dyn Fn(u64) -> Option<u64>,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -1013,6 +1015,9 @@ impl Translator {
                 if instr.flow_control() == FlowControl::IndirectCall {
                     self.asm.push_imm64(instr.next_ip());
                 }
+                if let Some(expected) = self.slot_target(instr, env) {
+                    self.emit_expected_target(instr, env, hooks, expected);
+                }
             }
         }
         if hooks.is_some() {
@@ -1035,6 +1040,52 @@ impl Translator {
         emit_restore(&mut self.asm, ctx);
         self.asm.jmp_mem(ctx + off::IB_JUMP);
         Ok(())
+    }
+
+    /// The target a `jmp`/`call [rip+slot]` (a PLT's jump, a `-fno-plt` call) will most
+    /// likely take: the slot's value now, when it is an instrumented address that is not a
+    /// lazy-binding stub (`push imm32` or `endbr64; push imm32`: the slot changes at the
+    /// first call, after this translation).
+    fn slot_target(&self, instr: &Instruction, env: &Env<'_>) -> Option<u64> {
+        if !(instr.op0_kind() == OpKind::Memory
+            && instr.is_ip_rel_memory_operand()
+            && instr.memory_base() == Register::RIP
+            && instr.segment_prefix() == Register::None)
+        {
+            return None;
+        }
+        let target = (env.read_word)(instr.ip_rel_memory_address())?;
+        if !(env.in_range)(target) || target == env.boundary {
+            return None;
+        }
+        let head = (env.read_word)(target)?.to_le_bytes();
+        let lazy = head[0] == 0x68 || (head[..4] == [0xf3, 0x0f, 0x1e, 0xfa] && head[4] == 0x68);
+        (!lazy).then_some(target)
+    }
+
+    /// After rcx = the target of an indirect branch (rax, rcx, rdx spilled): when it is
+    /// `expected`, the branch goes on as a direct one (its exit stub is linked to the
+    /// target's block: no table lookup, a direct jump); otherwise rcx is the target again
+    /// and the lookup follows.
+    fn emit_expected_target(
+        &mut self,
+        instr: &Instruction,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+        expected: u64,
+    ) {
+        let (hit, miss) = (self.asm.new_label(), self.asm.new_label());
+        self.asm.mov_imm64(RAX, expected);
+        self.asm.rcx_diff(RAX); // rcx = 0 iff the target is the expected one
+        self.asm.jrcxz_label(hit);
+        self.asm.jmp_label(miss);
+        self.asm.bind(hit);
+        emit_restore(&mut self.asm, env.ctx);
+        self.path_hooks(env, hooks, instr, Rip::Imm(expected));
+        self.exit_to(expected, ExitKind::Branch, true);
+        self.asm.bind(miss);
+        // rcx = expected - target, so the same again gives the target back (no flags).
+        self.asm.rcx_diff(RAX);
     }
 
     /// rcx = the target of `jmp/call r/m64` (the guest's rax, rcx, rdx are still in place).

@@ -170,6 +170,7 @@ unsafe extern "C" {
     fn diff_asm_std_movsb(dst: *mut u8, src: *const u8, n: u64) -> u64;
     fn diff_asm_red_zone(a: u64) -> u64;
     fn diff_asm_indirect_mem(idx: u64, x: u64) -> u64;
+    fn diff_asm_slot_switch(i: u64, x: u64) -> u64;
     fn diff_asm_riprel(i: u64) -> u64;
     fn diff_asm_lea_rip() -> u64;
     fn diff_asm_get_pc() -> u64;
@@ -928,6 +929,17 @@ fn indirect_jumps_and_calls_through_memory_and_ret_imm() {
     for idx in 0u64..6 {
         for x in [0u64, 1, 0xffff_ffff, u64::MAX] {
             same!(&mut g, diff_asm_indirect_mem(idx, x));
+        }
+    }
+}
+
+#[test]
+fn calls_and_jumps_through_a_slot_whose_value_changes() {
+    let mut g = Guest::new();
+    // Same value several times (the expected target), then the other one, then back.
+    for i in [0u64, 0, 0, 1, 1, 0, 1, 0, 2, 3, 3, 2] {
+        for x in [0u64, 7, u64::MAX] {
+            same!(&mut g, diff_asm_slot_switch(i, x));
         }
     }
 }
