@@ -147,7 +147,7 @@ fn fini() {
     TRACE.finish(|w| match BUDGET.limit() {
         Some(max) if BUDGET.used() >= max => {
             if JSONL.load(Relaxed) {
-                line::write_stopped_json(w, max)
+                qbdi_plugin_support::json::write_stopped(w, max)
             } else {
                 writeln!(w, "# stopped after {max} accesses (max={max})")
             }

@@ -98,16 +98,6 @@ pub fn write_access_json(w: &mut impl Write, a: &MemoryAccess, tid: Option<u32>)
     w.write_all(b"\n")
 }
 
-/// Writes the last line of a trace the `max=N` budget stopped: the text form's
-/// `# stopped after N accesses (max=N)` as `{"event":"stopped","max":N}`.
-pub fn write_stopped_json(w: &mut impl Write, max: u64) -> io::Result<()> {
-    Object::new(w)?
-        .str("event", "stopped")?
-        .int("max", max)?
-        .end()?;
-    w.write_all(b"\n")
-}
-
 /// Whether the bytes of `a` (one byte when its size is unknown) meet `[start, end)`.
 pub fn overlaps(a: &MemoryAccess, (start, end): (u64, u64)) -> bool {
     let first = a.access_address;
@@ -209,7 +199,7 @@ mod tests {
                 + "\n"
         );
         let mut out = Vec::new();
-        write_stopped_json(&mut out, 1000).unwrap();
+        qbdi_plugin_support::json::write_stopped(&mut out, 1000).unwrap();
         assert_eq!(out, b"{\"event\":\"stopped\",\"max\":1000}\n");
     }
 

@@ -91,6 +91,16 @@ pub fn write_str(w: &mut impl Write, s: &str) -> io::Result<()> {
     w.write_all(b"\"")
 }
 
+/// Writes the last line of a trace the `max=N` budget stopped (the text forms'
+/// `# stopped after N ... (max=N)`): `{"event":"stopped","max":N}`.
+pub fn write_stopped(w: &mut impl Write, max: u64) -> io::Result<()> {
+    Object::new(w)?
+        .str("event", "stopped")?
+        .int("max", max)?
+        .end()?;
+    w.write_all(b"\n")
+}
+
 /// Writes bytes that should be text as a JSON string (invalid UTF-8 becomes U+FFFD).
 pub fn write_bytes_str(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
     write_str(w, &String::from_utf8_lossy(bytes))

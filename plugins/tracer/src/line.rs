@@ -98,16 +98,6 @@ pub fn write_line_json(
     w.write_all(b"\n")
 }
 
-/// Writes the last line of a trace the `max=N` budget stopped: the text form's
-/// `# stopped after N instructions (max=N)` as `{"event":"stopped","max":N}`.
-pub fn write_stopped_json(w: &mut impl Write, max: u64) -> io::Result<()> {
-    Object::new(w)?
-        .str("event", "stopped")?
-        .int("max", max)?
-        .end()?;
-    w.write_all(b"\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +152,7 @@ mod tests {
                 + "\n"
         );
         let mut out = Vec::new();
-        write_stopped_json(&mut out, 5).unwrap();
+        qbdi_plugin_support::json::write_stopped(&mut out, 5).unwrap();
         assert_eq!(out, b"{\"event\":\"stopped\",\"max\":5}\n");
     }
 }
