@@ -26,9 +26,10 @@ pub struct ElfInfo {
     pub has_interp: bool,
 }
 
-/// The first `limit` bytes of `path` (program headers sit right after the ELF header).
+/// The first `limit` bytes of `path` (program headers sit right after the ELF header), in
+/// one read for most files (an empty buffer would grow from 32 bytes, a dozen reads).
 pub fn read_head(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let mut head = Vec::new();
+    let mut head = Vec::with_capacity(usize::try_from(limit).unwrap_or(64 << 10));
     std::fs::File::open(path)?
         .take(limit)
         .read_to_end(&mut head)?;

@@ -5,7 +5,7 @@
 //! rax and rcx, spilled to the context, and touch no flags.
 
 use super::context::off;
-use super::emitter::{Asm, RAX, RCX};
+use super::emitter::{Asm, Label, RAX, RCX};
 use crate::memory_access::{
     MAX_SLOTS, MemDesc, MemoryAccessFlags, MemoryAccessType, MemoryRecorder,
 };
@@ -180,6 +180,86 @@ pub(crate) fn plan(
             rep: p.rep.is_some(),
         });
         out.push(*p);
+    }
+    true
+}
+
+/// Most (access, range) pairs [`emit_range_filter`] checks inline (each about 40 bytes).
+const MAX_RANGE_CHECKS: usize = 8;
+
+/// Before a site whose callbacks are all memory-range callbacks (`ranges`: their access
+/// kinds and ranges): code that skips the site (jumps to `skip`) unless an access of the
+/// instruction (`planned`, as recorded in the slots; `pre`: before the instruction, reads
+/// only) touches one of the ranges, with the predicate the callback routine applies
+/// (`addr < end && start < addr + max(size, 1)`, kinds intersecting). So a watched range
+/// costs the instructions that miss it a few compares instead of a callback routine. Emits
+/// nothing and returns false when the accesses cannot be checked so (a `rep` string span,
+/// known only after the instruction) or there are too many pairs. Saves rax, rcx and the
+/// flags (`lahf`/`seto`, as inline instrumentation does) around the compares.
+pub(crate) fn emit_range_filter(
+    a: &mut Asm,
+    ctx: u64,
+    planned: &[Planned],
+    pre: bool,
+    ranges: &[(MemoryAccessType, u64, u64)],
+    skip: Label,
+) -> bool {
+    let mut checks = [(0u16, 0u64, 0u64); MAX_RANGE_CHECKS];
+    let mut n = 0;
+    for p in planned {
+        if p.rep.is_some() {
+            return false;
+        }
+        if pre && p.write {
+            continue; // not recorded yet: the routine does not see it either
+        }
+        let kind = if p.write {
+            MemoryAccessType::WRITE
+        } else {
+            MemoryAccessType::READ
+        };
+        for &(k, start, end) in ranges {
+            if !k.intersects(kind) {
+                continue;
+            }
+            if n == MAX_RANGE_CHECKS {
+                return false;
+            }
+            // start < addr + size  <=>  addr >= start - (size - 1)
+            let size = u64::from(p.size.max(1));
+            checks[n] = (p.slot, start.saturating_sub(size - 1), end);
+            n += 1;
+        }
+    }
+    let spill = ctx + off::INLINE_SPILL;
+    let (hit, miss) = (a.new_label(), a.new_label());
+    a.store(spill, RAX);
+    a.store(spill + 8, RCX);
+    a.bytes(&[0x9f]); // lahf
+    a.bytes(&[0x0f, 0x90, 0xc0]); // seto al
+    a.store(spill + 16, RAX);
+    for &(slot, low, end) in &checks[..n] {
+        let next = a.new_label();
+        a.load(RAX, slot_addr(ctx, slot));
+        a.mov_imm64(RCX, end);
+        a.bytes(&[0x48, 0x39, 0xc8]); // cmp rax, rcx
+        a.jcc_label(3, next); // jae: at or past the end
+        a.mov_imm64(RCX, low);
+        a.bytes(&[0x48, 0x39, 0xc8]); // cmp rax, rcx
+        a.jcc_label(3, hit); // jae: from the start on
+        a.bind(next);
+    }
+    a.jmp_label(miss);
+    for (l, to) in [(miss, Some(skip)), (hit, None)] {
+        a.bind(l);
+        a.load(RAX, spill + 16);
+        a.bytes(&[0x04, 0x7f]); // add al, 0x7f: OF as saved
+        a.bytes(&[0x9e]); // sahf
+        a.load(RCX, spill + 8);
+        a.load(RAX, spill);
+        if let Some(to) = to {
+            a.jmp_label(to);
+        }
     }
     true
 }

@@ -31,8 +31,10 @@ use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room
 use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
 use crate::instrumentation::vm_ref::AnalysisCache;
-use crate::instrumentation::{ENTRY_EVENTS, EXIT_EVENTS, Instrumentation, MAX_DIRECT_CHAIN};
-use crate::memory_access::MemoryRecorder;
+use crate::instrumentation::{
+    ENTRY_EVENTS, EXIT_EVENTS, Instrumentation, MAX_DIRECT_CHAIN, SiteKind,
+};
+use crate::memory_access::{MemoryAccessType, MemoryRecorder};
 use iced_x86::{
     Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter, Instruction,
     InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
@@ -129,6 +131,9 @@ pub(crate) struct Translator {
     /// elsewhere gets its displacement rewritten there, without re-encoding.
     rip_disp_offset: Option<usize>,
 }
+
+/// Most memory-range callbacks at one site whose ranges are checked inline.
+const MAX_FILTERED_RANGES: usize = 4;
 
 /// Where a callback site finds the guest's `rip`.
 #[derive(Clone, Copy)]
@@ -401,6 +406,31 @@ impl Translator {
         let start = self.asm.len();
         let s = &inst.sites[site as usize];
         let after = self.asm.new_label();
+        // Memory-range callbacks alone: the instruction's accesses are compared with their
+        // ranges inline, and the site is skipped when none is touched.
+        if let SiteKind::Inst(position) = s.kind
+            && s.direct == 0
+            && s.len as usize <= MAX_FILTERED_RANGES
+        {
+            let mut ranges = [(MemoryAccessType::empty(), 0, 0); MAX_FILTERED_RANGES];
+            let cbs = &inst.site_cbs[s.first as usize..(s.first + s.len) as usize];
+            let all = cbs.iter().zip(ranges.iter_mut()).all(|(&id, slot)| {
+                inst.mem_range(id).is_some_and(|(k, r)| {
+                    *slot = (k, r.start, r.end);
+                    true
+                })
+            });
+            if all && !cbs.is_empty() {
+                memory_recording::emit_range_filter(
+                    &mut self.asm,
+                    ctx,
+                    &self.planned,
+                    position == InstPosition::PreInst,
+                    &ranges[..cbs.len()],
+                    after,
+                );
+            }
+        }
         // The site's direct calls, in call order (the callbacks' order).
         let mut calls = [None; MAX_DIRECT_CHAIN];
         for (k, c) in calls.iter_mut().enumerate().take(s.direct as usize) {
