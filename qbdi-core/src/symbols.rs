@@ -291,10 +291,10 @@ impl ModuleSymbols {
 
     /// Reads the file at `path`; an unreadable or non-ELF file gives an empty table.
     fn load(path: &str) -> Self {
-        let Ok(data) = std::fs::read(path) else {
+        let Some(data) = MappedFile::open(path) else {
             return Self::default();
         };
-        let Ok(file) = ElfFile64::<Endianness>::parse(data.as_slice()) else {
+        let Ok(file) = ElfFile64::<Endianness>::parse(data.bytes()) else {
             return Self::default();
         };
         let segments = file
@@ -335,6 +335,50 @@ impl ModuleSymbols {
             segments,
             symbols: ranked.into_iter().map(|(s, _)| s).collect(),
         }
+    }
+}
+
+/// A file mapped read-only (its pages shared with the page cache): reading a library of
+/// a few MiB into the heap to take its symbol tables cost a copy of all of it (the largest
+/// part of `qbdi run -p calltrace -- /usr/bin/true`).
+struct MappedFile {
+    addr: *mut libc::c_void,
+    len: usize,
+}
+
+impl MappedFile {
+    fn open(path: &str) -> Option<MappedFile> {
+        let file = std::fs::File::open(path).ok()?;
+        let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+        if len == 0 {
+            return None;
+        }
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh private read-only mapping of an open file; the descriptor may
+        // close afterwards (the mapping keeps the file).
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        (addr != libc::MAP_FAILED).then_some(MappedFile { addr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `len` readable bytes mapped at `addr` until drop.
+        unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }
+    }
+}
+
+impl Drop for MappedFile {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping; nothing borrows it past the drop.
+        unsafe { libc::munmap(self.addr, self.len) };
     }
 }
 

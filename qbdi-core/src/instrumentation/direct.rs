@@ -123,6 +123,54 @@ pub fn direct_call_refusal(func: *const (), abi: EntryAbi) -> Option<String> {
     analyze(func)
         .and_then(|l| l.direct_call(abi.kind(), func, 0))
         .err()
+        .map(|r| r.to_string())
+}
+
+/// Where a refusal names the instruction that caused it.
+const AT: &str = "\u{1}";
+
+/// Why an entry cannot be called directly ([`Vm::set_direct_entry`](crate::Vm)): its text
+/// (`Display`) names the instruction in question with its disassembly, formatted only
+/// when the text is asked for (building iced-x86's formatter tables costs a fraction of a
+/// millisecond, which a run whose refusals nobody reads should not pay).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectRefusal {
+    text: String,
+    instr: Option<Instruction>,
+}
+
+impl DirectRefusal {
+    /// A refusal whose `text` names `instr` where it holds [`AT`].
+    fn at(instr: &Instruction, text: String) -> DirectRefusal {
+        DirectRefusal {
+            text,
+            instr: Some(*instr),
+        }
+    }
+}
+
+impl From<String> for DirectRefusal {
+    fn from(text: String) -> DirectRefusal {
+        DirectRefusal { text, instr: None }
+    }
+}
+
+impl From<&str> for DirectRefusal {
+    fn from(text: &str) -> DirectRefusal {
+        DirectRefusal::from(text.to_owned())
+    }
+}
+
+impl std::fmt::Display for DirectRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.instr {
+            Some(i) => {
+                let named = format!("`{i}` at {:#x}", i.ip());
+                f.write_str(&self.text.replace(AT, &named))
+            }
+            None => f.write_str(&self.text),
+        }
+    }
 }
 
 /// What the machine code of a leaf entry does with general purpose registers.
@@ -139,7 +187,12 @@ pub(crate) struct Leaf {
 impl Leaf {
     /// How a site calls an entry of `kind` with this summary and closure `data`, unless
     /// the entry needs arguments only the general path provides (the error says which).
-    pub fn direct_call(self, kind: EntryKind, func: u64, data: u64) -> Result<DirectCall, String> {
+    pub fn direct_call(
+        self,
+        kind: EntryKind,
+        func: u64,
+        data: u64,
+    ) -> Result<DirectCall, DirectRefusal> {
         let (data_reg, vm, state, gpr, fpr) = kind.args();
         let reads = |r: u8| self.reads & (1 << r) != 0;
         if reads(vm) {
@@ -269,7 +322,7 @@ fn gpr_number(r: Register) -> Option<(u8, bool)> {
 /// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
 /// `ip` to the end of their mapping). The error says why it is not a leaf of general purpose
 /// code.
-pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
+pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> {
     let mut factory = InstructionInfoFactory::new();
     let mut leaf = Leaf {
         reads: 0,
@@ -282,7 +335,6 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
     let mut seen: Vec<(u64, u16)> = Vec::new();
     let mut decoded = 0usize;
     let mut instr = Instruction::default();
-    let at = |i: &Instruction| format!("`{i}` at {:#x}", i.ip());
     while let Some((mut pc, mut defined)) = work.pop() {
         loop {
             if seen.iter().any(|&(a, d)| a == pc && d & defined == d) {
@@ -291,22 +343,26 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
             seen.push((pc, defined));
             decoded += 1;
             if decoded > MAX_DECODED {
-                return Err(format!("it is longer than {MAX_DECODED} instructions"));
+                return Err(format!("it is longer than {MAX_DECODED} instructions").into());
             }
             let offset = pc
                 .checked_sub(ip)
                 .and_then(|o| usize::try_from(o).ok())
                 .filter(|&o| o < code.len())
-                .ok_or_else(|| format!("it jumps out of its code, to {pc:#x} (a tail call)"))?;
+                .ok_or_else(|| {
+                    DirectRefusal::from(format!(
+                        "it jumps out of its code, to {pc:#x} (a tail call)"
+                    ))
+                })?;
             let mut decoder = Decoder::with_ip(64, &code[offset..], pc, DecoderOptions::NONE);
             decoder.decode_out(&mut instr);
             if instr.is_invalid() {
-                return Err(format!("undecodable bytes at {pc:#x}"));
+                return Err(format!("undecodable bytes at {pc:#x}").into());
             }
             if forbidden(instr.mnemonic()) || instr.has_rep_prefix() || instr.has_repne_prefix() {
-                return Err(format!(
-                    "it contains {} (flags, string or system instruction)",
-                    at(&instr)
+                return Err(DirectRefusal::at(
+                    &instr,
+                    format!("it contains {AT} (flags, string or system instruction)"),
                 ));
             }
             if !instr
@@ -314,7 +370,10 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
                 .iter()
                 .all(|f| ALLOWED_FEATURES.contains(f))
             {
-                return Err(format!("it uses {} (not integer code)", at(&instr)));
+                return Err(DirectRefusal::at(
+                    &instr,
+                    format!("it uses {AT} (not integer code)"),
+                ));
             }
             let zero_idiom = matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
                 && instr.op_count() == 2
@@ -336,7 +395,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
                     if segment_read || r == Register::RIP {
                         continue;
                     }
-                    return Err(format!("it uses {r:?} in {}", at(&instr)));
+                    return Err(DirectRefusal::at(&instr, format!("it uses {r:?} in {AT}")));
                 };
                 if n == RSP {
                     continue; // the site gives the entry a stack of its own
@@ -367,7 +426,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
                 FlowControl::Return => {
                     // `ret imm16` would leave the stack unbalanced for the site.
                     if instr.op_count() != 0 {
-                        return Err(format!("it returns with {}", at(&instr)));
+                        return Err(DirectRefusal::at(&instr, format!("it returns with {AT}")));
                     }
                     break;
                 }
@@ -379,16 +438,18 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
                     pc = next;
                 }
                 FlowControl::Call | FlowControl::IndirectCall => {
-                    return Err(format!(
-                        "it calls other code ({}): not a leaf (a function it calls was not \
-                         inlined, or it may panic)",
-                        at(&instr)
+                    return Err(DirectRefusal::at(
+                        &instr,
+                        format!(
+                            "it calls other code ({AT}): not a leaf (a function it calls was \
+                             not inlined, or it may panic)"
+                        ),
                     ));
                 }
                 _ => {
-                    return Err(format!(
-                        "it leaves by {} (an indirect or far branch, or a trap)",
-                        at(&instr)
+                    return Err(DirectRefusal::at(
+                        &instr,
+                        format!("it leaves by {AT} (an indirect or far branch, or a trap)"),
                     ));
                 }
             }
@@ -402,7 +463,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, String> {
 struct Known {
     func: u64,
     prefix: Vec<u8>,
-    leaf: Result<Leaf, String>,
+    leaf: Result<Leaf, DirectRefusal>,
 }
 
 /// The first bytes of the code at `func` that are surely mapped: up to 64, within its page.
@@ -419,7 +480,7 @@ unsafe fn code_prefix(func: u64) -> &'static [u8] {
 /// Analyses the compiled entry at `func` (code of this process), remembering the answer per
 /// address. A remembered answer counts only if the code there starts with the same bytes
 /// (a library unloaded and another loaded at its address would not).
-pub(crate) fn analyze(func: u64) -> Result<Leaf, String> {
+pub(crate) fn analyze(func: u64) -> Result<Leaf, DirectRefusal> {
     static KNOWN: Mutex<Vec<Known>> = Mutex::new(Vec::new());
     let mut known = KNOWN.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(i) = known.iter().position(|k| k.func == func) {
@@ -446,7 +507,7 @@ pub(crate) fn analyze(func: u64) -> Result<Leaf, String> {
         }
         None => (
             Vec::new(),
-            Err(format!("{func:#x} is not in a readable mapping")),
+            Err(format!("{func:#x} is not in a readable mapping").into()),
         ),
     };
     known.push(Known {
@@ -565,7 +626,8 @@ mod tests {
         assert_eq!(l.reads, bit(RCX));
         let refusal = l
             .direct_call(EntryKind::Inst, 1, 2)
-            .expect_err("reads the FprState");
+            .expect_err("reads the FprState")
+            .to_string();
         assert!(refusal.contains("FprState"), "{refusal}");
     }
 
@@ -593,10 +655,13 @@ mod tests {
             ("reads the VmRef", &[0x48, 0x8b, 0x06, 0xc3], "VmRef"),
         ];
         for (what, code, reason) in refused {
+            // The instruction is disassembled into the text only when it is displayed.
             let refusal = analyze_code(code, 0x1000)
                 .and_then(|l| l.direct_call(EntryKind::Inst, 1, 2))
-                .expect_err(what);
+                .expect_err(what)
+                .to_string();
             assert!(refusal.contains(reason), "{what}: {refusal}");
+            assert!(!refusal.contains(AT), "{what}: {refusal}");
         }
     }
 

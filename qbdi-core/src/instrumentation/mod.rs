@@ -425,15 +425,15 @@ impl Instrumentation {
     }
 
     /// Gives callback `id` the compiled entry `func` (convention `abi`) for direct calls:
-    /// `Ok(None)` if sites may now call it directly, `Ok(Some(reason))` if they may not (the
+    /// `Ok(None)` if sites may now call it directly, `Ok(Some(why))` if they may not (the
     /// callback is then left as it was).
     pub fn set_direct_entry(
         &mut self,
         id: CallbackId,
         func: u64,
         abi: direct::EntryAbi,
-    ) -> Result<Option<String>, VmError> {
-        let refusal = |e: String| Ok(Some(e));
+    ) -> Result<Option<direct::DirectRefusal>, VmError> {
+        let refusal = |e: direct::DirectRefusal| Ok(Some(e));
         let (slot, wanted) = match self.entries.get_mut(id as usize) {
             Some(Some(Entry::Inst { direct, .. })) => (direct, direct::EntryAbi::Inst),
             Some(Some(Entry::Event { direct, .. })) => (direct, direct::EntryAbi::Event),
@@ -444,9 +444,13 @@ impl Instrumentation {
             }
         };
         if abi != wanted {
-            return refusal(format!(
-                "callback {id} is an {wanted:?} callback, the entry follows the {abi:?} convention"
-            ));
+            return refusal(
+                format!(
+                    "callback {id} is an {wanted:?} callback, the entry follows the {abi:?} \
+                     convention"
+                )
+                .into(),
+            );
         }
         match direct::analyze(func).and_then(|l| l.direct_call(abi.kind(), func, 0)) {
             Ok(call) => {

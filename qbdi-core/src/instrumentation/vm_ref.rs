@@ -231,7 +231,8 @@ macro_rules! instrumentation_methods {
         /// callback) through the compiled entry `func`, without the general save of the
         /// guest state, when `func` is simple enough: a leaf of integer code that does not
         /// read its `vm` or `fpr` argument (see [`direct_call_refusal`](crate::direct_call_refusal)).
-        /// Returns `None` if it is, or why it is not (the callback keeps its general path).
+        /// Returns `None` if it is, or why it is not (the callback keeps its general path; the
+        /// reason's text names the instruction in question, disassembled when displayed).
         /// The plugin host gives every plugin callback the trampoline the SDK generated.
         ///
         /// # Safety
@@ -243,7 +244,7 @@ macro_rules! instrumentation_methods {
             id: CallbackId,
             func: *const (),
             abi: crate::EntryAbi,
-        ) -> Result<Option<String>, VmError> {
+        ) -> Result<Option<crate::DirectRefusal>, VmError> {
             let refusal = self.inst_mut().set_direct_entry(id, func as u64, abi)?;
             self.changed();
             Ok(refusal)
