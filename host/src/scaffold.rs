@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 
 /// The version of qbdi-sdk this `qbdi` was built with (the workspace's).
-const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// The qbdi-sdk sources this `qbdi` was built with (`host/../qbdi-sdk`).
 fn built_sdk() -> PathBuf {
@@ -56,7 +56,7 @@ fn sdk_dependency(sdk_path: Option<&Path>) -> Result<String, String> {
 
 /// Whether `name` can be a crate's (and the plugin's) name: ASCII letters, digits, `-` and
 /// `_`, starting with a letter.
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
         && name
             .chars()

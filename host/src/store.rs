@@ -19,8 +19,7 @@ use qbdi_host::plugin;
 use qbdi_sdk::abi::{ABI_MAJOR, ABI_MINOR};
 use serde_json::Value;
 
-/// The version of qbdi-sdk this `qbdi` was built with (the workspace's).
-const SDK_VERSION: &str = env!("CARGO_PKG_VERSION");
+use crate::scaffold::{SDK_VERSION, valid_name};
 
 /// Where a plugin crate comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,12 +79,7 @@ impl Source {
             Some((n, v)) => (n, Some(v.to_owned())),
             None => (s, None),
         };
-        let valid = !name.is_empty()
-            && name.chars().next().is_some_and(|c| c.is_ascii_alphabetic())
-            && name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-        if !valid || version.as_deref() == Some("") {
+        if !valid_name(name) || version.as_deref() == Some("") {
             return Err(format!(
                 "{s} is neither a directory, a git URL nor a crate name (NAME or NAME@VERSION)"
             ));

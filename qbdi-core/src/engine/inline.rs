@@ -126,9 +126,7 @@ pub(crate) fn emit_entry(
         a.store(spill + 8, RCX);
     }
     if save_flags {
-        a.bytes(&[0x9f]); // lahf
-        a.bytes(&[0x0f, 0x90, 0xc0]); // seto al
-        a.store(spill + 16, RAX);
+        a.save_status_flags(spill + 16);
     }
     for (id, inline) in inst.inline() {
         match inline {
@@ -175,9 +173,7 @@ pub(crate) fn emit_entry(
         }
     }
     if save_flags {
-        a.load(RAX, spill + 16);
-        a.bytes(&[0x04, 0x7f]); // add al, 0x7f: OF as saved
-        a.bytes(&[0x9e]); // sahf
+        a.restore_status_flags(spill + 16);
     }
     if use_rcx {
         a.load(RCX, spill + 8);

@@ -193,9 +193,9 @@ const MAX_RANGE_CHECKS: usize = 8;
 /// only) touches one of the ranges, with the predicate the callback routine applies
 /// (`addr < end && start < addr + max(size, 1)`, kinds intersecting). So a watched range
 /// costs the instructions that miss it a few compares instead of a callback routine. Emits
-/// nothing and returns false when the accesses cannot be checked so (a `rep` string span,
-/// known only after the instruction) or there are too many pairs. Saves rax, rcx and the
-/// flags (`lahf`/`seto`, as inline instrumentation does) around the compares.
+/// nothing (the site then always runs) when the accesses cannot be checked so (a `rep`
+/// string span, known only after the instruction) or there are too many pairs. Saves rax,
+/// rcx and the status flags (as inline instrumentation does) around the compares.
 pub(crate) fn emit_range_filter(
     a: &mut Asm,
     ctx: u64,
@@ -203,12 +203,12 @@ pub(crate) fn emit_range_filter(
     pre: bool,
     ranges: &[(MemoryAccessType, u64, u64)],
     skip: Label,
-) -> bool {
+) {
     let mut checks = [(0u16, 0u64, 0u64); MAX_RANGE_CHECKS];
     let mut n = 0;
     for p in planned {
         if p.rep.is_some() {
-            return false;
+            return;
         }
         if pre && p.write {
             continue; // not recorded yet: the routine does not see it either
@@ -223,7 +223,7 @@ pub(crate) fn emit_range_filter(
                 continue;
             }
             if n == MAX_RANGE_CHECKS {
-                return false;
+                return;
             }
             // start < addr + size  <=>  addr >= start - (size - 1)
             let size = u64::from(p.size.max(1));
@@ -235,9 +235,7 @@ pub(crate) fn emit_range_filter(
     let (hit, miss) = (a.new_label(), a.new_label());
     a.store(spill, RAX);
     a.store(spill + 8, RCX);
-    a.bytes(&[0x9f]); // lahf
-    a.bytes(&[0x0f, 0x90, 0xc0]); // seto al
-    a.store(spill + 16, RAX);
+    a.save_status_flags(spill + 16);
     for &(slot, low, end) in &checks[..n] {
         let next = a.new_label();
         a.load(RAX, slot_addr(ctx, slot));
@@ -252,16 +250,13 @@ pub(crate) fn emit_range_filter(
     a.jmp_label(miss);
     for (l, to) in [(miss, Some(skip)), (hit, None)] {
         a.bind(l);
-        a.load(RAX, spill + 16);
-        a.bytes(&[0x04, 0x7f]); // add al, 0x7f: OF as saved
-        a.bytes(&[0x9e]); // sahf
+        a.restore_status_flags(spill + 16);
         a.load(RCX, spill + 8);
         a.load(RAX, spill);
         if let Some(to) = to {
             a.jmp_label(to);
         }
     }
-    true
 }
 
 fn slot_addr(ctx: u64, slot: u16) -> u64 {
