@@ -34,6 +34,7 @@ use super::context::{
     EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, EXIT_THREAD, FP_FAST, FP_FULL, FP_NONE, off,
 };
 use super::emitter::{Asm, Label, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSP};
+use super::encode::{VectorPart, kxorq_self, move_vector, vpxord_self};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::xstate::XSaveKind;
 
@@ -181,17 +182,15 @@ fn emit_full_restore(a: &mut Asm, ctx: u64, k: XSaveKind) {
 }
 
 /// A component the callback routine's fast path moves: its XINUSE bit, its registers
-/// (`count` from `first`) and their slots in the FP image, and the store and load forms
-/// (`lane`: an extract/insert of the upper part, with the register as its own source).
+/// (`count` from `first`, numbered in their class) and their slots in the FP image, and how
+/// they are moved (see [`VectorPart`]).
 struct Moved {
     bit: u64,
-    first: iced_x86::Register,
+    part: VectorPart,
+    first: u8,
     count: u8,
     area: u64,
     stride: u64,
-    store: iced_x86::Code,
-    load: iced_x86::Code,
-    lane: bool,
 }
 
 /// The fast path's moves of the AVX and AVX-512 components in use (eax = their XINUSE
@@ -200,47 +199,38 @@ struct Moved {
 /// bits above 255, restored next when in use).
 fn emit_vector_moves(a: &mut Asm, ctx: u64, k: XSaveKind, save: bool) {
     use super::xstate::{AVX, HI16_ZMM, OPMASK, ZMM_HI256};
-    use iced_x86::{Code, Instruction, MemoryOperand, Register};
     let components = [
         Moved {
             bit: AVX,
-            first: Register::YMM0,
+            part: VectorPart::YmmHigh,
+            first: 0,
             count: 16,
             area: off::YMM_HI,
             stride: 16,
-            store: Code::VEX_Vextracti128_xmmm128_ymm_imm8,
-            load: Code::VEX_Vinserti128_ymm_ymm_xmmm128_imm8,
-            lane: true,
         },
         Moved {
             bit: ZMM_HI256,
-            first: Register::ZMM0,
+            part: VectorPart::ZmmHigh,
+            first: 0,
             count: 16,
             area: off::ZMM_HI256,
             stride: 32,
-            store: Code::EVEX_Vextracti64x4_ymmm256_k1z_zmm_imm8,
-            load: Code::EVEX_Vinserti64x4_zmm_k1z_zmm_ymmm256_imm8,
-            lane: true,
         },
         Moved {
             bit: HI16_ZMM,
-            first: Register::ZMM16,
+            part: VectorPart::Zmm,
+            first: 16,
             count: 16,
             area: off::HI16_ZMM,
             stride: 64,
-            store: Code::EVEX_Vmovdqu64_zmmm512_k1z_zmm,
-            load: Code::EVEX_Vmovdqu64_zmm_k1z_zmmm512,
-            lane: false,
         },
         Moved {
             bit: OPMASK,
-            first: Register::K0,
+            part: VectorPart::Mask,
+            first: 0,
             count: 8,
             area: off::OPMASK,
             stride: 8,
-            store: Code::VEX_Kmovq_m64_kr,
-            load: Code::VEX_Kmovq_kr_km64,
-            lane: false,
         },
     ];
     for c in components.iter().filter(|c| k.moved_mask() & c.bit != 0) {
@@ -248,20 +238,8 @@ fn emit_vector_moves(a: &mut Asm, ctx: u64, k: XSaveKind, save: bool) {
         a.test_eax(c.bit as u32);
         a.jcc_label(4, skip); // jz: not in use
         for n in 0..c.count {
-            let mem = MemoryOperand::with_base_displ(
-                Register::RIP,
-                (ctx + c.area + c.stride * u64::from(n)) as i64,
-            );
-            // iced numbers the registers of a class contiguously.
-            let r = Register::try_from(c.first as usize + usize::from(n))
-                .expect("a register of the class");
-            let instr = match (save, c.lane) {
-                (true, true) => Instruction::with3(c.store, mem, r, 1),
-                (false, true) => Instruction::with4(c.load, r, r, mem, 1),
-                (true, false) => Instruction::with2(c.store, mem, r),
-                (false, false) => Instruction::with2(c.load, r, mem),
-            };
-            a.encode(&instr.expect("a valid vector move"));
+            let slot = ctx + c.area + c.stride * u64::from(n);
+            move_vector(a, c.part, save, c.first + n, slot);
         }
         a.bind(skip);
     }
@@ -272,18 +250,11 @@ fn emit_vector_moves(a: &mut Asm, ctx: u64, k: XSaveKind, save: bool) {
 /// it handles. eax is left as it was.
 fn emit_zero_dirty(a: &mut Asm, k: XSaveKind) -> u64 {
     use super::xstate::{HI16_ZMM, OPMASK};
-    use iced_x86::{Code, Instruction, Register};
     let mut handled = 0;
-    let parts = [
-        (
-            HI16_ZMM,
-            Register::ZMM16,
-            16u8,
-            Code::EVEX_Vpxord_zmm_k1z_zmm_zmmm512b32,
-        ),
-        (OPMASK, Register::K0, 8, Code::VEX_Kxorq_kr_kr_kr),
-    ];
-    for (bit, first, count, code) in parts {
+    type Zero = fn(&mut Asm, u8);
+    let parts: [(u64, u8, u8, Zero); 2] =
+        [(HI16_ZMM, 16, 16, vpxord_self), (OPMASK, 0, 8, kxorq_self)];
+    for (bit, first, count, zero) in parts {
         if k.moved_mask() & bit == 0 {
             continue;
         }
@@ -291,11 +262,8 @@ fn emit_zero_dirty(a: &mut Asm, k: XSaveKind) -> u64 {
         let skip = a.new_label();
         a.test_eax(bit as u32);
         a.jcc_label(4, skip); // jz
-        for n in 0..count {
-            // iced numbers the registers of a class contiguously.
-            let r = Register::try_from(first as usize + usize::from(n))
-                .expect("a register of the class");
-            a.encode(&Instruction::with3(code, r, r, r).expect("a valid zeroing idiom"));
+        for n in first..first + count {
+            zero(a, n);
         }
         a.bind(skip);
     }

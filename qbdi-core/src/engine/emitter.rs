@@ -96,7 +96,7 @@ impl Asm {
 
     /// disp32 of a RIP-relative operand whose instruction ends `tail` bytes after the
     /// displacement field.
-    fn rip_disp(&self, target: u64, tail: u64) -> u32 {
+    pub(super) fn rip_disp(&self, target: u64, tail: u64) -> u32 {
         let end = self.here() + 4 + tail;
         let rel = target.wrapping_sub(end) as i64;
         i32::try_from(rel).expect("engine data is within +/-2 GiB of the code cache") as u32
@@ -455,15 +455,6 @@ impl Asm {
 }
 
 impl Asm {
-    /// Encodes `instr` with iced (for the shared routines only: it allocates). Memory
-    /// operands based on RIP carry their absolute target as displacement.
-    pub fn encode(&mut self, instr: &iced_x86::Instruction) {
-        let mut enc = iced_x86::Encoder::new(64);
-        enc.encode(instr, self.here())
-            .expect("the engine's own instructions encode");
-        self.bytes(&enc.take_buffer());
-    }
-
     pub fn xgetbv(&mut self) {
         self.bytes(&[0x0f, 0x01, 0xd0]);
     }

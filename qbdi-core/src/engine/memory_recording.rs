@@ -6,12 +6,12 @@
 
 use super::context::off;
 use super::emitter::{Asm, Label, RAX, RCX};
+use super::encode::{self, MemOperand};
 use crate::memory_access::{
     MAX_SLOTS, MemDesc, MemoryAccessFlags, MemoryAccessType, MemoryRecorder,
 };
 use iced_x86::{
-    Code, Encoder, Instruction, InstructionInfoFactory, MemoryOperand, MemorySize, Mnemonic,
-    OpAccess, OpKind, Register,
+    Instruction, InstructionInfoFactory, MemorySize, Mnemonic, OpAccess, OpKind, Register,
 };
 
 /// One access to record, as planned for the instruction being translated.
@@ -264,7 +264,7 @@ fn slot_addr(ctx: u64, slot: u16) -> u64 {
 }
 
 /// Code before the instruction: every address, and the values of reads.
-pub(crate) fn emit_pre(a: &mut Asm, enc: &mut Encoder, ctx: u64, planned: &[Planned]) {
+pub(crate) fn emit_pre(a: &mut Asm, ctx: u64, planned: &[Planned]) {
     if planned.is_empty() {
         return;
     }
@@ -276,7 +276,7 @@ pub(crate) fn emit_pre(a: &mut Asm, enc: &mut Encoder, ctx: u64, planned: &[Plan
             a.load(RCX, ctx + off::SPILL + 8);
             a.load(RAX, ctx + off::SPILL);
         }
-        emit_address(a, enc, p);
+        emit_address(a, p);
         if let Some(reg) = p.bit_offset {
             emit_bit_offset(a, ctx, reg);
         }
@@ -313,7 +313,7 @@ pub(crate) fn emit_post(a: &mut Asm, ctx: u64, planned: &[Planned]) {
 }
 
 /// rax = the effective address (the guest's rax and rcx are still in their registers).
-fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
+fn emit_address(a: &mut Asm, p: &Planned) {
     let absolute = matches!(p.base, Register::RIP | Register::EIP)
         || (p.base == Register::None && p.index == Register::None);
     if p.index == Register::AL {
@@ -330,30 +330,19 @@ fn emit_address(a: &mut Asm, enc: &mut Encoder, p: &Planned) {
         a.mov_imm64(RAX, p.displacement);
     } else {
         let wide = !(p.base.is_gpr32() || p.index.is_gpr32());
-        let mem = MemoryOperand::new(
-            p.base,
-            p.index,
-            p.scale,
-            p.displacement as i64,
-            if p.displacement == 0 { 0 } else { 1 },
-            false,
-            Register::None,
-        );
-        let lea = if wide {
-            Instruction::with2(Code::Lea_r64_m, Register::RAX, mem)
-        } else {
-            Instruction::with2(Code::Lea_r32_m, Register::EAX, mem)
+        let mem = MemOperand {
+            segment: Register::None,
+            base: p.base,
+            index: p.index,
+            scale: p.scale,
+            disp: p.displacement,
         };
-        let ok = lea.is_ok_and(|lea| enc.encode(&lea, a.here()).is_ok());
-        debug_assert!(ok, "lea of a decoded memory operand encodes");
-        let mut buf = enc.take_buffer();
-        if ok {
-            a.bytes(&buf);
-        } else {
+        // lea rax, [mem] (lea eax with 32-bit addressing)
+        let ok = encode::reg_mem(a, 0x8d, wide, RAX, &mem);
+        debug_assert!(ok, "lea of a decoded memory operand encodes: {mem:?}");
+        if !ok {
             a.mov_imm64(RAX, 0);
         }
-        buf.clear();
-        enc.set_buffer(buf);
     }
     if p.segment == Register::FS || p.segment == Register::GS {
         // rcx = the segment base, as the guest has it when the access runs.
@@ -421,12 +410,11 @@ fn gpr_number(r: Register) -> Option<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use iced_x86::{Decoder, DecoderOptions};
+    use iced_x86::{Code, Decoder, DecoderOptions};
 
     fn address_code(base: Register, index: Register, scale: u32, displacement: u64) -> Instruction {
         let mut a = Asm::new();
         a.reset(0x10_0000);
-        let mut enc = Encoder::new(64);
         let p = Planned {
             slot: 0,
             segment: Register::DS,
@@ -440,7 +428,7 @@ mod tests {
             rep: None,
             bit_offset: None,
         };
-        emit_address(&mut a, &mut enc, &p);
+        emit_address(&mut a, &p);
         Decoder::with_ip(64, &a.buf, 0x10_0000, DecoderOptions::NONE).decode()
     }
 

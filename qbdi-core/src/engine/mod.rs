@@ -23,6 +23,7 @@ mod direct_call;
 mod directory;
 mod dispatcher;
 mod emitter;
+mod encode;
 #[allow(clippy::module_inception)] // the Engine, named after it
 mod engine;
 mod exec_broker;

@@ -25,6 +25,7 @@ use super::context_switch::Runtime;
 use super::direct_call::{DirectSite, emit_direct_site};
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RSP};
+use super::encode::{self, MemOperand};
 use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
 use super::inline::{self, InlinePatch};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
@@ -36,8 +37,8 @@ use crate::instrumentation::{
 };
 use crate::memory_access::{MemoryAccessType, MemoryRecorder};
 use iced_x86::{
-    Code, Decoder, DecoderOptions, Encoder, FlowControl, Formatter, Instruction,
-    InstructionInfoFactory, IntelFormatter, MemoryOperand, OpKind, Register,
+    Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
+    IntelFormatter, OpKind, Register,
 };
 
 /// At most this many guest instructions per block.
@@ -108,7 +109,6 @@ pub(crate) struct Translated {
 
 pub(crate) struct Translator {
     pub asm: Asm,
-    encoder: Encoder,
     info: InstructionInfoFactory,
     pub exits: Vec<EmittedExit>,
     pending: Vec<(Label, u64, u64, ExitKind)>,
@@ -206,8 +206,6 @@ impl Translator {
     pub fn new() -> Translator {
         // Every buffer is sized for the largest block now: translation must not allocate
         // (see `directory`).
-        let mut encoder = Encoder::new(64);
-        encoder.set_buffer(Vec::with_capacity(64));
         let mut info = InstructionInfoFactory::new();
         // Let the factory size its internal buffers on an instruction with many operands.
         let mut warm = Decoder::with_ip(
@@ -219,7 +217,6 @@ impl Translator {
         let _ = info.info(&warm.decode()).used_registers().len();
         Translator {
             asm: Asm::with_capacity(MAX_BLOCK_HOST_BYTES as usize),
-            encoder,
             info,
             exits: Vec::with_capacity(MAX_BLOCK_STUBS),
             pending: Vec::with_capacity(MAX_BLOCK_STUBS),
@@ -322,9 +319,9 @@ impl Translator {
                 break;
             }
             decoder.decode_out(&mut instr);
-            // RIP-relative only (an EIP-relative operand wraps at 4 GiB).
-            self.rip_disp_offset = (instr.is_ip_rel_memory_operand()
-                && instr.memory_base() == Register::RIP)
+            // RIP- or EIP-relative (`emit_body` rewrites them).
+            self.rip_disp_offset = instr
+                .is_ip_rel_memory_operand()
                 .then(|| decoder.get_constant_offsets(&instr))
                 .filter(|o| o.has_displacement() && o.displacement_size() == 4)
                 .map(|o| o.displacement_offset());
@@ -557,7 +554,7 @@ impl Translator {
                 self.planned.iter().any(|p| p.is_write()),
             ),
         };
-        memory_recording::emit_pre(&mut self.asm, &mut self.encoder, env.ctx, &self.planned);
+        memory_recording::emit_pre(&mut self.asm, env.ctx, &self.planned);
         let pre = h.inst_site(instr, InstPosition::PreInst, self.mem);
         let terminator = is_terminator(instr);
         let skipped = self.asm.new_label();
@@ -861,43 +858,66 @@ impl Translator {
             return Ok(());
         }
         let target = instr.ip_rel_memory_address();
-        if let Some(at) = self.rip_disp_offset.filter(|&at| at + 4 <= instr.len()) {
+        let at = self
+            .rip_disp_offset
+            .filter(|&at| at >= 1 && at + 4 <= instr.len())
+            .ok_or_else(|| VmError::Translation {
+                address: instr.ip(),
+                reason: "a RIP-relative operand without a 32-bit displacement".into(),
+            })?;
+        let start = (instr.ip() - pc) as usize;
+        let guest = &bytes[start..start + instr.len()];
+        if instr.memory_base() == Register::RIP {
             // The same bytes, their displacement now relative to the copy's end.
             let disp = target.wrapping_sub(host + instr.len() as u64) as i64;
             if let Ok(disp) = i32::try_from(disp) {
-                let start = (instr.ip() - pc) as usize;
-                self.asm.bytes(&bytes[start..start + instr.len()]);
+                self.asm.bytes(guest);
                 let d = self.asm.len() - instr.len() + at;
                 self.asm.buf[d..d + 4].copy_from_slice(&disp.to_le_bytes());
                 self.note_fault(host, instr.ip(), NO_SCRATCH);
                 return Ok(());
             }
         }
-        if rel32_reaches(self.asm.here(), target)
-            && self.encoder.encode(instr, self.asm.here()).is_ok()
-        {
-            self.append_encoded();
-            self.note_fault(host, instr.ip(), NO_SCRATCH);
-            return Ok(());
-        }
-        self.discard_encoded();
-        // Out of rel32 reach: address the operand through a scratch register the
-        // instruction does not use, spilled to the context.
-        let scratch = self
+        // Out of rel32 reach (or EIP-relative, which wraps at 4 GiB): the same bytes, the
+        // operand now `[scratch + 0]` (ModRM mod 10, disp32 0) with scratch = the target, a
+        // register the instruction does not use, spilled to the context. A RIP-relative
+        // ModRM is followed by its displacement at once.
+        let unrewritable = |why: &str| VmError::Translation {
+            address: instr.ip(),
+            reason: format!("a far RIP-relative operand: {why}"),
+        };
+        let (r, n) = self
             .free_register(instr)
-            .ok_or_else(|| VmError::Translation {
-                address: instr.ip(),
-                reason: "a far RIP-relative operand and no free register to rewrite it".into(),
-            })?;
-        let (r, n) = scratch;
+            .ok_or_else(|| unrewritable("no free register to address it through"))?;
+        let mut raw = [0u8; 15];
+        raw[..guest.len()].copy_from_slice(guest);
+        let modrm = raw[at - 1];
+        if modrm & 0xc7 != 0x05 {
+            return Err(unrewritable("unexpected ModRM"));
+        }
+        raw[at - 1] = 0x80 | (modrm & 0x38) | n;
+        raw[at..at + 4].fill(0);
+        // Checked by decoding: a REX, VEX or EVEX B bit (meaningless RIP-relative) would now
+        // name another register.
+        let base = if instr.memory_base() == Register::EIP {
+            Register::try_from(Register::EAX as usize + usize::from(n)).unwrap_or(Register::None)
+        } else {
+            r
+        };
+        let check = Decoder::with_ip(64, &raw[..guest.len()], 0, DecoderOptions::NONE).decode();
+        if check.is_invalid()
+            || check.len() != guest.len()
+            || check.code() != instr.code()
+            || check.memory_base() != base
+            || check.memory_index() != Register::None
+            || check.memory_displacement64() != 0
+        {
+            return Err(unrewritable("its encoding does not take a base register"));
+        }
         self.asm.store(env.ctx + off::SPILL_FAR, n);
         self.asm.mov_imm64(n, target);
-        let mut rewritten = *instr;
-        rewritten.set_memory_base(r);
-        rewritten.set_memory_displacement64(0);
-        rewritten.set_memory_displ_size(0);
         let host = self.asm.here();
-        self.encode_or_err(&rewritten, instr.ip())?;
+        self.asm.bytes(&raw[..guest.len()]);
         self.note_fault(host, instr.ip(), n);
         self.asm.load(n, env.ctx + off::SPILL_FAR);
         Ok(())
@@ -966,52 +986,16 @@ impl Translator {
         }
     }
 
-    /// Moves what the encoder just produced into the block, keeping its buffer for reuse.
-    fn append_encoded(&mut self) {
-        let mut buf = self.encoder.take_buffer();
-        self.asm.bytes(&buf);
-        buf.clear();
-        self.encoder.set_buffer(buf);
-    }
-
-    /// Drops what a failed encode may have left in the encoder's buffer.
-    fn discard_encoded(&mut self) {
-        let mut buf = self.encoder.take_buffer();
-        buf.clear();
-        self.encoder.set_buffer(buf);
-    }
-
-    fn encode_or_err(&mut self, instr: &Instruction, guest_ip: u64) -> Result<(), VmError> {
-        match self.encoder.encode(instr, self.asm.here()) {
-            Ok(_) => {
-                self.append_encoded();
-                Ok(())
-            }
-            Err(e) => {
-                self.discard_encoded();
-                Err(VmError::Translation {
-                    address: guest_ip,
-                    reason: e.to_string(),
-                })
-            }
-        }
-    }
-
-    /// A 64-bit register (iced name, encoding number) the instruction does not touch.
+    /// A 64-bit register (iced name, encoding number) the instruction does not touch, one
+    /// that a ModRM byte names without a REX prefix and as a plain base (not rsp, rbp).
     fn free_register(&mut self, instr: &Instruction) -> Option<(Register, u8)> {
-        const CANDIDATES: [(Register, u8); 12] = [
+        const CANDIDATES: [(Register, u8); 6] = [
             (Register::RAX, 0),
             (Register::RCX, 1),
             (Register::RDX, 2),
             (Register::RBX, 3),
             (Register::RSI, 6),
             (Register::RDI, 7),
-            (Register::R8, 8),
-            (Register::R9, 9),
-            (Register::R10, 10),
-            (Register::R11, 11),
-            (Register::R14, 14),
-            (Register::R15, 15),
         ];
         let info = self.info.info(instr);
         CANDIDATES.into_iter().find(|(c, _)| {
@@ -1041,7 +1025,7 @@ impl Translator {
                 self.asm.lea_rsp(pop);
             }
             _ => {
-                self.load_branch_target(instr, ctx)?;
+                self.load_branch_target(instr)?;
                 if instr.flow_control() == FlowControl::IndirectCall {
                     self.asm.push_imm64(instr.next_ip());
                 }
@@ -1119,7 +1103,7 @@ impl Translator {
     }
 
     /// rcx = the target of `jmp/call r/m64` (the guest's rax, rcx, rdx are still in place).
-    fn load_branch_target(&mut self, instr: &Instruction, ctx: u64) -> Result<(), VmError> {
+    fn load_branch_target(&mut self, instr: &Instruction) -> Result<(), VmError> {
         match instr.op0_kind() {
             OpKind::Register => {
                 let reg = instr.op0_register();
@@ -1131,11 +1115,13 @@ impl Translator {
                 Ok(())
             }
             OpKind::Memory => {
+                let far_segment = matches!(instr.segment_prefix(), Register::FS | Register::GS);
                 if instr.is_ip_rel_memory_operand()
                     && instr.memory_base() == Register::RIP
-                    && instr.segment_prefix() == Register::None
+                    && !far_segment
                 {
-                    // mov rcx, [rip+disp32] (a PLT's `jmp [rip+slot]`): encoded by hand.
+                    // mov rcx, [rip+disp32] (a PLT's `jmp [rip+slot]`; CS, DS, ES and SS
+                    // prefixes, `notrack` among them, mean nothing in 64-bit mode).
                     let slot = instr.ip_rel_memory_address();
                     let disp = slot.wrapping_sub(self.asm.here() + 7) as i64;
                     if let Ok(disp) = i32::try_from(disp) {
@@ -1144,42 +1130,33 @@ impl Translator {
                         return Ok(());
                     }
                 }
-                let mem = if instr.is_ip_rel_memory_operand() {
-                    MemoryOperand::with_base_displ(
-                        Register::RIP,
-                        instr.ip_rel_memory_address() as i64,
-                    )
-                } else {
-                    MemoryOperand::new(
-                        instr.memory_base(),
-                        instr.memory_index(),
-                        instr.memory_index_scale(),
-                        instr.memory_displacement64() as i64,
-                        instr.memory_displ_size(),
-                        false,
-                        instr.segment_prefix(),
-                    )
-                };
-                let mov =
-                    Instruction::with2(Code::Mov_r64_rm64, Register::RCX, mem).map_err(|e| {
-                        VmError::Translation {
+                if instr.is_ip_rel_memory_operand() {
+                    if far_segment {
+                        return Err(VmError::Translation {
                             address: instr.ip(),
-                            reason: e.to_string(),
-                        }
-                    })?;
-                if (!instr.is_ip_rel_memory_operand()
-                    || rel32_reaches(self.asm.here(), instr.ip_rel_memory_address()))
-                    && self.encoder.encode(&mov, self.asm.here()).is_ok()
-                {
-                    self.append_encoded();
-                } else {
-                    self.discard_encoded();
-                    // A RIP-relative slot out of reach: load its address first.
+                            reason: "a branch through an FS/GS-relative RIP-relative slot".into(),
+                        });
+                    }
+                    // A RIP-relative slot out of reach, or EIP-relative: its address first.
                     self.asm.mov_imm64(RCX, instr.ip_rel_memory_address());
                     self.asm.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
+                    return Ok(());
                 }
-                let _ = ctx;
-                Ok(())
+                let mem = MemOperand {
+                    segment: instr.segment_prefix(),
+                    base: instr.memory_base(),
+                    index: instr.memory_index(),
+                    scale: instr.memory_index_scale(),
+                    disp: instr.memory_displacement64(),
+                };
+                if encode::reg_mem(&mut self.asm, 0x8b, true, RCX, &mem) {
+                    Ok(())
+                } else {
+                    Err(VmError::Translation {
+                        address: instr.ip(),
+                        reason: format!("a branch through the operand {mem:?}"),
+                    })
+                }
             }
             _ => Err(VmError::Translation {
                 address: instr.ip(),
@@ -1212,15 +1189,6 @@ impl Translator {
             });
         }
     }
-}
-
-/// Whether an instruction of at most 15 bytes placed at `here` reaches `target` with a
-/// rel32 displacement. Checked before asking iced's encoder: on a displacement out of reach
-/// it formats its error message on the heap, and the translator may run while the guest is
-/// inside `malloc` (libc instrumented), which is not reentrant.
-fn rel32_reaches(here: u64, target: u64) -> bool {
-    let fits = |next: u64| i32::try_from(target.wrapping_sub(next) as i64).is_ok();
-    fits(here) && fits(here + 15)
 }
 
 /// Disassembly of the instruction at `address` (for error messages).
@@ -1322,26 +1290,5 @@ fn check_bytes_len(env: &Env<'_>, guest_bytes: u64) -> usize {
         64 + 35 * (guest_bytes as usize / 8 + 2)
     } else {
         0
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rip_relative_load_encodes_the_absolute_slot() {
-        let mov = Instruction::with2(
-            Code::Mov_r64_rm64,
-            Register::RCX,
-            MemoryOperand::with_base_displ(Register::RIP, 0x5000_1000),
-        )
-        .unwrap();
-        let mut e = Encoder::new(64);
-        e.encode(&mov, 0x5000_0000).unwrap();
-        let b = e.take_buffer();
-        let mut d = Decoder::with_ip(64, &b, 0x5000_0000, DecoderOptions::NONE);
-        let i = d.decode();
-        assert_eq!(i.ip_rel_memory_address(), 0x5000_1000);
     }
 }
