@@ -886,34 +886,11 @@ impl Translator {
             address: instr.ip(),
             reason: format!("a far RIP-relative operand: {why}"),
         };
-        let (r, n) = self
+        let (_, n) = self
             .free_register(instr)
             .ok_or_else(|| unrewritable("no free register to address it through"))?;
-        let mut raw = [0u8; 15];
-        raw[..guest.len()].copy_from_slice(guest);
-        let modrm = raw[at - 1];
-        if modrm & 0xc7 != 0x05 {
-            return Err(unrewritable("unexpected ModRM"));
-        }
-        raw[at - 1] = 0x80 | (modrm & 0x38) | n;
-        raw[at..at + 4].fill(0);
-        // Checked by decoding: a REX, VEX or EVEX B bit (meaningless RIP-relative) would now
-        // name another register.
-        let base = if instr.memory_base() == Register::EIP {
-            Register::try_from(Register::EAX as usize + usize::from(n)).unwrap_or(Register::None)
-        } else {
-            r
-        };
-        let check = Decoder::with_ip(64, &raw[..guest.len()], 0, DecoderOptions::NONE).decode();
-        if check.is_invalid()
-            || check.len() != guest.len()
-            || check.code() != instr.code()
-            || check.memory_base() != base
-            || check.memory_index() != Register::None
-            || check.memory_displacement64() != 0
-        {
-            return Err(unrewritable("its encoding does not take a base register"));
-        }
+        let raw = rebase_ip_relative(guest, at, instr, n)
+            .ok_or_else(|| unrewritable("its encoding does not take a base register"))?;
         self.asm.store(env.ctx + off::SPILL_FAR, n);
         self.asm.mov_imm64(n, target);
         let host = self.asm.here();
@@ -1191,6 +1168,40 @@ impl Translator {
     }
 }
 
+/// `guest` (the bytes of `instr`, RIP- or EIP-relative, its 32-bit displacement at `at`)
+/// with its memory operand turned into `[reg + 0]` (`reg` in 0-3, 6, 7: named by ModRM
+/// alone; its 32-bit form under an address-size prefix): ModRM mod 10 and rm `reg`, the
+/// displacement 0 (a RIP-relative ModRM is followed by its displacement at once). None if
+/// the result does not decode as the same instruction on that base (a REX, VEX or EVEX B
+/// bit, meaningless RIP-relative, would name another register).
+fn rebase_ip_relative(guest: &[u8], at: usize, instr: &Instruction, reg: u8) -> Option<[u8; 15]> {
+    if at == 0 || at + 4 > guest.len() || matches!(reg, 4 | 5) || reg > 7 {
+        return None;
+    }
+    let mut raw = [0u8; 15];
+    raw[..guest.len()].copy_from_slice(guest);
+    let modrm = raw[at - 1];
+    if modrm & 0xc7 != 0x05 {
+        return None;
+    }
+    raw[at - 1] = 0x80 | (modrm & 0x38) | reg;
+    raw[at..at + 4].fill(0);
+    let first = if instr.memory_base() == Register::EIP {
+        Register::EAX
+    } else {
+        Register::RAX
+    };
+    let base = Register::try_from(first as usize + usize::from(reg)).ok()?;
+    let check = Decoder::with_ip(64, &raw[..guest.len()], 0, DecoderOptions::NONE).decode();
+    (!check.is_invalid()
+        && check.len() == guest.len()
+        && check.code() == instr.code()
+        && check.memory_base() == base
+        && check.memory_index() == Register::None
+        && check.memory_displacement64() == 0)
+        .then_some(raw)
+}
+
 /// Disassembly of the instruction at `address` (for error messages).
 pub(crate) fn disassemble_at(address: u64) -> String {
     // SAFETY: only called for an address the translator decoded before, so at least one
@@ -1290,5 +1301,62 @@ fn check_bytes_len(env: &Env<'_>, guest_bytes: u64) -> usize {
         64 + 35 * (guest_bytes as usize / 8 + 2)
     } else {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Decodes `bytes` at a guest address, rebases its operand on `reg` and returns the
+    /// result decoded.
+    fn rebased(bytes: &[u8], reg: u8) -> Option<Instruction> {
+        let ip = 0x5555_0000_1000;
+        let mut d = Decoder::with_ip(64, bytes, ip, DecoderOptions::NONE);
+        let i = d.decode();
+        assert!(i.is_ip_rel_memory_operand(), "{bytes:02x?}");
+        let at = d.get_constant_offsets(&i).displacement_offset();
+        let raw = rebase_ip_relative(bytes, at, &i, reg)?;
+        let r = Decoder::with_ip(64, &raw[..i.len()], 0, DecoderOptions::NONE).decode();
+        // Everything but the memory operand is kept: operands, immediates, prefixes.
+        assert_eq!(r.code(), i.code());
+        assert_eq!(r.op_count(), i.op_count());
+        for k in 0..i.op_count() {
+            if i.op_kind(k) == OpKind::Register {
+                assert_eq!(r.op_register(k), i.op_register(k), "{bytes:02x?}");
+            }
+        }
+        assert_eq!(r.immediate8(), i.immediate8(), "{bytes:02x?}");
+        assert_eq!(r.segment_prefix(), i.segment_prefix());
+        Some(r)
+    }
+
+    #[test]
+    fn far_ip_relative_operands_are_rebased_on_a_register() {
+        for bytes in [
+            &[0x48, 0x8b, 0x05, 0x10, 0x20, 0x30, 0x00][..], // mov rax, [rip+..]
+            &[0x4c, 0x8b, 0x3d, 0x10, 0x20, 0x30, 0x00],     // mov r15, [rip+..]
+            &[0x80, 0x3d, 0x10, 0x20, 0x30, 0x00, 0x7f],     // cmp byte [rip+..], 0x7f
+            &[0x66, 0x0f, 0x70, 0x05, 0x10, 0x20, 0x30, 0x00, 0x1b], // pshufd xmm0, [rip+..], 0x1b
+            &[0xc5, 0xfd, 0x6f, 0x0d, 0x10, 0x20, 0x30, 0x00], // vmovdqa ymm1, [rip+..]
+            &[0x62, 0xe1, 0xfe, 0x48, 0x6f, 0x05, 0x10, 0x20, 0x30, 0x00], // vmovdqu64 zmm16, [rip+..]
+            &[0x62, 0xf2, 0x7d, 0x48, 0x58, 0x05, 0x10, 0x20, 0x30, 0x00], // vpbroadcastd zmm0, [rip+..]
+            &[0x64, 0x48, 0x8b, 0x05, 0x10, 0x20, 0x30, 0x00],             // mov rax, fs:[rip+..]
+            &[0x67, 0x8b, 0x05, 0x10, 0x20, 0x30, 0x00],                   // mov eax, [eip+..]
+        ] {
+            for reg in [0u8, 1, 2, 3, 6, 7] {
+                let r = rebased(bytes, reg).unwrap_or_else(|| panic!("{bytes:02x?} on {reg}"));
+                assert_eq!(r.memory_base().number(), usize::from(reg), "{bytes:02x?}");
+            }
+        }
+    }
+
+    #[test]
+    fn encodings_whose_b_bit_would_name_another_register_are_refused() {
+        // mov rax, [rip+..] with REX.B set (meaningless RIP-relative): [r8+0] after rebasing.
+        assert!(rebased(&[0x49, 0x8b, 0x05, 0x10, 0x20, 0x30, 0x00], 0).is_none());
+        // rsp and rbp cannot be named by ModRM alone.
+        assert!(rebased(&[0x48, 0x8b, 0x05, 0x10, 0x20, 0x30, 0x00], 4).is_none());
+        assert!(rebased(&[0x48, 0x8b, 0x05, 0x10, 0x20, 0x30, 0x00], 5).is_none());
     }
 }
