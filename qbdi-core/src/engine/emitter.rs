@@ -205,14 +205,6 @@ impl Asm {
         }
     }
 
-    /// Like `push_imm64`, always in the 13-byte form (so its length is known in advance).
-    pub fn push_imm64_long(&mut self, value: u64) {
-        self.buf.push(0x68);
-        self.u32(value as u32);
-        self.bytes(&[0xc7, 0x44, 0x24, 0x04]);
-        self.u32((value >> 32) as u32);
-    }
-
     /// `lea rsp, [rsp+disp]`: moves the stack pointer without touching flags.
     pub fn lea_rsp(&mut self, disp: i32) {
         self.bytes(&[0x48, 0x8d, 0xa4, 0x24]);
@@ -307,6 +299,21 @@ impl Asm {
             .rel32_to(target)
             .expect("code cache call within +/-2 GiB");
         self.u32(rel as u32);
+    }
+
+    /// `push qword [rip+label]` (one 8-byte store: a load of the slot right after it is
+    /// forwarded from the store, where two 4-byte stores are not).
+    pub fn push_mem_label(&mut self, l: Label) {
+        self.bytes(&[0xff, 0x35]);
+        self.fixups.push((self.buf.len() as u32, l, 4));
+        self.u32(0);
+    }
+
+    /// Aligns the buffer to `n` bytes (a power of two) with `int3` padding.
+    pub fn align(&mut self, n: usize) {
+        while !(self.here() as usize).is_multiple_of(n) {
+            self.buf.push(0xcc);
+        }
     }
 
     /// `jmp rel32` to a label; returns the address of the rel32 field.

@@ -130,6 +130,9 @@ pub(crate) struct Translator {
     /// RIP-relative with a 4-byte displacement (iced's constant offsets): the copy placed
     /// elsewhere gets its displacement rewritten there, without re-encoding.
     rip_disp_offset: Option<usize>,
+    /// 8-byte constants the block reads RIP-relative (return addresses its calls push),
+    /// emitted after its stubs.
+    literals: Vec<(Label, u64)>,
 }
 
 /// Most memory-range callbacks at one site whose ranges are checked inline.
@@ -229,6 +232,7 @@ impl Translator {
             faults: Vec::with_capacity(MAX_BLOCK_INSTRUCTIONS + 1),
             inline_patches: Vec::with_capacity(inline::MAX_INLINE_COUNTERS),
             rip_disp_offset: None,
+            literals: Vec::with_capacity(4),
         }
     }
 
@@ -242,6 +246,7 @@ impl Translator {
         mut hooks: Option<Hooks<'_>>,
     ) -> Result<Translated, VmError> {
         self.asm.reset(host);
+        self.literals.clear();
         self.exits.clear();
         self.faults.clear();
         self.pending.clear();
@@ -351,6 +356,13 @@ impl Translator {
         self.pending.push((reentry_label, pc, 0, ExitKind::Reentry));
         let reentry = self.pending.len() - 1;
         self.emit_stubs(env);
+        if !self.literals.is_empty() {
+            self.asm.align(8);
+            for &(label, value) in &self.literals {
+                self.asm.bind(label);
+                self.asm.bytes(&value.to_le_bytes());
+            }
+        }
         if let Some((check, body)) = check {
             self.asm.bind(check);
             self.emit_byte_check(env, pc, guest_end, body);
@@ -701,29 +713,17 @@ impl Translator {
                 let target = instr.near_branch_target();
                 if (env.in_range)(target) || target == env.boundary || !env.inline_broker {
                     // Native targets go through the dispatcher when it must report them.
-                    self.asm.push_imm64(next);
+                    self.push_guest_address(next);
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
                     self.exit_to(target, ExitKind::Branch, true);
                 } else {
-                    // Native callee: it returns into a stub of ours that continues at `next`.
-                    let ret_stub = self.asm.here() + 13 + 14;
-                    self.asm.push_imm64_long(ret_stub);
-                    if hooks.is_some() {
-                        // The hooks come between the push and the jump: the stub moves.
-                        let ret_label = self.asm.new_label();
-                        let at = self.asm.len() - 13;
-                        self.path_hooks(env, hooks, instr, Rip::Imm(target));
-                        self.asm.jmp_abs(target);
-                        self.asm.bind(ret_label);
-                        let ret_stub = self.asm.here();
-                        self.asm.buf[at + 1..at + 5]
-                            .copy_from_slice(&(ret_stub as u32).to_le_bytes());
-                        self.asm.buf[at + 9..at + 13]
-                            .copy_from_slice(&((ret_stub >> 32) as u32).to_le_bytes());
-                    } else {
-                        self.asm.jmp_abs(target);
-                        debug_assert_eq!(self.asm.here(), ret_stub);
-                    }
+                    // Native callee: it returns into a stub of ours that continues at `next`
+                    // (pushed from a literal: one 8-byte store, see `push_guest_address`).
+                    let stub_literal = self.asm.new_label();
+                    self.asm.push_mem_label(stub_literal);
+                    self.path_hooks(env, hooks, instr, Rip::Imm(target));
+                    self.asm.jmp_abs(target);
+                    self.literals.push((stub_literal, self.asm.here()));
                     self.exit_to(next, ExitKind::Branch, true);
                 }
                 Ok(true)
@@ -732,6 +732,20 @@ impl Translator {
                 self.emit_indirect(instr, env, hooks)?;
                 Ok(true)
             }
+        }
+    }
+
+    /// Pushes a guest return address with one 8-byte store: `push imm32` when it is one
+    /// sign-extended, else `push qword [rip+literal]`. (`push imm32; mov dword [rsp+4], hi`
+    /// made two stores, so the `ret`'s 8-byte load of the slot, soon after in short calls,
+    /// could not be forwarded from them and waited for both to reach the cache.)
+    fn push_guest_address(&mut self, value: u64) {
+        if value as u32 as i32 as i64 as u64 == value {
+            self.asm.push_imm64(value);
+        } else {
+            let l = self.asm.new_label();
+            self.asm.push_mem_label(l);
+            self.literals.push((l, value));
         }
     }
 
@@ -1004,7 +1018,7 @@ impl Translator {
             _ => {
                 self.load_branch_target(instr)?;
                 if instr.flow_control() == FlowControl::IndirectCall {
-                    self.asm.push_imm64(instr.next_ip());
+                    self.push_guest_address(instr.next_ip());
                 }
                 if let Some(expected) = self.slot_target(instr, env) {
                     self.emit_expected_target(instr, env, hooks, expected);
