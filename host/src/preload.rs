@@ -191,7 +191,10 @@ unsafe extern "C" fn qbdi_main(
         .iter()
         .map(|(p, _)| p.path.to_string_lossy().into_owned())
         .collect();
-    if let Err(e) = instrument(vm, &config, main as u64, &plugin_paths) {
+    // Start-up reads the maps for many questions while no file is mapped: once.
+    if let Err(e) =
+        qbdi_core::with_maps_snapshot(|| instrument(vm, &config, main as u64, &plugin_paths))
+    {
         fail_early(&e);
     }
     // Whole-process: code the program writes at run time (a JIT's) is its code too.
@@ -205,21 +208,31 @@ unsafe extern "C" fn qbdi_main(
         fail_early(&e.to_string());
     }
     install_finalisers();
-    if let Some(c) = CONFIG.get() {
-        let mut own = plugin_paths.clone();
-        own.extend(own_library());
-        crate::late::enable(c.all_maps, &c.modules, &c.exclude, own);
-    }
-    if CONFIG.get().is_some_and(|c| c.python_tools.is_empty()) {
-        // Python tools' callbacks are not replayed on other threads: with them, threads
-        // other than main run natively.
-        crate::threads::enable(vm);
-        crate::signals::enable();
-        if !libc_instrumented(vm) && !CONFIG.get().is_some_and(|c| c.native_callbacks) {
+    // The plugins are attached (their inits may have loaded libraries). The questions
+    // below read the maps while nothing maps or unmaps a file: once. Re-entry's guard
+    // reads them afresh (its own changes of protection split mappings).
+    let reentry_own = qbdi_core::with_maps_snapshot(|| {
+        let own_lib = own_library();
+        if let Some(c) = CONFIG.get() {
             let mut own = plugin_paths.clone();
-            own.extend(own_library());
-            crate::reentry::enable(vm, &own);
+            own.extend(own_lib.clone());
+            crate::late::enable(c.all_maps, &c.modules, &c.exclude, own);
         }
+        if CONFIG.get().is_some_and(|c| c.python_tools.is_empty()) {
+            // Python tools' callbacks are not replayed on other threads: with them, threads
+            // other than main run natively.
+            crate::threads::enable(vm);
+            crate::signals::enable();
+            if !libc_instrumented(vm) && !CONFIG.get().is_some_and(|c| c.native_callbacks) {
+                let mut own = plugin_paths.clone();
+                own.extend(own_lib);
+                return Some(own);
+            }
+        }
+        None
+    });
+    if let Some(own) = reentry_own {
+        crate::reentry::enable(vm, &own);
     }
 
     // The guest runs main on the real stack, just below this frame; the host's code runs on

@@ -54,7 +54,9 @@ pub fn afl_block_hash(addr: Rword) -> u64 {
     (addr >> 4) ^ (addr << 8)
 }
 pub use instrumentation::vm_ref::VmRef;
-pub use maps::{MemoryMap, Permission, current_process_maps, module_names, process_maps};
+pub use maps::{
+    MemoryMap, Permission, current_process_maps, module_names, process_maps, with_maps_snapshot,
+};
 pub use memory::{AlignedBuf, VirtualStack, aligned_alloc, allocate_virtual_stack, simulate_call};
 pub use memory_access::{MemoryAccess, MemoryAccessFlags, MemoryAccessType};
 pub use options::Options;

@@ -177,7 +177,7 @@ struct Mapping {
 
 /// The file-backed mapping of `/proc/self/maps` that contains `addr`.
 fn find_mapping(addr: u64) -> Option<Mapping> {
-    let maps = crate::maps::read_proc_file("/proc/self/maps");
+    let maps = crate::maps::self_maps_text();
     maps.lines().find_map(|line| {
         // "start-end perms offset dev inode   path"
         let mut fields = line.splitn(6, ' ');
