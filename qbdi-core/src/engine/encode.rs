@@ -98,12 +98,13 @@ pub(crate) fn reg_mem(a: &mut Asm, opcode: u8, wide: bool, reg: u8, m: &MemOpera
     true
 }
 
-/// An EVEX-encoded instruction: `map` 1 (0F) or 3 (0F3A), `pp` 1 (66) or 2 (F3), W, 512-bit
-/// length; `reg` the ModRM.reg register (0-31), `vvvv` the extra source (0-31, or None),
-/// and either a register `rm` (0-31) or a RIP-relative operand at `addr`; then `imm`.
-#[allow(clippy::too_many_arguments)]
-fn evex512(
-    a: &mut Asm,
+/// A VEX- or EVEX-encoded instruction with a ModRM operand: opcode map `map` (1: 0F, 3:
+/// 0F3A), implied prefix `pp` (0: none, 1: 66, 2: F3), W, `reg` the ModRM.reg register,
+/// `v` the extra source (VEX.vvvv) if any, `rm` a register or a RIP-relative operand, and
+/// an 8-bit immediate if any. Registers are numbered in their class (0-31 with EVEX, 0-15
+/// with VEX).
+#[derive(Clone, Copy)]
+struct Form {
     map: u8,
     pp: u8,
     w: bool,
@@ -112,49 +113,6 @@ fn evex512(
     v: Option<u8>,
     rm: Rm,
     imm: Option<u8>,
-) {
-    let inv = |bit: u8| (bit ^ 1) & 1;
-    let (b, x) = match rm {
-        Rm::Reg(n) => ((n >> 3) & 1, (n >> 4) & 1),
-        Rm::Rip(_) => (0, 0),
-    };
-    let p0 = (inv((reg >> 3) & 1) << 7)
-        | (inv(x) << 6)
-        | (inv(b) << 5)
-        | (inv((reg >> 4) & 1) << 4)
-        | map;
-    let v = v.unwrap_or(0);
-    let p1 = (u8::from(w) << 7) | ((!v & 0xf) << 3) | 0b100 | pp;
-    let p2 = 0x40 | (inv((v >> 4) & 1) << 3); // z 0, L'L 512, b 0, aaa 0
-    a.bytes(&[0x62, p0, p1, p2, opcode]);
-    modrm_tail(a, reg, rm, imm);
-}
-
-/// A 3-byte-VEX-encoded instruction (same parameters as [`evex512`], registers 0-15, `l`
-/// the vector length bit).
-#[allow(clippy::too_many_arguments)]
-fn vex3(
-    a: &mut Asm,
-    map: u8,
-    pp: u8,
-    w: bool,
-    l: bool,
-    opcode: u8,
-    reg: u8,
-    v: Option<u8>,
-    rm: Rm,
-    imm: Option<u8>,
-) {
-    let inv = |bit: u8| (bit ^ 1) & 1;
-    let b = match rm {
-        Rm::Reg(n) => (n >> 3) & 1,
-        Rm::Rip(_) => 0,
-    };
-    let b1 = (inv((reg >> 3) & 1) << 7) | (1 << 6) | (inv(b) << 5) | map;
-    let v = v.unwrap_or(0);
-    let b2 = (u8::from(w) << 7) | ((!v & 0xf) << 3) | (u8::from(l) << 2) | pp;
-    a.bytes(&[0xc4, b1, b2, opcode]);
-    modrm_tail(a, reg, rm, imm);
 }
 
 #[derive(Clone, Copy)]
@@ -163,17 +121,56 @@ enum Rm {
     Rip(u64),
 }
 
-fn modrm_tail(a: &mut Asm, reg: u8, rm: Rm, imm: Option<u8>) {
-    match rm {
-        Rm::Reg(n) => a.bytes(&[0xc0 | ((reg & 7) << 3) | (n & 7)]),
-        Rm::Rip(addr) => {
-            a.bytes(&[((reg & 7) << 3) | 5]);
-            let d = a.rip_disp(addr, u64::from(imm.is_some()));
-            a.bytes(&d.to_le_bytes());
+/// The complement of bit `k` of `n` (VEX and EVEX store register bits inverted).
+fn inv(n: u8, k: u8) -> u8 {
+    ((n >> k) & 1) ^ 1
+}
+
+impl Form {
+    /// The ModRM.rm register's number (0 for a RIP-relative operand).
+    fn rm_reg(&self) -> u8 {
+        match self.rm {
+            Rm::Reg(n) => n,
+            Rm::Rip(_) => 0,
         }
     }
-    if let Some(i) = imm {
-        a.bytes(&[i]);
+
+    /// Encoded with EVEX, 512-bit length, no masking.
+    fn evex512(self, a: &mut Asm) {
+        let (rm, v) = (self.rm_reg(), self.v.unwrap_or(0));
+        let p0 = (inv(self.reg, 3) << 7)
+            | (inv(rm, 4) << 6)
+            | (inv(rm, 3) << 5)
+            | (inv(self.reg, 4) << 4)
+            | self.map;
+        let p1 = (u8::from(self.w) << 7) | ((!v & 0xf) << 3) | 0b100 | self.pp;
+        let p2 = 0x40 | (inv(v, 4) << 3); // z 0, L'L 512, b 0, aaa 0
+        a.bytes(&[0x62, p0, p1, p2, self.opcode]);
+        self.modrm_tail(a);
+    }
+
+    /// Encoded with a 3-byte VEX prefix, vector length bit `l`.
+    fn vex3(self, a: &mut Asm, l: bool) {
+        let (rm, v) = (self.rm_reg(), self.v.unwrap_or(0));
+        let b1 = (inv(self.reg, 3) << 7) | (1 << 6) | (inv(rm, 3) << 5) | self.map;
+        let b2 = (u8::from(self.w) << 7) | ((!v & 0xf) << 3) | (u8::from(l) << 2) | self.pp;
+        a.bytes(&[0xc4, b1, b2, self.opcode]);
+        self.modrm_tail(a);
+    }
+
+    fn modrm_tail(self, a: &mut Asm) {
+        let reg = (self.reg & 7) << 3;
+        match self.rm {
+            Rm::Reg(n) => a.bytes(&[0xc0 | reg | (n & 7)]),
+            Rm::Rip(addr) => {
+                a.bytes(&[reg | 5]);
+                let d = a.rip_disp(addr, u64::from(self.imm.is_some()));
+                a.bytes(&d.to_le_bytes());
+            }
+        }
+        if let Some(i) = self.imm {
+            a.bytes(&[i]);
+        }
     }
 }
 
@@ -193,27 +190,59 @@ pub(crate) enum VectorPart {
 /// Stores (`store`) register `n` of `part` (its number in its class: 16-31 for `Zmm`) to
 /// `[rip+addr]`, or loads it back.
 pub(crate) fn move_vector(a: &mut Asm, part: VectorPart, store: bool, n: u8, addr: u64) {
-    let m = Rm::Rip(addr);
-    match (part, store) {
-        (VectorPart::YmmHigh, true) => vex3(a, 3, 1, false, true, 0x39, n, None, m, Some(1)),
-        (VectorPart::YmmHigh, false) => vex3(a, 3, 1, false, true, 0x38, n, Some(n), m, Some(1)),
-        (VectorPart::ZmmHigh, true) => evex512(a, 3, 1, true, 0x3b, n, None, m, Some(1)),
-        (VectorPart::ZmmHigh, false) => evex512(a, 3, 1, true, 0x3a, n, Some(n), m, Some(1)),
-        (VectorPart::Zmm, true) => evex512(a, 1, 2, true, 0x7f, n, None, m, None),
-        (VectorPart::Zmm, false) => evex512(a, 1, 2, true, 0x6f, n, None, m, None),
-        (VectorPart::Mask, true) => vex3(a, 1, 0, true, false, 0x91, n, None, m, None),
-        (VectorPart::Mask, false) => vex3(a, 1, 0, true, false, 0x90, n, None, m, None),
+    // (map, pp, W, store opcode, load opcode, 1 for the upper lane)
+    let (map, pp, w, st, ld, lane) = match part {
+        VectorPart::YmmHigh => (3, 1, false, 0x39, 0x38, Some(1)),
+        VectorPart::ZmmHigh => (3, 1, true, 0x3b, 0x3a, Some(1)),
+        VectorPart::Zmm => (1, 2, true, 0x7f, 0x6f, None),
+        VectorPart::Mask => (1, 0, true, 0x91, 0x90, None),
+    };
+    let form = Form {
+        map,
+        pp,
+        w,
+        opcode: if store { st } else { ld },
+        reg: n,
+        // A lane's insert takes the register itself as its other source.
+        v: (lane.is_some() && !store).then_some(n),
+        rm: Rm::Rip(addr),
+        imm: lane,
+    };
+    match part {
+        VectorPart::YmmHigh => form.vex3(a, true),
+        VectorPart::Mask => form.vex3(a, false),
+        VectorPart::ZmmHigh | VectorPart::Zmm => form.evex512(a),
     }
 }
 
 /// `vpxord zmmN, zmmN, zmmN` (zeroes it), N in 0-31.
 pub(crate) fn vpxord_self(a: &mut Asm, n: u8) {
-    evex512(a, 1, 1, false, 0xef, n, Some(n), Rm::Reg(n), None);
+    Form {
+        map: 1,
+        pp: 1,
+        w: false,
+        opcode: 0xef,
+        reg: n,
+        v: Some(n),
+        rm: Rm::Reg(n),
+        imm: None,
+    }
+    .evex512(a);
 }
 
 /// `kxorq kN, kN, kN` (zeroes it), N in 0-7.
 pub(crate) fn kxorq_self(a: &mut Asm, n: u8) {
-    vex3(a, 1, 0, true, true, 0x47, n, Some(n), Rm::Reg(n), None);
+    Form {
+        map: 1,
+        pp: 0,
+        w: true,
+        opcode: 0x47,
+        reg: n,
+        v: Some(n),
+        rm: Rm::Reg(n),
+        imm: None,
+    }
+    .vex3(a, true);
 }
 
 #[cfg(test)]
