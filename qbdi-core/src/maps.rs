@@ -37,7 +37,7 @@ pub fn current_process_maps(full_path: bool) -> Vec<MemoryMap> {
 
 thread_local! {
     /// `/proc/self/maps` as read once inside [`with_maps_snapshot`] (None: not read yet).
-    static SNAPSHOT: std::cell::RefCell<Option<std::rc::Rc<str>>> =
+    static SNAPSHOT: std::cell::RefCell<Option<std::rc::Rc<String>>> =
         const { std::cell::RefCell::new(None) };
     static IN_SNAPSHOT: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -66,15 +66,12 @@ pub fn with_maps_snapshot<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The text of `/proc/self/maps`: the snapshot's inside [`with_maps_snapshot`].
-pub(crate) fn self_maps_text() -> std::rc::Rc<str> {
+pub(crate) fn self_maps_text() -> std::rc::Rc<String> {
+    let read = || std::rc::Rc::new(read_proc_file("/proc/self/maps"));
     if !IN_SNAPSHOT.with(std::cell::Cell::get) {
-        return read_proc_file("/proc/self/maps").into();
+        return read();
     }
-    SNAPSHOT.with(|s| {
-        s.borrow_mut()
-            .get_or_insert_with(|| read_proc_file("/proc/self/maps").into())
-            .clone()
-    })
+    SNAPSHOT.with(|s| s.borrow_mut().get_or_insert_with(read).clone())
 }
 
 /// The mappings of process `pid` (QBDI's `getRemoteProcessMaps`), as

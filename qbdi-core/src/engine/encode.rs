@@ -252,6 +252,13 @@ mod tests {
 
     const AT: u64 = 0x7f00_1234_0000;
 
+    /// An empty buffer for code at `AT`.
+    fn at() -> Asm {
+        let mut a = Asm::new();
+        a.reset(AT);
+        a
+    }
+
     fn decode(a: &Asm) -> Instruction {
         let mut d = Decoder::with_ip(64, &a.buf, AT, DecoderOptions::NONE);
         let i = d.decode();
@@ -289,8 +296,7 @@ mod tests {
                                         scale,
                                         disp,
                                     };
-                                    let mut a = Asm::new();
-                                    a.reset(AT);
+                                    let mut a = at();
                                     assert!(reg_mem(&mut a, opcode, wide, reg, &m));
                                     let i = decode(&a);
                                     assert_eq!(i.code(), code, "{m:?}: {:02x?}", a.buf);
@@ -301,12 +307,7 @@ mod tests {
                                         assert_eq!(i.memory_index_scale(), scale);
                                     }
                                     assert_eq!(i.memory_displacement64(), disp, "{m:?}");
-                                    let seg = if segment == Register::None {
-                                        Register::None
-                                    } else {
-                                        segment
-                                    };
-                                    assert_eq!(i.segment_prefix(), seg);
+                                    assert_eq!(i.segment_prefix(), segment);
                                     checked += 1;
                                 }
                             }
@@ -334,8 +335,7 @@ mod tests {
                 scale: 4,
                 disp,
             };
-            let mut a = Asm::new();
-            a.reset(AT);
+            let mut a = at();
             assert!(reg_mem(&mut a, 0x8d, false, 0, &m));
             let i = decode(&a);
             assert_eq!((i.memory_base(), i.memory_index()), (base, index));
@@ -375,8 +375,7 @@ mod tests {
                 disp: 1 << 40,
             },
         ] {
-            let mut a = Asm::new();
-            a.reset(AT);
+            let mut a = at();
             assert!(!reg_mem(&mut a, 0x8b, true, 1, &m), "{m:?}");
             assert!(a.buf.is_empty());
         }
@@ -423,8 +422,7 @@ mod tests {
             for n in from..from + count {
                 let r = Register::try_from(first as usize + n as usize).unwrap();
                 for store in [true, false] {
-                    let mut a = Asm::new();
-                    a.reset(AT);
+                    let mut a = at();
                     move_vector(&mut a, part, store, n, target);
                     let i = decode(&a);
                     let what = format!("{part:?} {n} store={store}: {:02x?}", a.buf);
@@ -447,8 +445,7 @@ mod tests {
         }
         for n in 0..32u8 {
             let zmm = Register::try_from(Register::ZMM0 as usize + n as usize).unwrap();
-            let mut a = Asm::new();
-            a.reset(AT);
+            let mut a = at();
             vpxord_self(&mut a, n);
             let i = decode(&a);
             assert_eq!(
@@ -467,8 +464,7 @@ mod tests {
         }
         for n in 0..8u8 {
             let k = Register::try_from(Register::K0 as usize + n as usize).unwrap();
-            let mut a = Asm::new();
-            a.reset(AT);
+            let mut a = at();
             kxorq_self(&mut a, n);
             let i = decode(&a);
             assert_eq!(i.code(), Code::VEX_Kxorq_kr_kr_kr, "{:02x?}", a.buf);

@@ -900,7 +900,7 @@ impl Translator {
             address: instr.ip(),
             reason: format!("a far RIP-relative operand: {why}"),
         };
-        let (_, n) = self
+        let n = self
             .free_register(instr)
             .ok_or_else(|| unrewritable("no free register to address it through"))?;
         let raw = rebase_ip_relative(guest, at, instr, n)
@@ -977,23 +977,26 @@ impl Translator {
         }
     }
 
-    /// A 64-bit register (iced name, encoding number) the instruction does not touch, one
-    /// that a ModRM byte names without a REX prefix and as a plain base (not rsp, rbp).
-    fn free_register(&mut self, instr: &Instruction) -> Option<(Register, u8)> {
-        const CANDIDATES: [(Register, u8); 6] = [
-            (Register::RAX, 0),
-            (Register::RCX, 1),
-            (Register::RDX, 2),
-            (Register::RBX, 3),
-            (Register::RSI, 6),
-            (Register::RDI, 7),
+    /// The number of a 64-bit register the instruction does not touch, one that a ModRM
+    /// byte names without a REX prefix and as a plain base (not rsp, rbp).
+    fn free_register(&mut self, instr: &Instruction) -> Option<u8> {
+        const CANDIDATES: [Register; 6] = [
+            Register::RAX,
+            Register::RCX,
+            Register::RDX,
+            Register::RBX,
+            Register::RSI,
+            Register::RDI,
         ];
         let info = self.info.info(instr);
-        CANDIDATES.into_iter().find(|(c, _)| {
-            info.used_registers()
-                .iter()
-                .all(|u| u.register().full_register() != *c)
-        })
+        CANDIDATES
+            .into_iter()
+            .find(|&c| {
+                info.used_registers()
+                    .iter()
+                    .all(|u| u.register().full_register() != c)
+            })
+            .map(|c| c.number() as u8)
     }
 
     /// `jmp r/m`, `call r/m`, `ret`, `ret imm16`: target into rcx, then the inline lookup.
@@ -1106,31 +1109,29 @@ impl Translator {
                 Ok(())
             }
             OpKind::Memory => {
-                let far_segment = matches!(instr.segment_prefix(), Register::FS | Register::GS);
-                if instr.is_ip_rel_memory_operand()
-                    && instr.memory_base() == Register::RIP
-                    && !far_segment
-                {
-                    // mov rcx, [rip+disp32] (a PLT's `jmp [rip+slot]`; CS, DS, ES and SS
-                    // prefixes, `notrack` among them, mean nothing in 64-bit mode).
-                    let slot = instr.ip_rel_memory_address();
-                    let disp = slot.wrapping_sub(self.asm.here() + 7) as i64;
-                    if let Ok(disp) = i32::try_from(disp) {
-                        self.asm.bytes(&[0x48, 0x8b, 0x0d]);
-                        self.asm.bytes(&disp.to_le_bytes());
-                        return Ok(());
-                    }
-                }
                 if instr.is_ip_rel_memory_operand() {
-                    if far_segment {
+                    // CS, DS, ES and SS prefixes (`notrack` among them) mean nothing in
+                    // 64-bit mode; FS and GS would add a base.
+                    if matches!(instr.segment_prefix(), Register::FS | Register::GS) {
                         return Err(VmError::Translation {
                             address: instr.ip(),
                             reason: "a branch through an FS/GS-relative RIP-relative slot".into(),
                         });
                     }
-                    // A RIP-relative slot out of reach, or EIP-relative: its address first.
-                    self.asm.mov_imm64(RCX, instr.ip_rel_memory_address());
-                    self.asm.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
+                    let slot = instr.ip_rel_memory_address();
+                    let disp = slot.wrapping_sub(self.asm.here() + 7) as i64;
+                    match i32::try_from(disp) {
+                        // mov rcx, [rip+disp32] (a PLT's `jmp [rip+slot]`)
+                        Ok(disp) if instr.memory_base() == Register::RIP => {
+                            self.asm.bytes(&[0x48, 0x8b, 0x0d]);
+                            self.asm.bytes(&disp.to_le_bytes());
+                        }
+                        // Out of reach, or EIP-relative: the slot's address first.
+                        _ => {
+                            self.asm.mov_imm64(RCX, slot);
+                            self.asm.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
+                        }
+                    }
                     return Ok(());
                 }
                 let mem = MemOperand {
