@@ -582,6 +582,38 @@ fn real_programs_under_all_maps() {
     );
 }
 
+/// The inline table's lookups without BMI2 (`QBDI_NO_BMI2`: the `bswap` hash, which CPUs
+/// without `rorx` run): interpreters and sqlite3, whose indirect branches go through the
+/// table millions of times, give native's output.
+#[test]
+fn real_programs_without_bmi2_hash() {
+    let dir = scratch("all-maps-no-bmi2");
+    let cases: Vec<Case> = cases(&dir)
+        .into_iter()
+        .filter(|c| matches!(c.name, "python3" | "perl die in eval" | "sqlite3" | "sort"))
+        .collect();
+    assert_eq!(cases.len(), 4, "the cases this test picks exist");
+    let mut failures = Vec::new();
+    for case in &cases {
+        let native = run_case(&dir, case, Setting::Default, None);
+        let mut cmd = Command::new(qbdi());
+        cmd.args(["run", "--all-maps", "--"])
+            .arg(&case.program)
+            .args(&case.args)
+            .current_dir(&dir)
+            .env("QBDI_NO_BMI2", "1")
+            .env_remove("GLIBC_TUNABLES");
+        let q = run_with_timeout(&mut cmd, case.stdin.as_deref());
+        if let Some(f) = compare(case, &native, &q) {
+            failures.push(format!(
+                "{} under --all-maps, QBDI_NO_BMI2=1:\n{f}",
+                case.name
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
 /// The variant of a string routine, from the registers its first instructions use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Variant {

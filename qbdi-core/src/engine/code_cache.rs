@@ -58,7 +58,7 @@ impl CodeCache {
         unsafe { std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len()) };
         let code_start = (code + a.len() as u64).next_multiple_of(64);
         // SAFETY: the table lies inside the mapping, which lives as long as the cache.
-        let table = unsafe { IbTable::new(table, runtime.ib_miss) };
+        let table = unsafe { IbTable::new(table, runtime.miss_entry) };
         Ok(CodeCache {
             base,
             code_start,

@@ -54,8 +54,6 @@ pub(crate) struct Context {
     pub host_gs: u64,
     /// Guest target of the last indirect branch.
     pub ib_target: u64,
-    /// Host target of an inline table hit.
-    pub ib_jump: u64,
     /// Scratch spills of the indirect branch sequence (rax, rcx, rdx).
     pub spill: [u64; 3],
     /// Spill slot for far RIP-relative rewriting.
@@ -114,7 +112,6 @@ pub(crate) mod off {
     pub const HOST_MXCSR: u64 = offset_of!(Context, host_mxcsr) as u64;
     pub const HOST_FCW: u64 = offset_of!(Context, host_fcw) as u64;
     pub const IB_TARGET: u64 = offset_of!(Context, ib_target) as u64;
-    pub const IB_JUMP: u64 = offset_of!(Context, ib_jump) as u64;
     pub const SPILL: u64 = offset_of!(Context, spill) as u64;
     pub const SPILL_FAR: u64 = offset_of!(Context, spill_far) as u64;
     pub const INLINE_SPILL: u64 = offset_of!(Context, inline_spill) as u64;

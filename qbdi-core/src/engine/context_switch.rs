@@ -7,8 +7,9 @@
 //!   state into the context (switching to the host stack first: nothing is ever written
 //!   below the guest's rsp) and returns from `enter`.
 //! - `ib_miss`: the miss path of inline indirect-branch lookups.
-//! - `broker`: entered (through the inline table) for a native target; swaps the return
-//!   address at [rsp] for its translation so native code returns straight into the cache.
+//! - `broker`: entered (through the inline table, as the host address of native targets)
+//!   for a native target; swaps the return address at [rsp] for its translation so native
+//!   code returns straight into the cache.
 //! - `stop_return`: native code returning to the run's stop address lands here.
 //! - `callback`: a callback site jumps here (guest rax already saved, `ctx.cb_site` set):
 //!   saves the guest state into the context, calls the Rust entry point on the host stack,
@@ -35,7 +36,7 @@ use super::context::{
 };
 use super::emitter::{Asm, Label, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSP};
 use super::encode::{VectorPart, kxorq_self, move_vector, vpxord_self};
-use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
+use super::ib_table::{ENTRY_PREFIX_LEN, Miss, emit_lookup, emit_restore};
 use super::xstate::XSaveKind;
 
 /// Addresses of the shared routines of one code cache.
@@ -43,7 +44,11 @@ use super::xstate::XSaveKind;
 pub(crate) struct Runtime {
     pub enter: u64,
     pub exit: u64,
+    /// The miss path of the lookups (the guest's rax, rcx, rdx spilled, `ib_target` set).
     pub ib_miss: u64,
+    /// The host address of the table's entry for address 0, which leads to `ib_miss`.
+    pub miss_entry: u64,
+    /// The host address of the table's entries for native targets.
     pub broker: u64,
     pub stop_return: u64,
     pub callback: u64,
@@ -102,21 +107,32 @@ pub(crate) fn emit_runtime(
     emit_restore(a, ctx);
     a.store_imm32(ctx + off::EXIT_ID, EXIT_IB_MISS);
     a.jmp_to(exit);
+    // The table entry of address 0, the one empty entry a lookup can "hit" (see
+    // `ib_table`): rax = 0, the target.
+    let miss_entry = a.here();
+    a.store(ctx + off::IB_TARGET, RAX);
+    a.jmp_to(ib_miss);
 
-    // broker: the registers are the guest's; ctx.ib_target is the native target.
+    // broker: the table entry of native targets, reached from an indirect branch's hit
+    // (`emit_hit_jump`): rax = the native target, rdx the guest's, the guest's rax, rcx
+    // and rdx spilled.
     let broker = a.here();
     let broker_miss = a.new_label();
-    emit_spill(a, ctx);
+    a.store(ctx + off::IB_TARGET, RAX);
     a.load_rcx_from_stack_top();
     emit_lookup(a, ctx, table, Miss::Label(broker_miss), false);
-    // A hit on a native entry (host = broker) or an empty one (host = ib_miss) is no
+    a.bytes(&[0x48, 0x8b, 0x42, 0x08]); // mov rax, [rdx+8]: the host entry
+    // A hit on a native entry (host = broker) or an empty one (host = miss_entry) is no
     // translation of a return address: treat it as a miss.
     a.lea_rip(RCX, broker);
     a.rcx_diff(RAX);
     a.jrcxz_label(broker_miss);
-    a.lea_rip(RCX, ib_miss);
+    a.lea_rip(RCX, miss_entry);
     a.rcx_diff(RAX);
     a.jrcxz_label(broker_miss);
+    // The block itself, past its table entry: native code returns there with every
+    // register its own.
+    a.bytes(&[0x48, 0x8d, 0x40, ENTRY_PREFIX_LEN as u8]); // lea rax, [rax+prefix]
     a.store_rax_to_stack_top();
     emit_restore(a, ctx);
     a.jmp_mem(ctx + off::IB_TARGET);
@@ -142,6 +158,7 @@ pub(crate) fn emit_runtime(
         enter,
         exit,
         ib_miss,
+        miss_entry,
         broker,
         stop_return,
         callback,

@@ -6,6 +6,7 @@ use super::code_cache::CodeCache;
 use super::context::FIRST_STUB_ID;
 use super::context_switch::CallbackFp;
 use super::directory::{Directory, ExitKind};
+use super::ib_table::ENTRY_PREFIX_LEN;
 use super::maps_reader::ReadableMaps;
 use super::segments::fsgsbase_usable;
 use super::translator::{
@@ -464,7 +465,10 @@ impl Engine {
         for e in &self.translator.exits {
             dir.push_stub(e.target, e.site, e.stub, e.kind);
         }
-        dir.insert(pc, t.guest_end, host, first + t.reentry as u32);
+        // Indirect branches enter through the table entry at `host`; everything else (links,
+        // the dispatcher, the directory) uses the block itself, after it.
+        let entry = host + ENTRY_PREFIX_LEN;
+        dir.insert(pc, t.guest_end, entry, first + t.reentry as u32);
         if pc != self.stop {
             cache.table.insert(pc, host);
         }
@@ -478,7 +482,7 @@ impl Engine {
                 link(dir, i, h);
             }
         }
-        Ok(host)
+        Ok(entry)
     }
 
     /// Points stub `i`'s branch straight at `host`.

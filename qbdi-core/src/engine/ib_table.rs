@@ -115,13 +115,31 @@ impl IbTable {
     }
 }
 
-/// The entry of `guest`: its low 16 bits plus bits 16-31 (byte-swapped), modulo the table
-/// size. Targets 64 KiB apart (the opcode handlers of an interpreter's dispatch loop) do not
-/// collide, and the generated code computes it without touching flags (`bswap`, `movzx`,
-/// `lea`).
+/// Whether lookups hash with BMI2's `rorx` (3 instructions, no flags), else with `bswap`
+/// (6). Fixed for the process at its first use: from CPUID, unless `QBDI_NO_BMI2` is set
+/// (tests run the fallback on any CPU).
+pub(crate) fn rorx_hash() -> bool {
+    static RORX: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *RORX.get_or_init(|| {
+        std::env::var_os("QBDI_NO_BMI2").is_none() && std::arch::is_x86_feature_detected!("bmi2")
+    })
+}
+
+/// The entry of `guest`: its low 16 bits plus its bits 16-31 (as they are with `rorx`,
+/// byte-swapped with `bswap`), modulo the table size. Targets 64 KiB apart (the opcode
+/// handlers of an interpreter's dispatch loop) do not collide, and the generated code
+/// computes it without touching flags (`rorx` or `bswap`, `movzx`, `lea`).
 fn index(guest: u64) -> usize {
+    index_with(guest, rorx_hash())
+}
+
+fn index_with(guest: u64, rorx: bool) -> usize {
     let low = guest as u32 & 0xffff;
-    let high = (guest as u32).swap_bytes() & 0xffff;
+    let high = if rorx {
+        (guest as u32) >> 16
+    } else {
+        (guest as u32).swap_bytes() & 0xffff
+    };
     (low.wrapping_add(high) & 0xffff) as usize
 }
 
@@ -131,17 +149,14 @@ pub(crate) enum Miss {
     Label(Label),
 }
 
-/// Emits the lookup of the guest address in rcx (rax, rcx, rdx already spilled). Falls
-/// through on a hit with rax = host address; jumps to `miss` otherwise. When
-/// `record_target`, the guest address is also stored in the context's `ib_target`.
+/// Emits the lookup of the guest address in rcx (rax, rcx, rdx already spilled).
+///
+/// On a hit it falls through with rdx = the entry's address (its host address at
+/// `[rdx+8]`), rax = the guest address and rcx = 0. On a miss it jumps to `miss` with rcx
+/// = the guest address again; when `record_target`, also stored in the context's
+/// `ib_target` first (on that path alone: a hit does not store it).
 pub(crate) fn emit_lookup(a: &mut Asm, ctx: u64, table: u64, miss: Miss, record_target: bool) {
-    if record_target {
-        a.store(ctx + off::IB_TARGET, RCX);
-    }
-    // The index (see `index`): mov eax, ecx; bswap eax; movzx eax, ax; movzx edx, cx;
-    // lea edx, [rdx+rax]; movzx edx, dx.
-    a.bytes(&[0x89, 0xc8, 0x0f, 0xc8, 0x0f, 0xb7, 0xc0]);
-    a.bytes(&[0x0f, 0xb7, 0xd1, 0x8d, 0x14, 0x02, 0x0f, 0xb7, 0xd2]);
+    emit_hash(a, rorx_hash());
     a.lea_rip(RAX, table);
     // lea rdx, [rdx*8]; lea rdx, [rax+rdx*2]: rdx = &table[index] (16-byte entries)
     a.bytes(&[0x48, 0x8d, 0x14, 0xd5, 0, 0, 0, 0]);
@@ -151,13 +166,54 @@ pub(crate) fn emit_lookup(a: &mut Asm, ctx: u64, table: u64, miss: Miss, record_
     a.rcx_diff(RAX);
     let hit: Label = a.new_label();
     a.jrcxz_label(hit);
+    // rcx = entry - target: the same again gives the target back.
+    a.rcx_diff(RAX);
+    if record_target {
+        a.store(ctx + off::IB_TARGET, RCX);
+    }
     match miss {
         Miss::Addr(addr) => a.jmp_to(addr),
         Miss::Label(l) => a.jmp_label(l),
     };
     a.bind(hit);
-    // mov rax, [rdx+8]: the host address
-    a.bytes(&[0x48, 0x8b, 0x42, 0x08]);
+}
+
+/// edx = `index_with(rcx, rorx)`; clobbers rax, not the flags.
+fn emit_hash(a: &mut Asm, rorx: bool) {
+    if rorx {
+        // rorx eax, ecx, 16; lea edx, [rax+rcx]; movzx edx, dx
+        a.bytes(&[0xc4, 0xe3, 0x7b, 0xf0, 0xc1, 0x10]);
+        a.bytes(&[0x8d, 0x14, 0x08, 0x0f, 0xb7, 0xd2]);
+    } else {
+        // mov eax, ecx; bswap eax; movzx eax, ax; movzx edx, cx; lea edx, [rdx+rax];
+        // movzx edx, dx
+        a.bytes(&[0x89, 0xc8, 0x0f, 0xc8, 0x0f, 0xb7, 0xc0]);
+        a.bytes(&[0x0f, 0xb7, 0xd1, 0x8d, 0x14, 0x02, 0x0f, 0xb7, 0xd2]);
+    }
+}
+
+/// After a hit of [`emit_lookup`] at an indirect branch: jumps to the entry's host address
+/// with rdx restored; the entry (a block's [`emit_entry_prefix`], or a runtime routine's
+/// table entry) restores rax and rcx. One indirect jump through a register: no store of
+/// the host address to the context and no load of it back.
+pub(crate) fn emit_hit_jump(a: &mut Asm, ctx: u64) {
+    a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
+    a.load(RDX, ctx + off::SPILL + 16);
+    a.bytes(&[0xff, 0xe1]); // jmp rcx
+}
+
+/// Bytes of [`emit_entry_prefix`].
+pub(crate) const ENTRY_PREFIX_LEN: u64 = 14;
+
+/// The table entry of a block, just before its code: restores the rax and rcx of an
+/// indirect branch's lookup (rdx is back already, see [`emit_hit_jump`]), then falls into
+/// the block. Every other way in (linked branches, the dispatcher, the broker's return
+/// addresses) enters the block itself, `ENTRY_PREFIX_LEN` bytes further.
+pub(crate) fn emit_entry_prefix(a: &mut Asm, ctx: u64) {
+    let start = a.len();
+    a.load(RAX, ctx + off::SPILL);
+    a.load(RCX, ctx + off::SPILL + 8);
+    debug_assert_eq!((a.len() - start) as u64, ENTRY_PREFIX_LEN);
 }
 
 /// Spills the three scratch registers of an indirect branch.
@@ -176,7 +232,7 @@ pub(crate) fn emit_restore(a: &mut Asm, ctx: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::index;
+    use super::{index, index_with};
 
     #[test]
     fn targets_64k_apart_do_not_collide() {
@@ -185,6 +241,59 @@ mod tests {
             (0..16).map(|i| index(base + i * 0x1_0000)).collect();
         assert_eq!(slots.len(), 16);
         assert!(index(u64::MAX) < 1 << 16);
+        for rorx in [false, true] {
+            let slots: std::collections::HashSet<usize> = (0..16)
+                .map(|i| index_with(base + i * 0x1_0000, rorx))
+                .collect();
+            assert_eq!(slots.len(), 16, "rorx: {rorx}");
+        }
+    }
+
+    /// The hash the generated code computes (both forms), run on this CPU, is `index`'s.
+    #[test]
+    fn generated_hash_is_index() {
+        use super::super::emitter::Asm;
+        for rorx in [false, true] {
+            if rorx && !std::arch::is_x86_feature_detected!("bmi2") {
+                continue;
+            }
+            let mut a = Asm::with_capacity(64);
+            a.bytes(&[0x48, 0x89, 0xf9]); // mov rcx, rdi
+            super::emit_hash(&mut a, rorx);
+            a.bytes(&[0x89, 0xd0, 0xc3]); // mov eax, edx; ret
+            let code = &a.buf[..a.len()];
+            // SAFETY: an anonymous private mapping, written then made executable; the code
+            // is the leaf function above (System V: argument in rdi, result in eax).
+            unsafe {
+                let m = libc::mmap(
+                    std::ptr::null_mut(),
+                    4096,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                );
+                assert_ne!(m, libc::MAP_FAILED);
+                std::ptr::copy_nonoverlapping(code.as_ptr(), m.cast::<u8>(), code.len());
+                assert_eq!(
+                    libc::mprotect(m, 4096, libc::PROT_READ | libc::PROT_EXEC),
+                    0
+                );
+                let f: extern "C" fn(u64) -> u32 = std::mem::transmute(m);
+                for g in [
+                    0u64,
+                    1,
+                    0xffff,
+                    0x1_0000,
+                    0x5555_5555_1230,
+                    0x7fff_dead_beef,
+                    u64::MAX,
+                ] {
+                    assert_eq!(f(g) as usize, index_with(g, rorx), "{g:#x}, rorx: {rorx}");
+                }
+                libc::munmap(m, 4096);
+            }
+        }
     }
 
     #[test]

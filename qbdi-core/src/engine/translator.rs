@@ -26,7 +26,9 @@ use super::direct_call::{DirectSite, emit_direct_site};
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RSP};
 use super::encode::{self, MemOperand};
-use super::ib_table::{Miss, emit_lookup, emit_restore, emit_spill};
+use super::ib_table::{
+    Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
+};
 use super::inline::{self, InlinePatch};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent, VmState};
@@ -237,7 +239,8 @@ impl Translator {
     }
 
     /// Translates the block at `pc` into `self.asm` (base = `host`); `self.exits` lists the
-    /// stubs it ends with.
+    /// stubs it ends with. Its inline table's entry is at `host`, the block itself
+    /// `ENTRY_PREFIX_LEN` bytes further (see [`emit_entry_prefix`]).
     pub fn translate(
         &mut self,
         pc: u64,
@@ -256,6 +259,8 @@ impl Translator {
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
         self.planned.clear();
+        // The table's entry (indirect branches land there), then the block itself.
+        emit_entry_prefix(&mut self.asm, env.ctx);
         // Blocks of memory that may change start with a jump to their byte check, emitted
         // after the block (its extent is known then).
         let check = env.check_bytes.then(|| {
@@ -1044,9 +1049,7 @@ impl Translator {
             Miss::Addr(env.runtime.ib_miss),
             true,
         );
-        self.asm.store(ctx + off::IB_JUMP, RAX);
-        emit_restore(&mut self.asm, ctx);
-        self.asm.jmp_mem(ctx + off::IB_JUMP);
+        emit_hit_jump(&mut self.asm, ctx);
         Ok(())
     }
 
