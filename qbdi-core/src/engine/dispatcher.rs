@@ -53,6 +53,8 @@ impl Engine {
         self.apply_flush();
         self.begin_run(stop);
         let ctx = self.cache().ctx();
+        // The run's FP state is `fpr`, put in the context below.
+        self.fpr_in_xarea = false;
         {
             let (cache, dir) = self.cache.as_mut().expect("cache exists");
             self.cb_env.table = &cache.table;
@@ -117,7 +119,9 @@ impl Engine {
             // behaves as an `extern "C" fn()` preserving the host's callee-saved state.
             unsafe {
                 (*ctx).target = target;
-                if let Some(fp) = self.fp {
+                if let Some(fp) = self.fp
+                    && !self.fpr_in_xarea
+                {
                     fp.fpr_to_native(&(*ctx).fpr, &mut (*ctx).xarea.0);
                 }
                 if keep_errno {
@@ -128,11 +132,9 @@ impl Engine {
                 if keep_errno {
                     *errno = *libc::__errno_location();
                 }
-                if let Some(fp) = self.fp {
-                    fp.native_to_fpr(&(*ctx).xarea.0, &mut (*ctx).fpr);
-                    fp.complete_after_save(&mut (*ctx).fpr);
-                    (*ctx).ext_dirty = 1;
-                }
+                // Every exit saved the guest's FP state to the image (the callback
+                // routine's way out too): `ctx.fpr` follows when read.
+                self.fpr_in_xarea = self.fp.is_some();
             }
             // SAFETY: as above.
             let exit_id = unsafe { (*ctx).exit_id };
@@ -164,6 +166,7 @@ impl Engine {
         };
         self.stop = NO_STOP;
         self.new_blocks.clear();
+        self.sync_fpr();
         // SAFETY: as above.
         unsafe {
             *gpr = (*ctx).gpr;
@@ -245,6 +248,7 @@ impl Engine {
         if !shared.inst.events.intersects(events) {
             return VmAction::Continue;
         }
+        self.sync_fpr();
         let ctx = self.cache().ctx();
         // SAFETY: the context is live; no generated code runs; callbacks get the only
         // references to its state for the duration of the call.
@@ -255,6 +259,25 @@ impl Engine {
             VmAction::Stop
         } else {
             action
+        }
+    }
+
+    /// Makes `ctx.fpr` the guest's FP state, from the image the last exit saved, if it is
+    /// not already (see `Engine::fpr_in_xarea`); the next entry then restores from it.
+    fn sync_fpr(&mut self) {
+        if !self.fpr_in_xarea {
+            return;
+        }
+        self.fpr_in_xarea = false;
+        let (Some(fp), Some((cache, _))) = (self.fp, self.cache.as_ref()) else {
+            return;
+        };
+        let ctx = cache.ctx();
+        // SAFETY: the context is live and no generated code runs (the dispatcher's callers).
+        unsafe {
+            fp.native_to_fpr(&(*ctx).xarea.0, &mut (*ctx).fpr);
+            fp.complete_after_save(&mut (*ctx).fpr);
+            (*ctx).ext_dirty = 1;
         }
     }
 

@@ -31,6 +31,12 @@ pub(crate) struct Engine {
     pub(super) options: Options,
     /// How FP state is saved at each cache exit (None: OPT_DISABLE_FPR).
     pub(super) fp: Option<XSaveKind>,
+    /// The guest's FP state is the CPU image `ctx.xarea` the last cache exit saved, and
+    /// `ctx.fpr` is older: the conversion waits until something reads `ctx.fpr` (a callback
+    /// the dispatcher calls, the end of the run), see `Engine::sync_fpr`. Most exits
+    /// (translation, table misses, unlinked stubs) need none: the next entry restores
+    /// the image as it was saved.
+    pub(super) fpr_in_xarea: bool,
     /// The code cache and its directory, created at the first run near the guest's code.
     pub(super) cache: Option<(CodeCache, Directory)>,
     pub(super) translator: Translator,
@@ -64,6 +70,7 @@ impl Engine {
         Engine {
             options,
             fp: fp_mode(options),
+            fpr_in_xarea: false,
             cache: None,
             translator: Translator::new(),
             readable: ReadableMaps::new(),
