@@ -184,6 +184,13 @@ fn try_map_len(addr: u64, flags: libc::c_int, len: usize) -> Option<u64> {
 const HUGE_PAGE: u64 = 2 << 20;
 
 fn advise_huge(p: u64) {
+    advise_huge_past_first(p, REGION_BYTES);
+}
+
+/// Advises huge pages for `[start + 2 MiB, start + len)` rounded in to whole huge pages (a
+/// huge page needs a whole aligned 2 MiB inside the advice), unless `QBDI_HUGEPAGES=0`.
+/// The memory is ours and anonymous; a refusal (no transparent huge pages) is harmless.
+pub(crate) fn advise_huge_past_first(start: u64, len: usize) {
     // SAFETY: getenv returns null or a NUL-terminated string that lives while the
     // environment is not changed; it is read at once and not kept (no allocation here: a
     // cache may be created while the guest holds the heap's lock).
@@ -191,16 +198,16 @@ fn advise_huge(p: u64) {
         let v = libc::getenv(c"QBDI_HUGEPAGES".as_ptr());
         !v.is_null() && std::ffi::CStr::from_ptr(v).to_bytes() == b"0"
     };
-    if off {
+    let from = (start + HUGE_PAGE).next_multiple_of(HUGE_PAGE);
+    let to = (start + len as u64) / HUGE_PAGE * HUGE_PAGE;
+    if off || from >= to {
         return;
     }
-    let from = HUGE_PAGE as usize;
-    // SAFETY: advice on a part of our own fresh mapping; a refusal (no transparent huge
-    // pages) is harmless.
+    // SAFETY: advice on whole pages of memory we own (see above).
     unsafe {
         libc::madvise(
-            (p + from as u64) as *mut libc::c_void,
-            REGION_BYTES - from,
+            from as *mut libc::c_void,
+            (to - from) as usize,
             libc::MADV_HUGEPAGE,
         )
     };

@@ -13,6 +13,11 @@
 //! map uses a small part of its reservation and grows into the next part (see
 //! [`Directory::insert`]): a map spread over its whole reservation would put nearly every
 //! new block on a fresh page.
+//! Past their first 2 MiB the large tables are advised huge pages, as the code cache is:
+//! `python3 -c 'import json, re, email.parser, decimal, argparse, csv, sqlite3'` under
+//! `--all-maps` (45,000 blocks) took 6,945 page faults with small pages, 5,299 with them, and
+//! its median time (`perf stat` task-clock, 25 runs interleaved with the build before)
+//! went from 153 to 143 ms.
 
 /// What an exit stub does when the guest reaches it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,13 +134,22 @@ pub(crate) struct FaultPoint {
 /// `FaultPoint::scratch` when no register was borrowed.
 pub(crate) const NO_SCRATCH: u8 = 0xff;
 
+/// Huge pages for the reserved memory of `v` past its first 2 MiB (see
+/// `code_cache::advise_huge_past_first`).
+fn advise_huge<T>(v: &Vec<T>) {
+    super::code_cache::advise_huge_past_first(
+        v.as_ptr() as u64,
+        v.capacity() * std::mem::size_of::<T>(),
+    );
+}
+
 /// Capacity of the fault map (a block has at most 128 instructions; the cache fills up
 /// long before this does for ordinary code).
 const MAX_FAULTS: usize = MAX_BLOCKS * 8;
 
 impl Directory {
     pub fn new() -> Directory {
-        Directory {
+        let d = Directory {
             blocks: Vec::with_capacity(MAX_BLOCKS),
             stubs: Vec::with_capacity(MAX_STUBS),
             // Zeroed: fresh memory from the allocator, untouched until used.
@@ -149,7 +163,14 @@ impl Directory {
             hi: 0,
             transfer: vec![(0, 0); TRANSFER_SLOTS],
             faults: Vec::with_capacity(MAX_FAULTS),
-        }
+        };
+        // The large tables fill a page at a time as blocks come (a python3 import one-liner:
+        // about 3,600 page faults for 45,000 blocks); past their first 2 MiB, huge pages.
+        advise_huge(&d.blocks);
+        advise_huge(&d.stubs);
+        advise_huge(&d.map);
+        advise_huge(&d.faults);
+        d
     }
 
     /// Enters the fault points of a block just committed (in host address order).
