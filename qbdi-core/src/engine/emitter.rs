@@ -194,15 +194,15 @@ impl Asm {
         self.u32(d);
     }
 
-    /// Pushes a 64-bit constant without a scratch register and without touching flags:
-    /// `push imm32` (sign-extended low half) then `mov dword [rsp+4], high half`.
-    pub fn push_imm64(&mut self, value: u64) {
+    /// `push imm32`: pushes `value`, a sign-extended 32-bit immediate, with one 8-byte
+    /// store and without touching flags (other values: `push_mem_label` of a literal).
+    pub fn push_simm32(&mut self, value: u64) {
+        assert_eq!(
+            value as u32 as i32 as i64 as u64, value,
+            "push imm32 pushes a sign-extended 32-bit value"
+        );
         self.buf.push(0x68);
         self.u32(value as u32);
-        if (value as u32 as i32 as i64 as u64) != value {
-            self.bytes(&[0xc7, 0x44, 0x24, 0x04]);
-            self.u32((value >> 32) as u32);
-        }
     }
 
     /// `lea rsp, [rsp+disp]`: moves the stack pointer without touching flags.
@@ -606,7 +606,8 @@ mod tests {
         a.store(0x2000, R13);
         a.load(RAX, 0x2000);
         a.store_imm32(0x2000, 7);
-        a.push_imm64(0x7fff_1234_5678);
+        a.push_simm32(0x1234_5678);
+        a.push_simm32(0xffff_ffff_8000_0000);
         a.lea_rsp(24);
         a.rcx_diff(RAX);
         a.bytes(&[
@@ -633,7 +634,7 @@ mod tests {
             "mov rax,[2000h]",
             "mov dword ptr [2000h],7",
             "push 12345678h",
-            "mov dword ptr [rsp+4],7FFFh",
+            "push 0FFFFFFFF80000000h",
             "lea rsp,[rsp+18h]",
             "not rcx",
             "lea rcx,[rcx+rax+1]",

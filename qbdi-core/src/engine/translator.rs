@@ -746,7 +746,7 @@ impl Translator {
     /// could not be forwarded from them and waited for both to reach the cache.)
     fn push_guest_address(&mut self, value: u64) {
         if value as u32 as i32 as i64 as u64 == value {
-            self.asm.push_imm64(value);
+            self.asm.push_simm32(value);
         } else {
             let l = self.asm.new_label();
             self.asm.push_mem_label(l);
