@@ -62,7 +62,8 @@ pub(crate) struct Block {
     /// Guest addresses it translates: `[start, end)`.
     pub start: u64,
     pub end: u64,
-    /// Host address of its translation.
+    /// Host address of its translation, where everything but the inline table enters it
+    /// (the table's entry, `ib_table::ENTRY_PREFIX_LEN` bytes of it, comes just before).
     pub host: u64,
     /// Its stub that re-enters the dispatcher at `start` (for invalidation).
     pub reentry_stub: u32,
