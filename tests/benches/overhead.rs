@@ -324,8 +324,7 @@ fn main() {
     let (last, others): (Vec<_>, Vec<_>) = Mode::ALL.iter().enumerate().partition(vm_last);
     for (i, mode) in others.into_iter().chain(last) {
         if let Some(col) = mode.ratio_column() {
-            let rs = &ratios[i];
-            let geomean = (rs.iter().map(|r| r.ln()).sum::<f64>() / rs.len() as f64).exp();
+            let geomean = qbdi_tests::geomean(&ratios[i]);
             if *mode == Mode::Vm {
                 println!("geomean_ratio={geomean:.2}");
             } else {

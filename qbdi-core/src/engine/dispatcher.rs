@@ -10,7 +10,6 @@ use super::context::{
     EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STALE, EXIT_STOP, EXIT_THREAD, FIRST_STUB_ID,
 };
 use super::directory::ExitKind;
-use super::ib_table::ENTRY_PREFIX_LEN;
 use super::translator::disassemble_at;
 use super::{Engine, NO_STOP};
 use crate::callback::{VmAction, VmEvent};
@@ -195,7 +194,7 @@ impl Engine {
             // was taken by a colliding target. Put it back, or every later lookup of this
             // target would come back here.
             if pc != self.stop {
-                self.cache().table.insert(pc, host - ENTRY_PREFIX_LEN);
+                self.cache().table.insert_block(pc, host);
             }
             return Ok(Next::Block(host));
         }

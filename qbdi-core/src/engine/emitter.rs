@@ -194,11 +194,12 @@ impl Asm {
         self.u32(d);
     }
 
-    /// `push imm32`: pushes `value`, a sign-extended 32-bit immediate, with one 8-byte
-    /// store and without touching flags (other values: `push_mem_label` of a literal).
+    /// `push imm32`: pushes `value`, a sign-extended 32-bit immediate ([`is_simm32`]), with
+    /// one 8-byte store and without touching flags (other values: `push_mem_label` of a
+    /// literal).
     pub fn push_simm32(&mut self, value: u64) {
-        assert_eq!(
-            value as u32 as i32 as i64 as u64, value,
+        assert!(
+            is_simm32(value),
             "push imm32 pushes a sign-extended 32-bit value"
         );
         self.buf.push(0x68);
@@ -579,6 +580,11 @@ pub(crate) unsafe fn patch_rel32(site: u64, target: u64) {
     let rel = i32::try_from(rel).expect("code cache branches stay within +/-2 GiB");
     // SAFETY: per the function contract.
     unsafe { (site as *mut i32).write_unaligned(rel) };
+}
+
+/// Whether `value` is a 32-bit immediate sign-extended to 64 bits.
+pub(crate) fn is_simm32(value: u64) -> bool {
+    value as u32 as i32 as i64 as u64 == value
 }
 
 #[cfg(test)]

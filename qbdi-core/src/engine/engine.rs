@@ -477,7 +477,7 @@ impl Engine {
         let entry = host + ENTRY_PREFIX_LEN;
         dir.insert(pc, t.guest_end, entry, first + t.reentry as u32);
         if pc != self.stop {
-            cache.table.insert(pc, host);
+            cache.table.insert_block(pc, entry);
         }
         // Link this block's exits to blocks that already exist (itself included).
         for i in first..dir.stub_count() {

@@ -61,7 +61,13 @@ impl IbTable {
         unsafe { self.entries.add(index(guest)) }
     }
 
-    pub fn insert(&self, guest: u64, host: u64) {
+    /// Enters the translated block of `guest` whose code starts at `block` (its table entry
+    /// is the [`emit_entry_prefix`] just before).
+    pub fn insert_block(&self, guest: u64, block: u64) {
+        self.insert(guest, block - ENTRY_PREFIX_LEN);
+    }
+
+    fn insert(&self, guest: u64, host: u64) {
         // SAFETY: slot() is in bounds; generated code reads the table only while the
         // dispatcher is not running, so there is no concurrent reader of a half-written entry.
         unsafe { self.slot(guest).write(Entry { guest, host }) }

@@ -24,7 +24,7 @@ use super::context::off;
 use super::context_switch::Runtime;
 use super::direct_call::{DirectSite, emit_direct_site};
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
-use super::emitter::{Asm, Label, R11, RAX, RCX, RSP};
+use super::emitter::{Asm, Label, R11, RAX, RCX, RSP, is_simm32};
 use super::encode::{self, MemOperand};
 use super::ib_table::{
     Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
@@ -745,7 +745,7 @@ impl Translator {
     /// made two stores, so the `ret`'s 8-byte load of the slot, soon after in short calls,
     /// could not be forwarded from them and waited for both to reach the cache.)
     fn push_guest_address(&mut self, value: u64) {
-        if value as u32 as i32 as i64 as u64 == value {
+        if is_simm32(value) {
             self.asm.push_simm32(value);
         } else {
             let l = self.asm.new_label();
