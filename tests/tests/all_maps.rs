@@ -584,7 +584,7 @@ fn real_programs_under_all_maps() {
 
 /// The inline table's lookups without BMI2 (`QBDI_NO_BMI2`: the `bswap` hash, which CPUs
 /// without `rorx` run): interpreters and sqlite3, whose indirect branches go through the
-/// table millions of times, give native's output.
+/// table millions of times, give native's output, and libc ran under the Vm (drcov).
 #[test]
 fn real_programs_without_bmi2_hash() {
     let dir = scratch("all-maps-no-bmi2");
@@ -594,19 +594,30 @@ fn real_programs_without_bmi2_hash() {
         .collect();
     assert_eq!(cases.len(), 4, "the cases this test picks exist");
     let mut failures = Vec::new();
-    for case in &cases {
+    for (i, case) in cases.iter().enumerate() {
         let native = run_case(&dir, case, Setting::Default, None);
+        let cov = dir.join(format!("no-bmi2-{i}.drcov"));
         let mut cmd = Command::new(qbdi());
-        cmd.args(["run", "--all-maps", "--"])
+        cmd.args(["run", "--all-maps", "-p"])
+            .arg(format!("drcov:out={}", cov.display()))
+            .arg("--")
             .arg(&case.program)
             .args(&case.args)
             .current_dir(&dir)
             .env("QBDI_NO_BMI2", "1")
             .env_remove("GLIBC_TUNABLES");
         let q = run_with_timeout(&mut cmd, case.stdin.as_deref());
+        let covered = std::fs::read(&cov).unwrap_or_default();
+        let _ = std::fs::remove_file(&cov);
         if let Some(f) = compare(case, &native, &q) {
             failures.push(format!(
                 "{} under --all-maps, QBDI_NO_BMI2=1:\n{f}",
+                case.name
+            ));
+        } else if drcov_blocks_in(&covered, "/libc.so.6") == 0 {
+            // Coverage, not only output: libc ran under the Vm.
+            failures.push(format!(
+                "{} under --all-maps, QBDI_NO_BMI2=1: drcov lists no block of libc",
                 case.name
             ));
         }
