@@ -1,8 +1,10 @@
 //! Memory access recording: the public `MemoryAccess` type and the per-block descriptors the
 //! translator plants. Addresses and values are recorded inline by generated code into slots
 //! of the context (one slot per access of the running block); what is known at translation
-//! (instruction, size, kind, flags) lives in descriptors here. The two are joined only when
-//! a callback asks (`inst_memory_access`, `bb_memory_access`).
+//! (instruction, size, kind, flags) lives in descriptors here. The two are joined for the
+//! instruction before the callbacks of a site run (`inst_memory_access`: by `site_entry`, or
+//! by a direct site in translated code) and for the block when a callback asks
+//! (`bb_memory_access`).
 
 use crate::state::Rword;
 
@@ -68,6 +70,9 @@ pub(crate) struct MemDesc {
     pub rep: bool,
 }
 
+/// Most accesses an instruction records (ReadWrite operands count twice).
+pub(crate) const MAX_PER_INSTRUCTION: usize = 8;
+
 /// Most slots one block records into (the context holds this many address/value pairs).
 pub(crate) const MAX_SLOTS: usize = 256;
 const MAX_DESCS: usize = 1 << 20;
@@ -113,45 +118,121 @@ impl MemoryRecorder {
         slots: &[[u64; 2]],
         pre_of: Option<Rword>,
     ) -> &[MemoryAccess] {
-        self.out.clear();
-        let range = first as usize..(first + len) as usize;
-        for d in self.descs.get(range).unwrap_or(&[]) {
+        let mut out = std::mem::take(&mut self.out);
+        self.collect_into(&mut out, first, len, slots, pre_of);
+        self.out = out;
+        &self.out
+    }
+
+    /// Fills `out` as `collect` fills its own buffer.
+    pub fn collect_into(
+        &self,
+        out: &mut Vec<MemoryAccess>,
+        first: u32,
+        len: u32,
+        slots: &[[u64; 2]],
+        pre_of: Option<Rword>,
+    ) {
+        out.clear();
+        for v in Self::plan_view(&self.descs, first, len, pre_of) {
+            let [addr, value] = slots.get(usize::from(v.slot)).copied().unwrap_or([0, 0]);
+            out.push(v.fill(addr, value));
+        }
+    }
+
+    /// What is known at translation of the accesses `collect` gives for descriptors
+    /// `first..first+len` (see `collect`), in order.
+    pub(crate) fn plan_view(
+        descs: &[MemDesc],
+        first: u32,
+        len: u32,
+        pre_of: Option<Rword>,
+    ) -> impl Iterator<Item = ViewEntry> + '_ {
+        let range = first as usize..(first as usize + len as usize);
+        descs.get(range).unwrap_or(&[]).iter().filter_map(move |d| {
             let before = pre_of == Some(d.inst_address);
             if before && d.access_type == MemoryAccessType::WRITE {
-                continue;
+                return None;
             }
-            let [addr, value] = slots.get(d.slot as usize).copied().unwrap_or([0, 0]);
             let mut access = MemoryAccess {
                 inst_address: d.inst_address,
-                access_address: addr,
-                value,
+                access_address: 0,
+                value: 0,
                 size: d.size,
                 access_type: d.access_type,
                 flags: d.flags,
             };
-            if d.flags.contains(MemoryAccessFlags::UNKNOWN_VALUE) {
-                access.value = 0;
+            let rep_span = d.rep && !before;
+            if d.rep && before {
+                access.size = 0;
+                access.flags |= MemoryAccessFlags::UNKNOWN_SIZE;
             }
-            if d.rep {
-                if before {
-                    access.size = 0;
-                    access.flags |= MemoryAccessFlags::UNKNOWN_SIZE;
-                } else {
-                    // value = the pointer after the instruction: the covered span, in
-                    // either direction (DF).
-                    let (start, end) = (addr, value);
-                    let esize = u64::from(d.size);
-                    let (lo, bytes) = if end >= start {
-                        (start, end - start)
-                    } else {
-                        (end + esize, start - end)
-                    };
-                    access.access_address = lo;
-                    access.size = u16::try_from(bytes).unwrap_or(u16::MAX);
-                }
-            }
-            self.out.push(access);
+            let value = !d.flags.contains(MemoryAccessFlags::UNKNOWN_VALUE) && !d.rep;
+            Some(ViewEntry {
+                slot: d.slot,
+                access,
+                value,
+                rep_span,
+            })
+        })
+    }
+}
+
+/// One access of an instruction as `inst_memory_access` gives it, planned at translation:
+/// the fields known then, and where the rest comes from at run time.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ViewEntry {
+    /// The slot holding (address, value or end pointer).
+    pub slot: u16,
+    /// The access with its address and value still zero.
+    pub access: MemoryAccess,
+    /// The value is the slot's second word (else it stays 0).
+    pub value: bool,
+    /// A `rep` string access after the instruction: address and size are the span between
+    /// the slot's two words (computed at run time).
+    pub rep_span: bool,
+}
+
+impl ViewEntry {
+    /// The access, given its slot's two words.
+    pub fn fill(&self, addr: u64, value: u64) -> MemoryAccess {
+        let mut access = self.access;
+        access.access_address = addr;
+        if self.value {
+            access.value = value;
         }
-        &self.out
+        if self.rep_span {
+            // value = the pointer after the instruction: the covered span, in either
+            // direction (DF).
+            let (start, end) = (addr, value);
+            let esize = u64::from(access.size);
+            let (lo, bytes) = if end >= start {
+                (start, end - start)
+            } else {
+                (end + esize, start - end)
+            };
+            access.access_address = lo;
+            access.size = u16::try_from(bytes).unwrap_or(u16::MAX);
+        }
+        access
+    }
+}
+
+/// Bytes of a `&[MemoryAccess]` (pointer and length, in the order the compiler chose):
+/// a direct entry may read its `VmRef` within this many bytes from its start, where that
+/// slice is (`VmRef::view`).
+pub(crate) const VIEW_BYTES: u64 = std::mem::size_of::<&[MemoryAccess]>() as u64;
+
+/// Where the pointer and the length of a `&[MemoryAccess]` are (byte offsets): Rust does not
+/// promise an order, so it is read from a slice.
+pub(crate) fn slice_layout() -> (u64, u64) {
+    let probe: &[MemoryAccess] = &[MemoryAccess::default(); 3];
+    // SAFETY: a slice reference is two words, its data pointer and its length; only which
+    // is first is not promised, and that is what this finds out.
+    let words: [usize; 2] = unsafe { std::mem::transmute(probe) };
+    if words[1] == 3 && words[0] == probe.as_ptr() as usize {
+        (0, 8)
+    } else {
+        (8, 0)
     }
 }

@@ -11,7 +11,7 @@ use crate::instrumentation::shared::Shared;
 use crate::instrumentation::vm_ref::{AnalysisCache, VmRef, instrumentation_methods};
 use crate::instrumentation::{Filter, Instrumentation, mnemonic_filter};
 use crate::memory::simulate_call;
-use crate::memory_access::{MemoryAccessType, MemoryRecorder};
+use crate::memory_access::{MAX_PER_INSTRUCTION, MemoryAccessType, MemoryRecorder};
 use crate::options::Options;
 use crate::state::{DEFAULT_EFLAGS, FprState, GprState, Rword};
 
@@ -67,6 +67,7 @@ impl Vm {
             inst: Instrumentation::new(options),
             analyses: AnalysisCache::default(),
             memory: MemoryRecorder::default(),
+            view: Vec::with_capacity(MAX_PER_INSTRUCTION),
         }));
         Vm {
             options,

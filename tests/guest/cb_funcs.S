@@ -74,6 +74,33 @@ FUNC cb_df
     ret
 ENDF cb_df
 
+// (buf) -> a checksum of memory work on the 64-byte buffer at rdi: loads, stores,
+// read-modify-writes, push and pop of memory, xchg, and string instructions with and
+// without rep (their accesses are what memory callbacks see).
+FUNC cb_mem
+    push rbx
+    mov rax, [rdi]
+    add [rdi + 8], rax
+    mov qword ptr [rdi + 24], 0x1234
+    mov rdx, rdi
+    lea rsi, [rdx]
+    lea rdi, [rdx + 32]
+    mov ecx, 8
+    rep movsb
+    lea rsi, [rdx + 8]
+    movsq
+    mov rdi, rdx
+    xchg rax, [rdi + 16]
+    movzx ebx, byte ptr [rdi + 33]
+    add rax, rbx
+    push qword ptr [rdi + 8]
+    pop rcx
+    add rax, rcx
+    add rax, [rdi + 40]
+    pop rbx
+    ret
+ENDF cb_mem
+
 // (x) -> 2x.
 FUNC cb_double
     lea rax, [rdi + rdi]

@@ -10,13 +10,17 @@
 //! machinery, which no direct entry may contain.
 
 use qbdi_core::{
-    FAKE_RETURN_ADDRESS, InstPosition, Options, VirtualStack, Vm, VmAction, VmEvent, simulate_call,
+    FAKE_RETURN_ADDRESS, InstPosition, MemoryAccess, MemoryAccessType, Options, VirtualStack, Vm,
+    VmAction, VmEvent, simulate_call,
 };
 use std::cell::Cell;
 use std::hint::black_box;
 use std::rc::Rc;
 
 use InstPosition::{PostInst, PreInst};
+
+#[path = "../benches/kernels/mod.rs"]
+mod kernels;
 
 unsafe extern "C" {
     fn cb_straight(x: u64) -> u64;
@@ -31,6 +35,8 @@ unsafe extern "C" {
     fn cb_inc_end();
     fn cb_df(x: u64) -> u64;
     fn cb_df_end();
+    fn cb_mem(buf: *mut u64) -> u64;
+    fn cb_mem_end();
 }
 
 macro_rules! addr {
@@ -565,4 +571,224 @@ fn several_event_callbacks_are_called_directly() {
     assert!(vm.direct_call_sites() > 0);
     assert!(alone > 20);
     assert_eq!([counts[0].get(), counts[1].get()], [alone, alone]);
+}
+
+/// `h` with `a` folded in (FNV-style, so order matters): every field if `exact`, else its
+/// instruction, size, kind and flags (addresses and values differ between runs when the
+/// guest's buffers are allocated anew).
+fn fold_access(h: u64, a: &MemoryAccess, exact: bool) -> u64 {
+    let meta =
+        u64::from(a.size) | u64::from(a.access_type.bits()) << 16 | u64::from(a.flags.bits()) << 24;
+    let (addr, value) = if exact {
+        (a.access_address, a.value)
+    } else {
+        (0, 0)
+    };
+    [a.inst_address, addr, value, meta]
+        .iter()
+        .fold(h, |h, &w| (h ^ w).wrapping_mul(0x100_0000_01b3))
+}
+
+/// Whether memory holds `a`'s value now (a read before its instruction, a write after).
+/// Loads in assembly: a raw pointer dereference gets a null and alignment check in this
+/// debug-assertion build, a call no direct entry may contain.
+///
+/// # Safety
+/// `a.access_address` must be readable for `a.size` bytes.
+unsafe fn holds(a: &MemoryAccess) -> bool {
+    use std::arch::asm;
+    let p = a.access_address;
+    let now: u64;
+    // SAFETY: per the caller; each load reads `a.size` bytes at `p` and nothing else.
+    unsafe {
+        match a.size {
+            1 => asm!("movzx {v:e}, byte ptr [{p}]", p = in(reg) p, v = out(reg) now,
+                      options(readonly, nostack, preserves_flags)),
+            2 => asm!("movzx {v:e}, word ptr [{p}]", p = in(reg) p, v = out(reg) now,
+                      options(readonly, nostack, preserves_flags)),
+            4 => asm!("mov {v:e}, dword ptr [{p}]", p = in(reg) p, v = out(reg) now,
+                      options(readonly, nostack, preserves_flags)),
+            _ => asm!("mov {v}, qword ptr [{p}]", p = in(reg) p, v = out(reg) now,
+                      options(readonly, nostack, preserves_flags)),
+        }
+    }
+    now == a.value
+}
+
+/// What callbacks folding `inst_memory_access` saw while `vm` ran `func(args)`.
+#[derive(Debug, PartialEq, Eq)]
+struct Folded {
+    result: u64,
+    hash: u64,
+    accesses: u64,
+    /// Values compared with memory, and how many differed.
+    checked: u64,
+    wrong: u64,
+    direct_sites: usize,
+}
+
+/// Runs `func(args)` under `vm` with callbacks folding `inst_memory_access` into a hash
+/// (`EXACT`: see `fold_access`) and checking values against memory: writes, and reads of
+/// instructions that do not write (their memory is as read). `CODE`: a PreInst and a
+/// PostInst callback on every instruction, with recording on (PreInst views of writing
+/// instructions, empty views); else one memory callback (READ_WRITE: reads before, writes
+/// after). `GENERAL` makes the callbacks also read their VmRef otherwise, which keeps them
+/// on the general path.
+fn fold_accesses<const CODE: bool, const GENERAL: bool, const EXACT: bool>(
+    mut vm: Vm,
+    func: u64,
+    args: &[u64],
+) -> Folded {
+    let cells: Rc<[Cell<u64>; 4]> = Rc::new(Default::default());
+    let callback = {
+        let cells = cells.clone();
+        move |vm: &mut qbdi_core::VmRef<'_>,
+              _: &mut qbdi_core::GprState,
+              _: &mut qbdi_core::FprState| {
+            let extra = if GENERAL {
+                u64::from(vm.current_address() == Some(0))
+            } else {
+                0
+            };
+            let accesses = vm.inst_memory_access();
+            let writes = accesses
+                .iter()
+                .any(|a| a.access_type == MemoryAccessType::WRITE);
+            let [hash, seen, checked, wrong] = &*cells;
+            let mut h = hash.get();
+            for a in accesses {
+                h = fold_access(h, a, EXACT);
+                seen.set(seen.get().wrapping_add(1));
+                let sized = matches!(a.size, 1 | 2 | 4 | 8) && a.flags.is_empty();
+                if sized && (writes == (a.access_type == MemoryAccessType::WRITE)) {
+                    checked.set(checked.get().wrapping_add(1));
+                    // SAFETY: the guest just accessed these bytes.
+                    wrong.set(wrong.get().wrapping_add(u64::from(!unsafe { holds(a) })));
+                }
+            }
+            hash.set(h.wrapping_add(extra));
+            VmAction::Continue
+        }
+    };
+    if CODE {
+        vm.record_memory_access(MemoryAccessType::READ_WRITE)
+            .unwrap();
+        vm.add_code_cb(PreInst, callback.clone(), 0).unwrap();
+        vm.add_code_cb(PostInst, callback, 0).unwrap();
+    } else {
+        vm.add_mem_access_cb(MemoryAccessType::READ_WRITE, callback, 0)
+            .unwrap();
+    }
+    let result = vm.call(func, args).unwrap();
+    let [hash, accesses, checked, wrong] = std::array::from_fn(|i| cells[i].get());
+    Folded {
+        result,
+        hash,
+        accesses,
+        checked,
+        wrong,
+        direct_sites: vm.direct_call_sites(),
+    }
+}
+
+/// Callbacks reading their instruction's memory accesses are called directly, the site
+/// building the accesses, and see exactly what the general path gives them: every field of
+/// every access, in order, before and after instructions, `rep` strings included (their
+/// span after the instruction is the general path's).
+#[test]
+fn callbacks_reading_memory_accesses_are_called_directly_and_see_the_general_paths_accesses() {
+    fn fill(buf: &mut [u64; 8]) {
+        for (i, w) in buf.iter_mut().enumerate() {
+            *w = 0x0101_0101_0101_0101 * (i as u64 + 1);
+        }
+    }
+    let mut buf = Box::new([0u64; 8]);
+    fill(&mut buf);
+    let native = unsafe { cb_mem(buf.as_mut_ptr()) };
+    let native_buf = *buf;
+    // One stack and one buffer for every run: the accesses' addresses are the same.
+    let mut regs = qbdi_core::GprState::default();
+    let _stack = qbdi_core::allocate_virtual_stack(&mut regs, 1 << 20).unwrap();
+    let mut run = |f: fn(Vm, u64, &[u64]) -> Folded| {
+        let (mut vm, _) = vm_over(addr!(cb_mem), addr!(cb_mem_end));
+        vm.gpr_state_mut().rsp = regs.rsp;
+        vm.gpr_state_mut().rbp = regs.rbp;
+        fill(&mut buf);
+        let folded = f(vm, addr!(cb_mem), &[buf.as_mut_ptr() as u64]);
+        assert_eq!(*buf, native_buf, "the guest's stores");
+        folded
+    };
+    let memory = (
+        run(fold_accesses::<false, false, true>),
+        run(fold_accesses::<false, true, true>),
+    );
+    let code = (
+        run(fold_accesses::<true, false, true>),
+        run(fold_accesses::<true, true, true>),
+    );
+    // 13 instructions access memory: 11 reads (an add, an xchg, a push and both string
+    // instructions read and write) and 7 writes. The code callbacks see the reads twice
+    // (before and after).
+    for (what, (direct, general), accesses) in [("memory", memory, 18), ("code", code, 29)] {
+        assert!(direct.direct_sites > 0, "{what}: no direct site");
+        assert_eq!(
+            general.direct_sites, 0,
+            "{what}: the general version went direct"
+        );
+        assert_eq!(direct.result, native, "{what}: direct run");
+        assert_eq!(direct.accesses, accesses, "{what}: direct accesses");
+        assert_eq!(direct.wrong, 0, "{what}: values that memory does not hold");
+        assert!(
+            direct.checked >= 10,
+            "{what}: {} values checked",
+            direct.checked
+        );
+        assert_eq!(
+            Folded {
+                direct_sites: 0,
+                ..direct
+            },
+            general,
+            "{what}: the paths saw different accesses"
+        );
+    }
+}
+
+/// The same comparison on the compiled kernels of the overhead bench (every addressing
+/// mode the compiler uses, calls, returns, pushes). Their buffers move between runs: the
+/// hash leaves addresses and values out, and each run checks values against memory.
+#[test]
+fn direct_memory_callbacks_see_the_general_paths_accesses_in_compiled_code() {
+    for kernel in kernels::KERNELS {
+        let size = kernel.size_for(true);
+        let native = kernel.run_native(size, kernels::SEED);
+        let run = |f: fn(Vm, u64, &[u64]) -> Folded| {
+            let mut vm = Vm::new();
+            let _stack = qbdi_core::allocate_virtual_stack(vm.gpr_state_mut(), 8 << 20).unwrap();
+            vm.add_instrumented_module_from_addr(kernel.addr()).unwrap();
+            f(vm, kernel.addr(), &[size, kernels::SEED])
+        };
+        let direct = run(fold_accesses::<false, false, false>);
+        let general = run(fold_accesses::<false, true, false>);
+        let name = kernel.name;
+        assert!(direct.direct_sites > 0, "{name}: no direct site");
+        assert_eq!(
+            general.direct_sites, 0,
+            "{name}: the general version went direct"
+        );
+        assert_eq!(direct.result, native, "{name}: checksum");
+        assert!(
+            direct.accesses > 0 && direct.checked > 0,
+            "{name}: {direct:?}"
+        );
+        assert_eq!(direct.wrong, 0, "{name}: values that memory does not hold");
+        assert_eq!(
+            Folded {
+                direct_sites: 0,
+                ..direct
+            },
+            general,
+            "{name}: the paths saw different accesses"
+        );
+    }
 }

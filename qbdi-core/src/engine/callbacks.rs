@@ -201,21 +201,16 @@ fn run_inst_site(
     } = ctx;
     let s = &shared.inst.sites[site as usize];
     let (first, len, inst_addr) = (s.first, s.len, s.inst_addr);
-    let (mem_first, mem_len) = (s.mem_first, s.mem_len);
+    fill_view(shared, &mem_slots[..], site);
     for k in first + skip..first + len {
         let id = shared.inst.site_cbs[k as usize];
         if let Some((kind, range)) = shared.inst.mem_range(id) {
             // A memory range callback runs only if an access of this instruction touches it.
-            let pre = (position == InstPosition::PreInst).then_some(inst_addr);
-            let hit = shared
-                .memory
-                .collect(mem_first, mem_len, &mem_slots[..], pre)
-                .iter()
-                .any(|a| {
-                    kind.intersects(a.access_type)
-                        && a.access_address < range.end
-                        && range.start < a.access_address.saturating_add(u64::from(a.size.max(1)))
-                });
+            let hit = shared.view.iter().any(|a| {
+                kind.intersects(a.access_type)
+                    && a.access_address < range.end
+                    && range.start < a.access_address.saturating_add(u64::from(a.size.max(1)))
+            });
             if !hit {
                 continue;
             }
@@ -224,6 +219,7 @@ fn run_inst_site(
             continue; // deleted since translation
         };
         let mut vm = VmRef {
+            view: &shared.view,
             inst: &mut shared.inst,
             analyses: &mut shared.analyses,
             memory: &mut shared.memory,
@@ -243,6 +239,20 @@ fn run_inst_site(
     action
 }
 
+/// Fills `shared.view` with the accesses `VmRef::inst_memory_access` gives at `site`: those
+/// of its instruction (none for a site without one).
+fn fill_view(shared: &mut Shared, slots: &[[u64; 2]], site: u32) {
+    shared.view.clear();
+    if let Some(s) = shared.inst.sites.get(site as usize)
+        && s.mem_len != 0
+    {
+        let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
+        shared
+            .memory
+            .collect_into(&mut shared.view, s.mem_first, s.mem_len, slots, pre);
+    }
+}
+
 /// Calls the event callbacks `ids` with `state` (each sees only the events it registered
 /// for); the largest action wins.
 pub(crate) fn run_event_callbacks(
@@ -260,6 +270,7 @@ pub(crate) fn run_event_callbacks(
         mem_slots,
         ..
     } = ctx;
+    fill_view(shared, &mem_slots[..], site);
     let mut k = 0;
     while let Some(id) = ids.get(&shared.inst, k) {
         k += 1;
@@ -275,6 +286,7 @@ pub(crate) fn run_event_callbacks(
             continue;
         }
         let mut vm = VmRef {
+            view: &shared.view,
             inst: &mut shared.inst,
             analyses: &mut shared.analyses,
             memory: &mut shared.memory,

@@ -2,6 +2,7 @@
 //! generated code uses. It sits at the start of the code cache region so that every piece
 //! of generated code reaches it RIP-relative, without a register.
 
+use crate::memory_access::{MAX_PER_INSTRUCTION, MemoryAccess};
 use crate::state::{FprState, GprState};
 use core::mem::offset_of;
 
@@ -91,6 +92,12 @@ pub(crate) struct Context {
     pub init_image: InitImage,
     /// Memory access recording: (address, value) of each access of the running block.
     pub mem_slots: [[u64; 2]; crate::memory_access::MAX_SLOTS],
+    /// The `VmRef` a direct site passes to callbacks that read their instruction's memory
+    /// accesses: only its first field, `VmRef::view`, a `&[MemoryAccess]` of `accesses`
+    /// (engine/direct_call.rs).
+    pub vm_view: [u64; 2],
+    /// The instruction's accesses as `inst_memory_access` gives them, built by that site.
+    pub accesses: [MemoryAccess; MAX_PER_INSTRUCTION],
 }
 
 #[repr(C, align(64))]
@@ -127,6 +134,8 @@ pub(crate) mod off {
     pub const CUR_MXCSR: u64 = offset_of!(Context, cur_mxcsr) as u64;
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
     pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;
+    pub const VM_VIEW: u64 = offset_of!(Context, vm_view) as u64;
+    pub const ACCESSES: u64 = offset_of!(Context, accesses) as u64;
     pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;
     pub const MXCSR: u64 = FPR + offset_of!(FprState, mxcsr) as u64;
     pub const YMM_HI: u64 = FPR + offset_of!(FprState, ymm0) as u64;

@@ -8,6 +8,8 @@ use super::context_switch::{emit_reload_guest, emit_restore_plain_flags};
 use super::emitter::{Asm, Label, RAX, RSP};
 use super::translator::Rip;
 use crate::instrumentation::direct::DirectCall;
+use crate::memory_access::{MemoryAccess, ViewEntry, slice_layout};
+use std::mem::{offset_of, size_of};
 
 /// RFLAGS bits that send a direct site to the general path: DF (the callback's code may
 /// assume it clear) and AC (its unaligned accesses would fault).
@@ -29,6 +31,10 @@ pub(crate) struct DirectSite<'a> {
     /// The general path of this site, and where both paths go on.
     pub general: Label,
     pub after: Label,
+    /// The accesses of the site's instruction as `inst_memory_access` gives them (built in
+    /// the context for calls that read them; none is a `rep` span, which only the general
+    /// path computes).
+    pub view: &'a [ViewEntry],
 }
 
 /// What the calls of a site save and pass, together: the union of their saved registers
@@ -69,8 +75,11 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
         d.rip.emit(a, ctx);
         a.store(ctx + off::RIP, RAX);
     }
+    if d.calls.iter().flatten().any(|c| c.view_arg) {
+        emit_view(a, ctx, d.view);
+    }
     for (k, c) in d.calls.iter().flatten().enumerate() {
-        let (data_reg, _, state_reg, gpr_reg, _) = c.kind.args();
+        let (data_reg, vm_reg, state_reg, gpr_reg, _) = c.kind.args();
         if d.calls.len() > 1 {
             a.store_imm32(ctx + off::CB_PENDING_NEXT, k as u32 + 1);
         }
@@ -82,6 +91,9 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
         }
         if c.gpr_arg {
             a.mov_imm64(gpr_reg, ctx + off::GPR);
+        }
+        if c.view_arg {
+            a.lea_rip(vm_reg, ctx + off::VM_VIEW);
         }
         a.mov_imm64(RAX, c.func);
         a.call_rax();
@@ -117,6 +129,49 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
     a.call_to(d.routine);
     a.load(RSP, ctx + off::gpr(RSP));
     a.jmp_label(d.after);
+}
+
+/// Builds the accesses of `view` in `ctx.accesses` from the recorded slots, and a slice of
+/// them in `ctx.vm_view` (the `VmRef` the calls get: its `view`, at offset 0). Uses rax.
+fn emit_view(a: &mut Asm, ctx: u64, view: &[ViewEntry]) {
+    const SIZE: u64 = size_of::<MemoryAccess>() as u64;
+    const INST: u64 = offset_of!(MemoryAccess, inst_address) as u64;
+    const ADDR: u64 = offset_of!(MemoryAccess, access_address) as u64;
+    const VALUE: u64 = offset_of!(MemoryAccess, value) as u64;
+    const META: u64 = offset_of!(MemoryAccess, size) as u64;
+    // size, access_type and flags: one dword.
+    const _: () = assert!(offset_of!(MemoryAccess, access_type) as u64 == META + 2);
+    const _: () = assert!(offset_of!(MemoryAccess, flags) as u64 == META + 3);
+    let at = |j: usize| ctx + off::ACCESSES + SIZE * j as u64;
+    let mut inst = None;
+    for (j, e) in view.iter().enumerate() {
+        if inst != Some(e.access.inst_address) {
+            a.mov_imm64(RAX, e.access.inst_address);
+            inst = Some(e.access.inst_address);
+        }
+        a.store(at(j) + INST, RAX);
+    }
+    for (j, e) in view.iter().enumerate() {
+        let slot = ctx + off::MEM_SLOTS + 16 * u64::from(e.slot);
+        let meta = u32::from(e.access.size)
+            | u32::from(e.access.access_type.bits()) << 16
+            | u32::from(e.access.flags.bits()) << 24;
+        a.store_imm32(at(j) + META, meta);
+        a.load(RAX, slot);
+        a.store(at(j) + ADDR, RAX);
+        if e.value {
+            a.load(RAX, slot + 8);
+            a.store(at(j) + VALUE, RAX);
+        } else {
+            a.store_imm32(at(j) + VALUE, 0);
+            a.store_imm32(at(j) + VALUE + 4, 0);
+        }
+    }
+    let (ptr, len) = slice_layout();
+    a.lea_rip(RAX, ctx + off::ACCESSES);
+    a.store(ctx + off::VM_VIEW + ptr, RAX);
+    a.mov_imm32(RAX, view.len() as u32);
+    a.store(ctx + off::VM_VIEW + len, RAX);
 }
 
 /// Puts the guest registers and flags back after the call (still on the host stack, the

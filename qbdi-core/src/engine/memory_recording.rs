@@ -40,8 +40,7 @@ impl Planned {
     }
 }
 
-/// At most this many accesses per instruction (ReadWrite operands count twice).
-pub(crate) const MAX_PER_INSTRUCTION: usize = 8;
+pub(crate) use crate::memory_access::MAX_PER_INSTRUCTION;
 
 /// Whether the instruction is a string instruction (implicit rsi/rdi operands).
 fn is_string(instr: &Instruction) -> bool {

@@ -35,9 +35,9 @@ use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
 use crate::instrumentation::vm_ref::AnalysisCache;
 use crate::instrumentation::{
-    ENTRY_EVENTS, EXIT_EVENTS, Instrumentation, MAX_DIRECT_CHAIN, SiteKind,
+    ENTRY_EVENTS, EXIT_EVENTS, Instrumentation, MAX_DIRECT_CHAIN, Site, SiteKind,
 };
-use crate::memory_access::{MemoryAccessType, MemoryRecorder};
+use crate::memory_access::{MemoryAccessType, MemoryRecorder, ViewEntry};
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
     IntelFormatter, OpKind, Register,
@@ -193,8 +193,25 @@ impl Hooks<'_> {
         s.mem_len = mem.len;
         s.bb_mem_first = mem.bb_first;
         s.bb_mem_len = mem.first + mem.len - mem.bb_first;
+        // A direct site builds the accesses its callbacks read, but not a `rep` span.
+        let (first, len) = (s.first, s.direct as u32);
+        let reads_view = (first..first + len).any(|k| {
+            let id = self.inst.site_cbs[k as usize];
+            self.inst.direct_call(id).is_some_and(|c| c.view_arg)
+        });
+        if reads_view && site_view(self.mem, &self.inst.sites[site as usize]).any(|e| e.rep_span) {
+            let s = &mut self.inst.sites[site as usize];
+            s.direct = 0;
+            s.direct_live = 0;
+        }
         Some(site)
     }
+}
+
+/// What `inst_memory_access` gives at site `s`, as known at translation.
+fn site_view<'a>(mem: &'a MemoryRecorder, s: &Site) -> impl Iterator<Item = ViewEntry> + 'a {
+    let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
+    MemoryRecorder::plan_view(&mem.descs, s.mem_first, s.mem_len, pre)
 }
 
 /// The memory accesses recorded for the instruction being translated.
@@ -407,10 +424,12 @@ impl Translator {
     /// calls the callback routine on the host stack, which returns right after the call
     /// (Continue) or jumps to one of the two skip labels. A site with a direct call
     /// (`direct_call`) tries that first and falls back to this general path.
+    #[allow(clippy::too_many_arguments)]
     fn site_call(
         &mut self,
         env: &Env<'_>,
         inst: &Instrumentation,
+        mem: &MemoryRecorder,
         site: u32,
         rip: Rip,
         skip_inst: Label,
@@ -453,6 +472,12 @@ impl Translator {
         let n = s.direct as usize;
         if n > 0 && calls[..n].iter().all(Option::is_some) {
             let general = self.asm.new_label();
+            let mut view = [ViewEntry::default(); MAX_PER_INSTRUCTION];
+            let mut view_len = 0;
+            for (slot, e) in view.iter_mut().zip(site_view(mem, s)) {
+                *slot = e;
+                view_len += 1;
+            }
             let d = DirectSite {
                 calls: &calls[..n],
                 site,
@@ -462,6 +487,7 @@ impl Translator {
                 routine: env.runtime.callback,
                 general,
                 after,
+                view: &view[..view_len],
             };
             emit_direct_site(&mut self.asm, ctx, &d);
             self.asm.bind(general);
@@ -495,7 +521,7 @@ impl Translator {
         emit_post(&mut self.asm, env.ctx, &self.planned);
         if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
             let after = self.asm.new_label();
-            self.site_call(env, h.inst, site, rip, after, after);
+            self.site_call(env, h.inst, h.mem, site, rip, after, after);
             self.asm.bind(after);
         }
         self.exit_events(env, hooks, EXIT_EVENTS, instr.ip(), rip);
@@ -535,7 +561,7 @@ impl Translator {
             h.inst
                 .plan_event_site(events & h.events, inst_addr, (h.block_start, h.seq_start))?;
         let after = self.asm.new_label();
-        self.site_call(env, h.inst, site, rip, after, after);
+        self.site_call(env, h.inst, h.mem, site, rip, after, after);
         self.asm.bind(after);
         Some(site)
     }
@@ -579,7 +605,15 @@ impl Translator {
         let next = self.asm.new_label();
         if let Some(site) = pre {
             let skip_patch = if terminator { skipped_nopost } else { next };
-            self.site_call(env, h.inst, site, Rip::Imm(instr.ip()), skipped, skip_patch);
+            self.site_call(
+                env,
+                h.inst,
+                h.mem,
+                site,
+                Rip::Imm(instr.ip()),
+                skipped,
+                skip_patch,
+            );
         }
         if terminator {
             let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
@@ -627,7 +661,15 @@ impl Translator {
         if let Some(h) = hooks.as_mut()
             && let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem)
         {
-            self.site_call(env, h.inst, site, Rip::Imm(instr.next_ip()), next, next);
+            self.site_call(
+                env,
+                h.inst,
+                h.mem,
+                site,
+                Rip::Imm(instr.next_ip()),
+                next,
+                next,
+            );
         }
         self.asm.bind(next);
         Ok(false)

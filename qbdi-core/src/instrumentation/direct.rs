@@ -17,7 +17,9 @@
 //!   flag does not matter). It records which registers the code reads before writing and
 //!   which it writes.
 //! - A callback whose entry reads its `VmRef` or `FprState` argument is not eligible: those
-//!   exist only on the general path. One that reads its `GprState` gets the whole state
+//!   exist only on the general path. The exception is the `VmRef`'s first field, the
+//!   instruction's memory accesses (`inst_memory_access`): an entry that only loads from
+//!   there gets a `VmRef` the site builds (`DirectCall::view_arg`). One that reads its `GprState` gets the whole state
 //!   stored in the context before the call and reloaded after (it may change registers).
 //! - The site (`engine::direct_call::emit_direct_site`) switches to the host stack, saves the flags and the
 //!   caller-saved registers the entry writes, calls it, and restores them. Anything unusual
@@ -33,11 +35,12 @@ use super::callbacks::{InstCallback, VmCallback};
 use super::vm_ref::VmRef;
 use crate::callback::{VmAction, VmState};
 use crate::maps::{Permission, current_process_maps};
+use crate::memory_access::VIEW_BYTES;
 use crate::regs::{R8, RAX, RCX, RDI, RDX, RSI, RSP};
 use crate::state::{FprState, GprState};
 use iced_x86::{
-    CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory,
-    Mnemonic, OpAccess, OpKind, Register,
+    CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfo,
+    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 use std::sync::Mutex;
 
@@ -53,6 +56,10 @@ pub(crate) struct DirectCall {
     pub saves: u16,
     /// The entry reads its `GprState`: the whole guest state goes through the context.
     pub gpr_arg: bool,
+    /// The entry reads the memory accesses of its `VmRef` (`inst_memory_access`, and
+    /// nothing else of it): the site builds them in the context and passes a `VmRef` whose
+    /// view describes them.
+    pub view_arg: bool,
     /// (Event callbacks) the entry reads its `VmState`.
     pub state_arg: bool,
     /// The entry uses thread-local storage: with OPT_ENABLE_FS_GS the guest's FS and GS
@@ -176,8 +183,12 @@ impl std::fmt::Display for DirectRefusal {
 /// What the machine code of a leaf entry does with general purpose registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Leaf {
-    /// Registers (bit n: emitter register n) read before being written on some path.
+    /// Registers (bit n: emitter register n) read before being written on some path,
+    /// except those counted in `view_reads`.
     pub reads: u16,
+    /// Registers read before being written only as the base of loads within the first
+    /// `VIEW_BYTES` bytes they point to (for a `VmRef`: its `AccessView`).
+    pub view_reads: u16,
     /// Registers written anywhere.
     pub writes: u16,
     /// Whether it uses the FS or GS segment (thread-local storage).
@@ -194,9 +205,17 @@ impl Leaf {
         data: u64,
     ) -> Result<DirectCall, DirectRefusal> {
         let (data_reg, vm, state, gpr, fpr) = kind.args();
-        let reads = |r: u8| self.reads & (1 << r) != 0;
-        if reads(vm) {
-            return Err("it reads its VmRef (which only the general path provides)".into());
+        let reads = |r: u8| (self.reads | self.view_reads) & (1 << r) != 0;
+        // Closures get qbdi-core's `VmRef`, whose view a site can build; a plugin's
+        // trampoline gets the SDK's, which has no such field.
+        let view_arg = self.view_reads & (1 << vm) != 0;
+        let closure = matches!(kind, EntryKind::Inst | EntryKind::Event);
+        if self.reads & (1 << vm) != 0 || (view_arg && !closure) {
+            return Err(
+                "it reads its VmRef (which only the general path provides, but for \
+                 `inst_memory_access`)"
+                    .into(),
+            );
         }
         if reads(fpr) {
             return Err("it reads its FprState (which only the general path provides)".into());
@@ -210,6 +229,9 @@ impl Leaf {
         if let Some(s) = state.filter(|_| state_arg) {
             saves |= 1 << s;
         }
+        if view_arg {
+            saves |= 1 << vm;
+        }
         if gpr_arg {
             // The whole state goes through the context.
             saves = ALL_BUT_RSP;
@@ -220,6 +242,7 @@ impl Leaf {
             data,
             saves,
             gpr_arg,
+            view_arg,
             state_arg,
             fs_gs: self.fs_gs,
         })
@@ -319,6 +342,31 @@ fn gpr_number(r: Register) -> Option<(u8, bool)> {
         .then(|| (full.number() as u8, r.is_gpr32() || r.is_gpr64()))
 }
 
+/// Whether `instr` reads general purpose register `n` only as the base of a load within
+/// the first `VIEW_BYTES` bytes it points to: no index, no segment override, and `n` in
+/// no other operand that is read.
+fn view_load(instr: &Instruction, info: &InstructionInfo, n: u8) -> bool {
+    if gpr_number(instr.memory_base()).map(|(b, _)| b) != Some(n)
+        || instr.memory_index() != Register::None
+        || instr.segment_prefix() != Register::None
+    {
+        return false;
+    }
+    let Some(mem) = (0..instr.op_count()).find(|&i| instr.op_kind(i) == OpKind::Memory) else {
+        return false;
+    };
+    let disp = instr.memory_displacement64();
+    let size = instr.memory_size().size() as u64;
+    let within = size != 0 && disp < VIEW_BYTES && disp + size <= VIEW_BYTES;
+    let elsewhere = (0..instr.op_count()).any(|i| {
+        i != mem
+            && instr.op_kind(i) == OpKind::Register
+            && gpr_number(instr.op_register(i)).map(|(r, _)| r) == Some(n)
+            && info.op_access(i) != OpAccess::Write
+    });
+    within && info.op_access(mem) == OpAccess::Read && !elsewhere
+}
+
 /// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
 /// `ip` to the end of their mapping). The error says why it is not a leaf of general purpose
 /// code.
@@ -326,6 +374,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
     let mut factory = InstructionInfoFactory::new();
     let mut leaf = Leaf {
         reads: 0,
+        view_reads: 0,
         writes: 0,
         fs_gs: false,
     };
@@ -410,7 +459,11 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
                     OpAccess::None | OpAccess::NoMemAccess => (false, false),
                 };
                 if read && !zero_idiom && defined & bit == 0 {
-                    leaf.reads |= bit;
+                    if view_load(&instr, info, n) {
+                        leaf.view_reads |= bit;
+                    } else {
+                        leaf.reads |= bit;
+                    }
                 }
                 if write {
                     leaf.writes |= bit;
@@ -652,7 +705,21 @@ mod tests {
             ("ud2", &[0x0f, 0x0b], "trap"),
             ("ret imm16", &[0xc2, 0x08, 0x00], "ret"),
             ("runs off the end", &[0x90, 0x90], "out of its code"),
-            ("reads the VmRef", &[0x48, 0x8b, 0x06, 0xc3], "VmRef"),
+            (
+                "reads the VmRef past its view",
+                &[0x48, 0x8b, 0x46, 0x10, 0xc3],
+                "VmRef",
+            ),
+            (
+                "takes the VmRef's address",
+                &[0x48, 0x8d, 0x46, 0x08, 0xc3],
+                "VmRef",
+            ),
+            (
+                "compares the VmRef",
+                &[0x48, 0x3b, 0x76, 0x08, 0xc3],
+                "VmRef",
+            ),
         ];
         for (what, code, reason) in refused {
             // The instruction is disassembled into the text only when it is displayed.
@@ -694,6 +761,37 @@ mod tests {
                 .expect("ok")
                 .gpr_arg
         );
+    }
+
+    #[test]
+    fn reading_the_access_view_of_the_vm_ref_is_allowed_to_closures_only() {
+        // mov rax,[rsi+8]; add rax,[rsi]; ret: the view's length and pointer.
+        let code = [0x48, 0x8b, 0x46, 0x08, 0x48, 0x03, 0x06, 0xc3];
+        let l = leaf(&code).expect("leaf");
+        assert_eq!(l.reads, 0);
+        assert_eq!(l.view_reads, bit(RSI));
+        let d = l.direct_call(EntryKind::Inst, 1, 2).expect("eligible");
+        assert!(d.view_arg && !d.gpr_arg);
+        assert_eq!(d.saves, bit(RAX) | bit(RCX) | bit(RSI));
+        // For a plugin's trampoline rsi is its GprState, and the view a read of it.
+        let p = l
+            .direct_call(EntryKind::PluginInst, 1, 0)
+            .expect("eligible");
+        assert!(p.gpr_arg && !p.view_arg);
+        // mov rax,[rdi+8]; ret: rdi is a plugin trampoline's VmRef (the SDK's, no view).
+        let sdk = leaf(&[0x48, 0x8b, 0x47, 0x08, 0xc3]).expect("leaf");
+        assert!(sdk.direct_call(EntryKind::PluginInst, 1, 0).is_err());
+        // ... and a closure entry's data: an ordinary read.
+        assert!(
+            !sdk.direct_call(EntryKind::Inst, 1, 2)
+                .expect("eligible")
+                .view_arg
+        );
+        // A later read of rsi as a whole makes it an ordinary read.
+        // mov rax,[rsi+8]; mov rcx,rsi; ret
+        let both = leaf(&[0x48, 0x8b, 0x46, 0x08, 0x48, 0x89, 0xf1, 0xc3]).expect("leaf");
+        assert_eq!(both.reads & bit(RSI), bit(RSI));
+        assert!(both.direct_call(EntryKind::Inst, 1, 2).is_err());
     }
 
     #[test]

@@ -339,6 +339,7 @@ impl Instrumentation {
             let produced = match &inst_analysis {
                 Some(a) => {
                     let mut vm = VmRef {
+                        view: &[],
                         inst: self,
                         analyses,
                         memory,

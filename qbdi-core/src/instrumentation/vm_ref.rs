@@ -14,7 +14,14 @@ use crate::state::{FprState, GprState, Rword};
 use std::collections::HashMap;
 
 /// The Vm as seen from inside a callback.
+///
+/// `#[repr(C)]` with the current instruction's accesses first: a callback called directly
+/// from translated code (instrumentation/direct.rs) may read them, and only them, through
+/// a `VmRef` the site builds in the context.
+#[repr(C)]
 pub struct VmRef<'a> {
+    /// What `inst_memory_access` returns, filled before the site's callbacks run.
+    pub(crate) view: &'a [MemoryAccess],
     pub(crate) inst: &'a mut Instrumentation,
     pub(crate) analyses: &'a mut AnalysisCache,
     pub(crate) memory: &'a mut MemoryRecorder,
@@ -423,12 +430,9 @@ impl VmRef<'_> {
 
     /// The memory accesses of the current instruction: in PreInst its reads, in PostInst
     /// its reads and writes (empty unless recording is on for them).
+    #[inline]
     pub fn inst_memory_access(&mut self) -> &[MemoryAccess] {
-        let Some(&s) = self.inst.sites.get(self.site as usize) else {
-            return &[];
-        };
-        let pre = (s.kind == SiteKind::Inst(InstPosition::PreInst)).then_some(s.inst_addr);
-        self.memory.collect(s.mem_first, s.mem_len, self.slots, pre)
+        self.view
     }
 
     /// The memory accesses of the current basic block so far (the whole block at
