@@ -64,8 +64,6 @@ impl Mode {
     const ALL: &[Mode] = &[
         Mode::Native,
         Mode::Vm,
-        Mode::BbEntry,
-        Mode::EveryInst,
         Mode::MemAccess,
     ];
 
