@@ -64,6 +64,8 @@ impl Mode {
     const ALL: &[Mode] = &[
         Mode::Native,
         Mode::Vm,
+        Mode::BbEntry,
+        Mode::EveryInst,
         Mode::MemAccess,
     ];
 
