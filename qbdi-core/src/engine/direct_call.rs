@@ -163,15 +163,12 @@ fn emit_view(a: &mut Asm, ctx: u64, view: &[ViewEntry]) {
             a.load(RAX, slot + 8);
             a.store(at(j) + VALUE, RAX);
         } else {
-            a.store_imm32(at(j) + VALUE, 0);
-            a.store_imm32(at(j) + VALUE + 4, 0);
+            a.store_imm32_sx64(at(j) + VALUE, 0);
         }
     }
-    let (ptr, len) = slice_layout();
-    a.lea_rip(RAX, ctx + off::ACCESSES);
-    a.store(ctx + off::VM_VIEW + ptr, RAX);
-    a.mov_imm32(RAX, view.len() as u32);
-    a.store(ctx + off::VM_VIEW + len, RAX);
+    // The pointer is set before every run (`ctx.accesses`, see the dispatcher).
+    let (_, len) = slice_layout();
+    a.store_imm32_sx64(ctx + off::VM_VIEW + len, view.len() as u32);
 }
 
 /// Puts the guest registers and flags back after the call (still on the host stack, the

@@ -67,6 +67,9 @@ impl Engine {
             (*ctx).fpr = *fpr;
             (*ctx).ext_dirty = 1;
             (*ctx).edge_prev = super::inline::thread_prev();
+            // The direct sites' `VmRef` views `accesses`; each sets only the length.
+            let (ptr, _) = crate::memory_access::slice_layout();
+            (*ctx).vm_view[ptr as usize / 8] = (&raw const (*ctx).accesses) as u64;
             if let Some(fp) = self.fp {
                 fp.prepare_for_restore(&mut (*ctx).fpr);
             }

@@ -136,6 +136,14 @@ impl Asm {
         self.u32(d);
     }
 
+    /// `mov qword [rip+addr], imm32` (sign-extended)
+    pub fn store_imm32_sx64(&mut self, addr: u64, imm: u32) {
+        self.bytes(&[0x48, 0xc7, 0x05]);
+        let d = self.rip_disp(addr, 4);
+        self.u32(d);
+        self.u32(imm);
+    }
+
     /// `mov dword [rip+addr], imm32`
     pub fn store_imm32(&mut self, addr: u64, imm: u32) {
         self.bytes(&[0xc7, 0x05]);

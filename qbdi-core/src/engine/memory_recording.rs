@@ -267,12 +267,20 @@ pub(crate) fn emit_pre(a: &mut Asm, ctx: u64, planned: &[Planned]) {
     if planned.is_empty() {
         return;
     }
+    // rcx serves for segment bases and bit offsets only.
+    let rcx = planned
+        .iter()
+        .any(|p| matches!(p.segment, Register::FS | Register::GS) || p.bit_offset.is_some());
     a.store(ctx + off::SPILL, RAX);
-    a.store(ctx + off::SPILL + 8, RCX);
+    if rcx {
+        a.store(ctx + off::SPILL + 8, RCX);
+    }
     for (i, p) in planned.iter().enumerate() {
         if i > 0 {
-            // The previous access used rax and rcx: the next address may need the guest's.
-            a.load(RCX, ctx + off::SPILL + 8);
+            // The previous access used rax (and rcx): the next address may need the guest's.
+            if rcx {
+                a.load(RCX, ctx + off::SPILL + 8);
+            }
             a.load(RAX, ctx + off::SPILL);
         }
         emit_address(a, p);
@@ -285,7 +293,9 @@ pub(crate) fn emit_pre(a: &mut Asm, ctx: u64, planned: &[Planned]) {
             a.store(slot_addr(ctx, p.slot) + 8, RAX);
         }
     }
-    a.load(RCX, ctx + off::SPILL + 8);
+    if rcx {
+        a.load(RCX, ctx + off::SPILL + 8);
+    }
     a.load(RAX, ctx + off::SPILL);
 }
 
