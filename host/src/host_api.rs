@@ -1,7 +1,8 @@
 //! The host's side of the plugin ABI: the function table every plugin call receives
 //! ([`HOST_API`]) and the per-call context behind its opaque pointer.
 //!
-//! A plugin call gets a `RawVm { api: &HOST_API, ctx }` built on the host's stack; `ctx`
+//! A plugin call gets a `RawVm { api: &HOST_API, ctx, accesses }` built on the host's stack
+//! (`accesses`: the instruction's memory accesses in a callback, ABI 1.3); `ctx`
 //! points at a [`CallCtx`] saying which plugin is calling and what it may touch: the Vm
 //! (init), the engine's `VmRef` (callbacks), or nothing (fini). Strings and arrays handed
 //! to the plugin are host-owned and valid until the plugin's next host call on the thread.
@@ -54,11 +55,20 @@ impl CallCtx {
         }
     }
 
-    /// The handle to give the plugin (valid while `self` is).
+    /// The handle to give the plugin (valid while `self` is), with the memory accesses of
+    /// the instruction when the call is a callback's.
     pub fn raw(&mut self) -> RawVm {
+        let accesses: &[MemoryAccess] = match self.target {
+            // SAFETY: the engine's VmRef of the running callback (`ref_target`), alive
+            // for the whole call; its accesses stay in place until the callback returns.
+            Target::Ref(v) => unsafe { (*(v as *mut VmRef<'_>)).inst_memory_access() },
+            _ => &[],
+        };
         RawVm {
             api: &HOST_API,
             ctx: self as *mut CallCtx as *mut c_void,
+            accesses: accesses.as_ptr(),
+            accesses_len: accesses.len(),
         }
     }
 }

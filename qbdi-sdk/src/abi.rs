@@ -32,7 +32,8 @@ pub const ABI_MAJOR: u16 = 1;
 /// - 1.1: the host's heap: the optional export [`HEAP_SYMBOL`] taking a [`HeapTable`].
 /// - 1.2: inline instrumentation: [`HostApi::add_block_counter`] and
 ///   [`HostApi::add_edge_map`].
-pub const ABI_MINOR: u16 = 2;
+/// - 1.3: [`RawVm::accesses`]: the current instruction's memory accesses in the handle.
+pub const ABI_MINOR: u16 = 3;
 
 /// The second export of a plugin (ABI 1.1, optional for the host):
 /// `unsafe extern "C" fn(table: *const HeapTable) -> u32`, returning 0 if the plugin now
@@ -232,7 +233,20 @@ pub struct RawVm {
     pub api: *const HostApi,
     /// The host's context (opaque to the plugin).
     pub ctx: *mut c_void,
+    /// (ABI 1.3) The memory accesses of the instruction whose callback this is (what
+    /// `inst_memory_access` returns), `accesses_len` of them; none outside callbacks.
+    /// A callback called directly from translated code gets a handle in which only these
+    /// two fields are valid (its machine code was checked to read nothing else of it).
+    pub accesses: *const MemoryAccess,
+    /// (ABI 1.3) How many accesses `accesses` points at.
+    pub accesses_len: usize,
 }
+
+/// Where a direct site finds the accesses in a handle (`RawVm::accesses` and
+/// `accesses_len`, in this order, 16 bytes from its start).
+pub const RAW_VM_ACCESSES: usize = std::mem::offset_of!(RawVm, accesses);
+const _: () = assert!(RAW_VM_ACCESSES == 16);
+const _: () = assert!(std::mem::offset_of!(RawVm, accesses_len) == 24);
 
 /// An attribute-registered instruction or memory callback.
 pub type RawInstFn =

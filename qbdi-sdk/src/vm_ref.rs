@@ -34,7 +34,6 @@ use crate::panic::guard;
 /// callback, init).
 pub struct VmRef<'a> {
     raw: *const RawVm,
-    api: &'a HostApi,
     _call: PhantomData<&'a RawVm>,
 }
 
@@ -108,11 +107,8 @@ impl<'a> VmRef<'a> {
     /// function table, and `'a` must not outlive that call.
     #[inline(always)]
     pub(crate) unsafe fn from_raw(raw: *const RawVm) -> VmRef<'a> {
-        // SAFETY: guaranteed by the caller.
-        let api = unsafe { &*(*raw).api };
         VmRef {
             raw,
-            api,
             _call: PhantomData,
         }
     }
@@ -122,13 +118,16 @@ impl<'a> VmRef<'a> {
         self.raw
     }
 
-    /// The host's function table.
+    /// The host's function table. Read when needed, not in `from_raw`: a callback that
+    /// only reads its accesses reads nothing else of its handle (see [`RawVm::accesses`]).
     pub(crate) fn api(&self) -> &'a HostApi {
-        self.api
+        // SAFETY: `raw` is the handle of the current call (`from_raw`'s contract), whose
+        // function table is valid for the whole run.
+        unsafe { &*(*self.raw).api }
     }
 
     fn last_error(&self) -> VmError {
-        let e = (self.api.last_error)();
+        let e = (self.api().last_error)();
         // SAFETY: the host keeps its last error alive until its next call on this thread.
         VmError::InvalidArgument(unsafe { e.as_str() }.into_owned())
     }
@@ -153,7 +152,7 @@ impl<'a> VmRef<'a> {
     pub fn inst_analysis(&mut self, analysis: AnalysisType) -> &InstAnalysis {
         let mut raw = std::mem::MaybeUninit::<RawInstAnalysis>::uninit();
         assert!(
-            (self.api.inst_analysis)(self.raw, analysis.bits(), raw.as_mut_ptr()),
+            (self.api().inst_analysis)(self.raw, analysis.bits(), raw.as_mut_ptr()),
             "inst_analysis() is for instruction callbacks; use cached_inst_analysis(address, ..)"
         );
         // SAFETY: the host filled `raw` (it returned true).
@@ -172,7 +171,7 @@ impl<'a> VmRef<'a> {
         addr: Rword,
         analysis: AnalysisType,
     ) -> Option<&InstAnalysis> {
-        let api = self.api;
+        let api = self.api();
         let vm = self.raw;
         convert::cached(addr, analysis.bits(), || {
             let mut raw = std::mem::MaybeUninit::<RawInstAnalysis>::uninit();
@@ -187,7 +186,7 @@ impl<'a> VmRef<'a> {
     fn memory(&mut self, bb: bool) -> &[MemoryAccess] {
         let mut ptr = std::ptr::null();
         let mut count = 0;
-        (self.api.memory_access)(self.raw, bb, &mut ptr, &mut count);
+        (self.api().memory_access)(self.raw, bb, &mut ptr, &mut count);
         if ptr.is_null() || count == 0 {
             return &[];
         }
@@ -198,8 +197,19 @@ impl<'a> VmRef<'a> {
 
     /// The memory accesses of the current instruction: in PreInst its reads, in PostInst
     /// its reads and writes (empty unless recording is on).
+    #[inline]
     pub fn inst_memory_access(&mut self) -> &[MemoryAccess] {
-        self.memory(false)
+        // SAFETY: `raw` is the handle of the current call; the host (ABI 1.3, which this
+        // plugin required to be loaded) put there `accesses_len` accesses at `accesses`,
+        // valid until the callback returns (the slice borrows `self`, which does not
+        // outlive it).
+        unsafe {
+            let raw = &*self.raw;
+            if raw.accesses_len == 0 {
+                return &[];
+            }
+            std::slice::from_raw_parts(raw.accesses, raw.accesses_len)
+        }
     }
 
     /// The memory accesses of the current basic block so far.
@@ -214,7 +224,7 @@ impl<'a> VmRef<'a> {
         name: &str,
     ) -> Result<CallbackId, VmError> {
         let data = Box::into_raw(Box::new(cb)) as *mut c_void;
-        let id = (self.api.add_inst_cb)(
+        let id = (self.api().add_inst_cb)(
             self.raw,
             &spec,
             data,
@@ -371,7 +381,7 @@ impl<'a> VmRef<'a> {
         let name = caller();
         let cb: EventClosure = Box::new(cb);
         let data = Box::into_raw(Box::new(cb)) as *mut c_void;
-        let id = (self.api.add_event_cb)(
+        let id = (self.api().add_event_cb)(
             self.raw,
             events.bits(),
             data,
@@ -404,7 +414,7 @@ impl<'a> VmRef<'a> {
         let name = caller();
         let rule: RuleClosure = Box::new(rule);
         let data = Box::into_raw(Box::new(rule)) as *mut c_void;
-        let id = (self.api.add_instr_rule)(
+        let id = (self.api().add_instr_rule)(
             self.raw,
             start,
             end,
@@ -419,7 +429,7 @@ impl<'a> VmRef<'a> {
 
     /// Removes a callback this plugin registered.
     pub fn delete_instrumentation(&mut self, id: CallbackId) -> Result<(), VmError> {
-        if (self.api.delete_instrumentation)(self.raw, id) {
+        if (self.api().delete_instrumentation)(self.raw, id) {
             Ok(())
         } else {
             Err(VmError::InvalidArgument(format!(
@@ -429,7 +439,7 @@ impl<'a> VmRef<'a> {
     }
 
     fn range_op(&mut self, op: u32, start: Rword, end: Rword, name: &str) -> Result<(), VmError> {
-        let ok = (self.api.ranges)(self.raw, op, start, end, StrRef::new(name));
+        let ok = (self.api().ranges)(self.raw, op, start, end, StrRef::new(name));
         self.ok(ok)
     }
 
@@ -485,7 +495,7 @@ impl<'a> VmRef<'a> {
 
     /// Records the memory accesses of type `access` of every instrumented instruction.
     pub fn record_memory_access(&mut self, access: MemoryAccessType) -> Result<(), VmError> {
-        let ok = (self.api.record_memory_access)(self.raw, access.bits().into());
+        let ok = (self.api().record_memory_access)(self.raw, access.bits().into());
         self.ok(ok)
     }
 
@@ -495,7 +505,7 @@ impl<'a> VmRef<'a> {
     /// instance). Call it from init to count from the first block.
     pub fn add_block_counter(&mut self) -> Result<BlockCounter, VmError> {
         let counter = BlockCounter::new();
-        let id = (self.api.add_block_counter)(
+        let id = (self.api().add_block_counter)(
             self.raw,
             counter.data(),
             crate::inline::counter_slot,
@@ -515,7 +525,7 @@ impl<'a> VmRef<'a> {
         hash: EdgeHash,
         never_zero: bool,
     ) -> Result<CallbackId, VmError> {
-        let id = (self.api.add_edge_map)(
+        let id = (self.api().add_edge_map)(
             self.raw,
             map.as_ptr().cast::<u8>().cast_mut(),
             map.len(),
@@ -543,7 +553,7 @@ impl<'a> VmRef<'a> {
             )));
         }
         let maps = ThreadEdgeMaps::new(size, never_zero);
-        let id = (self.api.add_edge_map)(
+        let id = (self.api().add_edge_map)(
             self.raw,
             std::ptr::null_mut(),
             size,
@@ -576,7 +586,7 @@ impl<'a> VmRef<'a> {
     /// (`None` if no file is mapped there).
     pub fn symbolize(&self, addr: Rword) -> Option<Symbol> {
         let mut raw = std::mem::MaybeUninit::<RawSymbol>::uninit();
-        if !(self.api.symbolize)(addr, raw.as_mut_ptr()) {
+        if !(self.api().symbolize)(addr, raw.as_mut_ptr()) {
             return None;
         }
         // SAFETY: filled by the host (it returned true); its strings live until its next call.
@@ -597,7 +607,7 @@ impl<'a> VmRef<'a> {
 
     /// Writes a line to the host's log (stderr with a `qbdi:` prefix, or the `--log` file).
     pub fn log(&self, message: &str) {
-        (self.api.log)(StrRef::new(message));
+        (self.api().log)(StrRef::new(message));
     }
 }
 
@@ -672,7 +682,7 @@ extern "C" fn rule_call(
         // SAFETY: `vm` is this call's handle.
         let mut vm = unsafe { VmRef::from_raw(vm) };
         let produced = rule(&mut vm, &analysis);
-        push_rule_callbacks(vm.api, sink, produced);
+        push_rule_callbacks(vm.api(), sink, produced);
         VmAction::Continue as RawAction
     })
 }

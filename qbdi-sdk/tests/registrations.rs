@@ -444,6 +444,8 @@ fn raw_vm() -> RawVm {
     RawVm {
         api: &API,
         ctx: std::ptr::null_mut(),
+        accesses: std::ptr::null(),
+        accesses_len: 0,
     }
 }
 

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 
+use qbdi_sdk::abi::{ABI_MAJOR, ABI_MINOR};
 use qbdi_tests::cli::{assert_same, qbdi_cmd, report_field, scratch, testkit_reports, under_qbdi};
 
 const PLUGINS: [&str; 6] = [
@@ -260,9 +261,10 @@ fn plugin_info_describes_a_plugin() {
     let out = qbdi_cmd(&dir, &["plugin", "info", "drcov"]);
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     let text = out.text();
+    let abi = format!("abi:         {ABI_MAJOR}.{ABI_MINOR}");
     for needle in [
         "name:        drcov",
-        "abi:         1.2",
+        &abi,
         "heap:        qbdi's private heap",
         "BASIC_BLOCK_NEW",
         "out",
@@ -380,7 +382,8 @@ fn every_plugin_error_is_named() {
     );
     let bad = artifacts.join("libqbdi_plugin_bad_abi.so");
     let b = bad.to_str().unwrap();
-    refused(&dir, &["-p", b], &[b, "ABI 99.0", "speaks 1.2", "rebuild"]);
+    let speaks = format!("speaks {ABI_MAJOR}.{ABI_MINOR}");
+    refused(&dir, &["-p", b], &[b, "ABI 99.0", &speaks, "rebuild"]);
     refused(
         &dir,
         &["-p", "testkit:color=red"],

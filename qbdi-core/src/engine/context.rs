@@ -92,6 +92,10 @@ pub(crate) struct Context {
     pub init_image: InitImage,
     /// Memory access recording: (address, value) of each access of the running block.
     pub mem_slots: [[u64; 2]; crate::memory_access::MAX_SLOTS],
+    /// What a direct site passes as a plugin's `RawVm` (qbdi-sdk's ABI) when its callback
+    /// reads its accesses: this, whose `api` and `ctx` it never reads, then `vm_view`
+    /// (its `accesses` and `accesses_len`).
+    pub raw_vm_head: [u64; 2],
     /// The `VmRef` a direct site passes to callbacks that read their instruction's memory
     /// accesses: only its first field, `VmRef::view`, a `&[MemoryAccess]` of `accesses`
     /// (engine/direct_call.rs).
@@ -135,6 +139,7 @@ pub(crate) mod off {
     pub const INIT_IMAGE: u64 = offset_of!(Context, init_image) as u64;
     pub const MEM_SLOTS: u64 = offset_of!(Context, mem_slots) as u64;
     pub const VM_VIEW: u64 = offset_of!(Context, vm_view) as u64;
+    pub const RAW_VM: u64 = offset_of!(Context, raw_vm_head) as u64;
     pub const ACCESSES: u64 = offset_of!(Context, accesses) as u64;
     pub const RIP: u64 = GPR + offset_of!(GprState, rip) as u64;
     pub const MXCSR: u64 = FPR + offset_of!(FprState, mxcsr) as u64;
@@ -172,6 +177,7 @@ pub(crate) mod off {
 }
 
 const _: () = assert!(core::mem::size_of::<Context>() <= 16384);
+const _: () = assert!(off::RAW_VM + 16 == off::VM_VIEW);
 const _: () = assert!(off::gpr(4) == off::GPR + offset_of!(GprState, rsp) as u64);
 const _: () = assert!(off::gpr(13) == off::GPR + offset_of!(GprState, r13) as u64);
 const _: () = assert!(off::gpr(3) == off::GPR + offset_of!(GprState, rbx) as u64);

@@ -7,7 +7,7 @@ use super::context::off;
 use super::context_switch::{emit_reload_guest, emit_restore_plain_flags};
 use super::emitter::{Asm, Label, RAX, RSP};
 use super::translator::Rip;
-use crate::instrumentation::direct::DirectCall;
+use crate::instrumentation::direct::{DirectCall, EntryKind};
 use crate::memory_access::{MemoryAccess, ViewEntry, slice_layout};
 use std::mem::{offset_of, size_of};
 
@@ -93,7 +93,10 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
             a.mov_imm64(gpr_reg, ctx + off::GPR);
         }
         if c.view_arg {
-            a.lea_rip(vm_reg, ctx + off::VM_VIEW);
+            // A closure's `VmRef` starts with the view, a plugin's `RawVm` 16 bytes before.
+            let closure = matches!(c.kind, EntryKind::Inst | EntryKind::Event);
+            let at = if closure { off::VM_VIEW } else { off::RAW_VM };
+            a.lea_rip(vm_reg, ctx + at);
         }
         a.mov_imm64(RAX, c.func);
         a.call_rax();

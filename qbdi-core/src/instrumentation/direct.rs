@@ -35,7 +35,7 @@ use super::callbacks::{InstCallback, VmCallback};
 use super::vm_ref::VmRef;
 use crate::callback::{VmAction, VmState};
 use crate::maps::{Permission, current_process_maps};
-use crate::memory_access::VIEW_BYTES;
+use crate::memory_access::{VIEW_BYTES, slice_layout};
 use crate::regs::{R8, RAX, RCX, RDI, RDX, RSI, RSP};
 use crate::state::{FprState, GprState};
 use iced_x86::{
@@ -187,8 +187,11 @@ pub(crate) struct Leaf {
     /// except those counted in `view_reads`.
     pub reads: u16,
     /// Registers read before being written only as the base of loads within the first
-    /// `VIEW_BYTES` bytes they point to (for a `VmRef`: its `AccessView`).
-    pub view_reads: u16,
+    /// `VIEW_BYTES` bytes they point to (for a closure's `VmRef`: its `view`).
+    pub view_lo: u16,
+    /// The same, within the next `VIEW_BYTES` bytes (for a plugin's `RawVm`: its
+    /// `accesses` and `accesses_len`).
+    pub view_hi: u16,
     /// Registers written anywhere.
     pub writes: u16,
     /// Whether it uses the FS or GS segment (thread-local storage).
@@ -205,12 +208,20 @@ impl Leaf {
         data: u64,
     ) -> Result<DirectCall, DirectRefusal> {
         let (data_reg, vm, state, gpr, fpr) = kind.args();
-        let reads = |r: u8| (self.reads | self.view_reads) & (1 << r) != 0;
-        // Closures get qbdi-core's `VmRef`, whose view a site can build; a plugin's
-        // trampoline gets the SDK's, which has no such field.
-        let view_arg = self.view_reads & (1 << vm) != 0;
+        let reads = |r: u8| (self.reads | self.view_lo | self.view_hi) & (1 << r) != 0;
+        // Closures get qbdi-core's `VmRef`, with the accesses first; a plugin's trampoline
+        // gets a `RawVm` (qbdi-sdk's ABI), with them 16 bytes in, as a pointer and a
+        // length: the order a slice has here, or the site cannot build one view for both.
         let closure = matches!(kind, EntryKind::Inst | EntryKind::Event);
-        if self.reads & (1 << vm) != 0 || (view_arg && !closure) {
+        let (view, other) = if closure {
+            (self.view_lo, self.view_hi)
+        } else if slice_layout() == (0, 8) {
+            (self.view_hi, self.view_lo)
+        } else {
+            (0, self.view_lo | self.view_hi)
+        };
+        let view_arg = view & (1 << vm) != 0;
+        if (self.reads | other) & (1 << vm) != 0 {
             return Err(
                 "it reads its VmRef (which only the general path provides, but for \
                  `inst_memory_access`)"
@@ -343,28 +354,27 @@ fn gpr_number(r: Register) -> Option<(u8, bool)> {
 }
 
 /// Whether `instr` reads general purpose register `n` only as the base of a load within
-/// the first `VIEW_BYTES` bytes it points to: no index, no segment override, and `n` in
-/// no other operand that is read.
-fn view_load(instr: &Instruction, info: &InstructionInfo, n: u8) -> bool {
+/// one of the first two `VIEW_BYTES`-byte windows it points to (its number, 0 or 1): no
+/// index, no segment override, and `n` in no other operand that is read.
+fn view_load(instr: &Instruction, info: &InstructionInfo, n: u8) -> Option<u64> {
     if gpr_number(instr.memory_base()).map(|(b, _)| b) != Some(n)
         || instr.memory_index() != Register::None
         || instr.segment_prefix() != Register::None
     {
-        return false;
+        return None;
     }
-    let Some(mem) = (0..instr.op_count()).find(|&i| instr.op_kind(i) == OpKind::Memory) else {
-        return false;
-    };
+    let mem = (0..instr.op_count()).find(|&i| instr.op_kind(i) == OpKind::Memory)?;
     let disp = instr.memory_displacement64();
     let size = instr.memory_size().size() as u64;
-    let within = size != 0 && disp < VIEW_BYTES && disp + size <= VIEW_BYTES;
+    let window = disp / VIEW_BYTES;
+    let within = size != 0 && window < 2 && (disp + size - 1) / VIEW_BYTES == window;
     let elsewhere = (0..instr.op_count()).any(|i| {
         i != mem
             && instr.op_kind(i) == OpKind::Register
             && gpr_number(instr.op_register(i)).map(|(r, _)| r) == Some(n)
             && info.op_access(i) != OpAccess::Write
     });
-    within && info.op_access(mem) == OpAccess::Read && !elsewhere
+    (within && info.op_access(mem) == OpAccess::Read && !elsewhere).then_some(window)
 }
 
 /// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
@@ -374,7 +384,8 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
     let mut factory = InstructionInfoFactory::new();
     let mut leaf = Leaf {
         reads: 0,
-        view_reads: 0,
+        view_lo: 0,
+        view_hi: 0,
         writes: 0,
         fs_gs: false,
     };
@@ -459,10 +470,10 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
                     OpAccess::None | OpAccess::NoMemAccess => (false, false),
                 };
                 if read && !zero_idiom && defined & bit == 0 {
-                    if view_load(&instr, info, n) {
-                        leaf.view_reads |= bit;
-                    } else {
-                        leaf.reads |= bit;
+                    match view_load(&instr, info, n) {
+                        Some(0) => leaf.view_lo |= bit,
+                        Some(_) => leaf.view_hi |= bit,
+                        None => leaf.reads |= bit,
                     }
                 }
                 if write {
@@ -707,7 +718,7 @@ mod tests {
             ("runs off the end", &[0x90, 0x90], "out of its code"),
             (
                 "reads the VmRef past its view",
-                &[0x48, 0x8b, 0x46, 0x10, 0xc3],
+                &[0x48, 0x8b, 0x46, 0x20, 0xc3],
                 "VmRef",
             ),
             (
@@ -764,12 +775,12 @@ mod tests {
     }
 
     #[test]
-    fn reading_the_access_view_of_the_vm_ref_is_allowed_to_closures_only() {
-        // mov rax,[rsi+8]; add rax,[rsi]; ret: the view's length and pointer.
+    fn reading_the_accesses_of_the_vm_ref_or_raw_vm_is_allowed() {
+        // mov rax,[rsi+8]; add rax,[rsi]; ret: a closure's VmRef view (length, pointer).
         let code = [0x48, 0x8b, 0x46, 0x08, 0x48, 0x03, 0x06, 0xc3];
         let l = leaf(&code).expect("leaf");
         assert_eq!(l.reads, 0);
-        assert_eq!(l.view_reads, bit(RSI));
+        assert_eq!((l.view_lo, l.view_hi), (bit(RSI), 0));
         let d = l.direct_call(EntryKind::Inst, 1, 2).expect("eligible");
         assert!(d.view_arg && !d.gpr_arg);
         assert_eq!(d.saves, bit(RAX) | bit(RCX) | bit(RSI));
@@ -778,15 +789,29 @@ mod tests {
             .direct_call(EntryKind::PluginInst, 1, 0)
             .expect("eligible");
         assert!(p.gpr_arg && !p.view_arg);
-        // mov rax,[rdi+8]; ret: rdi is a plugin trampoline's VmRef (the SDK's, no view).
-        let sdk = leaf(&[0x48, 0x8b, 0x47, 0x08, 0xc3]).expect("leaf");
-        assert!(sdk.direct_call(EntryKind::PluginInst, 1, 0).is_err());
-        // ... and a closure entry's data: an ordinary read.
+        // mov rax,[rdi+0x18]; add rax,[rdi+0x10]; ret: a plugin's RawVm accesses.
+        let raw = leaf(&[0x48, 0x8b, 0x47, 0x18, 0x48, 0x03, 0x47, 0x10, 0xc3]).expect("leaf");
+        assert_eq!((raw.view_lo, raw.view_hi), (0, bit(RDI)));
+        let d = raw
+            .direct_call(EntryKind::PluginInst, 1, 0)
+            .expect("eligible");
+        assert!(d.view_arg);
+        assert_eq!(d.saves, bit(RAX) | bit(RCX) | bit(RDI));
+        // ... but for a closure rdi is its data, read as anything.
         assert!(
-            !sdk.direct_call(EntryKind::Inst, 1, 2)
+            !raw.direct_call(EntryKind::Inst, 1, 2)
                 .expect("eligible")
                 .view_arg
         );
+        // mov rax,[rdi+8]; ret: a RawVm's `ctx` (only the general path has one).
+        let ctx = leaf(&[0x48, 0x8b, 0x47, 0x08, 0xc3]).expect("leaf");
+        assert!(ctx.direct_call(EntryKind::PluginInst, 1, 0).is_err());
+        // mov rax,[rsi+0x10]; ret: past a closure VmRef's view.
+        let past = leaf(&[0x48, 0x8b, 0x46, 0x10, 0xc3]).expect("leaf");
+        assert!(past.direct_call(EntryKind::Inst, 1, 2).is_err());
+        // A load across the two windows is no view read: mov rax,[rsi+0xc]; ret.
+        let across = leaf(&[0x48, 0x8b, 0x46, 0x0c, 0xc3]).expect("leaf");
+        assert_eq!(across.reads, bit(RSI));
         // A later read of rsi as a whole makes it an ordinary read.
         // mov rax,[rsi+8]; mov rcx,rsi; ret
         let both = leaf(&[0x48, 0x8b, 0x46, 0x08, 0x48, 0x89, 0xf1, 0xc3]).expect("leaf");
