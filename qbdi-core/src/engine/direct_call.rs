@@ -134,8 +134,9 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
     a.jmp_label(d.after);
 }
 
-/// Builds the accesses of `view` in `ctx.accesses` from the recorded slots, and a slice of
-/// them in `ctx.vm_view` (the `VmRef` the calls get: its `view`, at offset 0). Uses rax.
+/// Builds the accesses of `view` in `ctx.accesses` from the recorded slots, and stores how
+/// many in `ctx.vm_view`, the slice a closure's `VmRef` starts with and a plugin's `RawVm`
+/// ends with (the dispatcher set its pointer). Uses rax.
 fn emit_view(a: &mut Asm, ctx: u64, view: &[ViewEntry]) {
     const SIZE: u64 = size_of::<MemoryAccess>() as u64;
     const INST: u64 = offset_of!(MemoryAccess, inst_address) as u64;

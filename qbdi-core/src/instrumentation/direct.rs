@@ -17,10 +17,11 @@
 //!   flag does not matter). It records which registers the code reads before writing and
 //!   which it writes.
 //! - A callback whose entry reads its `VmRef` or `FprState` argument is not eligible: those
-//!   exist only on the general path. The exception is the `VmRef`'s first field, the
-//!   instruction's memory accesses (`inst_memory_access`): an entry that only loads from
-//!   there gets a `VmRef` the site builds (`DirectCall::view_arg`). One that reads its `GprState` gets the whole state
-//!   stored in the context before the call and reloaded after (it may change registers).
+//!   exist only on the general path. The exception is the instruction's memory accesses
+//!   (`inst_memory_access`: the `VmRef`'s first field, a plugin `RawVm`'s `accesses`): an
+//!   entry that only loads those gets a handle the site builds (`DirectCall::view_arg`).
+//!   One that reads its `GprState` gets the whole state stored in the context before the
+//!   call and reloaded after (it may change registers).
 //! - The site (`engine::direct_call::emit_direct_site`) switches to the host stack, saves the flags and the
 //!   caller-saved registers the entry writes, calls it, and restores them. Anything unusual
 //!   goes to the general path, which the site still contains: the guest's direction or
@@ -184,7 +185,7 @@ impl std::fmt::Display for DirectRefusal {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Leaf {
     /// Registers (bit n: emitter register n) read before being written on some path,
-    /// except those counted in `view_reads`.
+    /// except those counted in `view_lo` and `view_hi`.
     pub reads: u16,
     /// Registers read before being written only as the base of loads within the first
     /// `VIEW_BYTES` bytes they point to (for a closure's `VmRef`: its `view`).
