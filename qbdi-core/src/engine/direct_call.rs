@@ -45,12 +45,53 @@ fn union(calls: &[Option<DirectCall>]) -> (u16, bool) {
     })
 }
 
-/// Emits the direct path of a site; it jumps to `general` when it cannot handle the call
-/// and to `after` when done. The calls run one after the other; before each, the number of
-/// callbacks called so far plus one goes to `ctx.cb_pending_next`, so that when one returns
-/// another action than Continue, the general routine applies it and runs the remaining
-/// callbacks itself.
-pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
+/// The paths of a direct site its fast path rarely takes (unusual flags or a deleted
+/// callback, another action than Continue), emitted apart by [`emit_direct_cold`]: at the
+/// block's end, so that the fast path falls through to what follows instead of jumping
+/// over them (a taken jump at every call).
+#[derive(Clone, Copy)]
+pub(crate) struct DirectCold {
+    slow: Label,
+    action: Label,
+    general: Label,
+    after: Label,
+    site: u32,
+    rip: Rip,
+    routine: u64,
+    saves: u16,
+    gpr_arg: bool,
+    calls: usize,
+}
+
+impl DirectCold {
+    /// Where the site's general path must be.
+    pub fn general(&self) -> Label {
+        self.general
+    }
+
+    /// Where the site goes on.
+    pub fn after(&self) -> Label {
+        self.after
+    }
+
+    pub fn site(&self) -> u32 {
+        self.site
+    }
+
+    pub fn rip(&self) -> Rip {
+        self.rip
+    }
+}
+
+/// Most bytes [`emit_direct_cold`] emits for one site.
+pub(crate) const DIRECT_COLD_MAX: usize = 384;
+
+/// Emits the fast path of a direct site, which falls through when done; it goes to
+/// `general` when it cannot handle the call. The calls run one after the other; before
+/// each, the number of callbacks called so far plus one goes to `ctx.cb_pending_next`, so
+/// that when one returns another action than Continue, the general routine applies it and
+/// runs the remaining callbacks itself. The rest is for [`emit_direct_cold`].
+pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> DirectCold {
     let slow = a.new_label();
     let action = a.new_label();
     let (saves, gpr_arg) = union(d.calls);
@@ -105,33 +146,50 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) {
     }
     emit_restore(a, ctx, saves, gpr_arg);
     a.load(RSP, ctx + off::gpr(RSP));
-    a.jmp_label(d.after);
+    DirectCold {
+        slow,
+        action,
+        general: d.general,
+        after: d.after,
+        site: d.site,
+        rip: d.rip,
+        routine: d.routine,
+        saves,
+        gpr_arg,
+        calls: d.calls.len(),
+    }
+}
 
+/// The rarely taken paths of a direct site (see [`DirectCold`]); they go on at the site's
+/// general path, or after the site.
+pub(crate) fn emit_direct_cold(a: &mut Asm, ctx: u64, c: &DirectCold) {
+    let start = a.len();
     // Unusual flags or deleted callback: nothing changed yet but rax and the flags.
-    a.bind(slow);
+    a.bind(c.slow);
     a.load(RAX, ctx + off::gpr(RAX));
     a.popfq();
     a.load(RSP, ctx + off::gpr(RSP));
-    a.jmp_label(d.general);
+    a.jmp_label(c.general);
 
     // Another action: the general routine applies it (`ctx.cb_pending`) with the guest
     // state as it is now (a callback reading the GprState may have changed `rip`).
-    a.bind(action);
+    a.bind(c.action);
     a.store_eax32(ctx + off::CB_PENDING);
-    if d.calls.len() == 1 {
+    if c.calls == 1 {
         a.store_imm32(ctx + off::CB_PENDING_NEXT, 1);
     }
-    if !gpr_arg {
-        d.rip.emit(a, ctx);
+    if !c.gpr_arg {
+        c.rip.emit(a, ctx);
         a.store(ctx + off::RIP, RAX);
     }
-    a.store_imm32(ctx + off::CB_SITE, d.site);
-    emit_restore(a, ctx, saves, gpr_arg);
+    a.store_imm32(ctx + off::CB_SITE, c.site);
+    emit_restore(a, ctx, c.saves, c.gpr_arg);
     a.store(ctx + off::gpr(RAX), RAX);
     a.lea_rsp(8); // back to host_rsp, as the general path calls the routine
-    a.call_to(d.routine);
+    a.call_to(c.routine);
     a.load(RSP, ctx + off::gpr(RSP));
-    a.jmp_label(d.after);
+    a.jmp_label(c.after);
+    debug_assert!(a.len() - start <= DIRECT_COLD_MAX);
 }
 
 /// Builds the accesses of `view` in `ctx.accesses` from the recorded slots, and stores how

@@ -22,7 +22,9 @@
 
 use super::context::off;
 use super::context_switch::Runtime;
-use super::direct_call::{DirectSite, emit_direct_site};
+use super::direct_call::{
+    DIRECT_COLD_MAX, DirectCold, DirectSite, emit_direct_cold, emit_direct_site,
+};
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RSP, is_simm32};
 use super::encode::{self, MemOperand};
@@ -42,6 +44,10 @@ use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
     IntelFormatter, OpKind, Register,
 };
+
+/// Bytes reserved for the paths of a direct site emitted at the block's end: its rarely
+/// taken paths, its general path and a jump back.
+const COLD_SITE_BYTES: usize = DIRECT_COLD_MAX + 128;
 
 /// At most this many guest instructions per block.
 pub(crate) const MAX_BLOCK_INSTRUCTIONS: usize = 128;
@@ -119,6 +125,10 @@ pub(crate) struct Translator {
     /// no address: the routine returns to the site.
     site_labels: Vec<(u32, Label, Label)>,
     pub site_addrs: Vec<(u32, u64, u64)>,
+    /// The rarely taken paths of the block's direct sites, emitted after its instructions
+    /// (see `DirectCold`), and the bytes reserved for them.
+    cold: Vec<DirectCold>,
+    cold_bytes: usize,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
     mem: MemInfo,
@@ -244,6 +254,8 @@ impl Translator {
             pending: Vec::with_capacity(MAX_BLOCK_STUBS),
             site_labels: Vec::with_capacity(MAX_BLOCK_SITES),
             site_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
+            cold: Vec::with_capacity(MAX_BLOCK_SITES),
+            cold_bytes: 0,
             planned: Vec::with_capacity(MAX_PER_INSTRUCTION),
             mem: MemInfo::default(),
             next_slot: 0,
@@ -272,6 +284,8 @@ impl Translator {
         self.pending.clear();
         self.site_labels.clear();
         self.site_addrs.clear();
+        self.cold.clear();
+        self.cold_bytes = 0;
         self.next_slot = 0;
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
@@ -322,6 +336,7 @@ impl Translator {
             let full = count > 0
                 && (count >= MAX_BLOCK_INSTRUCTIONS
                     || self.asm.len()
+                        + self.cold_bytes
                         + MAX_INST_HOST_BYTES
                         + MAX_TAIL_HOST_BYTES
                         + check_bytes_len(env, ip - pc + 16)
@@ -377,6 +392,7 @@ impl Translator {
         let reentry_label = self.asm.new_label();
         self.pending.push((reentry_label, pc, 0, ExitKind::Reentry));
         let reentry = self.pending.len() - 1;
+        self.emit_cold_sites(env);
         self.emit_stubs(env);
         if !self.literals.is_empty() {
             self.asm.align(8);
@@ -489,9 +505,29 @@ impl Translator {
                 after,
                 view: &view[..view_len],
             };
-            emit_direct_site(&mut self.asm, ctx, &d);
+            let cold = emit_direct_site(&mut self.asm, ctx, &d);
+            if self.cold.len() < self.cold.capacity() {
+                // The fast path falls through; the rest goes after the block's instructions.
+                self.cold.push(cold);
+                self.cold_bytes += COLD_SITE_BYTES;
+                self.asm.bind(after);
+                self.site_labels.push((site, skip_inst, skip_patch));
+                return;
+            }
+            self.asm.jmp_label(after);
+            emit_direct_cold(&mut self.asm, ctx, &cold);
             self.asm.bind(general);
         }
+        self.emit_general_path(env, site, rip);
+        self.asm.bind(after);
+        debug_assert!(self.asm.len() - start <= MAX_SITE_HOST_BYTES);
+        self.site_labels.push((site, skip_inst, skip_patch));
+    }
+
+    /// The general path of callback site `site`: calls the callback routine, which returns
+    /// right after the call (Continue) or goes elsewhere.
+    fn emit_general_path(&mut self, env: &Env<'_>, site: u32, rip: Rip) {
+        let ctx = env.ctx;
         self.asm.store(ctx + off::gpr(RAX), RAX);
         rip.emit(&mut self.asm, ctx);
         self.asm.store(ctx + off::RIP, RAX);
@@ -501,9 +537,20 @@ impl Translator {
         self.asm.load(RSP, ctx + off::HOST_RSP);
         self.asm.call_to(env.runtime.callback);
         self.asm.load(RSP, ctx + off::gpr(RSP));
-        self.asm.bind(after);
-        debug_assert!(self.asm.len() - start <= MAX_SITE_HOST_BYTES);
-        self.site_labels.push((site, skip_inst, skip_patch));
+    }
+
+    /// Emits the rarely taken paths of the block's direct sites, each with its general
+    /// path, going on after its site.
+    fn emit_cold_sites(&mut self, env: &Env<'_>) {
+        for k in 0..self.cold.len() {
+            let c = self.cold[k];
+            let start = self.asm.len();
+            emit_direct_cold(&mut self.asm, env.ctx, &c);
+            self.asm.bind(c.general());
+            self.emit_general_path(env, c.site(), c.rip());
+            self.asm.jmp_label(c.after());
+            debug_assert!(self.asm.len() - start <= COLD_SITE_BYTES);
+        }
     }
 
     /// PostInst callbacks of `instr` and block-exit events, on a path leaving the block
