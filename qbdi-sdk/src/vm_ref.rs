@@ -183,10 +183,11 @@ impl<'a> VmRef<'a> {
         })
     }
 
-    fn memory(&mut self, bb: bool) -> &[MemoryAccess] {
+    /// The block's accesses, asked of the host (the instruction's are in the handle).
+    fn bb_memory(&mut self) -> &[MemoryAccess] {
         let mut ptr = std::ptr::null();
         let mut count = 0;
-        (self.api().memory_access)(self.raw, bb, &mut ptr, &mut count);
+        (self.api().memory_access)(self.raw, true, &mut ptr, &mut count);
         if ptr.is_null() || count == 0 {
             return &[];
         }
@@ -214,7 +215,7 @@ impl<'a> VmRef<'a> {
 
     /// The memory accesses of the current basic block so far.
     pub fn bb_memory_access(&mut self) -> &[MemoryAccess] {
-        self.memory(true)
+        self.bb_memory()
     }
 
     fn add_inst(

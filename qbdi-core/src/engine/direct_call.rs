@@ -53,34 +53,15 @@ fn union(calls: &[Option<DirectCall>]) -> (u16, bool) {
 pub(crate) struct DirectCold {
     slow: Label,
     action: Label,
-    general: Label,
-    after: Label,
-    site: u32,
-    rip: Rip,
+    /// Where the site's general path must be, and where the site goes on.
+    pub general: Label,
+    pub after: Label,
+    pub site: u32,
+    pub rip: Rip,
     routine: u64,
     saves: u16,
     gpr_arg: bool,
     calls: usize,
-}
-
-impl DirectCold {
-    /// Where the site's general path must be.
-    pub fn general(&self) -> Label {
-        self.general
-    }
-
-    /// Where the site goes on.
-    pub fn after(&self) -> Label {
-        self.after
-    }
-
-    pub fn site(&self) -> u32 {
-        self.site
-    }
-
-    pub fn rip(&self) -> Rip {
-        self.rip
-    }
 }
 
 /// Most bytes [`emit_direct_cold`] emits for one site.

@@ -490,9 +490,11 @@ impl Translator {
             let general = self.asm.new_label();
             let mut view = [ViewEntry::default(); MAX_PER_INSTRUCTION];
             let mut view_len = 0;
-            for (slot, e) in view.iter_mut().zip(site_view(mem, s)) {
-                *slot = e;
-                view_len += 1;
+            if calls[..n].iter().flatten().any(|c| c.view_arg) {
+                for (slot, e) in view.iter_mut().zip(site_view(mem, s)) {
+                    *slot = e;
+                    view_len += 1;
+                }
             }
             let d = DirectSite {
                 calls: &calls[..n],
@@ -505,18 +507,13 @@ impl Translator {
                 after,
                 view: &view[..view_len],
             };
-            let cold = emit_direct_site(&mut self.asm, ctx, &d);
-            if self.cold.len() < self.cold.capacity() {
-                // The fast path falls through; the rest goes after the block's instructions.
-                self.cold.push(cold);
-                self.cold_bytes += COLD_SITE_BYTES;
-                self.asm.bind(after);
-                self.site_labels.push((site, skip_inst, skip_patch));
-                return;
-            }
-            self.asm.jmp_label(after);
-            emit_direct_cold(&mut self.asm, ctx, &cold);
-            self.asm.bind(general);
+            // The fast path falls through; the rest goes after the block's instructions
+            // (`cold` has room for every site a block can have, `MAX_BLOCK_SITES`).
+            self.cold.push(emit_direct_site(&mut self.asm, ctx, &d));
+            self.cold_bytes += COLD_SITE_BYTES;
+            self.asm.bind(after);
+            self.site_labels.push((site, skip_inst, skip_patch));
+            return;
         }
         self.emit_general_path(env, site, rip);
         self.asm.bind(after);
@@ -546,9 +543,9 @@ impl Translator {
             let c = self.cold[k];
             let start = self.asm.len();
             emit_direct_cold(&mut self.asm, env.ctx, &c);
-            self.asm.bind(c.general());
-            self.emit_general_path(env, c.site(), c.rip());
-            self.asm.jmp_label(c.after());
+            self.asm.bind(c.general);
+            self.emit_general_path(env, c.site, c.rip);
+            self.asm.jmp_label(c.after);
             debug_assert!(self.asm.len() - start <= COLD_SITE_BYTES);
         }
     }
