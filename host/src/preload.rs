@@ -280,22 +280,29 @@ unsafe extern "C" fn qbdi_main(
     }
 }
 
-/// The path of the file this code was loaded from (libqbdi_host.so, or `qbdi`).
+/// The path of the file this code was loaded from (libqbdi_host.so, or `qbdi`), as the
+/// process maps name it (its real path). From the loader (`dladdr`): no reading of the maps.
 fn own_library() -> Option<String> {
-    let here = qbdi_main as *const () as u64;
-    qbdi_core::current_process_maps(true)
-        .into_iter()
-        .find(|m| m.range.contains(here))
-        .map(|m| m.name)
+    // SAFETY: Dl_info is plain pointers (null is a valid value); dladdr fills it for an
+    // address of this library; the name it points to is the loader's, valid while the
+    // library is loaded (for the process's life).
+    let name = unsafe {
+        let mut info: libc::Dl_info = std::mem::zeroed();
+        if libc::dladdr(qbdi_main as *const c_void, &mut info) == 0 || info.dli_fname.is_null() {
+            return None;
+        }
+        CStr::from_ptr(info.dli_fname).to_str().ok()?.to_owned()
+    };
+    std::fs::canonicalize(&name)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
 }
 
-/// Whether libc's code runs instrumented (`--all-maps`, `--module libc.so.6`).
+/// Whether libc's code runs instrumented (`--all-maps`, `--module libc.so.6`): whether one
+/// of its functions is in the instrumented ranges (no reading of the maps).
 fn libc_instrumented(vm: &Vm) -> bool {
-    qbdi_core::current_process_maps(false).iter().any(|m| {
-        m.permission.contains(qbdi_core::Permission::EXEC)
-            && (m.name.starts_with("libc.so") || m.name.starts_with("libc-"))
-            && vm.instrumented_ranges().contains(m.range.start)
-    })
+    vm.instrumented_ranges()
+        .contains(libc::getpid as unsafe extern "C" fn() -> libc::pid_t as usize as u64)
 }
 
 /// Sets the instrumented ranges of a run (`plugins`: the loaded plugins' paths, which

@@ -101,7 +101,8 @@ pub(crate) fn enable(vm: &Vm, own: &[String]) {
             if s >= e {
                 continue;
             }
-            match exec_guard::guard(s, e) {
+            // The mapping as just read: no reading of the maps per guarded range.
+            match exec_guard::guard_mapping(s, e, m.permission) {
                 Ok(n) => guarded += n,
                 Err(err) => log::line(&format!(
                     "native calls into {} run natively: cannot change its protection ({err})",

@@ -50,36 +50,52 @@ pub fn guard(start: u64, end: u64) -> std::io::Result<u64> {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let mut bytes = 0;
     for m in current_process_maps(false) {
-        if !m.permission.contains(Permission::EXEC) {
-            continue;
+        if m.permission.contains(Permission::EXEC) {
+            bytes += guard_locked(m.range.start.max(start), m.range.end.min(end), m.permission)?;
         }
-        let (s, e) = (m.range.start.max(start), m.range.end.min(end));
-        let (s, e) = (s & !0xfff, (e + 0xfff) & !0xfff);
-        if s >= e || is_guarded(s) {
-            continue;
-        }
-        let prot = prot_of(m.permission);
-        // Recorded before the change, so a fault right after it is recognised.
-        let Some(n) = guarded::push(s, e, prot) else {
-            return Err(std::io::ErrorKind::OutOfMemory.into());
-        };
-        // SAFETY: changes the protection of pages of an existing mapping; they stay readable
-        // (the engine reads them) and only lose execute.
-        if unsafe {
-            libc::mprotect(
-                s as *mut libc::c_void,
-                (e - s) as usize,
-                prot & !libc::PROT_EXEC,
-            )
-        } != 0
-        {
-            let err = std::io::Error::last_os_error();
-            guarded::truncate(n);
-            return Err(err);
-        }
-        bytes += e - s;
     }
     Ok(bytes)
+}
+
+/// [`guard`] for `[start, end)` inside one mapping whose permission the caller just read
+/// (`permission`, with execute): no reading of the process maps. Returns the number of
+/// bytes guarded (0 if the region is empty or guarded already).
+///
+/// # Errors
+/// As [`guard`].
+pub fn guard_mapping(start: u64, end: u64, permission: Permission) -> std::io::Result<u64> {
+    let _w = WRITER
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    guard_locked(start, end, permission)
+}
+
+/// Guards `[start, end)` (whole pages) of one mapping of `permission`; `WRITER` is held.
+fn guard_locked(start: u64, end: u64, permission: Permission) -> std::io::Result<u64> {
+    let (s, e) = (start & !0xfff, (end + 0xfff) & !0xfff);
+    if s >= e || is_guarded(s) {
+        return Ok(0);
+    }
+    let prot = prot_of(permission);
+    // Recorded before the change, so a fault right after it is recognised.
+    let Some(n) = guarded::push(s, e, prot) else {
+        return Err(std::io::ErrorKind::OutOfMemory.into());
+    };
+    // SAFETY: changes the protection of pages of an existing mapping; they stay readable
+    // (the engine reads them) and only lose execute.
+    if unsafe {
+        libc::mprotect(
+            s as *mut libc::c_void,
+            (e - s) as usize,
+            prot & !libc::PROT_EXEC,
+        )
+    } != 0
+    {
+        let err = std::io::Error::last_os_error();
+        guarded::truncate(n);
+        return Err(err);
+    }
+    Ok(e - s)
 }
 
 /// Whether `addr` is in a guarded region. Lock-free and allocation-free (signal handlers).

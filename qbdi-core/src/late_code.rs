@@ -20,6 +20,9 @@ pub(crate) struct Change {
     /// Added (true) or removed.
     pub add: bool,
     pub range: Range,
+    /// An added range of a file mapped readable and not writable (a library's code): a Vm
+    /// takes it as readable memory without reading the process maps again.
+    pub mapped: bool,
 }
 
 static LOG: Mutex<Vec<Change>> = Mutex::new(Vec::new());
@@ -32,8 +35,32 @@ pub fn publish_ranges(add: &[Range], remove: &[Range]) {
     let mut log = LOG
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    log.extend(remove.iter().map(|&range| Change { add: false, range }));
-    log.extend(add.iter().map(|&range| Change { add: true, range }));
+    log.extend(remove.iter().map(|&range| Change {
+        add: false,
+        range,
+        mapped: false,
+    }));
+    log.extend(add.iter().map(|&range| Change {
+        add: true,
+        range,
+        mapped: false,
+    }));
+    PUBLISHED.store(log.len() as u64, Ordering::Release);
+}
+
+/// As [`publish_ranges`] adding `add`, for code the caller knows to be mapped from a file,
+/// readable and not writable, for as long as it stays published (a library the loader
+/// mapped): every Vm then knows it readable without reading `/proc/self/maps` again, and
+/// translates it without the byte checks of code that may change.
+pub fn publish_mapped_code(add: &[Range]) {
+    let mut log = LOG
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    log.extend(add.iter().map(|&range| Change {
+        add: true,
+        range,
+        mapped: true,
+    }));
     PUBLISHED.store(log.len() as u64, Ordering::Release);
 }
 

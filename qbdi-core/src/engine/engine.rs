@@ -134,8 +134,9 @@ impl Engine {
     }
 
     pub(super) fn take_published_ranges(&mut self) {
-        // Mappings changed (or their permissions did): read them again when needed.
-        self.readable.invalidate();
+        // Mappings changed (or their permissions did): read them again when needed, unless
+        // the change is a library's code, readable and not writable, which is noted as such.
+        let mut reread = false;
         while let Some(c) = crate::late_code::change_at(self.late_seen) {
             self.late_seen += 1;
             let ranges = &mut self.shared().inst.ranges;
@@ -144,7 +145,15 @@ impl Engine {
             } else {
                 ranges.remove(c.range);
             }
-            self.clear_cache(c.range);
+            self.forget(c.range);
+            if c.mapped {
+                self.readable.note_file_code(c.range.start, c.range.end);
+            } else {
+                reread = true;
+            }
+        }
+        if reread {
+            self.readable.invalidate();
         }
     }
 
@@ -172,6 +181,11 @@ impl Engine {
     /// inline table inside it.
     pub fn clear_cache(&mut self, range: Range) {
         self.readable.invalidate();
+        self.forget(range);
+    }
+
+    /// [`Engine::clear_cache`] but for the readable memory, which stays as it was read.
+    fn forget(&mut self, range: Range) {
         let Some((cache, _)) = &self.cache else {
             return;
         };

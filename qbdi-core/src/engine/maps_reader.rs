@@ -57,6 +57,29 @@ impl ReadableMaps {
                 .is_some_and(|end| addr.checked_add(len).is_some_and(|e| e <= end))
     }
 
+    /// Notes `[start, end)` readable and not volatile (a library's code the loader just
+    /// mapped read-only), if the maps were read since the last change: the next question
+    /// about it needs no reading of them. Anything already known there is replaced.
+    pub fn note_file_code(&mut self, start: u64, end: u64) {
+        if !self.valid || start >= end {
+            return;
+        }
+        self.volatile.retain(|v| v.1 <= start || v.0 >= end);
+        // Readable areas that touch or overlap the range merge with it.
+        let first = self.areas.partition_point(|a| a.1 < start);
+        let last = self.areas.partition_point(|a| a.0 <= end);
+        let (mut s, mut e) = (start, end);
+        if first < last {
+            s = s.min(self.areas[first].0);
+            e = e.max(self.areas[last - 1].1);
+            self.areas.drain(first..last);
+        } else if self.areas.len() >= MAX_AREAS {
+            self.valid = false;
+            return;
+        }
+        self.areas.insert(first, (s, e));
+    }
+
     fn find(&self, addr: u64) -> Option<u64> {
         let i = self.areas.partition_point(|a| a.1 <= addr);
         self.areas.get(i).filter(|a| a.0 <= addr).map(|a| a.1)
@@ -173,5 +196,40 @@ mod tests {
         assert!(s <= p && p < e && exec);
         // SAFETY: unmaps the page mapped above.
         unsafe { libc::munmap(p as *mut libc::c_void, 4096) };
+    }
+
+    #[test]
+    fn noted_file_code_is_readable_without_reading_the_maps() {
+        let mut m = ReadableMaps::new();
+        // Nothing read yet: a note is not taken (the next question reads the maps).
+        m.note_file_code(0x1000, 0x2000);
+        assert!(!m.known_readable(0x1000, 8));
+        m.reload();
+        // Unmapped addresses (a page at 4 KiB and one at 64 KiB), noted as a library's code.
+        assert!(!m.known_readable(0x1000, 8));
+        m.note_file_code(0x1000, 0x2000);
+        m.note_file_code(0x10000, 0x11000);
+        assert!(m.known_readable(0x1000, 0x1000));
+        assert!(
+            !m.known_readable(0x1000, 0x1001),
+            "ends where the note ends"
+        );
+        assert_eq!(
+            m.end_of(0x1800),
+            Some(0x2000),
+            "no reading: the note answers"
+        );
+        assert!(m.volatile_at(0x1800).is_none());
+        // Touching notes merge into one readable area.
+        m.note_file_code(0x2000, 0x3000);
+        assert_eq!(m.end_of(0x1000), Some(0x3000));
+        assert_eq!(m.end_of(0x10000), Some(0x11000));
+        // What the maps said still holds.
+        let code = noted_file_code_is_readable_without_reading_the_maps as fn() as usize as u64;
+        assert!(m.known_readable(code, 1));
+        // After a change the Vm cannot account for, the maps are read again.
+        m.invalidate();
+        assert!(!m.known_readable(0x1000, 8));
+        assert_eq!(m.end_of(0x1000), None);
     }
 }
