@@ -220,11 +220,35 @@ impl ThreadEdgeMaps {
 pub(crate) extern "C" fn lane_map(data: *mut c_void, _lane: u32) -> *mut u8 {
     // SAFETY: `data` is the leaked table of a ThreadEdgeMaps (see `ThreadEdgeMaps::data`).
     let table = unsafe { &*(data as *const LaneMaps) };
-    let map: EdgeMap = Box::leak((0..table.size).map(|_| AtomicU8::new(0)).collect());
+    let map: EdgeMap = low_map(table.size)
+        .unwrap_or_else(|| Box::leak((0..table.size).map(|_| AtomicU8::new(0)).collect()));
     table
         .maps
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push(map);
     map.as_ptr().cast::<u8>().cast_mut()
+}
+
+/// A zeroed map of `size` bytes in the first 2 GiB of the address space, if there is room:
+/// translated code then reaches its lines with a 32-bit absolute address, with no register
+/// (the engine's counted exits, see its `engine/inline.rs`). Never unmapped.
+fn low_map(size: usize) -> Option<EdgeMap> {
+    // SAFETY: a fresh private anonymous mapping; MAP_32BIT only chooses where.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: `size` zeroed bytes, mapped for the life of the process; AtomicU8 has u8's
+    // layout.
+    Some(unsafe { std::slice::from_raw_parts(p as *const AtomicU8, size) })
 }

@@ -68,8 +68,10 @@ fn afl_map() -> Result<Option<EdgeMap>, String> {
     }
     // The largest power of two that fits (the engine masks the hash with size - 1).
     let used = 1usize << (usize::BITS - 1 - size.leading_zeros());
-    // SAFETY: attaches an existing segment; the result is checked below.
-    let p = unsafe { libc::shmat(id, std::ptr::null(), 0) };
+    let p = attach_low(id, used).unwrap_or_else(|| {
+        // SAFETY: attaches an existing segment; the result is checked below.
+        unsafe { libc::shmat(id, std::ptr::null(), 0) }
+    });
     if p as isize == -1 {
         return Err(format!(
             "cannot attach the fuzzer's shared memory __AFL_SHM_ID={id}: {}",
@@ -80,6 +82,35 @@ fn afl_map() -> Result<Option<EdgeMap>, String> {
     // attached for the life of the process (never detached); AtomicU8 has u8's layout.
     let map = unsafe { std::slice::from_raw_parts(p as *const AtomicU8, used) };
     Ok(Some(map))
+}
+
+/// Attaches segment `id` (at least `size` bytes) in the first 2 GiB of the address space,
+/// in place of a reservation made there: translated code then reaches the map's lines with
+/// a 32-bit absolute address, with no register. None if there is no room or the kernel
+/// refuses (the caller attaches it anywhere).
+fn attach_low(id: i32, size: usize) -> Option<*mut libc::c_void> {
+    // SAFETY: a fresh private reservation (no access), replaced below or unmapped.
+    let spot = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            size,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    if spot == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: attaches the segment over our own reservation (SHM_REMAP replaces it).
+    let p = unsafe { libc::shmat(id, spot, libc::SHM_REMAP) };
+    if p as isize == -1 {
+        // SAFETY: our reservation, unused.
+        unsafe { libc::munmap(spot, size) };
+        return None;
+    }
+    Some(p)
 }
 
 #[plugin_init]

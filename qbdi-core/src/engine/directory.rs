@@ -52,6 +52,9 @@ pub(crate) struct ExitStub {
     pub kind: ExitKind,
     /// Whether `site` currently jumps to a translation instead of the stub.
     pub linked: bool,
+    /// The path to this stub counted its edge: it goes to the target's linked entry
+    /// (`Block::linked`).
+    pub counted: bool,
     /// Next stub linked to the same block (intrusive list), or NONE.
     next_incoming: u32,
 }
@@ -65,6 +68,9 @@ pub(crate) struct Block {
     /// Host address of its translation, where everything but the inline table enters it
     /// (the table's entry, `ib_table::ENTRY_PREFIX_LEN` bytes of it, comes just before).
     pub host: u64,
+    /// Where exits that counted their edge enter it (`host` when it has no edge maps; see
+    /// `engine/inline.rs`).
+    pub linked: u64,
     /// Its stub that re-enters the dispatcher at `start` (for invalidation).
     pub reentry_stub: u32,
     /// First stub linked to this block, or NONE.
@@ -226,8 +232,16 @@ impl Directory {
             stub,
             kind,
             linked: false,
+            counted: false,
             next_incoming: NONE,
         });
+    }
+
+    /// Marks the last stub pushed as reached by a path that counted its edge.
+    pub fn mark_last_stub_counted(&mut self) {
+        if let Some(s) = self.stubs.last_mut() {
+            s.counted = true;
+        }
     }
 
     /// The home slot of `start` in the map's region in use (an index in that region).
@@ -257,6 +271,13 @@ impl Directory {
                 return Some(s);
             }
             s = (s + 1) & self.map_mask;
+        }
+    }
+
+    /// Sets the linked entry of the block just inserted.
+    pub fn set_last_linked(&mut self, linked: u64) {
+        if let Some(b) = self.blocks.last_mut() {
+            b.linked = linked;
         }
     }
 
@@ -301,6 +322,7 @@ impl Directory {
             start,
             end,
             host,
+            linked: host,
             reentry_stub,
             incoming: NONE,
             next_in_page,

@@ -74,10 +74,17 @@ impl Engine {
                 fp.prepare_for_restore(&mut (*ctx).fpr);
             }
         }
+        // The edge maps' chains go on from the thread's (see `engine/inline.rs`).
+        let edge_words = self.shared().inst.edge_words();
+        // SAFETY: as above; the thread's words are this thread's alone.
+        unsafe { super::inline::chain_to_context(&mut *ctx, edge_words) };
         let mut pc = start;
         // The stub the guest left through, to link once its target is translated, and the
         // cache generation (`resets`) it belongs to.
         let mut link_from: Option<(u32, u64)> = None;
+        // The guest address the last exit counted the edge to, if it did (a counted exit's
+        // stub): its block is entered at its linked entry.
+        let mut counted_to: Option<u64> = None;
         let result = loop {
             if pc == stop {
                 break Ok(());
@@ -89,8 +96,14 @@ impl Engine {
             // The exit we came through now has a translated target: link it (unless the
             // cache was started over since: the stub is gone).
             let link = link_from.take();
+            let counted = counted_to.take() == Some(pc);
             let target = match next {
                 Next::Block(host) => {
+                    let host = if counted {
+                        self.dir().lookup(pc).map_or(host, |b| b.linked)
+                    } else {
+                        host
+                    };
                     if let Some((i, resets)) = link
                         && self.resets == resets
                     {
@@ -140,6 +153,16 @@ impl Engine {
             }
             // SAFETY: as above.
             let exit_id = unsafe { (*ctx).exit_id };
+            if edge_words != 0 {
+                // SAFETY: as above.
+                unsafe { super::inline::chain_to_thread(&*ctx, edge_words) };
+                if let Some(i) = exit_id.checked_sub(FIRST_STUB_ID) {
+                    let s = self.dir().stub(i);
+                    if s.counted && s.kind == ExitKind::Branch {
+                        counted_to = Some(s.target);
+                    }
+                }
+            }
             match self.after_exit(exit_id, stop) {
                 Ok(After::Go(next_pc, link)) => {
                     pc = next_pc;

@@ -425,6 +425,18 @@ impl Engine {
                 .known_readable(a, 8)
                 .then(|| unsafe { (a as *const u64).read_unaligned() })
         };
+        // A block an exit may reach: its flags' liveness from its first bytes, if they are
+        // known readable and do not change (no byte check).
+        let flags_live_at = |a: u64| {
+            if readable.volatile_at(a).is_some() {
+                return None;
+            }
+            let end = readable.known_end(a)?;
+            let len = (end - a).min(super::inline::FLAGS_LOOKAHEAD_BYTES) as usize;
+            // SAFETY: [a, a + len) is readable memory as the maps were last read.
+            let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, len) };
+            Some(super::inline::status_flags_live(bytes, a))
+        };
         let env = Env {
             ctx: cache.ctx_addr(),
             table: cache.table_addr(),
@@ -437,6 +449,7 @@ impl Engine {
             inline_broker: !events.intersects(TRANSFER_EVENTS),
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,
+            flags_live_at: &flags_live_at,
         };
         let values = !self
             .options
@@ -485,11 +498,15 @@ impl Engine {
         let first = dir.next_stub();
         for e in &self.translator.exits {
             dir.push_stub(e.target, e.site, e.stub, e.kind);
+            if e.counted {
+                dir.mark_last_stub_counted();
+            }
         }
         // Indirect branches enter through the table entry at `host`; everything else (links,
         // the dispatcher, the directory) uses the block itself, after it.
         let entry = host + ENTRY_PREFIX_LEN;
         dir.insert(pc, t.guest_end, entry, first + t.reentry as u32);
+        dir.set_last_linked(entry + t.linked);
         if pc != self.stop {
             cache.table.insert_block(pc, entry);
         }
@@ -499,7 +516,10 @@ impl Engine {
             if s.site == 0 || s.kind != ExitKind::Branch || s.target == self.stop {
                 continue;
             }
-            if let Some(h) = dir.lookup(s.target).map(|b| b.host) {
+            if let Some(h) = dir
+                .lookup(s.target)
+                .map(|b| if s.counted { b.linked } else { b.host })
+            {
                 link(dir, i, h);
             }
         }

@@ -80,6 +80,12 @@ impl ReadableMaps {
         self.areas.insert(first, (s, e));
     }
 
+    /// End of the contiguous readable memory containing `addr`, as the maps were last read
+    /// (never reads them again: None when they may be stale).
+    pub fn known_end(&self, addr: u64) -> Option<u64> {
+        self.find(addr).filter(|_| self.valid)
+    }
+
     fn find(&self, addr: u64) -> Option<u64> {
         let i = self.areas.partition_point(|a| a.1 <= addr);
         self.areas.get(i).filter(|a| a.0 <= addr).map(|a| a.1)

@@ -31,7 +31,7 @@ use super::encode::{self, MemOperand};
 use super::ib_table::{
     Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
 };
-use super::inline::{self, InlinePatch};
+use super::inline::{self, EdgeMap, InlinePatch};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
@@ -94,6 +94,10 @@ pub(crate) struct Env<'a> {
     pub check_bytes: bool,
     /// The 8 bytes at an address, if they are readable now (a `jmp [rip+slot]`'s slot).
     pub read_word: &'a dyn Fn(u64) -> Option<u64>,
+    /// For a block that may start at an address: whether it may read the arithmetic flags
+    /// it gets (`inline::status_flags_live`), if its bytes are readable and do not change
+    /// (no byte check); None otherwise.
+    pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -102,6 +106,9 @@ pub(crate) struct EmittedExit {
     pub site: u64,
     pub stub: u64,
     pub kind: ExitKind,
+    /// The path counted its edge already (`inline::emit_counted_exit`): it goes to the
+    /// target's linked entry.
+    pub counted: bool,
 }
 
 pub(crate) struct Translated {
@@ -113,13 +120,16 @@ pub(crate) struct Translated {
     pub cut: bool,
     /// End of the whole basic block (`guest_end` unless this translation is a piece).
     pub block_end: u64,
+    /// Offset of the block's linked entry from its entry (0: the same; see
+    /// `inline::emit_counting`).
+    pub linked: u64,
 }
 
 pub(crate) struct Translator {
     pub asm: Asm,
     info: InstructionInfoFactory,
     pub exits: Vec<EmittedExit>,
-    pending: Vec<(Label, u64, u64, ExitKind)>,
+    pending: Vec<(Label, u64, u64, ExitKind, bool)>,
     /// Callback sites planted in this block and their skip labels (skip_inst,
     /// skip_patch), resolved to addresses in `site_addrs` by `translate`. Continue needs
     /// no address: the routine returns to the site.
@@ -138,6 +148,10 @@ pub(crate) struct Translator {
     pub faults: Vec<FaultPoint>,
     /// The block's inline counters, filled in once its extent is known.
     inline_patches: Vec<InlinePatch>,
+    /// The edge maps this translation counts, and the basic block its exits leave (the
+    /// edges' source).
+    edge_maps: Vec<EdgeMap>,
+    edge_src: u64,
     /// Where the displacement of the instruction just decoded is in its bytes, when it is
     /// RIP-relative with a 4-byte displacement (iced's constant offsets): the copy placed
     /// elsewhere gets its displacement rewritten there, without re-encoding.
@@ -262,6 +276,8 @@ impl Translator {
             bb_mem_first: 0,
             faults: Vec::with_capacity(MAX_BLOCK_INSTRUCTIONS + 1),
             inline_patches: Vec::with_capacity(inline::MAX_INLINE_COUNTERS),
+            edge_maps: Vec::with_capacity(inline::MAX_EDGE_MAPS),
+            edge_src: 0,
             rip_disp_offset: None,
             literals: Vec::with_capacity(4),
         }
@@ -305,21 +321,33 @@ impl Translator {
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
         let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
         self.inline_patches.clear();
-        // Inline work counts basic blocks (and edges between them): the first piece only.
+        self.edge_maps.clear();
+        // Inline work counts basic blocks (and edges between them): the first piece only;
+        // the exits of every piece count their edges (from the basic block's start).
         let continuation = hooks.as_ref().is_some_and(|h| h.seq_start != h.block_start);
-        if let Some(h) = hooks.as_ref()
-            && !continuation
-            && h.inst.inline().next().is_some()
-        {
-            let live = inline::status_flags_live(bytes, pc);
-            inline::emit_entry(
-                &mut self.asm,
-                env.ctx,
-                h.inst,
-                pc,
-                live,
-                &mut self.inline_patches,
-            );
+        let entry_at = self.asm.len();
+        let mut linked = 0;
+        if let Some(h) = hooks.as_ref() {
+            inline::edge_maps(h.inst, &mut self.edge_maps);
+            self.edge_src = h.block_start;
+            if !continuation && h.inst.inline().next().is_some() {
+                let live = inline::status_flags_live(bytes, pc);
+                inline::emit_counting(&mut self.asm, env.ctx, &self.edge_maps, pc, live);
+                // A block that checks its bytes is entered at its check only: no linked
+                // entry (its ways in are never counted exits, see `exit_to`).
+                if check.is_none() {
+                    linked = (self.asm.len() - entry_at) as u64;
+                }
+                inline::emit_head(
+                    &mut self.asm,
+                    env.ctx,
+                    h.inst,
+                    &self.edge_maps,
+                    pc,
+                    live,
+                    &mut self.inline_patches,
+                );
+            }
         }
         let entry = if continuation {
             VmEvent::SEQUENCE_ENTRY
@@ -345,7 +373,7 @@ impl Translator {
             let ends_here = count > 0 && (ip >= env.limit || ip == env.boundary);
             if ends_here || !decoder.can_decode() && count > 0 {
                 self.exit_events(env, &mut hooks, EXIT_EVENTS, ip, Rip::Imm(ip));
-                self.exit_to(ip, ExitKind::Branch, true);
+                self.exit_to(env, ip, ExitKind::Branch, true);
                 break;
             }
             if full {
@@ -353,11 +381,12 @@ impl Translator {
                 // ends, not the block).
                 cut = true;
                 self.exit_events(env, &mut hooks, VmEvent::SEQUENCE_EXIT, ip, Rip::Imm(ip));
-                self.exit_to(ip, ExitKind::Branch, true);
+                // The same basic block goes on: no edge.
+                self.exit_uncounted(ip, ExitKind::Branch, true, false);
                 break;
             }
             if !decoder.can_decode() {
-                self.exit_to(ip, ExitKind::Invalid, false);
+                self.exit_to(env, ip, ExitKind::Invalid, false);
                 break;
             }
             decoder.decode_out(&mut instr);
@@ -371,9 +400,9 @@ impl Translator {
                 // Translate up to the bad bytes; reaching them is an exit of its own.
                 if count > 0 {
                     self.exit_events(env, &mut hooks, EXIT_EVENTS, ip, Rip::Imm(ip));
-                    self.exit_to(ip, ExitKind::Branch, true);
+                    self.exit_to(env, ip, ExitKind::Branch, true);
                 } else {
-                    self.exit_to(ip, ExitKind::Invalid, false);
+                    self.exit_to(env, ip, ExitKind::Invalid, false);
                 }
                 break;
             }
@@ -390,7 +419,8 @@ impl Translator {
         };
         // The reentry stub: where an invalidated block's entry will jump.
         let reentry_label = self.asm.new_label();
-        self.pending.push((reentry_label, pc, 0, ExitKind::Reentry));
+        self.pending
+            .push((reentry_label, pc, 0, ExitKind::Reentry, false));
         let reentry = self.pending.len() - 1;
         self.emit_cold_sites(env);
         self.emit_stubs(env);
@@ -433,6 +463,7 @@ impl Translator {
             reentry,
             cut,
             block_end,
+            linked,
         })
     }
 
@@ -665,7 +696,7 @@ impl Translator {
                 // SkipInst / SkipPatch on a control-flow instruction: go on at the next one.
                 self.asm.bind(skipped);
                 self.path_hooks(env, hooks, instr, Rip::Imm(instr.next_ip()));
-                self.exit_to(instr.next_ip(), ExitKind::Branch, true);
+                self.exit_to(env, instr.next_ip(), ExitKind::Branch, true);
                 self.asm.bind(skipped_nopost);
                 self.exit_events(
                     env,
@@ -674,7 +705,7 @@ impl Translator {
                     instr.ip(),
                     Rip::Imm(instr.next_ip()),
                 );
-                self.exit_to(instr.next_ip(), ExitKind::Branch, true);
+                self.exit_to(env, instr.next_ip(), ExitKind::Branch, true);
             }
             return Ok(ended);
         }
@@ -751,13 +782,13 @@ impl Translator {
                 self.asm.bytes(&bytes[start..start + instr.len()]);
                 self.note_fault(host, ip, NO_SCRATCH);
                 self.path_hooks(env, hooks, instr, Rip::Imm(next));
-                self.exit_to(next, ExitKind::Branch, true);
+                self.exit_to(env, next, ExitKind::Branch, true);
                 Ok(true)
             }
             FlowControl::UnconditionalBranch => {
                 let target = instr.near_branch_target();
                 self.path_hooks(env, hooks, instr, Rip::Imm(target));
-                self.exit_to(target, ExitKind::Branch, true);
+                self.exit_to(env, target, ExitKind::Branch, true);
                 Ok(true)
             }
             FlowControl::ConditionalBranch => {
@@ -766,8 +797,8 @@ impl Translator {
                     let cc = instr.condition_code() as u8 - 1;
                     let l = self.asm.new_label();
                     let site = self.asm.jcc_label(cc, l);
-                    self.pending.push((l, taken, site, ExitKind::Branch));
-                    self.exit_to(next, ExitKind::Branch, true);
+                    self.pending.push((l, taken, site, ExitKind::Branch, false));
+                    self.exit_to(env, next, ExitKind::Branch, true);
                     return Ok(true);
                 }
                 let taken_path = self.asm.new_label();
@@ -784,8 +815,8 @@ impl Translator {
                     raw[instr.len() - 1] = 5;
                     self.asm.bytes(&raw[..instr.len()]);
                     if hooks.is_none() {
-                        self.exit_to(next, ExitKind::Branch, true);
-                        self.exit_to(taken, ExitKind::Branch, true);
+                        self.exit_to(env, next, ExitKind::Branch, true);
+                        self.exit_to(env, taken, ExitKind::Branch, true);
                         return Ok(true);
                     }
                     let fall_path = self.asm.new_label();
@@ -794,10 +825,10 @@ impl Translator {
                     self.asm.bind(fall_path);
                 }
                 self.path_hooks(env, hooks, instr, Rip::Imm(next));
-                self.exit_to(next, ExitKind::Branch, true);
+                self.exit_to(env, next, ExitKind::Branch, true);
                 self.asm.bind(taken_path);
                 self.path_hooks(env, hooks, instr, Rip::Imm(taken));
-                self.exit_to(taken, ExitKind::Branch, true);
+                self.exit_to(env, taken, ExitKind::Branch, true);
                 Ok(true)
             }
             FlowControl::Call => {
@@ -806,16 +837,19 @@ impl Translator {
                     // Native targets go through the dispatcher when it must report them.
                     self.push_guest_address(next);
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
-                    self.exit_to(target, ExitKind::Branch, true);
+                    self.exit_to(env, target, ExitKind::Branch, true);
                 } else {
                     // Native callee: it returns into a stub of ours that continues at `next`
                     // (pushed from a literal: one 8-byte store, see `push_guest_address`).
                     let stub_literal = self.asm.new_label();
                     self.asm.push_mem_label(stub_literal);
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
+                    // Code the native callee calls back runs under other Vms, which go on
+                    // from this block's edges; the return goes on from theirs.
+                    self.sync_edges(env);
                     self.asm.jmp_abs(target);
                     self.literals.push((stub_literal, self.asm.here()));
-                    self.exit_to(next, ExitKind::Branch, true);
+                    self.exit_uncounted(next, ExitKind::Branch, true, false);
                 }
                 Ok(true)
             }
@@ -841,7 +875,7 @@ impl Translator {
     }
 
     fn unsupported(&mut self, instr: &Instruction) {
-        self.exit_to(instr.ip(), ExitKind::Unsupported, false);
+        self.exit_uncounted(instr.ip(), ExitKind::Unsupported, false, false);
     }
 
     /// A straight-line instruction: copied, or re-encoded if RIP-relative.
@@ -1128,6 +1162,10 @@ impl Translator {
             emit_spill(&mut self.asm, ctx);
             self.asm.load(RCX, ctx + off::IB_TARGET);
         }
+        // The target's counting entry (or the dispatcher) goes on from this block.
+        if !self.edge_maps.is_empty() {
+            inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
+        }
         emit_lookup(
             &mut self.asm,
             ctx,
@@ -1179,7 +1217,7 @@ impl Translator {
         self.asm.bind(hit);
         emit_restore(&mut self.asm, env.ctx);
         self.path_hooks(env, hooks, instr, Rip::Imm(expected));
-        self.exit_to(expected, ExitKind::Branch, true);
+        self.exit_to(env, expected, ExitKind::Branch, true);
         self.asm.bind(miss);
         // rcx = expected - target, so the same again gives the target back (no flags).
         self.asm.rcx_diff(RAX);
@@ -1246,17 +1284,60 @@ impl Translator {
         }
     }
 
-    /// Ends the block (or one path of it) with a jump to an exit stub for `target`.
-    fn exit_to(&mut self, target: u64, kind: ExitKind, linkable: bool) {
+    /// Ends the block (or one path of it) with a jump to an exit stub for `target`. With
+    /// edge maps, a branch to an instrumented block counts its edge on the way
+    /// (`inline::emit_counted_exit`) and links to the target's linked entry; a target
+    /// whose bytes may change or cannot be read now is reached through its counting entry,
+    /// the thread's `prev` words set first.
+    fn exit_to(&mut self, env: &Env<'_>, target: u64, kind: ExitKind, linkable: bool) {
+        let mut counted = false;
+        if !self.edge_maps.is_empty()
+            && kind == ExitKind::Branch
+            && linkable
+            && target != env.boundary
+        {
+            match (env.flags_live_at)(target).filter(|_| (env.in_range)(target)) {
+                Some(live) => {
+                    inline::emit_counted_exit(
+                        &mut self.asm,
+                        env.ctx,
+                        &self.edge_maps,
+                        self.edge_src,
+                        target,
+                        live,
+                    );
+                    counted = true;
+                }
+                None => self.sync_edges(env),
+            }
+        }
+        self.exit_uncounted(target, kind, linkable, counted);
+    }
+
+    /// An exit whose edge is not counted here: the target's counting entry counts it (with
+    /// the thread's `prev` words as they are) or none (`counted` says the caller did).
+    fn exit_uncounted(&mut self, target: u64, kind: ExitKind, linkable: bool, counted: bool) {
         let l = self.asm.new_label();
         let site = self.asm.jmp_label(l);
         self.pending
-            .push((l, target, if linkable { site } else { 0 }, kind));
+            .push((l, target, if linkable { site } else { 0 }, kind, counted));
+    }
+
+    /// Sets the thread's `prev` words to this block before a way out that reaches a
+    /// counting entry (a lookup, a native call, an uncounted branch); keeps every register.
+    fn sync_edges(&mut self, env: &Env<'_>) {
+        if self.edge_maps.is_empty() {
+            return;
+        }
+        let spill = env.ctx + off::INLINE_SPILL;
+        self.asm.store(spill, RAX);
+        inline::emit_sync(&mut self.asm, env.ctx, &self.edge_maps, self.edge_src);
+        self.asm.load(RAX, spill);
     }
 
     /// Emits the stubs: `mov dword [ctx.exit_id], id; jmp exit`.
     fn emit_stubs(&mut self, env: &Env<'_>) {
-        for (i, (label, target, site, kind)) in self.pending.drain(..).enumerate() {
+        for (i, (label, target, site, kind, counted)) in self.pending.drain(..).enumerate() {
             self.asm.bind(label);
             let stub = self.asm.here();
             self.asm
@@ -1267,6 +1348,7 @@ impl Translator {
                 site,
                 stub,
                 kind,
+                counted,
             });
         }
     }

@@ -273,6 +273,14 @@ impl Instrumentation {
     }
 
     /// The inline instrumentation, in registration order, with its id.
+    /// The `prev` word indices the edge maps use, a bit each.
+    pub fn edge_words(&self) -> u8 {
+        self.inline().fold(0, |w, (_, i)| match i {
+            Inline::Edges { index, .. } => w | 1 << index,
+            Inline::Counter(_) => w,
+        })
+    }
+
     pub fn inline(&self) -> impl Iterator<Item = (u32, &Inline)> + '_ {
         self.entries
             .iter()
