@@ -63,9 +63,6 @@ pub(crate) struct Context {
     pub inline_spill: [u64; 3],
     /// The running thread's edge-map `prev` words (`inline::thread_prev`), set at each run.
     pub edge_prev: u64,
-    /// Each edge map's `cur >> 1` of the last block entered (its head stores it): the
-    /// dispatcher hands it on to the thread's words at every exit (see `engine/inline.rs`).
-    pub edge_last: [u32; super::inline::MAX_EDGE_MAPS],
     /// Callback sites: the Rust entry point, its environment, the site being run, and the
     /// host address to resume at.
     pub cb_fn: u64,
@@ -130,7 +127,6 @@ pub(crate) mod off {
     pub const SPILL_FAR: u64 = offset_of!(Context, spill_far) as u64;
     pub const INLINE_SPILL: u64 = offset_of!(Context, inline_spill) as u64;
     pub const EDGE_PREV: u64 = offset_of!(Context, edge_prev) as u64;
-    pub const EDGE_LAST: u64 = offset_of!(Context, edge_last) as u64;
     pub const CB_FN: u64 = offset_of!(Context, cb_fn) as u64;
     pub const CB_DATA: u64 = offset_of!(Context, cb_data) as u64;
     pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;

@@ -55,6 +55,9 @@ pub(crate) struct ExitStub {
     /// The path to this stub counted its edge: it goes to the target's linked entry
     /// (`Block::linked`).
     pub counted: bool,
+    /// Its block is the last of the edge chains on the way out here (see
+    /// `translator::EmittedExit::chained`).
+    pub chained: bool,
     /// Next stub linked to the same block (intrusive list), or NONE.
     next_incoming: u32,
 }
@@ -71,6 +74,9 @@ pub(crate) struct Block {
     /// Where exits that counted their edge enter it (`host` when it has no edge maps; see
     /// `engine/inline.rs`).
     pub linked: u64,
+    /// The basic block it belongs to starts here (`start` but for a piece of a block whose
+    /// host code was split).
+    pub bb_start: u64,
     /// Its stub that re-enters the dispatcher at `start` (for invalidation).
     pub reentry_stub: u32,
     /// First stub linked to this block, or NONE.
@@ -233,14 +239,17 @@ impl Directory {
             kind,
             linked: false,
             counted: false,
+            chained: false,
             next_incoming: NONE,
         });
     }
 
-    /// Marks the last stub pushed as reached by a path that counted its edge.
-    pub fn mark_last_stub_counted(&mut self) {
+    /// Marks the last stub pushed: reached by a path that counted its edge (`counted`), and
+    /// leaving its block last of the edge chains (`chained`).
+    pub fn mark_last_stub(&mut self, counted: bool, chained: bool) {
         if let Some(s) = self.stubs.last_mut() {
-            s.counted = true;
+            s.counted = counted;
+            s.chained = chained;
         }
     }
 
@@ -274,10 +283,11 @@ impl Directory {
         }
     }
 
-    /// Sets the linked entry of the block just inserted.
-    pub fn set_last_linked(&mut self, linked: u64) {
+    /// Sets the linked entry and the basic block's start of the block just inserted.
+    pub fn set_last_entries(&mut self, linked: u64, bb_start: u64) {
         if let Some(b) = self.blocks.last_mut() {
             b.linked = linked;
+            b.bb_start = bb_start;
         }
     }
 
@@ -323,6 +333,7 @@ impl Directory {
             end,
             host,
             linked: host,
+            bb_start: start,
             reentry_stub,
             incoming: NONE,
             next_in_page,

@@ -74,10 +74,7 @@ impl Engine {
                 fp.prepare_for_restore(&mut (*ctx).fpr);
             }
         }
-        // The edge maps' chains go on from the thread's (see `engine/inline.rs`).
-        let edge_words = self.shared().inst.edge_words();
-        // SAFETY: as above; the thread's words are this thread's alone.
-        unsafe { super::inline::chain_to_context(&mut *ctx, edge_words) };
+        let edges = self.shared().inst.edge_words() != 0;
         let mut pc = start;
         // The stub the guest left through, to link once its target is translated, and the
         // cache generation (`resets`) it belongs to.
@@ -153,15 +150,8 @@ impl Engine {
             }
             // SAFETY: as above.
             let exit_id = unsafe { (*ctx).exit_id };
-            if edge_words != 0 {
-                // SAFETY: as above.
-                unsafe { super::inline::chain_to_thread(&*ctx, edge_words) };
-                if let Some(i) = exit_id.checked_sub(FIRST_STUB_ID) {
-                    let s = self.dir().stub(i);
-                    if s.counted && s.kind == ExitKind::Branch {
-                        counted_to = Some(s.target);
-                    }
-                }
+            if edges {
+                counted_to = self.hand_on_edges(exit_id);
             }
             match self.after_exit(exit_id, stop) {
                 Ok(After::Go(next_pc, link)) => {
@@ -304,6 +294,37 @@ impl Engine {
             fp.complete_after_save(&mut (*ctx).fpr);
             (*ctx).ext_dirty = 1;
         }
+    }
+
+    /// At an exit, with edge maps: the thread's `prev` words become the block the guest left
+    /// when the exit says which (a stub of that block, a callback site in it; the other
+    /// ways out set them in translated code, or leave them as native code left them).
+    /// Returns the guest address a counted exit's stub goes on at: its block is entered
+    /// at its linked entry.
+    fn hand_on_edges(&mut self, exit_id: u32) -> Option<u64> {
+        let ctx = self.cache().ctx();
+        let (bb, counted_to) = if exit_id == EXIT_CALLBACK {
+            // SAFETY: the context is live and no generated code runs.
+            let site = unsafe { (*ctx).cb_site } as usize;
+            let bb = self.shared().inst.sites.get(site);
+            (bb.map(|s| s.state.basic_block_start), None)
+        } else if let Some(i) = exit_id.checked_sub(FIRST_STUB_ID) {
+            let s = *self.dir().stub(i);
+            if s.kind != ExitKind::Branch {
+                return None;
+            }
+            let bb = s
+                .chained
+                .then(|| self.dir().containing_host(s.stub).map(|b| b.bb_start))
+                .flatten();
+            (bb, s.counted.then_some(s.target))
+        } else {
+            (None, None)
+        };
+        if let Some(bb) = bb {
+            super::inline::chain_from(&self.shared().inst, bb);
+        }
+        counted_to
     }
 
     /// Decodes why the guest left the cache.

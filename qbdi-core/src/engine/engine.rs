@@ -498,15 +498,13 @@ impl Engine {
         let first = dir.next_stub();
         for e in &self.translator.exits {
             dir.push_stub(e.target, e.site, e.stub, e.kind);
-            if e.counted {
-                dir.mark_last_stub_counted();
-            }
+            dir.mark_last_stub(e.counted, e.chained);
         }
         // Indirect branches enter through the table entry at `host`; everything else (links,
         // the dispatcher, the directory) uses the block itself, after it.
         let entry = host + ENTRY_PREFIX_LEN;
         dir.insert(pc, t.guest_end, entry, first + t.reentry as u32);
-        dir.set_last_linked(entry + t.linked);
+        dir.set_last_entries(entry + t.linked, block_start);
         if pc != self.stop {
             cache.table.insert_block(pc, entry);
         }

@@ -21,19 +21,18 @@
 //!     ([`thread_prev`]), `mov rax, [ctx.edge_prev]; mov rcx, [rax + 8i]; xor rcx, cur;
 //!     mov rax, map; add byte [rax + rcx], 1` ([`emit_counting`]).
 //!
-//!   Every entry then stores B's `cur >> 1` in the context (`ctx.edge_last`, one store, no
-//!   register: [`emit_head`]). The thread's words are brought up to date where a counting
-//!   entry may come next: an indirect branch and a call of native code store the block's
-//!   own value ([`emit_sync`]), and the dispatcher hands `ctx.edge_last` on at every exit
-//!   ([`chain_to_thread`], and back into a run's context at its start:
-//!   [`chain_to_context`]). So every Vm running on a thread (a re-entry's, a signal
-//!   handler's) continues the thread's edge chain, as AFL's thread-local `prev` does, with
-//!   one difference: a signal handler's run interrupts a block mid-way, so its first edge
-//!   goes from the last block that left through an indirect branch, a native call or the
-//!   dispatcher, and the interrupted block's next edge from itself.
+//!   Nothing else runs per block: the thread's words are brought up to date only where a
+//!   counting entry may come next. An indirect branch and a call of native code store
+//!   their block's value ([`emit_sync`]); the dispatcher, at an exit through a stub of a
+//!   block or a callback site in it, stores that block's ([`chain_from`]). So every Vm
+//!   running on a thread (a re-entry's, a signal handler's) continues the thread's edge
+//!   chain, as AFL's thread-local `prev` does, with one difference: a run that starts in
+//!   the middle of a block (a signal handler's, one a callback starts) goes on from the
+//!   last block that left through one of those ways, not from the interrupted one, whose
+//!   next edge goes from itself.
 //!
 //!   On `sort` under `--all-maps` (145 M blocks, 0.10 s without plugin) the edges plugin
-//!   took 0.35 s with the whole edge at each block's head, 0.27 s this way.
+//!   took 0.36 s with the whole edge at each block's head, 0.26 s this way.
 //!
 //! Edge counts are not atomic (as AFL's own instrumentation): threads running the same
 //! edge at once may lose increments.
@@ -42,7 +41,7 @@ use std::cell::Cell;
 
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, RflagsBits};
 
-use super::context::{Context, off};
+use super::context::off;
 use super::emitter::{Asm, RAX, RCX};
 use crate::instrumentation::{Inline, Instrumentation};
 
@@ -68,25 +67,18 @@ pub(crate) fn thread_prev() -> u64 {
     PREV.with(|p| p.as_ptr() as u64)
 }
 
-/// At a run's start: the context's last blocks are the thread's (the words of `words`, a
-/// bit per map index), so that an exit before any block's head hands them back unchanged.
-pub(crate) fn chain_to_context(ctx: &mut Context, words: u8) {
+/// The thread's `prev` words become those of the basic block at `bb_start`: the block a
+/// way out of the cache left (the dispatcher calls it at exits whose block is known: a stub
+/// of the block, a callback site in it), for what runs next on the thread (a counting
+/// entry, another Vm).
+pub(crate) fn chain_from(inst: &Instrumentation, bb_start: u64) {
     PREV.with(|p| {
-        for (i, w) in p.iter().enumerate() {
-            if words & (1 << i) != 0 {
-                ctx.edge_last[i] = w.get() as u32;
-            }
-        }
-    });
-}
-
-/// At every exit from the cache: the thread's `prev` words are the last blocks the Vm
-/// entered, for what runs next on the thread (a counting entry, another Vm).
-pub(crate) fn chain_to_thread(ctx: &Context, words: u8) {
-    PREV.with(|p| {
-        for (i, w) in p.iter().enumerate() {
-            if words & (1 << i) != 0 {
-                w.set(u64::from(ctx.edge_last[i]));
+        for (_, i) in inst.inline() {
+            if let Inline::Edges {
+                mask, hash, index, ..
+            } = i
+            {
+                p[*index as usize].set((hash(bb_start) & mask) >> 1);
             }
         }
     });
@@ -228,25 +220,16 @@ pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, fl
     a.load(RAX, spill);
 }
 
-/// The head every entry of the block at `pc` runs (its **linked entry**, where counted
-/// exits go): the block becomes the last one of each edge chain (`ctx.edge_last`, one
-/// store per map: no register, no flag), then the counters. The counters' slots are left
-/// for [`apply_patches`] (listed in `patches`, which has room for them).
+/// The head every entry of the block runs (its **linked entry**, where counted exits go):
+/// the counters. Their slots are left for [`apply_patches`] (listed in `patches`, which has
+/// room for them).
 pub(crate) fn emit_head(
     a: &mut Asm,
     ctx: u64,
     inst: &Instrumentation,
-    maps: &[EdgeMap],
-    pc: u64,
     flags_live: bool,
     patches: &mut Vec<InlinePatch>,
 ) {
-    for m in maps {
-        a.store_imm32(
-            ctx + off::EDGE_LAST + 4 * u64::from(m.index),
-            (m.cur(pc) >> 1) as u32,
-        );
-    }
     let mut counters = inst
         .inline()
         .filter(|(_, i)| matches!(i, Inline::Counter(_)))

@@ -109,6 +109,9 @@ pub(crate) struct EmittedExit {
     /// The path counted its edge already (`inline::emit_counted_exit`): it goes to the
     /// target's linked entry.
     pub counted: bool,
+    /// The block is the last one of its edge chains when it leaves here (false for the
+    /// return from a native callee: the chains went on in the Vms it called back).
+    pub chained: bool,
 }
 
 pub(crate) struct Translated {
@@ -129,7 +132,7 @@ pub(crate) struct Translator {
     pub asm: Asm,
     info: InstructionInfoFactory,
     pub exits: Vec<EmittedExit>,
-    pending: Vec<(Label, u64, u64, ExitKind, bool)>,
+    pending: Vec<(Label, u64, u64, ExitKind, bool, bool)>,
     /// Callback sites planted in this block and their skip labels (skip_inst,
     /// skip_patch), resolved to addresses in `site_addrs` by `translate`. Continue needs
     /// no address: the routine returns to the site.
@@ -342,8 +345,6 @@ impl Translator {
                     &mut self.asm,
                     env.ctx,
                     h.inst,
-                    &self.edge_maps,
-                    pc,
                     live,
                     &mut self.inline_patches,
                 );
@@ -382,7 +383,7 @@ impl Translator {
                 cut = true;
                 self.exit_events(env, &mut hooks, VmEvent::SEQUENCE_EXIT, ip, Rip::Imm(ip));
                 // The same basic block goes on: no edge.
-                self.exit_uncounted(ip, ExitKind::Branch, true, false);
+                self.exit_uncounted(ip, ExitKind::Branch, true, false, true);
                 break;
             }
             if !decoder.can_decode() {
@@ -420,7 +421,7 @@ impl Translator {
         // The reentry stub: where an invalidated block's entry will jump.
         let reentry_label = self.asm.new_label();
         self.pending
-            .push((reentry_label, pc, 0, ExitKind::Reentry, false));
+            .push((reentry_label, pc, 0, ExitKind::Reentry, false, false));
         let reentry = self.pending.len() - 1;
         self.emit_cold_sites(env);
         self.emit_stubs(env);
@@ -797,7 +798,8 @@ impl Translator {
                     let cc = instr.condition_code() as u8 - 1;
                     let l = self.asm.new_label();
                     let site = self.asm.jcc_label(cc, l);
-                    self.pending.push((l, taken, site, ExitKind::Branch, false));
+                    self.pending
+                        .push((l, taken, site, ExitKind::Branch, false, true));
                     self.exit_to(env, next, ExitKind::Branch, true);
                     return Ok(true);
                 }
@@ -849,7 +851,7 @@ impl Translator {
                     self.sync_edges(env);
                     self.asm.jmp_abs(target);
                     self.literals.push((stub_literal, self.asm.here()));
-                    self.exit_uncounted(next, ExitKind::Branch, true, false);
+                    self.exit_uncounted(next, ExitKind::Branch, true, false, false);
                 }
                 Ok(true)
             }
@@ -875,7 +877,7 @@ impl Translator {
     }
 
     fn unsupported(&mut self, instr: &Instruction) {
-        self.exit_uncounted(instr.ip(), ExitKind::Unsupported, false, false);
+        self.exit_uncounted(instr.ip(), ExitKind::Unsupported, false, false, false);
     }
 
     /// A straight-line instruction: copied, or re-encoded if RIP-relative.
@@ -1311,16 +1313,30 @@ impl Translator {
                 None => self.sync_edges(env),
             }
         }
-        self.exit_uncounted(target, kind, linkable, counted);
+        self.exit_uncounted(target, kind, linkable, counted, true);
     }
 
     /// An exit whose edge is not counted here: the target's counting entry counts it (with
     /// the thread's `prev` words as they are) or none (`counted` says the caller did).
-    fn exit_uncounted(&mut self, target: u64, kind: ExitKind, linkable: bool, counted: bool) {
+    /// `chained`: see [`EmittedExit::chained`].
+    fn exit_uncounted(
+        &mut self,
+        target: u64,
+        kind: ExitKind,
+        linkable: bool,
+        counted: bool,
+        chained: bool,
+    ) {
         let l = self.asm.new_label();
         let site = self.asm.jmp_label(l);
-        self.pending
-            .push((l, target, if linkable { site } else { 0 }, kind, counted));
+        self.pending.push((
+            l,
+            target,
+            if linkable { site } else { 0 },
+            kind,
+            counted,
+            chained,
+        ));
     }
 
     /// Sets the thread's `prev` words to this block before a way out that reaches a
@@ -1337,7 +1353,8 @@ impl Translator {
 
     /// Emits the stubs: `mov dword [ctx.exit_id], id; jmp exit`.
     fn emit_stubs(&mut self, env: &Env<'_>) {
-        for (i, (label, target, site, kind, counted)) in self.pending.drain(..).enumerate() {
+        for (i, (label, target, site, kind, counted, chained)) in self.pending.drain(..).enumerate()
+        {
             self.asm.bind(label);
             let stub = self.asm.here();
             self.asm
@@ -1349,6 +1366,7 @@ impl Translator {
                 stub,
                 kind,
                 counted,
+                chained,
             });
         }
     }
