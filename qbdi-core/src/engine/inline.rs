@@ -18,8 +18,9 @@
 //!     links to B's **linked entry**, past its counting code;
 //!   - **at a counting entry**, for every other way into B (an indirect branch's table
 //!     entry, the dispatcher, a native function returning): `prev` is the thread's word
-//!     ([`thread_prev`]), `mov rax, [ctx.edge_prev]; mov rcx, [rax + 8i]; xor rcx, cur;
-//!     mov rax, map; add byte [rax + rcx], 1` ([`emit_counting`]).
+//!     ([`thread_prev`]): `mov rcx, [ctx.edge_prev]; mov rcx, [rcx + 8i]; xor rcx, cur;
+//!     add byte [rcx + map], 1` for a map in the first 2 GiB, the map's address in rax
+//!     otherwise ([`emit_counting`]).
 //!
 //!   Nothing else runs per block: the thread's words are brought up to date only where a
 //!   counting entry may come next. An indirect branch and a call of native code store
@@ -194,30 +195,55 @@ pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, fl
     if maps.is_empty() {
         return;
     }
+    // Maps in the first 2 GiB take their line as `[rcx + map]`: rcx alone does the work.
+    let low = maps.iter().all(|m| is_abs32(m.map + m.mask));
     let spill = ctx + off::INLINE_SPILL;
-    a.store(spill, RAX);
+    let use_rax = !low || flags_live;
+    if use_rax {
+        a.store(spill, RAX);
+    }
     a.store(spill + 8, RCX);
     if flags_live {
         a.save_status_flags(spill + 16);
     }
     for m in maps {
         let cur = m.cur(pc);
-        a.load(RAX, ctx + off::EDGE_PREV);
-        a.bytes(&[0x48, 0x8b, 0x88]); // mov rcx, [rax + disp32]
-        a.bytes(&(m.index * 8).to_le_bytes());
-        a.bytes(&[0x48, 0x81, 0xf1]); // xor rcx, imm32
-        a.bytes(&(cur as u32).to_le_bytes());
-        a.mov_imm64(RAX, m.map);
-        a.bytes(&[0x80, 0x04, 0x08, 0x01]); // add byte [rax + rcx], 1
-        if m.never_zero {
-            a.bytes(&[0x80, 0x14, 0x08, 0x00]); // adc byte [rax + rcx], 0
+        let slot = (m.index * 8).to_le_bytes();
+        if low {
+            a.load(RCX, ctx + off::EDGE_PREV);
+            a.bytes(&[0x48, 0x8b, 0x89]); // mov rcx, [rcx + disp32]
+            a.bytes(&slot);
+            a.bytes(&[0x48, 0x81, 0xf1]); // xor rcx, imm32
+            a.bytes(&(cur as u32).to_le_bytes());
+            let map = (m.map as u32).to_le_bytes();
+            a.bytes(&[0x80, 0x81]); // add byte [rcx + disp32], 1
+            a.bytes(&map);
+            a.bytes(&[0x01]);
+            if m.never_zero {
+                a.bytes(&[0x80, 0x91]); // adc byte [rcx + disp32], 0
+                a.bytes(&map);
+                a.bytes(&[0x00]);
+            }
+        } else {
+            a.load(RAX, ctx + off::EDGE_PREV);
+            a.bytes(&[0x48, 0x8b, 0x88]); // mov rcx, [rax + disp32]
+            a.bytes(&slot);
+            a.bytes(&[0x48, 0x81, 0xf1]); // xor rcx, imm32
+            a.bytes(&(cur as u32).to_le_bytes());
+            a.mov_imm64(RAX, m.map);
+            a.bytes(&[0x80, 0x04, 0x08, 0x01]); // add byte [rax + rcx], 1
+            if m.never_zero {
+                a.bytes(&[0x80, 0x14, 0x08, 0x00]); // adc byte [rax + rcx], 0
+            }
         }
     }
     if flags_live {
         a.restore_status_flags(spill + 16);
     }
     a.load(RCX, spill + 8);
-    a.load(RAX, spill);
+    if use_rax {
+        a.load(RAX, spill);
+    }
 }
 
 /// The head every entry of the block runs (its **linked entry**, where counted exits go):
@@ -418,5 +444,91 @@ mod tests {
         assert!(status_flags_live(&[0xc3], 0x1000));
         // Bytes that end: live.
         assert!(status_flags_live(&[0x90], 0x1000));
+    }
+
+    /// A counted exit adds to its constant line with NeverZero, wherever the map is (near
+    /// the code, in the first 2 GiB, far: the three ways it addresses a line), and keeps
+    /// rax and, when asked, the flags.
+    #[test]
+    fn counted_exits_count_and_keep_registers_and_flags() {
+        use super::super::emitter::Asm;
+        const LEN: usize = 8 * 4096;
+        // SAFETY: fresh private mappings, unmapped at the end; the generated function is a
+        // leaf (System V: rdi, rsi in, rax out) that only touches them.
+        unsafe {
+            let region = libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(region, libc::MAP_FAILED);
+            // Code, then a context (16 KiB), then a map RIP-relative code reaches.
+            let (code, ctx, near) = (
+                region as u64,
+                region as u64 + 4096,
+                region as u64 + 6 * 4096,
+            );
+            const { assert!(off::INLINE_SPILL + 24 <= 5 * 4096) };
+            let low = libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+                -1,
+                0,
+            );
+            assert_ne!(low, libc::MAP_FAILED);
+            let far: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+            let hash: Box<dyn Fn(u64) -> u64> = Box::new(|pc| pc * 7);
+            for (map, flags_live) in [
+                (near, true),
+                (near, false),
+                (low as u64, true),
+                (far.as_mut_ptr() as u64, false),
+                (far.as_mut_ptr() as u64, true),
+            ] {
+                let m = EdgeMap {
+                    map,
+                    mask: 0xfff,
+                    hash: &*hash as *const _,
+                    index: 0,
+                    never_zero: true,
+                };
+                let flags_out = ctx + 1024;
+                let mut a = Asm::with_capacity(512);
+                a.reset(code);
+                a.bytes(&[0x56, 0x9d]); // push rsi; popfq: the guest's flags
+                a.bytes(&[0x48, 0x89, 0xf8]); // mov rax, rdi
+                emit_counted_exit(&mut a, ctx, &[m], 0x100, 0x234, flags_live);
+                a.bytes(&[0x9c, 0x5a]); // pushfq; pop rdx
+                a.mov_imm64(RCX, flags_out);
+                a.bytes(&[0x48, 0x89, 0x11, 0xc3]); // mov [rcx], rdx; ret
+                std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
+                let f: extern "C" fn(u64, u64) -> u64 = std::mem::transmute(code);
+                let line =
+                    (map + ((((0x100 * 7) & 0xfff) >> 1) ^ ((0x234 * 7) & 0xfff))) as *mut u8;
+                // Status flags CF PF AF ZF SF OF all set, and the reserved bit 1.
+                let guest = 0x8d7u64;
+                for i in 1..=300u64 {
+                    assert_eq!(f(0x1234_5678_9abc, guest), 0x1234_5678_9abc, "rax kept");
+                    // NeverZero: 255 wraps to 1.
+                    assert_eq!(
+                        u64::from(*line),
+                        (i - 1) % 255 + 1,
+                        "map {map:#x}, count {i}"
+                    );
+                    if flags_live {
+                        let out = *(flags_out as *const u64);
+                        assert_eq!(out & 0x8d5, guest & 0x8d5, "flags kept");
+                    }
+                }
+                *line = 0;
+            }
+            libc::munmap(region, LEN);
+            libc::munmap(low, 4096);
+        }
     }
 }
