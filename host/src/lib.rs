@@ -15,6 +15,7 @@ pub mod heap;
 mod host_api;
 mod late;
 pub mod log;
+mod own_libc;
 pub mod plugin;
 pub mod preload;
 mod reentry;

@@ -127,3 +127,19 @@ fn reentry_keeps_the_vector_state_with_either_glibc_routine_set() {
     let report = std::fs::read_to_string(&out).unwrap();
     check_coverage(&report, &q.text(), "AVX-512 routines off");
 }
+
+/// A program that defines `getenv` itself (bash does): the host's own reads of the
+/// environment must not call it. Without `--all-maps` the program's code is guarded, and
+/// such a call from the host re-entered the program, whose new Vm read the environment
+/// again, until the nesting limit (`qbdi run -- bash -c ...` died with SIGSEGV).
+#[test]
+fn a_program_defining_getenv_runs_without_all_maps() {
+    let dir = scratch("reentry-getenv");
+    let script = "for i in 3 1 2; do echo \"$i $HOME\"; done | sort -r; echo ${#PATH}";
+    for options in [&[][..], &["--all-maps"][..]] {
+        let q = assert_same(&dir, options, "bash", &["-c", script], None);
+        assert_eq!(q.code, Some(0), "{options:?}: {}", q.stderr);
+        let stdout = String::from_utf8_lossy(&q.stdout);
+        assert_eq!(stdout.lines().count(), 4, "{options:?}: {stdout}");
+    }
+}
