@@ -121,10 +121,38 @@ pub(crate) extern "C" fn counter_slot(
     // SAFETY: `data` is the leaked table of a BlockCounter (see `BlockCounter::data`).
     let table = unsafe { &*(data as *const CounterTable) };
     let mut slots = table.slots.lock().unwrap_or_else(|e| e.into_inner());
-    let c: &'static AtomicU64 = slots
-        .entry((start, end, lane))
-        .or_insert_with(|| Box::leak(Box::new(AtomicU64::new(0))));
+    let c: &'static AtomicU64 = slots.entry((start, end, lane)).or_insert_with(new_counter);
     c.as_ptr()
+}
+
+/// The part of the current page of counters not given out yet: `(next, end)` addresses.
+static LOW_COUNTERS: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
+/// Bytes of counters mapped at a time.
+const COUNTER_PAGE: usize = 64 << 10;
+
+/// A new counter at zero, for the life of the process: from pages in the first 2 GiB,
+/// densely, where translated code increments it with one instruction and no register
+/// (`inc qword [slot]`, see the engine's `engine/inline.rs`); from the heap if no such page
+/// can be mapped.
+fn new_counter() -> &'static AtomicU64 {
+    let mut low = LOW_COUNTERS.lock().unwrap_or_else(|e| e.into_inner());
+    if low.0 == low.1 {
+        match low_map(COUNTER_PAGE) {
+            Some(page) => {
+                *low = (
+                    page.as_ptr() as usize,
+                    page.as_ptr() as usize + COUNTER_PAGE,
+                )
+            }
+            None => return Box::leak(Box::new(AtomicU64::new(0))),
+        }
+    }
+    let at = low.0;
+    low.0 += size_of::<AtomicU64>();
+    // SAFETY: `at` is 8-aligned (pages are, and counters are 8 bytes), zeroed, mapped for the
+    // life of the process, and given out once.
+    unsafe { &*(at as *const AtomicU64) }
 }
 
 /// Nothing to free: the table outlives the instrumentation.

@@ -1,8 +1,10 @@
 //! Differential suite under inline instrumentation (`Vm::add_block_counter`,
 //! `Vm::add_edge_map`): the cases of `differential/cases.rs` with a block counter and an
 //! AFL edge map that translated code updates itself at every block entry (every other Vm
-//! gets the counter alone, which is emitted differently). The guests'
-//! results must be the native ones (the inline code keeps every register and flag), and
+//! gets the counter alone, which is emitted differently; every other pair of Vms has two
+//! counters whose slots are in the first 2 GiB, which translated code reaches with 32-bit
+//! absolute addresses, instead of one on the heap, which it reaches through a register).
+//! The guests' results must be the native ones (the inline code keeps every register and flag), and
 //! after every call the counts and the map must be exactly what a BASIC_BLOCK_ENTRY
 //! callback computed the same way from its VmState.
 
@@ -32,27 +34,56 @@ thread_local! {
     static PREV: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
-fn configure(vm: &mut Vm) -> cases::AfterCall {
-    // Counters: one leaked u64 per block extent, found again by extent.
-    let counters: Rc<RefCell<HashMap<(u64, u64), &'static mut u64>>> = Rc::default();
+/// Counters by block extent.
+type Counters = Rc<RefCell<HashMap<(u64, u64), &'static mut u64>>>;
+
+/// A zeroed u64 for ever: from a page in the first 2 GiB (`MAP_32BIT`) with `low`, from the
+/// heap otherwise.
+fn new_counter(low: bool) -> &'static mut u64 {
+    if !low {
+        return Box::leak(Box::new(0u64));
+    }
+    // SAFETY: a fresh private anonymous page, never unmapped; MAP_32BIT only chooses where.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED, "a page in the first 2 GiB");
+    assert!((p as u64) < 1 << 31);
+    // SAFETY: the page is zeroed, aligned and this counter's alone.
+    unsafe { &mut *p.cast::<u64>() }
+}
+
+/// A block counter on `vm` whose slots are leaked u64s, found again by extent.
+fn add_counter(vm: &mut Vm, low: bool) -> Counters {
+    let counters: Counters = Rc::default();
     let slots = Rc::clone(&counters);
     // SAFETY: every counter is leaked (valid forever) and only read between calls.
     unsafe {
         vm.add_block_counter(move |start, end| {
             let mut s = slots.borrow_mut();
-            let c = s
-                .entry((start, end))
-                .or_insert_with(|| Box::leak(Box::new(0u64)));
+            let c = s.entry((start, end)).or_insert_with(|| new_counter(low));
             &raw mut **c
         })
     }
     .expect("a block counter");
+    counters
+}
+
+fn configure(vm: &mut Vm) -> cases::AfterCall {
+    static VMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let k = VMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (with_edges, low) = (k.is_multiple_of(2), (k / 2).is_multiple_of(2));
+    let counters = add_counter(vm, low);
+    let second = low.then(|| add_counter(vm, true));
     let map: &'static mut [u8] = Box::leak(vec![0u8; MAP].into_boxed_slice());
     let map_ptr = map.as_mut_ptr();
-    static VMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let with_edges = VMS
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-        .is_multiple_of(2);
     if with_edges {
         // SAFETY: the map is leaked (valid forever) and only read between calls.
         unsafe { vm.add_edge_map(map_ptr, MAP, afl_block_hash, false) }.expect("an edge map");
@@ -76,21 +107,24 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
     Box::new(move |name, _vm| {
         let mut e = expected.borrow_mut();
         assert!(!e.blocks.is_empty(), "{name}: no block entered");
-        let mut counted = counters.borrow_mut();
-        for (extent, n) in &e.blocks {
-            let inline = counted.get(extent).map_or(0, |c| **c);
+        for counters in std::iter::once(&counters).chain(&second) {
+            let counted = counters.borrow();
+            for (extent, n) in &e.blocks {
+                let inline = counted.get(extent).map_or(0, |c| **c);
+                assert_eq!(
+                    inline, *n,
+                    "{name}: block {:#x}-{:#x} counted {inline} times inline, entered {n} \
+                     times (slots low: {low})",
+                    extent.0, extent.1
+                );
+            }
+            let total: u64 = counted.values().map(|c| **c).sum();
+            let entered: u64 = e.blocks.values().sum();
             assert_eq!(
-                inline, *n,
-                "{name}: block {:#x}-{:#x} counted {inline} times inline, entered {n} times",
-                extent.0, extent.1
+                total, entered,
+                "{name}: inline counts of blocks never entered"
             );
         }
-        let total: u64 = counted.values().map(|c| **c).sum();
-        let entered: u64 = e.blocks.values().sum();
-        assert_eq!(
-            total, entered,
-            "{name}: inline counts of blocks never entered"
-        );
         // SAFETY: the map is not written while no call runs.
         let inline_map = unsafe { std::slice::from_raw_parts(map_ptr, MAP) };
         if with_edges {
@@ -103,7 +137,9 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
         e.map.iter_mut().for_each(|b| *b = 0);
         // SAFETY: as above.
         unsafe { std::ptr::write_bytes(map_ptr, 0, MAP) };
-        counted.values_mut().for_each(|c| **c = 0);
+        for counters in std::iter::once(&counters).chain(&second) {
+            counters.borrow_mut().values_mut().for_each(|c| **c = 0);
+        }
     })
 }
 

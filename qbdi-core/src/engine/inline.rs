@@ -4,11 +4,12 @@
 //! them ([`status_flags_live`]): counters then increment with `mov`/`lea`/`mov`, edge maps
 //! save the flags with `lahf`/`seto` (restored by `add al, 0x7f` and `sahf`).
 //!
-//! - A counter, at every entry of its block: `mov rax, slot; inc qword [rax]`. Not atomic
-//!   (a `lock` costs 10-20 cycles and serialises memory): the slots a Vm's counter gives
-//!   must be that Vm's own, and a Vm runs on one thread at a time. The slot depends on the
-//!   block's extent, known once it is translated: its `imm64` is patched then
-//!   ([`InlinePatch`]).
+//! - A counter, at every entry of its block: `inc qword [slot]` for a slot in the first
+//!   2 GiB or near the code, `mov rax, slot; inc qword [rax]` otherwise. Not atomic (a
+//!   `lock` costs 10-20 cycles and serialises memory): the slots a Vm's counter gives must
+//!   be that Vm's own, and a Vm runs on one thread at a time. The slot depends on the
+//!   block's extent, known once it is translated: the head is emitted in its longest form
+//!   and rewritten then ([`CounterHead`]).
 //! - An edge map (AFL's `map[prev ^ cur] += 1; prev = cur >> 1`, `cur` the block's hash,
 //!   computed at translation) is counted where the edge is known:
 //!   - **at the exits**: a branch from block A to block B, both known at A's translation,
@@ -134,15 +135,6 @@ pub(crate) fn status_flags_live(bytes: &[u8], pc: u64) -> bool {
     true
 }
 
-/// A counter's `imm64` to fill in once the block's extent is known.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct InlinePatch {
-    /// Offset of the `imm64` in the block's code.
-    pub at: u32,
-    /// The counter's id.
-    pub id: u32,
-}
-
 /// An edge map as one translation counts it (a copy of its [`Inline::Edges`] entry).
 #[derive(Clone, Copy)]
 pub(crate) struct EdgeMap {
@@ -246,37 +238,117 @@ pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, fl
     }
 }
 
-/// The head every entry of the block runs (its **linked entry**, where counted exits go):
-/// the counters. Their slots are left for [`apply_patches`] (listed in `patches`, which has
-/// room for them).
+/// The counters of a block's head (its **linked entry**, where counted exits go, runs them
+/// too): emitted by [`emit_head`] in their longest form, rewritten by [`apply_patches`] once
+/// the block's extent, and so each counter's slot, is known.
+pub(crate) struct CounterHead {
+    /// Offset of the head in the block's code, and the bytes reserved for it.
+    at: usize,
+    len: usize,
+    flags_live: bool,
+    /// The counters' ids (room for `MAX_INLINE_COUNTERS`).
+    ids: Vec<u32>,
+    /// Their slots, once asked.
+    slots: Vec<u64>,
+    /// Where the final code is assembled (at the head's address).
+    scratch: Asm,
+}
+
+impl CounterHead {
+    pub(crate) fn new() -> CounterHead {
+        CounterHead {
+            at: 0,
+            len: 0,
+            flags_live: false,
+            ids: Vec::with_capacity(MAX_INLINE_COUNTERS),
+            slots: Vec::with_capacity(MAX_INLINE_COUNTERS),
+            scratch: Asm::with_capacity(HEAD_MAX_BYTES),
+        }
+    }
+
+    /// No counters (a new translation).
+    pub(crate) fn clear(&mut self) {
+        self.ids.clear();
+        self.slots.clear();
+    }
+}
+
+/// The longest head: per counter, `mov rax, imm64` and its increment (20 bytes), plus the
+/// spills.
+const HEAD_MAX_BYTES: usize = MAX_INLINE_COUNTERS * 20 + 64;
+
+/// Emits the block's counters (none: nothing), in the form that takes any slot; the slots
+/// are left for [`apply_patches`], which records their ids in `head`.
 pub(crate) fn emit_head(
     a: &mut Asm,
     ctx: u64,
     inst: &Instrumentation,
     flags_live: bool,
-    patches: &mut Vec<InlinePatch>,
+    head: &mut CounterHead,
 ) {
-    let mut counters = inst
-        .inline()
-        .filter(|(_, i)| matches!(i, Inline::Counter(_)))
-        .peekable();
-    if counters.peek().is_none() {
+    head.clear();
+    for (id, i) in inst.inline() {
+        if matches!(i, Inline::Counter(_)) && head.ids.len() < head.ids.capacity() {
+            head.ids.push(id); // more than MAX_INLINE_COUNTERS: not counted
+            head.slots.push(0);
+        }
+    }
+    if head.ids.is_empty() {
         return;
     }
+    head.at = a.len();
+    head.flags_live = flags_live;
+    head_code(a, ctx, &head.slots, flags_live, false);
+    head.len = a.len() - head.at;
+}
+
+/// The counters' code for `slots`. The long form (`short` false, or a slot out of reach)
+/// takes any address: `mov rax, slot; inc qword [rax]` (a load, `lea` and a store with the
+/// flags live, rcx spilled). The short one, for slots every instruction of it reaches with
+/// a 32-bit absolute or RIP-relative address (the SDK places its counters in the first
+/// 2 GiB): `inc qword [slot]`, or with the flags live `mov rax, [slot]; lea rax, [rax + 1];
+/// mov [slot], rax`.
+fn head_code(a: &mut Asm, ctx: u64, slots: &[u64], flags_live: bool, short: bool) {
     let spill = ctx + off::INLINE_SPILL;
+    let here = a.here();
+    let near = |s: u64| {
+        is_abs32(s) || rip_disp(here, s, 8).is_some() && rip_disp(here + 1024, s, 8).is_some()
+    };
+    if short && slots.iter().all(|&s| near(s)) {
+        // `opcode` with rax (or /0) and `qword [slot]`: absolute when the slot fits 32
+        // bits, RIP-relative otherwise.
+        let mem = |a: &mut Asm, opcode: u8, s: u64| {
+            a.bytes(&[0x48, opcode]);
+            if is_abs32(s) {
+                a.bytes(&[0x04, 0x25]);
+                a.bytes(&(s as u32).to_le_bytes());
+            } else {
+                a.bytes(&[0x05]);
+                let d = rip_disp(a.here(), s, 4).expect("judged in reach");
+                a.bytes(&d.to_le_bytes());
+            }
+        };
+        if flags_live {
+            a.store(spill, RAX);
+            for &s in slots {
+                mem(a, 0x8b, s); // mov rax, [slot]
+                a.bytes(&[0x48, 0x8d, 0x40, 0x01]); // lea rax, [rax + 1]
+                mem(a, 0x89, s); // mov [slot], rax
+            }
+            a.load(RAX, spill);
+        } else {
+            for &s in slots {
+                mem(a, 0xff, s); // inc qword [slot]
+            }
+        }
+        return;
+    }
     a.store(spill, RAX);
     if flags_live {
         a.store(spill + 8, RCX);
     }
-    for (id, _) in counters {
-        if patches.len() == patches.capacity() {
-            continue; // more counters than MAX_INLINE_COUNTERS: not this one
-        }
-        a.mov_imm64(RAX, 0);
-        patches.push(InlinePatch {
-            at: (a.len() - 8) as u32,
-            id,
-        });
+    for &s in slots {
+        a.mov_imm64(RAX, s);
         if flags_live {
             a.bytes(&[0x48, 0x8b, 0x08]); // mov rcx, [rax]
             a.bytes(&[0x48, 0x8d, 0x49, 0x01]); // lea rcx, [rcx + 1]
@@ -289,6 +361,42 @@ pub(crate) fn emit_head(
         a.load(RCX, spill + 8);
     }
     a.load(RAX, spill);
+}
+
+/// `n` bytes that do nothing: multi-byte NOPs (the forms Intel's manual recommends), or a
+/// jump over them when they are many.
+fn pad(a: &mut Asm, mut n: usize) {
+    const NOPS: [&[u8]; 9] = [
+        &[0x90],
+        &[0x66, 0x90],
+        &[0x0f, 0x1f, 0x00],
+        &[0x0f, 0x1f, 0x40, 0x00],
+        &[0x0f, 0x1f, 0x44, 0x00, 0x00],
+        &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
+        &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
+        &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+        &[0x66, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+    ];
+    if n > 3 * NOPS.len() {
+        // jmp rel8 or rel32 over the rest (never executed: int3).
+        if n - 2 <= 127 {
+            a.bytes(&[0xeb, (n - 2) as u8]);
+            n -= 2;
+        } else {
+            a.bytes(&[0xe9]);
+            a.bytes(&((n - 5) as u32).to_le_bytes());
+            n -= 5;
+        }
+        for _ in 0..n {
+            a.bytes(&[0xcc]);
+        }
+        return;
+    }
+    while n > 0 {
+        let k = n.min(NOPS.len());
+        a.bytes(NOPS[k - 1]);
+        n -= k;
+    }
 }
 
 /// A **counted exit** from the basic block at `src` to the one at `target`: both are known,
@@ -400,19 +508,34 @@ fn is_abs32(addr: u64) -> bool {
     addr < 1 << 31
 }
 
-/// Fills in the counters' slots for the block `[start, end)` just translated into `a`.
+/// Writes the counters of `head` for the block `[start, end)` just translated into `a`: each
+/// counter's slot is asked now, and the head's code takes its short form where they are
+/// in reach (padded to the bytes reserved).
 pub(crate) fn apply_patches(
     a: &mut Asm,
+    ctx: u64,
     inst: &mut Instrumentation,
-    patches: &[InlinePatch],
+    head: &mut CounterHead,
     start: u64,
     end: u64,
 ) {
-    for p in patches {
-        let slot = inst.counter_slot(p.id, start, end);
-        let at = p.at as usize;
-        a.buf[at..at + 8].copy_from_slice(&slot.to_le_bytes());
+    if head.ids.is_empty() {
+        return;
     }
+    for (slot, &id) in head.slots.iter_mut().zip(&head.ids) {
+        *slot = inst.counter_slot(id, start, end);
+    }
+    let at = a.base + head.at as u64;
+    let h = &mut *head;
+    h.scratch.reset(at);
+    head_code(&mut h.scratch, ctx, &h.slots, h.flags_live, true);
+    let used = h.scratch.len();
+    assert!(
+        used <= h.len,
+        "a short head is never longer than the long one"
+    );
+    pad(&mut h.scratch, h.len - used);
+    a.buf[h.at..h.at + h.len].copy_from_slice(&h.scratch.buf);
 }
 
 /// Most inline counters one block carries (more are not counted).

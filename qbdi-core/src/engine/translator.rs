@@ -31,7 +31,7 @@ use super::encode::{self, MemOperand};
 use super::ib_table::{
     Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
 };
-use super::inline::{self, EdgeMap, InlinePatch};
+use super::inline::{self, CounterHead, EdgeMap};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
 use crate::callback::{InstPosition, VmEvent, VmState};
 use crate::error::VmError;
@@ -150,7 +150,7 @@ pub(crate) struct Translator {
     /// The block's instructions that can fault (see `directory::FaultPoint`).
     pub faults: Vec<FaultPoint>,
     /// The block's inline counters, filled in once its extent is known.
-    inline_patches: Vec<InlinePatch>,
+    counter_head: CounterHead,
     /// The edge maps this translation counts, and the basic block its exits leave (the
     /// edges' source).
     edge_maps: Vec<EdgeMap>,
@@ -278,7 +278,7 @@ impl Translator {
             next_slot: 0,
             bb_mem_first: 0,
             faults: Vec::with_capacity(MAX_BLOCK_INSTRUCTIONS + 1),
-            inline_patches: Vec::with_capacity(inline::MAX_INLINE_COUNTERS),
+            counter_head: CounterHead::new(),
             edge_maps: Vec::with_capacity(inline::MAX_EDGE_MAPS),
             edge_src: 0,
             rip_disp_offset: None,
@@ -323,8 +323,8 @@ impl Translator {
         let len = env.readable_end.saturating_sub(pc) as usize;
         // SAFETY: the caller guarantees [pc, readable_end) is mapped readable memory.
         let bytes = unsafe { std::slice::from_raw_parts(pc as *const u8, len) };
-        self.inline_patches.clear();
         self.edge_maps.clear();
+        self.counter_head.clear();
         // Inline work counts basic blocks (and edges between them): the first piece only;
         // the exits of every piece count their edges (from the basic block's start).
         let continuation = hooks.as_ref().is_some_and(|h| h.seq_start != h.block_start);
@@ -341,13 +341,7 @@ impl Translator {
                 if check.is_none() {
                     linked = (self.asm.len() - entry_at) as u64;
                 }
-                inline::emit_head(
-                    &mut self.asm,
-                    env.ctx,
-                    h.inst,
-                    live,
-                    &mut self.inline_patches,
-                );
+                inline::emit_head(&mut self.asm, env.ctx, h.inst, live, &mut self.counter_head);
             }
         }
         let entry = if continuation {
@@ -446,8 +440,9 @@ impl Translator {
             let start = h.block_start;
             inline::apply_patches(
                 &mut self.asm,
+                env.ctx,
                 h.inst,
-                &self.inline_patches,
+                &mut self.counter_head,
                 start,
                 block_end,
             );
