@@ -397,3 +397,12 @@ FUNC cb_read_hi16
     kmovq [rdi + 1072], k7
     ret
 ENDF cb_read_hi16
+
+// (x) -> 2x, with the flags of that add (CF, ZF, PF and OF for x = 1 << 63) returned to
+// the caller: they are live from the add to the ret, dead before the add.
+FUNC cb_flags_tail
+    mov rax, rdi
+    add rax, rdi
+    mov rdx, rax
+    ret
+ENDF cb_flags_tail

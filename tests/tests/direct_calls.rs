@@ -25,6 +25,8 @@ mod kernels;
 unsafe extern "C" {
     fn cb_straight(x: u64) -> u64;
     fn cb_straight_end();
+    fn cb_flags_tail(x: u64) -> u64;
+    fn cb_flags_tail_end();
     fn cb_loop(n: u64) -> u64;
     fn cb_loop_body();
     fn cb_loop_end();
@@ -301,13 +303,55 @@ fn a_direct_site_keeps_the_guest_flags_and_handles_the_direction_flag() {
 
 #[test]
 fn flags_are_kept_across_direct_calls_on_every_instruction() {
-    // After each instruction of cb_straight a direct counter runs; the guest's flags at the
-    // end (from its last add/xor/lea) must be the native ones.
-    let (mut vm, stack) = vm_over(addr!(cb_straight), addr!(cb_straight_end));
+    // Before (or after) each instruction of cb_straight a direct counter runs; the guest's
+    // flags at the end (from its last add/xor/lea) must be the native ones.
+    for position in [PostInst, PreInst] {
+        let (mut vm, stack) = vm_over(addr!(cb_straight), addr!(cb_straight_end));
+        let count = counter();
+        let c = count.clone();
+        vm.add_code_cb(
+            position,
+            move |_, _, _| {
+                c.set(c.get().wrapping_add(1));
+                VmAction::Continue
+            },
+            0,
+        )
+        .unwrap();
+        // Start with every arithmetic flag set; the guest's xor clears some, its adds set
+        // some.
+        for start_flags in [0x202u64, 0x202 | 0x8d5] {
+            let gpr = vm.gpr_state_mut();
+            gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
+            gpr.eflags = start_flags;
+            gpr.rdi = 0x7fff_ffff_ffff_fff0;
+            simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
+            vm.run(addr!(cb_straight), FAKE_RETURN_ADDRESS).unwrap();
+            let got = vm.gpr_state().eflags & 0x8d5;
+            // The last flag-writing instruction is `xor edx, edx` (lea and mov write none):
+            // ZF and PF set, the others clear.
+            assert_eq!(
+                got, 0x44,
+                "{position:?}: flags after cb_straight from {start_flags:#x}"
+            );
+            assert_eq!(vm.gpr_state().rax, native_straight(0x7fff_ffff_ffff_fff0));
+        }
+        assert!(vm.direct_call_sites() > 0);
+        assert_eq!(count.get(), 12, "{position:?}");
+    }
+}
+
+/// A direct PreInst callback whose host code leaves other flags than the guest's: where
+/// the next instruction overwrites them (before cb_flags_tail's `add`) they are not put
+/// back; where they are live (before `mov` and `ret`, the add's flags going back to the
+/// caller) they are.
+#[test]
+fn direct_sites_put_the_flags_back_where_they_are_live() {
+    let (mut vm, stack) = vm_over(addr!(cb_flags_tail), addr!(cb_flags_tail_end));
     let count = counter();
     let c = count.clone();
     vm.add_code_cb(
-        PostInst,
+        PreInst,
         move |_, _, _| {
             c.set(c.get().wrapping_add(1));
             VmAction::Continue
@@ -315,21 +359,23 @@ fn flags_are_kept_across_direct_calls_on_every_instruction() {
         0,
     )
     .unwrap();
-    // Start with every arithmetic flag set; the guest's xor clears some, its adds set some.
-    for start_flags in [0x202u64, 0x202 | 0x8d5] {
+    for (x, flags) in [(1u64 << 63, 0x845u64), (1, 0), (3 << 62, 0x85)] {
         let gpr = vm.gpr_state_mut();
         gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
-        gpr.eflags = start_flags;
-        gpr.rdi = 0x7fff_ffff_ffff_fff0;
+        gpr.eflags = 0x202;
+        gpr.rdi = x;
         simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
-        vm.run(addr!(cb_straight), FAKE_RETURN_ADDRESS).unwrap();
-        let got = vm.gpr_state().eflags & 0x8d5;
-        // The last flag-writing instruction is `xor edx, edx` (lea and mov write none):
-        // ZF and PF set, the others clear.
-        assert_eq!(got, 0x44, "flags after cb_straight from {start_flags:#x}");
+        vm.run(addr!(cb_flags_tail), FAKE_RETURN_ADDRESS).unwrap();
+        assert_eq!(vm.gpr_state().rax, x.wrapping_add(x));
+        assert_eq!(vm.gpr_state().eflags & 0x8d5, flags, "x={x:#x}");
     }
     assert!(vm.direct_call_sites() > 0);
     assert_eq!(count.get(), 12);
+}
+
+/// cb_straight's result for `x`.
+fn native_straight(x: u64) -> u64 {
+    x.wrapping_add(3).wrapping_mul(5).wrapping_add(7)
 }
 
 #[test]

@@ -19,6 +19,9 @@ const UNUSUAL_FLAGS: u32 = (1 << 10) | (1 << 18);
 pub(crate) struct DirectSite<'a> {
     /// The site's callbacks' direct calls, in call order (all `Some`).
     pub calls: &'a [Option<DirectCall>],
+    /// The guest overwrites the arithmetic flags before it reads them, after the site: the
+    /// fast path leaves them as the callbacks left them.
+    pub flags_dead: bool,
     pub site: u32,
     /// A byte that is non-zero while the callback exists (`Site::direct_live`).
     pub live_flag: u64,
@@ -125,7 +128,12 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
         a.test_eax_eax();
         a.jcc_label(5, action); // jnz: not Continue
     }
-    emit_restore(a, ctx, saves, gpr_arg);
+    if d.flags_dead && !gpr_arg {
+        // DF is still clear (the ABI's callbacks return it so) and AC as it was.
+        emit_restore_registers(a, ctx, saves);
+    } else {
+        emit_restore(a, ctx, saves, gpr_arg);
+    }
     a.load(RSP, ctx + off::gpr(RSP));
     DirectCold {
         slow,
@@ -224,7 +232,13 @@ fn emit_restore(a: &mut Asm, ctx: u64, saves: u16, gpr_arg: bool) {
     }
     a.load_rax_from_stack_top();
     emit_restore_plain_flags(a);
-    for r in 0..16u8 {
+    emit_restore_registers(a, ctx, saves);
+}
+
+/// Puts the saved guest registers back (rax always).
+fn emit_restore_registers(a: &mut Asm, ctx: u64, saves: u16) {
+    a.load(RAX, ctx + off::gpr(RAX));
+    for r in 1..16u8 {
         if r != RSP && saves & (1 << r) != 0 {
             a.load(r, ctx + off::gpr(r));
         }

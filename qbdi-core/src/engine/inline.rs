@@ -95,8 +95,8 @@ pub(crate) const FLAGS_LOOKAHEAD_BYTES: u64 = 96;
 
 /// Whether the guest may read the arithmetic flags it has at `pc` (the start of a block in
 /// `bytes`): false only when the first instructions overwrite all six before any reads one
-/// or leaves the block. Shifts and rotates do not count as writes (a zero count keeps the
-/// flags).
+/// or leaves the block. Shifts, rotates and `rep` string instructions do not count as
+/// writes (a zero count keeps the flags).
 pub(crate) fn status_flags_live(bytes: &[u8], pc: u64) -> bool {
     let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
     let mut instr = Instruction::default();
@@ -109,19 +109,23 @@ pub(crate) fn status_flags_live(bytes: &[u8], pc: u64) -> bool {
         if instr.is_invalid() || instr.rflags_read() & pending != 0 {
             return true;
         }
-        let conditional = matches!(
-            instr.mnemonic(),
-            Mnemonic::Shl
-                | Mnemonic::Shr
-                | Mnemonic::Sal
-                | Mnemonic::Sar
-                | Mnemonic::Rol
-                | Mnemonic::Ror
-                | Mnemonic::Rcl
-                | Mnemonic::Rcr
-                | Mnemonic::Shld
-                | Mnemonic::Shrd
-        );
+        // A zero count writes nothing: a shift or rotate by it, a `rep` string
+        // instruction (`repe cmpsb` with rcx = 0).
+        let conditional = instr.has_rep_prefix()
+            || instr.has_repne_prefix()
+            || matches!(
+                instr.mnemonic(),
+                Mnemonic::Shl
+                    | Mnemonic::Shr
+                    | Mnemonic::Sal
+                    | Mnemonic::Sar
+                    | Mnemonic::Rol
+                    | Mnemonic::Ror
+                    | Mnemonic::Rcl
+                    | Mnemonic::Rcr
+                    | Mnemonic::Shld
+                    | Mnemonic::Shrd
+            );
         if !conditional {
             pending &= !instr.rflags_modified();
         }
@@ -565,6 +569,9 @@ mod tests {
         assert!(!status_flags_live(&[0xd3, 0xe0, 0x29, 0xd8], 0x1000));
         // ret before any write: live (the flags go back to the caller).
         assert!(status_flags_live(&[0xc3], 0x1000));
+        // repe cmpsb with rcx = 0 writes nothing: live; cmpsb alone writes all six.
+        assert!(status_flags_live(&[0xf3, 0xa6, 0x72, 0x00], 0x1000));
+        assert!(!status_flags_live(&[0xa6, 0x72, 0x00], 0x1000));
         // Bytes that end: live.
         assert!(status_flags_live(&[0x90], 0x1000));
     }

@@ -349,7 +349,7 @@ impl Translator {
         } else {
             ENTRY_EVENTS
         };
-        self.event_site(env, &mut hooks, entry, pc, Rip::Imm(pc));
+        self.event_site(env, &mut hooks, entry, pc, Rip::Imm(pc), Some(pc));
         let mut decoder = Decoder::with_ip(64, bytes, pc, DecoderOptions::NONE);
         let mut instr = Instruction::default();
         let mut count = 0usize;
@@ -466,7 +466,10 @@ impl Translator {
     /// Emits a call of callback site `site`: saves rax, sets `gpr.rip`, names the site, and
     /// calls the callback routine on the host stack, which returns right after the call
     /// (Continue) or jumps to one of the two skip labels. A site with a direct call
-    /// (`direct_call`) tries that first and falls back to this general path.
+    /// (`direct_call`) tries that first and falls back to this general path. `next` is the
+    /// instruction of this block the guest runs right after the site, if it is known: a
+    /// direct site leaves the arithmetic flags as its callbacks left them when that
+    /// instruction overwrites them before reading them.
     #[allow(clippy::too_many_arguments)]
     fn site_call(
         &mut self,
@@ -477,6 +480,7 @@ impl Translator {
         rip: Rip,
         skip_inst: Label,
         skip_patch: Label,
+        next: Option<u64>,
     ) {
         let ctx = env.ctx;
         let start = self.asm.len();
@@ -523,8 +527,18 @@ impl Translator {
                     view_len += 1;
                 }
             }
+            // Bytes that may change are only known up to the block's check.
+            let flags_dead = next.filter(|_| !env.check_bytes).is_some_and(|at| {
+                // SAFETY: `at` is an instruction of the block being translated, in
+                // [pc, readable_end), which the caller of `translate` guarantees readable.
+                let bytes = unsafe {
+                    std::slice::from_raw_parts(at as *const u8, (env.readable_end - at) as usize)
+                };
+                !inline::status_flags_live(bytes, at)
+            });
             let d = DirectSite {
                 calls: &calls[..n],
+                flags_dead,
                 site,
                 live_flag: &s.direct_live as *const u8 as u64,
                 state: &s.state as *const VmState as u64,
@@ -592,7 +606,7 @@ impl Translator {
         emit_post(&mut self.asm, env.ctx, &self.planned);
         if let Some(site) = h.inst_site(instr, InstPosition::PostInst, self.mem) {
             let after = self.asm.new_label();
-            self.site_call(env, h.inst, h.mem, site, rip, after, after);
+            self.site_call(env, h.inst, h.mem, site, rip, after, after, None);
             self.asm.bind(after);
         }
         self.exit_events(env, hooks, EXIT_EVENTS, instr.ip(), rip);
@@ -608,7 +622,7 @@ impl Translator {
         inst_addr: u64,
         rip: Rip,
     ) {
-        let Some(site) = self.event_site(env, hooks, events, inst_addr, rip) else {
+        let Some(site) = self.event_site(env, hooks, events, inst_addr, rip, None) else {
             return;
         };
         if let Some(h) = hooks.as_mut() {
@@ -618,7 +632,8 @@ impl Translator {
         }
     }
 
-    /// A site for the inline `events` that have callbacks, if any.
+    /// A site for the inline `events` that have callbacks, if any; `next` as for
+    /// [`site_call`](Self::site_call).
     fn event_site(
         &mut self,
         env: &Env<'_>,
@@ -626,13 +641,14 @@ impl Translator {
         events: VmEvent,
         inst_addr: u64,
         rip: Rip,
+        next: Option<u64>,
     ) -> Option<u32> {
         let h = hooks.as_mut()?;
         let site =
             h.inst
                 .plan_event_site(events & h.events, inst_addr, (h.block_start, h.seq_start))?;
         let after = self.asm.new_label();
-        self.site_call(env, h.inst, h.mem, site, rip, after, after);
+        self.site_call(env, h.inst, h.mem, site, rip, after, after, next);
         self.asm.bind(after);
         Some(site)
     }
@@ -684,6 +700,7 @@ impl Translator {
                 Rip::Imm(instr.ip()),
                 skipped,
                 skip_patch,
+                Some(instr.ip()),
             );
         }
         if terminator {
@@ -713,6 +730,7 @@ impl Translator {
                 VmEvent::SYSCALL_ENTRY,
                 instr.ip(),
                 Rip::Imm(instr.ip()),
+                None,
             );
         }
         let ended = self.emit_instruction(instr, bytes, pc, env, hooks)?;
@@ -725,6 +743,7 @@ impl Translator {
                 VmEvent::SYSCALL_EXIT,
                 instr.ip(),
                 Rip::Imm(instr.next_ip()),
+                None,
             );
         }
         self.asm.bind(skipped);
@@ -740,6 +759,7 @@ impl Translator {
                 Rip::Imm(instr.next_ip()),
                 next,
                 next,
+                None,
             );
         }
         self.asm.bind(next);
