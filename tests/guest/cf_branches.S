@@ -381,3 +381,54 @@ ENDF cf_call_read_ret
     .quad 0
 
     .section .note.GNU-stack,"",@progbits
+
+// RIP-relative operands the translator rewrites when the code is more than 2 GiB from the
+// code cache (the test copies [cf_far_operands, cf_far_operands_end), code and data, to a
+// page in the first 2 GiB): (u64 *out) -> what each form wrote, in out[0..12].
+FUNC cf_far_operands
+.Lfar_start:
+    push rbx
+    push r12
+    mov r12, rdi
+    mov rax, 0x1111111111111111
+    mov rcx, 0x2222222222222222
+    mov rdx, 0x3333333333333333
+    mov rbx, 0x4444444444444444
+    mov rsi, 0x5555555555555555
+    mov r8, 0x8888888888888888
+    lea rax, [rip + .Lfar_q]                // lea r64: a constant
+    mov [r12], rax
+    lea ecx, [rip + .Lfar_q]                // lea r32: its low half, zero-extended
+    mov [r12 + 8], rcx
+    mov rdx, qword ptr [rip + .Lfar_q]      // loads through their destination
+    mov [r12 + 16], rdx
+    mov ebx, dword ptr [rip + .Lfar_q]
+    mov [r12 + 24], rbx
+    movzx esi, word ptr [rip + .Lfar_q]
+    mov [r12 + 32], rsi
+    movsx rax, byte ptr [rip + .Lfar_b]
+    mov [r12 + 40], rax
+    movsxd rcx, dword ptr [rip + .Lfar_d]
+    mov [r12 + 48], rcx
+    mov r8, qword ptr [rip + .Lfar_q]       // r8: through another register
+    mov [r12 + 56], r8
+    mov edi, dword ptr [rip + .Lfar_d]
+    mov [r12 + 64], rdi
+    mov dx, word ptr [rip + .Lfar_d]        // a partial write keeps rdx's upper bits
+    mov [r12 + 72], rdx
+    lea rsi, [rip + .Lfar_start]            // the copy's own address
+    mov [r12 + 80], rsi
+    mov rcx, 0x7777
+    add rcx, qword ptr [rip + .Lfar_q]      // reads its destination: another register
+    mov [r12 + 88], rcx
+    pop r12
+    pop rbx
+    ret
+    .p2align 3
+.Lfar_q:
+    .quad 0x8877665544332211
+.Lfar_d:
+    .long 0x80000001
+.Lfar_b:
+    .byte 0x80
+ENDF cf_far_operands

@@ -436,6 +436,59 @@ fn rip_relative_data_operands_address_guest_data() {
     assert_eq!(vm.call(addr, &[]), Ok(0x1122_3344_5566_7788));
 }
 
+unsafe extern "C" {
+    safe fn cf_far_operands(out: *mut u64);
+    safe static cf_far_operands_end: u8;
+}
+
+/// RIP-relative operands more than 2 GiB from the code cache (`lea` as a constant, whole
+/// register loads through their destination, the rest through a spilled register) give
+/// the native results: the function is copied, with its data, to a page in the first
+/// 2 GiB, and the cache is placed near this test executable first.
+#[test]
+fn far_rip_relative_operands_match_native() {
+    let start = cf_far_operands as *const () as u64;
+    let len = (label(&cf_far_operands_end) - start) as usize;
+    // SAFETY: a fresh private anonymous mapping; MAP_32BIT only chooses where.
+    let page = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(page, libc::MAP_FAILED, "a page in the first 2 GiB");
+    // SAFETY: [start, start + len) is the function and its data in this executable's text;
+    // the page is ours and larger.
+    unsafe { std::ptr::copy_nonoverlapping(start as *const u8, page.cast::<u8>(), len) };
+    let copy = page as u64;
+    assert!(
+        copy.abs_diff(start) > 1 << 31,
+        "the copy is {:#x} bytes from the test executable: not far enough",
+        copy.abs_diff(start)
+    );
+    // SAFETY: the copy is the whole position-independent function (code and data).
+    let f: extern "C" fn(*mut u64) = unsafe { std::mem::transmute(copy) };
+    let mut native = [0u64; 12];
+    f(native.as_mut_ptr());
+    assert_eq!(native[80 / 8], copy, "native: lea of its own address");
+    assert_eq!(native[1], (native[0] as u32).into(), "native: lea r32");
+    // The cache goes near the first code run: this executable.
+    let near = cf_rip_data as *const () as u64;
+    let (mut vm, _stack) = vm_for(near);
+    assert_eq!(vm.call(near, &[]), Ok(0x1122_3344_5566_7788));
+    vm.add_instrumented_range(copy, copy + 4096).expect("range");
+    let mut guest = [0u64; 12];
+    vm.call(copy, &[guest.as_mut_ptr() as u64])
+        .expect("the copy runs");
+    assert_eq!(guest, native);
+    // SAFETY: mapped above, nothing runs in it any more.
+    unsafe { libc::munmap(page, 4096) };
+}
+
 #[test]
 fn callee_reads_the_guest_return_address_pushed_by_a_translated_call() {
     let start = cf_call_read_ret as *const () as u64;

@@ -42,7 +42,7 @@ use crate::instrumentation::{
 use crate::memory_access::{MemoryAccessType, MemoryRecorder, ViewEntry};
 use iced_x86::{
     Code, Decoder, DecoderOptions, FlowControl, Formatter, Instruction, InstructionInfoFactory,
-    IntelFormatter, OpKind, Register,
+    IntelFormatter, Mnemonic, OpKind, Register,
 };
 
 /// Bytes reserved for the paths of a direct site emitted at the block's end: its rarely
@@ -1031,6 +1031,48 @@ impl Translator {
                 let d = self.asm.len() - instr.len() + at;
                 self.asm.buf[d..d + 4].copy_from_slice(&disp.to_le_bytes());
                 self.note_fault(host, instr.ip(), NO_SCRATCH);
+                return Ok(());
+            }
+        }
+        // A `lea` of a RIP-relative address computes a constant: load it (no spill).
+        if instr.mnemonic() == Mnemonic::Lea
+            && instr.memory_base() == Register::RIP
+            && instr.op0_kind() == OpKind::Register
+        {
+            let r = instr.op0_register();
+            let n = r.full_register().number() as u8;
+            let done = match r.size() {
+                8 => {
+                    self.asm.mov_imm64(n, target);
+                    true
+                }
+                4 => {
+                    self.asm.mov_imm32(n, target as u32);
+                    true
+                }
+                _ => false,
+            };
+            if done {
+                self.note_fault(host, instr.ip(), NO_SCRATCH);
+                return Ok(());
+            }
+        }
+        // A load that writes a whole register (32 or 64 bits) addresses through it: the
+        // guest's value is spilled only for a fault to put it back, and nothing is reloaded.
+        if matches!(
+            instr.mnemonic(),
+            Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd
+        ) && instr.op0_kind() == OpKind::Register
+            && instr.op1_kind() == OpKind::Memory
+            && matches!(instr.op0_register().size(), 4 | 8)
+        {
+            let n = instr.op0_register().full_register().number() as u8;
+            if let Some(raw) = rebase_ip_relative(guest, at, instr, n) {
+                self.asm.store(env.ctx + off::SPILL_FAR, n);
+                self.asm.mov_imm64(n, target);
+                let host = self.asm.here();
+                self.asm.bytes(&raw[..guest.len()]);
+                self.note_fault(host, instr.ip(), n);
                 return Ok(());
             }
         }
