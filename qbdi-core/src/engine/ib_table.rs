@@ -1,21 +1,27 @@
 //! The inline indirect-branch table: guest address -> host address, looked up by generated
 //! code without leaving the cache and without touching RFLAGS.
 //!
-//! Direct-mapped on a 16-bit hash of the guest address (low 16 bits plus bits 16-31):
-//! 65,536 entries of 16 bytes (1 MiB), so a hot indirect target seldom collides with
-//! another, and the index needs no arithmetic that touches flags.
+//! Indexed by a 16-bit hash of the guest address (low 16 bits plus bits 16-31), so that
+//! the index needs no arithmetic that touches flags: 65,536 entries of 16 bytes (1 MiB),
+//! and one more. An address has two places, its index's entry and the next one: a lookup
+//! compares both, so two hot targets of one index (two handlers of an interpreter's
+//! dispatch, 256 KiB apart, in python3's libpython) no longer evict each other at every
+//! turn, each eviction a round trip through the dispatcher (that python3 loop ran 10x
+//! native, all but a tenth of it in the context switch).
 //! An empty entry holds guest 0, so a lookup of any other address misses. The entry of
-//! address 0 (the only one a lookup of 0 reads) holds the `ib_miss` routine as host: a
-//! lookup of 0 "hits" and lands in the miss path anyway, so the generated code needs no
-//! empty check. Every other empty entry is all zeros: a new table, in freshly mapped
-//! memory, writes one entry and touches one page (filling all 1 MiB cost 256 page faults
-//! per Vm, a fifth of `qbdi run`'s start-up).
+//! address 0 (the first place a lookup of 0 reads) holds the `ib_miss` routine as host and
+//! never moves: a lookup of 0 "hits" and lands in the miss path anyway, so the generated
+//! code needs no empty check. Every other empty entry is all zeros: a new table, in
+//! freshly mapped memory, writes one entry and touches one page (filling all 1 MiB cost
+//! 256 page faults per Vm, a fifth of `qbdi run`'s start-up).
 
 use super::context::off;
 use super::emitter::{Asm, Label, RAX, RCX, RDX};
 
 pub(crate) const ENTRIES: usize = 1 << 16;
-pub(crate) const TABLE_BYTES: usize = ENTRIES * 16;
+/// The entries, and the second place of the last index.
+const SLOTS: usize = ENTRIES + 1;
+pub(crate) const TABLE_BYTES: usize = SLOTS * 16;
 
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -47,18 +53,24 @@ impl IbTable {
 
     /// The entry a lookup of address 0 reads: 0 and the miss routine.
     fn init_zero_entry(&self) {
-        // SAFETY: slot() is in bounds.
-        unsafe {
-            self.slot(0).write(Entry {
-                guest: 0,
-                host: self.empty_host,
-            })
-        }
+        // SAFETY: at() is in bounds.
+        unsafe { self.at(0).write(self.empty()) }
     }
 
-    fn slot(&self, guest: u64) -> *mut Entry {
-        // SAFETY: the index is masked to the table size.
-        unsafe { self.entries.add(index(guest)) }
+    /// The entry at `i` (< SLOTS).
+    fn at(&self, i: usize) -> *mut Entry {
+        debug_assert!(i < SLOTS);
+        // SAFETY: the caller keeps i below SLOTS, the table's size.
+        unsafe { self.entries.add(i) }
+    }
+
+    /// Where `guest` is, of its two places, if it is in the table.
+    fn find(&self, guest: u64) -> Option<*mut Entry> {
+        let i = index(guest);
+        // SAFETY: at() is in bounds.
+        [self.at(i), self.at(i + 1)]
+            .into_iter()
+            .find(|&e| unsafe { (*e).guest } == guest)
     }
 
     /// Enters the translated block of `guest` whose code starts at `block` (its table entry
@@ -67,22 +79,49 @@ impl IbTable {
         self.insert(guest, block - ENTRY_PREFIX_LEN);
     }
 
+    /// Puts `guest` in its first place; what was there moves to its second place if that is
+    /// where it belongs (it is evicted otherwise), as does the entry at the zero address's
+    /// place (never moved: `guest` takes its second place instead).
     fn insert(&self, guest: u64, host: u64) {
-        // SAFETY: slot() is in bounds; generated code reads the table only while the
-        // dispatcher is not running, so there is no concurrent reader of a half-written entry.
-        unsafe { self.slot(guest).write(Entry { guest, host }) }
+        let i = index(guest);
+        let (first, second) = (self.at(i), self.at(i + 1));
+        let entry = Entry { guest, host };
+        // SAFETY: both are in bounds; generated code reads the table only while the
+        // dispatcher is not running, so there is no concurrent reader of a half-written
+        // entry.
+        unsafe {
+            let old = *first;
+            if old.guest == guest || old.guest == 0 && i != 0 {
+                first.write(entry);
+                if (*second).guest == guest {
+                    second.write(self.empty());
+                }
+            } else if i == 0 || (*second).guest == guest || (*second).guest == 0 {
+                second.write(entry);
+            } else {
+                if index(old.guest) == i {
+                    second.write(old);
+                }
+                first.write(entry);
+            }
+        }
+    }
+
+    /// A removed entry.
+    fn empty(&self) -> Entry {
+        Entry {
+            guest: 0,
+            host: self.empty_host,
+        }
     }
 
     pub fn remove(&self, guest: u64) {
-        let s = self.slot(guest);
-        // SAFETY: in bounds, as above.
-        unsafe {
-            if (*s).guest == guest {
-                s.write(Entry {
-                    guest: 0,
-                    host: self.empty_host,
-                });
-            }
+        if guest == 0 {
+            return; // the zero address's entry stays
+        }
+        if let Some(e) = self.find(guest) {
+            // SAFETY: in bounds, as above.
+            unsafe { e.write(self.empty()) };
         }
     }
 
@@ -92,15 +131,12 @@ impl IbTable {
         if !self.has_natives.get() {
             return;
         }
-        for i in 0..ENTRIES {
-            // SAFETY: i < ENTRIES.
+        for i in 0..SLOTS {
+            let e = self.at(i);
+            // SAFETY: in bounds.
             unsafe {
-                let e = self.entries.add(i);
                 if (*e).host == broker && (start..end).contains(&(*e).guest) {
-                    e.write(Entry {
-                        guest: 0,
-                        host: self.empty_host,
-                    });
+                    e.write(self.empty());
                 }
             }
         }
@@ -114,9 +150,9 @@ impl IbTable {
 
     pub fn clear(&self) {
         self.has_natives.set(false);
-        // SAFETY: the table's ENTRIES entries are ours and writable; all zeros is an empty
+        // SAFETY: the table's SLOTS entries are ours and writable; all zeros is an empty
         // entry (see the module's doc), then the zero address's entry is set.
-        unsafe { std::ptr::write_bytes(self.entries, 0, ENTRIES) };
+        unsafe { std::ptr::write_bytes(self.entries, 0, SLOTS) };
         self.init_zero_entry();
     }
 }
@@ -155,7 +191,8 @@ pub(crate) enum Miss {
     Label(Label),
 }
 
-/// Emits the lookup of the guest address in rcx (rax, rcx, rdx already spilled).
+/// Emits the lookup of the guest address in rcx (rax, rcx, rdx already spilled), in its
+/// two places.
 ///
 /// On a hit it falls through with rdx = the entry's address (its host address at
 /// `[rdx+8]`), rax = the guest address and rcx = 0. On a miss it jumps to `miss` with rcx
@@ -174,6 +211,12 @@ pub(crate) fn emit_lookup(a: &mut Asm, ctx: u64, table: u64, miss: Miss, record_
     a.jrcxz_label(hit);
     // rcx = entry - target: the same again gives the target back.
     a.rcx_diff(RAX);
+    // The second place: mov rax, [rdx+16].
+    a.bytes(&[0x48, 0x8b, 0x42, 0x10]);
+    a.rcx_diff(RAX);
+    let second: Label = a.new_label();
+    a.jrcxz_label(second);
+    a.rcx_diff(RAX);
     if record_target {
         a.store(ctx + off::IB_TARGET, RCX);
     }
@@ -181,6 +224,8 @@ pub(crate) fn emit_lookup(a: &mut Asm, ctx: u64, table: u64, miss: Miss, record_
         Miss::Addr(addr) => a.jmp_to(addr),
         Miss::Label(l) => a.jmp_label(l),
     };
+    a.bind(second);
+    a.bytes(&[0x48, 0x8d, 0x52, 0x10]); // lea rdx, [rdx+16]
     a.bind(hit);
 }
 
@@ -238,7 +283,113 @@ pub(crate) fn emit_restore(a: &mut Asm, ctx: u64) {
 
 #[cfg(test)]
 mod tests {
-    use super::{index, index_with};
+    use super::{IbTable, Miss, TABLE_BYTES, emit_lookup, index, index_with};
+
+    /// Guests of one index: three of them, then one of index 0 and one of the last index.
+    fn colliding() -> ([u64; 3], u64, u64) {
+        let mut by_index: std::collections::HashMap<usize, Vec<u64>> = Default::default();
+        let (mut zero, mut last) = (None, None);
+        let mut x = 0x1234_5678u64;
+        for _ in 0..1u64 << 21 {
+            // Addresses of 47 bits from a linear congruential generator.
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let g = (x >> 17) | 1 << 40;
+            match index(g) {
+                0 => zero = zero.or(Some(g)),
+                0xffff => last = last.or(Some(g)),
+                i => by_index.entry(i).or_default().push(g),
+            }
+        }
+        let three = by_index
+            .values()
+            .find(|v| v.len() >= 3)
+            .expect("collisions");
+        (
+            [three[0], three[1], three[2]],
+            zero.expect("an index-0 guest"),
+            last.expect("a last-index guest"),
+        )
+    }
+
+    /// The generated lookup over a table filled by `insert`: two targets of one index are
+    /// both found in the cache (a third takes the first place, its occupant the second),
+    /// removals, the zero address's
+    /// entry (never moved: a lookup of 0 lands on the miss routine) and the last index.
+    #[test]
+    fn the_generated_lookup_finds_both_targets_of_an_index() {
+        use super::super::emitter::Asm;
+        const LEN: usize = TABLE_BYTES + 6 * 4096;
+        const MISS: u64 = 1;
+        // SAFETY: a fresh private mapping (table, then code, then 16 KiB of context), unmapped
+        // at the end; the generated function is a leaf (System V: rdi in, rax out) touching
+        // only the table and the context.
+        unsafe {
+            let region = libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(region, libc::MAP_FAILED);
+            let table_at = region as u64;
+            let code = table_at + TABLE_BYTES.next_multiple_of(4096) as u64;
+            let ctx = code + 4096;
+            const { assert!(super::off::IB_TARGET + 8 <= 4 * 4096) };
+            let empty_host = 0xe0e0;
+            let table = IbTable::new(table_at, empty_host);
+            let mut a = Asm::with_capacity(512);
+            a.reset(code);
+            a.bytes(&[0x48, 0x89, 0xf9]); // mov rcx, rdi
+            let miss = a.new_label();
+            emit_lookup(&mut a, ctx, table_at, Miss::Label(miss), true);
+            a.bytes(&[0x48, 0x8b, 0x42, 0x08, 0xc3]); // mov rax, [rdx+8]; ret
+            a.bind(miss);
+            a.mov_imm64(super::RAX, MISS);
+            a.bytes(&[0xc3]);
+            a.finish();
+            std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
+            let lookup: extern "C" fn(u64) -> u64 = std::mem::transmute(code);
+            let ([g1, g2, g3], g0, glast) = colliding();
+            let host = |g: u64| g ^ 0xabc0;
+            assert_eq!(lookup(g1), MISS);
+            table.insert(g1, host(g1));
+            table.insert(g2, host(g2));
+            assert_eq!(
+                (lookup(g1), lookup(g2)),
+                (host(g1), host(g2)),
+                "two of one index"
+            );
+            table.insert(g3, host(g3));
+            assert_eq!(lookup(g3), host(g3));
+            // The one in the first place moved to the second: g2 evicted.
+            assert_eq!((lookup(g1), lookup(g2)), (host(g1), MISS));
+            // Again: the same entry, not a second copy.
+            table.insert(g1, host(g1) + 16);
+            assert_eq!(lookup(g1), host(g1) + 16);
+            table.remove(g1);
+            assert_eq!((lookup(g1), lookup(g3)), (MISS, host(g3)));
+            // A new one goes to the free place.
+            table.insert(g2, host(g2));
+            assert_eq!((lookup(g2), lookup(g3)), (host(g2), host(g3)));
+            // Index 0: its first place is the zero address's.
+            table.insert(g0, host(g0));
+            assert_eq!((lookup(g0), lookup(0)), (host(g0), empty_host));
+            table.remove(0);
+            assert_eq!(lookup(0), empty_host, "the zero address's entry stays");
+            // The last index's second place is the extra entry.
+            table.insert(glast, host(glast));
+            table.insert(glast + 0x1_0000_0000, 0x77);
+            assert_eq!(lookup(glast), host(glast));
+            table.clear();
+            assert_eq!(
+                (lookup(g3), lookup(glast), lookup(0)),
+                (MISS, MISS, empty_host)
+            );
+            libc::munmap(region, LEN);
+        }
+    }
 
     #[test]
     fn targets_64k_apart_do_not_collide() {
