@@ -16,6 +16,8 @@
 //! under `--all-maps` over native. sqlite3 runs a SQL script of about 0.3 s, perl a loop,
 //! `py import` a python3 one-liner importing json, re, email.parser, decimal, argparse, csv
 //! and sqlite3 (mostly translation and start-up). bzip2 and xz compress the corpus.
+//! `py shared` runs the python3 loop with the PATH's python3 when that one links libpython
+//! (pyenv's) and is not the `python3` row's.
 //!
 //! Last come `allmaps_geomean=` and `allmaps_max=`: the geometric mean and the largest of
 //! the `--all-maps` median ratios (issue 15's targets: at most 1.15 and 1.5).
@@ -125,6 +127,20 @@ fn main() {
             &empty,
         ),
     ];
+    // An interpreter in a shared library (pyenv's python3 loads libpython3.x.so), when the
+    // PATH's python3 is another one than the row above: its hot code is far from the
+    // main executable, and its dispatch targets collide in the inline table.
+    if let Some(shared) = shared_python().filter(|p| *p != python) {
+        cases.push((
+            "py shared",
+            vec![
+                shared,
+                "-c".into(),
+                "print(sum(i*i for i in range(2000000)))".into(),
+            ],
+            &empty,
+        ));
+    }
     let sql = dir.join("bench.sql");
     std::fs::write(&sql, SQL).unwrap();
     if Path::new("/usr/bin/sqlite3").exists() {
@@ -254,6 +270,19 @@ fn main() {
         println!("allmaps_geomean={geomean:.2}");
         println!("allmaps_max={max:.2}");
     }
+}
+
+/// The PATH's python3 (its real executable, not a shim), if it links libpython.
+fn shared_python() -> Option<String> {
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, sysconfig; print(sys.executable if sysconfig.get_config_var('Py_ENABLE_SHARED') else '')",
+        ])
+        .output()
+        .ok()?;
+    let exe = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+    (!exe.is_empty()).then_some(exe)
 }
 
 /// The sqlite3 row's script: about 0.3 s natively.
