@@ -800,6 +800,47 @@ fn clear_cache_picks_up_modified_code() {
     assert_eq!(vm.call(page.addr(), &[]), Ok(2));
 }
 
+/// A return whose site is translated again after a change goes to the new translation: the
+/// callee's `ret` (in a page that stays translated) has learned its return site in its
+/// site cache; the caller's page changes and is cleared from the cache.
+#[test]
+fn a_return_goes_to_the_new_translation_of_its_site() {
+    let callee = CodePage::new(40);
+    let (mut vm, _stack) = vm_for_page(&callee);
+    // SAFETY: anonymous private mapping, no hint; the result is checked.
+    let caller = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(caller, libc::MAP_FAILED);
+    let caller = caller.cast::<u8>();
+    // mov rax, callee; call rax; add eax, imm32 (the return site, imm at 13); ret
+    let mut code = vec![0x48, 0xb8];
+    code.extend_from_slice(&callee.addr().to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xd0, 0x05, 1, 0, 0, 0, 0xc3]);
+    // SAFETY: the page is ours and writable; 18 bytes.
+    unsafe { std::ptr::copy_nonoverlapping(code.as_ptr(), caller, code.len()) };
+    let at = caller as u64;
+    vm.add_instrumented_range(at, at + 4096).expect("range");
+    for _ in 0..3 {
+        assert_eq!(vm.call(at, &[]), Ok(41));
+    }
+    // SAFETY: the imm32 of the add, in our writable page.
+    unsafe { caller.add(13).cast::<u32>().write_unaligned(2) };
+    vm.clear_cache(at, at + code.len() as u64);
+    for _ in 0..3 {
+        assert_eq!(vm.call(at, &[]), Ok(42));
+    }
+    // SAFETY: mapped above; nothing runs in it any more.
+    unsafe { libc::munmap(caller.cast(), 4096) };
+}
+
 #[test]
 fn clear_all_cache_picks_up_modified_code() {
     let page = CodePage::new(1);

@@ -1,5 +1,6 @@
 //! The code cache region: one mapping holding the context, the inline indirect-branch
-//! table, the shared routines and the translated blocks, in that order. Placed within
+//! table, the shared routines, the translated blocks and the returns' site caches, in that
+//! order. Placed within
 //! +/-2 GiB of the guest code it is created for, so RIP-relative guest operands usually
 //! stay RIP-relative after translation; every piece of generated code reaches the context
 //! and the table RIP-relative.
@@ -22,7 +23,12 @@ const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
 /// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory
 /// only once written. 128 MiB holds on the order of a million blocks.
 const CODE_BYTES: usize = 128 << 20;
-const REGION_BYTES: usize = CODE_OFFSET + CODE_BYTES;
+/// The returns' site caches (a guest and a host address each, see the translator's
+/// `emit_site_check`), after the code: small pages, touched as sites are made.
+const RET_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
+pub(crate) const RET_ENTRIES: usize = 1 << 16;
+const RET_BYTES: usize = RET_ENTRIES * 16;
+const REGION_BYTES: usize = RET_OFFSET + RET_BYTES;
 /// Placement search: try this far apart, this many times, below then above the guest.
 const PLACEMENT_STEP: u64 = 64 << 20;
 const PLACEMENT_TRIES: u64 = 24;
@@ -35,6 +41,8 @@ pub(crate) struct CodeCache {
     end: u64,
     pub runtime: Runtime,
     pub table: IbTable,
+    /// Entries of the returns' site caches given out.
+    ret_used: usize,
 }
 
 impl CodeCache {
@@ -63,9 +71,10 @@ impl CodeCache {
             base,
             code_start,
             cursor: code_start,
-            end: base + REGION_BYTES as u64,
+            end: base + RET_OFFSET as u64,
             runtime,
             table,
+            ret_used: 0,
         })
     }
 
@@ -104,9 +113,43 @@ impl CodeCache {
         self.cursor = (self.cursor + a.len() as u64).next_multiple_of(16);
     }
 
+    /// The address of the next free entry of the returns' site caches, if any is left.
+    pub fn next_ret_entry(&self) -> Option<u64> {
+        (self.ret_used < RET_ENTRIES).then(|| self.ret_entry(self.ret_used))
+    }
+
+    fn ret_entry(&self, i: usize) -> u64 {
+        self.base + (RET_OFFSET + 16 * i) as u64
+    }
+
+    /// Takes the entry [`next_ret_entry`](Self::next_ret_entry) gave: empty (no guest
+    /// address is `u64::MAX`; its host is the miss path, as the table's empty entries).
+    pub fn take_ret_entry(&mut self) {
+        let e = self.ret_entry(self.ret_used);
+        // SAFETY: the entry lies in the mapping, in the ret area, and no code reads it yet.
+        unsafe { (e as *mut [u64; 2]).write([u64::MAX, self.runtime.miss_entry]) };
+        self.ret_used += 1;
+    }
+
+    /// Empties every entry of the returns' site caches whose pair is not in the table
+    /// (after blocks were removed: an entry's host may be one of them).
+    pub fn prune_ret_entries(&mut self) {
+        for i in 0..self.ret_used {
+            let e = self.ret_entry(i) as *mut [u64; 2];
+            // SAFETY: a taken entry in the mapping; nothing runs in the cache now.
+            unsafe {
+                let [guest, host] = *e;
+                if guest != u64::MAX && !self.table.holds(guest, host) {
+                    e.write([u64::MAX, self.runtime.miss_entry]);
+                }
+            }
+        }
+    }
+
     /// Forgets every block: the space after the shared routines is reused.
     pub fn reset(&mut self) {
         self.cursor = self.code_start;
+        self.ret_used = 0;
         self.table.clear();
     }
 }
@@ -184,7 +227,7 @@ fn try_map_len(addr: u64, flags: libc::c_int, len: usize) -> Option<u64> {
 const HUGE_PAGE: u64 = 2 << 20;
 
 fn advise_huge(p: u64) {
-    advise_huge_past_first(p, REGION_BYTES);
+    advise_huge_past_first(p, RET_OFFSET);
 }
 
 /// Advises huge pages for `[start + 2 MiB, start + len)` rounded in to whole huge pages (a

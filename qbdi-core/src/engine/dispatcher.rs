@@ -126,6 +126,14 @@ impl Engine {
                 }
                 _ => {}
             }
+            // Returns' site caches hold no block that is gone.
+            if self.cache().table.take_removed() {
+                self.cache
+                    .as_mut()
+                    .expect("cache exists")
+                    .0
+                    .prune_ret_entries();
+            }
             let cache = self.cache();
             // SAFETY: as above; `enter` is the context switch routine of this cache, which
             // behaves as an `extern "C" fn()` preserving the host's callee-saved state.

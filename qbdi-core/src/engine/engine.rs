@@ -450,6 +450,7 @@ impl Engine {
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,
             flags_live_at: &flags_live_at,
+            ret_entry: cache.next_ret_entry(),
         };
         let values = !self
             .options
@@ -478,6 +479,9 @@ impl Engine {
             self.continuations.push((t.guest_end, block_start));
         }
         cache.commit(&self.translator.asm);
+        if t.ret_entry {
+            cache.take_ret_entry();
+        }
         dir.push_faults(&self.translator.faults);
         for &(site, skip_inst, skip_patch) in &self.translator.site_addrs {
             let s = &mut shared.inst.sites[site as usize];
@@ -540,6 +544,7 @@ impl Engine {
             return;
         };
         cache.table.remove(start);
+        cache.table.note_removed();
         let reentry = dir.stub(block.reentry_stub).stub;
         // jmp rel32 to the reentry stub, written over the block's first bytes (every block
         // is longer than 5 bytes). Written rel32 first, opcode last.

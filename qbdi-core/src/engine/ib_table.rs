@@ -35,6 +35,9 @@ pub(crate) struct IbTable {
     empty_host: u64,
     /// Whether any native (broker) entry was inserted since the last clear.
     has_natives: std::cell::Cell<bool>,
+    /// Entries were removed since the last [`take_removed`](Self::take_removed) (the
+    /// returns' site caches must follow, see `CodeCache::prune_ret_entries`).
+    removed: std::cell::Cell<bool>,
 }
 
 impl IbTable {
@@ -46,6 +49,7 @@ impl IbTable {
             entries: base as *mut Entry,
             empty_host,
             has_natives: false.into(),
+            removed: false.into(),
         };
         t.init_zero_entry();
         t
@@ -115,6 +119,23 @@ impl IbTable {
         }
     }
 
+    /// Whether `guest` -> `host` is in the table.
+    pub fn holds(&self, guest: u64, host: u64) -> bool {
+        // SAFETY: find() gives an entry in bounds.
+        self.find(guest)
+            .is_some_and(|e| unsafe { (*e).host } == host)
+    }
+
+    /// Entries were removed (or a block is gone) since the last call.
+    pub fn take_removed(&self) -> bool {
+        self.removed.replace(false)
+    }
+
+    /// A block is gone, whether the table held it or not.
+    pub fn note_removed(&self) {
+        self.removed.set(true);
+    }
+
     pub fn remove(&self, guest: u64) {
         if guest == 0 {
             return; // the zero address's entry stays
@@ -122,12 +143,16 @@ impl IbTable {
         if let Some(e) = self.find(guest) {
             // SAFETY: in bounds, as above.
             unsafe { e.write(self.empty()) };
+            self.removed.set(true);
         }
     }
 
     /// Removes entries of native targets (host = `broker`) whose guest address is in
     /// `[start, end)`.
+    /// The returns' site caches are pruned after it, whatever the table held: a native
+    /// entry may be in a site's cache still when the table lost it to a colliding target.
     pub fn remove_natives_in(&self, start: u64, end: u64, broker: u64) {
+        self.removed.set(true);
         if !self.has_natives.get() {
             return;
         }
@@ -150,6 +175,7 @@ impl IbTable {
 
     pub fn clear(&self) {
         self.has_natives.set(false);
+        self.removed.set(true);
         // SAFETY: the table's SLOTS entries are ours and writable; all zeros is an empty
         // entry (see the module's doc), then the zero address's entry is set.
         unsafe { std::ptr::write_bytes(self.entries, 0, SLOTS) };

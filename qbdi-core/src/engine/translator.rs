@@ -26,7 +26,7 @@ use super::direct_call::{
     DIRECT_COLD_MAX, DirectCold, DirectSite, emit_direct_cold, emit_direct_site,
 };
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
-use super::emitter::{Asm, Label, R11, RAX, RCX, RSP, is_simm32};
+use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, is_simm32};
 use super::encode::{self, MemOperand};
 use super::ib_table::{
     Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
@@ -98,6 +98,9 @@ pub(crate) struct Env<'a> {
     /// it gets (`inline::status_flags_live`), if its bytes are readable and do not change
     /// (no byte check); None otherwise.
     pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
+    /// A free entry of the returns' site caches (`code_cache::RET_ENTRIES`), for a `ret`
+    /// this block may end with; `Translated::ret_entry` says whether it took it.
+    pub ret_entry: Option<u64>,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -126,6 +129,8 @@ pub(crate) struct Translated {
     /// Offset of the block's linked entry from its entry (0: the same; see
     /// `inline::emit_counting`).
     pub linked: u64,
+    /// The block's `ret` took `Env::ret_entry`.
+    pub ret_entry: bool,
 }
 
 pub(crate) struct Translator {
@@ -142,6 +147,8 @@ pub(crate) struct Translator {
     /// (see `DirectCold`), and the bytes reserved for them.
     cold: Vec<DirectCold>,
     cold_bytes: usize,
+    /// This translation's `ret` took `Env::ret_entry`.
+    ret_entry_taken: bool,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
     mem: MemInfo,
@@ -273,6 +280,7 @@ impl Translator {
             site_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
             cold: Vec::with_capacity(MAX_BLOCK_SITES),
             cold_bytes: 0,
+            ret_entry_taken: false,
             planned: Vec::with_capacity(MAX_PER_INSTRUCTION),
             mem: MemInfo::default(),
             next_slot: 0,
@@ -305,6 +313,7 @@ impl Translator {
         self.site_addrs.clear();
         self.cold.clear();
         self.cold_bytes = 0;
+        self.ret_entry_taken = false;
         self.next_slot = 0;
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
@@ -460,6 +469,7 @@ impl Translator {
             cut,
             block_end,
             linked,
+            ret_entry: self.ret_entry_taken,
         })
     }
 
@@ -1225,6 +1235,14 @@ impl Translator {
         if !self.edge_maps.is_empty() {
             inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
         }
+        // A return first tries the target it last went to from here (its site cache).
+        let site = env
+            .ret_entry
+            .filter(|_| instr.flow_control() == FlowControl::Return);
+        if let Some(e) = site {
+            self.ret_entry_taken = true;
+            emit_site_check(&mut self.asm, e);
+        }
         emit_lookup(
             &mut self.asm,
             ctx,
@@ -1232,7 +1250,11 @@ impl Translator {
             Miss::Addr(env.runtime.ib_miss),
             true,
         );
-        emit_hit_jump(&mut self.asm, ctx);
+        if let Some(e) = site {
+            emit_site_fill(&mut self.asm, ctx, e);
+        } else {
+            emit_hit_jump(&mut self.asm, ctx);
+        }
         Ok(())
     }
 
@@ -1463,6 +1485,33 @@ fn rebase_ip_relative(guest: &[u8], at: usize, instr: &Instruction, reg: u8) -> 
         .then_some(raw)
 }
 
+/// The check of a return's site cache `e` (guest address, host entry), with the target in
+/// rcx (rax, rcx, rdx spilled): when it is the guest address, jumps to the host entry (a
+/// table entry, as a hit of the table gives it: rax = the guest address, rdx untouched);
+/// otherwise goes on with rcx = the target.
+fn emit_site_check(a: &mut Asm, e: u64) {
+    a.load(RAX, e);
+    a.rcx_diff(RAX);
+    let hit = a.new_label();
+    a.jrcxz_label(hit);
+    a.bytes(&[0xeb, 0x06]); // jmp rel8 over the hit's jump (6 bytes)
+    a.bind(hit);
+    let at = a.len();
+    a.jmp_mem(e + 8);
+    debug_assert_eq!(a.len() - at, 6);
+    a.rcx_diff(RAX);
+}
+
+/// After a hit of the table at a return with site cache `e`: the pair goes to the site's
+/// cache (its next time), then on as [`emit_hit_jump`].
+fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
+    a.store(e, RAX);
+    a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
+    a.store(e + 8, RCX);
+    a.load(RDX, ctx + off::SPILL + 16);
+    a.bytes(&[0xff, 0xe1]); // jmp rcx
+}
+
 /// Disassembly of the instruction at `address` (for error messages).
 pub(crate) fn disassemble_at(address: u64) -> String {
     // SAFETY: only called for an address the translator decoded before, so at least one
@@ -1609,6 +1658,68 @@ mod tests {
                 let r = rebased(bytes, reg).unwrap_or_else(|| panic!("{bytes:02x?} on {reg}"));
                 assert_eq!(r.memory_base().number(), usize::from(reg), "{bytes:02x?}");
             }
+        }
+    }
+
+    /// A return's site cache, as a return emits it (site check, table lookup, fill), run
+    /// over a table and an entry in fresh memory: a target the table knows fills the entry;
+    /// the entry then answers alone (the table emptied); another target goes to the table.
+    #[test]
+    fn a_return_site_cache_fills_from_the_table_and_answers_alone() {
+        use super::super::ib_table::{ENTRY_PREFIX_LEN, IbTable, TABLE_BYTES};
+        const CTX: usize = 4 * 4096;
+        const LEN: usize = TABLE_BYTES + CTX + 2 * 4096;
+        const MISS: u64 = 1;
+        // SAFETY: a fresh private mapping (table, context, code and entry), unmapped at the
+        // end; the generated function is a leaf (System V: rdi in, rax out) touching only
+        // the mapping.
+        unsafe {
+            let region = libc::mmap(
+                std::ptr::null_mut(),
+                LEN,
+                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(region, libc::MAP_FAILED);
+            let table_at = region as u64;
+            let ctx = table_at + TABLE_BYTES.next_multiple_of(4096) as u64;
+            const { assert!(off::SPILL + 24 <= CTX as u64) };
+            let code = ctx + CTX as u64;
+            let entry = code + 4096 - 16;
+            (entry as *mut [u64; 2]).write([u64::MAX, 0]);
+            let table = IbTable::new(table_at, 0);
+            // The host every hit lands on: `ret` (rax = the guest address, as on a hit).
+            let host = code + 2048;
+            (host as *mut u8).write(0xc3);
+            let mut a = Asm::with_capacity(512);
+            a.reset(code);
+            a.bytes(&[0x48, 0x89, 0xf9]); // mov rcx, rdi
+            emit_site_check(&mut a, entry);
+            let miss = a.new_label();
+            emit_lookup(&mut a, ctx, table_at, Miss::Label(miss), false);
+            emit_site_fill(&mut a, ctx, entry);
+            a.bind(miss);
+            a.mov_imm64(RAX, MISS);
+            a.bytes(&[0xc3]);
+            a.finish();
+            assert!(a.len() < 2048);
+            std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
+            let ret: extern "C" fn(u64) -> u64 = std::mem::transmute(code);
+            let (g, other) = (0x5555_1234_5678u64, 0x7fff_0000_1000u64);
+            assert_eq!(ret(g), MISS);
+            table.insert_block(g, host + ENTRY_PREFIX_LEN);
+            assert_eq!(ret(g), g, "found in the table");
+            assert_eq!(
+                *(entry as *const [u64; 2]),
+                [g, host],
+                "the site's cache filled"
+            );
+            table.clear();
+            assert_eq!(ret(g), g, "the site's cache alone");
+            assert_eq!(ret(other), MISS);
+            libc::munmap(region, LEN);
         }
     }
 
