@@ -342,3 +342,53 @@ fn the_underscore_variable_names_the_program_not_qbdi() {
         assert_eq!(out.text(), expected, "with _={underscore}");
     }
 }
+
+/// `QBDI_PERF_MAP=1`: every translated block goes to perf's JIT map of the process
+/// (`/tmp/perf-<pid>.map`, `host size qbdi:guest` in hex), so the blocks bbcount saw in the
+/// same run all have a line, with host ranges that do not overlap.
+#[test]
+fn perf_map_names_every_block_with_its_guest_address() {
+    let dir = scratch("perf-map");
+    let report = dir.join("bb.txt");
+    let spec = format!("bbcount:out={}", report.display());
+    let mut cmd = std::process::Command::new(qbdi_tests::cli::qbdi());
+    cmd.args(["run", "-p", &spec, "--", "ls", "-la", "/"])
+        .current_dir(&dir)
+        .env_remove("QBDI_PLUGIN_PATH")
+        .env("XDG_DATA_HOME", qbdi_tests::cli::no_user_plugins())
+        .env("QBDI_PERF_MAP", "1")
+        .stdout(std::process::Stdio::null());
+    let mut child = cmd.spawn().expect("qbdi starts");
+    let map = format!("/tmp/perf-{}.map", child.id());
+    assert!(child.wait().expect("qbdi ends").success());
+    let text = std::fs::read_to_string(&map).expect("the perf map");
+    let _ = std::fs::remove_file(&map);
+    let hex = |s: &str| u64::from_str_radix(s, 16).unwrap_or_else(|e| panic!("{s:?}: {e}"));
+    let mut hosts: Vec<(u64, u64)> = Vec::new();
+    let mut guests = std::collections::HashSet::new();
+    for line in text.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        assert_eq!(f.len(), 3, "{line:?}");
+        let guest = f[2].strip_prefix("qbdi:").expect("named qbdi:<guest>");
+        hosts.push((hex(f[0]), hex(f[1])));
+        guests.insert(hex(guest));
+    }
+    hosts.sort_unstable();
+    for w in hosts.windows(2) {
+        assert!(w[0].0 + w[0].1 <= w[1].0, "overlapping blocks {w:x?}");
+    }
+    let report = std::fs::read_to_string(&report).expect("bbcount's report");
+    let starts: Vec<u64> = report
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().nth(1)?.split_once('-'))
+        .map(|(s, _)| hex(s.trim_start_matches("0x")))
+        .collect();
+    assert!(starts.len() > 100, "{} blocks", starts.len());
+    for s in &starts {
+        assert!(
+            guests.contains(s),
+            "block {s:#x} has no line in the perf map"
+        );
+    }
+}

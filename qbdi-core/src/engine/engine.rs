@@ -62,6 +62,8 @@ pub(crate) struct Engine {
     pub(super) late_seen: u64,
     /// A run ends at native code it cannot come back from, instead of instrumenting it.
     pub(crate) leave_at_native: bool,
+    /// Blocks go to perf's map of JIT code (`QBDI_PERF_MAP=1`, see `perf_map`).
+    perf_map: bool,
 }
 
 impl Engine {
@@ -73,6 +75,7 @@ impl Engine {
             fpr_in_xarea: false,
             cache: None,
             translator: Translator::new(),
+            perf_map: super::perf_map::enabled(),
             readable: ReadableMaps::new(),
             scratch: Vec::with_capacity(1024),
             stop: NO_STOP,
@@ -479,6 +482,9 @@ impl Engine {
             self.continuations.push((t.guest_end, block_start));
         }
         cache.commit(&self.translator.asm);
+        if self.perf_map {
+            super::perf_map::note_block(host, self.translator.asm.len() as u64, pc);
+        }
         if t.ret_entry {
             cache.take_ret_entry();
         }

@@ -31,6 +31,7 @@ mod ib_table;
 pub(crate) mod inline;
 mod maps_reader;
 mod memory_recording;
+mod perf_map;
 mod segments;
 mod translator;
 pub(crate) mod xstate;
