@@ -23,11 +23,13 @@ const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
 /// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory
 /// only once written. 128 MiB holds on the order of a million blocks.
 const CODE_BYTES: usize = 128 << 20;
-/// The returns' site caches (a guest and a host address each, see the translator's
-/// `emit_site_check`), after the code: small pages, touched as sites are made.
+/// The returns' site caches (two pairs of a guest and a host address each, see the
+/// translator's `emit_site_check`), after the code: small pages, touched as sites are made.
 const RET_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
 pub(crate) const RET_ENTRIES: usize = 1 << 16;
-const RET_BYTES: usize = RET_ENTRIES * 16;
+/// Two (guest, host) pairs per return.
+pub(crate) const RET_ENTRY_BYTES: usize = 32;
+const RET_BYTES: usize = RET_ENTRIES * RET_ENTRY_BYTES;
 const REGION_BYTES: usize = RET_OFFSET + RET_BYTES;
 /// Placement search: try this far apart, this many times, below then above the guest.
 const PLACEMENT_STEP: u64 = 64 << 20;
@@ -119,28 +121,37 @@ impl CodeCache {
     }
 
     fn ret_entry(&self, i: usize) -> u64 {
-        self.base + (RET_OFFSET + 16 * i) as u64
+        self.base + (RET_OFFSET + RET_ENTRY_BYTES * i) as u64
     }
 
-    /// Takes the entry [`next_ret_entry`](Self::next_ret_entry) gave: empty (no guest
-    /// address is `u64::MAX`; its host is the miss path, as the table's empty entries).
+    /// Takes the entry [`next_ret_entry`](Self::next_ret_entry) gave: both pairs empty (no
+    /// guest address is `u64::MAX`; its host is the miss path, as the table's empty
+    /// entries).
     pub fn take_ret_entry(&mut self) {
-        let e = self.ret_entry(self.ret_used);
-        // SAFETY: the entry lies in the mapping, in the ret area, and no code reads it yet.
-        unsafe { (e as *mut [u64; 2]).write([u64::MAX, self.runtime.miss_entry]) };
+        let e = self.ret_entry(self.ret_used) as *mut [u64; 2];
+        let empty = [u64::MAX, self.runtime.miss_entry];
+        // SAFETY: the entry's two pairs lie in the mapping, in the ret area, and no code
+        // reads them yet.
+        unsafe {
+            e.write(empty);
+            e.add(1).write(empty);
+        }
         self.ret_used += 1;
     }
 
-    /// Empties every entry of the returns' site caches whose pair is not in the table
-    /// (after blocks were removed: an entry's host may be one of them).
+    /// Empties every pair of the returns' site caches that is not in the table (after
+    /// blocks were removed: a pair's host may be one of them).
     pub fn prune_ret_entries(&mut self) {
+        let empty = [u64::MAX, self.runtime.miss_entry];
         for i in 0..self.ret_used {
             let e = self.ret_entry(i) as *mut [u64; 2];
-            // SAFETY: a taken entry in the mapping; nothing runs in the cache now.
-            unsafe {
-                let [guest, host] = *e;
-                if guest != u64::MAX && !self.table.holds(guest, host) {
-                    e.write([u64::MAX, self.runtime.miss_entry]);
+            for k in 0..2 {
+                // SAFETY: a taken entry's pair in the mapping; nothing runs in the cache.
+                unsafe {
+                    let [guest, host] = *e.add(k);
+                    if guest != u64::MAX && !self.table.holds(guest, host) {
+                        e.add(k).write(empty);
+                    }
                 }
             }
         }

@@ -1485,26 +1485,40 @@ fn rebase_ip_relative(guest: &[u8], at: usize, instr: &Instruction, reg: u8) -> 
         .then_some(raw)
 }
 
-/// The check of a return's site cache `e` (guest address, host entry), with the target in
-/// rcx (rax, rcx, rdx spilled): when it is the guest address, jumps to the host entry (a
-/// table entry, as a hit of the table gives it: rax = the guest address, rdx untouched);
-/// otherwise goes on with rcx = the target.
+/// The check of a return's site cache `e` (two pairs of guest address and host entry),
+/// with the target in rcx (rax, rcx, rdx spilled): when it is one of the guest addresses,
+/// jumps to its host entry (a table entry, as a hit of the table gives it: rax = the guest
+/// address, rdx untouched); otherwise goes on with rcx = the target. Two pairs: a function
+/// called from two places by turns (`__errno_location` around `strcoll` in sort's compare,
+/// fib's two recursive calls) hits both.
 fn emit_site_check(a: &mut Asm, e: u64) {
+    let first = a.new_label();
+    let second = a.new_label();
     a.load(RAX, e);
     a.rcx_diff(RAX);
-    let hit = a.new_label();
-    a.jrcxz_label(hit);
-    a.bytes(&[0xeb, 0x06]); // jmp rel8 over the hit's jump (6 bytes)
-    a.bind(hit);
-    let at = a.len();
-    a.jmp_mem(e + 8);
-    debug_assert_eq!(a.len() - at, 6);
+    a.jrcxz_label(first);
     a.rcx_diff(RAX);
+    a.load(RAX, e + 16);
+    a.rcx_diff(RAX);
+    a.jrcxz_label(second);
+    a.rcx_diff(RAX);
+    a.bytes(&[0xeb, 0x0c]); // jmp rel8 over the two hits' jumps (6 bytes each)
+    let at = a.len();
+    a.bind(first);
+    a.jmp_mem(e + 8);
+    a.bind(second);
+    a.jmp_mem(e + 24);
+    debug_assert_eq!(a.len() - at, 12);
 }
 
-/// After a hit of the table at a return with site cache `e`: the pair goes to the site's
-/// cache (its next time), then on as [`emit_hit_jump`].
+/// After a hit of the table at a return with site cache `e`: the pair goes first in the
+/// site's cache, the first pair second (the second forgotten), then on as
+/// [`emit_hit_jump`].
 fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
+    a.load(RCX, e);
+    a.store(e + 16, RCX);
+    a.load(RCX, e + 8);
+    a.store(e + 24, RCX);
     a.store(e, RAX);
     a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
     a.store(e + 8, RCX);
@@ -1662,8 +1676,9 @@ mod tests {
     }
 
     /// A return's site cache, as a return emits it (site check, table lookup, fill), run
-    /// over a table and an entry in fresh memory: a target the table knows fills the entry;
-    /// the entry then answers alone (the table emptied); another target goes to the table.
+    /// over a table and an entry in fresh memory: targets the table knows fill the entry's
+    /// two pairs; both then answer alone (the table emptied); another target goes to the
+    /// table.
     #[test]
     fn a_return_site_cache_fills_from_the_table_and_answers_alone() {
         use super::super::ib_table::{ENTRY_PREFIX_LEN, IbTable, TABLE_BYTES};
@@ -1687,8 +1702,8 @@ mod tests {
             let ctx = table_at + TABLE_BYTES.next_multiple_of(4096) as u64;
             const { assert!(off::SPILL + 24 <= CTX as u64) };
             let code = ctx + CTX as u64;
-            let entry = code + 4096 - 16;
-            (entry as *mut [u64; 2]).write([u64::MAX, 0]);
+            let entry = code + 4096 - 32;
+            (entry as *mut [[u64; 2]; 2]).write([[u64::MAX, 0]; 2]);
             let table = IbTable::new(table_at, 0);
             // The host every hit lands on: `ret` (rax = the guest address, as on a hit).
             let host = code + 2048;
@@ -1707,17 +1722,29 @@ mod tests {
             assert!(a.len() < 2048);
             std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
             let ret: extern "C" fn(u64) -> u64 = std::mem::transmute(code);
-            let (g, other) = (0x5555_1234_5678u64, 0x7fff_0000_1000u64);
+            let (g, h, other) = (
+                0x5555_1234_5678u64,
+                0x5555_1234_9000u64,
+                0x7fff_0000_1000u64,
+            );
+            let pairs = || *(entry as *const [[u64; 2]; 2]);
             assert_eq!(ret(g), MISS);
             table.insert_block(g, host + ENTRY_PREFIX_LEN);
+            table.insert_block(h, host + ENTRY_PREFIX_LEN);
             assert_eq!(ret(g), g, "found in the table");
+            assert_eq!(pairs()[0], [g, host], "the site's cache filled");
+            assert_eq!(ret(h), h);
             assert_eq!(
-                *(entry as *const [u64; 2]),
-                [g, host],
-                "the site's cache filled"
+                pairs(),
+                [[h, host], [g, host]],
+                "the first pair moved second"
             );
             table.clear();
-            assert_eq!(ret(g), g, "the site's cache alone");
+            // Both answer alone, by turns, and stay where they are.
+            for _ in 0..3 {
+                assert_eq!((ret(g), ret(h)), (g, h), "the site's cache alone");
+            }
+            assert_eq!(pairs(), [[h, host], [g, host]]);
             assert_eq!(ret(other), MISS);
             libc::munmap(region, LEN);
         }
