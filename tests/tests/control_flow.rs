@@ -449,21 +449,10 @@ unsafe extern "C" {
 fn far_rip_relative_operands_match_native() {
     let start = cf_far_operands as *const () as u64;
     let len = (label(&cf_far_operands_end) - start) as usize;
-    // SAFETY: a fresh private anonymous mapping; MAP_32BIT only chooses where.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(page, libc::MAP_FAILED, "a page in the first 2 GiB");
+    let page = rwx_page(libc::MAP_32BIT);
     // SAFETY: [start, start + len) is the function and its data in this executable's text;
     // the page is ours and larger.
-    unsafe { std::ptr::copy_nonoverlapping(start as *const u8, page.cast::<u8>(), len) };
+    unsafe { std::ptr::copy_nonoverlapping(start as *const u8, page, len) };
     let copy = page as u64;
     assert!(
         copy.abs_diff(start) > 1 << 31,
@@ -486,7 +475,7 @@ fn far_rip_relative_operands_match_native() {
         .expect("the copy runs");
     assert_eq!(guest, native);
     // SAFETY: mapped above, nothing runs in it any more.
-    unsafe { libc::munmap(page, 4096) };
+    unsafe { libc::munmap(page.cast(), 4096) };
 }
 
 #[test]
@@ -723,29 +712,35 @@ fn invalid_instruction_stops_with_the_state_before_it() {
 // ------------------------------------------------------------------------------------------
 // Self-modifying code and cache control.
 
+/// A fresh read-write-execute page (`flags` added to the mapping's: `MAP_32BIT`), checked;
+/// the caller unmaps it.
+fn rwx_page(flags: libc::c_int) -> *mut u8 {
+    // SAFETY: anonymous private mapping, no hint; the result is checked.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap RWX: {}",
+        std::io::Error::last_os_error()
+    );
+    p.cast()
+}
+
 /// One RWX page holding `mov eax, imm32; ret`; unmapped on drop.
 struct CodePage(*mut u8);
 
 impl CodePage {
     fn new(imm: u32) -> CodePage {
-        // SAFETY: anonymous private mapping, no hint; the result is checked.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(
-            p,
-            libc::MAP_FAILED,
-            "mmap RWX: {}",
-            std::io::Error::last_os_error()
-        );
-        let page = CodePage(p.cast());
+        let page = CodePage(rwx_page(0));
         // SAFETY: the page is ours, 4096 bytes, writable.
         unsafe { page.0.write(0xb8) };
         page.set_imm(imm);
@@ -807,19 +802,7 @@ fn clear_cache_picks_up_modified_code() {
 fn a_return_goes_to_the_new_translation_of_its_site() {
     let callee = CodePage::new(40);
     let (mut vm, _stack) = vm_for_page(&callee);
-    // SAFETY: anonymous private mapping, no hint; the result is checked.
-    let caller = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(caller, libc::MAP_FAILED);
-    let caller = caller.cast::<u8>();
+    let caller = rwx_page(0);
     // mov rax, callee; call rax; add eax, imm32 (the return site, imm at 13); ret
     let mut code = vec![0x48, 0xb8];
     code.extend_from_slice(&callee.addr().to_le_bytes());

@@ -301,40 +301,59 @@ fn a_direct_site_keeps_the_guest_flags_and_handles_the_direction_flag() {
     assert!(vm.direct_call_sites() > 0);
 }
 
+/// A direct callback at `position` on every instruction of `vm` counting its calls.
+fn count_every_instruction(vm: &mut Vm, position: InstPosition) -> Rc<Cell<u64>> {
+    let count = counter();
+    let c = count.clone();
+    vm.add_code_cb(
+        position,
+        move |_, _, _| {
+            c.set(c.get().wrapping_add(1));
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    count
+}
+
+/// Runs `func(rdi)` from the top of `stack` with the guest flags `eflags`; the guest's
+/// rax and arithmetic flags after it.
+fn run_with_flags(
+    vm: &mut Vm,
+    stack: &VirtualStack,
+    func: u64,
+    rdi: u64,
+    eflags: u64,
+) -> (u64, u64) {
+    let gpr = vm.gpr_state_mut();
+    gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
+    gpr.eflags = eflags;
+    gpr.rdi = rdi;
+    simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
+    vm.run(func, FAKE_RETURN_ADDRESS).unwrap();
+    (vm.gpr_state().rax, vm.gpr_state().eflags & 0x8d5)
+}
+
 #[test]
 fn flags_are_kept_across_direct_calls_on_every_instruction() {
     // Before (or after) each instruction of cb_straight a direct counter runs; the guest's
     // flags at the end (from its last add/xor/lea) must be the native ones.
     for position in [PostInst, PreInst] {
         let (mut vm, stack) = vm_over(addr!(cb_straight), addr!(cb_straight_end));
-        let count = counter();
-        let c = count.clone();
-        vm.add_code_cb(
-            position,
-            move |_, _, _| {
-                c.set(c.get().wrapping_add(1));
-                VmAction::Continue
-            },
-            0,
-        )
-        .unwrap();
+        let count = count_every_instruction(&mut vm, position);
         // Start with every arithmetic flag set; the guest's xor clears some, its adds set
         // some.
         for start_flags in [0x202u64, 0x202 | 0x8d5] {
-            let gpr = vm.gpr_state_mut();
-            gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
-            gpr.eflags = start_flags;
-            gpr.rdi = 0x7fff_ffff_ffff_fff0;
-            simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
-            vm.run(addr!(cb_straight), FAKE_RETURN_ADDRESS).unwrap();
-            let got = vm.gpr_state().eflags & 0x8d5;
+            let x = 0x7fff_ffff_ffff_fff0;
+            let (rax, flags) = run_with_flags(&mut vm, &stack, addr!(cb_straight), x, start_flags);
             // The last flag-writing instruction is `xor edx, edx` (lea and mov write none):
             // ZF and PF set, the others clear.
             assert_eq!(
-                got, 0x44,
+                flags, 0x44,
                 "{position:?}: flags after cb_straight from {start_flags:#x}"
             );
-            assert_eq!(vm.gpr_state().rax, native_straight(0x7fff_ffff_ffff_fff0));
+            assert_eq!(rax, native_straight(x));
         }
         assert!(vm.direct_call_sites() > 0);
         assert_eq!(count.get(), 12, "{position:?}");
@@ -348,26 +367,10 @@ fn flags_are_kept_across_direct_calls_on_every_instruction() {
 #[test]
 fn direct_sites_put_the_flags_back_where_they_are_live() {
     let (mut vm, stack) = vm_over(addr!(cb_flags_tail), addr!(cb_flags_tail_end));
-    let count = counter();
-    let c = count.clone();
-    vm.add_code_cb(
-        PreInst,
-        move |_, _, _| {
-            c.set(c.get().wrapping_add(1));
-            VmAction::Continue
-        },
-        0,
-    )
-    .unwrap();
+    let count = count_every_instruction(&mut vm, PreInst);
     for (x, flags) in [(1u64 << 63, 0x845u64), (1, 0), (3 << 62, 0x85)] {
-        let gpr = vm.gpr_state_mut();
-        gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
-        gpr.eflags = 0x202;
-        gpr.rdi = x;
-        simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
-        vm.run(addr!(cb_flags_tail), FAKE_RETURN_ADDRESS).unwrap();
-        assert_eq!(vm.gpr_state().rax, x.wrapping_add(x));
-        assert_eq!(vm.gpr_state().eflags & 0x8d5, flags, "x={x:#x}");
+        let got = run_with_flags(&mut vm, &stack, addr!(cb_flags_tail), x, 0x202);
+        assert_eq!(got, (x.wrapping_add(x), flags), "x={x:#x}");
     }
     assert!(vm.direct_call_sites() > 0);
     assert_eq!(count.get(), 12);

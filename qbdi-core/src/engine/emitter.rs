@@ -595,6 +595,35 @@ pub(crate) fn is_simm32(value: u64) -> bool {
     value as u32 as i32 as i64 as u64 == value
 }
 
+/// For tests that run generated code: a fresh private anonymous mapping of `len` bytes with
+/// protection `prot` and the extra `flags` (`MAP_32BIT`), asserted mapped; the caller
+/// unmaps it (or leaks it).
+#[cfg(test)]
+pub(crate) fn test_mapping(len: usize, prot: libc::c_int, flags: libc::c_int) -> *mut u8 {
+    // SAFETY: a new anonymous mapping with no address hint replaces nothing.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | flags,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap: {}",
+        std::io::Error::last_os_error()
+    );
+    p.cast()
+}
+
+/// Read, write and execute: code written then run in place.
+#[cfg(test)]
+pub(crate) const RWX: libc::c_int = libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC;
+
 #[cfg(test)]
 mod tests {
     use super::*;

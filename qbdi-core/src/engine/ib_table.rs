@@ -343,22 +343,14 @@ mod tests {
     /// entry (never moved: a lookup of 0 lands on the miss routine) and the last index.
     #[test]
     fn the_generated_lookup_finds_both_targets_of_an_index() {
-        use super::super::emitter::Asm;
+        use super::super::emitter::{Asm, RWX, test_mapping};
         const LEN: usize = TABLE_BYTES + 6 * 4096;
         const MISS: u64 = 1;
         // SAFETY: a fresh private mapping (table, then code, then 16 KiB of context), unmapped
         // at the end; the generated function is a leaf (System V: rdi in, rax out) touching
         // only the table and the context.
         unsafe {
-            let region = libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(region, libc::MAP_FAILED);
+            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
             let table_at = region as u64;
             let code = table_at + TABLE_BYTES.next_multiple_of(4096) as u64;
             let ctx = code + 4096;
@@ -435,7 +427,7 @@ mod tests {
     /// The hash the generated code computes (both forms), run on this CPU, is `index`'s.
     #[test]
     fn generated_hash_is_index() {
-        use super::super::emitter::Asm;
+        use super::super::emitter::{Asm, test_mapping};
         for rorx in [false, true] {
             if rorx && !std::arch::is_x86_feature_detected!("bmi2") {
                 continue;
@@ -448,15 +440,8 @@ mod tests {
             // SAFETY: an anonymous private mapping, written then made executable; the code
             // is the leaf function above (System V: argument in rdi, result in eax).
             unsafe {
-                let m = libc::mmap(
-                    std::ptr::null_mut(),
-                    4096,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                );
-                assert_ne!(m, libc::MAP_FAILED);
+                let m = test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, 0)
+                    .cast::<libc::c_void>();
                 std::ptr::copy_nonoverlapping(code.as_ptr(), m.cast::<u8>(), code.len());
                 assert_eq!(
                     libc::mprotect(m, 4096, libc::PROT_READ | libc::PROT_EXEC),

@@ -315,22 +315,11 @@ pub(crate) fn emit_head(
 fn head_code(a: &mut Asm, ctx: u64, slots: &[u64], flags_live: bool, short: bool) {
     let spill = ctx + off::INLINE_SPILL;
     let here = a.here();
-    let near = |s: u64| {
-        is_abs32(s) || rip_disp(here, s, 8).is_some() && rip_disp(here + 1024, s, 8).is_some()
-    };
-    if short && slots.iter().all(|&s| near(s)) {
-        // `opcode` with rax (or /0) and `qword [slot]`: absolute when the slot fits 32
-        // bits, RIP-relative otherwise.
+    if short && slots.iter().all(|&s| reach_from(here, s) != Reach::Rax) {
+        // REX.W, `opcode` with rax (or /0) and `qword [slot]`.
         let mem = |a: &mut Asm, opcode: u8, s: u64| {
             a.bytes(&[0x48, opcode]);
-            if is_abs32(s) {
-                a.bytes(&[0x04, 0x25]);
-                a.bytes(&(s as u32).to_le_bytes());
-            } else {
-                a.bytes(&[0x05]);
-                let d = rip_disp(a.here(), s, 4).expect("judged in reach");
-                a.bytes(&d.to_le_bytes());
-            }
+            mem_operand(a, reach_from(here, s), 0, s, 0);
         };
         if flags_live {
             a.store(spill, RAX);
@@ -418,17 +407,8 @@ pub(crate) fn emit_counted_exit(
 ) {
     let spill = ctx + off::INLINE_SPILL;
     let line = |m: &EdgeMap| m.map + ((m.cur(src) >> 1) ^ m.cur(target));
-    // Reach is judged for the whole exit's code (well under 1 KiB from here).
     let here = a.here();
-    let reach = |addr: u64| {
-        if is_abs32(addr) {
-            Reach::Abs
-        } else if rip_disp(here, addr, 7).is_some() && rip_disp(here + 1024, addr, 7).is_some() {
-            Reach::Rip
-        } else {
-            Reach::Rax
-        }
-    };
+    let reach = |addr: u64| reach_from(here, addr);
     let rax_spilled = flags_live || maps.iter().any(|m| reach(line(m)) == Reach::Rax);
     if rax_spilled {
         a.store(spill, RAX);
@@ -439,9 +419,9 @@ pub(crate) fn emit_counted_exit(
     for m in maps {
         let l = line(m);
         let r = reach(l);
-        add_byte(a, r, l, 0x04, 1); // add byte [line], 1
+        add_byte(a, r, l, 0, 1); // add byte [line], 1
         if m.never_zero {
-            add_byte(a, r, l, 0x14, 0); // adc byte [line], 0
+            add_byte(a, r, l, 2, 0); // adc byte [line], 0
         }
     }
     if flags_live {
@@ -452,7 +432,7 @@ pub(crate) fn emit_counted_exit(
     }
 }
 
-/// How an exit's code addresses a map line.
+/// How generated code addresses a map line or a counter.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Reach {
     /// RIP-relative.
@@ -461,6 +441,37 @@ enum Reach {
     Abs,
     /// Through rax (spilled).
     Rax,
+}
+
+/// How code emitted from `here` on (well under 1 KiB of it) reaches `addr`.
+fn reach_from(here: u64, addr: u64) -> Reach {
+    if is_abs32(addr) {
+        Reach::Abs
+    } else if rip_disp(here, addr, 8).is_some() && rip_disp(here + 1024, addr, 8).is_some() {
+        Reach::Rip
+    } else {
+        Reach::Rax
+    }
+}
+
+/// The ModRM (and SIB) and disp32 of the operand `[addr]`, absolute or RIP-relative as
+/// `reach` says, with `reg` the ModRM reg field and `tail` the instruction's bytes after
+/// the displacement (an immediate).
+fn mem_operand(a: &mut Asm, reach: Reach, reg: u8, addr: u64, tail: u64) {
+    match reach {
+        Reach::Abs => {
+            // ModRM 00 reg 100, SIB 00 100 101 (no base, no index), disp32.
+            a.bytes(&[(reg << 3) | 0x04, 0x25]);
+            a.bytes(&(addr as u32).to_le_bytes());
+        }
+        Reach::Rip => {
+            // ModRM 00 reg 101, disp32 relative to the instruction's end.
+            a.bytes(&[(reg << 3) | 0x05]);
+            let d = rip_disp(a.here(), addr, 4 + tail).expect("judged in reach");
+            a.bytes(&d.to_le_bytes());
+        }
+        Reach::Rax => unreachable!("a register operand is emitted by the caller"),
+    }
 }
 
 /// Sets the thread's `prev` words to the block at `src` before a way out that may reach a
@@ -478,28 +489,17 @@ pub(crate) fn emit_sync(a: &mut Asm, ctx: u64, maps: &[EdgeMap], src: u64) {
     }
 }
 
-/// `op byte [addr], imm8` with `op` the ModRM byte of the SIB form (`0x04`: add, `0x14`:
-/// adc), addressed as `reach` says.
+/// `op byte [addr], imm8` with `op` the group-1 operation (`0`: add, `2`: adc), addressed
+/// as `reach` says.
 fn add_byte(a: &mut Asm, reach: Reach, addr: u64, op: u8, imm: u8) {
-    match reach {
-        Reach::Rip => {
-            // 80 /r, ModRM 00 reg 101, disp32, imm8: 7 bytes, relative to their end.
-            let d = rip_disp(a.here(), addr, 7).expect("judged in reach");
-            a.bytes(&[0x80, op | 0x01]);
-            a.bytes(&d.to_le_bytes());
-            a.bytes(&[imm]);
-        }
-        Reach::Abs => {
-            // 80 /r, ModRM 00 reg 100, SIB 00 100 101 (no base, no index), disp32, imm8.
-            a.bytes(&[0x80, op, 0x25]);
-            a.bytes(&(addr as u32).to_le_bytes());
-            a.bytes(&[imm]);
-        }
-        Reach::Rax => {
-            a.mov_imm64(RAX, addr);
-            a.bytes(&[0x80, op & !0x04, imm]); // op byte [rax], imm8
-        }
+    if reach == Reach::Rax {
+        a.mov_imm64(RAX, addr);
+        a.bytes(&[0x80, op << 3, imm]); // op byte [rax], imm8
+        return;
     }
+    a.bytes(&[0x80]);
+    mem_operand(a, reach, op, addr, 1);
+    a.bytes(&[imm]);
 }
 
 /// The displacement reaching `target` from an instruction of `len` bytes at `at`.
@@ -529,17 +529,15 @@ pub(crate) fn apply_patches(
     for (slot, &id) in head.slots.iter_mut().zip(&head.ids) {
         *slot = inst.counter_slot(id, start, end);
     }
-    let at = a.base + head.at as u64;
-    let h = &mut *head;
-    h.scratch.reset(at);
-    head_code(&mut h.scratch, ctx, &h.slots, h.flags_live, true);
-    let used = h.scratch.len();
+    head.scratch.reset(a.base + head.at as u64);
+    head_code(&mut head.scratch, ctx, &head.slots, head.flags_live, true);
+    let used = head.scratch.len();
     assert!(
-        used <= h.len,
+        used <= head.len,
         "a short head is never longer than the long one"
     );
-    pad(&mut h.scratch, h.len - used);
-    a.buf[h.at..h.at + h.len].copy_from_slice(&h.scratch.buf);
+    pad(&mut head.scratch, head.len - used);
+    a.buf[head.at..head.at + head.len].copy_from_slice(&head.scratch.buf);
 }
 
 /// Most inline counters one block carries (more are not counted).
@@ -581,20 +579,12 @@ mod tests {
     /// rax and, when asked, the flags.
     #[test]
     fn counted_exits_count_and_keep_registers_and_flags() {
-        use super::super::emitter::Asm;
+        use super::super::emitter::{Asm, RWX, test_mapping};
         const LEN: usize = 8 * 4096;
         // SAFETY: fresh private mappings, unmapped at the end; the generated function is a
         // leaf (System V: rdi, rsi in, rax out) that only touches them.
         unsafe {
-            let region = libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(region, libc::MAP_FAILED);
+            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
             // Code, then a context (16 KiB), then a map RIP-relative code reaches.
             let (code, ctx, near) = (
                 region as u64,
@@ -602,15 +592,8 @@ mod tests {
                 region as u64 + 6 * 4096,
             );
             const { assert!(off::INLINE_SPILL + 24 <= 5 * 4096) };
-            let low = libc::mmap(
-                std::ptr::null_mut(),
-                4096,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-                -1,
-                0,
-            );
-            assert_ne!(low, libc::MAP_FAILED);
+            let low = test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT)
+                .cast::<libc::c_void>();
             let far: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
             let hash: Box<dyn Fn(u64) -> u64> = Box::new(|pc| pc * 7);
             for (map, flags_live) in [

@@ -1681,6 +1681,7 @@ mod tests {
     /// table.
     #[test]
     fn a_return_site_cache_fills_from_the_table_and_answers_alone() {
+        use super::super::emitter::{RWX, test_mapping};
         use super::super::ib_table::{ENTRY_PREFIX_LEN, IbTable, TABLE_BYTES};
         const CTX: usize = 4 * 4096;
         const LEN: usize = TABLE_BYTES + CTX + 2 * 4096;
@@ -1689,15 +1690,7 @@ mod tests {
         // end; the generated function is a leaf (System V: rdi in, rax out) touching only
         // the mapping.
         unsafe {
-            let region = libc::mmap(
-                std::ptr::null_mut(),
-                LEN,
-                libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            );
-            assert_ne!(region, libc::MAP_FAILED);
+            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
             let table_at = region as u64;
             let ctx = table_at + TABLE_BYTES.next_multiple_of(4096) as u64;
             const { assert!(off::SPILL + 24 <= CTX as u64) };
