@@ -583,6 +583,11 @@ fn call_path(r: &plugin::Registration) -> Option<String> {
     }
     Some(
         match qbdi_core::direct_call_refusal(r.callback as *const (), abi) {
+            None if qbdi_core::direct_call_inlined(r.callback as *const (), abi) => {
+                "directly from translated code, inlined: its code is copied there, with no \
+                 call (where every callback at its point, up to four, can be)"
+                    .into()
+            }
             None => "directly from translated code (where every callback at its point, up to \
                      four, can be)"
                 .into(),

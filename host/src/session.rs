@@ -300,11 +300,18 @@ fn register(vm: &mut Vm, plugin: usize, reg: &Registration) -> Result<(), VmErro
 
 /// Lets translated code call the plugin's trampoline directly when it is simple enough
 /// (see `Vm::set_direct_entry`): the closure registered above is then only the general
-/// path. `QBDI_NO_DIRECT=1` keeps every plugin callback on the general path (to compare).
+/// path. `QBDI_NO_DIRECT=1` keeps every plugin callback on the general path (to compare);
+/// `QBDI_NO_INLINE=1` calls the simplest ones instead of copying their code into translated
+/// code (`Vm::set_call_inlining`).
 fn direct_entry(vm: &mut Vm, id: u32, reg: &Registration, abi: EntryAbi) -> Result<(), VmError> {
     static NO_DIRECT: OnceLock<bool> = OnceLock::new();
-    if *NO_DIRECT.get_or_init(|| std::env::var_os("QBDI_NO_DIRECT").is_some_and(|v| v == "1")) {
+    static NO_INLINE: OnceLock<bool> = OnceLock::new();
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| v == "1");
+    if *NO_DIRECT.get_or_init(|| set("QBDI_NO_DIRECT")) {
         return Ok(());
+    }
+    if *NO_INLINE.get_or_init(|| set("QBDI_NO_INLINE")) {
+        vm.set_call_inlining(false);
     }
     // SAFETY: the trampoline follows the SDK's RawInstFn / RawEventFn convention, which is
     // EntryAbi's; it does what the closure above does once that closure has checked it may

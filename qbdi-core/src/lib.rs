@@ -46,7 +46,9 @@ pub use callback::{
 };
 pub use error::VmError;
 pub use instrumentation::callbacks::{InstCallback, InstrRuleCallback, VmCallback};
-pub use instrumentation::direct::{DirectRefusal, EntryAbi, direct_call_refusal};
+pub use instrumentation::direct::{
+    DirectRefusal, EntryAbi, direct_call_inlined, direct_call_refusal,
+};
 
 /// The block hash of AFL's QEMU mode, `(addr >> 4) ^ (addr << 8)`, for
 /// [`Vm::add_edge_map`] (which masks it to the map's size).

@@ -189,6 +189,27 @@ impl Vm {
         inst.sites.iter().filter(|s| s.direct_live != 0).count()
     }
 
+    /// How many of the [`direct_call_sites`](Self::direct_call_sites) copy their callbacks'
+    /// code instead of calling it (see [`set_call_inlining`](Self::set_call_inlining)).
+    #[must_use]
+    pub fn inlined_call_sites(&self) -> usize {
+        let inst = self.inst_ref();
+        if !inst.inline_calls {
+            return 0;
+        }
+        inst.sites
+            .iter()
+            .filter(|s| {
+                let calls = (s.first..s.first + u32::from(s.direct))
+                    .map(|k| inst.direct_call(inst.site_cbs[k as usize]));
+                s.direct_live != 0
+                    && calls
+                        .into_iter()
+                        .all(|c| c.is_some_and(|c| c.inline.is_some()))
+            })
+            .count()
+    }
+
     /// Runs the guest from `start` until it reaches `stop`, from the current state, and
     /// leaves the final state in the Vm (`rip` = `stop`).
     pub fn run(&mut self, start: Rword, stop: Rword) -> Result<(), VmError> {

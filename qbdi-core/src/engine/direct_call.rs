@@ -65,7 +65,20 @@ pub(crate) struct DirectCold {
     saves: u16,
     gpr_arg: bool,
     calls: usize,
+    /// The site's calls were inlined ([`emit_inline_site`]): what its slow path puts back.
+    inline: Option<InlineCold>,
 }
+
+/// What an inlined site saved before it goes to its general path: the status flags (at
+/// `ctx.inline_spill[2]`) and rax.
+#[derive(Clone, Copy)]
+struct InlineCold {
+    flags: bool,
+    rax: bool,
+}
+
+/// Where an inlined site keeps the guest's status flags.
+const INLINE_FLAGS: u64 = off::INLINE_SPILL + 16;
 
 /// Most bytes [`emit_direct_cold`] emits for one site.
 pub(crate) const DIRECT_COLD_MAX: usize = 384;
@@ -146,6 +159,69 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
         saves,
         gpr_arg,
         calls: d.calls.len(),
+        inline: None,
+    }
+}
+
+/// Whether every call of a site can be inlined ([`emit_inline_site`]).
+pub(crate) fn inlinable(calls: &[Option<DirectCall>]) -> bool {
+    calls.iter().all(|c| c.is_some_and(|c| c.inline.is_some()))
+}
+
+/// Emits a site whose calls are all inlined (each `DirectCall::inline`): their bodies
+/// copied one after the other, between saves and restores of the registers they write and
+/// of the status flags (unless dead after the site), on the guest's stack, which the
+/// bodies do not touch. No call, no stack switch, no action to check (each body returns
+/// `Continue`), and no flags check: the bodies use no string instruction (DF) and make no
+/// access the guest's AC could fault (a guest running with AC set and the kernel's
+/// alignment checking on would fault in its own code first). The site still goes to the
+/// general path once a callback was deleted (`DirectSite::live_flag`).
+pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> DirectCold {
+    let slow = a.new_label();
+    let saves = d
+        .calls
+        .iter()
+        .flatten()
+        .filter_map(|c| c.inline)
+        .fold(0u16, |s, b| s | b.saves);
+    let flags = !d.flags_dead;
+    // rax takes the flags and addresses the live byte.
+    a.store(ctx + off::gpr(RAX), RAX);
+    if flags {
+        a.save_status_flags(ctx + INLINE_FLAGS);
+    }
+    a.mov_imm64(RAX, d.live_flag);
+    a.cmp_byte_at_rax(0);
+    a.jcc_label(4, slow); // je: deleted
+    for r in 1..16u8 {
+        if r != RSP && saves & (1 << r) != 0 {
+            a.store(ctx + off::gpr(r), r);
+        }
+    }
+    for body in d.calls.iter().flatten().filter_map(|c| c.inline) {
+        a.bytes(body.code());
+    }
+    for r in 1..16u8 {
+        if r != RSP && saves & (1 << r) != 0 {
+            a.load(r, ctx + off::gpr(r));
+        }
+    }
+    if flags {
+        a.restore_status_flags(ctx + INLINE_FLAGS);
+    }
+    a.load(RAX, ctx + off::gpr(RAX));
+    DirectCold {
+        slow,
+        action: slow,
+        general: d.general,
+        after: d.after,
+        site: d.site,
+        rip: d.rip,
+        routine: d.routine,
+        saves,
+        gpr_arg: false,
+        calls: d.calls.len(),
+        inline: Some(InlineCold { flags, rax: true }),
     }
 }
 
@@ -153,6 +229,18 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
 /// general path, or after the site.
 pub(crate) fn emit_direct_cold(a: &mut Asm, ctx: u64, c: &DirectCold) {
     let start = a.len();
+    if let Some(i) = c.inline {
+        // A deleted callback: only rax and the flags changed.
+        a.bind(c.slow);
+        if i.flags {
+            a.restore_status_flags(ctx + INLINE_FLAGS);
+        }
+        if i.rax {
+            a.load(RAX, ctx + off::gpr(RAX));
+        }
+        a.jmp_label(c.general);
+        return;
+    }
     // Unusual flags or deleted callback: nothing changed yet but rax and the flags.
     a.bind(c.slow);
     a.load(RAX, ctx + off::gpr(RAX));

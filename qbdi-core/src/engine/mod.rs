@@ -22,7 +22,7 @@ mod context_switch;
 mod direct_call;
 mod directory;
 mod dispatcher;
-mod emitter;
+pub(crate) mod emitter;
 mod encode;
 #[allow(clippy::module_inception)] // the Engine, named after it
 mod engine;

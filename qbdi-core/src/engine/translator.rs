@@ -23,7 +23,8 @@
 use super::context::off;
 use super::context_switch::Runtime;
 use super::direct_call::{
-    DIRECT_COLD_MAX, DirectCold, DirectSite, emit_direct_cold, emit_direct_site,
+    DIRECT_COLD_MAX, DirectCold, DirectSite, emit_direct_cold, emit_direct_site, emit_inline_site,
+    inlinable,
 };
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, is_simm32};
@@ -560,7 +561,12 @@ impl Translator {
             };
             // The fast path falls through; the rest goes after the block's instructions
             // (`cold` has room for every site a block can have, `MAX_BLOCK_SITES`).
-            self.cold.push(emit_direct_site(&mut self.asm, ctx, &d));
+            let cold = if inst.inline_calls && inlinable(d.calls) {
+                emit_inline_site(&mut self.asm, ctx, &d)
+            } else {
+                emit_direct_site(&mut self.asm, ctx, &d)
+            };
+            self.cold.push(cold);
             self.cold_bytes += COLD_SITE_BYTES;
             self.asm.bind(after);
             self.site_labels.push((site, skip_inst, skip_patch));

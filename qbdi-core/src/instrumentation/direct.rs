@@ -66,6 +66,40 @@ pub(crate) struct DirectCall {
     /// The entry uses thread-local storage: with OPT_ENABLE_FS_GS the guest's FS and GS
     /// are not the host's, so only the general path (which switches them) may call it.
     pub fs_gs: bool,
+    /// The entry reads no argument and always returns `Continue`: a site copies its code
+    /// instead of calling it (see [`InlineBody`]).
+    pub inline: Option<InlineBody>,
+}
+
+/// Most bytes of a body copied into translated code (see [`InlineBody`]).
+const INLINE_BYTES: usize = 96;
+/// Most instructions of such a body.
+const INLINE_INSTRUCTIONS: usize = 24;
+
+/// The code of an entry simple enough to be copied into the site instead of called
+/// (DynamoRIO's clean-call inlining, done on the entry's compiled code): straight-line
+/// code (no branch) that does not touch the stack, reads no argument (no register before
+/// writing it) and returns `Continue` (eax zeroed last). Such is a plugin's counter: a
+/// `fetch_add` on a static, `VmAction::Continue`.
+///
+/// The copy is position independent: a RIP-relative `lea` becomes a `mov` of the address
+/// it computes, any other RIP-relative operand is addressed through a scratch register the
+/// body does not use, loaded with the address first. The final `ret` is left out. The
+/// site saves what the body writes (`saves`) and the flags where they are live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct InlineBody {
+    bytes: [u8; INLINE_BYTES],
+    len: u8,
+    /// Registers the body writes, the scratch register included (bit n: emitter register
+    /// n).
+    pub saves: u16,
+}
+
+impl InlineBody {
+    /// The code to copy.
+    pub fn code(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 /// The shape of a callback entry: which register holds which argument.
@@ -134,6 +168,17 @@ pub fn direct_call_refusal(func: *const (), abi: EntryAbi) -> Option<String> {
         .map(|r| r.to_string())
 }
 
+/// Whether the compiled entry at `func`, eligible for a direct call, is also simple enough
+/// for a site to copy its code instead of calling it (see
+/// [`Vm::set_call_inlining`](crate::Vm::set_call_inlining)): false if it is not, or not
+/// eligible at all. Same contract on `func` as [`direct_call_refusal`].
+pub fn direct_call_inlined(func: *const (), abi: EntryAbi) -> bool {
+    let func = func as u64;
+    analyze(func)
+        .and_then(|l| l.direct_call(abi.kind(), func, 0))
+        .is_ok_and(|c| c.inline.is_some())
+}
+
 /// Where a refusal names the instruction that caused it.
 const AT: &str = "\u{1}";
 
@@ -197,6 +242,8 @@ pub(crate) struct Leaf {
     pub writes: u16,
     /// Whether it uses the FS or GS segment (thread-local storage).
     pub fs_gs: bool,
+    /// Its code, when it can be copied into a site (see [`InlineBody`]).
+    pub inline: Option<InlineBody>,
 }
 
 impl Leaf {
@@ -248,6 +295,9 @@ impl Leaf {
             // The whole state goes through the context.
             saves = ALL_BUT_RSP;
         }
+        // A body that reads no register before writing it reads no argument (nor the
+        // closure): it is the same code at every site.
+        let args_read = self.reads | self.view_lo | self.view_hi;
         Ok(DirectCall {
             kind,
             func,
@@ -257,6 +307,7 @@ impl Leaf {
             view_arg,
             state_arg,
             fs_gs: self.fs_gs,
+            inline: self.inline.filter(|_| args_read == 0),
         })
     }
 }
@@ -389,6 +440,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
         view_hi: 0,
         writes: 0,
         fs_gs: false,
+        inline: None,
     };
     // Paths to explore: (address, registers defined so far). A state already explored
     // with a superset of definitions adds nothing.
@@ -520,7 +572,126 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
             }
         }
     }
+    leaf.inline = inline_body(code, ip, leaf.writes);
     Ok(leaf)
+}
+
+/// The 64-bit registers by emitter number.
+const GPR64: [Register; 16] = [
+    Register::RAX,
+    Register::RCX,
+    Register::RDX,
+    Register::RBX,
+    Register::RSP,
+    Register::RBP,
+    Register::RSI,
+    Register::RDI,
+    Register::R8,
+    Register::R9,
+    Register::R10,
+    Register::R11,
+    Register::R12,
+    Register::R13,
+    Register::R14,
+    Register::R15,
+];
+
+/// `mov r64, imm64` (`wide`) or `mov r32, imm32`.
+fn mov_imm(out: &mut Vec<u8>, reg: u8, value: u64, wide: bool) {
+    let rex = (if wide { 0x48 } else { 0x40 }) | (reg >> 3);
+    if rex != 0x40 {
+        out.push(rex);
+    }
+    out.push(0xb8 + (reg & 7));
+    if wide {
+        out.extend_from_slice(&value.to_le_bytes());
+    } else {
+        out.extend_from_slice(&(value as u32).to_le_bytes());
+    }
+}
+
+/// The body of the leaf entry at `ip` (`code`, its bytes), when it can be copied into a
+/// site (see [`InlineBody`]); `writes` is what [`analyze_code`] found it writes.
+fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
+    let mut factory = InstructionInfoFactory::new();
+    let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
+    let mut body: Vec<Instruction> = Vec::new();
+    let mut used = 0u16;
+    // Whether eax holds zero (Continue) at this point.
+    let mut continues = false;
+    loop {
+        if body.len() > INLINE_INSTRUCTIONS || !decoder.can_decode() {
+            return None;
+        }
+        let instr = decoder.decode();
+        match instr.flow_control() {
+            FlowControl::Next => {}
+            FlowControl::Return if instr.op_count() == 0 && continues => break,
+            _ => return None,
+        }
+        let zero_idiom = matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
+            && instr.op_count() == 2
+            && instr.op0_kind() == OpKind::Register
+            && instr.op1_kind() == OpKind::Register
+            && instr.op0_register() == instr.op1_register()
+            && matches!(instr.op0_register(), Register::EAX | Register::RAX);
+        for u in factory.info(&instr).used_registers() {
+            let Some((n, _)) = gpr_number(u.register()) else {
+                continue;
+            };
+            if n == RSP {
+                return None; // push, pop, a stack slot: the site's stack is the guest's
+            }
+            used |= 1 << n;
+            if n == RAX && !matches!(u.access(), OpAccess::Read | OpAccess::CondRead) {
+                continues = false;
+            }
+        }
+        continues |= zero_idiom;
+        body.push(instr);
+    }
+    let scratch = [11u8, 10, 9, 8, 6, 7, 2, 1]
+        .into_iter()
+        .find(|&r| used & (1 << r) == 0);
+    let mut out = Vec::with_capacity(INLINE_BYTES);
+    let mut saves = writes;
+    let mut encoder = iced_x86::Encoder::new(64);
+    for instr in &body {
+        if !instr.is_ip_rel_memory_operand() {
+            let at = usize::try_from(instr.ip() - ip).ok()?;
+            out.extend_from_slice(code.get(at..at + instr.len())?);
+            continue;
+        }
+        let target = instr.ip_rel_memory_address();
+        if instr.mnemonic() == Mnemonic::Lea {
+            let dest = instr.op0_register();
+            let (n, _) = gpr_number(dest)?;
+            if !(dest.is_gpr64() || dest.is_gpr32()) {
+                return None;
+            }
+            mov_imm(&mut out, n, target, dest.is_gpr64());
+            continue;
+        }
+        let s = scratch?;
+        saves |= 1 << s;
+        mov_imm(&mut out, s, target, true);
+        let mut far = *instr;
+        far.set_memory_base(GPR64[usize::from(s)]);
+        far.set_memory_displacement64(0);
+        far.set_memory_displ_size(0);
+        encoder.encode(&far, 0).ok()?;
+        out.extend_from_slice(&encoder.take_buffer());
+    }
+    if out.len() > INLINE_BYTES {
+        return None;
+    }
+    let mut bytes = [0u8; INLINE_BYTES];
+    bytes[..out.len()].copy_from_slice(&out);
+    Some(InlineBody {
+        bytes,
+        len: out.len() as u8,
+        saves: saves & !(1 << RSP),
+    })
 }
 
 /// An analysed entry: its address, its first bytes (up to 64, within its page) and the
@@ -836,5 +1007,107 @@ mod tests {
         // l: dec rdi; jnz l; xor eax,eax; ret
         let l = leaf(&[0x48, 0xff, 0xcf, 0x75, 0xfb, 0x31, 0xc0, 0xc3]).expect("leaf");
         assert_eq!(l.reads, bit(RDI));
+    }
+
+    /// The instructions of an inline body, in Intel syntax.
+    fn listing(body: &InlineBody) -> Vec<String> {
+        let mut f = iced_x86::IntelFormatter::new();
+        Decoder::with_ip(64, body.code(), 0, DecoderOptions::NONE)
+            .into_iter()
+            .map(|i| {
+                let mut s = String::new();
+                iced_x86::Formatter::format(&mut f, &i, &mut s);
+                s
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sharded_counter_is_copied_with_its_address_made_absolute() {
+        // The count test plugin's trampoline: mov rax,fs:[0]; mov rcx,K; imul rcx,rax;
+        // shr rcx,58; shl ecx,6; lea rax,[rip+0x100]; lock inc qword [rcx+rax];
+        // xor eax,eax; ret
+        let mut code = vec![0x64, 0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0, 0x48, 0xb9];
+        code.extend_from_slice(&0x9e37_79b9_7f4a_7c15u64.to_le_bytes());
+        code.extend_from_slice(&[0x48, 0x0f, 0xaf, 0xc8, 0x48, 0xc1, 0xe9, 0x3a, 0xc1, 0xe1]);
+        code.extend_from_slice(&[0x06, 0x48, 0x8d, 0x05, 0, 1, 0, 0]);
+        let lea_end = 0x1000 + code.len() as u64;
+        code.extend_from_slice(&[0xf0, 0x48, 0xff, 0x04, 0x01, 0x31, 0xc0, 0xc3]);
+        let l = leaf(&code).expect("leaf");
+        let d = l
+            .direct_call(EntryKind::PluginEvent, 0x1000, 0)
+            .expect("direct");
+        let body = d.inline.expect("inlined");
+        assert_eq!(body.saves, bit(RAX) | bit(RCX));
+        let text = listing(&body);
+        assert_eq!(text.len(), 8, "{text:?}: the ret is left out");
+        assert_eq!(
+            text[5],
+            format!("mov rax,{:X}h", lea_end + 0x100),
+            "{text:?}"
+        );
+        assert_eq!(text[6], "lock inc qword ptr [rcx+rax]", "{text:?}");
+    }
+
+    #[test]
+    fn a_rip_relative_operand_goes_through_a_scratch_register() {
+        // lock inc qword [rip+0x40]; xor eax,eax; ret
+        let code = [0xf0, 0x48, 0xff, 0x05, 0x40, 0, 0, 0, 0x31, 0xc0, 0xc3];
+        let body = leaf(&code).and_then(|l| l.inline).expect("inlined");
+        assert_eq!(body.saves, bit(RAX) | bit(11), "r11 is borrowed");
+        assert_eq!(
+            listing(&body),
+            ["mov r11,1048h", "lock inc qword ptr [r11]", "xor eax,eax"]
+        );
+        // The copy runs: it adds one to the word the original addressed.
+        static WORD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let at = &WORD as *const _ as u64;
+        let ip = at - 8 - 0x40;
+        let body = analyze_code(&code, ip)
+            .ok()
+            .and_then(|l| l.inline)
+            .expect("inlined");
+        let page = crate::engine::emitter::test_mapping(
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
+            0,
+        );
+        // SAFETY: `page` is a fresh RWX page; the body (r11 and rax clobbered, both
+        // caller-saved) plus `ret` is a function of no argument.
+        unsafe {
+            std::ptr::copy_nonoverlapping(body.code().as_ptr(), page, body.code().len());
+            *page.add(body.code().len()) = 0xc3;
+            let f: extern "C" fn() = std::mem::transmute(page);
+            f();
+            f();
+        }
+        assert_eq!(WORD.load(std::sync::atomic::Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn only_straight_code_of_no_argument_that_continues_is_inlined() {
+        let inlined = |code: &[u8]| {
+            leaf(code)
+                .and_then(|l| l.direct_call(EntryKind::Inst, 1, 2).ok())
+                .is_some_and(|d| d.inline.is_some())
+        };
+        assert!(inlined(&[0x31, 0xc0, 0xc3]), "xor eax,eax; ret");
+        let refused: &[(&str, &[u8])] = &[
+            // mov rax,[rdi]; inc rax; mov [rdi],rax; xor eax,eax; ret
+            (
+                "reads its closure",
+                &[
+                    0x48, 0x8b, 0x07, 0x48, 0xff, 0xc0, 0x48, 0x89, 0x07, 0x31, 0xc0, 0xc3,
+                ],
+            ),
+            ("returns another action", &[0xb8, 0x01, 0, 0, 0, 0xc3]),
+            ("sets eax after zeroing it", &[0x31, 0xc0, 0xb0, 0x01, 0xc3]),
+            ("branches", &[0x31, 0xc0, 0x74, 0x00, 0xc3]),
+            ("uses the stack", &[0x51, 0x59, 0x31, 0xc0, 0xc3]),
+        ];
+        for (what, code) in refused {
+            assert!(leaf(code).is_some(), "{what}: a leaf");
+            assert!(!inlined(code), "{what}: inlined");
+        }
     }
 }

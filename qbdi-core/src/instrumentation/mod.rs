@@ -219,6 +219,8 @@ pub(crate) struct Instrumentation {
     sink: Box<u64>,
     /// Edge maps registered so far (the next one's `prev` index).
     edge_maps: u32,
+    /// Sites whose direct calls can all be inlined are (`Vm::set_call_inlining`).
+    pub inline_calls: bool,
 }
 
 impl Instrumentation {
@@ -237,6 +239,7 @@ impl Instrumentation {
             rule_output: Vec::new(),
             sink: Box::new(0),
             edge_maps: 0,
+            inline_calls: true,
         }
     }
 
@@ -373,7 +376,7 @@ impl Instrumentation {
         }
     }
 
-    fn schedule_flush(&mut self, affected: Option<Range>) {
+    pub(crate) fn schedule_flush(&mut self, affected: Option<Range>) {
         match affected {
             Some(r) if !self.flush.all => self.flush.ranges.push(r),
             _ => {

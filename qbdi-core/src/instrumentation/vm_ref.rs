@@ -257,6 +257,21 @@ macro_rules! instrumentation_methods {
             Ok(refusal)
         }
 
+        /// Whether sites whose direct callbacks are all simple enough copy their code into
+        /// translated code instead of calling it (on by default): straight-line code that
+        /// reads none of its arguments, does not touch the stack and returns `Continue`,
+        /// such as a `fetch_add` on a static counter (DynamoRIO's clean-call inlining; see
+        /// `docs/architecture.md`). Turning it off (to compare) flushes the cache, so that
+        /// code translated from then on calls them.
+        pub fn set_call_inlining(&mut self, enabled: bool) {
+            let inst = self.inst_mut();
+            if inst.inline_calls != enabled {
+                inst.inline_calls = enabled;
+                inst.schedule_flush(None);
+                self.changed();
+            }
+        }
+
         /// Counts the executions of every instrumented basic block inline: translated code
         /// adds one to a `u64` at each entry of the block, with no callback. `slot` is asked
         /// once per translation of a block, with its extent `[start, end)`, for the
