@@ -610,6 +610,45 @@ fn mov_imm(out: &mut Vec<u8>, reg: u8, value: u64, wide: bool) {
     }
 }
 
+/// The bytes of `instr` (`bytes`, a legacy-encoded instruction with a RIP-relative memory
+/// operand) addressing `[reg]` instead (`reg` 0-7 but rsp and rbp), with a zero 32-bit
+/// displacement: ModRM's mod 10 and rm `reg`, REX.B cleared (RIP-relative addressing
+/// ignores it). Done on the bytes, not with iced's encoder, whose tables would cost
+/// start-up about 0.4 ms (see `engine/encode.rs`). Checked by decoding the result.
+fn rebase(instr: &Instruction, bytes: &[u8], reg: u8) -> Option<Vec<u8>> {
+    if instr.encoding() != iced_x86::EncodingKind::Legacy || matches!(reg, 4 | 5) || reg > 7 {
+        return None;
+    }
+    let mut decoder = Decoder::with_ip(64, bytes, instr.ip(), DecoderOptions::NONE);
+    let again = decoder.decode();
+    let offsets = decoder.get_constant_offsets(&again);
+    let disp = offsets.displacement_offset();
+    if offsets.displacement_size() != 4 || disp + 4 > bytes.len() {
+        return None;
+    }
+    let modrm = disp.checked_sub(1)?;
+    let mut out = bytes.to_vec();
+    // Legacy prefixes, then REX if any, then the opcode.
+    let rex = out.iter().position(|b| {
+        !matches!(
+            b,
+            0xf0 | 0xf2 | 0xf3 | 0x2e | 0x36 | 0x3e | 0x26 | 0x64 | 0x65 | 0x66 | 0x67
+        )
+    })?;
+    if out[rex] & 0xf0 == 0x40 {
+        out[rex] &= !1;
+    }
+    out[modrm] = 0x80 | (out[modrm] & 0x38) | reg;
+    out[disp..disp + 4].fill(0);
+    let check = Decoder::with_ip(64, &out, 0, DecoderOptions::NONE).decode();
+    let same = check.len() == out.len()
+        && check.code() == instr.code()
+        && check.memory_base() == GPR64[usize::from(reg)]
+        && check.memory_index() == instr.memory_index()
+        && check.memory_displacement64() == 0;
+    same.then_some(out)
+}
+
 /// The body of the leaf entry at `ip` (`code`, its bytes), when it can be copied into a
 /// site (see [`InlineBody`]); `writes` is what [`analyze_code`] found it writes.
 fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
@@ -650,16 +689,17 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
         continues |= zero_idiom;
         body.push(instr);
     }
-    let scratch = [11u8, 10, 9, 8, 6, 7, 2, 1]
+    // A low register: the rewrite then needs no REX.B (see `rebase`).
+    let scratch = [RCX, RDX, RSI, RDI]
         .into_iter()
         .find(|&r| used & (1 << r) == 0);
     let mut out = Vec::with_capacity(INLINE_BYTES);
     let mut saves = writes;
-    let mut encoder = iced_x86::Encoder::new(64);
     for instr in &body {
+        let at = usize::try_from(instr.ip() - ip).ok()?;
+        let bytes = code.get(at..at + instr.len())?;
         if !instr.is_ip_rel_memory_operand() {
-            let at = usize::try_from(instr.ip() - ip).ok()?;
-            out.extend_from_slice(code.get(at..at + instr.len())?);
+            out.extend_from_slice(bytes);
             continue;
         }
         let target = instr.ip_rel_memory_address();
@@ -675,12 +715,7 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
         let s = scratch?;
         saves |= 1 << s;
         mov_imm(&mut out, s, target, true);
-        let mut far = *instr;
-        far.set_memory_base(GPR64[usize::from(s)]);
-        far.set_memory_displacement64(0);
-        far.set_memory_displ_size(0);
-        encoder.encode(&far, 0).ok()?;
-        out.extend_from_slice(&encoder.take_buffer());
+        out.extend_from_slice(&rebase(instr, bytes, s)?);
     }
     if out.len() > INLINE_BYTES {
         return None;
@@ -1054,10 +1089,27 @@ mod tests {
         // lock inc qword [rip+0x40]; xor eax,eax; ret
         let code = [0xf0, 0x48, 0xff, 0x05, 0x40, 0, 0, 0, 0x31, 0xc0, 0xc3];
         let body = leaf(&code).and_then(|l| l.inline).expect("inlined");
-        assert_eq!(body.saves, bit(RAX) | bit(11), "r11 is borrowed");
+        assert_eq!(body.saves, bit(RAX) | bit(RCX), "rcx is borrowed");
         assert_eq!(
             listing(&body),
-            ["mov r11,1048h", "lock inc qword ptr [r11]", "xor eax,eax"]
+            ["mov rcx,1048h", "lock inc qword ptr [rcx]", "xor eax,eax"]
+        );
+        // With rcx used, the next free low register; with REX.B set (ignored by RIP-relative
+        // addressing) it is cleared: mov ecx,1; lock add qword [rip+0x40] (REX.WB), ecx;
+        // xor eax,eax; ret
+        let wide = [
+            0xb9, 1, 0, 0, 0, 0xf0, 0x49, 0x01, 0x0d, 0x40, 0, 0, 0, 0x31, 0xc0, 0xc3,
+        ];
+        let body = leaf(&wide).and_then(|l| l.inline).expect("inlined");
+        assert_eq!(body.saves, bit(RAX) | bit(RCX) | bit(RDX));
+        assert_eq!(
+            listing(&body),
+            [
+                "mov ecx,1",
+                "mov rdx,104Dh",
+                "lock add [rdx],rcx",
+                "xor eax,eax"
+            ]
         );
         // The copy runs: it adds one to the word the original addressed.
         static WORD: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -1072,7 +1124,7 @@ mod tests {
             libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC,
             0,
         );
-        // SAFETY: `page` is a fresh RWX page; the body (r11 and rax clobbered, both
+        // SAFETY: `page` is a fresh RWX page; the body (rcx and rax clobbered, both
         // caller-saved) plus `ret` is a function of no argument.
         unsafe {
             std::ptr::copy_nonoverlapping(body.code().as_ptr(), page, body.code().len());
