@@ -191,6 +191,44 @@ FUNC cf_jt_relative
     jmp rax
 ENDF cf_jt_relative
 
+// One jump site, many turns: (n, k) runs n rounds; round i jumps through the table to
+// case i % k (k in 1..4), which adds its own constant and a multiple of i to rax. With
+// k = 1 or 2 the site's cache holds every target; with k = 3 or 4 it misses at every
+// round (two places, targets in turn), fills until its countdown ends, then goes on
+// through the plain lookup. Returns rax.
+FUNC cf_jump_cycle
+    push rbx
+    xor eax, eax
+    xor ecx, ecx                    // i
+    lea rbx, [rip + .Lcf_cycle_table]
+.Lcf_cycle_loop:
+    cmp rcx, rdi
+    jae .Lcf_cycle_done
+    push rax
+    mov rax, rcx
+    xor edx, edx
+    div rsi                         // rdx = i % k
+    pop rax
+    jmp qword ptr [rbx + rdx*8]
+.Lcf_cycle_c0:
+    add rax, 1
+    jmp .Lcf_cycle_next
+.Lcf_cycle_c1:
+    lea rax, [rax + rcx*2 + 3]
+    jmp .Lcf_cycle_next
+.Lcf_cycle_c2:
+    lea rax, [rax + rcx*4 + 5]
+    jmp .Lcf_cycle_next
+.Lcf_cycle_c3:
+    imul rax, rax, 3
+.Lcf_cycle_next:
+    inc rcx
+    jmp .Lcf_cycle_loop
+.Lcf_cycle_done:
+    pop rbx
+    ret
+ENDF cf_jump_cycle
+
 // ret imm16: the caller pushes two arguments, the callee pops them with `ret 16`.
 // (a, b) -> a*b + a, plus (stack imbalance << 32) (0 when ret 16 popped exactly 16 bytes).
 FUNC cf_ret_imm16
@@ -364,6 +402,11 @@ ENDF cf_call_read_ret
     .quad .Lcf_case1
     .quad .Lcf_case2
     .quad .Lcf_case3
+.Lcf_cycle_table:
+    .quad .Lcf_cycle_c0
+    .quad .Lcf_cycle_c1
+    .quad .Lcf_cycle_c2
+    .quad .Lcf_cycle_c3
 
     .section .rodata
     .p2align 3

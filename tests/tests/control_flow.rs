@@ -152,6 +152,7 @@ unsafe extern "C" {
     fn cf_jt_base_index(index: u64, x: u64) -> u64;
     fn cf_jt_index_disp(index: u64, x: u64) -> u64;
     fn cf_jt_relative(index: u64, x: u64) -> u64;
+    fn cf_jump_cycle(n: u64, k: u64) -> u64;
     safe fn cf_ret_imm16(a: u64, b: u64) -> u64;
     fn cf_loop(n: u64) -> u64;
     fn cf_loope(n: u64, lim: u64) -> u64;
@@ -269,6 +270,24 @@ fn compare_jump_table(f: unsafe extern "C" fn(u64, u64) -> u64) {
             let native = unsafe { f(index, x) };
             assert_eq!(native, want, "native case {index}");
             assert_eq!(vm.call(addr, &[index, x]), Ok(native), "case {index}");
+        }
+    }
+}
+
+/// One jump site whose targets come in turn (`cf_jump_cycle`): with one or two targets its
+/// site cache answers; with three or four it misses at every turn, fills its cache until
+/// its countdown (`code_cache::SITE_FILLS`, 256) ends, and then rewrites itself into a
+/// plain lookup. Every round count, before and well after that, must give the native
+/// result, in a fresh Vm and in one whose site stopped already.
+#[test]
+fn a_jump_site_with_targets_in_turn_matches_native_before_and_after_its_cache_stops() {
+    let addr = cf_jump_cycle as *const () as u64;
+    for k in 1..=4u64 {
+        let (mut vm, _stack) = vm_for(addr);
+        for n in [0u64, 1, 7, 255, 256, 257, 600, 2000, 5] {
+            // SAFETY: k is in 1..=4, the size of the table.
+            let native = unsafe { cf_jump_cycle(n, k) };
+            assert_eq!(vm.call(addr, &[n, k]), Ok(native), "k={k} n={n}");
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The code cache region: one mapping holding the context, the inline indirect-branch
-//! table, the shared routines, the translated blocks and the returns' site caches, in that
-//! order. Placed within
+//! table, the shared routines, the translated blocks and the site caches of returns and
+//! indirect jumps, in that order. Placed within
 //! +/-2 GiB of the guest code it is created for, so RIP-relative guest operands usually
 //! stay RIP-relative after translation; every piece of generated code reaches the context
 //! and the table RIP-relative.
@@ -23,14 +23,20 @@ const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
 /// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory
 /// only once written. 128 MiB holds on the order of a million blocks.
 const CODE_BYTES: usize = 128 << 20;
-/// The returns' site caches (two pairs of a guest and a host address each, see the
+/// The site caches of returns and indirect jumps (two pairs of a guest and a host address each, see the
 /// translator's `emit_site_check`), after the code: small pages, touched as sites are made.
 const RET_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
 pub(crate) const RET_ENTRIES: usize = 1 << 16;
 /// Two (guest, host) pairs per return.
 pub(crate) const RET_ENTRY_BYTES: usize = 32;
 const RET_BYTES: usize = RET_ENTRIES * RET_ENTRY_BYTES;
-const REGION_BYTES: usize = RET_OFFSET + RET_BYTES;
+/// One countdown (a `u32`) per entry, after them: how many more times an indirect jump's or
+/// call's site may fill its entry before it stops using it (see the translator's
+/// `emit_counted_fill`).
+const COUNTDOWN_OFFSET: usize = RET_OFFSET + RET_BYTES;
+const REGION_BYTES: usize = COUNTDOWN_OFFSET + RET_ENTRIES * 4;
+/// Fills an indirect jump's or call's site cache is allowed (see `COUNTDOWN_OFFSET`).
+pub(crate) const SITE_FILLS: u32 = 256;
 /// Placement search: try this far apart, this many times, below then above the guest.
 const PLACEMENT_STEP: u64 = 64 << 20;
 const PLACEMENT_TRIES: u64 = 24;
@@ -43,7 +49,7 @@ pub(crate) struct CodeCache {
     end: u64,
     pub runtime: Runtime,
     pub table: IbTable,
-    /// Entries of the returns' site caches given out.
+    /// Entries of the site caches given out.
     ret_used: usize,
 }
 
@@ -115,7 +121,7 @@ impl CodeCache {
         self.cursor = (self.cursor + a.len() as u64).next_multiple_of(16);
     }
 
-    /// The address of the next free entry of the returns' site caches, if any is left.
+    /// The address of the next free entry of the site caches, if any is left.
     pub fn next_ret_entry(&self) -> Option<u64> {
         (self.ret_used < RET_ENTRIES).then(|| self.ret_entry(self.ret_used))
     }
@@ -124,17 +130,27 @@ impl CodeCache {
         self.base + (RET_OFFSET + RET_ENTRY_BYTES * i) as u64
     }
 
+    /// The countdown of the entry at `e` (an address [`next_ret_entry`] gave).
+    ///
+    /// [`next_ret_entry`]: Self::next_ret_entry
+    pub fn countdown_of(&self, e: u64) -> u64 {
+        let i = (e - self.ret_entry(0)) / RET_ENTRY_BYTES as u64;
+        self.base + COUNTDOWN_OFFSET as u64 + 4 * i
+    }
+
     /// Takes the entry [`next_ret_entry`](Self::next_ret_entry) gave: both pairs empty (no
     /// guest address is `u64::MAX`; its host is the miss path, as the table's empty
     /// entries).
     pub fn take_ret_entry(&mut self) {
         let e = self.ret_entry(self.ret_used) as *mut [u64; 2];
         let empty = [u64::MAX, self.runtime.miss_entry];
-        // SAFETY: the entry's two pairs lie in the mapping, in the ret area, and no code
-        // reads them yet.
+        let countdown = self.countdown_of(e as u64) as *mut u32;
+        // SAFETY: the entry's two pairs and its countdown lie in the mapping, in the ret
+        // area, and no code reads them yet.
         unsafe {
             e.write(empty);
             e.add(1).write(empty);
+            countdown.write(SITE_FILLS);
         }
         self.ret_used += 1;
     }

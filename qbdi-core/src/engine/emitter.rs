@@ -57,7 +57,7 @@ impl Asm {
         self.buf.extend_from_slice(b);
     }
 
-    fn u32(&mut self, v: u32) {
+    pub(super) fn u32(&mut self, v: u32) {
         self.buf.extend_from_slice(&v.to_le_bytes());
     }
 

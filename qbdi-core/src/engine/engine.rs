@@ -453,7 +453,7 @@ impl Engine {
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,
             flags_live_at: &flags_live_at,
-            ret_entry: cache.next_ret_entry(),
+            ret_entry: cache.next_ret_entry().map(|e| (e, cache.countdown_of(e))),
         };
         let values = !self
             .options

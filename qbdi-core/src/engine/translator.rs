@@ -99,9 +99,10 @@ pub(crate) struct Env<'a> {
     /// it gets (`inline::status_flags_live`), if its bytes are readable and do not change
     /// (no byte check); None otherwise.
     pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
-    /// A free entry of the returns' site caches (`code_cache::RET_ENTRIES`), for a `ret`
-    /// this block may end with; `Translated::ret_entry` says whether it took it.
-    pub ret_entry: Option<u64>,
+    /// A free entry of the site caches (`code_cache::RET_ENTRIES`) and its countdown, for
+    /// the indirect branch this block may end with; `Translated::ret_entry` says whether it
+    /// took it.
+    pub ret_entry: Option<(u64, u64)>,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -1241,24 +1242,37 @@ impl Translator {
         if !self.edge_maps.is_empty() {
             inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
         }
-        // A return first tries the target it last went to from here (its site cache).
-        let site = env
+        // An indirect branch first tries the targets it last went to from here (its site
+        // cache). A return always fills its cache from the table; a jump or call does so
+        // `SITE_FILLS` times, then stops using it (a switch's jump, a polymorphic call).
+        let cached = env
             .ret_entry
-            .filter(|_| instr.flow_control() == FlowControl::Return);
-        if let Some(e) = site {
+            .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
+        if let Some((e, countdown)) = cached {
             self.ret_entry_taken = true;
+            let check = self.asm.len();
             emit_site_check(&mut self.asm, e);
-        }
-        emit_lookup(
-            &mut self.asm,
-            ctx,
-            env.table,
-            Miss::Addr(env.runtime.ib_miss),
-            true,
-        );
-        if let Some(e) = site {
-            emit_site_fill(&mut self.asm, ctx, e);
+            let lookup = self.asm.len();
+            emit_lookup(
+                &mut self.asm,
+                ctx,
+                env.table,
+                Miss::Addr(env.runtime.ib_miss),
+                true,
+            );
+            if instr.flow_control() == FlowControl::Return {
+                emit_site_fill(&mut self.asm, ctx, e);
+            } else {
+                emit_counted_fill(&mut self.asm, ctx, e, countdown, check, lookup);
+            }
         } else {
+            emit_lookup(
+                &mut self.asm,
+                ctx,
+                env.table,
+                Miss::Addr(env.runtime.ib_miss),
+                true,
+            );
             emit_hit_jump(&mut self.asm, ctx);
         }
         Ok(())
@@ -1515,6 +1529,44 @@ fn emit_site_check(a: &mut Asm, e: u64) {
     a.bind(second);
     a.jmp_mem(e + 24);
     debug_assert_eq!(a.len() - at, 12);
+}
+
+/// After a hit of the table at a jump with site cache `e`, whose check starts at offset
+/// `check` of the block and its lookup at `lookup`: a two-byte jump to the fill, then the
+/// plain hit jump. The fill counts down at `countdown` (flags untouched) and fills as
+/// [`emit_site_fill`]; its last time (a switch's jump, whose targets are too many for the
+/// cache), it makes the site a plain lookup: the check's first bytes become a jump to the
+/// lookup, and the jump to the fill a two-byte `nop`, so that hits fall into the plain hit
+/// jump. The block is this thread's code: the writes are self-modifying code, which the
+/// processor sees at once.
+fn emit_counted_fill(a: &mut Asm, ctx: u64, e: u64, countdown: u64, check: usize, lookup: usize) {
+    // jmp rel8 over the plain hit jump (13 bytes) to the fill.
+    const HIT_JUMP: u8 = 13;
+    let slot = a.len();
+    let last = a.new_label();
+    a.bytes(&[0xeb, HIT_JUMP]);
+    emit_hit_jump(a, ctx);
+    debug_assert_eq!(a.len(), slot + 2 + usize::from(HIT_JUMP));
+    a.bytes(&[0x8b, 0x0d]); // mov ecx, [rip+countdown]
+    let d = a.rip_disp(countdown, 0);
+    a.u32(d);
+    a.bytes(&[0x8d, 0x49, 0xff]); // lea ecx, [rcx-1]
+    a.bytes(&[0x89, 0x0d]); // mov [rip+countdown], ecx
+    let d = a.rip_disp(countdown, 0);
+    a.u32(d);
+    a.jrcxz_label(last);
+    emit_site_fill(a, ctx, e);
+    a.bind(last);
+    let rel = u8::try_from(lookup - check - 2).expect("a site check is short");
+    a.bytes(&[0x66, 0xc7, 0x05]); // mov word [rip+check], (jmp rel8 to the lookup)
+    let d = a.rip_disp(a.base + check as u64, 2);
+    a.u32(d);
+    a.bytes(&[0xeb, rel]);
+    a.bytes(&[0x66, 0xc7, 0x05]); // mov word [rip+slot], (66 90: nop)
+    let d = a.rip_disp(a.base + slot as u64, 2);
+    a.u32(d);
+    a.bytes(&[0x66, 0x90]);
+    emit_hit_jump(a, ctx);
 }
 
 /// After a hit of the table at a return with site cache `e`: the pair goes first in the
