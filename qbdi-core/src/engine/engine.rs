@@ -515,9 +515,8 @@ impl Engine {
         let entry = host + ENTRY_PREFIX_LEN;
         dir.insert(pc, t.guest_end, entry, first + t.reentry as u32);
         dir.set_last_entries(entry + t.linked, block_start);
-        if pc != self.stop {
-            cache.table.insert_block(pc, entry);
-        }
+        // Not in the inline table yet: the dispatcher puts it there when an indirect branch
+        // (or anything but a direct branch) first comes to it (see `next_for`).
         // Link this block's exits to blocks that already exist (itself included).
         for i in first..dir.stub_count() {
             let s = dir.stub(i);
