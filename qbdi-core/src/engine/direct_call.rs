@@ -65,16 +65,9 @@ pub(crate) struct DirectCold {
     saves: u16,
     gpr_arg: bool,
     calls: usize,
-    /// The site's calls were inlined ([`emit_inline_site`]): what its slow path puts back.
-    inline: Option<InlineCold>,
-}
-
-/// What an inlined site saved before it goes to its general path: the status flags (at
-/// `ctx.inline_spill[2]`) and rax.
-#[derive(Clone, Copy)]
-struct InlineCold {
-    flags: bool,
-    rax: bool,
+    /// The site's calls were inlined ([`emit_inline_site`]): it has no cold path but its
+    /// general path.
+    inline: bool,
 }
 
 /// Where an inlined site keeps the guest's status flags.
@@ -159,7 +152,7 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
         saves,
         gpr_arg,
         calls: d.calls.len(),
-        inline: None,
+        inline: false,
     }
 }
 
@@ -174,10 +167,12 @@ pub(crate) fn inlinable(calls: &[Option<DirectCall>]) -> bool {
 /// bodies do not touch. No call, no stack switch, no action to check (each body returns
 /// `Continue`), and no flags check: the bodies use no string instruction (DF) and make no
 /// access the guest's AC could fault (a guest running with AC set and the kernel's
-/// alignment checking on would fault in its own code first). The site still goes to the
-/// general path once a callback was deleted (`DirectSite::live_flag`).
+/// alignment checking on would fault in its own code first). No live byte either: a
+/// deletion rewrites the sequence's first bytes into a jump to the site's general path
+/// (`Site::inline_at`), so the sequence starts with at least 5 bytes (a save, or a
+/// multi-byte `nop`).
 pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> DirectCold {
-    let slow = a.new_label();
+    let start = a.len();
     let saves = d
         .calls
         .iter()
@@ -185,18 +180,21 @@ pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
         .filter_map(|c| c.inline)
         .fold(0u16, |s, b| s | b.saves);
     let flags = !d.flags_dead;
-    // rax takes the flags and addresses the live byte.
-    a.store(ctx + off::gpr(RAX), RAX);
+    // rax takes the flags.
+    let rax = flags || saves & (1 << RAX) != 0;
+    if rax {
+        a.store(ctx + off::gpr(RAX), RAX);
+    }
     if flags {
         a.save_status_flags(ctx + INLINE_FLAGS);
     }
-    a.mov_imm64(RAX, d.live_flag);
-    a.cmp_byte_at_rax(0);
-    a.jcc_label(4, slow); // je: deleted
     for r in 1..16u8 {
         if r != RSP && saves & (1 << r) != 0 {
             a.store(ctx + off::gpr(r), r);
         }
+    }
+    if a.len() - start < 5 {
+        a.bytes(&[0x0f, 0x1f, 0x44, 0x00, 0x00]); // nop dword [rax+rax]: room for the jump
     }
     for body in d.calls.iter().flatten().filter_map(|c| c.inline) {
         a.bytes(body.code());
@@ -209,10 +207,13 @@ pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
     if flags {
         a.restore_status_flags(ctx + INLINE_FLAGS);
     }
-    a.load(RAX, ctx + off::gpr(RAX));
+    if rax {
+        a.load(RAX, ctx + off::gpr(RAX));
+    }
+    let never = a.new_label();
     DirectCold {
-        slow,
-        action: slow,
+        slow: never,
+        action: never,
         general: d.general,
         after: d.after,
         site: d.site,
@@ -221,7 +222,7 @@ pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
         saves,
         gpr_arg: false,
         calls: d.calls.len(),
-        inline: Some(InlineCold { flags, rax: true }),
+        inline: true,
     }
 }
 
@@ -229,17 +230,8 @@ pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
 /// general path, or after the site.
 pub(crate) fn emit_direct_cold(a: &mut Asm, ctx: u64, c: &DirectCold) {
     let start = a.len();
-    if let Some(i) = c.inline {
-        // A deleted callback: only rax and the flags changed.
-        a.bind(c.slow);
-        if i.flags {
-            a.restore_status_flags(ctx + INLINE_FLAGS);
-        }
-        if i.rax {
-            a.load(RAX, ctx + off::gpr(RAX));
-        }
-        a.jmp_label(c.general);
-        return;
+    if c.inline {
+        return; // only the general path, which the caller emits
     }
     // Unusual flags or deleted callback: nothing changed yet but rax and the flags.
     a.bind(c.slow);

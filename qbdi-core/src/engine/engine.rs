@@ -489,6 +489,11 @@ impl Engine {
             cache.take_ret_entry();
         }
         dir.push_faults(&self.translator.faults);
+        for &(site, at, general) in &self.translator.inline_addrs {
+            let s = &mut shared.inst.sites[site as usize];
+            s.inline_at = at;
+            s.inline_general = general;
+        }
         for &(site, skip_inst, skip_patch) in &self.translator.site_addrs {
             let s = &mut shared.inst.sites[site as usize];
             s.skip_inst = skip_inst;

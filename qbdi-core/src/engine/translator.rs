@@ -145,6 +145,10 @@ pub(crate) struct Translator {
     /// no address: the routine returns to the site.
     site_labels: Vec<(u32, Label, Label)>,
     pub site_addrs: Vec<(u32, u64, u64)>,
+    /// Inlined sites: (site, start of the copies, general path), resolved to addresses in
+    /// `inline_addrs` by `translate` (see `Site::inline_at`).
+    inline_labels: Vec<(u32, Label, Label)>,
+    pub inline_addrs: Vec<(u32, u64, u64)>,
     /// The rarely taken paths of the block's direct sites, emitted after its instructions
     /// (see `DirectCold`), and the bytes reserved for them.
     cold: Vec<DirectCold>,
@@ -280,6 +284,8 @@ impl Translator {
             pending: Vec::with_capacity(MAX_BLOCK_STUBS),
             site_labels: Vec::with_capacity(MAX_BLOCK_SITES),
             site_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
+            inline_labels: Vec::with_capacity(MAX_BLOCK_SITES),
+            inline_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
             cold: Vec::with_capacity(MAX_BLOCK_SITES),
             cold_bytes: 0,
             ret_entry_taken: false,
@@ -313,6 +319,8 @@ impl Translator {
         self.pending.clear();
         self.site_labels.clear();
         self.site_addrs.clear();
+        self.inline_labels.clear();
+        self.inline_addrs.clear();
         self.cold.clear();
         self.cold_bytes = 0;
         self.ret_entry_taken = false;
@@ -465,6 +473,11 @@ impl Translator {
             self.site_addrs
                 .push((site, a.label_addr(skip_inst), a.label_addr(skip_patch)));
         }
+        for &(site, start, general) in &self.inline_labels {
+            let a = &self.asm;
+            self.inline_addrs
+                .push((site, a.label_addr(start), a.label_addr(general)));
+        }
         Ok(Translated {
             guest_end,
             reentry,
@@ -563,6 +576,9 @@ impl Translator {
             // The fast path falls through; the rest goes after the block's instructions
             // (`cold` has room for every site a block can have, `MAX_BLOCK_SITES`).
             let cold = if inst.inline_calls && inlinable(d.calls) {
+                let start = self.asm.new_label();
+                self.asm.bind(start);
+                self.inline_labels.push((site, start, general));
                 emit_inline_site(&mut self.asm, ctx, &d)
             } else {
                 emit_direct_site(&mut self.asm, ctx, &d)

@@ -182,8 +182,34 @@ pub(crate) struct Site {
     /// Non-zero while those callbacks exist: a direct site reads it before each call (a
     /// callback may be deleted while translated code still names it).
     pub direct_live: u8,
+    /// (Sites whose calls are inlined, once translated) where the copies start and where
+    /// the site's general path is, in the cache: a deletion makes the first a jump to the
+    /// second ([`unlink_inlined`]).
+    pub inline_at: u64,
+    pub inline_general: u64,
     /// (Event sites with a direct call) the VmState the callback sees.
     pub state: VmState,
+}
+
+/// Makes an inlined site's code (`Site::inline_at`) jump to its general path instead, once
+/// one of its callbacks is deleted: the copies have no live byte to check (see
+/// `engine::direct_call::emit_inline_site`). The general path then sees the callback gone.
+fn unlink_inlined(s: &mut Site) {
+    if s.inline_at == 0 {
+        return;
+    }
+    let rel = s.inline_general.wrapping_sub(s.inline_at + 5) as i64;
+    let rel = i32::try_from(rel).expect("a site's general path is in its block");
+    let mut jmp = [0xe9, 0, 0, 0, 0];
+    jmp[1..].copy_from_slice(&rel.to_le_bytes());
+    // SAFETY: `inline_at` is the start of the inlined copies of a translated block of this
+    // Vm's cache, which is mapped read-write-execute until the cache is reset, and a reset
+    // forgets the sites (`reset_sites`). The sequence is at least 5 bytes long and only
+    // entered at its start, and no code of this cache runs while the instrumentation is
+    // changed (from a callback, the guest is in the callback routine; otherwise it is not
+    // running): the processor sees the write as self-modifying code at the next entry.
+    unsafe { std::ptr::copy_nonoverlapping(jmp.as_ptr(), s.inline_at as *mut u8, 5) };
+    s.inline_at = 0;
 }
 
 /// Most sites and callback references the table holds before the cache is reset.
@@ -504,6 +530,7 @@ impl Instrumentation {
             let ids = &self.site_cbs[s.first as usize..(s.first + s.len) as usize];
             if s.direct > 0 && ids.contains(&id) {
                 s.direct_live = 0;
+                unlink_inlined(s);
             }
         }
         self.schedule_flush(affected);
@@ -514,6 +541,7 @@ impl Instrumentation {
     pub fn delete_all(&mut self) {
         for s in &mut self.sites {
             s.direct_live = 0;
+            unlink_inlined(s);
         }
         self.entries.clear();
         self.events = VmEvent::empty();
@@ -778,6 +806,8 @@ impl Instrumentation {
             bb_mem_len: 0,
             direct: 0,
             direct_live: 0,
+            inline_at: 0,
+            inline_general: 0,
             state: VmState::default(),
         });
         (self.sites.len() - 1) as u32
