@@ -189,6 +189,15 @@ impl Vm {
         inst.sites.iter().filter(|s| s.direct_live != 0).count()
     }
 
+    /// How many times translated code has come back to the dispatcher since the Vm was
+    /// made (a diagnostic: each is a full context switch; a warm cache running code it has
+    /// seen leaves it only for what it cannot do inline, such as a new block, a callback's
+    /// general path or an instrumented-code boundary).
+    #[must_use]
+    pub fn cache_exits(&self) -> u64 {
+        self.engine.exits
+    }
+
     /// How many of the [`direct_call_sites`](Self::direct_call_sites) copy their callbacks'
     /// code instead of calling it (see [`set_call_inlining`](Self::set_call_inlining)).
     #[must_use]

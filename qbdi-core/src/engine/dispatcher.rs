@@ -149,6 +149,7 @@ impl Engine {
                 }
                 let enter: extern "C" fn() = std::mem::transmute(cache.runtime.enter as usize);
                 enter();
+                self.exits += 1;
                 if keep_errno {
                     *errno = *libc::__errno_location();
                 }

@@ -64,6 +64,8 @@ pub(crate) struct Engine {
     pub(crate) leave_at_native: bool,
     /// Blocks go to perf's map of JIT code (`QBDI_PERF_MAP=1`, see `perf_map`).
     perf_map: bool,
+    /// Times translated code came back to the dispatcher (`Vm::cache_exits`).
+    pub(crate) exits: u64,
 }
 
 impl Engine {
@@ -76,6 +78,7 @@ impl Engine {
             cache: None,
             translator: Translator::new(),
             perf_map: super::perf_map::enabled(),
+            exits: 0,
             readable: ReadableMaps::new(),
             scratch: Vec::with_capacity(1024),
             stop: NO_STOP,

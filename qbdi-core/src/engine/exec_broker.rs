@@ -67,10 +67,17 @@ impl Engine {
             } else if reported {
                 self.transfer_return_stub(value)
             } else {
-                match self.dir().lookup(value) {
+                let host = match self.dir().lookup(value) {
                     Some(b) => b.host,
                     None => self.translate(value)?,
+                };
+                // The broker finds the return site's translation in the inline table at
+                // the next native call from here (blocks enter it only when needed, see
+                // `next_for`): without it, every such call would come back here.
+                if value != self.stop {
+                    self.cache().table.insert_block(value, host);
                 }
+                host
             };
             // SAFETY: as above.
             unsafe { slot.write(redirect) };
