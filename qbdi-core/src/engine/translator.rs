@@ -1258,9 +1258,10 @@ impl Translator {
         if !self.edge_maps.is_empty() {
             inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
         }
-        // An indirect branch first tries the targets it last went to from here (its site
-        // cache). A return always fills its cache from the table; a jump or call does so
-        // `SITE_FILLS` times, then stops using it (a switch's jump, a polymorphic call).
+        // A return or indirect jump first tries the targets it last went to from here (its
+        // site cache). A return always fills its cache from the table; a jump does so
+        // `SITE_FILLS` times, then stops using it (a switch's jump). Indirect calls have
+        // none (a polymorphic call, perl's run loop's, was slower with one).
         let cached = env
             .ret_entry
             .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
