@@ -209,12 +209,9 @@ impl Vm {
         inst.sites
             .iter()
             .filter(|s| {
-                let calls = (s.first..s.first + u32::from(s.direct))
+                let mut calls = (s.first..s.first + u32::from(s.direct))
                     .map(|k| inst.direct_call(inst.site_cbs[k as usize]));
-                s.direct_live != 0
-                    && calls
-                        .into_iter()
-                        .all(|c| c.is_some_and(|c| c.inline.is_some()))
+                s.direct_live != 0 && calls.all(|c| c.is_some_and(|c| c.inline.is_some()))
             })
             .count()
     }

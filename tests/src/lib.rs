@@ -5,7 +5,12 @@ pub mod clobber;
 pub mod ev_blocks;
 pub mod glibc;
 
-use qbdi_core::{Options, VirtualStack, Vm, allocate_virtual_stack};
+use qbdi_core::{
+    CallbackId, FAKE_RETURN_ADDRESS, InstPosition, Options, VirtualStack, Vm, VmAction,
+    allocate_virtual_stack, simulate_call,
+};
+use std::cell::Cell;
+use std::rc::Rc;
 
 /// The geometric mean of `ratios` (the benches' summary lines); NaN if empty.
 pub fn geomean(ratios: &[f64]) -> f64 {
@@ -21,4 +26,43 @@ pub fn vm_over(options: Options, start: u64, end: u64) -> (Vm, VirtualStack) {
     vm.add_instrumented_range(start, end)
         .expect("a guest function is a valid range");
     (vm, stack)
+}
+
+/// Adds a general PreInst callback at `at` (priority 10, so first there) that deletes
+/// callback `id` the first time it runs; the returned flag says whether it did.
+pub fn delete_once_at(vm: &mut Vm, at: u64, id: CallbackId) -> Rc<Cell<bool>> {
+    let deleted = Rc::new(Cell::new(false));
+    let d = deleted.clone();
+    vm.add_code_addr_cb(
+        at,
+        InstPosition::PreInst,
+        move |vm, _, _| {
+            if !d.get() {
+                vm.delete_instrumentation(id).expect("delete the callback");
+                d.set(true);
+            }
+            VmAction::Continue
+        },
+        10,
+    )
+    .unwrap();
+    deleted
+}
+
+/// Runs `func(rdi)` in `vm` from the top of `stack` with the guest flags `eflags`; returns
+/// the guest's rax and arithmetic flags after it.
+pub fn run_with_flags(
+    vm: &mut Vm,
+    stack: &VirtualStack,
+    func: u64,
+    rdi: u64,
+    eflags: u64,
+) -> (u64, u64) {
+    let gpr = vm.gpr_state_mut();
+    gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
+    gpr.eflags = eflags;
+    gpr.rdi = rdi;
+    simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
+    vm.run(func, FAKE_RETURN_ADDRESS).unwrap();
+    (vm.gpr_state().rax, vm.gpr_state().eflags & 0x8d5)
 }

@@ -10,8 +10,7 @@
 //! machinery, which no direct entry may contain.
 
 use qbdi_core::{
-    FAKE_RETURN_ADDRESS, InstPosition, MemoryAccess, MemoryAccessType, Options, VirtualStack, Vm,
-    VmAction, VmEvent, simulate_call,
+    InstPosition, MemoryAccess, MemoryAccessType, Options, VirtualStack, Vm, VmAction, VmEvent,
 };
 use std::cell::Cell;
 use std::hint::black_box;
@@ -241,21 +240,7 @@ fn a_direct_callback_deleted_by_another_stops_being_called_at_once() {
             0,
         )
         .unwrap();
-    let deleted = Rc::new(Cell::new(false));
-    let d = deleted.clone();
-    vm.add_code_addr_cb(
-        addr!(cb_loop_body),
-        PreInst,
-        move |vm, _, _| {
-            if !d.get() {
-                vm.delete_instrumentation(id).expect("delete the counter");
-                d.set(true);
-            }
-            VmAction::Continue
-        },
-        10,
-    )
-    .unwrap();
+    let deleted = qbdi_tests::delete_once_at(&mut vm, addr!(cb_loop_body), id);
     // Translate the loop once without running the deletion twice: the first call deletes.
     assert_eq!(vm.call(addr!(cb_loop), &[20]).unwrap(), unsafe {
         cb_loop(20)
@@ -317,24 +302,6 @@ fn count_every_instruction(vm: &mut Vm, position: InstPosition) -> Rc<Cell<u64>>
     count
 }
 
-/// Runs `func(rdi)` from the top of `stack` with the guest flags `eflags`; the guest's
-/// rax and arithmetic flags after it.
-fn run_with_flags(
-    vm: &mut Vm,
-    stack: &VirtualStack,
-    func: u64,
-    rdi: u64,
-    eflags: u64,
-) -> (u64, u64) {
-    let gpr = vm.gpr_state_mut();
-    gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
-    gpr.eflags = eflags;
-    gpr.rdi = rdi;
-    simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
-    vm.run(func, FAKE_RETURN_ADDRESS).unwrap();
-    (vm.gpr_state().rax, vm.gpr_state().eflags & 0x8d5)
-}
-
 #[test]
 fn flags_are_kept_across_direct_calls_on_every_instruction() {
     // Before (or after) each instruction of cb_straight a direct counter runs; the guest's
@@ -346,7 +313,8 @@ fn flags_are_kept_across_direct_calls_on_every_instruction() {
         // some.
         for start_flags in [0x202u64, 0x202 | 0x8d5] {
             let x = 0x7fff_ffff_ffff_fff0;
-            let (rax, flags) = run_with_flags(&mut vm, &stack, addr!(cb_straight), x, start_flags);
+            let (rax, flags) =
+                qbdi_tests::run_with_flags(&mut vm, &stack, addr!(cb_straight), x, start_flags);
             // The last flag-writing instruction is `xor edx, edx` (lea and mov write none):
             // ZF and PF set, the others clear.
             assert_eq!(
@@ -369,7 +337,7 @@ fn direct_sites_put_the_flags_back_where_they_are_live() {
     let (mut vm, stack) = vm_over(addr!(cb_flags_tail), addr!(cb_flags_tail_end));
     let count = count_every_instruction(&mut vm, PreInst);
     for (x, flags) in [(1u64 << 63, 0x845u64), (1, 0), (3 << 62, 0x85)] {
-        let got = run_with_flags(&mut vm, &stack, addr!(cb_flags_tail), x, 0x202);
+        let got = qbdi_tests::run_with_flags(&mut vm, &stack, addr!(cb_flags_tail), x, 0x202);
         assert_eq!(got, (x.wrapping_add(x), flags), "x={x:#x}");
     }
     assert!(vm.direct_call_sites() > 0);

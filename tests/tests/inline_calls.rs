@@ -9,11 +9,7 @@
 //! RIP-relative operands are addressed through a register the copy borrows. `bump` adds
 //! one with a load and a store, `bump_locked` with `lock inc`.
 
-use qbdi_core::{
-    CallbackId, FAKE_RETURN_ADDRESS, InstPosition, Options, VirtualStack, Vm, VmAction, VmEvent,
-    simulate_call,
-};
-use std::cell::Cell;
+use qbdi_core::{CallbackId, InstPosition, Options, VirtualStack, Vm, VmAction, VmEvent};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use InstPosition::{PostInst, PreInst};
@@ -152,24 +148,6 @@ fn inlined_counters_count_what_called_ones_and_the_general_path_count() {
     }
 }
 
-/// Runs `func(rdi)` from the top of `stack` with the guest flags `eflags`; the guest's
-/// rax and arithmetic flags after it.
-fn run_with_flags(
-    vm: &mut Vm,
-    stack: &VirtualStack,
-    func: u64,
-    rdi: u64,
-    eflags: u64,
-) -> (u64, u64) {
-    let gpr = vm.gpr_state_mut();
-    gpr.rsp = (stack.base() + stack.size() as u64 - 64) & !15;
-    gpr.eflags = eflags;
-    gpr.rdi = rdi;
-    simulate_call(vm.gpr_state_mut(), FAKE_RETURN_ADDRESS, &[]);
-    vm.run(func, FAKE_RETURN_ADDRESS).unwrap();
-    (vm.gpr_state().rax, vm.gpr_state().eflags & 0x8d5)
-}
-
 #[test]
 fn inlined_sites_keep_the_guest_flags_and_registers() {
     // cb_flags_tail returns x + x with the add's flags; its PreInst sites before `mov` and
@@ -179,7 +157,7 @@ fn inlined_sites_keep_the_guest_flags_and_registers() {
         count_instructions::<2>(&mut vm, PreInst, path);
         reset(2);
         for (x, flags) in [(1u64 << 63, 0x845u64), (1, 0), (3 << 62, 0x85)] {
-            let got = run_with_flags(&mut vm, &stack, addr!(cb_flags_tail), x, 0x202);
+            let got = qbdi_tests::run_with_flags(&mut vm, &stack, addr!(cb_flags_tail), x, 0x202);
             assert_eq!(got, (x.wrapping_add(x), flags), "{path:?} x={x:#x}");
         }
         assert_eq!(count(2), 12, "{path:?}");
@@ -193,7 +171,8 @@ fn inlined_sites_keep_the_guest_flags_and_registers() {
         for start_flags in [0x202u64, 0x202 | 0x8d5] {
             let x = 0x7fff_ffff_ffff_fff0;
             let native = unsafe { cb_straight(x) };
-            let got = run_with_flags(&mut vm, &stack, addr!(cb_straight), x, start_flags);
+            let got =
+                qbdi_tests::run_with_flags(&mut vm, &stack, addr!(cb_straight), x, start_flags);
             assert_eq!(got, (native, 0x44), "{position:?} from {start_flags:#x}");
         }
         assert_path(&vm, Path::Inlined, "cb_straight");
@@ -231,21 +210,7 @@ fn an_inlined_callback_deleted_by_another_stops_being_run_at_once() {
     // holds the counter's copy when a general callback deletes it; it must not run again.
     let (mut vm, _stack) = vm_over(addr!(cb_loop), addr!(cb_loop_end));
     let id = count_instructions::<6>(&mut vm, PreInst, Path::Inlined);
-    let deleted = std::rc::Rc::new(Cell::new(false));
-    let d = deleted.clone();
-    vm.add_code_addr_cb(
-        addr!(cb_loop_body),
-        PreInst,
-        move |vm, _, _| {
-            if !d.get() {
-                vm.delete_instrumentation(id).expect("delete the counter");
-                d.set(true);
-            }
-            VmAction::Continue
-        },
-        10,
-    )
-    .unwrap();
+    let deleted = qbdi_tests::delete_once_at(&mut vm, addr!(cb_loop_body), id);
     // cb_loop(0) skips the loop body: the counter is not deleted yet, and inlined.
     reset(6);
     assert_eq!(vm.call(addr!(cb_loop), &[0]).unwrap(), unsafe {

@@ -54,8 +54,9 @@ fn union(calls: &[Option<DirectCall>]) -> (u16, bool) {
 /// over them (a taken jump at every call).
 #[derive(Clone, Copy)]
 pub(crate) struct DirectCold {
-    slow: Label,
-    action: Label,
+    /// The unusual-flags-or-deleted path and the other-action path of a called site; none
+    /// for an inlined one ([`emit_inline_site`]), which has only its general path.
+    paths: Option<(Label, Label)>,
     /// Where the site's general path must be, and where the site goes on.
     pub general: Label,
     pub after: Label,
@@ -65,9 +66,22 @@ pub(crate) struct DirectCold {
     saves: u16,
     gpr_arg: bool,
     calls: usize,
-    /// The site's calls were inlined ([`emit_inline_site`]): it has no cold path but its
-    /// general path.
-    inline: bool,
+}
+
+impl DirectCold {
+    fn new(d: &DirectSite<'_>, paths: Option<(Label, Label)>, saves: u16, gpr_arg: bool) -> Self {
+        DirectCold {
+            paths,
+            general: d.general,
+            after: d.after,
+            site: d.site,
+            rip: d.rip,
+            routine: d.routine,
+            saves,
+            gpr_arg,
+            calls: d.calls.len(),
+        }
+    }
 }
 
 /// Where an inlined site keeps the guest's status flags.
@@ -141,19 +155,7 @@ pub(crate) fn emit_direct_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
         emit_restore(a, ctx, saves, gpr_arg);
     }
     a.load(RSP, ctx + off::gpr(RSP));
-    DirectCold {
-        slow,
-        action,
-        general: d.general,
-        after: d.after,
-        site: d.site,
-        rip: d.rip,
-        routine: d.routine,
-        saves,
-        gpr_arg,
-        calls: d.calls.len(),
-        inline: false,
-    }
+    DirectCold::new(d, Some((slow, action)), saves, gpr_arg)
 }
 
 /// Whether every call of a site can be inlined ([`emit_inline_site`]).
@@ -210,31 +212,18 @@ pub(crate) fn emit_inline_site(a: &mut Asm, ctx: u64, d: &DirectSite<'_>) -> Dir
     if rax {
         a.load(RAX, ctx + off::gpr(RAX));
     }
-    let never = a.new_label();
-    DirectCold {
-        slow: never,
-        action: never,
-        general: d.general,
-        after: d.after,
-        site: d.site,
-        rip: d.rip,
-        routine: d.routine,
-        saves,
-        gpr_arg: false,
-        calls: d.calls.len(),
-        inline: true,
-    }
+    DirectCold::new(d, None, saves, false)
 }
 
 /// The rarely taken paths of a direct site (see [`DirectCold`]); they go on at the site's
 /// general path, or after the site.
 pub(crate) fn emit_direct_cold(a: &mut Asm, ctx: u64, c: &DirectCold) {
     let start = a.len();
-    if c.inline {
-        return; // only the general path, which the caller emits
-    }
+    let Some((slow, action)) = c.paths else {
+        return; // an inlined site: only the general path, which the caller emits
+    };
     // Unusual flags or deleted callback: nothing changed yet but rax and the flags.
-    a.bind(c.slow);
+    a.bind(slow);
     a.load(RAX, ctx + off::gpr(RAX));
     a.popfq();
     a.load(RSP, ctx + off::gpr(RSP));
@@ -242,7 +231,7 @@ pub(crate) fn emit_direct_cold(a: &mut Asm, ctx: u64, c: &DirectCold) {
 
     // Another action: the general routine applies it (`ctx.cb_pending`) with the guest
     // state as it is now (a callback reading the GprState may have changed `rip`).
-    a.bind(c.action);
+    a.bind(action);
     a.store_eax32(ctx + off::CB_PENDING);
     if c.calls == 1 {
         a.store_imm32(ctx + off::CB_PENDING_NEXT, 1);

@@ -226,8 +226,8 @@ impl Engine {
             // An indirect branch missed the inline table although the block exists: it was
             // never put there, or its entry was taken by a colliding target. Put it back,
             // or every later lookup of this target would come back here.
-            if !direct && pc != self.stop {
-                self.cache().table.insert_block(pc, host);
+            if !direct {
+                self.enter_table(pc, host);
             }
             return Ok(Next::Block(host));
         }
@@ -235,8 +235,8 @@ impl Engine {
             || crate::late_code::anonymous_code() && self.takes_new_code(pc);
         if instrumented {
             let host = self.translate(pc)?;
-            if !direct && pc != self.stop {
-                self.cache().table.insert_block(pc, host);
+            if !direct {
+                self.enter_table(pc, host);
             }
             return Ok(Next::Block(host));
         }
@@ -250,10 +250,18 @@ impl Engine {
         // No return address to come back through: instrument this code after all (QBDI's
         // behaviour), until it reaches instrumented code or a call we can broker.
         let host = self.translate(pc)?;
-        if !direct && pc != self.stop {
-            self.cache().table.insert_block(pc, host);
+        if !direct {
+            self.enter_table(pc, host);
         }
         Ok(Next::Block(host))
+    }
+
+    /// Puts block `host` of guest address `pc` in the inline table (see `next_for`), unless
+    /// `pc` is where the run stops, which the table must not know.
+    pub(super) fn enter_table(&mut self, pc: u64, host: u64) {
+        if pc != self.stop {
+            self.cache().table.insert_block(pc, host);
+        }
     }
 
     /// Code written at run time (`late_code::instrument_anonymous_code`): an executable

@@ -74,9 +74,7 @@ impl Engine {
                 // The broker finds the return site's translation in the inline table at
                 // the next native call from here (blocks enter it only when needed, see
                 // `next_for`): without it, every such call would come back here.
-                if value != self.stop {
-                    self.cache().table.insert_block(value, host);
-                }
+                self.enter_table(value, host);
                 host
             };
             // SAFETY: as above.

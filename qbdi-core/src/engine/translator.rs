@@ -1265,32 +1265,27 @@ impl Translator {
         let cached = env
             .ret_entry
             .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
-        if let Some((e, countdown)) = cached {
+        let check = self.asm.len();
+        if let Some((e, _)) = cached {
             self.ret_entry_taken = true;
-            let check = self.asm.len();
             emit_site_check(&mut self.asm, e);
-            let lookup = self.asm.len();
-            emit_lookup(
-                &mut self.asm,
-                ctx,
-                env.table,
-                Miss::Addr(env.runtime.ib_miss),
-                true,
-            );
-            if instr.flow_control() == FlowControl::Return {
+        }
+        let lookup = self.asm.len();
+        emit_lookup(
+            &mut self.asm,
+            ctx,
+            env.table,
+            Miss::Addr(env.runtime.ib_miss),
+            true,
+        );
+        match cached {
+            None => emit_hit_jump(&mut self.asm, ctx),
+            Some((e, _)) if instr.flow_control() == FlowControl::Return => {
                 emit_site_fill(&mut self.asm, ctx, e);
-            } else {
+            }
+            Some((e, countdown)) => {
                 emit_counted_fill(&mut self.asm, ctx, e, countdown, check, lookup);
             }
-        } else {
-            emit_lookup(
-                &mut self.asm,
-                ctx,
-                env.table,
-                Miss::Addr(env.runtime.ib_miss),
-                true,
-            );
-            emit_hit_jump(&mut self.asm, ctx);
         }
         Ok(())
     }

@@ -429,6 +429,15 @@ fn view_load(instr: &Instruction, info: &InstructionInfo, n: u8) -> Option<u64> 
     (within && info.op_access(mem) == OpAccess::Read && !elsewhere).then_some(window)
 }
 
+/// Whether `instr` is `xor r, r` or `sub r, r`: it writes zero, reading nothing.
+fn zero_idiom(instr: &Instruction) -> bool {
+    matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
+        && instr.op_count() == 2
+        && instr.op0_kind() == OpKind::Register
+        && instr.op1_kind() == OpKind::Register
+        && instr.op0_register() == instr.op1_register()
+}
+
 /// Analyses the machine code of an entry starting at `ip`, given as `code` (the bytes from
 /// `ip` to the end of their mapping). The error says why it is not a leaf of general purpose
 /// code.
@@ -488,11 +497,7 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
                     format!("it uses {AT} (not integer code)"),
                 ));
             }
-            let zero_idiom = matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
-                && instr.op_count() == 2
-                && instr.op0_kind() == OpKind::Register
-                && instr.op1_kind() == OpKind::Register
-                && instr.op0_register() == instr.op1_register();
+            let zero_idiom = zero_idiom(&instr);
             if matches!(instr.segment_prefix(), Register::FS | Register::GS) {
                 leaf.fs_gs = true;
             }
@@ -576,26 +581,6 @@ pub(crate) fn analyze_code(code: &[u8], ip: u64) -> Result<Leaf, DirectRefusal> 
     Ok(leaf)
 }
 
-/// The 64-bit registers by emitter number.
-const GPR64: [Register; 16] = [
-    Register::RAX,
-    Register::RCX,
-    Register::RDX,
-    Register::RBX,
-    Register::RSP,
-    Register::RBP,
-    Register::RSI,
-    Register::RDI,
-    Register::R8,
-    Register::R9,
-    Register::R10,
-    Register::R11,
-    Register::R12,
-    Register::R13,
-    Register::R14,
-    Register::R15,
-];
-
 /// `mov r64, imm64` (`wide`) or `mov r32, imm32`.
 fn mov_imm(out: &mut Vec<u8>, reg: u8, value: u64, wide: bool) {
     let rex = (if wide { 0x48 } else { 0x40 }) | (reg >> 3);
@@ -643,7 +628,7 @@ fn rebase(instr: &Instruction, bytes: &[u8], reg: u8) -> Option<Vec<u8>> {
     let check = Decoder::with_ip(64, &out, 0, DecoderOptions::NONE).decode();
     let same = check.len() == out.len()
         && check.code() == instr.code()
-        && check.memory_base() == GPR64[usize::from(reg)]
+        && check.memory_base() == Register::RAX + u32::from(reg)
         && check.memory_index() == instr.memory_index()
         && check.memory_displacement64() == 0;
     same.then_some(out)
@@ -668,12 +653,8 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
             FlowControl::Return if instr.op_count() == 0 && continues => break,
             _ => return None,
         }
-        let zero_idiom = matches!(instr.mnemonic(), Mnemonic::Xor | Mnemonic::Sub)
-            && instr.op_count() == 2
-            && instr.op0_kind() == OpKind::Register
-            && instr.op1_kind() == OpKind::Register
-            && instr.op0_register() == instr.op1_register()
-            && matches!(instr.op0_register(), Register::EAX | Register::RAX);
+        let zeroes_eax =
+            zero_idiom(&instr) && matches!(instr.op0_register(), Register::EAX | Register::RAX);
         for u in factory.info(&instr).used_registers() {
             let Some((n, _)) = gpr_number(u.register()) else {
                 continue;
@@ -686,7 +667,7 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
                 continues = false;
             }
         }
-        continues |= zero_idiom;
+        continues |= zeroes_eax;
         body.push(instr);
     }
     // A low register: the rewrite then needs no REX.B (see `rebase`).
