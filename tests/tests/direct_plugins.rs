@@ -201,37 +201,44 @@ fn two_plugins_at_one_point_are_both_called_directly() {
 /// The count test plugin's callback (a `fetch_add` on a static) is inlined: translated code
 /// holds its code, with no call. Its block count under `--all-maps` (libc's blocks and its
 /// string routines included) is the same inlined, called (`QBDI_NO_INLINE=1`) and on the
-/// general path (`QBDI_NO_DIRECT=1`).
+/// general path (`QBDI_NO_DIRECT=1`), under each of glibc's string-routine choices.
 #[test]
 fn the_count_plugin_is_inlined_and_counts_what_the_other_paths_count() {
     let dir = scratch("direct-count");
     let count = artifacts().join("libqbdi_plugin_count.so");
     let info = qbdi_cmd(&dir, &["plugin", "info", count.to_str().unwrap()]);
     assert!(info.text().contains("inlined"), "{}", info.text());
-    let mut counts = Vec::new();
-    for (no_direct, no_inline) in [("0", "0"), ("0", "1"), ("1", "0")] {
-        let out_file = dir.join(format!("count-{no_direct}{no_inline}"));
-        let out = Command::new("setarch")
-            .arg("-R")
-            .arg(qbdi())
-            .args(["run", "--all-maps", "-p"])
-            .arg(format!("{}:out={}", count.display(), out_file.display()))
-            .args(["--", PROGRAM])
-            .env("QBDI_NO_DIRECT", no_direct)
-            .env("QBDI_NO_INLINE", no_inline)
-            .current_dir(&dir)
-            .output()
-            .expect("setarch runs qbdi");
+    // Under each of glibc's string-routine choices (libc's code runs under the Vm).
+    for (name, tunables) in qbdi_tests::glibc::settings() {
+        let mut counts = Vec::new();
+        for (no_direct, no_inline) in [("0", "0"), ("0", "1"), ("1", "0")] {
+            let out_file = dir.join(format!("count-{name}-{no_direct}{no_inline}"));
+            let out = Command::new("setarch")
+                .arg("-R")
+                .arg(qbdi())
+                .args(["run", "--all-maps", "-p"])
+                .arg(format!("{}:out={}", count.display(), out_file.display()))
+                .args(["--", PROGRAM])
+                .env("QBDI_NO_DIRECT", no_direct)
+                .env("QBDI_NO_INLINE", no_inline)
+                .envs(tunables.map(|t| ("GLIBC_TUNABLES", t)))
+                .current_dir(&dir)
+                .output()
+                .expect("setarch runs qbdi");
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(String::from_utf8_lossy(&out.stdout), "sum=499500\n");
+            let report = std::fs::read_to_string(&out_file).expect("the plugin's report");
+            counts.push(field(&report, "blocks"));
+        }
         assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+            counts[0] > 1_000,
+            "{name}: libc's start-up and exit: {counts:?}"
         );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "sum=499500\n");
-        let report = std::fs::read_to_string(&out_file).expect("the plugin's report");
-        counts.push(field(&report, "blocks"));
+        assert_eq!(counts[0], counts[2], "{name}: inlined vs general path");
+        assert_eq!(counts[1], counts[2], "{name}: called vs general path");
     }
-    assert!(counts[0] > 1_000, "libc's start-up and exit: {counts:?}");
-    assert_eq!(counts[0], counts[2], "inlined vs general path");
-    assert_eq!(counts[1], counts[2], "called vs general path");
 }
