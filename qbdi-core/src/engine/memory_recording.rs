@@ -299,6 +299,13 @@ pub(crate) fn emit_pre(a: &mut Asm, ctx: u64, planned: &[Planned]) {
     a.load(RAX, ctx + off::SPILL);
 }
 
+/// Whether [`emit_post`] has anything to emit for `planned`.
+pub(crate) fn emits_post(planned: &[Planned]) -> bool {
+    planned
+        .iter()
+        .any(|p| p.rep.is_some() || (p.write && p.value))
+}
+
 /// Code after the instruction: values written, and where `rep` string pointers ended.
 pub(crate) fn emit_post(a: &mut Asm, ctx: u64, planned: &[Planned]) {
     let writes = planned.iter().any(|p| p.write && p.value);

@@ -624,6 +624,21 @@ impl Translator {
         }
     }
 
+    /// Whether the paths leaving the block by `instr` run nothing before their exit: no
+    /// PostInst callback, no block-exit event, no access left to complete, no edge to
+    /// count. A conditional branch then goes straight to its taken exit, as without hooks.
+    fn bare_paths(&mut self, hooks: &mut Option<Hooks<'_>>, instr: &Instruction) -> bool {
+        let Some(h) = hooks.as_mut() else {
+            return true;
+        };
+        self.edge_maps.is_empty()
+            && !memory_recording::emits_post(&self.planned)
+            && (EXIT_EVENTS & h.events & h.inst.events).is_empty()
+            && !h
+                .inst
+                .match_inst(instr, InstPosition::PostInst, self.mem.access)
+    }
+
     /// PostInst callbacks of `instr` and block-exit events, on a path leaving the block
     /// towards `rip`.
     fn path_hooks(
@@ -842,7 +857,8 @@ impl Translator {
             }
             FlowControl::ConditionalBranch => {
                 let taken = instr.near_branch_target();
-                if instr.is_jcc_short_or_near() && hooks.is_none() {
+                let bare = self.bare_paths(hooks, instr);
+                if instr.is_jcc_short_or_near() && bare {
                     let cc = instr.condition_code() as u8 - 1;
                     let l = self.asm.new_label();
                     let site = self.asm.jcc_label(cc, l);
@@ -864,7 +880,7 @@ impl Translator {
                     raw[..instr.len()].copy_from_slice(&bytes[start..start + instr.len()]);
                     raw[instr.len() - 1] = 5;
                     self.asm.bytes(&raw[..instr.len()]);
-                    if hooks.is_none() {
+                    if bare {
                         self.exit_to(env, next, ExitKind::Branch, true);
                         self.exit_to(env, taken, ExitKind::Branch, true);
                         return Ok(true);
@@ -1247,12 +1263,19 @@ impl Translator {
         }
         if hooks.is_some() {
             // Callbacks see the guest registers and the target as rip: park the target,
-            // run them, then look it up.
+            // run them, then look it up. A path with none (inline work only, or callbacks
+            // elsewhere in the block) keeps the target in rcx: the parking is taken back.
+            let parked = self.asm.len();
             self.asm.store(ctx + off::IB_TARGET, RCX);
             emit_restore(&mut self.asm, ctx);
+            let restored = self.asm.len();
             self.path_hooks(env, hooks, instr, Rip::IbTarget);
-            emit_spill(&mut self.asm, ctx);
-            self.asm.load(RCX, ctx + off::IB_TARGET);
+            if self.asm.len() == restored {
+                self.asm.truncate(parked);
+            } else {
+                emit_spill(&mut self.asm, ctx);
+                self.asm.load(RCX, ctx + off::IB_TARGET);
+            }
         }
         // The target's counting entry (or the dispatcher) goes on from this block.
         if !self.edge_maps.is_empty() {

@@ -633,15 +633,15 @@ impl Instrumentation {
             && self.site_cbs.len() + cbs <= self.site_cbs.capacity()
     }
 
-    /// Adds a site for the instruction callbacks at `position` that apply to `instr`, if
-    /// any. `access`: whether the instruction's recorded accesses include (reads, writes).
-    pub fn plan_inst_site(
+    /// Whether instruction callbacks at `position` apply to `instr` (`access` as for
+    /// [`plan_inst_site`](Self::plan_inst_site)); they are left in `scratch`, unsorted.
+    /// Plans nothing.
+    pub fn match_inst(
         &mut self,
         instr: &Instruction,
         position: InstPosition,
-        block: (Rword, Rword),
         access: (bool, bool),
-    ) -> Option<u32> {
+    ) -> bool {
         self.scratch.clear();
         for (id, e) in self.entries.iter().enumerate() {
             if let Some(Entry::Inst {
@@ -665,7 +665,19 @@ impl Instrumentation {
                 self.scratch.push((-priority, pid));
             }
         }
-        if self.scratch.is_empty() {
+        !self.scratch.is_empty()
+    }
+
+    /// Adds a site for the instruction callbacks at `position` that apply to `instr`, if
+    /// any. `access`: whether the instruction's recorded accesses include (reads, writes).
+    pub fn plan_inst_site(
+        &mut self,
+        instr: &Instruction,
+        position: InstPosition,
+        block: (Rword, Rword),
+        access: (bool, bool),
+    ) -> Option<u32> {
+        if !self.match_inst(instr, position, access) {
             return None;
         }
         // Higher priority first, then registration order; unstable sort allocates nothing.
