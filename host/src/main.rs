@@ -1,11 +1,18 @@
 //! The `qbdi` command: run a program under plugins from its `main` (`qbdi run`), call one
 //! function of a library under them (`qbdi call`), describe a plugin (`qbdi plugin info`),
 //! create, install, list and remove plugin crates (`qbdi plugin new/install/list/remove`).
+//!
+//! No std runtime start (`#![no_main]`): libc calls [`main`] directly. The runtime's start
+//! reads `/proc/self/maps` to place a guard page under the main thread's stack, about a
+//! tenth of this launcher's time before it executes the program; a stack overflow here
+//! then ends in a plain SIGSEGV. Standard output is flushed before returning.
+#![cfg_attr(not(test), no_main)]
+// The unit tests' build has the harness's entry instead: the command's code is unused there.
+#![cfg_attr(test, allow(dead_code))]
 
 use std::ffi::CString;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use qbdi_core::{Vm, allocate_virtual_stack};
@@ -136,7 +143,24 @@ struct CallArgs {
     args: Vec<String>,
 }
 
-fn main() -> ExitCode {
+/// An exit status.
+type ExitCode = u8;
+
+/// The program's entry, called by libc (see the module's doc). Not in the unit tests'
+/// build, whose harness has its own.
+#[cfg(not(test))]
+#[unsafe(no_mangle)]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    use std::io::Write;
+    let code = cli();
+    let _ = std::io::stdout().flush();
+    std::ffi::c_int::from(code)
+}
+
+fn cli() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(args),
@@ -161,7 +185,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(message) => {
             log::line(&format!("error: {message}"));
-            ExitCode::from(QBDI_FAILURE_STATUS as u8)
+            QBDI_FAILURE_STATUS as u8
         }
     }
 }
@@ -169,7 +193,7 @@ fn main() -> ExitCode {
 /// Prints what a command has to say.
 fn say(result: Result<String, String>) -> Result<ExitCode, String> {
     println!("{}", result?);
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// Finds, loads and checks the plugins of the command line.
@@ -483,7 +507,7 @@ fn call(args: CallArgs) -> Result<ExitCode, String> {
     } else {
         println!("{rax} ({rax:#x})");
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 fn info(spec: &str) -> Result<ExitCode, String> {
@@ -565,7 +589,7 @@ fn info(spec: &str) -> Result<ExitCode, String> {
         };
         println!("  {:<10} {}{default}", o.key, o.help);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(0)
 }
 
 /// How translated code calls a registered callback: "directly" when its trampoline is
