@@ -129,8 +129,10 @@ pub(crate) struct Directory {
     /// (guest return address, stub id + 1) of transfer return stubs; 0: empty.
     transfer: Vec<(u64, u32)>,
     /// The translated guest instructions that can fault, in host address order (blocks are
-    /// committed in address order between resets): see [`FaultPoint`].
-    faults: Vec<FaultPoint>,
+    /// committed in address order between resets): see [`FaultPoint`], [`PackedFault`].
+    faults: Vec<PackedFault>,
+    /// The host address `faults` count from: the first one's since the last reset.
+    fault_base: u64,
 }
 
 /// A translated guest instruction that can fault: its host code `[host, host + len)`, its
@@ -142,6 +144,41 @@ pub(crate) struct FaultPoint {
     pub guest: u64,
     pub len: u8,
     pub scratch: u8,
+}
+
+/// A [`FaultPoint`] as the directory keeps it, in 12 bytes instead of 24: there is one per
+/// translated instruction that can fault, and at 24 bytes they took as many fresh pages as
+/// the code itself. The host address is an offset from [`Directory::fault_base`] (blocks
+/// are committed in address order into a code cache far smaller than 4 GiB); the guest
+/// address keeps its low 48 bits (sign-extended back: user addresses are below 2^47),
+/// beside the length and the borrowed register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PackedFault([u32; 3]);
+
+impl PackedFault {
+    fn new(f: &FaultPoint, base: u64) -> PackedFault {
+        let off = f.host - base;
+        debug_assert!(off <= u64::from(u32::MAX), "a code cache under 4 GiB");
+        PackedFault([
+            off as u32,
+            f.guest as u32,
+            (f.guest >> 32) as u32 & 0xffff | u32::from(f.len) << 16 | u32::from(f.scratch) << 24,
+        ])
+    }
+
+    fn host_offset(self) -> u32 {
+        self.0[0]
+    }
+
+    fn unpack(self, base: u64) -> FaultPoint {
+        let [off, lo, hi] = self.0;
+        FaultPoint {
+            host: base + u64::from(off),
+            guest: (i64::from(hi as u16 as i16) << 32) as u64 | u64::from(lo),
+            len: (hi >> 16) as u8,
+            scratch: (hi >> 24) as u8,
+        }
+    }
 }
 
 /// `FaultPoint::scratch` when no register was borrowed.
@@ -176,6 +213,7 @@ impl Directory {
             hi: 0,
             transfer: vec![(0, 0); TRANSFER_SLOTS],
             faults: Vec::with_capacity(MAX_FAULTS),
+            fault_base: 0,
         };
         // The large tables fill a page at a time as blocks come (a python3 import one-liner:
         // about 3,600 page faults for 45,000 blocks); past their first 2 MiB, huge pages.
@@ -188,14 +226,20 @@ impl Directory {
 
     /// Enters the fault points of a block just committed (in host address order).
     pub fn push_faults(&mut self, points: &[FaultPoint]) {
-        self.faults.extend_from_slice(points);
+        if let (true, Some(first)) = (self.faults.is_empty(), points.first()) {
+            self.fault_base = first.host;
+        }
+        let base = self.fault_base;
+        self.faults
+            .extend(points.iter().map(|f| PackedFault::new(f, base)));
     }
 
     /// The fault point whose host code contains `pc`.
     pub fn fault_at(&self, pc: u64) -> Option<FaultPoint> {
-        let after = self.faults.partition_point(|f| f.host <= pc);
-        let f = self.faults[..after].last()?;
-        (pc < f.host + u64::from(f.len)).then_some(*f)
+        let off = u32::try_from(pc.checked_sub(self.fault_base)?).ok()?;
+        let after = self.faults.partition_point(|f| f.host_offset() <= off);
+        let f = self.faults[..after].last()?.unpack(self.fault_base);
+        (pc < f.host + u64::from(f.len)).then_some(f)
     }
 
     /// The transfer return stub for guest return address `ret`, if one was made.
@@ -540,6 +584,37 @@ fn page_bucket(addr: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fault points come back whole from their packed form, each found from any byte of
+    /// its host code and from none outside, before and after a reset (a new base).
+    #[test]
+    fn fault_points_are_found_by_host_address() {
+        let mut d = Directory::new();
+        for base in [0x7f12_3450_0000u64, 0x5555_0000_1000] {
+            let point = |k: u64, guest: u64| FaultPoint {
+                host: base + k * 40,
+                guest,
+                len: 7 + k as u8,
+                scratch: if k.is_multiple_of(2) { NO_SCRATCH } else { 3 },
+            };
+            // Guest addresses with high bits: the top of user space and the vsyscall page.
+            let guests = [0x40_1000, 0x7fff_ffff_f123, 0xffff_ffff_ff60_0000, 0x1234];
+            let points: Vec<FaultPoint> = (0..4).map(|k| point(k, guests[k as usize])).collect();
+            d.push_faults(&points[..2]);
+            d.push_faults(&points[2..]);
+            for p in &points {
+                for pc in [p.host, p.host + u64::from(p.len) - 1] {
+                    assert_eq!(d.fault_at(pc), Some(*p), "pc {pc:#x}");
+                }
+                assert_eq!(d.fault_at(p.host + u64::from(p.len)), None);
+            }
+            assert_eq!(d.fault_at(base - 1), None);
+            assert_eq!(d.fault_at(0), None);
+            assert_eq!(d.fault_at(base + (1 << 33)), None);
+            d.reset();
+            assert_eq!(d.fault_at(points[0].host), None);
+        }
+    }
 
     #[test]
     fn map_survives_colliding_inserts_and_removals() {
