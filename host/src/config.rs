@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 /// The environment variable carrying the run's configuration.
 pub const CONFIG_VAR: &str = "QBDI_RUN_CONFIG";
+/// [`CONFIG_VAR`] for libc (`getenv` before anything allocates).
+pub const CONFIG_VAR_C: &std::ffi::CStr = c"QBDI_RUN_CONFIG";
 
 /// How the program is to be instrumented.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 
 use qbdi_core::Vm;
 
-use crate::config::{CONFIG_VAR, RunConfig};
+use crate::config::{CONFIG_VAR, CONFIG_VAR_C, RunConfig};
 use crate::{log, plugin, session};
 
 /// Runs main for tools of another kind than plugins: given the Vm (plugins attached, guest
@@ -110,6 +110,13 @@ pub unsafe extern "C" fn __libc_start_main(
     rtld_fini: *mut c_void,
     stack_end: *mut c_void,
 ) -> c_int {
+    // Before anything allocates: the host's heap starts on a huge page in a process it
+    // runs (not in the launcher, which allocates little).
+    // SAFETY: getenv with a NUL-terminated name; no other thread runs yet.
+    let has_config = !unsafe { libc::getenv(CONFIG_VAR_C.as_ptr()) }.is_null();
+    if has_config {
+        qbdi_heap::HEAP.huge_start();
+    }
     let real = next_symbol(c"__libc_start_main");
     if real.is_null() {
         // No libc after us: nothing sensible to do but fail loudly.
@@ -119,9 +126,6 @@ pub unsafe extern "C" fn __libc_start_main(
     }
     // SAFETY: RTLD_NEXT's __libc_start_main has this signature (glibc x86-64).
     let real: StartMainFn = unsafe { std::mem::transmute::<*mut c_void, StartMainFn>(real) };
-    let name = CString::new(CONFIG_VAR).expect("no NUL");
-    // SAFETY: getenv with a NUL-terminated name; no other thread runs yet.
-    let has_config = !unsafe { libc::getenv(name.as_ptr()) }.is_null();
     let entry: MainFn = if has_config {
         REAL_MAIN.store(main as usize, Ordering::SeqCst);
         // Registered before libc's own (the loader's finaliser, the program's constructors'
