@@ -3,8 +3,9 @@
 //! (rax, rcx spilled to the context) and the arithmetic flags where the guest may read
 //! them ([`status_flags_live`]): counters then increment with `mov`/`lea`/`mov`, edge maps
 //! read their line's next count from a 256-byte table (`next_count_table`: `movzx`, `movzx`,
-//! `mov`, no flag touched), or save the flags with `lahf`/`seto` (restored by `add al, 0x7f`
-//! and `sahf`) where the table or the line is out of 32-bit reach.
+//! `mov`, no flag touched) at counted exits, or save the flags with `lahf`/`seto` (restored
+//! by `add al, 0x7f` and `sahf`) at counting entries (whose `xor` writes them) and where
+//! the table or the line is out of 32-bit reach.
 //!
 //! - A counter, at every entry of its block: `inc qword [slot]` for a slot in the first
 //!   2 GiB or near the code, `mov rax, slot; inc qword [rax]` otherwise. Not atomic (a
@@ -24,9 +25,7 @@
 //!     ([`thread_prev`]): `mov rcx, [ctx.edge_prev]; mov rcx, [rcx + 8i]; xor rcx, cur`,
 //!     then the table's next count into `[rcx + map]` for a map in the first 2 GiB
 //!     (`add byte [rax + rcx], 1` with the map's address in rax otherwise,
-//!     [`emit_counting`]). On python3 under `--all-maps` the table took the edges plugin
-//!     from 291 to 251 ms (no plugin: 135 ms): many blocks follow a conditional branch
-//!     and read its flags.
+//!     [`emit_counting`]).
 //!
 //!   Nothing else runs per block: the thread's words are brought up to date only where a
 //!   counting entry may come next. An indirect branch and a call of native code store
@@ -238,10 +237,10 @@ pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, fl
         return;
     }
     // Maps in the first 2 GiB take their line as `[rcx + map]`: rcx alone does the work,
-    // and rax the count when the next-count table is there too (no flags touched).
+    // and rax the count when the next-count table is there too. The `xor` that makes the
+    // line writes the flags: they are saved where the block may read them, table or not.
     let low = maps.iter().all(|m| is_abs32(m.map + m.mask));
     let table = next_count_table().filter(|_| low);
-    let flags_live = flags_live && table.is_none();
     let spill = ctx + off::INLINE_SPILL;
     let use_rax = !low || flags_live || table.is_some();
     if use_rax {
@@ -717,6 +716,88 @@ mod tests {
                     if flags_live {
                         let out = *(flags_out as *const u64);
                         assert_eq!(out & 0x8d5, guest & 0x8d5, "flags kept");
+                    }
+                }
+                *line = 0;
+            }
+            libc::munmap(region, LEN);
+            libc::munmap(low, 4096);
+        }
+    }
+
+    /// A counting entry adds to the line of the thread's `prev` and its block, with
+    /// NeverZero or wrapping, for a map in the first 2 GiB (the next-count table) or
+    /// anywhere, and keeps rax, rcx and, when asked, the flags (its `xor` writes them).
+    #[test]
+    fn counting_entries_count_and_keep_registers_and_flags() {
+        use super::super::emitter::{Asm, RDX, RWX, test_mapping};
+        const LEN: usize = 8 * 4096;
+        // SAFETY: fresh private mappings, unmapped at the end; the generated function is a
+        // leaf (System V: rdi, rsi, rdx in, rax out) that only touches them.
+        unsafe {
+            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
+            // Code, then a context (16 KiB), then the thread's prev words.
+            let (code, ctx, words) = (
+                region as u64,
+                region as u64 + 4096,
+                region as u64 + 6 * 4096,
+            );
+            const { assert!(off::EDGE_PREV + 8 <= 5 * 4096) };
+            *((ctx + off::EDGE_PREV) as *mut u64) = words;
+            let low = test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT)
+                .cast::<libc::c_void>();
+            let far: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
+            let hash: Box<dyn Fn(u64) -> u64> = Box::new(|pc| pc * 7);
+            for (map, flags_live, never_zero) in [
+                (low as u64, true, true),
+                (low as u64, false, true),
+                (low as u64, true, false),
+                (far.as_mut_ptr() as u64, true, true),
+                (far.as_mut_ptr() as u64, false, false),
+            ] {
+                let m = EdgeMap {
+                    map,
+                    mask: 0xfff,
+                    hash: &*hash as *const _,
+                    index: 1,
+                    never_zero,
+                };
+                let out = ctx + 1024;
+                let mut a = Asm::with_capacity(512);
+                a.reset(code);
+                a.bytes(&[0x56, 0x9d]); // push rsi; popfq: the guest's flags
+                a.bytes(&[0x48, 0x89, 0xf8]); // mov rax, rdi
+                a.bytes(&[0x48, 0x89, 0xd1]); // mov rcx, rdx
+                emit_counting(&mut a, ctx, &[m], 0x234, flags_live);
+                a.bytes(&[0x9c, 0x5a]); // pushfq; pop rdx
+                a.store(out, RDX);
+                a.store(out + 8, RCX);
+                a.ret();
+                std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
+                let f: extern "C" fn(u64, u64, u64) -> u64 = std::mem::transmute(code);
+                // The thread came from the block at 0x100 (prev words: index 1).
+                let prev = ((0x100 * 7) & 0xfff) >> 1;
+                *((words + 8) as *mut u64) = prev;
+                let line = (map + (prev ^ ((0x234 * 7) & 0xfff))) as *mut u8;
+                // Status flags CF PF AF ZF SF OF all set, and the reserved bit 1.
+                let guest = 0x8d7u64;
+                for i in 1..=300u64 {
+                    let rax = f(0x1234_5678_9abc, guest, 0x0fed_cba9_8765);
+                    assert_eq!(rax, 0x1234_5678_9abc, "rax kept");
+                    assert_eq!(*((out + 8) as *const u64), 0x0fed_cba9_8765, "rcx kept");
+                    let expected = if never_zero {
+                        (i - 1) % 255 + 1
+                    } else {
+                        i % 256
+                    };
+                    assert_eq!(
+                        u64::from(*line),
+                        expected,
+                        "map {map:#x}, count {i}, NeverZero {never_zero}"
+                    );
+                    if flags_live {
+                        let flags = *(out as *const u64);
+                        assert_eq!(flags & 0x8d5, guest & 0x8d5, "flags kept");
                     }
                 }
                 *line = 0;
