@@ -108,10 +108,12 @@ const MAX_BLOCK_GUEST_BYTES: u64 = super::translator::MAX_BLOCK_INSTRUCTIONS as 
 pub(crate) struct Directory {
     blocks: Vec<Block>,
     stubs: Vec<ExitStub>,
-    /// The start -> block map: open addressing, linear probing, (guest start, block
-    /// index + 1); 0 = empty. Only the region of `map_mask + 1` slots at `map_base` is in
-    /// use (see [`region_base`]); every slot outside it is empty.
-    map: Vec<(u64, u32)>,
+    /// The start -> block map: open addressing, linear probing, (guest start's low 32
+    /// bits, block index + 1); 0 = empty. A slot whose key matches is the start's if its
+    /// block's is (8-byte slots, half the pages of whole starts: the map's slots are
+    /// touched at random). Only the region of `map_mask + 1` slots at `map_base` is in use
+    /// (see [`region_base`]); every slot outside it is empty.
+    map: Vec<(u32, u32)>,
     map_base: usize,
     /// Slots of the region in use, minus one (a power of two minus one).
     map_mask: usize,
@@ -299,15 +301,15 @@ impl Directory {
 
     /// The home slot of `start` in the map's region in use (an index in that region).
     fn slot_of(&self, start: u64) -> usize {
-        map_hash(start, self.map_shift)
+        map_hash(start as u32, self.map_shift)
     }
 
     /// The map's region in use.
-    fn region(&self) -> &[(u64, u32)] {
+    fn region(&self) -> &[(u32, u32)] {
         &self.map[self.map_base..=self.map_base + self.map_mask]
     }
 
-    fn region_mut(&mut self) -> &mut [(u64, u32)] {
+    fn region_mut(&mut self) -> &mut [(u32, u32)] {
         &mut self.map[self.map_base..=self.map_base + self.map_mask]
     }
 
@@ -320,7 +322,7 @@ impl Directory {
             if v == 0 {
                 return None;
             }
-            if k == start {
+            if k == start as u32 && self.blocks[v as usize - 1].start == start {
                 return Some(s);
             }
             s = (s + 1) & self.map_mask;
@@ -383,14 +385,17 @@ impl Directory {
             next_in_page,
             live: true,
         });
+        debug_assert!(
+            self.find_slot(start).is_none(),
+            "one block per start address"
+        );
         let mask = self.map_mask;
         let mut s = self.slot_of(start);
         let region = self.region_mut();
         while region[s].1 != 0 {
-            debug_assert_ne!(region[s].0, start, "one block per start address");
             s = (s + 1) & mask;
         }
-        region[s] = (start, index + 1);
+        region[s] = (start as u32, index + 1);
         self.live += 1;
         self.lo = self.lo.min(start);
         self.hi = self.hi.max(end);
@@ -571,10 +576,11 @@ fn region_base(slots: usize) -> usize {
     slots - MAP_MIN_SLOTS
 }
 
-/// The home slot of `start` in a map region of `1 << (64 - shift)` slots: Fibonacci
-/// hashing spreads nearby code addresses over the region.
-fn map_hash(start: u64, shift: u32) -> usize {
-    (start.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
+/// The home slot of a start (its low 32 bits, `key`) in a map region of
+/// `1 << (64 - shift)` slots: Fibonacci hashing spreads nearby code addresses over the
+/// region.
+fn map_hash(key: u32, shift: u32) -> usize {
+    (u64::from(key).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> shift) as usize
 }
 
 fn page_bucket(addr: u64) -> usize {
@@ -689,6 +695,32 @@ mod tests {
         for i in 0..10_000 {
             assert_eq!(d.lookup(start(i)).map(|b| b.host), Some(0x2000 + i));
         }
+    }
+
+    /// Starts that share their low 32 bits (the map's key) are told apart by their blocks,
+    /// through insertions, removals and the map's growth.
+    #[test]
+    fn starts_with_the_same_low_bits_are_told_apart() {
+        let mut d = Directory::new();
+        let start = |i: u64, high: u64| (high << 32) | (0x40_1000 + i * 16);
+        let highs = [0u64, 1, 0x7fff];
+        let n = 3000u64;
+        for i in 0..n {
+            for (k, &h) in highs.iter().enumerate() {
+                d.insert(start(i, h), start(i, h) + 4, i * 4 + k as u64, 0);
+            }
+        }
+        for i in (0..n).step_by(3) {
+            assert!(d.remove(start(i, 1), |_| {}).is_some());
+        }
+        for i in 0..n {
+            for (k, &h) in highs.iter().enumerate() {
+                let removed = h == 1 && i.is_multiple_of(3);
+                let found = d.lookup(start(i, h)).map(|b| b.host);
+                assert_eq!(found, (!removed).then_some(i * 4 + k as u64), "{i} {h:#x}");
+            }
+        }
+        assert!(d.lookup(start(0, 2)).is_none());
     }
 
     #[test]
