@@ -23,18 +23,19 @@ const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
 /// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory
 /// only once written. 128 MiB holds on the order of a million blocks.
 const CODE_BYTES: usize = 128 << 20;
-/// The site caches of returns and indirect jumps (two pairs of a guest and a host address each, see the
-/// translator's `emit_site_check`), after the code: small pages, touched as sites are made.
-const RET_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
-pub(crate) const RET_ENTRIES: usize = 1 << 16;
-/// Two (guest, host) pairs per return.
-pub(crate) const RET_ENTRY_BYTES: usize = 32;
-const RET_BYTES: usize = RET_ENTRIES * RET_ENTRY_BYTES;
+/// The site caches of returns and indirect jumps (two pairs of a guest and a host address
+/// each, see the translator's `emit_site_check`), after the code: small pages, touched as
+/// sites are made.
+const SITE_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
+pub(crate) const SITE_ENTRIES: usize = 1 << 16;
+/// Two (guest, host) pairs per site.
+pub(crate) const SITE_ENTRY_BYTES: usize = 32;
+const SITE_BYTES: usize = SITE_ENTRIES * SITE_ENTRY_BYTES;
 /// One countdown (a `u32`) per entry, after them: how many more times an indirect jump's or
 /// call's site may fill its entry before it stops using it (see the translator's
 /// `emit_counted_fill`).
-const COUNTDOWN_OFFSET: usize = RET_OFFSET + RET_BYTES;
-const REGION_BYTES: usize = COUNTDOWN_OFFSET + RET_ENTRIES * 4;
+const COUNTDOWN_OFFSET: usize = SITE_OFFSET + SITE_BYTES;
+const REGION_BYTES: usize = COUNTDOWN_OFFSET + SITE_ENTRIES * 4;
 /// Fills an indirect jump's or call's site cache is allowed (see `COUNTDOWN_OFFSET`).
 pub(crate) const SITE_FILLS: u32 = 256;
 /// Placement search: try this far apart, this many times, below then above the guest.
@@ -50,7 +51,7 @@ pub(crate) struct CodeCache {
     pub runtime: Runtime,
     pub table: IbTable,
     /// Entries of the site caches given out.
-    ret_used: usize,
+    site_used: usize,
 }
 
 impl CodeCache {
@@ -79,10 +80,10 @@ impl CodeCache {
             base,
             code_start,
             cursor: code_start,
-            end: base + RET_OFFSET as u64,
+            end: base + SITE_OFFSET as u64,
             runtime,
             table,
-            ret_used: 0,
+            site_used: 0,
         })
     }
 
@@ -122,27 +123,27 @@ impl CodeCache {
     }
 
     /// The address of the next free entry of the site caches, if any is left.
-    pub fn next_ret_entry(&self) -> Option<u64> {
-        (self.ret_used < RET_ENTRIES).then(|| self.ret_entry(self.ret_used))
+    pub fn next_site_entry(&self) -> Option<u64> {
+        (self.site_used < SITE_ENTRIES).then(|| self.site_entry(self.site_used))
     }
 
-    fn ret_entry(&self, i: usize) -> u64 {
-        self.base + (RET_OFFSET + RET_ENTRY_BYTES * i) as u64
+    fn site_entry(&self, i: usize) -> u64 {
+        self.base + (SITE_OFFSET + SITE_ENTRY_BYTES * i) as u64
     }
 
-    /// The countdown of the entry at `e` (an address [`next_ret_entry`] gave).
+    /// The countdown of the entry at `e` (an address [`next_site_entry`] gave).
     ///
-    /// [`next_ret_entry`]: Self::next_ret_entry
+    /// [`next_site_entry`]: Self::next_site_entry
     pub fn countdown_of(&self, e: u64) -> u64 {
-        let i = (e - self.ret_entry(0)) / RET_ENTRY_BYTES as u64;
+        let i = (e - self.site_entry(0)) / SITE_ENTRY_BYTES as u64;
         self.base + COUNTDOWN_OFFSET as u64 + 4 * i
     }
 
-    /// Takes the entry [`next_ret_entry`](Self::next_ret_entry) gave: both pairs empty (no
+    /// Takes the entry [`next_site_entry`](Self::next_site_entry) gave: both pairs empty (no
     /// guest address is `u64::MAX`; its host is the miss path, as the table's empty
     /// entries).
-    pub fn take_ret_entry(&mut self) {
-        let e = self.ret_entry(self.ret_used) as *mut [u64; 2];
+    pub fn take_site_entry(&mut self) {
+        let e = self.site_entry(self.site_used) as *mut [u64; 2];
         let empty = [u64::MAX, self.runtime.miss_entry];
         let countdown = self.countdown_of(e as u64) as *mut u32;
         // SAFETY: the entry's two pairs and its countdown lie in the mapping, in the ret
@@ -152,15 +153,15 @@ impl CodeCache {
             e.add(1).write(empty);
             countdown.write(SITE_FILLS);
         }
-        self.ret_used += 1;
+        self.site_used += 1;
     }
 
-    /// Empties every pair of the returns' site caches that is not in the table (after
+    /// Empties every pair of the site caches that is not in the table (after
     /// blocks were removed: a pair's host may be one of them).
-    pub fn prune_ret_entries(&mut self) {
+    pub fn prune_site_entries(&mut self) {
         let empty = [u64::MAX, self.runtime.miss_entry];
-        for i in 0..self.ret_used {
-            let e = self.ret_entry(i) as *mut [u64; 2];
+        for i in 0..self.site_used {
+            let e = self.site_entry(i) as *mut [u64; 2];
             for k in 0..2 {
                 // SAFETY: a taken entry's pair in the mapping; nothing runs in the cache.
                 unsafe {
@@ -176,7 +177,7 @@ impl CodeCache {
     /// Forgets every block: the space after the shared routines is reused.
     pub fn reset(&mut self) {
         self.cursor = self.code_start;
-        self.ret_used = 0;
+        self.site_used = 0;
         self.table.clear();
     }
 }
@@ -254,7 +255,7 @@ fn try_map_len(addr: u64, flags: libc::c_int, len: usize) -> Option<u64> {
 const HUGE_PAGE: u64 = 2 << 20;
 
 fn advise_huge(p: u64) {
-    advise_huge_past_first(p, RET_OFFSET);
+    advise_huge_past_first(p, SITE_OFFSET);
 }
 
 /// Advises huge pages for `[start + 2 MiB, start + len)` rounded in to whole huge pages (a

@@ -132,7 +132,7 @@ impl Engine {
                     .as_mut()
                     .expect("cache exists")
                     .0
-                    .prune_ret_entries();
+                    .prune_site_entries();
             }
             let cache = self.cache();
             // SAFETY: as above; `enter` is the context switch routine of this cache, which
@@ -221,35 +221,29 @@ impl Engine {
         if crate::late_code::published() != self.late_seen {
             self.take_published_ranges();
         }
-        if let Some(b) = self.dir().lookup(pc) {
-            let host = b.host;
+        let host = match self.dir().lookup(pc) {
             // An indirect branch missed the inline table although the block exists: it was
-            // never put there, or its entry was taken by a colliding target. Put it back,
-            // or every later lookup of this target would come back here.
-            if !direct {
-                self.enter_table(pc, host);
+            // never put there, or its entry was taken by a colliding target. It is put back
+            // below, or every later lookup of this target would come back here.
+            Some(b) => b.host,
+            None => {
+                let instrumented = self.shared().inst.ranges.contains(pc)
+                    || crate::late_code::anonymous_code() && self.takes_new_code(pc);
+                if !instrumented {
+                    if let Some(next) = self.transfer_to_native(pc)? {
+                        return Ok(next);
+                    }
+                    if self.leave_at_native {
+                        // The guest leaves the instrumented code for good: the run ends here.
+                        return Ok(Next::Stop);
+                    }
+                    // No return address to come back through: instrument this code after
+                    // all (QBDI's behaviour), until it reaches instrumented code or a call
+                    // we can broker.
+                }
+                self.translate(pc)?
             }
-            return Ok(Next::Block(host));
-        }
-        let instrumented = self.shared().inst.ranges.contains(pc)
-            || crate::late_code::anonymous_code() && self.takes_new_code(pc);
-        if instrumented {
-            let host = self.translate(pc)?;
-            if !direct {
-                self.enter_table(pc, host);
-            }
-            return Ok(Next::Block(host));
-        }
-        if let Some(next) = self.transfer_to_native(pc)? {
-            return Ok(next);
-        }
-        if self.leave_at_native {
-            // The guest leaves the instrumented code for good: the run ends here.
-            return Ok(Next::Stop);
-        }
-        // No return address to come back through: instrument this code after all (QBDI's
-        // behaviour), until it reaches instrumented code or a call we can broker.
-        let host = self.translate(pc)?;
+        };
         if !direct {
             self.enter_table(pc, host);
         }

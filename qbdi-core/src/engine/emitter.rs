@@ -49,14 +49,6 @@ impl Asm {
         self.base + self.buf.len() as u64
     }
 
-    /// Takes back the code emitted since `len` bytes; that code bound no label and took
-    /// no fixup (checked in debug builds).
-    pub fn truncate(&mut self, len: usize) {
-        debug_assert!(self.labels.iter().flatten().all(|&at| at as usize <= len));
-        debug_assert!(self.fixups.iter().all(|&(at, _, _)| (at as usize) < len));
-        self.buf.truncate(len);
-    }
-
     pub fn len(&self) -> usize {
         self.buf.len()
     }

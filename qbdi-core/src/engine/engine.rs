@@ -456,7 +456,7 @@ impl Engine {
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,
             flags_live_at: &flags_live_at,
-            ret_entry: cache.next_ret_entry().map(|e| (e, cache.countdown_of(e))),
+            site_entry: cache.next_site_entry().map(|e| (e, cache.countdown_of(e))),
         };
         let values = !self
             .options
@@ -488,8 +488,8 @@ impl Engine {
         if self.perf_map {
             super::perf_map::note_block(host, self.translator.asm.len() as u64, pc);
         }
-        if t.ret_entry {
-            cache.take_ret_entry();
+        if t.site_entry {
+            cache.take_site_entry();
         }
         dir.push_faults(&self.translator.faults);
         for &(site, at, general) in &self.translator.inline_addrs {

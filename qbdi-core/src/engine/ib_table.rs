@@ -36,7 +36,7 @@ pub(crate) struct IbTable {
     /// Whether any native (broker) entry was inserted since the last clear.
     has_natives: std::cell::Cell<bool>,
     /// Entries were removed since the last [`take_removed`](Self::take_removed) (the
-    /// returns' site caches must follow, see `CodeCache::prune_ret_entries`).
+    /// site caches must follow, see `CodeCache::prune_site_entries`).
     removed: std::cell::Cell<bool>,
 }
 
@@ -149,7 +149,7 @@ impl IbTable {
 
     /// Removes entries of native targets (host = `broker`) whose guest address is in
     /// `[start, end)`.
-    /// The returns' site caches are pruned after it, whatever the table held: a native
+    /// The site caches are pruned after it, whatever the table held: a native
     /// entry may be in a site's cache still when the table lost it to a colliding target.
     pub fn remove_natives_in(&self, start: u64, end: u64, broker: u64) {
         self.removed.set(true);

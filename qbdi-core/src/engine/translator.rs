@@ -99,10 +99,10 @@ pub(crate) struct Env<'a> {
     /// it gets (`inline::status_flags_live`), if its bytes are readable and do not change
     /// (no byte check); None otherwise.
     pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
-    /// A free entry of the site caches (`code_cache::RET_ENTRIES`) and its countdown, for
-    /// the indirect branch this block may end with; `Translated::ret_entry` says whether it
+    /// A free entry of the site caches (`code_cache::SITE_ENTRIES`) and its countdown, for
+    /// the indirect branch this block may end with; `Translated::site_entry` says whether it
     /// took it.
-    pub ret_entry: Option<(u64, u64)>,
+    pub site_entry: Option<(u64, u64)>,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -131,8 +131,8 @@ pub(crate) struct Translated {
     /// Offset of the block's linked entry from its entry (0: the same; see
     /// `inline::emit_counting`).
     pub linked: u64,
-    /// The block's `ret` took `Env::ret_entry`.
-    pub ret_entry: bool,
+    /// The block's indirect branch took `Env::site_entry`.
+    pub site_entry: bool,
 }
 
 pub(crate) struct Translator {
@@ -153,8 +153,8 @@ pub(crate) struct Translator {
     /// (see `DirectCold`), and the bytes reserved for them.
     cold: Vec<DirectCold>,
     cold_bytes: usize,
-    /// This translation's `ret` took `Env::ret_entry`.
-    ret_entry_taken: bool,
+    /// This translation's indirect branch took `Env::site_entry`.
+    site_entry_taken: bool,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
     mem: MemInfo,
@@ -288,7 +288,7 @@ impl Translator {
             inline_addrs: Vec::with_capacity(MAX_BLOCK_SITES),
             cold: Vec::with_capacity(MAX_BLOCK_SITES),
             cold_bytes: 0,
-            ret_entry_taken: false,
+            site_entry_taken: false,
             planned: Vec::with_capacity(MAX_PER_INSTRUCTION),
             mem: MemInfo::default(),
             next_slot: 0,
@@ -323,7 +323,7 @@ impl Translator {
         self.inline_addrs.clear();
         self.cold.clear();
         self.cold_bytes = 0;
-        self.ret_entry_taken = false;
+        self.site_entry_taken = false;
         self.next_slot = 0;
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
@@ -484,7 +484,7 @@ impl Translator {
             cut,
             block_end,
             linked,
-            ret_entry: self.ret_entry_taken,
+            site_entry: self.site_entry_taken,
         })
     }
 
@@ -624,19 +624,24 @@ impl Translator {
         }
     }
 
-    /// Whether the paths leaving the block by `instr` run nothing before their exit: no
-    /// PostInst callback, no block-exit event, no access left to complete, no edge to
-    /// count. A conditional branch then goes straight to its taken exit, as without hooks.
-    fn bare_paths(&mut self, hooks: &mut Option<Hooks<'_>>, instr: &Instruction) -> bool {
+    /// Whether [`path_hooks`](Self::path_hooks) emits nothing for `instr`: no PostInst
+    /// callback, no block-exit event, no access left to complete.
+    fn quiet_paths(&mut self, hooks: &mut Option<Hooks<'_>>, instr: &Instruction) -> bool {
         let Some(h) = hooks.as_mut() else {
             return true;
         };
-        self.edge_maps.is_empty()
-            && !memory_recording::emits_post(&self.planned)
+        !memory_recording::emits_post(&self.planned)
             && (EXIT_EVENTS & h.events & h.inst.events).is_empty()
             && !h
                 .inst
                 .match_inst(instr, InstPosition::PostInst, self.mem.access)
+    }
+
+    /// Whether the paths leaving the block by `instr` run nothing before their exit: quiet
+    /// ([`quiet_paths`](Self::quiet_paths)) and no edge to count. A conditional branch then
+    /// goes straight to its taken exit, as without hooks.
+    fn bare_paths(&mut self, hooks: &mut Option<Hooks<'_>>, instr: &Instruction) -> bool {
+        self.edge_maps.is_empty() && self.quiet_paths(hooks, instr)
     }
 
     /// PostInst callbacks of `instr` and block-exit events, on a path leaving the block
@@ -1261,21 +1266,15 @@ impl Translator {
                 }
             }
         }
-        if hooks.is_some() {
+        if !self.quiet_paths(hooks, instr) {
             // Callbacks see the guest registers and the target as rip: park the target,
             // run them, then look it up. A path with none (inline work only, or callbacks
-            // elsewhere in the block) keeps the target in rcx: the parking is taken back.
-            let parked = self.asm.len();
+            // elsewhere in the block) keeps the target in rcx.
             self.asm.store(ctx + off::IB_TARGET, RCX);
             emit_restore(&mut self.asm, ctx);
-            let restored = self.asm.len();
             self.path_hooks(env, hooks, instr, Rip::IbTarget);
-            if self.asm.len() == restored {
-                self.asm.truncate(parked);
-            } else {
-                emit_spill(&mut self.asm, ctx);
-                self.asm.load(RCX, ctx + off::IB_TARGET);
-            }
+            emit_spill(&mut self.asm, ctx);
+            self.asm.load(RCX, ctx + off::IB_TARGET);
         }
         // The target's counting entry (or the dispatcher) goes on from this block.
         if !self.edge_maps.is_empty() {
@@ -1286,11 +1285,11 @@ impl Translator {
         // `SITE_FILLS` times, then stops using it (a switch's jump). Indirect calls have
         // none (a polymorphic call, perl's run loop's, was slower with one).
         let cached = env
-            .ret_entry
+            .site_entry
             .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
         let check = self.asm.len();
         if let Some((e, _)) = cached {
-            self.ret_entry_taken = true;
+            self.site_entry_taken = true;
             emit_site_check(&mut self.asm, e);
         }
         let lookup = self.asm.len();

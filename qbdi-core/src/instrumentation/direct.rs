@@ -40,8 +40,8 @@ use crate::memory_access::{VIEW_BYTES, slice_layout};
 use crate::regs::{R8, RAX, RCX, RDI, RDX, RSI, RSP};
 use crate::state::{FprState, GprState};
 use iced_x86::{
-    CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfo,
-    InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
+    ConstantOffsets, CpuidFeature, Decoder, DecoderOptions, FlowControl, Instruction,
+    InstructionInfo, InstructionInfoFactory, Mnemonic, OpAccess, OpKind, Register,
 };
 use std::sync::Mutex;
 
@@ -599,14 +599,17 @@ fn mov_imm(out: &mut Vec<u8>, reg: u8, value: u64, wide: bool) {
 /// operand) addressing `[reg]` instead (`reg` 0-7 but rsp and rbp), with a zero 32-bit
 /// displacement: ModRM's mod 10 and rm `reg`, REX.B cleared (RIP-relative addressing
 /// ignores it). Done on the bytes, not with iced's encoder, whose tables would cost
-/// start-up about 0.4 ms (see `engine/encode.rs`). Checked by decoding the result.
-fn rebase(instr: &Instruction, bytes: &[u8], reg: u8) -> Option<Vec<u8>> {
+/// start-up about 0.4 ms (see `engine/encode.rs`). `offsets`: where the decoder found the
+/// instruction's displacement. Checked by decoding the result.
+fn rebase(
+    instr: &Instruction,
+    offsets: &ConstantOffsets,
+    bytes: &[u8],
+    reg: u8,
+) -> Option<Vec<u8>> {
     if instr.encoding() != iced_x86::EncodingKind::Legacy || matches!(reg, 4 | 5) || reg > 7 {
         return None;
     }
-    let mut decoder = Decoder::with_ip(64, bytes, instr.ip(), DecoderOptions::NONE);
-    let again = decoder.decode();
-    let offsets = decoder.get_constant_offsets(&again);
     let disp = offsets.displacement_offset();
     if offsets.displacement_size() != 4 || disp + 4 > bytes.len() {
         return None;
@@ -639,7 +642,7 @@ fn rebase(instr: &Instruction, bytes: &[u8], reg: u8) -> Option<Vec<u8>> {
 fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
     let mut factory = InstructionInfoFactory::new();
     let mut decoder = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
-    let mut body: Vec<Instruction> = Vec::new();
+    let mut body: Vec<(Instruction, ConstantOffsets)> = Vec::new();
     let mut used = 0u16;
     // Whether eax holds zero (Continue) at this point.
     let mut continues = false;
@@ -668,7 +671,7 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
             }
         }
         continues |= zeroes_eax;
-        body.push(instr);
+        body.push((instr, decoder.get_constant_offsets(&instr)));
     }
     // A low register: the rewrite then needs no REX.B (see `rebase`).
     let scratch = [RCX, RDX, RSI, RDI]
@@ -676,7 +679,7 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
         .find(|&r| used & (1 << r) == 0);
     let mut out = Vec::with_capacity(INLINE_BYTES);
     let mut saves = writes;
-    for instr in &body {
+    for (instr, offsets) in &body {
         let at = usize::try_from(instr.ip() - ip).ok()?;
         let bytes = code.get(at..at + instr.len())?;
         if !instr.is_ip_rel_memory_operand() {
@@ -696,7 +699,7 @@ fn inline_body(code: &[u8], ip: u64, writes: u16) -> Option<InlineBody> {
         let s = scratch?;
         saves |= 1 << s;
         mov_imm(&mut out, s, target, true);
-        out.extend_from_slice(&rebase(instr, bytes, s)?);
+        out.extend_from_slice(&rebase(instr, offsets, bytes, s)?);
     }
     if out.len() > INLINE_BYTES {
         return None;
