@@ -1,5 +1,6 @@
 //! Helpers shared by the workspace-level tests.
 
+pub mod cb_funcs;
 pub mod cli;
 pub mod clobber;
 pub mod ev_blocks;

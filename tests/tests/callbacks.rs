@@ -21,46 +21,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 
 use InstPosition::{PostInst, PreInst};
+use qbdi_tests::cb_funcs::*;
 
 // The labels (`fn cb_x_y()`) are only used for their addresses, never called.
-unsafe extern "C" {
-    fn cb_straight(x: u64) -> u64;
-    fn cb_straight_end();
-    fn cb_loop(n: u64) -> u64;
-    fn cb_loop_jz();
-    fn cb_loop_body();
-    fn cb_loop_jnz();
-    fn cb_loop_ret();
-    fn cb_loop_end();
-    fn cb_call_ret(x: u64) -> u64;
-    fn cb_call_ret_call();
-    fn cb_call_ret_after();
-    fn cb_call_ret_callee();
-    fn cb_call_ret_end();
-    fn cb_inc(x: u64) -> u64;
-    fn cb_inc_inc();
-    fn cb_inc_add();
-    fn cb_read_hi16(out: *mut u8);
-    fn cb_read_hi16_end();
-    fn cb_inc_ret();
-    fn cb_inc_end();
-    fn cb_double(x: u64) -> u64;
-    fn cb_double_end();
-    fn cb_xmm_io(x: u64) -> u64;
-    fn cb_xmm_io_probe();
-    fn cb_xmm_io_end();
-    fn cb_ymm_io(x: u64) -> u64;
-    fn cb_ymm_io_probe();
-    fn cb_ymm_io_end();
-    fn cb_mnem(x: u64) -> u64;
-    fn cb_mnem_end();
-    fn cb_vec_avx2(input: *const u8, out: *mut u8);
-    fn cb_vec_avx2_done();
-    fn cb_vec_avx2_end();
-    fn cb_vec_avx512(input: *const u8, out: *mut u8);
-    fn cb_vec_avx512_done();
-    fn cb_vec_avx512_end();
-}
 
 /// The address of a guest function or label.
 macro_rules! addr {

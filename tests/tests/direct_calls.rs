@@ -17,28 +17,10 @@ use std::hint::black_box;
 use std::rc::Rc;
 
 use InstPosition::{PostInst, PreInst};
+use qbdi_tests::cb_funcs::*;
 
 #[path = "../benches/kernels/mod.rs"]
 mod kernels;
-
-unsafe extern "C" {
-    fn cb_straight(x: u64) -> u64;
-    fn cb_straight_end();
-    fn cb_flags_tail(x: u64) -> u64;
-    fn cb_flags_tail_end();
-    fn cb_loop(n: u64) -> u64;
-    fn cb_loop_body();
-    fn cb_loop_end();
-    fn cb_inc(x: u64) -> u64;
-    fn cb_inc_inc();
-    fn cb_inc_add();
-    fn cb_inc_ret();
-    fn cb_inc_end();
-    fn cb_df(x: u64) -> u64;
-    fn cb_df_end();
-    fn cb_mem(buf: *mut u64) -> u64;
-    fn cb_mem_end();
-}
 
 macro_rules! addr {
     ($f:expr) => {

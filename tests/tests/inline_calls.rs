@@ -13,16 +13,7 @@ use qbdi_core::{CallbackId, InstPosition, Options, VirtualStack, Vm, VmAction, V
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use InstPosition::{PostInst, PreInst};
-
-unsafe extern "C" {
-    fn cb_straight(x: u64) -> u64;
-    fn cb_straight_end();
-    fn cb_flags_tail(x: u64) -> u64;
-    fn cb_flags_tail_end();
-    fn cb_loop(n: u64) -> u64;
-    fn cb_loop_body();
-    fn cb_loop_end();
-}
+use qbdi_tests::cb_funcs::*;
 
 macro_rules! addr {
     ($f:expr) => {

@@ -645,142 +645,95 @@ mod tests {
         assert!(status_flags_live(&[0x90], 0x1000));
     }
 
-    /// A counted exit adds to its constant line, with NeverZero or wrapping, wherever the
-    /// map is (near the code, in the first 2 GiB, far: the three ways it addresses a line),
-    /// with the flags live (the next-count table where the line is in reach) or not, and
-    /// keeps rax and, when asked, the flags.
-    #[test]
-    fn counted_exits_count_and_keep_registers_and_flags() {
-        use super::super::emitter::{Asm, RWX, test_mapping};
-        const LEN: usize = 8 * 4096;
-        // SAFETY: fresh private mappings, unmapped at the end; the generated function is a
-        // leaf (System V: rdi, rsi in, rax out) that only touches them.
-        unsafe {
-            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
-            // Code, then a context (16 KiB), then a map RIP-relative code reaches.
-            let (code, ctx, near) = (
-                region as u64,
-                region as u64 + 4096,
-                region as u64 + 6 * 4096,
-            );
-            const { assert!(off::INLINE_SPILL + 24 <= 5 * 4096) };
-            let low = test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT)
-                .cast::<libc::c_void>();
-            let far: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
-            let hash: Box<dyn Fn(u64) -> u64> = Box::new(|pc| pc * 7);
-            for (map, flags_live, never_zero) in [
-                (near, true, true),
-                (near, false, true),
-                (near, true, false),
-                (low as u64, true, true),
-                (low as u64, true, false),
-                (low as u64, false, false),
-                (far.as_mut_ptr() as u64, false, true),
-                (far.as_mut_ptr() as u64, true, true),
-            ] {
-                let m = EdgeMap {
-                    map,
-                    mask: 0xfff,
-                    hash: &*hash as *const _,
-                    index: 0,
-                    never_zero,
-                };
-                let flags_out = ctx + 1024;
-                let mut a = Asm::with_capacity(512);
-                a.reset(code);
-                a.bytes(&[0x56, 0x9d]); // push rsi; popfq: the guest's flags
-                a.bytes(&[0x48, 0x89, 0xf8]); // mov rax, rdi
-                emit_counted_exit(&mut a, ctx, &[m], 0x100, 0x234, flags_live);
-                a.bytes(&[0x9c, 0x5a]); // pushfq; pop rdx
-                a.mov_imm64(RCX, flags_out);
-                a.bytes(&[0x48, 0x89, 0x11, 0xc3]); // mov [rcx], rdx; ret
-                std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
-                let f: extern "C" fn(u64, u64) -> u64 = std::mem::transmute(code);
-                let line =
-                    (map + ((((0x100 * 7) & 0xfff) >> 1) ^ ((0x234 * 7) & 0xfff))) as *mut u8;
-                // Status flags CF PF AF ZF SF OF all set, and the reserved bit 1.
-                let guest = 0x8d7u64;
-                for i in 1..=300u64 {
-                    assert_eq!(f(0x1234_5678_9abc, guest), 0x1234_5678_9abc, "rax kept");
-                    // NeverZero: 255 wraps to 1; without it, to 0.
-                    let expected = if never_zero {
-                        (i - 1) % 255 + 1
-                    } else {
-                        i % 256
-                    };
-                    assert_eq!(
-                        u64::from(*line),
-                        expected,
-                        "map {map:#x}, count {i}, NeverZero {never_zero}"
-                    );
-                    if flags_live {
-                        let out = *(flags_out as *const u64);
-                        assert_eq!(out & 0x8d5, guest & 0x8d5, "flags kept");
-                    }
-                }
-                *line = 0;
-            }
-            libc::munmap(region, LEN);
-            libc::munmap(low, 4096);
-        }
+    /// A code page, a context (16 KiB), a map page RIP-relative code reaches and the
+    /// thread's `prev` words, in one read-write-execute mapping; a map page in the first
+    /// 2 GiB and one anywhere. Unmapped on drop.
+    struct Fixture {
+        region: *mut u8,
+        low: *mut u8,
+        far: Box<[u8]>,
+        hash: Box<dyn Fn(u64) -> u64>,
     }
 
-    /// A counting entry adds to the line of the thread's `prev` and its block, with
-    /// NeverZero or wrapping, for a map in the first 2 GiB (the next-count table) or
-    /// anywhere, and keeps rax, rcx and, when asked, the flags (its `xor` writes them).
-    #[test]
-    fn counting_entries_count_and_keep_registers_and_flags() {
-        use super::super::emitter::{Asm, RDX, RWX, test_mapping};
-        const LEN: usize = 8 * 4096;
-        // SAFETY: fresh private mappings, unmapped at the end; the generated function is a
-        // leaf (System V: rdi, rsi, rdx in, rax out) that only touches them.
-        unsafe {
-            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
-            // Code, then a context (16 KiB), then the thread's prev words.
-            let (code, ctx, words) = (
-                region as u64,
-                region as u64 + 4096,
-                region as u64 + 6 * 4096,
-            );
-            const { assert!(off::EDGE_PREV + 8 <= 5 * 4096) };
-            *((ctx + off::EDGE_PREV) as *mut u64) = words;
-            let low = test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT)
-                .cast::<libc::c_void>();
-            let far: &'static mut [u8] = Box::leak(vec![0u8; 4096].into_boxed_slice());
-            let hash: Box<dyn Fn(u64) -> u64> = Box::new(|pc| pc * 7);
-            for (map, flags_live, never_zero) in [
-                (low as u64, true, true),
-                (low as u64, false, true),
-                (low as u64, true, false),
-                (far.as_mut_ptr() as u64, true, true),
-                (far.as_mut_ptr() as u64, false, false),
-            ] {
-                let m = EdgeMap {
-                    map,
-                    mask: 0xfff,
-                    hash: &*hash as *const _,
-                    index: 1,
-                    never_zero,
-                };
-                let out = ctx + 1024;
-                let mut a = Asm::with_capacity(512);
-                a.reset(code);
-                a.bytes(&[0x56, 0x9d]); // push rsi; popfq: the guest's flags
-                a.bytes(&[0x48, 0x89, 0xf8]); // mov rax, rdi
-                a.bytes(&[0x48, 0x89, 0xd1]); // mov rcx, rdx
-                emit_counting(&mut a, ctx, &[m], 0x234, flags_live);
-                a.bytes(&[0x9c, 0x5a]); // pushfq; pop rdx
-                a.store(out, RDX);
-                a.store(out + 8, RCX);
-                a.ret();
-                std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
-                let f: extern "C" fn(u64, u64, u64) -> u64 = std::mem::transmute(code);
-                // The thread came from the block at 0x100 (prev words: index 1).
-                let prev = ((0x100 * 7) & 0xfff) >> 1;
-                *((words + 8) as *mut u64) = prev;
-                let line = (map + (prev ^ ((0x234 * 7) & 0xfff))) as *mut u8;
-                // Status flags CF PF AF ZF SF OF all set, and the reserved bit 1.
-                let guest = 0x8d7u64;
+    const FIXTURE_LEN: usize = 8 * 4096;
+
+    impl Fixture {
+        fn new() -> Fixture {
+            use super::super::emitter::{RWX, test_mapping};
+            const { assert!(off::INLINE_SPILL + 24 <= 5 * 4096 && off::EDGE_PREV + 8 <= 5 * 4096) };
+            Fixture {
+                region: test_mapping(FIXTURE_LEN, RWX, 0),
+                low: test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT),
+                far: vec![0u8; 4096].into_boxed_slice(),
+                hash: Box::new(|pc| pc * 7),
+            }
+        }
+
+        fn code(&self) -> u64 {
+            self.region as u64
+        }
+
+        fn ctx(&self) -> u64 {
+            self.region as u64 + 4096
+        }
+
+        fn near(&self) -> u64 {
+            self.region as u64 + 6 * 4096
+        }
+
+        fn prev_words(&self) -> u64 {
+            self.region as u64 + 7 * 4096
+        }
+
+        fn low(&self) -> u64 {
+            self.low as u64
+        }
+
+        fn far(&self) -> u64 {
+            self.far.as_ptr() as u64
+        }
+
+        fn map(&self, map: u64, index: u32, never_zero: bool) -> EdgeMap {
+            EdgeMap {
+                map,
+                mask: 0xfff,
+                hash: &*self.hash as *const _,
+                index,
+                never_zero,
+            }
+        }
+
+        /// Runs what `emit` generates 300 times with known rax, rcx and status flags (CF
+        /// PF AF ZF SF OF all set, and the reserved bit 1), and checks after each run that
+        /// `line` counted it (255 wraps to 1 with NeverZero, to 0 without), that rax and
+        /// rcx are kept and, with `flags_live`, the flags. `line` is cleared at the end.
+        fn check_counts(
+            &self,
+            emit: impl FnOnce(&mut Asm),
+            line: u64,
+            never_zero: bool,
+            flags_live: bool,
+        ) {
+            use super::super::emitter::RDX;
+            let out = self.ctx() + 1024;
+            let mut a = Asm::with_capacity(512);
+            a.reset(self.code());
+            a.bytes(&[0x56, 0x9d]); // push rsi; popfq: the guest's flags
+            a.bytes(&[0x48, 0x89, 0xf8]); // mov rax, rdi
+            a.bytes(&[0x48, 0x89, 0xd1]); // mov rcx, rdx
+            emit(&mut a);
+            a.bytes(&[0x9c, 0x5a]); // pushfq; pop rdx
+            a.store(out, RDX);
+            a.store(out + 8, RCX);
+            a.ret();
+            let line = line as *mut u8;
+            let guest = 0x8d7u64;
+            // SAFETY: the code fits the fixture's code page and is a leaf (System V: rdi,
+            // rsi, rdx in, rax out) that only touches the fixture's memory; `out` and
+            // `line` are in it.
+            unsafe {
+                std::ptr::copy_nonoverlapping(a.buf.as_ptr(), self.region, a.len());
+                let f: extern "C" fn(u64, u64, u64) -> u64 = std::mem::transmute(self.region);
                 for i in 1..=300u64 {
                     let rax = f(0x1234_5678_9abc, guest, 0x0fed_cba9_8765);
                     assert_eq!(rax, 0x1234_5678_9abc, "rax kept");
@@ -793,7 +746,7 @@ mod tests {
                     assert_eq!(
                         u64::from(*line),
                         expected,
-                        "map {map:#x}, count {i}, NeverZero {never_zero}"
+                        "line {line:?}, count {i}, NeverZero {never_zero}"
                     );
                     if flags_live {
                         let flags = *(out as *const u64);
@@ -802,8 +755,77 @@ mod tests {
                 }
                 *line = 0;
             }
-            libc::munmap(region, LEN);
-            libc::munmap(low, 4096);
+        }
+    }
+
+    impl Drop for Fixture {
+        fn drop(&mut self) {
+            // SAFETY: the fixture's own mappings, no longer used.
+            unsafe {
+                libc::munmap(self.region.cast(), FIXTURE_LEN);
+                libc::munmap(self.low.cast(), 4096);
+            }
+        }
+    }
+
+    /// A counted exit adds to its constant line, with NeverZero or wrapping, wherever the
+    /// map is (near the code, in the first 2 GiB, far: the three ways it addresses a line),
+    /// with the flags live (the next-count table where the line is in reach) or not, and
+    /// keeps rax and, when asked, the flags.
+    #[test]
+    fn counted_exits_count_and_keep_registers_and_flags() {
+        let fx = Fixture::new();
+        for (map, flags_live, never_zero) in [
+            (fx.near(), true, true),
+            (fx.near(), false, true),
+            (fx.near(), true, false),
+            (fx.low(), true, true),
+            (fx.low(), true, false),
+            (fx.low(), false, false),
+            (fx.far(), false, true),
+            (fx.far(), true, true),
+        ] {
+            let m = fx.map(map, 0, never_zero);
+            let ctx = fx.ctx();
+            let line = map + ((((0x100 * 7) & 0xfff) >> 1) ^ ((0x234 * 7) & 0xfff));
+            fx.check_counts(
+                |a| emit_counted_exit(a, ctx, &[m], 0x100, 0x234, flags_live),
+                line,
+                never_zero,
+                flags_live,
+            );
+        }
+    }
+
+    /// A counting entry adds to the line of the thread's `prev` and its block, with
+    /// NeverZero or wrapping, for a map in the first 2 GiB (the next-count table) or
+    /// anywhere, and keeps rax, rcx and, when asked, the flags (its `xor` writes them).
+    #[test]
+    fn counting_entries_count_and_keep_registers_and_flags() {
+        let fx = Fixture::new();
+        let ctx = fx.ctx();
+        // The thread came from the block at 0x100 (prev words: index 1).
+        let prev = ((0x100 * 7) & 0xfff) >> 1;
+        // SAFETY: the context and the prev words are the fixture's memory.
+        unsafe {
+            *((ctx + off::EDGE_PREV) as *mut u64) = fx.prev_words();
+            *((fx.prev_words() + 8) as *mut u64) = prev;
+        }
+        for (map, flags_live, never_zero) in [
+            (fx.low(), true, true),
+            (fx.low(), false, true),
+            (fx.low(), true, false),
+            (fx.far(), true, true),
+            (fx.far(), false, false),
+        ] {
+            let m = fx.map(map, 1, never_zero);
+            let line = map + (prev ^ ((0x234 * 7) & 0xfff));
+            fx.check_counts(
+                |a| emit_counting(a, ctx, &[m], 0x234, flags_live),
+                line,
+                never_zero,
+                flags_live,
+            );
         }
     }
 }
