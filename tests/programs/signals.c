@@ -1,8 +1,8 @@
 // Signal handlers the engine must run (and cover): SIGUSR1 by raise and by kill from
-// another thread, SIGALRM from setitimer, SIGCHLD, a SIGSEGV probe of unmapped memory on a
-// sigaltstack that leaves by siglongjmp (several times), a signal blocked then unblocked,
-// and handlers installed with sysv_signal (once) and bsd_signal. Deterministic output;
-// exit 0.
+// another thread, SIGALRM from setitimer (waited for in sigsuspend), SIGCHLD, a SIGSEGV
+// probe of unmapped memory on a sigaltstack that leaves by siglongjmp (several times), a
+// signal blocked then unblocked, and handlers installed with sysv_signal (once) and
+// bsd_signal. Deterministic output; exit 0.
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <setjmp.h>
@@ -61,9 +61,19 @@ int main(void) {
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = on_alrm;
     sigaction(SIGALRM, &sa, NULL);
+    // SIGALRM stays blocked but while sigsuspend waits: `while (!alrm_count) pause();`
+    // would wait for ever if the timer fired between the check and the call (it did, once,
+    // on a loaded machine, the first call of `pause` being a lazy binding).
+    sigset_t alrm, before;
+    sigemptyset(&alrm);
+    sigaddset(&alrm, SIGALRM);
+    sigprocmask(SIG_BLOCK, &alrm, &before);
     struct itimerval it = {{0, 0}, {0, 20000}};
     setitimer(ITIMER_REAL, &it, NULL);
-    while (!alrm_count) pause();
+    sigset_t waiting = before;
+    sigdelset(&waiting, SIGALRM);
+    while (!alrm_count) sigsuspend(&waiting);
+    sigprocmask(SIG_SETMASK, &before, NULL);
     printf("alrm %d\n", (int)alrm_count);
 
     memset(&sa, 0, sizeof sa);

@@ -118,11 +118,31 @@ pub fn qbdi_cmd(dir: &Path, args: &[&str]) -> Outcome {
     run(Command::new(qbdi()).args(args), dir, None)
 }
 
+/// How long one program run of a test may take before it counts as hung (seconds; the
+/// variable `QBDI_TEST_RUN_TIMEOUT` sets another). The longest runs take about 20 s.
+fn run_timeout() -> Duration {
+    let secs = std::env::var("QBDI_TEST_RUN_TIMEOUT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(300);
+    Duration::from_secs(secs)
+}
+
+/// Runs `cmd` in `dir` in a process group of its own. A run that outlives [`run_timeout`]
+/// is a failure: its group is killed and the panic says what each of its threads was
+/// doing, so that a hang costs minutes and says where it was, not the whole CI budget.
 fn run(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>) -> Outcome {
+    run_limited(cmd, dir, stdin, run_timeout())
+}
+
+/// [`run`] with the time limit `timeout`.
+fn run_limited(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>, timeout: Duration) -> Outcome {
+    use std::os::unix::process::CommandExt;
     cmd.current_dir(dir)
         .env_remove("QBDI_PLUGIN_PATH")
         // The plugins the user installed (`qbdi plugin install`) are not the workspace's.
         .env("XDG_DATA_HOME", no_user_plugins())
+        .process_group(0)
         .stdin(if stdin.is_some() {
             Stdio::piped()
         } else {
@@ -131,8 +151,85 @@ fn run(cmd: &mut Command, dir: &Path, stdin: Option<&[u8]>) -> Outcome {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("the program starts");
+    let pid = child.id() as i32;
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    let watchdog = std::thread::spawn(move || {
+        if finished.recv_timeout(timeout).is_ok() {
+            return None;
+        }
+        let report = hang_report(pid);
+        // SAFETY: kill(2) on the process group the child leads.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
+        Some(report)
+    });
     feed(&mut child, stdin);
-    Outcome::from(child.wait_with_output().expect("the program ends"))
+    let out = child.wait_with_output().expect("the program ends");
+    let _ = done.send(());
+    if let Some(report) = watchdog.join().expect("the watchdog") {
+        panic!(
+            "{:?} {:?} hung: killed after {} s (QBDI_TEST_RUN_TIMEOUT sets the limit)\n\
+             {report}\nstdout so far:\n{}\nstderr so far:\n{}",
+            cmd.get_program(),
+            cmd.get_args().collect::<Vec<_>>(),
+            timeout.as_secs(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+    }
+    Outcome::from(out)
+}
+
+/// What the processes of group `pgid` are doing: each thread's state, kernel wait channel
+/// and system call, and gdb's backtraces where gdb is installed.
+fn hang_report(pgid: i32) -> String {
+    let mut report = String::new();
+    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return report;
+    };
+    for entry in procs.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let stat = read(&entry.path().join("stat"));
+        // pid (comm) state ppid pgrp ...: the fields after the last ')'.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(pgid) {
+            continue;
+        }
+        let cmdline = read(&entry.path().join("cmdline")).replace('\0', " ");
+        report.push_str(&format!("process {pid}: {cmdline}\n"));
+        if let Ok(tasks) = std::fs::read_dir(entry.path().join("task")) {
+            for t in tasks.flatten() {
+                let tstat = read(&t.path().join("stat"));
+                let state = tstat.rsplit_once(')').map_or("?", |(_, r)| r.trim_start());
+                report.push_str(&format!(
+                    "  thread {}: state {} wchan {} syscall {}\n",
+                    t.file_name().to_string_lossy(),
+                    state.split_whitespace().next().unwrap_or("?"),
+                    read(&t.path().join("wchan")),
+                    read(&t.path().join("syscall")).trim(),
+                ));
+            }
+        }
+        let gdb = Command::new("timeout")
+            .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            .args(["-ex", "thread apply all bt 25"])
+            .stdin(Stdio::null())
+            .output();
+        if let Ok(g) = gdb
+            && g.status.success()
+        {
+            report.push_str(&String::from_utf8_lossy(&g.stdout));
+        }
+    }
+    report
 }
 
 /// Writes `stdin` (if any) to the child's piped input from a thread: the program may write
@@ -416,4 +513,52 @@ pub fn drcov_blocks_by_module(path: &Path) -> Vec<(String, usize)> {
         .map(|(id, p)| (p, ids.iter().filter(|&&i| i == id).count()))
         .filter(|(_, n)| *n > 0)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run past its time limit is killed, with its process group, and the failure says
+    /// what its threads were doing.
+    #[test]
+    fn a_hung_run_is_killed_and_reported() {
+        let dir = std::env::temp_dir();
+        let started = Instant::now();
+        let hung = std::panic::catch_unwind(|| {
+            let mut cmd = Command::new("sh");
+            // A child of its own in the group, which must die too.
+            cmd.args(["-c", "sleep 60 & echo started; wait"]);
+            run_limited(&mut cmd, &dir, None, Duration::from_secs(1))
+        });
+        let message = *hung
+            .expect_err("the run fails")
+            .downcast::<String>()
+            .expect("a message");
+        assert!(started.elapsed() < Duration::from_secs(30), "{message}");
+        assert!(message.contains("hung: killed after 1 s"), "{message}");
+        assert!(message.contains("stdout so far:\nstarted"), "{message}");
+        assert!(
+            message.contains("process ") && message.contains("sleep 60"),
+            "both processes of the group are named: {message}"
+        );
+        assert!(message.contains("state S"), "{message}");
+    }
+
+    /// A run within its limit gives its outcome.
+    #[test]
+    fn a_run_within_its_limit_gives_its_outcome() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2; exit 3"]);
+        let o = run_limited(
+            &mut cmd,
+            &std::env::temp_dir(),
+            None,
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            (o.stdout.as_slice(), o.stderr.as_str(), o.code),
+            (&b"out\n"[..], "err\n", Some(3))
+        );
+    }
 }
