@@ -76,7 +76,7 @@ impl CodeCache {
         let code_start = (code + a.len() as u64).next_multiple_of(64);
         // SAFETY: the table lies inside the mapping, which lives as long as the cache.
         let table = unsafe { IbTable::new(table, runtime.miss_entry) };
-        Ok(CodeCache {
+        let cache = CodeCache {
             base,
             code_start,
             cursor: code_start,
@@ -84,7 +84,37 @@ impl CodeCache {
             runtime,
             table,
             site_used: 0,
-        })
+        };
+        cache.allow_native_calls();
+        Ok(cache)
+    }
+
+    /// Lets calls to PLT entries cache native targets (the translator's
+    /// `emit_native_slot_call`): a fresh cache, or one whose blocks are all gone.
+    pub fn allow_native_calls(&self) {
+        // SAFETY: the context is ours; nothing runs in the cache.
+        unsafe { (*self.ctx()).native_refill = self.runtime.broker };
+    }
+
+    /// After a partial flush: a call to a PLT entry skips that entry's block, which may now
+    /// have instrumentation (a callback at an address in it, code that joined the ranges),
+    /// so the calls translated before stop calling native targets for real (their cached
+    /// targets are emptied and no longer refilled) until every block is gone.
+    pub fn stop_native_calls(&self) {
+        // SAFETY: as above.
+        unsafe { (*self.ctx()).native_refill = 0 };
+        let empty = [u64::MAX, self.runtime.miss_entry];
+        for i in 0..self.site_used {
+            let e = self.site_entry(i) as *mut [u64; 2];
+            for k in 0..2 {
+                // SAFETY: a taken entry's pair in the mapping; nothing runs in the cache.
+                unsafe {
+                    if (*e.add(k))[1] == self.runtime.broker {
+                        e.add(k).write(empty);
+                    }
+                }
+            }
+        }
     }
 
     /// Whether `addr` is inside the cache's mapping.
@@ -179,6 +209,7 @@ impl CodeCache {
         self.cursor = self.code_start;
         self.site_used = 0;
         self.table.clear();
+        self.allow_native_calls();
     }
 }
 

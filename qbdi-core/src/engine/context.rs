@@ -63,6 +63,9 @@ pub(crate) struct Context {
     pub inline_spill: [u64; 3],
     /// The running thread's edge-map `prev` words (`inline::thread_prev`), set at each run.
     pub edge_prev: u64,
+    /// The `broker` routine's address while calls to PLT entries may cache their native
+    /// targets, 0 once a partial flush stopped them (see `CodeCache::stop_native_calls`).
+    pub native_refill: u64,
     /// Callback sites: the Rust entry point, its environment, the site being run, and the
     /// host address to resume at.
     pub cb_fn: u64,
@@ -127,6 +130,7 @@ pub(crate) mod off {
     pub const SPILL_FAR: u64 = offset_of!(Context, spill_far) as u64;
     pub const INLINE_SPILL: u64 = offset_of!(Context, inline_spill) as u64;
     pub const EDGE_PREV: u64 = offset_of!(Context, edge_prev) as u64;
+    pub const NATIVE_REFILL: u64 = offset_of!(Context, native_refill) as u64;
     pub const CB_FN: u64 = offset_of!(Context, cb_fn) as u64;
     pub const CB_DATA: u64 = offset_of!(Context, cb_data) as u64;
     pub const CB_RESUME: u64 = offset_of!(Context, cb_resume) as u64;

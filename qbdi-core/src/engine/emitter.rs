@@ -310,6 +310,13 @@ impl Asm {
         self.u32(rel as u32);
     }
 
+    /// `call qword [rip+label]`.
+    pub fn call_mem_label(&mut self, l: Label) {
+        self.bytes(&[0xff, 0x15]);
+        self.fixups.push((self.buf.len() as u32, l, 4));
+        self.u32(0);
+    }
+
     /// `push qword [rip+label]` (one 8-byte store: a load of the slot right after it is
     /// forwarded from the store, where two 4-byte stores are not).
     pub fn push_mem_label(&mut self, l: Label) {

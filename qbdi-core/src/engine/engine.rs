@@ -201,6 +201,7 @@ impl Engine {
         cache
             .table
             .remove_natives_in(range.start, range.end, cache.runtime.broker);
+        cache.stop_native_calls();
         self.invalidate_overlapping(range);
     }
 
@@ -232,6 +233,11 @@ impl Engine {
         for &start in &doomed {
             self.invalidate_block(start);
         }
+        self.cache
+            .as_ref()
+            .expect("checked above")
+            .0
+            .allow_native_calls();
         doomed.clear();
         doomed.shrink_to(1024);
         self.scratch = doomed;
@@ -347,12 +353,15 @@ impl Engine {
                 let guest = if value == cache.runtime.stop_return {
                     Some(self.stop)
                 } else {
-                    dir.by_host(value).map(|b| b.start).or_else(|| {
-                        cache
-                            .contains(value + 10)
-                            .then(|| transfer_stub_target(dir, value))
-                            .flatten()
-                    })
+                    dir.by_host(value)
+                        .map(|b| b.start)
+                        .or_else(|| {
+                            cache
+                                .contains(value + 10)
+                                .then(|| transfer_stub_target(dir, value))
+                                .flatten()
+                        })
+                        .or_else(|| return_site_target(dir, value))
                 };
                 if let Some(guest) = guest {
                     // SAFETY: as above.
@@ -443,6 +452,13 @@ impl Engine {
             let bytes = unsafe { std::slice::from_raw_parts(a as *const u8, len) };
             Some(super::inline::status_flags_live(bytes, a))
         };
+        let code_bytes = |a: u64| {
+            if readable.volatile_at(a).is_some() || !readable.known_readable(a, 16) {
+                return None;
+            }
+            // SAFETY: as for `read_word`.
+            Some(unsafe { (a as *const [u8; 16]).read_unaligned() })
+        };
         let env = Env {
             ctx: cache.ctx_addr(),
             table: cache.table_addr(),
@@ -453,6 +469,8 @@ impl Engine {
             boundary: self.stop,
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
+            native_calls: !events.intersects(TRANSFER_EVENTS | VmEvent::BASIC_BLOCK_NEW),
+            code_bytes: &code_bytes,
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,
             flags_live_at: &flags_live_at,
@@ -586,6 +604,16 @@ pub(super) fn fp_mode(options: Options) -> Option<XSaveKind> {
 /// The guest return address of the transfer return stub at host address `host`, if `host`
 /// is one (the stub's first instruction holds its id: `mov dword [rip+d], FIRST_STUB_ID +
 /// id`).
+/// The guest return address a real `call` of native code from translated code stands
+/// for: such a call returns to the jump of an exit (`jmp rel32`, whose rel32 field is the
+/// exit's site) to the guest address after the call. A linear scan: for stack unwinding.
+fn return_site_target(dir: &Directory, host: u64) -> Option<u64> {
+    (0..dir.stub_count())
+        .map(|i| dir.stub(i))
+        .find(|s| s.site == host + 1 && s.kind == ExitKind::Branch)
+        .map(|s| s.target)
+}
+
 pub(super) fn transfer_stub_target(dir: &Directory, host: u64) -> Option<u64> {
     // SAFETY: `host..host + 10` is inside the code cache mapping (the caller checked).
     let id = unsafe { ((host + 6) as *const u32).read_unaligned() };

@@ -27,7 +27,7 @@ use super::direct_call::{
     inlinable,
 };
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
-use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, is_simm32};
+use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, Reg, is_simm32};
 use super::encode::{self, MemOperand};
 use super::ib_table::{
     Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
@@ -99,8 +99,15 @@ pub(crate) struct Env<'a> {
     /// it gets (`inline::status_flags_live`), if its bytes are readable and do not change
     /// (no byte check); None otherwise.
     pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
+    /// Whether calls to native code may skip the dispatcher and the block of a PLT entry
+    /// (no EXEC_TRANSFER events to report, no BASIC_BLOCK_NEW event that would miss the
+    /// PLT entry's block).
+    pub native_calls: bool,
+    /// The 16 bytes at an address, if they are readable now and do not change (no byte
+    /// check): a PLT entry's.
+    pub code_bytes: &'a dyn Fn(u64) -> Option<[u8; 16]>,
     /// A free entry of the site caches (`code_cache::SITE_ENTRIES`) and its countdown, for
-    /// the indirect branch this block may end with; `Translated::site_entry` says whether it
+    /// the indirect branch (or the call to a PLT entry) this block may end with; `Translated::site_entry` says whether it
     /// took it.
     pub site_entry: Option<(u64, u64)>,
 }
@@ -906,17 +913,27 @@ impl Translator {
                 let target = instr.near_branch_target();
                 if (env.in_range)(target) || target == env.boundary || !env.inline_broker {
                     // Native targets go through the dispatcher when it must report them.
+                    if let Some(slot) = self.native_slot_call(env, hooks, target) {
+                        self.emit_native_slot_call(env, slot, next);
+                    }
                     self.push_guest_address(next);
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
                     self.exit_to(env, target, ExitKind::Branch, true);
+                } else if self.quiet_paths(hooks, instr) {
+                    // Native callee, nothing to run after the call: a real `call`, whose
+                    // return the CPU predicts, into the exit to `next` (the return address
+                    // the callee sees is that exit's jump, see `return_site_target`).
+                    // Code the native callee calls back runs under other Vms, which go on
+                    // from this block's edges; the return goes on from theirs.
+                    self.sync_edges(env);
+                    self.call_native(target);
+                    self.exit_uncounted(next, ExitKind::Branch, true, false, false);
                 } else {
                     // Native callee: it returns into a stub of ours that continues at `next`
                     // (pushed from a literal: one 8-byte store, see `push_guest_address`).
                     let stub_literal = self.asm.new_label();
                     self.asm.push_mem_label(stub_literal);
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
-                    // Code the native callee calls back runs under other Vms, which go on
-                    // from this block's edges; the return goes on from theirs.
                     self.sync_edges(env);
                     self.asm.jmp_abs(target);
                     self.literals.push((stub_literal, self.asm.here()));
@@ -929,6 +946,84 @@ impl Translator {
                 Ok(true)
             }
         }
+    }
+
+    /// `call target`: rel32 when it reaches, else through a literal.
+    fn call_native(&mut self, target: u64) {
+        if self.asm.rel32_to(target + 1).is_some() {
+            self.asm.call_to(target);
+        } else {
+            let l = self.asm.new_label();
+            self.asm.call_mem_label(l);
+            self.literals.push((l, target));
+        }
+    }
+
+    /// The GOT slot of a call to a PLT entry (`jmp [rip+slot]`, after `endbr64`, with or
+    /// without `bnd`) that may be called for real when the slot holds a native target: in a
+    /// Vm with nothing to run in the entry's block (no hooks at all, no BASIC_BLOCK_NEW
+    /// event to report it, no transfer events) whose bytes do not change, when the block
+    /// may use the site caches' entry.
+    fn native_slot_call(
+        &self,
+        env: &Env<'_>,
+        hooks: &Option<Hooks<'_>>,
+        target: u64,
+    ) -> Option<u64> {
+        if hooks.is_some() || !env.native_calls || env.site_entry.is_none() {
+            return None;
+        }
+        plt_slot(&(env.code_bytes)(target)?, target)
+    }
+
+    /// Before the plain path of a call to a PLT entry whose GOT slot is `slot`: when the
+    /// slot holds the native target the site cached (its entry's first pair: the target
+    /// and the `broker`, as the inline table enters native targets), a real `call` of it,
+    /// which returns into the exit to `next`: the PLT block, the broker's lookups, its
+    /// shared indirect jump and a `ret` no `call` matched are skipped. Otherwise, when the
+    /// table knows the slot's value as a native target, the site caches it and calls it;
+    /// else the plain path follows, every register as it was. No flag is touched.
+    fn emit_native_slot_call(&mut self, env: &Env<'_>, slot: u64, next: u64) {
+        let ctx = env.ctx;
+        let (e, _) = env.site_entry.expect("checked by native_slot_call");
+        self.site_entry_taken = true;
+        let (hit, miss, fill, plain) = (
+            self.asm.new_label(),
+            self.asm.new_label(),
+            self.asm.new_label(),
+            self.asm.new_label(),
+        );
+        let a = &mut self.asm;
+        a.store(ctx + off::SPILL, RAX);
+        a.store(ctx + off::SPILL + 8, RCX);
+        load_slot(a, RCX, slot);
+        a.load(RAX, e);
+        a.rcx_diff(RAX);
+        a.jrcxz_label(hit);
+        a.jmp_label(miss);
+        a.bind(hit);
+        a.load(RAX, ctx + off::SPILL);
+        a.load(RCX, ctx + off::SPILL + 8);
+        a.call_mem(e);
+        self.exit_uncounted(next, ExitKind::Branch, true, false, false);
+        let a = &mut self.asm;
+        a.bind(miss);
+        a.rcx_diff(RAX); // rcx = the slot's value again
+        a.store(ctx + off::SPILL + 16, RDX);
+        emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
+        // A hit: rax = the target, rdx = its entry. Native iff its host is the broker.
+        a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
+        a.load(RDX, ctx + off::NATIVE_REFILL); // the broker, or 0: no more refills
+        a.rcx_diff(RDX);
+        a.jrcxz_label(fill);
+        a.jmp_label(plain);
+        a.bind(fill);
+        a.store(e, RAX);
+        a.store(e + 8, RDX);
+        a.load(RDX, ctx + off::SPILL + 16);
+        a.jmp_label(hit);
+        a.bind(plain);
+        emit_restore(a, ctx);
     }
 
     /// Pushes a guest return address with one 8-byte store: `push imm32` when it is one
@@ -1618,6 +1713,37 @@ fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
     a.bytes(&[0xff, 0xe1]); // jmp rcx
 }
 
+/// The GOT slot a PLT entry at `at` jumps through, from its first bytes: `jmp [rip+d]`,
+/// `bnd jmp [rip+d]`, either after `endbr64`.
+pub(crate) fn plt_slot(bytes: &[u8; 16], at: u64) -> Option<u64> {
+    let mut i = 0;
+    if bytes[..4] == [0xf3, 0x0f, 0x1e, 0xfa] {
+        i = 4;
+    }
+    if bytes[i] == 0xf2 {
+        i += 1;
+    }
+    if bytes[i..i + 2] != [0xff, 0x25] {
+        return None;
+    }
+    let d = i32::from_le_bytes(bytes[i + 2..i + 6].try_into().expect("4 bytes"));
+    Some((at + i as u64 + 6).wrapping_add(d as i64 as u64))
+}
+
+/// `mov reg, [slot]`: RIP-relative when it reaches, else through the slot's address.
+fn load_slot(a: &mut Asm, reg: Reg, slot: u64) {
+    let disp = slot.wrapping_sub(a.here() + 7) as i64;
+    match i32::try_from(disp) {
+        Ok(_) => a.load(reg, slot),
+        Err(_) => {
+            a.mov_imm64(reg, slot);
+            // mov reg, [reg]
+            let r = reg & 7;
+            a.bytes(&[0x48 | ((reg >> 3) * 5), 0x8b, (r << 3) | r]);
+        }
+    }
+}
+
 /// Disassembly of the instruction at `address` (for error messages).
 pub(crate) fn disassemble_at(address: u64) -> String {
     // SAFETY: only called for an address the translator decoded before, so at least one
@@ -1833,6 +1959,40 @@ mod tests {
             assert_eq!(ret(other), MISS);
             libc::munmap(region, LEN);
         }
+    }
+
+    /// PLT entries as linkers write them, with and without `endbr64` and `bnd`; anything
+    /// else is not one.
+    #[test]
+    fn plt_entries_give_their_slot() {
+        let at = 0x5555_0000_1000u64;
+        let entry = |head: &[u8]| {
+            let mut b = [0x90u8; 16];
+            b[..head.len()].copy_from_slice(head);
+            b
+        };
+        // disp32 0x2ff0 from the end of the jump.
+        let jmp = [0xff, 0x25, 0xf0, 0x2f, 0, 0];
+        let cases: [(&[u8], Option<u64>); 6] = [
+            (&jmp, Some(at + 6 + 0x2ff0)),
+            (&[&[0xf2][..], &jmp].concat(), Some(at + 7 + 0x2ff0)),
+            (
+                &[&[0xf3, 0x0f, 0x1e, 0xfa][..], &jmp].concat(),
+                Some(at + 10 + 0x2ff0),
+            ),
+            (
+                &[&[0xf3, 0x0f, 0x1e, 0xfa, 0xf2][..], &jmp].concat(),
+                Some(at + 11 + 0x2ff0),
+            ),
+            // A negative displacement.
+            (&[0xff, 0x25, 0xf0, 0xff, 0xff, 0xff], Some(at + 6 - 0x10)),
+            // jmp rax, a lazy-binding stub's push: not PLT jumps through a slot.
+            (&[0xff, 0xe0], None),
+        ];
+        for (head, slot) in cases {
+            assert_eq!(plt_slot(&entry(head), at), slot, "{head:02x?}");
+        }
+        assert_eq!(plt_slot(&entry(&[0x68, 1, 0, 0, 0]), at), None);
     }
 
     #[test]

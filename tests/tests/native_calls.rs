@@ -1,0 +1,159 @@
+//! Calls from instrumented code to native code (`tests/guest/native_calls.S`). In a Vm with
+//! nothing to run around them, a call to a PLT entry whose slot holds a native target, and
+//! a direct call to native code, are real `call`s from the caller's translation: the
+//! callee returns into the caller's translated block (not into the return site's block,
+//! as through the exec broker), the slot is checked at every call, a return address the
+//! callee saw is mapped back to the guest's for unwinders, and instrumentation added later
+//! on the PLT entry is run, not skipped.
+
+use qbdi_core::{InstPosition, Options, Vm, VmAction};
+use std::cell::Cell;
+use std::rc::Rc;
+
+unsafe extern "C" {
+    fn nc_caller() -> u64;
+    fn nc_caller_after();
+    fn nc_plt();
+    fn nc_lazy();
+    fn nc_caller_end();
+    fn nc_direct() -> u64;
+    fn nc_direct_after();
+    fn nc_direct_end();
+    fn nc_native_a() -> u64;
+    fn nc_native_b() -> u64;
+    static mut nc_slot: u64;
+    static mut nc_seen: u64;
+}
+
+macro_rules! addr {
+    ($f:expr) => {
+        $f as *const () as u64
+    };
+}
+
+fn vm_over(start: u64, end: u64) -> (Vm, qbdi_core::VirtualStack) {
+    qbdi_tests::vm_over(Options::NO_OPT, start, end)
+}
+
+fn set_slot(target: u64) {
+    // SAFETY: the guest's data word, read by guest code only while a run is in progress
+    // on this thread (not now).
+    unsafe { (&raw mut nc_slot).write_volatile(target) };
+}
+
+fn seen() -> u64 {
+    // SAFETY: as above.
+    unsafe { (&raw const nc_seen).read_volatile() }
+}
+
+/// The guest block of the Vm's code that `host` (a return address a native callee saw) is
+/// in, and the guest address [`Vm::restore_return_addresses`] maps it to.
+fn return_site(vm: &Vm, host: u64) -> (Option<u64>, u64) {
+    // SAFETY: the Vm is alive and idle; only its directory is read.
+    let block = unsafe { Vm::guest_block_at(vm, host) }.map(|r| r.start);
+    let mut word = host;
+    let at = &raw mut word as u64;
+    // SAFETY: a word of this thread's stack; the Vm is idle.
+    let n = unsafe { Vm::restore_return_addresses(vm, at, at + 8) };
+    assert_eq!(n, 1, "{host:#x} is a return address into the cache");
+    (block, word)
+}
+
+#[test]
+fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
+    let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
+    let (caller, after) = (addr!(nc_caller), addr!(nc_caller_after));
+    set_slot(addr!(nc_native_a));
+    // The first calls go through the PLT entry's block and the exec broker, which enters
+    // the target in the inline table; the site then caches it.
+    for _ in 0..4 {
+        assert_eq!(vm.call(caller, &[]).unwrap(), 0x101);
+    }
+    assert_eq!(
+        return_site(&vm, seen()),
+        (Some(caller), after),
+        "the native callee returns into the caller's block"
+    );
+    // Another native target in the slot: called at once, then cached in turn.
+    set_slot(addr!(nc_native_b));
+    for _ in 0..4 {
+        assert_eq!(vm.call(caller, &[]).unwrap(), 0x201);
+    }
+    assert_eq!(return_site(&vm, seen()), (Some(caller), after));
+    // An instrumented target in the slot: translated, as without the cache.
+    set_slot(addr!(nc_lazy));
+    let exits = vm.cache_exits();
+    assert_eq!(vm.call(caller, &[]).unwrap(), 0x301);
+    assert!(vm.cache_exits() > exits, "nc_lazy was translated");
+    set_slot(addr!(nc_native_a));
+    assert_eq!(vm.call(caller, &[]).unwrap(), 0x101);
+    assert_eq!(return_site(&vm, seen()), (Some(caller), after));
+}
+
+#[test]
+fn a_callback_added_on_the_plt_entry_later_runs_at_every_call() {
+    let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
+    let caller = addr!(nc_caller);
+    set_slot(addr!(nc_native_a));
+    for _ in 0..4 {
+        assert_eq!(vm.call(caller, &[]).unwrap(), 0x101);
+    }
+    assert_eq!(
+        return_site(&vm, seen()).0,
+        Some(caller),
+        "the PLT block is skipped"
+    );
+    let hits = Rc::new(Cell::new(0));
+    let h = hits.clone();
+    vm.add_code_addr_cb(
+        addr!(nc_plt),
+        InstPosition::PreInst,
+        move |_, _, _| {
+            h.set(h.get() + 1);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    for _ in 0..3 {
+        assert_eq!(vm.call(caller, &[]).unwrap(), 0x101);
+    }
+    assert_eq!(hits.get(), 3, "the PLT entry ran at every call");
+}
+
+#[test]
+fn a_direct_call_to_native_code_returns_into_the_callers_block() {
+    let (mut vm, _stack) = vm_over(addr!(nc_direct), addr!(nc_direct_end));
+    for _ in 0..2 {
+        assert_eq!(vm.call(addr!(nc_direct), &[]).unwrap(), 0x102);
+    }
+    assert_eq!(
+        return_site(&vm, seen()),
+        (Some(addr!(nc_direct)), addr!(nc_direct_after))
+    );
+}
+
+/// With a callback after the call, the call stays an emulated one (a pushed return
+/// address, then a jump); its return address maps back the same.
+#[test]
+fn a_direct_call_with_a_post_callback_returns_into_the_callers_block() {
+    let (mut vm, _stack) = vm_over(addr!(nc_direct), addr!(nc_direct_end));
+    let hits = Rc::new(Cell::new(0));
+    let h = hits.clone();
+    vm.add_code_addr_cb(
+        addr!(nc_direct),
+        InstPosition::PostInst,
+        move |_, _, _| {
+            h.set(h.get() + 1);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    assert_eq!(vm.call(addr!(nc_direct), &[]).unwrap(), 0x102);
+    assert_eq!(hits.get(), 1);
+    assert_eq!(
+        return_site(&vm, seen()),
+        (Some(addr!(nc_direct)), addr!(nc_direct_after))
+    );
+}
