@@ -5,6 +5,12 @@
 
 #include "asm_macros.h"
 
+// Hidden: direct references to them stay PC-relative when this file is linked into a
+// shared object (the Python tests' guest library) as well as into the test executables.
+    .hidden nc_caller, nc_caller_call, nc_caller_after, nc_plt, nc_lazy, nc_caller_end
+    .hidden nc_direct, nc_direct_after, nc_direct_end, nc_native_a, nc_native_a_end
+    .hidden nc_native_b, nc_native_b_end, nc_slot, nc_seen
+
 // () -> (what nc_slot's target returns) + 1, through a PLT-shaped entry (endbr64, then
 // `bnd jmp [rip+nc_slot]`, as .plt.sec entries are) that the test instruments with
 // nc_caller. nc_lazy is an instrumented target for the slot (a lazy-binding stub's place).

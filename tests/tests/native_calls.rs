@@ -9,6 +9,7 @@
 use qbdi_core::{InstPosition, Options, Vm, VmAction};
 use std::cell::Cell;
 use std::rc::Rc;
+use std::sync::Mutex;
 
 unsafe extern "C" {
     fn nc_caller() -> u64;
@@ -30,6 +31,10 @@ macro_rules! addr {
         $f as *const () as u64
     };
 }
+
+/// The guest's data words (the slot, the seen return address) are shared: one test at a
+/// time.
+static GUEST_DATA: Mutex<()> = Mutex::new(());
 
 fn vm_over(start: u64, end: u64) -> (Vm, qbdi_core::VirtualStack) {
     qbdi_tests::vm_over(Options::NO_OPT, start, end)
@@ -61,6 +66,9 @@ fn return_site(vm: &Vm, host: u64) -> (Option<u64>, u64) {
 
 #[test]
 fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
     let (caller, after) = (addr!(nc_caller), addr!(nc_caller_after));
     set_slot(addr!(nc_native_a));
@@ -92,6 +100,9 @@ fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
 
 #[test]
 fn a_callback_added_on_the_plt_entry_later_runs_at_every_call() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
     let caller = addr!(nc_caller);
     set_slot(addr!(nc_native_a));
@@ -123,6 +134,9 @@ fn a_callback_added_on_the_plt_entry_later_runs_at_every_call() {
 
 #[test]
 fn a_direct_call_to_native_code_returns_into_the_callers_block() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (mut vm, _stack) = vm_over(addr!(nc_direct), addr!(nc_direct_end));
     for _ in 0..2 {
         assert_eq!(vm.call(addr!(nc_direct), &[]).unwrap(), 0x102);
@@ -137,6 +151,9 @@ fn a_direct_call_to_native_code_returns_into_the_callers_block() {
 /// address, then a jump); its return address maps back the same.
 #[test]
 fn a_direct_call_with_a_post_callback_returns_into_the_callers_block() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let (mut vm, _stack) = vm_over(addr!(nc_direct), addr!(nc_direct_end));
     let hits = Rc::new(Cell::new(0));
     let h = hits.clone();

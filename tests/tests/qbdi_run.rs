@@ -111,6 +111,7 @@ fn cxx_exceptions_through_native_code() {
     assert_eq!(out.code, Some(42), "both exceptions caught");
     assert!(out.text().contains("caught: from underflow"));
     assert!(out.text().contains("caught: seven"));
+    assert!(out.text().contains("caught again: 10"), "{}", out.text());
 }
 
 #[test]

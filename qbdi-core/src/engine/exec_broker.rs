@@ -21,9 +21,25 @@ use crate::callback::{VmAction, VmEvent};
 use crate::error::VmError;
 use crate::instrumentation::TRANSFER_EVENTS;
 
-/// How deep to look for the return address: [rsp], [rsp+8], [rsp+16]. The lazy-binding
-/// resolver is entered with two words pushed above the return address.
+/// How deep to look for the return address: [rsp], or [rsp+16] for the lazy-binding
+/// resolver, entered with two words pushed above the return address (see
+/// [`return_slots`]).
 const RETURN_ADDRESS_SLOTS: u64 = 3;
+
+/// Largest relocation index the lazy-binding resolver is taken to be entered with.
+const MAX_RELOC_INDEX: u64 = 1 << 24;
+
+/// The stack slots (of `words`, the first [`RETURN_ADDRESS_SLOTS`] at rsp) that may hold
+/// the native callee's return address: [rsp]; and [rsp+16] when [rsp+8] can be the
+/// relocation index a PLT's lazy stub pushed (PLT0 then pushed its link map at [rsp]).
+/// [rsp+8] never is: a value there that looks like one (an instrumented address, the
+/// run's stop address) is a relocation index, which rewriting would corrupt (the
+/// stop address of `Vm::call`, 0x2a, is index 42's). Nor is [rsp+16] otherwise: a word
+/// of the guest's there (a saved function pointer) is the guest's.
+fn return_slots(words: &[u64]) -> impl Iterator<Item = usize> + '_ {
+    let resolver = words.len() == RETURN_ADDRESS_SLOTS as usize && words[1] < MAX_RELOC_INDEX;
+    std::iter::once(0).chain(resolver.then_some(2))
+}
 
 impl Engine {
     /// Prepares a native transfer to `pc`: finds the guest return address on the stack and
@@ -41,13 +57,17 @@ impl Engine {
             return Ok(None);
         };
         let reported = self.shared().inst.events.intersects(TRANSFER_EVENTS);
-        let slots = ((stack_end - rsp) / 8).min(RETURN_ADDRESS_SLOTS);
-        for i in 0..slots {
-            let slot = (rsp + 8 * i) as *mut u64;
+        let slots = ((stack_end - rsp) / 8).min(RETURN_ADDRESS_SLOTS) as usize;
+        let mut words = [0u64; RETURN_ADDRESS_SLOTS as usize];
+        for (i, w) in words.iter_mut().enumerate().take(slots) {
             // SAFETY: the slot is in readable memory (checked above) and the guest's stack
             // (it just executed a call or a jump with this stack pointer); we read and write
             // words of it as the native callee itself would.
-            let value = unsafe { slot.read() };
+            *w = unsafe { ((rsp + 8 * i as u64) as *const u64).read() };
+        }
+        for i in return_slots(&words[..slots]) {
+            let slot = (rsp + 8 * i as u64) as *mut u64;
+            let value = words[i];
             let is_stop = value == self.stop;
             if !is_stop && !self.shared().inst.ranges.contains(value) {
                 continue;
@@ -115,5 +135,28 @@ impl Engine {
         dir.push_stub(ret, 0, host, ExitKind::TransferReturn);
         dir.set_transfer_stub(id);
         host
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::return_slots;
+
+    fn slots(words: &[u64]) -> Vec<usize> {
+        return_slots(words).collect()
+    }
+
+    /// [rsp] always; [rsp+16] only above a word that can be a relocation index (the lazy
+    /// resolver's frame); [rsp+8] never, even when it equals `Vm::call`'s stop address.
+    #[test]
+    fn the_return_address_is_looked_for_where_a_call_or_the_resolver_left_it() {
+        let code = 0x5555_5555_6524;
+        let link_map = 0x7fff_f7ff_e2e0;
+        assert_eq!(slots(&[code, 7, 0]), [0, 2]);
+        assert_eq!(slots(&[link_map, 42, code]), [0, 2], "index 42 as 0x2a");
+        assert_eq!(slots(&[link_map, 0, code]), [0, 2]);
+        assert_eq!(slots(&[code, link_map, code]), [0], "a pointer is no index");
+        assert_eq!(slots(&[code, 7]), [0], "the stack ends");
+        assert_eq!(slots(&[code]), [0]);
     }
 }

@@ -950,7 +950,8 @@ impl Translator {
 
     /// `call target`: rel32 when it reaches, else through a literal.
     fn call_native(&mut self, target: u64) {
-        if self.asm.rel32_to(target + 1).is_some() {
+        // rel32 counts from the end of the 5-byte call, one byte past the field's end.
+        if self.asm.rel32_to(target.wrapping_sub(1)).is_some() {
             self.asm.call_to(target);
         } else {
             let l = self.asm.new_label();
