@@ -20,9 +20,11 @@
 //!   its own Vm: the program continues there. The next signal finds the interrupted pc in
 //!   that Vm's cache with its handler frame gone: the Vm it had interrupted, if one of
 //!   ours, is taken back.
-//! - The handler runs natively when the signal interrupts a plugin callback on the thread
-//!   (the plugin may hold its locks: it runs when the callback returns), or when no pooled
-//!   Vm or host stack is free.
+//! - A signal that interrupts a plugin callback on the thread, or a translation (which runs
+//!   plugin code: inline counters' slot lookups, rules), waits until the callback returns
+//!   or the translation ends (the plugin may hold a lock the handler's own translation
+//!   would take): its handler then runs with a blank `ucontext`. Faults are never deferred.
+//! - The handler runs natively when no pooled Vm or host stack is free.
 //!
 //! With re-entry on (`reentry`), the kernel's `SIGSEGV` handler is re-entry's, and the
 //! program's `SIGSEGV` disposition is kept here ([`forward_segv`]).
@@ -59,6 +61,8 @@ static SEGV_MASK: AtomicU64 = AtomicU64::new(0);
 pub(crate) fn enable() {
     // Vms for handlers (two: a handler interrupted by another signal).
     crate::threads::fill_signal_pool(2);
+    // Signals that came during a translation are delivered when it ends.
+    qbdi_core::threads::set_safe_point_hook(run_deferred);
     ENABLED.store(true, Ordering::SeqCst);
 }
 
@@ -665,8 +669,20 @@ extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
     // A fault in translated code: the handler sees the guest's instruction and registers.
     // SAFETY: the kernel's siginfo and ucontext of this delivery.
     let fault = unsafe { guest_view(sig, info, uctx, pc, interrupted) };
-    if session::in_callback() {
-        // A safe point comes when the callback returns (`run_deferred`).
+    let synchronous = fault.is_some()
+        || (SYNC.contains(&sig)
+            // SAFETY: the kernel's siginfo of this delivery, when not null.
+            && !info.is_null()
+            && unsafe { (*info).si_code } > 0);
+    let translating = qbdi_core::threads::translating();
+    if (session::in_callback() || translating) && !synchronous {
+        // A safe point comes when the callback returns, or the translation ends
+        // (`run_deferred`): the handler's own Vm would translate code, and the plugin code
+        // this interrupted (a callback, an inline counter's slot lookup) may hold a lock
+        // the handler's translation takes.
+        if translating {
+            qbdi_core::threads::want_safe_point();
+        }
         // SAFETY: the kernel's siginfo for this delivery.
         let copy = unsafe { *info };
         DEFERRED_INFO.with(|i| i[index].set(Some(copy)));
@@ -684,6 +700,15 @@ extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
         unsafe { back_to_host_view(&f, uctx) };
     }
 }
+
+/// Signals a fault raises (synchronous when the kernel sent them: `si_code > 0`).
+const SYNC: [c_int; 5] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGFPE,
+    libc::SIGILL,
+    libc::SIGTRAP,
+];
 
 /// A fault in a Vm's translated code, shown to the handler in the guest's terms.
 struct Translated {
@@ -725,13 +750,6 @@ unsafe fn guest_view(
     pc: u64,
     interrupted: Option<usize>,
 ) -> Option<Translated> {
-    const SYNC: [c_int; 5] = [
-        libc::SIGSEGV,
-        libc::SIGBUS,
-        libc::SIGFPE,
-        libc::SIGILL,
-        libc::SIGTRAP,
-    ];
     // SAFETY: the caller's contract.
     if uctx.is_null() || info.is_null() || !SYNC.contains(&sig) || unsafe { (*info).si_code } <= 0 {
         return None;

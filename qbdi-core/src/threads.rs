@@ -378,3 +378,61 @@ pub fn current_thread_id() -> u32 {
 
 /// `Rword` of the guest's `exit` system call.
 pub(crate) const SYS_EXIT: Rword = libc::SYS_exit as Rword;
+
+thread_local! {
+    /// Whether this thread is translating a block (the translator calls plugin code that
+    /// may hold locks: inline counters' slot lookups, instruction rules).
+    static TRANSLATING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Whether something asked for [`set_safe_point_hook`]'s hook after the translation in
+    /// progress on this thread.
+    static SAFE_POINT_WANTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// The function [`after_translation`] calls when asked (0: none).
+static SAFE_POINT_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether this thread is translating a block. Async-signal-safe: a signal handler that
+/// would translate code itself (under another Vm) must not run now, since the translation
+/// it interrupted may hold a plugin's lock; it can ask for a safe point
+/// ([`want_safe_point`]) instead.
+#[must_use]
+pub fn translating() -> bool {
+    TRANSLATING.with(std::cell::Cell::get)
+}
+
+/// Asks for the safe point hook to run on this thread once the translation in progress
+/// ends. Async-signal-safe.
+pub fn want_safe_point() {
+    SAFE_POINT_WANTED.with(|w| w.set(true));
+}
+
+/// Sets the function run on a thread when its translation ends after
+/// [`want_safe_point`] (a signal handler's deferred work; no lock of the translation is
+/// held then).
+pub fn set_safe_point_hook(hook: fn()) {
+    SAFE_POINT_HOOK.store(hook as usize, Ordering::SeqCst);
+}
+
+/// Marks a translation in progress on this thread for as long as the guard lives; when it
+/// ends, runs the safe point hook if it was asked for.
+pub(crate) struct Translating(bool);
+
+impl Translating {
+    pub(crate) fn start() -> Translating {
+        Translating(TRANSLATING.with(|t| t.replace(true)))
+    }
+}
+
+impl Drop for Translating {
+    fn drop(&mut self) {
+        TRANSLATING.with(|t| t.set(self.0));
+        if !self.0 && SAFE_POINT_WANTED.with(|w| w.replace(false)) {
+            let hook = SAFE_POINT_HOOK.load(Ordering::SeqCst);
+            if hook != 0 {
+                // SAFETY: set from a `fn()` by `set_safe_point_hook`.
+                let f = unsafe { std::mem::transmute::<usize, fn()>(hook) };
+                f();
+            }
+        }
+    }
+}

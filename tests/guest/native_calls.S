@@ -7,7 +7,8 @@
 
 // Hidden: direct references to them stay PC-relative when this file is linked into a
 // shared object (the Python tests' guest library) as well as into the test executables.
-    .hidden nc_caller, nc_caller_call, nc_caller_after, nc_plt, nc_lazy, nc_caller_end
+    .hidden nc_caller, nc_caller_call, nc_caller_after, nc_caller2, nc_caller2_after, nc_plt
+    .hidden nc_lazy, nc_caller_end
     .hidden nc_direct, nc_direct_after, nc_direct_end, nc_native_a, nc_native_a_end
     .hidden nc_native_b, nc_native_b_end, nc_slot, nc_seen
 
@@ -18,6 +19,12 @@ FUNC nc_caller
 LABEL nc_caller_call
     call nc_plt
 LABEL nc_caller_after
+    add rax, 1
+    ret
+// () -> as nc_caller, from another call site.
+LABEL nc_caller2
+    call nc_plt
+LABEL nc_caller2_after
     add rax, 1
     ret
 LABEL nc_plt

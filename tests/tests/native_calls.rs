@@ -6,7 +6,7 @@
 //! callee saw is mapped back to the guest's for unwinders, and instrumentation added later
 //! on the PLT entry is run, not skipped.
 
-use qbdi_core::{InstPosition, Options, Vm, VmAction};
+use qbdi_core::{InstPosition, Options, Vm, VmAction, VmEvent};
 use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Mutex;
@@ -14,6 +14,8 @@ use std::sync::Mutex;
 unsafe extern "C" {
     fn nc_caller() -> u64;
     fn nc_caller_after();
+    fn nc_caller2() -> u64;
+    fn nc_caller2_after();
     fn nc_plt();
     fn nc_lazy();
     fn nc_caller_end();
@@ -173,4 +175,99 @@ fn a_direct_call_with_a_post_callback_returns_into_the_callers_block() {
         return_site(&vm, seen()),
         (Some(addr!(nc_direct)), addr!(nc_direct_after))
     );
+}
+
+/// A callback elsewhere (on the instruction after the call) leaves the PLT entry's block
+/// with nothing to run: the call is still a real one.
+#[test]
+fn with_a_callback_elsewhere_a_plt_call_is_still_a_real_call() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
+    let hits = Rc::new(Cell::new(0));
+    let h = hits.clone();
+    vm.add_code_addr_cb(
+        addr!(nc_caller_after),
+        InstPosition::PreInst,
+        move |_, _, _| {
+            h.set(h.get() + 1);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    set_slot(addr!(nc_native_b));
+    for _ in 0..4 {
+        assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x201);
+    }
+    assert_eq!(hits.get(), 4);
+    assert_eq!(
+        return_site(&vm, seen()),
+        (Some(addr!(nc_caller)), addr!(nc_caller_after))
+    );
+}
+
+/// With BASIC_BLOCK_NEW reported, a PLT entry's block is skipped only by call sites
+/// translated after it was (reported when it first ran): it is reported exactly once.
+#[test]
+fn new_block_events_report_the_plt_entry_before_calls_skip_it() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
+    let new = Rc::new(std::cell::RefCell::new(Vec::new()));
+    let n = new.clone();
+    vm.add_vm_event_cb(VmEvent::BASIC_BLOCK_NEW, move |_, state, _, _| {
+        n.borrow_mut().push(state.basic_block_start);
+        VmAction::Continue
+    })
+    .unwrap();
+    set_slot(addr!(nc_native_a));
+    // The first site's block is translated before the PLT entry's: it never skips it.
+    for _ in 0..3 {
+        assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x101);
+    }
+    assert_eq!(
+        return_site(&vm, seen()).0,
+        Some(addr!(nc_caller_after)),
+        "through the PLT block and the broker"
+    );
+    for _ in 0..4 {
+        assert_eq!(vm.call(addr!(nc_caller2), &[]).unwrap(), 0x101);
+    }
+    assert_eq!(
+        return_site(&vm, seen()),
+        (Some(addr!(nc_caller2)), addr!(nc_caller2_after)),
+        "a real call from the second site"
+    );
+    let plt_reports = new.borrow().iter().filter(|&&s| s == addr!(nc_plt)).count();
+    assert_eq!(plt_reports, 1, "{:x?}", new.borrow());
+}
+
+/// A callback on the PLT entry's jump from the start: the entry's block runs at every call.
+#[test]
+fn a_callback_on_the_plt_entry_runs_at_every_call() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
+    let hits = Rc::new(Cell::new(0));
+    let h = hits.clone();
+    // endbr64 is 4 bytes: the jump.
+    vm.add_code_addr_cb(
+        addr!(nc_plt) + 4,
+        InstPosition::PostInst,
+        move |_, _, _| {
+            h.set(h.get() + 1);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    set_slot(addr!(nc_native_a));
+    for _ in 0..5 {
+        assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x101);
+    }
+    assert_eq!(hits.get(), 5);
 }

@@ -407,6 +407,13 @@ impl Engine {
     /// Translates the block at `pc` and enters it in the directory and the inline table.
     /// Allocates nothing (see `directory`).
     pub(super) fn translate(&mut self, pc: u64) -> Result<u64, VmError> {
+        // Plugin code runs during translation (inline counters' slots, rules): a signal
+        // handler must not translate on this thread meanwhile (see `threads::translating`).
+        let _translating = crate::threads::Translating::start();
+        self.translate_block(pc)
+    }
+
+    fn translate_block(&mut self, pc: u64) -> Result<u64, VmError> {
         let readable_end = self
             .readable
             .end_of(pc)
@@ -459,6 +466,7 @@ impl Engine {
             // SAFETY: as for `read_word`.
             Some(unsafe { (a as *const [u8; 16]).read_unaligned() })
         };
+        let translated = |a: u64| dir.lookup(a).is_some();
         let env = Env {
             ctx: cache.ctx_addr(),
             table: cache.table_addr(),
@@ -469,7 +477,8 @@ impl Engine {
             boundary: self.stop,
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
-            native_calls: !events.intersects(TRANSFER_EVENTS | VmEvent::BASIC_BLOCK_NEW),
+            new_blocks_reported: events.contains(VmEvent::BASIC_BLOCK_NEW),
+            translated: &translated,
             code_bytes: &code_bytes,
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,

@@ -99,10 +99,11 @@ pub(crate) struct Env<'a> {
     /// it gets (`inline::status_flags_live`), if its bytes are readable and do not change
     /// (no byte check); None otherwise.
     pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
-    /// Whether calls to native code may skip the dispatcher and the block of a PLT entry
-    /// (no EXEC_TRANSFER events to report, no BASIC_BLOCK_NEW event that would miss the
-    /// PLT entry's block).
-    pub native_calls: bool,
+    /// Whether BASIC_BLOCK_NEW is reported: a PLT entry's block is skipped only once it
+    /// is translated (reported) then.
+    pub new_blocks_reported: bool,
+    /// Whether a block starting at an address is translated (live).
+    pub translated: &'a dyn Fn(u64) -> bool,
     /// The 16 bytes at an address, if they are readable now and do not change (no byte
     /// check): a PLT entry's.
     pub code_bytes: &'a dyn Fn(u64) -> Option<[u8; 16]>,
@@ -961,20 +962,58 @@ impl Translator {
     }
 
     /// The GOT slot of a call to a PLT entry (`jmp [rip+slot]`, after `endbr64`, with or
-    /// without `bnd`) that may be called for real when the slot holds a native target: in a
-    /// Vm with nothing to run in the entry's block (no hooks at all, no BASIC_BLOCK_NEW
-    /// event to report it, no transfer events) whose bytes do not change, when the block
-    /// may use the site caches' entry.
+    /// without `bnd`) that may be called for real when the slot holds a native target:
+    /// when the entry's bytes do not change, the block may use the site caches' entry, no
+    /// transfer event is reported, and the entry's block would run nothing
+    /// ([`plt_block_quiet`](Self::plt_block_quiet)) and, if new blocks are reported, is
+    /// translated already (reported when it first ran).
     fn native_slot_call(
         &self,
         env: &Env<'_>,
-        hooks: &Option<Hooks<'_>>,
+        hooks: &mut Option<Hooks<'_>>,
         target: u64,
     ) -> Option<u64> {
-        if hooks.is_some() || !env.native_calls || env.site_entry.is_none() {
+        if !env.inline_broker || env.site_entry.is_none() {
             return None;
         }
-        plt_slot(&(env.code_bytes)(target)?, target)
+        let bytes = (env.code_bytes)(target)?;
+        let slot = plt_slot(&bytes, target)?;
+        if env.new_blocks_reported && !(env.translated)(target) {
+            return None;
+        }
+        let quiet = hooks
+            .as_mut()
+            .is_none_or(|h| Self::plt_block_quiet(h, &bytes, target));
+        quiet.then_some(slot)
+    }
+
+    /// Whether the block of the PLT entry at `at` (its first bytes) would run nothing: no
+    /// block entry or exit event, no inline work (counters, edges count every block), no
+    /// memory recording (its jump reads the slot), no instruction rule, no instruction
+    /// callback on its instructions.
+    fn plt_block_quiet(h: &mut Hooks<'_>, bytes: &[u8; 16], at: u64) -> bool {
+        if h.events.intersects(ENTRY_EVENTS | EXIT_EVENTS)
+            || h.inst.inline().next().is_some()
+            || h.inst.has_rules()
+            || !h.mem.recorded.is_empty()
+        {
+            return false;
+        }
+        let mut d = Decoder::with_ip(64, bytes, at, DecoderOptions::NONE);
+        loop {
+            let i = d.decode();
+            if i.is_invalid() {
+                return false;
+            }
+            for position in [InstPosition::PreInst, InstPosition::PostInst] {
+                if h.inst.match_inst(&i, position, (false, false)) {
+                    return false;
+                }
+            }
+            if i.flow_control() != FlowControl::Next {
+                return true;
+            }
+        }
     }
 
     /// Before the plain path of a call to a PLT entry whose GOT slot is `slot`: when the

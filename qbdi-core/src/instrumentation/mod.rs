@@ -278,6 +278,15 @@ impl Instrumentation {
         })
     }
 
+    /// Whether instruction rules are registered (their callbacks are decided per
+    /// instruction when a block is translated).
+    pub fn has_rules(&self) -> bool {
+        self.entries
+            .iter()
+            .flatten()
+            .any(|e| matches!(e, Entry::Rule { .. }))
+    }
+
     /// Registers inline instrumentation (applies to blocks translated from now on).
     pub fn add_inline(&mut self, inline: Inline) -> CallbackId {
         self.schedule_flush(None);
