@@ -67,6 +67,7 @@ fn main() {
     );
     build_c_program(&out, "signals", "QBDI_TEST_SIGNALS");
     build_c_program(&out, "signal_storm", "QBDI_TEST_SIGNAL_STORM");
+    build_c_program(&out, "blocked_signals", "QBDI_TEST_BLOCKED_SIGNALS");
     build_c_program(&out, "fault_resume", "QBDI_TEST_FAULT_RESUME");
     build_c_program(&out, "jit", "QBDI_TEST_JIT");
     build_c_program(&out, "crash", "QBDI_TEST_CRASH");

@@ -121,10 +121,18 @@ pub unsafe extern "C" fn sigaction(
             wrapped = Some(ours);
         }
     }
-    let act_ptr = match &wrapped {
-        Some(ours) => ours as *const libc::sigaction,
-        None => act,
-    };
+    // What the kernel gets: our wrapper or the program's handler. While re-entry has the
+    // kernel's SIGSEGV handler, no handler blocks SIGSEGV (see `change_mask`).
+    let mut forwarded = wrapped.or(requested);
+    if SEGV_TAKEN.load(Ordering::SeqCst)
+        && let Some(a) = forwarded.as_mut()
+    {
+        // SAFETY: our copy of the set.
+        unsafe { libc::sigdelset(&mut a.sa_mask, libc::SIGSEGV) };
+    }
+    let act_ptr = forwarded
+        .as_ref()
+        .map_or(act, |a| a as *const libc::sigaction);
     // SAFETY: forwarding, with our wrapper in place of the program's handler.
     let r = unsafe { real(sig, act_ptr, old) };
     if r != 0 {
@@ -246,13 +254,130 @@ pub(crate) fn set_default_action(sig: c_int) {
     }
 }
 
+thread_local! {
+    /// Whether the program asked for `SIGSEGV` blocked on this thread while re-entry has
+    /// the kernel's handler (which keeps it unblocked, see [`sigprocmask`]).
+    static SEGV_BLOCKED: Cell<bool> = const { Cell::new(false) };
+}
+
+type SigmaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
+
+/// A signal mask change: while re-entry has the kernel's `SIGSEGV` handler, `SIGSEGV` stays
+/// unblocked in the kernel's mask (native code calling instrumented code faults into it:
+/// blocked, the kernel would kill the process at the first such call, as it did a program
+/// that blocked every signal and called `qsort`), and the program's own wish is kept per
+/// thread and shown in the old masks it reads.
+///
+/// # Safety
+/// sigprocmask's contract; `real` is libc's function of that contract.
+unsafe fn change_mask(
+    real: SigmaskFn,
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    if !SEGV_TAKEN.load(Ordering::SeqCst) {
+        // SAFETY: forwarding the caller's arguments.
+        return unsafe { real(how, set, old) };
+    }
+    let was = SEGV_BLOCKED.with(Cell::get);
+    let mut ours = None;
+    if !set.is_null() {
+        // SAFETY: the caller's set.
+        let mut copy = unsafe { *set };
+        // SAFETY: our copy; sigismember and sigdelset read and edit it.
+        let segv = unsafe { libc::sigismember(&copy, libc::SIGSEGV) } == 1;
+        unsafe { libc::sigdelset(&mut copy, libc::SIGSEGV) };
+        let now = match how {
+            libc::SIG_BLOCK => was || segv,
+            libc::SIG_UNBLOCK => was && !segv,
+            libc::SIG_SETMASK => segv,
+            _ => was,
+        };
+        ours = Some((copy, now));
+    }
+    let set_ptr = ours
+        .as_ref()
+        .map_or(set, |(c, _)| c as *const libc::sigset_t);
+    // SAFETY: forwarding, with SIGSEGV out of the set.
+    let r = unsafe { real(how, set_ptr, old) };
+    if r == 0 {
+        if let Some((_, now)) = ours {
+            SEGV_BLOCKED.with(|b| b.set(now));
+        }
+        if was && !old.is_null() {
+            // SAFETY: the kernel filled the caller's `old`.
+            unsafe { libc::sigaddset(old, libc::SIGSEGV) };
+        }
+    }
+    r
+}
+
+/// `sigprocmask`, interposed (see [`change_mask`]).
+///
+/// # Safety
+/// sigprocmask's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sigprocmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    // SAFETY: SigmaskFn is sigprocmask's type.
+    match unsafe { crate::preload::next_fn::<SigmaskFn>(&REAL, c"sigprocmask") } {
+        // SAFETY: the caller's contract.
+        Some(real) => unsafe { change_mask(real, how, set, old) },
+        None => {
+            // SAFETY: sets this thread's errno.
+            unsafe { *libc::__errno_location() = libc::ENOSYS };
+            -1
+        }
+    }
+}
+
+/// libc's `pthread_sigmask`, past the interposer: for the host's own mask changes, which
+/// are not the program's.
+pub(crate) fn host_sigmask(how: c_int, set: &libc::sigset_t, old: *mut libc::sigset_t) {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    // SAFETY: SigmaskFn is pthread_sigmask's type; the arguments are valid.
+    if let Some(real) = unsafe { crate::preload::next_fn::<SigmaskFn>(&REAL, c"pthread_sigmask") } {
+        // SAFETY: as above.
+        unsafe { real(how, set, old) };
+    }
+}
+
+/// `pthread_sigmask`, interposed (see [`change_mask`]; it returns the error number).
+///
+/// # Safety
+/// pthread_sigmask's contract.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pthread_sigmask(
+    how: c_int,
+    set: *const libc::sigset_t,
+    old: *mut libc::sigset_t,
+) -> c_int {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    // SAFETY: SigmaskFn is pthread_sigmask's type.
+    match unsafe { crate::preload::next_fn::<SigmaskFn>(&REAL, c"pthread_sigmask") } {
+        // SAFETY: the caller's contract.
+        Some(real) => unsafe { change_mask(real, how, set, old) },
+        None => libc::ENOSYS,
+    }
+}
+
 /// A `SIGSEGV` that is not a re-entry: what the program's disposition says (its mask
-/// applied, `SA_RESETHAND` honoured; the kernel restores the mask at `sigreturn`).
+/// applied, `SA_RESETHAND` honoured; the kernel restores the mask at `sigreturn`). A fault
+/// while the program has `SIGSEGV` blocked kills it, as the kernel would.
 pub(crate) fn forward_segv(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void) {
     let h = SEGV_HANDLER.load(Ordering::SeqCst);
     let flags = SEGV_FLAGS.load(Ordering::SeqCst);
     // SAFETY: `info`, when not null, is the kernel's siginfo of this delivery.
     let sent = !info.is_null() && unsafe { (*info).si_code } <= 0;
+    if !sent && SEGV_BLOCKED.with(Cell::get) {
+        crate::preload::fatal_signal(sig, info, uctx);
+        return;
+    }
     if h == libc::SIG_IGN && sent {
         // Sent by a process, ignored. (A fault the kernel raised cannot be ignored.)
         return;
@@ -270,7 +395,7 @@ pub(crate) fn forward_segv(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_
     }
     let set = mask_set(mask);
     // SAFETY: blocks the program's handler mask on this thread.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    host_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     if APP[sig as usize].load(Ordering::SeqCst) != 0 {
         wrapper(sig, info, uctx);
     } else {
@@ -380,13 +505,24 @@ thread_local! {
 ///   interrupted code: its handler left with a native `siglongjmp`;
 /// - the run a handler's run interrupted, once that handler's frame is gone and the
 ///   program goes on in its Vm (a `siglongjmp` translated in it).
-fn reclaim_abandoned(sp: u64, pc: u64) -> Option<usize> {
+///
+/// When `pc` is native code (a host interposer such as `sigprocmask`, called from
+/// translated code), the run it belongs to is the one whose cache holds the nearest return
+/// address above the interrupted stack pointer `isp` (see [`return_addresses`]).
+fn reclaim_abandoned(sp: u64, pc: u64, isp: u64) -> Option<usize> {
     RUNS.with(|runs| {
-        let live = runs.iter().position(|r| {
-            // SAFETY: a recorded Vm is alive (owned by its record); only its cache's bounds
-            // are read.
-            r.get()
-                .is_some_and(|r| unsafe { Vm::code_cache_contains(r.vm as *const Vm, pc) })
+        let holding = |addr: u64| {
+            runs.iter().position(|r| {
+                // SAFETY: a recorded Vm is alive (owned by its record); only its cache's
+                // bounds are read.
+                r.get()
+                    .is_some_and(|r| unsafe { Vm::code_cache_contains(r.vm as *const Vm, addr) })
+            })
+        };
+        let live = holding(pc).or_else(|| {
+            let mut words = [0u64; SCANNED_WORDS];
+            let n = return_addresses(isp, &mut words);
+            words[..n].iter().find_map(|&w| holding(w))
         });
         let mut doomed = [false; RECORDS];
         if let Some(l) = live
@@ -428,6 +564,29 @@ fn reclaim_abandoned(sp: u64, pc: u64) -> Option<usize> {
         }
         live
     })
+}
+
+/// How many words above the interrupted stack pointer [`reclaim_abandoned`] looks at.
+const SCANNED_WORDS: usize = 64;
+
+/// Reads the words at `isp` into `out` (as many as are mapped: `process_vm_readv` on this
+/// process faults nowhere); returns how many.
+fn return_addresses(isp: u64, out: &mut [u64; SCANNED_WORDS]) -> usize {
+    if isp == 0 || !isp.is_multiple_of(8) {
+        return 0;
+    }
+    let local = libc::iovec {
+        iov_base: out.as_mut_ptr().cast(),
+        iov_len: size_of_val(out),
+    };
+    let remote = libc::iovec {
+        iov_base: isp as *mut c_void,
+        iov_len: size_of_val(out),
+    };
+    // SAFETY: reads this process's memory into `out` (its size given); unmapped memory
+    // ends the read with a short count or an error instead of a fault.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 { 0 } else { n as usize / 8 }
 }
 
 /// Records a handler run; `None` if every record is taken.
@@ -613,7 +772,7 @@ pub(crate) fn run_deferred() {
             let mut prev: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             libc::sigaddset(&mut set, sig as c_int);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut prev);
+            host_sigmask(libc::SIG_BLOCK, &set, &mut prev);
             match HostStack::acquire() {
                 Some(guest) => {
                     let top = guest.bounds().1;
@@ -639,7 +798,7 @@ pub(crate) fn run_deferred() {
                     (&raw mut uc).cast(),
                 ),
             }
-            libc::pthread_sigmask(libc::SIG_SETMASK, &prev, std::ptr::null_mut());
+            host_sigmask(libc::SIG_SETMASK, &prev, std::ptr::null_mut());
         }
     }
 }
@@ -665,7 +824,16 @@ extern "C" fn wrapper(sig: c_int, info: *mut libc::siginfo_t, uctx: *mut c_void)
         };
         rip as u64
     };
-    let interrupted = reclaim_abandoned(sp, pc);
+    let isp = if uctx.is_null() {
+        0
+    } else {
+        // SAFETY: the kernel's ucontext of this delivery.
+        let rsp = unsafe {
+            (*(uctx as *const libc::ucontext_t)).uc_mcontext.gregs[libc::REG_RSP as usize]
+        };
+        rsp as u64
+    };
+    let interrupted = reclaim_abandoned(sp, pc, isp);
     // A fault in translated code: the handler sees the guest's instruction and registers.
     // SAFETY: the kernel's siginfo and ucontext of this delivery.
     let fault = unsafe { guest_view(sig, info, uctx, pc, interrupted) };

@@ -143,3 +143,25 @@ fn a_program_defining_getenv_runs_without_all_maps() {
         assert_eq!(stdout.lines().count(), 4, "{options:?}: {stdout}");
     }
 }
+
+/// A program that blocks every signal, on its main thread and on another, then has `qsort`
+/// call its comparator: re-entry's `SIGSEGV` stays unblocked in the kernel's mask (blocked,
+/// the kernel killed the process at the first call back), and the masks the program reads
+/// back are the ones it set. Under bbcount, the comparator's blocks are counted.
+#[test]
+fn a_program_that_blocks_every_signal_is_reentered() {
+    let dir = scratch("blocked-signals");
+    let program = env!("QBDI_TEST_BLOCKED_SIGNALS");
+    let (q, report) = assert_same_bbcount(&dir, &[], program, &[]);
+    assert_eq!(q.code, Some(0), "{}", q.stderr);
+    assert!(
+        q.text()
+            .contains("thread, all blocked: 12345, SIGSEGV blocked 1"),
+        "{}",
+        q.text()
+    );
+    assert!(
+        bbcount_entries(&report, "cmp") > 0,
+        "the comparator ran under the engine:\n{report}"
+    );
+}
