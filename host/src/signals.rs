@@ -260,6 +260,16 @@ thread_local! {
     static SEGV_BLOCKED: Cell<bool> = const { Cell::new(false) };
 }
 
+/// Whether the program wishes `SIGSEGV` blocked on this thread (see [`change_mask`]).
+pub(crate) fn segv_blocked() -> bool {
+    SEGV_BLOCKED.with(Cell::get)
+}
+
+/// Sets [`segv_blocked`] for this thread (a new thread inherits its creator's wish).
+pub(crate) fn set_segv_blocked(blocked: bool) {
+    SEGV_BLOCKED.with(|b| b.set(blocked));
+}
+
 type SigmaskFn = unsafe extern "C" fn(c_int, *const libc::sigset_t, *mut libc::sigset_t) -> c_int;
 
 /// A signal mask change: while re-entry has the kernel's `SIGSEGV` handler, `SIGSEGV` stays

@@ -219,6 +219,9 @@ struct Job {
     /// `std::thread` starts in libstdc++): instrumented on this thread's Vm for the run, so
     /// that what it calls in instrumented code runs under the Vm.
     extra: Option<Range>,
+    /// Whether the creating thread wished `SIGSEGV` blocked (a thread inherits its
+    /// creator's mask; see `signals::change_mask`).
+    segv_blocked: bool,
 }
 
 /// `pthread_create`, interposed: while threads are followed, the start routine runs under a
@@ -248,7 +251,12 @@ pub unsafe extern "C" fn pthread_create(
         // SAFETY: forwarding the caller's arguments.
         return unsafe { real(thread, attr, start, arg) };
     }
-    let job = Box::into_raw(Box::new(Job { start, arg, extra }));
+    let job = Box::into_raw(Box::new(Job {
+        start,
+        arg,
+        extra,
+        segv_blocked: crate::signals::segv_blocked(),
+    }));
     // SAFETY: forwarding, with our start routine and its job.
     let r = unsafe { real(thread, attr, start_routine, job.cast()) };
     if r != 0 {
@@ -279,6 +287,7 @@ struct StartRun {
 extern "C" fn start_routine(job: *mut c_void) -> *mut c_void {
     // SAFETY: the Job pthread_create boxed for this thread.
     let job = *unsafe { Box::from_raw(job as *mut Job) };
+    crate::signals::set_segv_blocked(job.segv_blocked);
     match run_job(job, true) {
         Some(value) => value as *mut c_void,
         None => (job.start)(job.arg),
@@ -416,6 +425,7 @@ pub unsafe extern "C" fn clone(
         start: unsafe { std::mem::transmute::<CloneFn, StartFn>(f) },
         arg,
         extra: None,
+        segv_blocked: crate::signals::segv_blocked(),
     }));
     // SAFETY: forwarding, with our function and its job.
     let r = unsafe { real(clone_child, stack, flags, job.cast(), ptid, tls, ctid) };
@@ -431,6 +441,7 @@ pub unsafe extern "C" fn clone(
 extern "C" fn clone_child(job: *mut c_void) -> c_int {
     // SAFETY: the Job clone boxed for this child.
     let job = *unsafe { Box::from_raw(job as *mut Job) };
+    crate::signals::set_segv_blocked(job.segv_blocked);
     match run_job(job, false) {
         // The child's function returns an int: its low half.
         Some(value) => value as c_int,

@@ -1,6 +1,6 @@
 // A program that blocks every signal (as daemons and worker threads do) and then has libc
-// call back into its own code (qsort's comparator), on the main thread and on a thread
-// whose mask pthread_sigmask set; it reads its masks back. Deterministic output; exit 0.
+// call back into its own code (qsort's comparator), on the main thread, on a thread whose
+// mask pthread_sigmask set and on one that inherited it; it reads its masks back. Deterministic output; exit 0.
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -15,6 +15,12 @@ static void sort_and_print(const char *who) {
     sigprocmask(SIG_BLOCK, NULL, &now);
     printf("%s: %d%d%d%d%d, SIGSEGV blocked %d, SIGINT blocked %d\n", who, v[0], v[1], v[2],
            v[3], v[4], sigismember(&now, SIGSEGV), sigismember(&now, SIGINT));
+}
+
+static void *inheritor(void *arg) {
+    (void)arg;
+    sort_and_print("thread, mask inherited");
+    return NULL;
 }
 
 static void *worker(void *arg) {
@@ -34,6 +40,8 @@ int main(void) {
     sort_and_print("main, all blocked");
     pthread_t t;
     pthread_create(&t, NULL, worker, NULL);
+    pthread_join(t, NULL);
+    pthread_create(&t, NULL, inheritor, NULL);
     pthread_join(t, NULL);
     sigset_t segv;
     sigemptyset(&segv);
