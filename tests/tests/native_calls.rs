@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 unsafe extern "C" {
     fn nc_caller() -> u64;
+    fn nc_caller_call();
     fn nc_caller_after();
     fn nc_caller2() -> u64;
     fn nc_caller2_after();
@@ -90,11 +91,24 @@ fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
         assert_eq!(vm.call(caller, &[]).unwrap(), 0x201);
     }
     assert_eq!(return_site(&vm, seen()), (Some(caller), after));
-    // An instrumented target in the slot: translated, as without the cache.
+    // An instrumented target in the slot: translated, then reached straight from the site.
     set_slot(addr!(nc_lazy));
     let exits = vm.cache_exits();
     assert_eq!(vm.call(caller, &[]).unwrap(), 0x301);
     assert!(vm.cache_exits() > exits, "nc_lazy was translated");
+    for _ in 0..4 {
+        assert_eq!(vm.call(caller, &[]).unwrap(), 0x301);
+    }
+    // Back and forth: each pair answers for its target.
+    for target in [nc_native_b as usize, nc_lazy as usize, nc_native_b as usize] {
+        set_slot(target as u64);
+        let want = if target == nc_lazy as usize {
+            0x301
+        } else {
+            0x201
+        };
+        assert_eq!(vm.call(caller, &[]).unwrap(), want);
+    }
     set_slot(addr!(nc_native_a));
     assert_eq!(vm.call(caller, &[]).unwrap(), 0x101);
     assert_eq!(return_site(&vm, seen()), (Some(caller), after));
@@ -257,6 +271,33 @@ fn a_callback_on_the_plt_entry_runs_at_every_call() {
     // endbr64 is 4 bytes: the jump.
     vm.add_code_addr_cb(
         addr!(nc_plt) + 4,
+        InstPosition::PostInst,
+        move |_, _, _| {
+            h.set(h.get() + 1);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    set_slot(addr!(nc_native_a));
+    for _ in 0..5 {
+        assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x101);
+    }
+    assert_eq!(hits.get(), 5);
+}
+
+/// A callback after the call instruction itself (PostInst): the call is not made for real
+/// (that would skip it), and the callback runs at every call.
+#[test]
+fn a_callback_after_the_call_runs_at_every_call() {
+    let _one = GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
+    let hits = Rc::new(Cell::new(0));
+    let h = hits.clone();
+    vm.add_code_addr_cb(
+        addr!(nc_caller_call),
         InstPosition::PostInst,
         move |_, _, _| {
             h.set(h.get() + 1);

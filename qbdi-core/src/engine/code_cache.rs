@@ -98,21 +98,18 @@ impl CodeCache {
 
     /// After a partial flush: a call to a PLT entry skips that entry's block, which may now
     /// have instrumentation (a callback at an address in it, code that joined the ranges),
-    /// so the calls translated before stop calling native targets for real (their cached
-    /// targets are emptied and no longer refilled) until every block is gone.
+    /// so the calls translated before stop skipping it (their cached targets are emptied,
+    /// with every other site's, and no longer refilled) until every block is gone.
     pub fn stop_native_calls(&self) {
         // SAFETY: as above.
         unsafe { (*self.ctx()).native_refill = 0 };
         let empty = [u64::MAX, self.runtime.miss_entry];
         for i in 0..self.site_used {
             let e = self.site_entry(i) as *mut [u64; 2];
-            for k in 0..2 {
-                // SAFETY: a taken entry's pair in the mapping; nothing runs in the cache.
-                unsafe {
-                    if (*e.add(k))[1] == self.runtime.broker {
-                        e.add(k).write(empty);
-                    }
-                }
+            // SAFETY: a taken entry's two pairs in the mapping; nothing runs in the cache.
+            unsafe {
+                e.write(empty);
+                e.add(1).write(empty);
             }
         }
     }

@@ -108,8 +108,8 @@ pub(crate) struct Env<'a> {
     /// check): a PLT entry's.
     pub code_bytes: &'a dyn Fn(u64) -> Option<[u8; 16]>,
     /// A free entry of the site caches (`code_cache::SITE_ENTRIES`) and its countdown, for
-    /// the indirect branch (or the call to a PLT entry) this block may end with; `Translated::site_entry` says whether it
-    /// took it.
+    /// the indirect branch (or the call to a PLT entry) this block may end with;
+    /// `Translated::site_entry` says whether it took it.
     pub site_entry: Option<(u64, u64)>,
 }
 
@@ -914,7 +914,10 @@ impl Translator {
                 let target = instr.near_branch_target();
                 if (env.in_range)(target) || target == env.boundary || !env.inline_broker {
                     // Native targets go through the dispatcher when it must report them.
-                    if let Some(slot) = self.native_slot_call(env, hooks, target) {
+                    // A real call skips the call's own paths: only when they are quiet.
+                    if self.quiet_paths(hooks, instr)
+                        && let Some(slot) = self.native_slot_call(env, hooks, target)
+                    {
                         self.emit_native_slot_call(env, slot, next);
                     }
                     self.push_guest_address(next);
@@ -981,6 +984,14 @@ impl Translator {
         if env.new_blocks_reported && !(env.translated)(target) {
             return None;
         }
+        // A slot bound to an instrumented target already: the PLT block's jump expects it
+        // (`slot_target`) and goes straight there; this site would add to that.
+        if let Some(now) = (env.read_word)(slot)
+            && (env.in_range)(now)
+            && !lazy_stub(env, now)
+        {
+            return None;
+        }
         let quiet = hooks
             .as_mut()
             .is_none_or(|h| Self::plt_block_quiet(h, &bytes, target));
@@ -1016,18 +1027,25 @@ impl Translator {
         }
     }
 
-    /// Before the plain path of a call to a PLT entry whose GOT slot is `slot`: when the
-    /// slot holds the native target the site cached (its entry's first pair: the target
-    /// and the `broker`, as the inline table enters native targets), a real `call` of it,
-    /// which returns into the exit to `next`: the PLT block, the broker's lookups, its
-    /// shared indirect jump and a `ret` no `call` matched are skipped. Otherwise, when the
-    /// table knows the slot's value as a native target, the site caches it and calls it;
-    /// else the plain path follows, every register as it was. No flag is touched.
+    /// Before the plain path of a call to a PLT entry whose GOT slot is `slot`, the site's
+    /// cache entry holds two pairs: a native target and the `broker` (as the inline table
+    /// enters native targets), and an instrumented target and its table entry.
+    /// - The slot holds the native one: a real `call` of it, which returns into the exit to
+    ///   `next`. The PLT block, the broker's lookups, its shared indirect jump and a `ret`
+    ///   no `call` matched are skipped.
+    /// - The slot holds the instrumented one: the guest return address pushed, a jump to
+    ///   the target's table entry (the PLT block and its lookup skipped).
+    /// - Otherwise the slot's value is looked up in the inline table: a hit fills the pair
+    ///   of its kind and takes it (unless a partial flush stopped this, `ctx.native_refill`
+    ///   0); a miss takes the plain path, every register as it was.
+    ///
+    /// No flag is touched.
     fn emit_native_slot_call(&mut self, env: &Env<'_>, slot: u64, next: u64) {
         let ctx = env.ctx;
         let (e, _) = env.site_entry.expect("checked by native_slot_call");
         self.site_entry_taken = true;
-        let (hit, miss, fill, plain) = (
+        let (native, instrumented, miss, fill_native, plain) = (
+            self.asm.new_label(),
             self.asm.new_label(),
             self.asm.new_label(),
             self.asm.new_label(),
@@ -1039,29 +1057,44 @@ impl Translator {
         load_slot(a, RCX, slot);
         a.load(RAX, e);
         a.rcx_diff(RAX);
-        a.jrcxz_label(hit);
+        a.jrcxz_label(native);
+        a.rcx_diff(RAX); // rcx = the slot's value again
+        a.load(RAX, e + 16);
+        a.rcx_diff(RAX);
+        a.jrcxz_label(instrumented);
         a.jmp_label(miss);
-        a.bind(hit);
+        a.bind(native);
         a.load(RAX, ctx + off::SPILL);
         a.load(RCX, ctx + off::SPILL + 8);
         a.call_mem(e);
         self.exit_uncounted(next, ExitKind::Branch, true, false, false);
+        self.asm.bind(instrumented);
+        self.push_guest_address(next);
+        // The table entry's prefix restores rax and rcx from the spill slots.
+        self.asm.jmp_mem(e + 24);
         let a = &mut self.asm;
         a.bind(miss);
-        a.rcx_diff(RAX); // rcx = the slot's value again
         a.store(ctx + off::SPILL + 16, RDX);
-        emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
-        // A hit: rax = the target, rdx = its entry. Native iff its host is the broker.
-        a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
-        a.load(RDX, ctx + off::NATIVE_REFILL); // the broker, or 0: no more refills
-        a.rcx_diff(RDX);
-        a.jrcxz_label(fill);
+        a.load(RCX, ctx + off::NATIVE_REFILL);
+        // jrcxz reaches 127 bytes: `jrcxz +2; jmp +5; jmp plain`.
+        a.bytes(&[0xe3, 0x02, 0xeb, 0x05]);
         a.jmp_label(plain);
-        a.bind(fill);
+        load_slot(a, RCX, slot);
+        emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
+        // A hit: rax = the target, rdx = its entry.
+        a.bytes(&[0x48, 0x8b, 0x52, 0x08]); // mov rdx, [rdx+8]: its host
+        a.load(RCX, ctx + off::NATIVE_REFILL); // the broker
+        a.rcx_diff(RDX); // 0 iff native
+        a.jrcxz_label(fill_native);
+        a.store(e + 16, RAX);
+        a.store(e + 24, RDX);
+        a.load(RDX, ctx + off::SPILL + 16);
+        a.jmp_label(instrumented);
+        a.bind(fill_native);
         a.store(e, RAX);
         a.store(e + 8, RDX);
         a.load(RDX, ctx + off::SPILL + 16);
-        a.jmp_label(hit);
+        a.jmp_label(native);
         a.bind(plain);
         emit_restore(a, ctx);
     }
@@ -1460,12 +1493,10 @@ impl Translator {
             return None;
         }
         let target = (env.read_word)(instr.ip_rel_memory_address())?;
-        if !(env.in_range)(target) || target == env.boundary {
+        if !(env.in_range)(target) || target == env.boundary || lazy_stub(env, target) {
             return None;
         }
-        let head = (env.read_word)(target)?.to_le_bytes();
-        let lazy = head[0] == 0x68 || (head[..4] == [0xf3, 0x0f, 0x1e, 0xfa] && head[4] == 0x68);
-        (!lazy).then_some(target)
+        Some(target)
     }
 
     /// After rcx = the target of an indirect branch (rax, rcx, rdx spilled): when it is
@@ -1751,6 +1782,15 @@ fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
     a.store(e + 8, RCX);
     a.load(RDX, ctx + off::SPILL + 16);
     a.bytes(&[0xff, 0xe1]); // jmp rcx
+}
+
+/// Whether the code at `at` is a lazy-binding stub (`push imm32`, or `endbr64; push imm32`:
+/// its slot changes at the first call), or cannot be read now.
+fn lazy_stub(env: &Env<'_>, at: u64) -> bool {
+    (env.read_word)(at).is_none_or(|w| {
+        let head = w.to_le_bytes();
+        head[0] == 0x68 || (head[..4] == [0xf3, 0x0f, 0x1e, 0xfa] && head[4] == 0x68)
+    })
 }
 
 /// The GOT slot a PLT entry at `at` jumps through, from its first bytes: `jmp [rip+d]`,
