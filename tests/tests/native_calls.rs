@@ -100,13 +100,12 @@ fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
         assert_eq!(vm.call(caller, &[]).unwrap(), 0x301);
     }
     // Back and forth: each pair answers for its target.
-    for target in [nc_native_b as usize, nc_lazy as usize, nc_native_b as usize] {
-        set_slot(target as u64);
-        let want = if target == nc_lazy as usize {
-            0x301
-        } else {
-            0x201
-        };
+    for (target, want) in [
+        (addr!(nc_native_b), 0x201),
+        (addr!(nc_lazy), 0x301),
+        (addr!(nc_native_b), 0x201),
+    ] {
+        set_slot(target);
         assert_eq!(vm.call(caller, &[]).unwrap(), want);
     }
     set_slot(addr!(nc_native_a));
