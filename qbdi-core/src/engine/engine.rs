@@ -610,9 +610,6 @@ pub(super) fn fp_mode(options: Options) -> Option<XSaveKind> {
     (!options.contains(Options::OPT_DISABLE_FPR)).then(XSaveKind::detect)
 }
 
-/// The guest return address of the transfer return stub at host address `host`, if `host`
-/// is one (the stub's first instruction holds its id: `mov dword [rip+d], FIRST_STUB_ID +
-/// id`).
 /// The guest return address a real `call` of native code from translated code stands
 /// for: such a call returns to the jump of an exit (`jmp rel32`, whose rel32 field is the
 /// exit's site) to the guest address after the call. A linear scan: for stack unwinding.
@@ -623,6 +620,9 @@ fn return_site_target(dir: &Directory, host: u64) -> Option<u64> {
         .map(|s| s.target)
 }
 
+/// The guest return address of the transfer return stub at host address `host`, if `host`
+/// is one (the stub's first instruction holds its id: `mov dword [rip+d], FIRST_STUB_ID +
+/// id`).
 pub(super) fn transfer_stub_target(dir: &Directory, host: u64) -> Option<u64> {
     // SAFETY: `host..host + 10` is inside the code cache mapping (the caller checked).
     let id = unsafe { ((host + 6) as *const u32).read_unaligned() };
