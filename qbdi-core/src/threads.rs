@@ -388,7 +388,7 @@ thread_local! {
     static SAFE_POINT_WANTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-/// The function [`after_translation`] calls when asked (0: none).
+/// The function the end of a translation calls when asked (0: none; see [`Translating`]).
 static SAFE_POINT_HOOK: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether this thread is translating a block. Async-signal-safe: a signal handler that
