@@ -8,7 +8,7 @@
 // Hidden: direct references to them stay PC-relative when this file is linked into a
 // shared object (the Python tests' guest library) as well as into the test executables.
     .hidden nc_caller, nc_caller_call, nc_caller_after, nc_caller2, nc_caller2_after, nc_plt
-    .hidden nc_lazy, nc_caller_end
+    .hidden nc_lazy, nc_pointer_call, nc_caller_end
     .hidden nc_direct, nc_direct_after, nc_direct_end, nc_native_a, nc_native_a_end
     .hidden nc_native_b, nc_native_b_end, nc_slot, nc_seen
 
@@ -32,6 +32,11 @@ LABEL nc_plt
     bnd jmp qword ptr [rip + nc_slot]
 LABEL nc_lazy
     mov eax, 0x300
+    ret
+// () -> what nc_slot's target returns, by an indirect call through the slot (as code
+// built with -fno-plt calls): the exec broker meets the target without the PLT entry.
+LABEL nc_pointer_call
+    call qword ptr [rip + nc_slot]
     ret
 ENDF nc_caller
 

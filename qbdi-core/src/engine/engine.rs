@@ -410,7 +410,21 @@ impl Engine {
         // Plugin code runs during translation (inline counters' slots, rules): a signal
         // handler must not translate on this thread meanwhile (see `threads::translating`).
         let _translating = crate::threads::Translating::start();
-        self.translate_block(pc)
+        let host = self.translate_block(pc)?;
+        // With BASIC_BLOCK_NEW reported, a call site skips a PLT entry's block only once
+        // that block is in the table (translated: reported), see the translator's
+        // `emit_native_slot_call`.
+        if self.shared().inst.events.contains(VmEvent::BASIC_BLOCK_NEW)
+            && self.readable.volatile_at(pc).is_none()
+            && self.readable.known_readable(pc, 16)
+        {
+            // SAFETY: 16 readable bytes, as the maps were last read.
+            let bytes = unsafe { (pc as *const [u8; 16]).read_unaligned() };
+            if super::translator::plt_slot(&bytes, pc).is_some() {
+                self.enter_table(pc, host);
+            }
+        }
+        Ok(host)
     }
 
     fn translate_block(&mut self, pc: u64) -> Result<u64, VmError> {
@@ -466,7 +480,6 @@ impl Engine {
             // SAFETY: as for `read_word`.
             Some(unsafe { (a as *const [u8; 16]).read_unaligned() })
         };
-        let translated = |a: u64| dir.lookup(a).is_some();
         let env = Env {
             ctx: cache.ctx_addr(),
             table: cache.table_addr(),
@@ -478,7 +491,6 @@ impl Engine {
             first_stub_id: FIRST_STUB_ID + dir.next_stub(),
             inline_broker: !events.intersects(TRANSFER_EVENTS),
             new_blocks_reported: events.contains(VmEvent::BASIC_BLOCK_NEW),
-            translated: &translated,
             code_bytes: &code_bytes,
             check_bytes: self.readable.volatile_at(pc).is_some(),
             read_word: &read_word,

@@ -100,10 +100,8 @@ pub(crate) struct Env<'a> {
     /// (no byte check); None otherwise.
     pub flags_live_at: &'a dyn Fn(u64) -> Option<bool>,
     /// Whether BASIC_BLOCK_NEW is reported: a PLT entry's block is skipped only once it
-    /// is translated (reported) then.
+    /// is translated (reported) then, which the engine tells by entering it in the table.
     pub new_blocks_reported: bool,
-    /// Whether a block starting at an address is translated (live).
-    pub translated: &'a dyn Fn(u64) -> bool,
     /// The 16 bytes at an address, if they are readable now and do not change (no byte
     /// check): a PLT entry's.
     pub code_bytes: &'a dyn Fn(u64) -> Option<[u8; 16]>,
@@ -918,7 +916,7 @@ impl Translator {
                     if self.quiet_paths(hooks, instr)
                         && let Some(slot) = self.native_slot_call(env, hooks, target)
                     {
-                        self.emit_native_slot_call(env, slot, next);
+                        self.emit_native_slot_call(env, target, slot, next);
                     }
                     self.push_guest_address(next);
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
@@ -968,8 +966,8 @@ impl Translator {
     /// without `bnd`) that may be called for real when the slot holds a native target:
     /// when the entry's bytes do not change, the block may use the site caches' entry, no
     /// transfer event is reported, and the entry's block would run nothing
-    /// ([`plt_block_quiet`](Self::plt_block_quiet)) and, if new blocks are reported, is
-    /// translated already (reported when it first ran).
+    /// ([`plt_block_quiet`](Self::plt_block_quiet)). With new blocks reported, the site
+    /// skips that block only once it ran (see `emit_native_slot_call`).
     fn native_slot_call(
         &self,
         env: &Env<'_>,
@@ -981,9 +979,6 @@ impl Translator {
         }
         let bytes = (env.code_bytes)(target)?;
         let slot = plt_slot(&bytes, target)?;
-        if env.new_blocks_reported && !(env.translated)(target) {
-            return None;
-        }
         // A slot bound to an instrumented target already: the PLT block's jump expects it
         // (`slot_target`) and goes straight there; this site would add to that.
         if let Some(now) = (env.read_word)(slot)
@@ -1037,10 +1032,12 @@ impl Translator {
     ///   the target's table entry (the PLT block and its lookup skipped).
     /// - Otherwise the slot's value is looked up in the inline table: a hit fills the pair
     ///   of its kind and takes it (unless a partial flush stopped this, `ctx.native_refill`
-    ///   0); a miss takes the plain path, every register as it was.
+    ///   0, or new blocks are reported and the PLT entry's block, `plt`, is not in the
+    ///   table yet: the engine enters it when it translates it, which reports it); a miss
+    ///   takes the plain path, every register as it was.
     ///
     /// No flag is touched.
-    fn emit_native_slot_call(&mut self, env: &Env<'_>, slot: u64, next: u64) {
+    fn emit_native_slot_call(&mut self, env: &Env<'_>, plt: u64, slot: u64, next: u64) {
         let ctx = env.ctx;
         let (e, _) = env.site_entry.expect("checked by native_slot_call");
         self.site_entry_taken = true;
@@ -1079,6 +1076,10 @@ impl Translator {
         // jrcxz reaches 127 bytes: `jrcxz +2; jmp +5; jmp plain`.
         a.bytes(&[0xe3, 0x02, 0xeb, 0x05]);
         a.jmp_label(plain);
+        if env.new_blocks_reported {
+            a.mov_imm64(RCX, plt);
+            emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
+        }
         load_slot(a, RCX, slot);
         emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
         // A hit: rax = the target, rdx = its entry.
