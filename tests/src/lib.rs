@@ -13,6 +13,15 @@ use qbdi_core::{
 use std::cell::Cell;
 use std::rc::Rc;
 
+/// The address of a function or label (`addr!(cb_loop)`): the guest code of the tests is
+/// declared as `extern "C"` functions, labels included.
+#[macro_export]
+macro_rules! addr {
+    ($f:expr) => {
+        $f as *const () as u64
+    };
+}
+
 /// The geometric mean of `ratios` (the benches' summary lines); NaN if empty.
 pub fn geomean(ratios: &[f64]) -> f64 {
     (ratios.iter().map(|r| r.ln()).sum::<f64>() / ratios.len() as f64).exp()

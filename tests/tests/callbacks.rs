@@ -25,12 +25,7 @@ use qbdi_tests::cb_funcs::*;
 
 // The labels (`fn cb_x_y()`) are only used for their addresses, never called.
 
-/// The address of a guest function or label.
-macro_rules! addr {
-    ($f:expr) => {
-        $f as *const () as u64
-    };
-}
+use qbdi_tests::addr;
 
 const FAKE: u64 = FAKE_RETURN_ADDRESS;
 

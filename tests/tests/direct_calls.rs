@@ -22,11 +22,7 @@ use qbdi_tests::cb_funcs::*;
 #[path = "../benches/kernels/mod.rs"]
 mod kernels;
 
-macro_rules! addr {
-    ($f:expr) => {
-        $f as *const () as u64
-    };
-}
+use qbdi_tests::addr;
 
 /// A Vm instrumenting `[start, end)`, with a guest stack.
 fn vm_over(start: u64, end: u64) -> (Vm, VirtualStack) {

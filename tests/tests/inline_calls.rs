@@ -15,11 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use InstPosition::{PostInst, PreInst};
 use qbdi_tests::cb_funcs::*;
 
-macro_rules! addr {
-    ($f:expr) => {
-        $f as *const () as u64
-    };
-}
+use qbdi_tests::addr;
 
 /// The tests' counters; test `t` uses `2t` and `2t + 1`.
 static COUNTS: [AtomicU64; 10] = [const { AtomicU64::new(0) }; 10];

@@ -30,11 +30,7 @@ unsafe extern "C" {
     static mut nc_seen: u64;
 }
 
-macro_rules! addr {
-    ($f:expr) => {
-        $f as *const () as u64
-    };
-}
+use qbdi_tests::addr;
 
 /// The guest's data words (the slot, the seen return address) are shared: one test at a
 /// time.

@@ -21,11 +21,7 @@ unsafe extern "C" {
     fn seg_fs_visit_end();
 }
 
-macro_rules! addr {
-    ($f:expr) => {
-        $f as *const () as u64
-    };
-}
+use qbdi_tests::addr;
 
 // <asm/prctl.h>
 const ARCH_SET_GS: libc::c_int = 0x1001;

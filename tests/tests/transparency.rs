@@ -34,12 +34,7 @@ unsafe extern "C" {
     static mut cf_gpr_in: [u64; 16];
 }
 
-/// Address of a guest function or label.
-macro_rules! addr {
-    ($f:expr) => {
-        $f as *const () as u64
-    };
-}
+use qbdi_tests::addr;
 
 fn vm_for(addr: u64) -> (Vm, VirtualStack) {
     let mut vm = Vm::new();
