@@ -346,13 +346,17 @@ pub unsafe extern "C" fn sigprocmask(
     }
 }
 
+fn real_pthread_sigmask() -> Option<SigmaskFn> {
+    static REAL: OnceLock<usize> = OnceLock::new();
+    // SAFETY: SigmaskFn is pthread_sigmask's type.
+    unsafe { crate::preload::next_fn::<SigmaskFn>(&REAL, c"pthread_sigmask") }
+}
+
 /// libc's `pthread_sigmask`, past the interposer: for the host's own mask changes, which
 /// are not the program's.
 pub(crate) fn host_sigmask(how: c_int, set: &libc::sigset_t, old: *mut libc::sigset_t) {
-    static REAL: OnceLock<usize> = OnceLock::new();
-    // SAFETY: SigmaskFn is pthread_sigmask's type; the arguments are valid.
-    if let Some(real) = unsafe { crate::preload::next_fn::<SigmaskFn>(&REAL, c"pthread_sigmask") } {
-        // SAFETY: as above.
+    if let Some(real) = real_pthread_sigmask() {
+        // SAFETY: libc's pthread_sigmask, with valid arguments.
         unsafe { real(how, set, old) };
     }
 }
@@ -367,9 +371,7 @@ pub unsafe extern "C" fn pthread_sigmask(
     set: *const libc::sigset_t,
     old: *mut libc::sigset_t,
 ) -> c_int {
-    static REAL: OnceLock<usize> = OnceLock::new();
-    // SAFETY: SigmaskFn is pthread_sigmask's type.
-    match unsafe { crate::preload::next_fn::<SigmaskFn>(&REAL, c"pthread_sigmask") } {
+    match real_pthread_sigmask() {
         // SAFETY: the caller's contract.
         Some(real) => unsafe { change_mask(real, how, set, old) },
         None => libc::ENOSYS,

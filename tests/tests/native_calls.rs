@@ -36,6 +36,29 @@ use qbdi_tests::addr;
 /// time.
 static GUEST_DATA: Mutex<()> = Mutex::new(());
 
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    GUEST_DATA
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How many times a callback at `at` (`position`) ran.
+fn count_at(vm: &mut Vm, at: u64, position: InstPosition) -> Rc<Cell<u32>> {
+    let hits = Rc::new(Cell::new(0));
+    let h = hits.clone();
+    vm.add_code_addr_cb(
+        at,
+        position,
+        move |_, _, _| {
+            h.set(h.get() + 1);
+            VmAction::Continue
+        },
+        0,
+    )
+    .unwrap();
+    hits
+}
+
 fn vm_over(start: u64, end: u64) -> (Vm, qbdi_core::VirtualStack) {
     qbdi_tests::vm_over(Options::NO_OPT, start, end)
 }
@@ -66,9 +89,7 @@ fn return_site(vm: &Vm, host: u64) -> (Option<u64>, u64) {
 
 #[test]
 fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
     let (caller, after) = (addr!(nc_caller), addr!(nc_caller_after));
     set_slot(addr!(nc_native_a));
@@ -112,9 +133,7 @@ fn a_plt_call_to_native_code_is_a_real_call_checked_against_the_slot() {
 
 #[test]
 fn a_callback_added_on_the_plt_entry_later_runs_at_every_call() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
     let caller = addr!(nc_caller);
     set_slot(addr!(nc_native_a));
@@ -126,18 +145,7 @@ fn a_callback_added_on_the_plt_entry_later_runs_at_every_call() {
         Some(caller),
         "the PLT block is skipped"
     );
-    let hits = Rc::new(Cell::new(0));
-    let h = hits.clone();
-    vm.add_code_addr_cb(
-        addr!(nc_plt),
-        InstPosition::PreInst,
-        move |_, _, _| {
-            h.set(h.get() + 1);
-            VmAction::Continue
-        },
-        0,
-    )
-    .unwrap();
+    let hits = count_at(&mut vm, addr!(nc_plt), InstPosition::PreInst);
     for _ in 0..3 {
         assert_eq!(vm.call(caller, &[]).unwrap(), 0x101);
     }
@@ -146,9 +154,7 @@ fn a_callback_added_on_the_plt_entry_later_runs_at_every_call() {
 
 #[test]
 fn a_direct_call_to_native_code_returns_into_the_callers_block() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_direct), addr!(nc_direct_end));
     for _ in 0..2 {
         assert_eq!(vm.call(addr!(nc_direct), &[]).unwrap(), 0x102);
@@ -163,22 +169,9 @@ fn a_direct_call_to_native_code_returns_into_the_callers_block() {
 /// address, then a jump); its return address maps back the same.
 #[test]
 fn a_direct_call_with_a_post_callback_returns_into_the_callers_block() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_direct), addr!(nc_direct_end));
-    let hits = Rc::new(Cell::new(0));
-    let h = hits.clone();
-    vm.add_code_addr_cb(
-        addr!(nc_direct),
-        InstPosition::PostInst,
-        move |_, _, _| {
-            h.set(h.get() + 1);
-            VmAction::Continue
-        },
-        0,
-    )
-    .unwrap();
+    let hits = count_at(&mut vm, addr!(nc_direct), InstPosition::PostInst);
     assert_eq!(vm.call(addr!(nc_direct), &[]).unwrap(), 0x102);
     assert_eq!(hits.get(), 1);
     assert_eq!(
@@ -191,22 +184,9 @@ fn a_direct_call_with_a_post_callback_returns_into_the_callers_block() {
 /// with nothing to run: the call is still a real one.
 #[test]
 fn with_a_callback_elsewhere_a_plt_call_is_still_a_real_call() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
-    let hits = Rc::new(Cell::new(0));
-    let h = hits.clone();
-    vm.add_code_addr_cb(
-        addr!(nc_caller_after),
-        InstPosition::PreInst,
-        move |_, _, _| {
-            h.set(h.get() + 1);
-            VmAction::Continue
-        },
-        0,
-    )
-    .unwrap();
+    let hits = count_at(&mut vm, addr!(nc_caller_after), InstPosition::PreInst);
     set_slot(addr!(nc_native_b));
     for _ in 0..4 {
         assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x201);
@@ -224,9 +204,7 @@ fn with_a_callback_elsewhere_a_plt_call_is_still_a_real_call() {
 /// and both call sites then call the target for real.
 #[test]
 fn new_block_events_report_the_plt_entry_before_calls_skip_it() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
     let new = Rc::new(std::cell::RefCell::new(Vec::new()));
     let n = new.clone();
@@ -269,23 +247,10 @@ fn new_block_events_report_the_plt_entry_before_calls_skip_it() {
 /// A callback on the PLT entry's jump from the start: the entry's block runs at every call.
 #[test]
 fn a_callback_on_the_plt_entry_runs_at_every_call() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
-    let hits = Rc::new(Cell::new(0));
-    let h = hits.clone();
     // endbr64 is 4 bytes: the jump.
-    vm.add_code_addr_cb(
-        addr!(nc_plt) + 4,
-        InstPosition::PostInst,
-        move |_, _, _| {
-            h.set(h.get() + 1);
-            VmAction::Continue
-        },
-        0,
-    )
-    .unwrap();
+    let hits = count_at(&mut vm, addr!(nc_plt) + 4, InstPosition::PostInst);
     set_slot(addr!(nc_native_a));
     for _ in 0..5 {
         assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x101);
@@ -297,22 +262,9 @@ fn a_callback_on_the_plt_entry_runs_at_every_call() {
 /// (that would skip it), and the callback runs at every call.
 #[test]
 fn a_callback_after_the_call_runs_at_every_call() {
-    let _one = GUEST_DATA
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let _one = one_at_a_time();
     let (mut vm, _stack) = vm_over(addr!(nc_caller), addr!(nc_caller_end));
-    let hits = Rc::new(Cell::new(0));
-    let h = hits.clone();
-    vm.add_code_addr_cb(
-        addr!(nc_caller_call),
-        InstPosition::PostInst,
-        move |_, _, _| {
-            h.set(h.get() + 1);
-            VmAction::Continue
-        },
-        0,
-    )
-    .unwrap();
+    let hits = count_at(&mut vm, addr!(nc_caller_call), InstPosition::PostInst);
     set_slot(addr!(nc_native_a));
     for _ in 0..5 {
         assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x101);

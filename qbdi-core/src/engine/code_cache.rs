@@ -89,6 +89,12 @@ impl CodeCache {
         Ok(cache)
     }
 
+    /// A site cache's empty pair: no guest address is `u64::MAX`; its host is the miss
+    /// path, as the table's empty entries.
+    fn empty_pair(&self) -> [u64; 2] {
+        [u64::MAX, self.runtime.miss_entry]
+    }
+
     /// Lets calls to PLT entries cache native targets (the translator's
     /// `emit_native_slot_call`): a fresh cache, or one whose blocks are all gone.
     pub fn allow_native_calls(&self) {
@@ -103,7 +109,7 @@ impl CodeCache {
     pub fn stop_native_calls(&self) {
         // SAFETY: as above.
         unsafe { (*self.ctx()).native_refill = 0 };
-        let empty = [u64::MAX, self.runtime.miss_entry];
+        let empty = self.empty_pair();
         for i in 0..self.site_used {
             let e = self.site_entry(i) as *mut [u64; 2];
             // SAFETY: a taken entry's two pairs in the mapping; nothing runs in the cache.
@@ -171,7 +177,7 @@ impl CodeCache {
     /// entries).
     pub fn take_site_entry(&mut self) {
         let e = self.site_entry(self.site_used) as *mut [u64; 2];
-        let empty = [u64::MAX, self.runtime.miss_entry];
+        let empty = self.empty_pair();
         let countdown = self.countdown_of(e as u64) as *mut u32;
         // SAFETY: the entry's two pairs and its countdown lie in the mapping, in the ret
         // area, and no code reads them yet.
@@ -186,7 +192,7 @@ impl CodeCache {
     /// Empties every pair of the site caches that is not in the table (after
     /// blocks were removed: a pair's host may be one of them).
     pub fn prune_site_entries(&mut self) {
-        let empty = [u64::MAX, self.runtime.miss_entry];
+        let empty = self.empty_pair();
         for i in 0..self.site_used {
             let e = self.site_entry(i) as *mut [u64; 2];
             for k in 0..2 {

@@ -357,6 +357,12 @@ impl Asm {
         self.buf.push(0);
     }
 
+    /// `jrcxz` to a label out of its 127-byte reach: `jrcxz +2; jmp +5; jmp rel32`.
+    pub fn jrcxz_far_label(&mut self, l: Label) {
+        self.bytes(&[0xe3, 0x02, 0xeb, 0x05]);
+        self.jmp_label(l);
+    }
+
     /// `jmp qword [rip+addr]`
     pub fn jmp_mem(&mut self, addr: u64) {
         self.bytes(&[0xff, 0x25]);

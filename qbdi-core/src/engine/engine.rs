@@ -410,21 +410,7 @@ impl Engine {
         // Plugin code runs during translation (inline counters' slots, rules): a signal
         // handler must not translate on this thread meanwhile (see `threads::translating`).
         let _translating = crate::threads::Translating::start();
-        let host = self.translate_block(pc)?;
-        // With BASIC_BLOCK_NEW reported, a call site skips a PLT entry's block only once
-        // that block is in the table (translated: reported), see the translator's
-        // `emit_native_slot_call`.
-        if self.shared().inst.events.contains(VmEvent::BASIC_BLOCK_NEW)
-            && self.readable.volatile_at(pc).is_none()
-            && self.readable.known_readable(pc, 16)
-        {
-            // SAFETY: 16 readable bytes, as the maps were last read.
-            let bytes = unsafe { (pc as *const [u8; 16]).read_unaligned() };
-            if super::translator::plt_slot(&bytes, pc).is_some() {
-                self.enter_table(pc, host);
-            }
-        }
-        Ok(host)
+        self.translate_block(pc)
     }
 
     fn translate_block(&mut self, pc: u64) -> Result<u64, VmError> {
@@ -575,6 +561,16 @@ impl Engine {
                 .map(|b| if s.counted { b.linked } else { b.host })
             {
                 link(dir, i, h);
+            }
+        }
+        // With BASIC_BLOCK_NEW reported, a call site skips a PLT entry's block only once
+        // that block is in the table (translated, so reported; see the translator's
+        // `emit_native_slot_call`).
+        if events.contains(VmEvent::BASIC_BLOCK_NEW) && pc != self.stop && readable_end - pc >= 16 {
+            // SAFETY: [pc, readable_end) is readable: the block's bytes were read from it.
+            let head = unsafe { (pc as *const [u8; 16]).read_unaligned() };
+            if super::translator::plt_slot(&head, pc).is_some() {
+                cache.table.insert_block(pc, entry);
             }
         }
         Ok(entry)

@@ -27,7 +27,7 @@ use super::direct_call::{
     inlinable,
 };
 use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
-use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, Reg, is_simm32};
+use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, is_simm32};
 use super::encode::{self, MemOperand};
 use super::ib_table::{
     Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
@@ -137,7 +137,7 @@ pub(crate) struct Translated {
     /// Offset of the block's linked entry from its entry (0: the same; see
     /// `inline::emit_counting`).
     pub linked: u64,
-    /// The block's indirect branch took `Env::site_entry`.
+    /// The block's indirect branch (or call to a PLT entry) took `Env::site_entry`.
     pub site_entry: bool,
 }
 
@@ -159,7 +159,7 @@ pub(crate) struct Translator {
     /// (see `DirectCold`), and the bytes reserved for them.
     cold: Vec<DirectCold>,
     cold_bytes: usize,
-    /// This translation's indirect branch took `Env::site_entry`.
+    /// This translation's indirect branch (or call to a PLT entry) took `Env::site_entry`.
     site_entry_taken: bool,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
@@ -1051,7 +1051,7 @@ impl Translator {
         let a = &mut self.asm;
         a.store(ctx + off::SPILL, RAX);
         a.store(ctx + off::SPILL + 8, RCX);
-        load_slot(a, RCX, slot);
+        load_rcx_from(a, slot, true);
         a.load(RAX, e);
         a.rcx_diff(RAX);
         a.jrcxz_label(native);
@@ -1073,14 +1073,12 @@ impl Translator {
         a.bind(miss);
         a.store(ctx + off::SPILL + 16, RDX);
         a.load(RCX, ctx + off::NATIVE_REFILL);
-        // jrcxz reaches 127 bytes: `jrcxz +2; jmp +5; jmp plain`.
-        a.bytes(&[0xe3, 0x02, 0xeb, 0x05]);
-        a.jmp_label(plain);
+        a.jrcxz_far_label(plain);
         if env.new_blocks_reported {
             a.mov_imm64(RCX, plt);
             emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
         }
-        load_slot(a, RCX, slot);
+        load_rcx_from(a, slot, true);
         emit_lookup(a, ctx, env.table, Miss::Label(plain), false);
         // A hit: rax = the target, rdx = its entry.
         a.bytes(&[0x48, 0x8b, 0x52, 0x08]); // mov rdx, [rdx+8]: its host
@@ -1146,21 +1144,16 @@ impl Translator {
             a.bytes(&[0x8d, 0x88]); // lea ecx, [rax + disp32]
             a.bytes(&(-n).to_le_bytes());
         };
-        // `jrcxz` reaches 127 bytes: `jrcxz +2; jmp +5; jmp rel32 far`.
-        let jrcxz_far = |a: &mut Asm, l: Label| {
-            a.bytes(&[0xe3, 0x02, 0xeb, 0x05]);
-            a.jmp_label(l);
-        };
         if follow {
             lea_ecx_rax_minus(a, crate::threads::SYS_EXIT as i32);
-            jrcxz_far(a, exit);
+            a.jrcxz_far_label(exit);
         }
         lea_ecx_rax_minus(a, CLONE);
-        jrcxz_far(a, clone);
+        a.jrcxz_far_label(clone);
         lea_ecx_rax_minus(a, CLONE3);
-        jrcxz_far(a, clone3);
+        a.jrcxz_far_label(clone3);
         lea_ecx_rax_minus(a, VFORK);
-        jrcxz_far(a, vfork);
+        a.jrcxz_far_label(vfork);
         a.bind(plain);
         a.bytes(&[0x0f, 0x05]); // syscall
         a.mov_imm64(RCX, next);
@@ -1171,7 +1164,7 @@ impl Translator {
             a.bytes(&[0x0f, 0xb6, 0xcd]); // movzx ecx, ch: CLONE_VM (0x100) is its bit 0
             a.lea_rip(R11, bit0);
             a.bytes(&[0x41, 0x0f, 0xb6, 0x0c, 0x0b]); // movzx ecx, byte [r11 + rcx]
-            jrcxz_far(a, plain);
+            a.jrcxz_far_label(plain);
         };
         let child = |a: &mut Asm, kind: i8| {
             a.bytes(&[0x0f, 0x05]); // syscall
@@ -1547,20 +1540,9 @@ impl Translator {
                             reason: "a branch through an FS/GS-relative RIP-relative slot".into(),
                         });
                     }
-                    let slot = instr.ip_rel_memory_address();
-                    let disp = slot.wrapping_sub(self.asm.here() + 7) as i64;
-                    match i32::try_from(disp) {
-                        // mov rcx, [rip+disp32] (a PLT's `jmp [rip+slot]`)
-                        Ok(disp) if instr.memory_base() == Register::RIP => {
-                            self.asm.bytes(&[0x48, 0x8b, 0x0d]);
-                            self.asm.bytes(&disp.to_le_bytes());
-                        }
-                        // Out of reach, or EIP-relative: the slot's address first.
-                        _ => {
-                            self.asm.mov_imm64(RCX, slot);
-                            self.asm.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
-                        }
-                    }
+                    // A PLT's `jmp [rip+slot]`; an EIP-relative slot through its address.
+                    let rip = instr.memory_base() == Register::RIP;
+                    load_rcx_from(&mut self.asm, instr.ip_rel_memory_address(), rip);
                     return Ok(());
                 }
                 let mem = MemOperand {
@@ -1785,12 +1767,15 @@ fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
     a.bytes(&[0xff, 0xe1]); // jmp rcx
 }
 
+/// `endbr64`'s bytes.
+const ENDBR64: [u8; 4] = [0xf3, 0x0f, 0x1e, 0xfa];
+
 /// Whether the code at `at` is a lazy-binding stub (`push imm32`, or `endbr64; push imm32`:
 /// its slot changes at the first call), or cannot be read now.
 fn lazy_stub(env: &Env<'_>, at: u64) -> bool {
     (env.read_word)(at).is_none_or(|w| {
         let head = w.to_le_bytes();
-        head[0] == 0x68 || (head[..4] == [0xf3, 0x0f, 0x1e, 0xfa] && head[4] == 0x68)
+        head[0] == 0x68 || (head[..4] == ENDBR64 && head[4] == 0x68)
     })
 }
 
@@ -1798,7 +1783,7 @@ fn lazy_stub(env: &Env<'_>, at: u64) -> bool {
 /// `bnd jmp [rip+d]`, either after `endbr64`.
 pub(crate) fn plt_slot(bytes: &[u8; 16], at: u64) -> Option<u64> {
     let mut i = 0;
-    if bytes[..4] == [0xf3, 0x0f, 0x1e, 0xfa] {
+    if bytes[..4] == ENDBR64 {
         i = 4;
     }
     if bytes[i] == 0xf2 {
@@ -1811,17 +1796,14 @@ pub(crate) fn plt_slot(bytes: &[u8; 16], at: u64) -> Option<u64> {
     Some((at + i as u64 + 6).wrapping_add(d as i64 as u64))
 }
 
-/// `mov reg, [slot]`: RIP-relative when it reaches, else through the slot's address.
-fn load_slot(a: &mut Asm, reg: Reg, slot: u64) {
-    let disp = slot.wrapping_sub(a.here() + 7) as i64;
-    match i32::try_from(disp) {
-        Ok(_) => a.load(reg, slot),
-        Err(_) => {
-            a.mov_imm64(reg, slot);
-            // mov reg, [reg]
-            let r = reg & 7;
-            a.bytes(&[0x48 | ((reg >> 3) * 5), 0x8b, (r << 3) | r]);
-        }
+/// `mov rcx, [slot]`: RIP-relative when `rip_relative` allows it and it reaches, else
+/// through the slot's address.
+fn load_rcx_from(a: &mut Asm, slot: u64, rip_relative: bool) {
+    if rip_relative && i32::try_from(slot.wrapping_sub(a.here() + 7) as i64).is_ok() {
+        a.load(RCX, slot);
+    } else {
+        a.mov_imm64(RCX, slot);
+        a.bytes(&[0x48, 0x8b, 0x09]); // mov rcx, [rcx]
     }
 }
 
