@@ -28,8 +28,9 @@ const CODE_BYTES: usize = 128 << 20;
 /// sites are made.
 const SITE_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
 pub(crate) const SITE_ENTRIES: usize = 1 << 16;
-/// Two (guest, host) pairs per site.
-pub(crate) const SITE_ENTRY_BYTES: usize = 32;
+/// Two (guest, host) pairs per site, then, for a return that counts its edge there, each
+/// pair's map line and where a hit goes (see `inline::emit_ret_hits`): one cache line.
+pub(crate) const SITE_ENTRY_BYTES: usize = 64;
 const SITE_BYTES: usize = SITE_ENTRIES * SITE_ENTRY_BYTES;
 /// One countdown (a `u32`) per entry, after them: how many more times an indirect jump's or
 /// call's site may fill its entry before it stops using it (see the translator's
@@ -140,6 +141,11 @@ impl CodeCache {
     /// Where the next block will go, if `len` more bytes fit.
     pub fn next_addr(&self) -> u64 {
         self.cursor
+    }
+
+    /// Where the blocks start (the shared routines are below).
+    pub fn code_start(&self) -> u64 {
+        self.code_start
     }
 
     pub fn room(&self) -> u64 {

@@ -69,7 +69,8 @@ pub(crate) struct Block {
     pub start: u64,
     pub end: u64,
     /// Host address of its translation, where everything but the inline table enters it
-    /// (the table's entry, `ib_table::ENTRY_PREFIX_LEN` bytes of it, comes just before).
+    /// (the table's entry, `ib_table::ENTRY_PREFIX_LEN` bytes of it, comes just before,
+    /// after the block's header, `ib_table::ENTRY_HEADER_LEN` bytes).
     pub host: u64,
     /// Where exits that counted their edge enter it (`host` when it has no edge maps; see
     /// `engine/inline.rs`).

@@ -6,7 +6,7 @@ use super::code_cache::CodeCache;
 use super::context::FIRST_STUB_ID;
 use super::context_switch::CallbackFp;
 use super::directory::{Directory, ExitKind};
-use super::ib_table::ENTRY_PREFIX_LEN;
+use super::ib_table::{ENTRY_HEADER_LEN, ENTRY_PREFIX_LEN};
 use super::maps_reader::ReadableMaps;
 use super::segments::fsgsbase_usable;
 use super::translator::{
@@ -482,6 +482,7 @@ impl Engine {
             read_word: &read_word,
             flags_live_at: &flags_live_at,
             site_entry: cache.next_site_entry().map(|e| (e, cache.countdown_of(e))),
+            code_start: cache.code_start(),
         };
         let values = !self
             .options
@@ -543,9 +544,10 @@ impl Engine {
             dir.push_stub(e.target, e.site, e.stub, e.kind);
             dir.mark_last_stub(e.counted, e.chained);
         }
-        // Indirect branches enter through the table entry at `host`; everything else (links,
-        // the dispatcher, the directory) uses the block itself, after it.
-        let entry = host + ENTRY_PREFIX_LEN;
+        // The block's header is at `host`, then the table entry, where indirect branches
+        // enter; everything else (links, the dispatcher, the directory) uses the block
+        // itself, after it.
+        let entry = host + ENTRY_HEADER_LEN + ENTRY_PREFIX_LEN;
         dir.insert(pc, t.guest_end, entry, first + t.reentry as u32);
         dir.set_last_entries(entry + t.linked, block_start);
         // Not in the inline table yet: the dispatcher puts it there when an indirect branch

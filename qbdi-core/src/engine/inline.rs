@@ -48,7 +48,8 @@ use std::cell::Cell;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, RflagsBits};
 
 use super::context::off;
-use super::emitter::{Asm, RAX, RCX};
+use super::emitter::{Asm, RAX, RCX, RDX};
+use super::ib_table::ENTRY_PREFIX_LEN;
 use crate::instrumentation::{Inline, Instrumentation};
 
 /// OF SF ZF AF PF CF.
@@ -560,6 +561,137 @@ pub(crate) fn emit_sync(a: &mut Asm, ctx: u64, maps: &[EdgeMap], src: u64) {
     }
 }
 
+/// A block's header (see `ib_table::ENTRY_HEADER_LEN`): its `cur` in the one edge map of
+/// its Vm and the offset of its linked entry from its table entry, when it has counting
+/// code for exactly one map and a linked entry past it (`linked`, as `Translated::linked`,
+/// not 0); zeros otherwise (a return's site cache then goes through its table entry).
+pub(crate) fn entry_header(maps: &[EdgeMap], pc: u64, continuation: bool, linked: u64) -> [u8; 8] {
+    let mut h = [0u8; 8];
+    if let [m] = maps
+        && !continuation
+        && linked != 0
+    {
+        h[..4].copy_from_slice(&(m.cur(pc) as u32).to_le_bytes());
+        h[4..].copy_from_slice(&((ENTRY_PREFIX_LEN + linked) as u32).to_le_bytes());
+    }
+    h
+}
+
+/// How a return counts its edge at its site cache ([`emit_ret_hits`], [`emit_ret_fill`]):
+/// its Vm has one edge map, in the first 2 GiB, and the next-count table exists.
+#[derive(Clone, Copy)]
+pub(crate) struct RetCounting {
+    /// The return's block's `prev` (its `cur` shifted right once).
+    prev: u32,
+    map: u32,
+    /// The next-count table, NeverZero or not as the map.
+    table: u32,
+}
+
+impl RetCounting {
+    /// The counting of a return from the basic block at `src`, if its maps allow it.
+    pub(crate) fn of(maps: &[EdgeMap], src: u64) -> Option<RetCounting> {
+        let [m] = maps else {
+            return None;
+        };
+        let table = next_count_table().filter(|_| is_abs32(m.map + m.mask))?;
+        Some(RetCounting {
+            prev: (m.cur(src) >> 1) as u32,
+            map: m.map as u32,
+            table: (table + if m.never_zero { 0 } else { 256 }) as u32,
+        })
+    }
+}
+
+/// Where a return's site cache `e` (64 bytes, see `code_cache::SITE_ENTRY_BYTES`) keeps,
+/// for its pair `k`, the map line of the edge to the pair's target and where to go after
+/// counting it (the target's linked entry).
+fn ret_line_slot(e: u64, k: u64) -> u64 {
+    e + 32 + 16 * k
+}
+
+/// A return's site cache check when the return counts its edge there: as the translator's
+/// `emit_site_check` (target in rcx; rax, rcx, rdx spilled; falls through with rcx = the
+/// target on a miss), but a hit counts the pair's line (`movzx`, `movzx`, `mov`: no flag
+/// touched), puts rax and rcx back and jumps past the target's counting entry.
+pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) {
+    let (first, second, miss) = (a.new_label(), a.new_label(), a.new_label());
+    a.load(RAX, e);
+    a.rcx_diff(RAX);
+    a.jrcxz_label(first);
+    a.rcx_diff(RAX);
+    a.load(RAX, e + 16);
+    a.rcx_diff(RAX);
+    a.jrcxz_label(second);
+    a.rcx_diff(RAX);
+    a.jmp_label(miss);
+    for (k, l) in [(0, first), (1, second)] {
+        a.bind(l);
+        let slot = ret_line_slot(e, k);
+        a.load(RAX, slot);
+        a.bytes(&[0x0f, 0xb6, 0x08]); // movzx ecx, byte [rax]
+        a.bytes(&[0x0f, 0xb6, 0x89]); // movzx ecx, byte [rcx + table]
+        a.bytes(&c.table.to_le_bytes());
+        a.bytes(&[0x88, 0x08]); // mov [rax], cl
+        a.load(RAX, ctx + off::SPILL);
+        a.load(RCX, ctx + off::SPILL + 8);
+        a.jmp_mem(slot + 8);
+    }
+    a.bind(miss);
+}
+
+/// After a hit of the table at a return that counts its edge at its site cache `e`: the
+/// table's pair goes first in the cache (the first pair second, with its line), its line and
+/// where a hit goes after counting are read from the target's header, then on to the
+/// table's entry as `emit_hit_jump` (whose counting entry counts this time's edge from the
+/// thread's `prev`, set before the lookup). A target without a header (a shared routine,
+/// below `code_start`) or with a zero one gets a line no map has and its table entry.
+/// Runs with rax = the guest address, rcx = 0, rdx = the table entry; the flags are
+/// saved around the part that computes.
+pub(crate) fn emit_ret_fill(a: &mut Asm, ctx: u64, e: u64, c: RetCounting, code_start: u64) {
+    let spill = ctx + off::INLINE_SPILL;
+    // Pair 0 and its line become pair 1 and its line.
+    for k in [0u64, 8, 32, 40] {
+        a.load(RCX, e + k);
+        a.store(e + k + 16, RCX);
+    }
+    a.store(e, RAX);
+    a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]: the table's host
+    a.store(e + 8, RCX);
+    a.save_status_flags(spill + 16);
+    let (none, done) = (a.new_label(), a.new_label());
+    a.mov_imm64(RAX, code_start);
+    a.bytes(&[0x48, 0x39, 0xc1]); // cmp rcx, rax
+    a.jcc_label(0x2, none); // jb: a shared routine
+    a.bytes(&[0x8b, 0x41, 0xfc]); // mov eax, [rcx-4]: the linked entry's offset
+    a.test_eax_eax();
+    a.jcc_label(0x4, none); // jz: no linked entry past one map's counting
+    a.bytes(&[0x48, 0x01, 0xc8]); // add rax, rcx
+    a.store(ret_line_slot(e, 0) + 8, RAX);
+    a.bytes(&[0x8b, 0x41, 0xf8]); // mov eax, [rcx-8]: the target's cur
+    a.bytes(&[0x35]); // xor eax, prev
+    a.bytes(&c.prev.to_le_bytes());
+    a.bytes(&[0x48, 0x05]); // add rax, map
+    a.bytes(&c.map.to_le_bytes());
+    a.store(ret_line_slot(e, 0), RAX);
+    a.jmp_label(done);
+    a.bind(none);
+    a.store(ret_line_slot(e, 0) + 8, RCX);
+    a.mov_imm64(RAX, spare_line());
+    a.store(ret_line_slot(e, 0), RAX);
+    a.bind(done);
+    a.restore_status_flags(spill + 16);
+    a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
+    a.load(RDX, ctx + off::SPILL + 16);
+    a.bytes(&[0xff, 0xe1]); // jmp rcx
+}
+
+/// A byte no map has, counted by returns to targets whose edge their table entry counts.
+fn spare_line() -> u64 {
+    static SPARE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+    SPARE.as_ptr() as u64
+}
+
 /// `op byte [addr], imm8` with `op` the group-1 operation (`0`: add, `2`: adc), addressed
 /// as `reach` says.
 fn add_byte(a: &mut Asm, reach: Reach, addr: u64, op: u8, imm: u8) {
@@ -620,6 +752,143 @@ pub(crate) const MAX_EDGE_MAP: usize = 1 << 30;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A return's site cache with edge counting, run for real: the first return to a block
+    /// fills a pair from the table and the block's header (line and linked entry) and goes
+    /// on to its table entry; later ones count the line themselves (NeverZero) and go to
+    /// the linked entry; targets without a usable header (a shared routine, a zero header)
+    /// count a spare byte and go to their table entry; the flags are the guest's throughout.
+    #[test]
+    fn returns_count_their_edge_at_their_site_cache() {
+        use super::super::emitter::{RWX, test_mapping};
+        use super::super::ib_table::{IbTable, Miss, TABLE_BYTES, emit_lookup};
+        const CTX: usize = 4 * 4096;
+        const LEN: usize = TABLE_BYTES + CTX + 4 * 4096;
+        const MISS: u64 = 1;
+        // All six status flags set, and bit 1 (always set).
+        const FLAGS: u64 = 0x8d7;
+        const LINKED_MARK: u64 = 1 << 40;
+        let Some(_) = next_count_table() else {
+            return; // no memory in the first 2 GiB: returns count at the table's entry
+        };
+        // SAFETY: fresh private mappings (table, context, code, site entry and hosts; the map
+        // in the first 2 GiB), unmapped at the end; the generated function is called as a
+        // System V function (rdi in, rax out) and touches only them and the stack it was
+        // given (pushfq in its hosts).
+        unsafe {
+            let region = test_mapping(LEN, RWX, 0).cast::<libc::c_void>();
+            let map_page = test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT);
+            let map = map_page as u64;
+            assert!(is_abs32(map + 4095));
+            let table_at = region as u64;
+            let ctx = table_at + TABLE_BYTES.next_multiple_of(4096) as u64;
+            let code = ctx + CTX as u64;
+            let e = code + 4096 - 64;
+            (e as *mut [u64; 8]).write([u64::MAX, 0, 0, 0, u64::MAX, 0, 0, 0]);
+            // Hosts: `pushfq; pop rax; ret` (the flags), the linked entries the same with
+            // the mark (`bts rax, 40`), after a header.
+            let hosts = code + 4096;
+            let flags_host = [0x9c, 0x58, 0xc3];
+            let linked_host = [0x9c, 0x58, 0x48, 0x0f, 0xba, 0xe8, 40, 0xc3];
+            let routine = hosts; // a shared routine: below code_start
+            let block = hosts + 256; // a block: header [cur, 64]
+            let zero = hosts + 512; // a block with a zero header
+            let code_start = hosts + 128;
+            let cur: u32 = 0x1234 & 0xfff;
+            for h in [routine, block, zero] {
+                std::ptr::copy_nonoverlapping(flags_host.as_ptr(), h as *mut u8, 3);
+            }
+            (block as *mut u32).sub(2).write(cur);
+            (block as *mut u32).sub(1).write(64);
+            (zero as *mut [u32; 2]).sub(1).write([0, 0]);
+            std::ptr::copy_nonoverlapping(linked_host.as_ptr(), (block + 64) as *mut u8, 8);
+            let c = RetCounting {
+                prev: 0x0abc,
+                map: map as u32,
+                table: next_count_table().unwrap() as u32,
+            };
+            let line = map + u64::from(c.prev ^ cur);
+            let table = IbTable::new(table_at, 0);
+            let mut a = Asm::with_capacity(1024);
+            a.reset(code);
+            a.bytes(&[0x48, 0x89, 0xf9]); // mov rcx, rdi
+            a.bytes(&[0x68, FLAGS as u8, (FLAGS >> 8) as u8, 0, 0]); // push FLAGS
+            a.bytes(&[0x9d]); // popfq
+            emit_ret_hits(&mut a, ctx, e, c);
+            let miss = a.new_label();
+            emit_lookup(&mut a, ctx, table_at, Miss::Label(miss), false);
+            emit_ret_fill(&mut a, ctx, e, c, code_start);
+            a.bind(miss);
+            a.mov_imm64(RAX, MISS);
+            a.bytes(&[0xc3]);
+            a.finish();
+            assert!(a.len() < 4096 - 64);
+            std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
+            let ret: extern "C" fn(u64) -> u64 = std::mem::transmute(code);
+            let (g, r, z) = (
+                0x5555_1234_5678u64,
+                0x5555_1234_9000u64,
+                0x5555_4321_0000u64,
+            );
+            let entry = || *(e as *const [u64; 8]);
+            let line_count = || *(line as *const u8);
+            let flags = |v: u64| v & FLAGS;
+            assert_eq!(ret(g), MISS);
+            table.insert_block(g, block + super::ENTRY_PREFIX_LEN);
+            // The fill: on to the table's entry (no mark), the flags as they were.
+            let v = ret(g);
+            assert_eq!((flags(v), v & LINKED_MARK), (FLAGS, 0));
+            assert_eq!(entry()[..2], [g, block]);
+            assert_eq!(entry()[4..6], [line, block + 64], "line and linked entry");
+            assert_eq!(line_count(), 0, "the table's entry counts the first time");
+            table.clear();
+            // Hits: counted here, on to the linked entry.
+            for n in 1..=3u8 {
+                let v = ret(g);
+                assert_eq!((flags(v), v & LINKED_MARK), (FLAGS, LINKED_MARK));
+                assert_eq!(line_count(), n);
+            }
+            (line as *mut u8).write(255);
+            ret(g);
+            assert_eq!(line_count(), 1, "NeverZero: 255 goes to 1");
+            // A shared routine and a zero header: a spare line, their table entry.
+            table.insert_block(r, routine + super::ENTRY_PREFIX_LEN);
+            table.insert_block(z, zero + super::ENTRY_PREFIX_LEN);
+            assert_eq!(flags(ret(r)), FLAGS);
+            assert_eq!(
+                entry(),
+                [
+                    r,
+                    routine,
+                    g,
+                    block,
+                    spare_line(),
+                    routine,
+                    line,
+                    block + 64
+                ]
+            );
+            assert_eq!(flags(ret(z)), FLAGS);
+            assert_eq!(entry()[..2], [z, zero]);
+            assert_eq!(entry()[4..6], [spare_line(), zero]);
+            assert_eq!(entry()[2..4], [r, routine]);
+            table.clear();
+            let before = std::slice::from_raw_parts(map as *const u8, 4096).to_vec();
+            for _ in 0..2 {
+                let (vz, vr) = (ret(z), ret(r));
+                assert_eq!((flags(vz), vz & LINKED_MARK), (FLAGS, 0));
+                assert_eq!((flags(vr), vr & LINKED_MARK), (FLAGS, 0));
+            }
+            assert_eq!(
+                std::slice::from_raw_parts(map as *const u8, 4096),
+                &before[..],
+                "no map line counted for them"
+            );
+            assert_eq!(ret(g), MISS, "g left the cache");
+            libc::munmap(region, LEN);
+            libc::munmap(map_page.cast(), 4096);
+        }
+    }
 
     #[test]
     fn flags_are_dead_only_when_overwritten_before_being_read() {

@@ -30,7 +30,7 @@ use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, is_simm32};
 use super::encode::{self, MemOperand};
 use super::ib_table::{
-    Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
+    ENTRY_HEADER_LEN, Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
 };
 use super::inline::{self, CounterHead, EdgeMap};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
@@ -109,6 +109,9 @@ pub(crate) struct Env<'a> {
     /// the indirect branch (or the call to a PLT entry) this block may end with;
     /// `Translated::site_entry` says whether it took it.
     pub site_entry: Option<(u64, u64)>,
+    /// Where the cache's blocks start: the table's hosts below it are shared routines, with
+    /// no header (`ib_table::ENTRY_HEADER_LEN`).
+    pub code_start: u64,
 }
 
 /// An exit the block was emitted with, in stub-id order.
@@ -309,8 +312,9 @@ impl Translator {
     }
 
     /// Translates the block at `pc` into `self.asm` (base = `host`); `self.exits` lists the
-    /// stubs it ends with. Its inline table's entry is at `host`, the block itself
-    /// `ENTRY_PREFIX_LEN` bytes further (see [`emit_entry_prefix`]).
+    /// stubs it ends with. Its header is at `host`, its inline table's entry
+    /// `ENTRY_HEADER_LEN` bytes further, the block itself `ENTRY_PREFIX_LEN` bytes after
+    /// that (see [`emit_entry_prefix`]).
     pub fn translate(
         &mut self,
         pc: u64,
@@ -334,7 +338,9 @@ impl Translator {
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
         self.planned.clear();
-        // The table's entry (indirect branches land there), then the block itself.
+        // The header (written last), the table's entry (indirect branches land there), then
+        // the block itself.
+        self.asm.bytes(&[0; ENTRY_HEADER_LEN as usize]);
         emit_entry_prefix(&mut self.asm, env.ctx);
         // Blocks of memory that may change start with a jump to their byte check, emitted
         // after the block (its extent is known then).
@@ -472,6 +478,8 @@ impl Translator {
                 block_end,
             );
         }
+        let header = inline::entry_header(&self.edge_maps, pc, continuation, linked);
+        self.asm.buf[..ENTRY_HEADER_LEN as usize].copy_from_slice(&header);
         self.asm.finish();
         debug_assert!(self.asm.len() <= MAX_BLOCK_HOST_BYTES as usize);
         for &(site, skip_inst, skip_patch) in &self.site_labels {
@@ -1449,10 +1457,17 @@ impl Translator {
         let cached = env
             .site_entry
             .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
+        // A return whose Vm has one edge map counts the edge at its site cache's hits.
+        let ret_counting = (instr.flow_control() == FlowControl::Return)
+            .then(|| inline::RetCounting::of(&self.edge_maps, self.edge_src))
+            .flatten();
         let check = self.asm.len();
         if let Some((e, _)) = cached {
             self.site_entry_taken = true;
-            emit_site_check(&mut self.asm, e);
+            match ret_counting {
+                Some(c) => inline::emit_ret_hits(&mut self.asm, ctx, e, c),
+                None => emit_site_check(&mut self.asm, e),
+            }
         }
         let lookup = self.asm.len();
         emit_lookup(
@@ -1464,9 +1479,10 @@ impl Translator {
         );
         match cached {
             None => emit_hit_jump(&mut self.asm, ctx),
-            Some((e, _)) if instr.flow_control() == FlowControl::Return => {
-                emit_site_fill(&mut self.asm, ctx, e);
-            }
+            Some((e, _)) if instr.flow_control() == FlowControl::Return => match ret_counting {
+                Some(c) => inline::emit_ret_fill(&mut self.asm, ctx, e, c, env.code_start),
+                None => emit_site_fill(&mut self.asm, ctx, e),
+            },
             Some((e, countdown)) => {
                 emit_counted_fill(&mut self.asm, ctx, e, countdown, check, lookup);
             }
