@@ -583,6 +583,8 @@ pub(crate) fn entry_header(maps: &[EdgeMap], pc: u64, continuation: bool, linked
 pub(crate) struct RetCounting {
     /// The return's block's `prev` (its `cur` shifted right once).
     prev: u32,
+    /// The map's index (its word among the thread's `prev` words).
+    index: u32,
     map: u32,
     /// The next-count table, NeverZero or not as the map.
     table: u32,
@@ -597,9 +599,19 @@ impl RetCounting {
         let table = next_count_table().filter(|_| is_abs32(m.map + m.mask))?;
         Some(RetCounting {
             prev: (m.cur(src) >> 1) as u32,
+            index: m.index,
             map: m.map as u32,
             table: (table + if m.never_zero { 0 } else { 256 }) as u32,
         })
+    }
+
+    /// Sets the thread's `prev` word to the return's block (rax free; no flag touched), as
+    /// [`emit_sync`] does.
+    pub(crate) fn emit_sync(&self, a: &mut Asm, ctx: u64) {
+        a.load(RAX, ctx + off::EDGE_PREV);
+        a.bytes(&[0x48, 0xc7, 0x80]); // mov qword [rax + disp32], imm32
+        a.bytes(&(self.index * 8).to_le_bytes());
+        a.bytes(&self.prev.to_le_bytes());
     }
 }
 
@@ -611,10 +623,14 @@ fn ret_line_slot(e: u64, k: u64) -> u64 {
 }
 
 /// A return's site cache check when the return counts its edge there: as the translator's
-/// `emit_site_check` (target in rcx; rax, rcx, rdx spilled; falls through with rcx = the
+/// `emit_site_check` (target in rcx; rax and rcx spilled; falls through with rcx = the
 /// target on a miss), but a hit counts the pair's line (`movzx`, `movzx`, `mov`: no flag
-/// touched), puts rax and rcx back and jumps past the target's counting entry.
-pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) {
+/// touched), puts rax and rcx back and jumps past the target's counting entry. The
+/// thread's `prev` word is left as it is: nothing a linked entry leads to reads it before
+/// its own way out sets it. Returns the two pairs' **sync stubs**, where a pair whose
+/// target has no linked entry goes after its (spare) count: they set `prev` and go on to
+/// the pair's table entry, whose counting entry counts the edge.
+pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) -> [u64; 2] {
     let (first, second, miss) = (a.new_label(), a.new_label(), a.new_label());
     a.load(RAX, e);
     a.rcx_diff(RAX);
@@ -637,29 +653,54 @@ pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) {
         a.load(RCX, ctx + off::SPILL + 8);
         a.jmp_mem(slot + 8);
     }
+    // The table entry reloads rax and rcx from the spill slots.
+    let mut stubs = [0; 2];
+    for (k, stub) in stubs.iter_mut().enumerate() {
+        *stub = a.here();
+        c.emit_sync(a, ctx);
+        a.jmp_mem(e + 8 + 16 * k as u64);
+    }
     a.bind(miss);
+    stubs
 }
 
 /// After a hit of the table at a return that counts its edge at its site cache `e`: the
-/// table's pair goes first in the cache (the first pair second, with its line), its line and
-/// where a hit goes after counting are read from the target's header, then on to the
-/// table's entry as `emit_hit_jump` (whose counting entry counts this time's edge from the
-/// thread's `prev`, set before the lookup). A target without a header (a shared routine,
-/// below `code_start`) or with a zero one gets a line no map has and its table entry.
-/// Runs with rax = the guest address, rcx = 0, rdx = the table entry; the flags are
-/// saved around the part that computes.
-pub(crate) fn emit_ret_fill(a: &mut Asm, ctx: u64, e: u64, c: RetCounting, code_start: u64) {
+/// table's pair goes first in the cache (the first pair second, with its line; a pair
+/// going to pair 0's sync stub goes to pair 1's), its line and where a hit goes after
+/// counting are read from the target's header, then on to the table's entry as
+/// `emit_hit_jump` (whose counting entry counts this time's edge from the thread's `prev`,
+/// set before the lookup). A target without a header (a shared routine, below
+/// `code_start`) or with a zero one gets a line no map has and pair 0's sync stub
+/// (`stubs`, from [`emit_ret_hits`]). Runs with rax = the guest address, rcx = 0, rdx = the
+/// table entry; the flags are saved around it.
+pub(crate) fn emit_ret_fill(
+    a: &mut Asm,
+    ctx: u64,
+    e: u64,
+    c: RetCounting,
+    code_start: u64,
+    stubs: [u64; 2],
+) {
     let spill = ctx + off::INLINE_SPILL;
+    let (keep, none, done) = (a.new_label(), a.new_label(), a.new_label());
+    a.store(spill, RAX);
+    a.save_status_flags(spill + 16);
     // Pair 0 and its line become pair 1 and its line.
-    for k in [0u64, 8, 32, 40] {
+    for k in [0u64, 8, 32] {
         a.load(RCX, e + k);
         a.store(e + k + 16, RCX);
     }
+    a.load(RCX, e + 40);
+    a.mov_imm64(RAX, stubs[0]);
+    a.bytes(&[0x48, 0x39, 0xc1]); // cmp rcx, rax
+    a.jcc_label(0x5, keep); // jne
+    a.mov_imm64(RCX, stubs[1]);
+    a.bind(keep);
+    a.store(e + 56, RCX);
+    a.load(RAX, spill);
     a.store(e, RAX);
     a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]: the table's host
     a.store(e + 8, RCX);
-    a.save_status_flags(spill + 16);
-    let (none, done) = (a.new_label(), a.new_label());
     a.mov_imm64(RAX, code_start);
     a.bytes(&[0x48, 0x39, 0xc1]); // cmp rcx, rax
     a.jcc_label(0x2, none); // jb: a shared routine
@@ -676,7 +717,8 @@ pub(crate) fn emit_ret_fill(a: &mut Asm, ctx: u64, e: u64, c: RetCounting, code_
     a.store(ret_line_slot(e, 0), RAX);
     a.jmp_label(done);
     a.bind(none);
-    a.store(ret_line_slot(e, 0) + 8, RCX);
+    a.mov_imm64(RAX, stubs[0]);
+    a.store(ret_line_slot(e, 0) + 8, RAX);
     a.mov_imm64(RAX, spare_line());
     a.store(ret_line_slot(e, 0), RAX);
     a.bind(done);
@@ -754,10 +796,12 @@ mod tests {
     use super::*;
 
     /// A return's site cache with edge counting, run for real: the first return to a block
-    /// fills a pair from the table and the block's header (line and linked entry) and goes
-    /// on to its table entry; later ones count the line themselves (NeverZero) and go to
-    /// the linked entry; targets without a usable header (a shared routine, a zero header)
-    /// count a spare byte and go to their table entry; the flags are the guest's throughout.
+    /// sets the thread's `prev`, fills a pair from the table and the block's header (line
+    /// and linked entry) and goes on to its table entry; later ones count the line
+    /// themselves (NeverZero), leave `prev` alone and go to the linked entry; targets
+    /// without a usable header (a shared routine, a zero header) count a spare byte and go
+    /// through a sync stub (which sets `prev`) to their table entry; the flags are the
+    /// guest's throughout.
     #[test]
     fn returns_count_their_edge_at_their_site_cache() {
         use super::super::emitter::{RWX, test_mapping};
@@ -804,20 +848,26 @@ mod tests {
             std::ptr::copy_nonoverlapping(linked_host.as_ptr(), (block + 64) as *mut u8, 8);
             let c = RetCounting {
                 prev: 0x0abc,
+                index: 0,
                 map: map as u32,
                 table: next_count_table().unwrap() as u32,
             };
             let line = map + u64::from(c.prev ^ cur);
+            // The thread's `prev` words: map 0's.
+            let prev_words = (hosts + 2048) as *mut u64;
+            let prev_word = || prev_words.read_volatile();
+            ((ctx + off::EDGE_PREV) as *mut u64).write(prev_words as u64);
             let table = IbTable::new(table_at, 0);
             let mut a = Asm::with_capacity(1024);
             a.reset(code);
             a.bytes(&[0x48, 0x89, 0xf9]); // mov rcx, rdi
             a.bytes(&[0x68, FLAGS as u8, (FLAGS >> 8) as u8, 0, 0]); // push FLAGS
             a.bytes(&[0x9d]); // popfq
-            emit_ret_hits(&mut a, ctx, e, c);
+            let stubs = emit_ret_hits(&mut a, ctx, e, c);
+            c.emit_sync(&mut a, ctx);
             let miss = a.new_label();
             emit_lookup(&mut a, ctx, table_at, Miss::Label(miss), false);
-            emit_ret_fill(&mut a, ctx, e, c, code_start);
+            emit_ret_fill(&mut a, ctx, e, c, code_start, stubs);
             a.bind(miss);
             a.mov_imm64(RAX, MISS);
             a.bytes(&[0xc3]);
@@ -841,13 +891,16 @@ mod tests {
             assert_eq!(entry()[..2], [g, block]);
             assert_eq!(entry()[4..6], [line, block + 64], "line and linked entry");
             assert_eq!(line_count(), 0, "the table's entry counts the first time");
+            assert_eq!(prev_word(), u64::from(c.prev), "set for the table's entry");
             table.clear();
-            // Hits: counted here, on to the linked entry.
+            // Hits: counted here, `prev` left alone, on to the linked entry.
+            prev_words.write_volatile(7);
             for n in 1..=3u8 {
                 let v = ret(g);
                 assert_eq!((flags(v), v & LINKED_MARK), (FLAGS, LINKED_MARK));
                 assert_eq!(line_count(), n);
             }
+            assert_eq!(prev_word(), 7);
             (line as *mut u8).write(255);
             ret(g);
             assert_eq!(line_count(), 1, "NeverZero: 255 goes to 1");
@@ -855,27 +908,25 @@ mod tests {
             table.insert_block(r, routine + super::ENTRY_PREFIX_LEN);
             table.insert_block(z, zero + super::ENTRY_PREFIX_LEN);
             assert_eq!(flags(ret(r)), FLAGS);
+            let spare = spare_line();
             assert_eq!(
                 entry(),
-                [
-                    r,
-                    routine,
-                    g,
-                    block,
-                    spare_line(),
-                    routine,
-                    line,
-                    block + 64
-                ]
+                [r, routine, g, block, spare, stubs[0], line, block + 64]
             );
             assert_eq!(flags(ret(z)), FLAGS);
-            assert_eq!(entry()[..2], [z, zero]);
-            assert_eq!(entry()[4..6], [spare_line(), zero]);
-            assert_eq!(entry()[2..4], [r, routine]);
+            assert_eq!(
+                entry(),
+                [z, zero, r, routine, spare, stubs[0], spare, stubs[1]]
+            );
             table.clear();
             let before = std::slice::from_raw_parts(map as *const u8, 4096).to_vec();
             for _ in 0..2 {
-                let (vz, vr) = (ret(z), ret(r));
+                prev_words.write_volatile(7);
+                let vz = ret(z);
+                assert_eq!(prev_word(), u64::from(c.prev), "set by pair 0's stub");
+                prev_words.write_volatile(7);
+                let vr = ret(r);
+                assert_eq!(prev_word(), u64::from(c.prev), "set by pair 1's stub");
                 assert_eq!((flags(vz), vz & LINKED_MARK), (FLAGS, 0));
                 assert_eq!((flags(vr), vr & LINKED_MARK), (FLAGS, 0));
             }

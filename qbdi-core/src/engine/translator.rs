@@ -1415,7 +1415,17 @@ impl Translator {
         hooks: &mut Option<Hooks<'_>>,
     ) -> Result<(), VmError> {
         let ctx = env.ctx;
-        emit_spill(&mut self.asm, ctx);
+        let ret = instr.flow_control() == FlowControl::Return;
+        let quiet = self.quiet_paths(hooks, instr);
+        // A quiet return spills rdx only on its way to the table: its site cache's hits
+        // leave rdx alone.
+        let late_rdx = ret && quiet;
+        if late_rdx {
+            self.asm.store(ctx + off::SPILL, RAX);
+            self.asm.store(ctx + off::SPILL + 8, RCX);
+        } else {
+            emit_spill(&mut self.asm, ctx);
+        }
         match instr.flow_control() {
             FlowControl::Return => {
                 self.asm.load_rcx_from_stack_top();
@@ -1436,7 +1446,7 @@ impl Translator {
                 }
             }
         }
-        if !self.quiet_paths(hooks, instr) {
+        if !quiet {
             // Callbacks see the guest registers and the target as rip: park the target,
             // run them, then look it up. A path with none (inline work only, or callbacks
             // elsewhere in the block) keeps the target in rcx.
@@ -1446,10 +1456,6 @@ impl Translator {
             emit_spill(&mut self.asm, ctx);
             self.asm.load(RCX, ctx + off::IB_TARGET);
         }
-        // The target's counting entry (or the dispatcher) goes on from this block.
-        if !self.edge_maps.is_empty() {
-            inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
-        }
         // A return or indirect jump first tries the targets it last went to from here (its
         // site cache). A return always fills its cache from the table; a jump does so
         // `SITE_FILLS` times, then stops using it (a switch's jump). Indirect calls have
@@ -1458,16 +1464,29 @@ impl Translator {
             .site_entry
             .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
         // A return whose Vm has one edge map counts the edge at its site cache's hits.
-        let ret_counting = (instr.flow_control() == FlowControl::Return)
-            .then(|| inline::RetCounting::of(&self.edge_maps, self.edge_src))
+        let ret_counting = cached
+            .and(ret.then(|| inline::RetCounting::of(&self.edge_maps, self.edge_src)))
             .flatten();
+        // The target's counting entry (or the dispatcher) goes on from this block: the
+        // thread's `prev` is set before the site cache, or after it (for the table alone)
+        // when the cache's hits count the edge.
+        if !self.edge_maps.is_empty() && ret_counting.is_none() {
+            inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
+        }
         let check = self.asm.len();
+        let mut stubs = None;
         if let Some((e, _)) = cached {
             self.site_entry_taken = true;
             match ret_counting {
-                Some(c) => inline::emit_ret_hits(&mut self.asm, ctx, e, c),
+                Some(c) => stubs = Some(inline::emit_ret_hits(&mut self.asm, ctx, e, c)),
                 None => emit_site_check(&mut self.asm, e),
             }
+        }
+        if let Some(c) = ret_counting {
+            c.emit_sync(&mut self.asm, ctx);
+        }
+        if late_rdx {
+            self.asm.store(ctx + off::SPILL + 16, RDX);
         }
         let lookup = self.asm.len();
         emit_lookup(
@@ -1479,9 +1498,11 @@ impl Translator {
         );
         match cached {
             None => emit_hit_jump(&mut self.asm, ctx),
-            Some((e, _)) if instr.flow_control() == FlowControl::Return => match ret_counting {
-                Some(c) => inline::emit_ret_fill(&mut self.asm, ctx, e, c, env.code_start),
-                None => emit_site_fill(&mut self.asm, ctx, e),
+            Some((e, _)) if ret => match (ret_counting, stubs) {
+                (Some(c), Some(stubs)) => {
+                    inline::emit_ret_fill(&mut self.asm, ctx, e, c, env.code_start, stubs);
+                }
+                _ => emit_site_fill(&mut self.asm, ctx, e),
             },
             Some((e, countdown)) => {
                 emit_counted_fill(&mut self.asm, ctx, e, countdown, check, lookup);
