@@ -256,6 +256,14 @@ unsafe extern "C" fn qbdi_main(
             // finalise here, while the interpreter is whole.
             if python_tools() {
                 session::fini_all();
+            } else {
+                // The program's exit handlers in guarded code re-enter under a Vm of the
+                // pool: main's, whose code cache exists (a new Vm would make one, about
+                // 0.1 ms of every run).
+                crate::unwind::unregister_thread(qbdi_core::threads::current_thread_id());
+                // SAFETY: the Vm leaked above for main's run, which is over: nothing refers
+                // to it any more (its unwinder entry is gone, `job` is not used again).
+                crate::threads::give_back(unsafe { Box::from_raw(std::ptr::from_mut(job.vm)) });
             }
             status
         }
