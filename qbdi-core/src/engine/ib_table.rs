@@ -292,7 +292,9 @@ pub(crate) const ENTRY_HEADER_LEN: u64 = 8;
 
 /// The table entry of a block, just before its code: restores the rax and rcx of an
 /// indirect branch's lookup (rdx is back already, see [`emit_hit_jump`]), then falls into
-/// the block. Every other way in (linked branches, the dispatcher, the broker's return
+/// the block. A block whose counting entry (edge maps, `inline::emit_counting`) starts by
+/// storing rax and rcx to those slots has its table entry replaced by a jump past the
+/// stores instead. Every other way in (linked branches, the dispatcher, the broker's return
 /// addresses) enters the block itself, `ENTRY_PREFIX_LEN` bytes further.
 pub(crate) fn emit_entry_prefix(a: &mut Asm, ctx: u64) {
     let start = a.len();

@@ -233,9 +233,19 @@ pub(crate) fn edge_maps(inst: &Instrumentation, out: &mut Vec<EdgeMap>) {
 /// The **counting entry** of the block at `pc` (every way in but a counted exit's link): for
 /// each edge map, `map[prev ^ cur] += 1` with `prev` the thread's word, which every way of
 /// reaching such an entry has set (see [`emit_sync`]). The block's [`emit_head`] follows.
-pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, flags_live: bool) {
+/// rax and rcx go to the indirect branches' spill slots (`ctx.spill`), where an indirect
+/// branch that enters through the table has them already: when both are spilled, returns
+/// the offset past their stores, where the block's table entry may jump (see the
+/// translator), skipping its reloads and these stores.
+pub(crate) fn emit_counting(
+    a: &mut Asm,
+    ctx: u64,
+    maps: &[EdgeMap],
+    pc: u64,
+    flags_live: bool,
+) -> Option<usize> {
     if maps.is_empty() {
-        return;
+        return None;
     }
     // Maps in the first 2 GiB take their line as `[rcx + map]`: rcx alone does the work,
     // and rax the count when the next-count table is there too. The `xor` that makes the
@@ -243,11 +253,13 @@ pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, fl
     let low = maps.iter().all(|m| is_abs32(m.map + m.mask));
     let table = next_count_table().filter(|_| low);
     let spill = ctx + off::INLINE_SPILL;
+    let regs = ctx + off::SPILL;
     let use_rax = !low || flags_live || table.is_some();
     if use_rax {
-        a.store(spill, RAX);
+        a.store(regs, RAX);
     }
-    a.store(spill + 8, RCX);
+    a.store(regs + 8, RCX);
+    let past_spills = use_rax.then(|| a.len());
     if flags_live {
         a.save_status_flags(spill + 16);
     }
@@ -293,10 +305,11 @@ pub(crate) fn emit_counting(a: &mut Asm, ctx: u64, maps: &[EdgeMap], pc: u64, fl
     if flags_live {
         a.restore_status_flags(spill + 16);
     }
-    a.load(RCX, spill + 8);
+    a.load(RCX, regs + 8);
     if use_rax {
-        a.load(RAX, spill);
+        a.load(RAX, regs);
     }
+    past_spills
 }
 
 /// The counters of a block's head (its **linked entry**, where counted exits go, runs them
@@ -1141,7 +1154,28 @@ mod tests {
             let m = fx.map(map, 1, never_zero);
             let line = map + (prev ^ ((0x234 * 7) & 0xfff));
             fx.check_counts(
-                |a| emit_counting(a, ctx, &[m], 0x234, flags_live),
+                |a| {
+                    emit_counting(a, ctx, &[m], 0x234, flags_live);
+                },
+                line,
+                never_zero,
+                flags_live,
+            );
+            // The way in of the block's table entry: rax and rcx already in the spill
+            // slots, the registers anything; the jump goes past the entry's stores.
+            fx.check_counts(
+                |a| {
+                    a.store(ctx + off::SPILL, RAX);
+                    a.store(ctx + off::SPILL + 8, RCX);
+                    a.mov_imm64(RAX, 0xdead);
+                    a.mov_imm64(RCX, 0xbeef);
+                    let jump = a.len();
+                    a.bytes(&[0xe9, 0, 0, 0, 0]); // jmp rel32, patched below
+                    let to = emit_counting(a, ctx, &[m], 0x234, flags_live)
+                        .expect("rax and rcx spilled");
+                    let rel = i32::try_from(to - (jump + 5)).unwrap();
+                    a.buf[jump + 1..jump + 5].copy_from_slice(&rel.to_le_bytes());
+                },
                 line,
                 never_zero,
                 flags_live,

@@ -30,7 +30,8 @@ use super::directory::{ExitKind, FaultPoint, NO_SCRATCH};
 use super::emitter::{Asm, Label, R11, RAX, RCX, RDX, RSP, is_simm32};
 use super::encode::{self, MemOperand};
 use super::ib_table::{
-    ENTRY_HEADER_LEN, Miss, emit_entry_prefix, emit_hit_jump, emit_lookup, emit_restore, emit_spill,
+    ENTRY_HEADER_LEN, ENTRY_PREFIX_LEN, Miss, emit_entry_prefix, emit_hit_jump, emit_lookup,
+    emit_restore, emit_spill,
 };
 use super::inline::{self, CounterHead, EdgeMap};
 use super::memory_recording::{self, MAX_PER_INSTRUCTION, Planned, block_has_room, emit_post};
@@ -366,11 +367,22 @@ impl Translator {
             self.edge_src = h.block_start;
             if !continuation && h.inst.inline().next().is_some() {
                 let live = inline::status_flags_live(bytes, pc);
-                inline::emit_counting(&mut self.asm, env.ctx, &self.edge_maps, pc, live);
+                let past_spills =
+                    inline::emit_counting(&mut self.asm, env.ctx, &self.edge_maps, pc, live);
                 // A block that checks its bytes is entered at its check only: no linked
                 // entry (its ways in are never counted exits, see `exit_to`).
                 if check.is_none() {
                     linked = (self.asm.len() - entry_at) as u64;
+                    // The table entry's way in has rax and rcx in the spill slots already:
+                    // instead of reloading them for the counting entry to store them back,
+                    // it jumps past those stores.
+                    if let Some(to) = past_spills {
+                        let at = ENTRY_HEADER_LEN as usize;
+                        let rel = i8::try_from(to - (at + 2)).expect("a short jump");
+                        let prefix = &mut self.asm.buf[at..at + ENTRY_PREFIX_LEN as usize];
+                        prefix.fill(0xcc);
+                        prefix[..2].copy_from_slice(&[0xeb, rel as u8]);
+                    }
                 }
                 inline::emit_head(&mut self.asm, env.ctx, h.inst, live, &mut self.counter_head);
             }
