@@ -954,6 +954,27 @@ mod tests {
         }
     }
 
+    /// A return counts at its site cache with its map's next-count table (NeverZero or
+    /// wrapping) and its block's `prev`; not with two maps or a map out of 32-bit reach.
+    #[test]
+    fn returns_count_with_their_maps_table() {
+        let fx = Fixture::new();
+        let Some(t) = next_count_table() else {
+            return; // no memory in the first 2 GiB: returns count at the table's entry
+        };
+        let src = 0x100u64;
+        for (never_zero, offset) in [(true, 0), (false, 256)] {
+            let m = fx.map(fx.low(), 3, never_zero);
+            let c = RetCounting::of(&[m], src).expect("one map in the first 2 GiB");
+            assert_eq!(u64::from(c.table), t + offset);
+            assert_eq!(u64::from(c.prev), ((src * 7) & 0xfff) >> 1);
+            assert_eq!((c.index, u64::from(c.map)), (3, fx.low()));
+        }
+        let m = fx.map(fx.low(), 0, true);
+        assert!(RetCounting::of(&[m, m], src).is_none());
+        assert!(RetCounting::of(&[fx.map(fx.far(), 0, true)], src).is_none());
+    }
+
     #[test]
     fn flags_are_dead_only_when_overwritten_before_being_read() {
         // cmp rdi, rsi; ret: cmp writes all six first.
@@ -993,7 +1014,13 @@ mod tests {
     impl Fixture {
         fn new() -> Fixture {
             use super::super::emitter::{RWX, test_mapping};
-            const { assert!(off::INLINE_SPILL + 24 <= 5 * 4096 && off::EDGE_PREV + 8 <= 5 * 4096) };
+            const {
+                assert!(
+                    off::INLINE_SPILL + 24 <= 5 * 4096
+                        && off::SPILL + 24 <= 5 * 4096
+                        && off::EDGE_PREV + 8 <= 5 * 4096
+                )
+            };
             Fixture {
                 region: test_mapping(FIXTURE_LEN, RWX, 0),
                 low: test_mapping(4096, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_32BIT),
