@@ -48,8 +48,9 @@ use std::cell::Cell;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, RflagsBits};
 
 use super::context::off;
-use super::emitter::{Asm, RAX, RCX, RDX};
-use super::ib_table::ENTRY_PREFIX_LEN;
+use super::emitter::{Asm, RAX, RCX};
+use super::ib_table::{ENTRY_PREFIX_LEN, emit_hit_jump};
+use super::translator::{emit_pair_fill, emit_pair_tests};
 use crate::instrumentation::{Inline, Instrumentation};
 
 /// OF SF ZF AF PF CF.
@@ -568,10 +569,16 @@ pub(crate) fn emit_sync(a: &mut Asm, ctx: u64, maps: &[EdgeMap], src: u64) {
     }
     a.load(RAX, ctx + off::EDGE_PREV);
     for m in maps {
-        a.bytes(&[0x48, 0xc7, 0x80]); // mov qword [rax + disp32], imm32
-        a.bytes(&(m.index * 8).to_le_bytes());
-        a.bytes(&((m.cur(src) >> 1) as u32).to_le_bytes());
+        store_prev(a, m.index, (m.cur(src) >> 1) as u32);
     }
+}
+
+/// `mov qword [rax + 8 * index], prev`: map `index`'s word among the thread's `prev` words
+/// (their address in rax).
+fn store_prev(a: &mut Asm, index: u32, prev: u32) {
+    a.bytes(&[0x48, 0xc7, 0x80]); // mov qword [rax + disp32], imm32
+    a.bytes(&(index * 8).to_le_bytes());
+    a.bytes(&prev.to_le_bytes());
 }
 
 /// A block's header (see `ib_table::ENTRY_HEADER_LEN`): its `cur` in the one edge map of
@@ -622,9 +629,7 @@ impl RetCounting {
     /// [`emit_sync`] does.
     pub(crate) fn emit_sync(&self, a: &mut Asm, ctx: u64) {
         a.load(RAX, ctx + off::EDGE_PREV);
-        a.bytes(&[0x48, 0xc7, 0x80]); // mov qword [rax + disp32], imm32
-        a.bytes(&(self.index * 8).to_le_bytes());
-        a.bytes(&self.prev.to_le_bytes());
+        store_prev(a, self.index, self.prev);
     }
 }
 
@@ -645,14 +650,7 @@ fn ret_line_slot(e: u64, k: u64) -> u64 {
 /// the pair's table entry, whose counting entry counts the edge.
 pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) -> [u64; 2] {
     let (first, second, miss) = (a.new_label(), a.new_label(), a.new_label());
-    a.load(RAX, e);
-    a.rcx_diff(RAX);
-    a.jrcxz_label(first);
-    a.rcx_diff(RAX);
-    a.load(RAX, e + 16);
-    a.rcx_diff(RAX);
-    a.jrcxz_label(second);
-    a.rcx_diff(RAX);
+    emit_pair_tests(a, e, first, second);
     a.jmp_label(miss);
     for (k, l) in [(0, first), (1, second)] {
         a.bind(l);
@@ -698,22 +696,18 @@ pub(crate) fn emit_ret_fill(
     let (keep, none, done) = (a.new_label(), a.new_label(), a.new_label());
     a.store(spill, RAX);
     a.save_status_flags(spill + 16);
-    // Pair 0 and its line become pair 1 and its line.
-    for k in [0u64, 8, 32] {
-        a.load(RCX, e + k);
-        a.store(e + k + 16, RCX);
-    }
-    a.load(RCX, e + 40);
+    // Pair 0's line becomes pair 1's (pair 0's sync stub pair 1's), as the pairs below.
+    a.load(RCX, ret_line_slot(e, 0));
+    a.store(ret_line_slot(e, 1), RCX);
+    a.load(RCX, ret_line_slot(e, 0) + 8);
     a.mov_imm64(RAX, stubs[0]);
     a.bytes(&[0x48, 0x39, 0xc1]); // cmp rcx, rax
     a.jcc_label(0x5, keep); // jne
     a.mov_imm64(RCX, stubs[1]);
     a.bind(keep);
-    a.store(e + 56, RCX);
+    a.store(ret_line_slot(e, 1) + 8, RCX);
     a.load(RAX, spill);
-    a.store(e, RAX);
-    a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]: the table's host
-    a.store(e + 8, RCX);
+    emit_pair_fill(a, e); // rcx = the table's host
     a.mov_imm64(RAX, code_start);
     a.bytes(&[0x48, 0x39, 0xc1]); // cmp rcx, rax
     a.jcc_label(0x2, none); // jb: a shared routine
@@ -736,9 +730,7 @@ pub(crate) fn emit_ret_fill(
     a.store(ret_line_slot(e, 0), RAX);
     a.bind(done);
     a.restore_status_flags(spill + 16);
-    a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
-    a.load(RDX, ctx + off::SPILL + 16);
-    a.bytes(&[0xff, 0xe1]); // jmp rcx
+    emit_hit_jump(a, ctx);
 }
 
 /// A byte no map has, counted by returns to targets whose edge their table entry counts.

@@ -1746,6 +1746,20 @@ fn rebase_ip_relative(guest: &[u8], at: usize, instr: &Instruction, reg: u8) -> 
 fn emit_site_check(a: &mut Asm, e: u64) {
     let first = a.new_label();
     let second = a.new_label();
+    emit_pair_tests(a, e, first, second);
+    a.bytes(&[0xeb, 0x0c]); // jmp rel8 over the two hits' jumps (6 bytes each)
+    let at = a.len();
+    a.bind(first);
+    a.jmp_mem(e + 8);
+    a.bind(second);
+    a.jmp_mem(e + 24);
+    debug_assert_eq!(a.len() - at, 12);
+}
+
+/// The two compares of a site cache `e` with the target in rcx (rax free): to `first` or
+/// `second` when the target is that pair's guest address (rcx = 0), on with rcx = the
+/// target otherwise. No flag touched.
+pub(crate) fn emit_pair_tests(a: &mut Asm, e: u64, first: Label, second: Label) {
     a.load(RAX, e);
     a.rcx_diff(RAX);
     a.jrcxz_label(first);
@@ -1754,13 +1768,6 @@ fn emit_site_check(a: &mut Asm, e: u64) {
     a.rcx_diff(RAX);
     a.jrcxz_label(second);
     a.rcx_diff(RAX);
-    a.bytes(&[0xeb, 0x0c]); // jmp rel8 over the two hits' jumps (6 bytes each)
-    let at = a.len();
-    a.bind(first);
-    a.jmp_mem(e + 8);
-    a.bind(second);
-    a.jmp_mem(e + 24);
-    debug_assert_eq!(a.len() - at, 12);
 }
 
 /// After a hit of the table at a jump with site cache `e`, whose check starts at offset
@@ -1805,6 +1812,15 @@ fn emit_counted_fill(a: &mut Asm, ctx: u64, e: u64, countdown: u64, check: usize
 /// site's cache, the first pair second (the second forgotten), then on as
 /// [`emit_hit_jump`].
 fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
+    emit_pair_fill(a, e);
+    a.load(RDX, ctx + off::SPILL + 16);
+    a.bytes(&[0xff, 0xe1]); // jmp rcx
+}
+
+/// After a hit of the table (rax = the guest address, rdx = the entry): site cache `e`'s
+/// first pair becomes its second (the second forgotten) and the table's pair its first.
+/// Leaves rcx = the table's host; no flag touched.
+pub(crate) fn emit_pair_fill(a: &mut Asm, e: u64) {
     a.load(RCX, e);
     a.store(e + 16, RCX);
     a.load(RCX, e + 8);
@@ -1812,8 +1828,6 @@ fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
     a.store(e, RAX);
     a.bytes(&[0x48, 0x8b, 0x4a, 0x08]); // mov rcx, [rdx+8]
     a.store(e + 8, RCX);
-    a.load(RDX, ctx + off::SPILL + 16);
-    a.bytes(&[0xff, 0xe1]); // jmp rcx
 }
 
 /// `endbr64`'s bytes.
