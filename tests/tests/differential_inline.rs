@@ -37,12 +37,8 @@ thread_local! {
 /// Counters by block extent.
 type Counters = Rc<RefCell<HashMap<(u64, u64), &'static mut u64>>>;
 
-/// A zeroed u64 for ever: from a page in the first 2 GiB (`MAP_32BIT`) with `low`, from the
-/// heap otherwise.
-fn new_counter(low: bool) -> &'static mut u64 {
-    if !low {
-        return Box::leak(Box::new(0u64));
-    }
+/// A zeroed page for ever, in the first 2 GiB (`MAP_32BIT`).
+fn low_page() -> *mut u8 {
     // SAFETY: a fresh private anonymous page, never unmapped; MAP_32BIT only chooses where.
     let p = unsafe {
         libc::mmap(
@@ -56,8 +52,28 @@ fn new_counter(low: bool) -> &'static mut u64 {
     };
     assert_ne!(p, libc::MAP_FAILED, "a page in the first 2 GiB");
     assert!((p as u64) < 1 << 31);
+    p.cast()
+}
+
+/// A zeroed u64 for ever: from a page in the first 2 GiB (`MAP_32BIT`) with `low`, from the
+/// heap otherwise.
+fn new_counter(low: bool) -> &'static mut u64 {
+    if !low {
+        return Box::leak(Box::new(0u64));
+    }
     // SAFETY: the page is zeroed, aligned and this counter's alone.
-    unsafe { &mut *p.cast::<u64>() }
+    unsafe { &mut *low_page().cast::<u64>() }
+}
+
+/// A zeroed edge map of `MAP` bytes for ever: in the first 2 GiB with `low` (returns and
+/// indirect jumps then count their edges at their site caches), on the heap otherwise.
+fn new_map(low: bool) -> *mut u8 {
+    const { assert!(MAP <= 4096) };
+    if low {
+        low_page()
+    } else {
+        Box::leak(vec![0u8; MAP].into_boxed_slice()).as_mut_ptr()
+    }
 }
 
 /// A block counter on `vm` whose slots are leaked u64s, found again by extent.
@@ -79,11 +95,15 @@ fn add_counter(vm: &mut Vm, low: bool) -> Counters {
 fn configure(vm: &mut Vm) -> cases::AfterCall {
     static VMS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let k = VMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let (with_edges, low) = (k.is_multiple_of(2), (k / 2).is_multiple_of(2));
+    configure_with(vm, k.is_multiple_of(2), (k / 2).is_multiple_of(2))
+}
+
+/// A block counter (two with `low`, in the first 2 GiB), an edge map (in the first 2 GiB
+/// with `low`) if `with_edges`, and the callback that computes what they must hold.
+fn configure_with(vm: &mut Vm, with_edges: bool, low: bool) -> cases::AfterCall {
     let counters = add_counter(vm, low);
     let second = low.then(|| add_counter(vm, true));
-    let map: &'static mut [u8] = Box::leak(vec![0u8; MAP].into_boxed_slice());
-    let map_ptr = map.as_mut_ptr();
+    let map_ptr = new_map(low);
     if with_edges {
         // SAFETY: the map is leaked (valid forever) and only read between calls.
         unsafe { vm.add_edge_map(map_ptr, MAP, afl_block_hash, false) }.expect("an edge map");
@@ -141,6 +161,36 @@ fn configure(vm: &mut Vm) -> cases::AfterCall {
             counters.borrow_mut().values_mut().for_each(|c| **c = 0);
         }
     })
+}
+
+unsafe extern "C" {
+    // cf_branches.S
+    fn cf_jump_cycle(n: u64, k: u64) -> u64;
+}
+
+/// One jump site whose targets come in turn (`cf_jump_cycle`), with an edge map in the
+/// first 2 GiB: with one or two targets its site cache answers and counts the edges
+/// itself; with three or four it misses at every turn, fills its cache (its lines too)
+/// until its countdown (`code_cache::SITE_FILLS`, 256) ends, and then rewrites itself into
+/// a plain lookup, whose targets' counting entries count. At every round count, before and
+/// well after that, the result must be native and the map the callback's.
+#[test]
+fn a_jump_site_counts_its_edges_before_and_after_its_cache_stops() {
+    let addr = cf_jump_cycle as *const () as u64;
+    for k in 1..=4u64 {
+        let mut vm = Vm::new();
+        let _stack =
+            qbdi_core::allocate_virtual_stack(vm.gpr_state_mut(), 1 << 20).expect("guest stack");
+        vm.add_instrumented_module_from_addr(addr)
+            .expect("the test executable is an executable mapping");
+        let mut check = configure_with(&mut vm, true, true);
+        for n in [0u64, 1, 7, 255, 256, 257, 600, 2000, 5] {
+            // SAFETY: k is in 1..=4, the size of the table.
+            let native = unsafe { cf_jump_cycle(n, k) };
+            assert_eq!(vm.call(addr, &[n, k]), Ok(native), "k={k} n={n}");
+            check(&format!("cf_jump_cycle k={k} n={n}"), &vm);
+        }
+    }
 }
 
 /// A Vm carries at most 32 block counters and 8 edge maps; more are refused with a message

@@ -29,7 +29,7 @@ const CODE_BYTES: usize = 128 << 20;
 const SITE_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
 pub(crate) const SITE_ENTRIES: usize = 1 << 16;
 /// Two (guest, host) pairs per site, then, for a return that counts its edge there, each
-/// pair's map line and where a hit goes (see `inline::emit_ret_hits`): one cache line.
+/// pair's map line and where a hit goes (see `inline::emit_counting_hits`): one cache line.
 pub(crate) const SITE_ENTRY_BYTES: usize = 64;
 const SITE_BYTES: usize = SITE_ENTRIES * SITE_ENTRY_BYTES;
 /// One countdown (a `u32`) per entry, after them: how many more times an indirect jump's or

@@ -597,11 +597,12 @@ pub(crate) fn entry_header(maps: &[EdgeMap], pc: u64, continuation: bool, linked
     h
 }
 
-/// How a return counts its edge at its site cache ([`emit_ret_hits`], [`emit_ret_fill`]):
-/// its Vm has one edge map, in the first 2 GiB, and the next-count table exists.
+/// How a return, indirect jump or indirect call (a **site**) counts its edge at its site
+/// cache ([`emit_counting_hits`], [`emit_counting_fill`]): its Vm has one edge map, in the
+/// first 2 GiB, and the next-count table exists.
 #[derive(Clone, Copy)]
-pub(crate) struct RetCounting {
-    /// The return's block's `prev` (its `cur` shifted right once).
+pub(crate) struct SiteCounting {
+    /// The site's block's `prev` (its `cur` shifted right once).
     prev: u32,
     /// The map's index (its word among the thread's `prev` words).
     index: u32,
@@ -610,14 +611,14 @@ pub(crate) struct RetCounting {
     table: u32,
 }
 
-impl RetCounting {
-    /// The counting of a return from the basic block at `src`, if its maps allow it.
-    pub(crate) fn of(maps: &[EdgeMap], src: u64) -> Option<RetCounting> {
+impl SiteCounting {
+    /// The counting of a site in the basic block at `src`, if its maps allow it.
+    pub(crate) fn of(maps: &[EdgeMap], src: u64) -> Option<SiteCounting> {
         let [m] = maps else {
             return None;
         };
         let table = next_count_table().filter(|_| is_abs32(m.map + m.mask))?;
-        Some(RetCounting {
+        Some(SiteCounting {
             prev: (m.cur(src) >> 1) as u32,
             index: m.index,
             map: m.map as u32,
@@ -625,7 +626,7 @@ impl RetCounting {
         })
     }
 
-    /// Sets the thread's `prev` word to the return's block (rax free; no flag touched), as
+    /// Sets the thread's `prev` word to the site's block (rax free; no flag touched), as
     /// [`emit_sync`] does.
     pub(crate) fn emit_sync(&self, a: &mut Asm, ctx: u64) {
         a.load(RAX, ctx + off::EDGE_PREV);
@@ -633,14 +634,14 @@ impl RetCounting {
     }
 }
 
-/// Where a return's site cache `e` (64 bytes, see `code_cache::SITE_ENTRY_BYTES`) keeps,
+/// Where a site cache `e` (64 bytes, see `code_cache::SITE_ENTRY_BYTES`) keeps,
 /// for its pair `k`, the map line of the edge to the pair's target and where to go after
 /// counting it (the target's linked entry).
-fn ret_line_slot(e: u64, k: u64) -> u64 {
+fn line_slot(e: u64, k: u64) -> u64 {
     e + 32 + 16 * k
 }
 
-/// A return's site cache check when the return counts its edge there: as the translator's
+/// A site cache check when the site counts its edge there: as the translator's
 /// `emit_site_check` (target in rcx; rax and rcx spilled; falls through with rcx = the
 /// target on a miss), but a hit counts the pair's line (`movzx`, `movzx`, `mov`: no flag
 /// touched), puts rax and rcx back and jumps past the target's counting entry. The
@@ -648,13 +649,13 @@ fn ret_line_slot(e: u64, k: u64) -> u64 {
 /// its own way out sets it. Returns the two pairs' **sync stubs**, where a pair whose
 /// target has no linked entry goes after its (spare) count: they set `prev` and go on to
 /// the pair's table entry, whose counting entry counts the edge.
-pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) -> [u64; 2] {
+pub(crate) fn emit_counting_hits(a: &mut Asm, ctx: u64, e: u64, c: SiteCounting) -> [u64; 2] {
     let (first, second, miss) = (a.new_label(), a.new_label(), a.new_label());
     emit_pair_tests(a, e, first, second);
     a.jmp_label(miss);
     for (k, l) in [(0, first), (1, second)] {
         a.bind(l);
-        let slot = ret_line_slot(e, k);
+        let slot = line_slot(e, k);
         a.load(RAX, slot);
         a.bytes(&[0x0f, 0xb6, 0x08]); // movzx ecx, byte [rax]
         a.bytes(&[0x0f, 0xb6, 0x89]); // movzx ecx, byte [rcx + table]
@@ -664,31 +665,33 @@ pub(crate) fn emit_ret_hits(a: &mut Asm, ctx: u64, e: u64, c: RetCounting) -> [u
         a.load(RCX, ctx + off::SPILL + 8);
         a.jmp_mem(slot + 8);
     }
-    // The table entry reloads rax and rcx from the spill slots.
+    // As a table hit: rax = the guest address (the broker, a native target's host, takes
+    // it from there); a table entry reloads rax and rcx from the spill slots.
     let mut stubs = [0; 2];
     for (k, stub) in stubs.iter_mut().enumerate() {
         *stub = a.here();
         c.emit_sync(a, ctx);
+        a.load(RAX, e + 16 * k as u64);
         a.jmp_mem(e + 8 + 16 * k as u64);
     }
     a.bind(miss);
     stubs
 }
 
-/// After a hit of the table at a return that counts its edge at its site cache `e`: the
+/// After a hit of the table at a site that counts its edge at its site cache `e`: the
 /// table's pair goes first in the cache (the first pair second, with its line; a pair
 /// going to pair 0's sync stub goes to pair 1's), its line and where a hit goes after
 /// counting are read from the target's header, then on to the table's entry as
 /// `emit_hit_jump` (whose counting entry counts this time's edge from the thread's `prev`,
 /// set before the lookup). A target without a header (a shared routine, below
 /// `code_start`) or with a zero one gets a line no map has and pair 0's sync stub
-/// (`stubs`, from [`emit_ret_hits`]). Runs with rax = the guest address, rcx = 0, rdx = the
-/// table entry; the flags are saved around it.
-pub(crate) fn emit_ret_fill(
+/// (`stubs`, from [`emit_counting_hits`]). Runs with rax = the guest address and rdx = the
+/// table entry (rcx free), and leaves rax as it found it; the flags are saved around it.
+pub(crate) fn emit_counting_fill(
     a: &mut Asm,
     ctx: u64,
     e: u64,
-    c: RetCounting,
+    c: SiteCounting,
     code_start: u64,
     stubs: [u64; 2],
 ) {
@@ -697,15 +700,15 @@ pub(crate) fn emit_ret_fill(
     a.store(spill, RAX);
     a.save_status_flags(spill + 16);
     // Pair 0's line becomes pair 1's (pair 0's sync stub pair 1's), as the pairs below.
-    a.load(RCX, ret_line_slot(e, 0));
-    a.store(ret_line_slot(e, 1), RCX);
-    a.load(RCX, ret_line_slot(e, 0) + 8);
+    a.load(RCX, line_slot(e, 0));
+    a.store(line_slot(e, 1), RCX);
+    a.load(RCX, line_slot(e, 0) + 8);
     a.mov_imm64(RAX, stubs[0]);
     a.bytes(&[0x48, 0x39, 0xc1]); // cmp rcx, rax
     a.jcc_label(0x5, keep); // jne
     a.mov_imm64(RCX, stubs[1]);
     a.bind(keep);
-    a.store(ret_line_slot(e, 1) + 8, RCX);
+    a.store(line_slot(e, 1) + 8, RCX);
     a.load(RAX, spill);
     emit_pair_fill(a, e); // rcx = the table's host
     a.mov_imm64(RAX, code_start);
@@ -715,25 +718,28 @@ pub(crate) fn emit_ret_fill(
     a.test_eax_eax();
     a.jcc_label(0x4, none); // jz: no linked entry past one map's counting
     a.bytes(&[0x48, 0x01, 0xc8]); // add rax, rcx
-    a.store(ret_line_slot(e, 0) + 8, RAX);
+    a.store(line_slot(e, 0) + 8, RAX);
     a.bytes(&[0x8b, 0x41, 0xf8]); // mov eax, [rcx-8]: the target's cur
     a.bytes(&[0x35]); // xor eax, prev
     a.bytes(&c.prev.to_le_bytes());
     a.bytes(&[0x48, 0x05]); // add rax, map
     a.bytes(&c.map.to_le_bytes());
-    a.store(ret_line_slot(e, 0), RAX);
+    a.store(line_slot(e, 0), RAX);
     a.jmp_label(done);
     a.bind(none);
     a.mov_imm64(RAX, stubs[0]);
-    a.store(ret_line_slot(e, 0) + 8, RAX);
+    a.store(line_slot(e, 0) + 8, RAX);
     a.mov_imm64(RAX, spare_line());
-    a.store(ret_line_slot(e, 0), RAX);
+    a.store(line_slot(e, 0), RAX);
     a.bind(done);
     a.restore_status_flags(spill + 16);
+    // rax = the guest address again, as a table hit leaves it: the broker (a native
+    // target's host) takes it from there.
+    a.load(RAX, spill);
     emit_hit_jump(a, ctx);
 }
 
-/// A byte no map has, counted by returns to targets whose edge their table entry counts.
+/// A byte no map has, counted by sites going to targets whose edge their table entry counts.
 fn spare_line() -> u64 {
     static SPARE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
     SPARE.as_ptr() as u64
@@ -844,14 +850,19 @@ mod tests {
             let zero = hosts + 512; // a block with a zero header
             let code_start = hosts + 128;
             let cur: u32 = 0x1234 & 0xfff;
-            for h in [routine, block, zero] {
+            for h in [block, zero] {
                 std::ptr::copy_nonoverlapping(flags_host.as_ptr(), h as *mut u8, 3);
             }
+            // The shared routine (the broker, for a native target) takes the guest address
+            // from rax: it keeps it (`mov [rip+57], rax`, at routine + 64) before the flags.
+            let routine_host = [0x48, 0x89, 0x05, 57, 0, 0, 0, 0x9c, 0x58, 0xc3];
+            std::ptr::copy_nonoverlapping(routine_host.as_ptr(), routine as *mut u8, 10);
+            let routine_rax = || ((routine + 64) as *const u64).read_volatile();
             (block as *mut u32).sub(2).write(cur);
             (block as *mut u32).sub(1).write(64);
             (zero as *mut [u32; 2]).sub(1).write([0, 0]);
             std::ptr::copy_nonoverlapping(linked_host.as_ptr(), (block + 64) as *mut u8, 8);
-            let c = RetCounting {
+            let c = SiteCounting {
                 prev: 0x0abc,
                 index: 0,
                 map: map as u32,
@@ -868,11 +879,11 @@ mod tests {
             a.bytes(&[0x48, 0x89, 0xf9]); // mov rcx, rdi
             a.bytes(&[0x68, FLAGS as u8, (FLAGS >> 8) as u8, 0, 0]); // push FLAGS
             a.bytes(&[0x9d]); // popfq
-            let stubs = emit_ret_hits(&mut a, ctx, e, c);
+            let stubs = emit_counting_hits(&mut a, ctx, e, c);
             c.emit_sync(&mut a, ctx);
             let miss = a.new_label();
             emit_lookup(&mut a, ctx, table_at, Miss::Label(miss), false);
-            emit_ret_fill(&mut a, ctx, e, c, code_start, stubs);
+            emit_counting_fill(&mut a, ctx, e, c, code_start, stubs);
             a.bind(miss);
             a.mov_imm64(RAX, MISS);
             a.bytes(&[0xc3]);
@@ -913,6 +924,7 @@ mod tests {
             table.insert_block(r, routine + super::ENTRY_PREFIX_LEN);
             table.insert_block(z, zero + super::ENTRY_PREFIX_LEN);
             assert_eq!(flags(ret(r)), FLAGS);
+            assert_eq!(routine_rax(), r, "the fill leaves rax = the guest address");
             let spare = spare_line();
             assert_eq!(
                 entry(),
@@ -930,8 +942,10 @@ mod tests {
                 let vz = ret(z);
                 assert_eq!(prev_word(), u64::from(c.prev), "set by pair 0's stub");
                 prev_words.write_volatile(7);
+                ((routine + 64) as *mut u64).write_volatile(0);
                 let vr = ret(r);
                 assert_eq!(prev_word(), u64::from(c.prev), "set by pair 1's stub");
+                assert_eq!(routine_rax(), r, "the stub leaves rax = the guest address");
                 assert_eq!((flags(vz), vz & LINKED_MARK), (FLAGS, 0));
                 assert_eq!((flags(vr), vr & LINKED_MARK), (FLAGS, 0));
             }
@@ -957,14 +971,14 @@ mod tests {
         let src = 0x100u64;
         for (never_zero, offset) in [(true, 0), (false, 256)] {
             let m = fx.map(fx.low(), 3, never_zero);
-            let c = RetCounting::of(&[m], src).expect("one map in the first 2 GiB");
+            let c = SiteCounting::of(&[m], src).expect("one map in the first 2 GiB");
             assert_eq!(u64::from(c.table), t + offset);
             assert_eq!(u64::from(c.prev), ((src * 7) & 0xfff) >> 1);
             assert_eq!((c.index, u64::from(c.map)), (3, fx.low()));
         }
         let m = fx.map(fx.low(), 0, true);
-        assert!(RetCounting::of(&[m, m], src).is_none());
-        assert!(RetCounting::of(&[fx.map(fx.far(), 0, true)], src).is_none());
+        assert!(SiteCounting::of(&[m, m], src).is_none());
+        assert!(SiteCounting::of(&[fx.map(fx.far(), 0, true)], src).is_none());
     }
 
     #[test]

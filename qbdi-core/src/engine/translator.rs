@@ -1470,31 +1470,34 @@ impl Translator {
         }
         // A return or indirect jump first tries the targets it last went to from here (its
         // site cache). A return always fills its cache from the table; a jump does so
-        // `SITE_FILLS` times, then stops using it (a switch's jump). Indirect calls have
-        // none (a polymorphic call, perl's run loop's, was slower with one).
-        let cached = env
-            .site_entry
-            .filter(|_| instr.flow_control() != FlowControl::IndirectCall);
-        // A return whose Vm has one edge map counts the edge at its site cache's hits.
-        let ret_counting = cached
-            .and(ret.then(|| inline::RetCounting::of(&self.edge_maps, self.edge_src)))
-            .flatten();
+        // `SITE_FILLS` times, then stops using it (a switch's jump). An indirect call has
+        // one only where it counts its edge there (below): the cache alone did not pay
+        // (a polymorphic call, perl's run loop's, was slower with one).
+        // A site whose Vm has one edge map counts the edge at its site cache's hits.
+        let site_counting = inline::SiteCounting::of(&self.edge_maps, self.edge_src);
+        let cached = env.site_entry.filter(|_| {
+            instr.flow_control() != FlowControl::IndirectCall || site_counting.is_some()
+        });
+        let counting = cached.and(site_counting);
         // The target's counting entry (or the dispatcher) goes on from this block: the
         // thread's `prev` is set before the site cache, or after it (for the table alone)
         // when the cache's hits count the edge.
-        if !self.edge_maps.is_empty() && ret_counting.is_none() {
+        if !self.edge_maps.is_empty() && counting.is_none() {
             inline::emit_sync(&mut self.asm, ctx, &self.edge_maps, self.edge_src);
         }
         let check = self.asm.len();
         let mut stubs = None;
         if let Some((e, _)) = cached {
             self.site_entry_taken = true;
-            match ret_counting {
-                Some(c) => stubs = Some(inline::emit_ret_hits(&mut self.asm, ctx, e, c)),
+            match counting {
+                Some(c) => stubs = Some(inline::emit_counting_hits(&mut self.asm, ctx, e, c)),
                 None => emit_site_check(&mut self.asm, e),
             }
         }
-        if let Some(c) = ret_counting {
+        // Where a jump's site goes once it stops using its cache: the sync below, or the
+        // lookup.
+        let past_check = self.asm.len();
+        if let Some(c) = counting {
             c.emit_sync(&mut self.asm, ctx);
         }
         if late_rdx {
@@ -1508,17 +1511,24 @@ impl Translator {
             Miss::Addr(env.runtime.ib_miss),
             true,
         );
-        match cached {
-            None => emit_hit_jump(&mut self.asm, ctx),
-            Some((e, _)) if ret => match (ret_counting, stubs) {
-                (Some(c), Some(stubs)) => {
-                    inline::emit_ret_fill(&mut self.asm, ctx, e, c, env.code_start, stubs);
-                }
-                _ => emit_site_fill(&mut self.asm, ctx, e),
-            },
-            Some((e, countdown)) => {
-                emit_counted_fill(&mut self.asm, ctx, e, countdown, check, lookup);
-            }
+        let Some((e, countdown)) = cached else {
+            emit_hit_jump(&mut self.asm, ctx);
+            return Ok(());
+        };
+        let code_start = env.code_start;
+        let fill = |a: &mut Asm| match (counting, stubs) {
+            (Some(c), Some(stubs)) => inline::emit_counting_fill(a, ctx, e, c, code_start, stubs),
+            _ => emit_site_fill(a, ctx, e),
+        };
+        if ret {
+            fill(&mut self.asm);
+        } else {
+            let to = if counting.is_some() {
+                past_check
+            } else {
+                lookup
+            };
+            emit_counted_fill(&mut self.asm, ctx, countdown, check, to, fill);
         }
         Ok(())
     }
@@ -1770,15 +1780,22 @@ pub(crate) fn emit_pair_tests(a: &mut Asm, e: u64, first: Label, second: Label) 
     a.rcx_diff(RAX);
 }
 
-/// After a hit of the table at a jump with site cache `e`, whose check starts at offset
-/// `check` of the block and its lookup at `lookup`: a two-byte jump to the fill, then the
-/// plain hit jump. The fill counts down at `countdown` (flags untouched) and fills as
-/// [`emit_site_fill`]; its last time (a switch's jump, whose targets are too many for the
-/// cache), it makes the site a plain lookup: the check's first bytes become a jump to the
-/// lookup, and the jump to the fill a two-byte `nop`, so that hits fall into the plain hit
-/// jump. The block is this thread's code: the writes are self-modifying code, which the
-/// processor sees at once.
-fn emit_counted_fill(a: &mut Asm, ctx: u64, e: u64, countdown: u64, check: usize, lookup: usize) {
+/// After a hit of the table at a jump whose site cache check starts at offset `check` of
+/// the block: a two-byte jump to the fill, then the plain hit jump. The fill counts down at
+/// `countdown` (flags untouched) and fills the cache (`fill`, which ends in the jump to the
+/// target); its last time (a switch's jump, whose targets are too many for the cache), it
+/// makes the site a plain lookup: the check's first bytes become a jump to offset `to` (the
+/// lookup, or what precedes it when a hit would skip that), and the jump to the fill a
+/// two-byte `nop`, so that hits fall into the plain hit jump. The block is this thread's
+/// code: the writes are self-modifying code, which the processor sees at once.
+fn emit_counted_fill(
+    a: &mut Asm,
+    ctx: u64,
+    countdown: u64,
+    check: usize,
+    to: usize,
+    fill: impl FnOnce(&mut Asm),
+) {
     // jmp rel8 over the plain hit jump (13 bytes) to the fill.
     const HIT_JUMP: u8 = 13;
     let slot = a.len();
@@ -1793,19 +1810,40 @@ fn emit_counted_fill(a: &mut Asm, ctx: u64, e: u64, countdown: u64, check: usize
     a.bytes(&[0x89, 0x0d]); // mov [rip+countdown], ecx
     let d = a.rip_disp(countdown, 0);
     a.u32(d);
+    let filling = a.new_label();
     a.jrcxz_label(last);
-    emit_site_fill(a, ctx, e);
+    a.jmp_label(filling);
     a.bind(last);
-    let rel = u8::try_from(lookup - check - 2).expect("a site check is short");
-    a.bytes(&[0x66, 0xc7, 0x05]); // mov word [rip+check], (jmp rel8 to the lookup)
-    let d = a.rip_disp(a.base + check as u64, 2);
-    a.u32(d);
-    a.bytes(&[0xeb, rel]);
+    let at = a.base + check as u64;
+    match u8::try_from(to - check - 2).ok().filter(|r| *r < 0x80) {
+        Some(rel) => {
+            a.bytes(&[0x66, 0xc7, 0x05]); // mov word [rip+check], (jmp rel8 to `to`)
+            let d = a.rip_disp(at, 2);
+            a.u32(d);
+            a.bytes(&[0xeb, rel]);
+        }
+        None => {
+            // The check's first instruction (a 7-byte load) becomes `jmp rel32`: its
+            // first four bytes, then its fifth.
+            let rel = u32::try_from(to - check - 5).expect("a site check is short");
+            let r = rel.to_le_bytes();
+            a.bytes(&[0xc7, 0x05]); // mov dword [rip+check], (e9 and rel's low 3 bytes)
+            let d = a.rip_disp(at, 4);
+            a.u32(d);
+            a.bytes(&[0xe9, r[0], r[1], r[2]]);
+            a.bytes(&[0xc6, 0x05]); // mov byte [rip+check+4], rel's high byte
+            let d = a.rip_disp(at + 4, 1);
+            a.u32(d);
+            a.bytes(&[r[3]]);
+        }
+    }
     a.bytes(&[0x66, 0xc7, 0x05]); // mov word [rip+slot], (66 90: nop)
     let d = a.rip_disp(a.base + slot as u64, 2);
     a.u32(d);
     a.bytes(&[0x66, 0x90]);
     emit_hit_jump(a, ctx);
+    a.bind(filling);
+    fill(a);
 }
 
 /// After a hit of the table at a return with site cache `e`: the pair goes first in the
