@@ -2,9 +2,9 @@
 //! `map[prev ^ cur]++; prev = cur >> 1`, with `cur` AFL's QEMU-mode hash of the block's
 //! address and `prev` per thread.
 //! Translated code counts each edge itself, with no callback: on the branch when both ends
-//! are known at translation, at a return's site cache when the return goes where it went
-//! before, at the target's entry otherwise (0.1-0.4 ns a block on the programs benchmark's
-//! gzip, sort, python3 and sqlite3 rows).
+//! are known at translation, at a return's, indirect jump's or indirect call's site cache
+//! when it goes where it went before, at the target's entry otherwise (0.1-0.4 ns a block
+//! on the programs benchmark's gzip, sort, python3 and sqlite3 rows).
 //!
 //! - Under AFL++ (`__AFL_SHM_ID` in the environment) the map is the fuzzer's System V
 //!   shared memory, of `AFL_MAP_SIZE` bytes (65536 if unset; a size that is not a power of
@@ -12,8 +12,9 @@
 //!   map.
 //! - Otherwise the map is the plugin's own (`size` bytes, one per thread, added up at exit:
 //!   threads never fight over map lines) and is written raw to `out` at exit (default
-//!   `edges.<pid>.log`), with a one-line summary on stderr. A `fork` child starts from an
-//!   empty map and writes its own file.
+//!   `edges.<pid>.log`), with a one-line summary on stderr. What runs after the host's last
+//!   exit handler (libc's stdio flush and `_exit`) is not in the file. A `fork` child starts
+//!   from an empty map and writes its own file.
 //!
 //! Counters skip 0 when they wrap (AFL++'s NeverZero) unless `wrap` is given. In AFL++'s
 //! shared map, as with AFL's own instrumentation, counts of two threads running the same
