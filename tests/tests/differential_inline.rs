@@ -65,8 +65,9 @@ fn new_counter(low: bool) -> &'static mut u64 {
     unsafe { &mut *low_page().cast::<u64>() }
 }
 
-/// A zeroed edge map of `MAP` bytes for ever: in the first 2 GiB with `low` (returns and
-/// indirect jumps then count their edges at their site caches), on the heap otherwise.
+/// A zeroed edge map of `MAP` bytes for ever: in the first 2 GiB with `low` (returns,
+/// indirect jumps and indirect calls then count their edges at their site caches), on the
+/// heap otherwise.
 fn new_map(low: bool) -> *mut u8 {
     const { assert!(MAP <= 4096) };
     if low {

@@ -80,7 +80,8 @@ fn input(dir: &Path) -> String {
 fn the_edges_map_is_read_through_shared_memory_as_afl_reads_it() {
     let dir = scratch("edges-shm");
     let input = input(&dir);
-    let python: Vec<&str> = vec!["-c", "print(sum(i * i for i in range(20000)))"];
+    let python = qbdi_tests::cli::python();
+    let python_args: Vec<&str> = vec!["-c", "print(sum(i * i for i in range(20000)))"];
     // One thread and one process each (sort --parallel=1): edge counts, AFL's as ours, are
     // not atomic.
     for (qbdi_args, program, args) in [
@@ -98,8 +99,8 @@ fn the_edges_map_is_read_through_shared_memory_as_afl_reads_it() {
         // An interpreter: its dispatch's indirect jumps, its calls through function
         // pointers and its returns count at their site caches; libc's functions are native
         // targets (the broker) without `--all-maps`.
-        (&["--all-maps"][..], "/usr/bin/python3", python.clone()),
-        (&[][..], "/usr/bin/python3", python.clone()),
+        (&["--all-maps"][..], python.as_str(), python_args.clone()),
+        (&[][..], python.as_str(), python_args.clone()),
     ] {
         let shm = Shm::new(1 << 16);
         let id = shm.id.to_string();

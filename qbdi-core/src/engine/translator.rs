@@ -1471,9 +1471,9 @@ impl Translator {
         // A return or indirect jump first tries the targets it last went to from here (its
         // site cache). A return always fills its cache from the table; a jump does so
         // `SITE_FILLS` times, then stops using it (a switch's jump). An indirect call has
-        // one only where it counts its edge there (below): the cache alone did not pay
-        // (a polymorphic call, perl's run loop's, was slower with one).
-        // A site whose Vm has one edge map counts the edge at its site cache's hits.
+        // one only where it counts its edge there: the cache alone did not pay (a
+        // polymorphic call, perl's run loop's, was slower with one). A site whose Vm has
+        // one edge map counts the edge at its site cache's hits.
         let site_counting = inline::SiteCounting::of(&self.edge_maps, self.edge_src);
         let cached = env.site_entry.filter(|_| {
             instr.flow_control() != FlowControl::IndirectCall || site_counting.is_some()
@@ -1846,7 +1846,7 @@ fn emit_counted_fill(
     fill(a);
 }
 
-/// After a hit of the table at a return with site cache `e`: the pair goes first in the
+/// After a hit of the table at a site with cache `e`: the pair goes first in the
 /// site's cache, the first pair second (the second forgotten), then on as
 /// [`emit_hit_jump`].
 fn emit_site_fill(a: &mut Asm, ctx: u64, e: u64) {
