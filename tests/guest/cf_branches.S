@@ -229,6 +229,25 @@ FUNC cf_jump_cycle
     ret
 ENDF cf_jump_cycle
 
+// A `ret` and an indirect `jmp` used as jumps into native code (libc's memset, whose
+// length is rdx): cf_ret_to_native(dst, c, n, fn) and cf_jmp_to_native(dst, c, n, fn) call
+// fn(dst, c, n) through `push; push; ret` and `push; jmp rcx`. Called again, the site's
+// cache sends them to the broker with rdx the guest's. Return dst.
+FUNC cf_ret_to_native
+    lea rax, [rip + 1f]
+    push rax
+    push rcx
+    ret
+1:  ret
+ENDF cf_ret_to_native
+
+FUNC cf_jmp_to_native
+    lea rax, [rip + 1f]
+    push rax
+    jmp rcx
+1:  ret
+ENDF cf_jmp_to_native
+
 // ret imm16: the caller pushes two arguments, the callee pops them with `ret 16`.
 // (a, b) -> a*b + a, plus (stack imbalance << 32) (0 when ret 16 popped exactly 16 bytes).
 FUNC cf_ret_imm16

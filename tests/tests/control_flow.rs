@@ -153,6 +153,8 @@ unsafe extern "C" {
     fn cf_jt_index_disp(index: u64, x: u64) -> u64;
     fn cf_jt_relative(index: u64, x: u64) -> u64;
     fn cf_jump_cycle(n: u64, k: u64) -> u64;
+    fn cf_ret_to_native(dst: *mut u8, c: i32, n: usize, f: u64) -> *mut u8;
+    fn cf_jmp_to_native(dst: *mut u8, c: i32, n: usize, f: u64) -> *mut u8;
     safe fn cf_ret_imm16(a: u64, b: u64) -> u64;
     fn cf_loop(n: u64) -> u64;
     fn cf_loope(n: u64, lim: u64) -> u64;
@@ -288,6 +290,30 @@ fn a_jump_site_with_targets_in_turn_matches_native_before_and_after_its_cache_st
             // SAFETY: k is in 1..=4, the size of the table.
             let native = unsafe { cf_jump_cycle(n, k) };
             assert_eq!(vm.call(addr, &[n, k]), Ok(native), "k={k} n={n}");
+        }
+    }
+}
+
+/// A `ret` and an indirect `jmp` into native code (libc's `memset`, its length in rdx),
+/// from the same site again and again with other lengths: once the site's cache holds the
+/// native target, its hits go to the broker, which must see the guest's rdx (a quiet site
+/// spills rdx only on its way to the table).
+#[test]
+fn returns_and_jumps_into_native_code_keep_rdx_from_their_site_cache() {
+    let memset = libc::memset as *const () as u64;
+    for f in [
+        cf_ret_to_native as *const () as u64,
+        cf_jmp_to_native as *const () as u64,
+    ] {
+        let (mut vm, _stack) = vm_for(f);
+        let mut buf = vec![0u8; 64];
+        for (round, n) in [5usize, 17, 3, 40, 1, 64, 9].into_iter().enumerate() {
+            buf.fill(0);
+            let c = 0x41 + round as u64;
+            let dst = buf.as_mut_ptr() as u64;
+            assert_eq!(vm.call(f, &[dst, c, n as u64, memset]), Ok(dst));
+            let set = buf.iter().take_while(|&&b| u64::from(b) == c).count();
+            assert_eq!(set, n, "round {round}: memset of {n} bytes set {set}");
         }
     }
 }

@@ -109,16 +109,20 @@ pub(crate) fn emit_runtime(
     a.jmp_to(exit);
     // The table entry of address 0, the one empty entry a lookup can "hit" (see
     // `ib_table`): rax = 0, the target.
+    // Both entries below are reached from a table hit (`emit_hit_jump`) or a site cache's
+    // hit, with rdx the guest's: a quiet return spills rdx only on its way to the table
+    // (see the translator's `emit_indirect`), so they spill it themselves.
     let miss_entry = a.here();
     a.store(ctx + off::IB_TARGET, RAX);
+    a.store(ctx + off::SPILL + 16, RDX);
     a.jmp_to(ib_miss);
 
-    // broker: the table entry of native targets, reached from an indirect branch's hit
-    // (`emit_hit_jump`): rax = the native target, rdx the guest's, the guest's rax, rcx
-    // and rdx spilled.
+    // broker: the table entry of native targets, reached from an indirect branch's hit:
+    // rax = the native target, rdx the guest's, the guest's rax and rcx spilled.
     let broker = a.here();
     let broker_miss = a.new_label();
     a.store(ctx + off::IB_TARGET, RAX);
+    a.store(ctx + off::SPILL + 16, RDX);
     a.load_rcx_from_stack_top();
     emit_lookup(a, ctx, table, Miss::Label(broker_miss), false);
     a.bytes(&[0x48, 0x8b, 0x42, 0x08]); // mov rax, [rdx+8]: the host entry
