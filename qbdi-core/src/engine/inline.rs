@@ -48,7 +48,7 @@ use std::cell::Cell;
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, RflagsBits};
 
 use super::context::off;
-use super::emitter::{Asm, RAX, RCX};
+use super::emitter::{Asm, Label, RAX, RCX};
 use super::ib_table::{ENTRY_PREFIX_LEN, emit_hit_jump};
 use super::translator::{emit_pair_fill, emit_pair_tests};
 use crate::instrumentation::{Inline, Instrumentation};
@@ -463,11 +463,45 @@ fn pad(a: &mut Asm, mut n: usize) {
     }
 }
 
+/// The rare path of a counted exit's NeverZero `inc` ([`emit_counted_exit`]): the line
+/// wrapped to 0 and becomes 1. Emitted after the exit's jump by [`NeverZeroFix::emit`].
+#[must_use]
+pub(crate) struct NeverZeroFix {
+    line: u64,
+    label: Label,
+}
+
+impl NeverZeroFix {
+    /// `mov byte [line], 1`, then a jump back to the exit's jump at offset `exit_jump` (the
+    /// path goes on as the usual one).
+    pub(crate) fn emit(self, a: &mut Asm, exit_jump: usize) {
+        a.bind(self.label);
+        let reach = reach_from(a.here(), self.line);
+        assert!(
+            reach != Reach::Rax,
+            "a line in reach of its exit is in reach here"
+        );
+        a.bytes(&[0xc6]); // mov byte [line], 1
+        mem_operand(a, reach, 0, self.line, 1);
+        a.bytes(&[1]);
+        let rel = exit_jump as i64 - (a.len() as i64 + 2);
+        a.bytes(&[
+            0xeb,
+            i8::try_from(rel).expect("the exit's jump is just before") as u8,
+        ]);
+    }
+}
+
 /// A **counted exit** from the basic block at `src` to the one at `target`: both are known,
 /// so each map's line is a constant and `map[line] += 1` is one instruction (two with
 /// NeverZero) on the line's address, RIP-relative or absolute when it is in reach, through
 /// rax otherwise. With `flags_live` (the target may read the flags it gets) they are saved
 /// and restored around it.
+///
+/// One NeverZero map in reach and the flags dead: `inc byte [line]` and a `jz` not taken
+/// but when the line wraps, to a [`NeverZeroFix`] the caller emits after the exit's jump:
+/// one read-modify-write of the line instead of `add` then `adc` (a loop's back edge
+/// counted again and again waits for the previous count through memory twice per turn).
 pub(crate) fn emit_counted_exit(
     a: &mut Asm,
     ctx: u64,
@@ -475,11 +509,24 @@ pub(crate) fn emit_counted_exit(
     src: u64,
     target: u64,
     flags_live: bool,
-) {
+) -> Option<NeverZeroFix> {
     let spill = ctx + off::INLINE_SPILL;
     let line = |m: &EdgeMap| m.map + ((m.cur(src) >> 1) ^ m.cur(target));
     let here = a.here();
     let reach = |addr: u64| reach_from(here, addr);
+    if let [m] = maps
+        && m.never_zero
+        && !flags_live
+        && reach(line(m)) != Reach::Rax
+        && reach_from(here + 4096, line(m)) != Reach::Rax
+    {
+        let l = line(m);
+        a.bytes(&[0xfe]); // inc byte [line]
+        mem_operand(a, reach(l), 0, l, 0);
+        let label = a.new_label();
+        a.jcc_label(0x4, label); // jz: it wrapped
+        return Some(NeverZeroFix { line: l, label });
+    }
     let rax_spilled = flags_live || maps.iter().any(|m| reach(line(m)) == Reach::Rax);
     if rax_spilled {
         a.store(spill, RAX);
@@ -497,7 +544,7 @@ pub(crate) fn emit_counted_exit(
             mem_operand(a, reach(l), 0, l, 0);
         }
         a.load(RAX, spill);
-        return;
+        return None;
     }
     if flags_live {
         a.save_status_flags(spill + 16);
@@ -516,6 +563,7 @@ pub(crate) fn emit_counted_exit(
     if rax_spilled {
         a.load(RAX, spill);
     }
+    None
 }
 
 /// How generated code addresses a map line or a counter.
@@ -1092,6 +1140,7 @@ mod tests {
             a.store(out, RDX);
             a.store(out + 8, RCX);
             a.ret();
+            a.finish();
             let line = line as *mut u8;
             let guest = 0x8d7u64;
             // SAFETY: the code fits the fixture's code page and is a leaf (System V: rdi,
@@ -1155,7 +1204,18 @@ mod tests {
             let ctx = fx.ctx();
             let line = map + ((((0x100 * 7) & 0xfff) >> 1) ^ ((0x234 * 7) & 0xfff));
             fx.check_counts(
-                |a| emit_counted_exit(a, ctx, &[m], 0x100, 0x234, flags_live),
+                |a| {
+                    // The exit's jump, as the translator places it: the NeverZero fix after
+                    // it comes back to it.
+                    let fix = emit_counted_exit(a, ctx, &[m], 0x100, 0x234, flags_live);
+                    let done = a.new_label();
+                    let exit_jump = a.len();
+                    a.jmp_label(done);
+                    if let Some(fix) = fix {
+                        fix.emit(a, exit_jump);
+                    }
+                    a.bind(done);
+                },
                 line,
                 never_zero,
                 flags_live,

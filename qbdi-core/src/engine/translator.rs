@@ -1634,6 +1634,7 @@ impl Translator {
     /// the thread's `prev` words set first.
     fn exit_to(&mut self, env: &Env<'_>, target: u64, kind: ExitKind, linkable: bool) {
         let mut counted = false;
+        let mut fix = None;
         if !self.edge_maps.is_empty()
             && kind == ExitKind::Branch
             && linkable
@@ -1641,7 +1642,7 @@ impl Translator {
         {
             match (env.flags_live_at)(target).filter(|_| (env.in_range)(target)) {
                 Some(live) => {
-                    inline::emit_counted_exit(
+                    fix = inline::emit_counted_exit(
                         &mut self.asm,
                         env.ctx,
                         &self.edge_maps,
@@ -1654,7 +1655,12 @@ impl Translator {
                 None => self.sync_edges(env),
             }
         }
+        let exit_jump = self.asm.len();
         self.exit_uncounted(target, kind, linkable, counted, true);
+        // A NeverZero count's rare path, out of the way of the usual one.
+        if let Some(fix) = fix {
+            fix.emit(&mut self.asm, exit_jump);
+        }
     }
 
     /// An exit whose edge is not counted here: the target's counting entry counts it (with
