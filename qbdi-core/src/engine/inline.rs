@@ -238,21 +238,26 @@ pub(crate) fn edge_maps(inst: &Instrumentation, out: &mut Vec<EdgeMap>) {
 /// branch that enters through the table has them already: when both are spilled, returns
 /// the offset past their stores, where the block's table entry may jump (see the
 /// translator), skipping its reloads and these stores.
+///
+/// One NeverZero map in the first 2 GiB and the flags dead: `inc byte [rcx + map]` and a
+/// `jz` to an [`EntryFix`] the caller emits out of the way (rcx alone spilled, no
+/// next-count table), as counted exits do ([`NeverZeroFix`]).
 pub(crate) fn emit_counting(
     a: &mut Asm,
     ctx: u64,
     maps: &[EdgeMap],
     pc: u64,
     flags_live: bool,
-) -> Option<usize> {
+) -> (Option<usize>, Option<EntryFix>) {
     if maps.is_empty() {
-        return None;
+        return (None, None);
     }
     // Maps in the first 2 GiB take their line as `[rcx + map]`: rcx alone does the work,
     // and rax the count when the next-count table is there too. The `xor` that makes the
     // line writes the flags: they are saved where the block may read them, table or not.
     let low = maps.iter().all(|m| is_abs32(m.map + m.mask));
-    let table = next_count_table().filter(|_| low);
+    let inc = low && !flags_live && matches!(maps, [m] if m.never_zero);
+    let table = next_count_table().filter(|_| low && !inc);
     let spill = ctx + off::INLINE_SPILL;
     let regs = ctx + off::SPILL;
     let use_rax = !low || flags_live || table.is_some();
@@ -264,6 +269,7 @@ pub(crate) fn emit_counting(
     if flags_live {
         a.save_status_flags(spill + 16);
     }
+    let mut fix = None;
     for m in maps {
         let cur = m.cur(pc);
         let slot = (m.index * 8).to_le_bytes();
@@ -274,6 +280,19 @@ pub(crate) fn emit_counting(
             a.bytes(&[0x48, 0x81, 0xf1]); // xor rcx, imm32
             a.bytes(&(cur as u32).to_le_bytes());
             let map = (m.map as u32).to_le_bytes();
+            if inc {
+                a.bytes(&[0xfe, 0x81]); // inc byte [rcx + disp32]
+                a.bytes(&map);
+                let (label, back) = (a.new_label(), a.new_label());
+                a.jcc_label(0x4, label); // jz: it wrapped
+                a.bind(back);
+                fix = Some(EntryFix {
+                    map: m.map as u32,
+                    label,
+                    back,
+                });
+                continue;
+            }
             if let Some(t) = table {
                 a.bytes(&[0x0f, 0xb6, 0x81]); // movzx eax, byte [rcx + disp32]
                 a.bytes(&map);
@@ -310,7 +329,27 @@ pub(crate) fn emit_counting(
     if use_rax {
         a.load(RAX, regs);
     }
-    past_spills
+    (past_spills, fix)
+}
+
+/// The rare path of a counting entry's NeverZero `inc` ([`emit_counting`]): the line
+/// (`[rcx + map]`, rcx as the entry left it) wrapped to 0 and becomes 1; then back into the
+/// entry. Emitted by the caller where no path falls into it.
+#[must_use]
+pub(crate) struct EntryFix {
+    map: u32,
+    label: Label,
+    back: Label,
+}
+
+impl EntryFix {
+    pub(crate) fn emit(self, a: &mut Asm) {
+        a.bind(self.label);
+        a.bytes(&[0xc6, 0x81]); // mov byte [rcx + disp32], 1
+        a.bytes(&self.map.to_le_bytes());
+        a.bytes(&[1]);
+        a.jmp_label(self.back);
+    }
 }
 
 /// The counters of a block's head (its **linked entry**, where counted exits go, runs them
@@ -1248,12 +1287,23 @@ mod tests {
             let line = map + (prev ^ ((0x234 * 7) & 0xfff));
             fx.check_counts(
                 |a| {
-                    emit_counting(a, ctx, &[m], 0x234, flags_live);
+                    let (_, fix) = emit_counting(a, ctx, &[m], 0x234, flags_live);
+                    // The rare path out of the way, as the translator places it.
+                    if let Some(fix) = fix {
+                        let done = a.new_label();
+                        a.jmp_label(done);
+                        fix.emit(a);
+                        a.bind(done);
+                    }
                 },
                 line,
                 never_zero,
                 flags_live,
             );
+            if map == fx.low() && !flags_live && never_zero {
+                // The `inc` form spills rcx alone: no way in past the spills.
+                continue;
+            }
             // The way in of the block's table entry: rax and rcx already in the spill
             // slots, the registers anything; the jump goes past the entry's stores.
             fx.check_counts(
@@ -1264,8 +1314,9 @@ mod tests {
                     a.mov_imm64(RCX, 0xbeef);
                     let jump = a.len();
                     a.bytes(&[0xe9, 0, 0, 0, 0]); // jmp rel32, patched below
-                    let to = emit_counting(a, ctx, &[m], 0x234, flags_live)
-                        .expect("rax and rcx spilled");
+                    let (to, fix) = emit_counting(a, ctx, &[m], 0x234, flags_live);
+                    assert!(fix.is_none(), "no inc form with rax spilled");
+                    let to = to.expect("rax and rcx spilled");
                     let rel = i32::try_from(to - (jump + 5)).unwrap();
                     a.buf[jump + 1..jump + 5].copy_from_slice(&rel.to_le_bytes());
                 },

@@ -165,6 +165,8 @@ pub(crate) struct Translator {
     cold_bytes: usize,
     /// This translation's indirect branch (or call to a PLT entry) took `Env::site_entry`.
     site_entry_taken: bool,
+    /// The counting entry's NeverZero rare path, emitted after the block's code.
+    entry_fix: Option<inline::EntryFix>,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
     mem: MemInfo,
@@ -299,6 +301,7 @@ impl Translator {
             cold: Vec::with_capacity(MAX_BLOCK_SITES),
             cold_bytes: 0,
             site_entry_taken: false,
+            entry_fix: None,
             planned: Vec::with_capacity(MAX_PER_INSTRUCTION),
             mem: MemInfo::default(),
             next_slot: 0,
@@ -335,6 +338,7 @@ impl Translator {
         self.cold.clear();
         self.cold_bytes = 0;
         self.site_entry_taken = false;
+        self.entry_fix = None;
         self.next_slot = 0;
         self.mem = MemInfo::default();
         self.bb_mem_first = hooks.as_ref().map_or(0, |h| h.mem.descs.len() as u32);
@@ -367,8 +371,9 @@ impl Translator {
             self.edge_src = h.block_start;
             if !continuation && h.inst.inline().next().is_some() {
                 let live = inline::status_flags_live(bytes, pc);
-                let past_spills =
+                let (past_spills, fix) =
                     inline::emit_counting(&mut self.asm, env.ctx, &self.edge_maps, pc, live);
+                self.entry_fix = fix;
                 // A block that checks its bytes is entered at its check only: no linked
                 // entry (its ways in are never counted exits, see `exit_to`).
                 if check.is_none() {
@@ -461,6 +466,9 @@ impl Translator {
             .push((reentry_label, pc, 0, ExitKind::Reentry, false, false));
         let reentry = self.pending.len() - 1;
         self.emit_cold_sites(env);
+        if let Some(fix) = self.entry_fix.take() {
+            fix.emit(&mut self.asm);
+        }
         self.emit_stubs(env);
         if !self.literals.is_empty() {
             self.asm.align(8);
