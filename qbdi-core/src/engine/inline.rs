@@ -17,15 +17,21 @@
 //!   computed at translation) is counted where the edge is known:
 //!   - **at the exits**: a branch from block A to block B, both known at A's translation,
 //!     adds to a constant line: `add byte [line], 1` (and `adc byte [line], 0` for
-//!     NeverZero), RIP-relative or absolute when the map is in reach (the SDK places
-//!     maps in the first 2 GiB), through rax otherwise ([`emit_counted_exit`]). The exit
-//!     links to B's **linked entry**, past its counting code;
+//!     NeverZero; `inc byte [line]` and a `jz` to a rare path, [`NeverZeroFix`], for one
+//!     NeverZero map where B's flags are dead), RIP-relative or absolute when the map is
+//!     in reach (the SDK places maps in the first 2 GiB), through rax otherwise
+//!     ([`emit_counted_exit`]). The exit links to B's **linked entry**, past its counting
+//!     code;
 //!   - **at a counting entry**, for every other way into B (an indirect branch's table
 //!     entry, the dispatcher, a native function returning): `prev` is the thread's word
 //!     ([`thread_prev`]): `mov rcx, [ctx.edge_prev]; mov rcx, [rcx + 8i]; xor rcx, cur`,
 //!     then the table's next count into `[rcx + map]` for a map in the first 2 GiB
-//!     (`add byte [rax + rcx], 1` with the map's address in rax otherwise,
-//!     [`emit_counting`]).
+//!     (`inc byte [rcx + map]` and a rare path, [`EntryFix`], for one NeverZero map where
+//!     B's flags are dead; `add byte [rax + rcx], 1` with the map's address in rax
+//!     otherwise, [`emit_counting`]);
+//!   - **at a site cache's hit** of a return, indirect jump or indirect call, for one map
+//!     in the first 2 GiB: the pair's line, from the target's header, with the table's
+//!     next count ([`emit_counting_hits`]).
 //!
 //!   Nothing else runs per block: the thread's words are brought up to date only where a
 //!   counting entry may come next. An indirect branch and a call of native code store
