@@ -23,12 +23,12 @@ const CODE_OFFSET: usize = TABLE_OFFSET + TABLE_BYTES;
 /// Room for translated code. Reserved, not committed (MAP_NORESERVE): pages cost memory
 /// only once written. 128 MiB holds on the order of a million blocks.
 const CODE_BYTES: usize = 128 << 20;
-/// The site caches of returns and indirect jumps (two pairs of a guest and a host address
-/// each, see the translator's `emit_site_check`), after the code: small pages, touched as
-/// sites are made.
+/// The site caches of returns, indirect jumps and edge-counting indirect calls (two pairs
+/// of a guest and a host address each, see the translator's `emit_site_check`), after the
+/// code: small pages, touched as sites are made.
 const SITE_OFFSET: usize = CODE_OFFSET + CODE_BYTES;
 pub(crate) const SITE_ENTRIES: usize = 1 << 16;
-/// Two (guest, host) pairs per site, then, for a return that counts its edge there, each
+/// Two (guest, host) pairs per site, then, for a site that counts its edge there, each
 /// pair's map line and where a hit goes (see `inline::emit_counting_hits`): one cache line.
 pub(crate) const SITE_ENTRY_BYTES: usize = 64;
 const SITE_BYTES: usize = SITE_ENTRIES * SITE_ENTRY_BYTES;

@@ -107,11 +107,12 @@ pub(crate) fn emit_runtime(
     emit_restore(a, ctx);
     a.store_imm32(ctx + off::EXIT_ID, EXIT_IB_MISS);
     a.jmp_to(exit);
-    // The table entry of address 0, the one empty entry a lookup can "hit" (see
-    // `ib_table`): rax = 0, the target.
     // Both entries below are reached from a table hit (`emit_hit_jump`) or a site cache's
     // hit, with rdx the guest's: a quiet return spills rdx only on its way to the table
     // (see the translator's `emit_indirect`), so they spill it themselves.
+    //
+    // The table entry of address 0, the one empty entry a lookup can "hit" (see
+    // `ib_table`): rax = 0, the target.
     let miss_entry = a.here();
     a.store(ctx + off::IB_TARGET, RAX);
     a.store(ctx + off::SPILL + 16, RDX);

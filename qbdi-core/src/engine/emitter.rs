@@ -611,6 +611,24 @@ pub(crate) fn is_simm32(value: u64) -> bool {
 /// For tests that run generated code: a fresh private anonymous mapping of `len` bytes with
 /// protection `prot` and the extra `flags` (`MAP_32BIT`), asserted mapped; the caller
 /// unmaps it (or leaks it).
+/// Resolves `a`'s labels and copies its code to `a.base` (executable memory of a test
+/// mapping, `room` bytes there), as a System V function of one argument.
+///
+/// # Safety
+/// `a.base` is writable and executable for `room` bytes; the code is a function of that
+/// signature.
+#[cfg(test)]
+pub(crate) unsafe fn install_test_fn(a: &mut Asm, room: usize) -> extern "C" fn(u64) -> u64 {
+    a.finish();
+    assert!(a.len() <= room, "the test code fits its room");
+    // SAFETY: the caller's contract: `room` writable bytes at `a.base`, holding a function
+    // of this signature once copied.
+    unsafe {
+        std::ptr::copy_nonoverlapping(a.buf.as_ptr(), a.base as *mut u8, a.len());
+        std::mem::transmute::<u64, extern "C" fn(u64) -> u64>(a.base)
+    }
+}
+
 #[cfg(test)]
 pub(crate) fn test_mapping(len: usize, prot: libc::c_int, flags: libc::c_int) -> *mut u8 {
     // SAFETY: a new anonymous mapping with no address hint replaces nothing.

@@ -285,8 +285,9 @@ pub(crate) const ENTRY_PREFIX_LEN: u64 = 14;
 /// Bytes of a block's **header**, just before its table entry: data, never executed. Two
 /// `u32`s: the block's `cur` in its Vm's edge map (when it has one), then the offset of its
 /// linked entry from its table entry (0 when the block has no linked entry past counting
-/// code of one edge map). A return's site cache fills from it (`inline::emit_counting_fill`), so
-/// that a return that hits its cache counts its edge itself and skips the counting entry.
+/// code of one edge map). A site cache that counts edges fills from it
+/// (`inline::emit_counting_fill`), so that a return, indirect jump or call that hits its
+/// cache counts its edge itself and skips the counting entry.
 /// The shared routines below the first block have no header.
 pub(crate) const ENTRY_HEADER_LEN: u64 = 8;
 

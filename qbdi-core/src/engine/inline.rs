@@ -26,7 +26,7 @@
 //!     entry, the dispatcher, a native function returning): `prev` is the thread's word
 //!     ([`thread_prev`]): `mov rcx, [ctx.edge_prev]; mov rcx, [rcx + 8i]; xor rcx, cur`,
 //!     then the table's next count into `[rcx + map]` for a map in the first 2 GiB
-//!     (`inc byte [rcx + map]` and a rare path, [`EntryFix`], for one NeverZero map where
+//!     (`inc byte [rcx + map]` and a rare path, [`NeverZeroFix`], for one NeverZero map where
 //!     B's flags are dead; `add byte [rax + rcx], 1` with the map's address in rax
 //!     otherwise, [`emit_counting`]);
 //!   - **at a site cache's hit** of a return, indirect jump or indirect call, for one map
@@ -246,15 +246,15 @@ pub(crate) fn edge_maps(inst: &Instrumentation, out: &mut Vec<EdgeMap>) {
 /// translator), skipping its reloads and these stores.
 ///
 /// One NeverZero map in the first 2 GiB and the flags dead: `inc byte [rcx + map]` and a
-/// `jz` to an [`EntryFix`] the caller emits out of the way (rcx alone spilled, no
-/// next-count table), as counted exits do ([`NeverZeroFix`]).
+/// `jz` to a [`NeverZeroFix`] the caller emits out of the way (rcx alone spilled, no
+/// next-count table), as counted exits do.
 pub(crate) fn emit_counting(
     a: &mut Asm,
     ctx: u64,
     maps: &[EdgeMap],
     pc: u64,
     flags_live: bool,
-) -> (Option<usize>, Option<EntryFix>) {
+) -> (Option<usize>, Option<NeverZeroFix>) {
     if maps.is_empty() {
         return (None, None);
     }
@@ -289,14 +289,7 @@ pub(crate) fn emit_counting(
             if inc {
                 a.bytes(&[0xfe, 0x81]); // inc byte [rcx + disp32]
                 a.bytes(&map);
-                let (label, back) = (a.new_label(), a.new_label());
-                a.jcc_label(0x4, label); // jz: it wrapped
-                a.bind(back);
-                fix = Some(EntryFix {
-                    map: m.map as u32,
-                    label,
-                    back,
-                });
+                fix = Some(NeverZeroFix::jump_after_inc(a, FixLine::Rcx(m.map as u32)));
                 continue;
             }
             if let Some(t) = table {
@@ -336,26 +329,6 @@ pub(crate) fn emit_counting(
         a.load(RAX, regs);
     }
     (past_spills, fix)
-}
-
-/// The rare path of a counting entry's NeverZero `inc` ([`emit_counting`]): the line
-/// (`[rcx + map]`, rcx as the entry left it) wrapped to 0 and becomes 1; then back into the
-/// entry. Emitted by the caller where no path falls into it.
-#[must_use]
-pub(crate) struct EntryFix {
-    map: u32,
-    label: Label,
-    back: Label,
-}
-
-impl EntryFix {
-    pub(crate) fn emit(self, a: &mut Asm) {
-        a.bind(self.label);
-        a.bytes(&[0xc6, 0x81]); // mov byte [rcx + disp32], 1
-        a.bytes(&self.map.to_le_bytes());
-        a.bytes(&[1]);
-        a.jmp_label(self.back);
-    }
 }
 
 /// The counters of a block's head (its **linked entry**, where counted exits go, runs them
@@ -508,32 +481,53 @@ fn pad(a: &mut Asm, mut n: usize) {
     }
 }
 
-/// The rare path of a counted exit's NeverZero `inc` ([`emit_counted_exit`]): the line
-/// wrapped to 0 and becomes 1. Emitted after the exit's jump by [`NeverZeroFix::emit`].
+/// The rare path of a NeverZero `inc byte [line]` ([`emit_counted_exit`],
+/// [`emit_counting`]): the line wrapped to 0 and becomes 1, then back after the `jz` that
+/// led here. The caller emits it where no path falls into it.
 #[must_use]
 pub(crate) struct NeverZeroFix {
-    line: u64,
+    line: FixLine,
     label: Label,
+    back: Label,
+}
+
+/// The line of a [`NeverZeroFix`].
+enum FixLine {
+    /// A constant line (a counted exit's), RIP-relative or absolute.
+    At(u64),
+    /// `[rcx + map]` (a counting entry's, rcx as the entry left it).
+    Rcx(u32),
 }
 
 impl NeverZeroFix {
-    /// `mov byte [line], 1`, then a jump back to the exit's jump at offset `exit_jump` (the
-    /// path goes on as the usual one).
-    pub(crate) fn emit(self, a: &mut Asm, exit_jump: usize) {
+    /// The `jz` after an `inc` of `line`, to the fix.
+    fn jump_after_inc(a: &mut Asm, line: FixLine) -> NeverZeroFix {
+        let (label, back) = (a.new_label(), a.new_label());
+        a.jcc_label(0x4, label); // jz: it wrapped
+        a.bind(back);
+        NeverZeroFix { line, label, back }
+    }
+
+    /// `mov byte [line], 1`, then a jump back.
+    pub(crate) fn emit(self, a: &mut Asm) {
         a.bind(self.label);
-        let reach = reach_from(a.here(), self.line);
-        assert!(
-            reach != Reach::Rax,
-            "a line in reach of its exit is in reach here"
-        );
-        a.bytes(&[0xc6]); // mov byte [line], 1
-        mem_operand(a, reach, 0, self.line, 1);
+        match self.line {
+            FixLine::At(line) => {
+                let reach = reach_from(a.here(), line);
+                assert!(
+                    reach != Reach::Rax,
+                    "a line in reach of its exit is in reach here"
+                );
+                a.bytes(&[0xc6]); // mov byte [line], 1
+                mem_operand(a, reach, 0, line, 1);
+            }
+            FixLine::Rcx(map) => {
+                a.bytes(&[0xc6, 0x81]); // mov byte [rcx + disp32], 1
+                a.bytes(&map.to_le_bytes());
+            }
+        }
         a.bytes(&[1]);
-        let rel = exit_jump as i64 - (a.len() as i64 + 2);
-        a.bytes(&[
-            0xeb,
-            i8::try_from(rel).expect("the exit's jump is just before") as u8,
-        ]);
+        a.jmp_label(self.back);
     }
 }
 
@@ -544,7 +538,8 @@ impl NeverZeroFix {
 /// and restored around it.
 ///
 /// One NeverZero map in reach and the flags dead: `inc byte [line]` and a `jz` not taken
-/// but when the line wraps, to a [`NeverZeroFix`] the caller emits after the exit's jump:
+/// but when the line wraps, to a [`NeverZeroFix`] the caller emits after the exit's jump
+/// (which follows the `jz`, where the fix comes back):
 /// one read-modify-write of the line instead of `add` then `adc` (a loop's back edge
 /// counted again and again waits for the previous count through memory twice per turn).
 pub(crate) fn emit_counted_exit(
@@ -568,9 +563,7 @@ pub(crate) fn emit_counted_exit(
         let l = line(m);
         a.bytes(&[0xfe]); // inc byte [line]
         mem_operand(a, reach(l), 0, l, 0);
-        let label = a.new_label();
-        a.jcc_label(0x4, label); // jz: it wrapped
-        return Some(NeverZeroFix { line: l, label });
+        return Some(NeverZeroFix::jump_after_inc(a, FixLine::At(l)));
     }
     let rax_spilled = flags_live || maps.iter().any(|m| reach(line(m)) == Reach::Rax);
     if rax_spilled {
@@ -677,7 +670,7 @@ fn store_prev(a: &mut Asm, index: u32, prev: u32) {
 /// A block's header (see `ib_table::ENTRY_HEADER_LEN`): its `cur` in the one edge map of
 /// its Vm and the offset of its linked entry from its table entry, when it has counting
 /// code for exactly one map and a linked entry past it (`linked`, as `Translated::linked`,
-/// not 0); zeros otherwise (a return's site cache then goes through its table entry).
+/// not 0); zeros otherwise (a site cache then goes through its table entry).
 pub(crate) fn entry_header(maps: &[EdgeMap], pc: u64, continuation: bool, linked: u64) -> [u8; 8] {
     let mut h = [0u8; 8];
     if let [m] = maps
@@ -908,7 +901,7 @@ mod tests {
     /// guest's throughout.
     #[test]
     fn returns_count_their_edge_at_their_site_cache() {
-        use super::super::emitter::{RWX, test_mapping};
+        use super::super::emitter::{RWX, install_test_fn, test_mapping};
         use super::super::ib_table::{IbTable, Miss, TABLE_BYTES, emit_lookup};
         const CTX: usize = 4 * 4096;
         const LEN: usize = TABLE_BYTES + CTX + 4 * 4096;
@@ -980,10 +973,7 @@ mod tests {
             a.bind(miss);
             a.mov_imm64(RAX, MISS);
             a.bytes(&[0xc3]);
-            a.finish();
-            assert!(a.len() < 4096 - 64);
-            std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
-            let ret: extern "C" fn(u64) -> u64 = std::mem::transmute(code);
+            let ret = install_test_fn(&mut a, 4096 - 64);
             let (g, r, z) = (
                 0x5555_1234_5678u64,
                 0x5555_1234_9000u64,
@@ -1254,10 +1244,9 @@ mod tests {
                     // it comes back to it.
                     let fix = emit_counted_exit(a, ctx, &[m], 0x100, 0x234, flags_live);
                     let done = a.new_label();
-                    let exit_jump = a.len();
                     a.jmp_label(done);
                     if let Some(fix) = fix {
-                        fix.emit(a, exit_jump);
+                        fix.emit(a);
                     }
                     a.bind(done);
                 },

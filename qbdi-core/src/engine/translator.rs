@@ -166,7 +166,7 @@ pub(crate) struct Translator {
     /// This translation's indirect branch (or call to a PLT entry) took `Env::site_entry`.
     site_entry_taken: bool,
     /// The counting entry's NeverZero rare path, emitted after the block's code.
-    entry_fix: Option<inline::EntryFix>,
+    entry_fix: Option<inline::NeverZeroFix>,
     /// Memory accesses of the instruction being translated, and the block's next slot.
     planned: Vec<Planned>,
     mem: MemInfo,
@@ -1502,8 +1502,8 @@ impl Translator {
                 None => emit_site_check(&mut self.asm, e),
             }
         }
-        // Where a jump's site goes once it stops using its cache: the sync below, or the
-        // lookup.
+        // Where a jump's site goes once it stops using its cache: what follows the check
+        // (the sync of a counting site, then the lookup).
         let past_check = self.asm.len();
         if let Some(c) = counting {
             c.emit_sync(&mut self.asm, ctx);
@@ -1511,7 +1511,6 @@ impl Translator {
         if late_rdx {
             self.asm.store(ctx + off::SPILL + 16, RDX);
         }
-        let lookup = self.asm.len();
         emit_lookup(
             &mut self.asm,
             ctx,
@@ -1531,12 +1530,7 @@ impl Translator {
         if ret {
             fill(&mut self.asm);
         } else {
-            let to = if counting.is_some() {
-                past_check
-            } else {
-                lookup
-            };
-            emit_counted_fill(&mut self.asm, ctx, countdown, check, to, fill);
+            emit_counted_fill(&mut self.asm, ctx, countdown, check, past_check, fill);
         }
         Ok(())
     }
@@ -1663,11 +1657,11 @@ impl Translator {
                 None => self.sync_edges(env),
             }
         }
-        let exit_jump = self.asm.len();
         self.exit_uncounted(target, kind, linkable, counted, true);
-        // A NeverZero count's rare path, out of the way of the usual one.
+        // A NeverZero count's rare path, out of the way of the usual one: it comes back to
+        // the exit's jump, just after its `jz`.
         if let Some(fix) = fix {
-            fix.emit(&mut self.asm, exit_jump);
+            fix.emit(&mut self.asm);
         }
     }
 
@@ -1798,8 +1792,8 @@ pub(crate) fn emit_pair_tests(a: &mut Asm, e: u64, first: Label, second: Label) 
 /// the block: a two-byte jump to the fill, then the plain hit jump. The fill counts down at
 /// `countdown` (flags untouched) and fills the cache (`fill`, which ends in the jump to the
 /// target); its last time (a switch's jump, whose targets are too many for the cache), it
-/// makes the site a plain lookup: the check's first bytes become a jump to offset `to` (the
-/// lookup, or what precedes it when a hit would skip that), and the jump to the fill a
+/// makes the site a plain lookup: the check's first bytes become a jump to offset `to` (what
+/// follows the check: a counting site's sync, then the lookup), and the jump to the fill a
 /// two-byte `nop`, so that hits fall into the plain hit jump. The block is this thread's
 /// code: the writes are self-modifying code, which the processor sees at once.
 fn emit_counted_fill(
@@ -2077,7 +2071,7 @@ mod tests {
     /// table.
     #[test]
     fn a_return_site_cache_fills_from_the_table_and_answers_alone() {
-        use super::super::emitter::{RWX, test_mapping};
+        use super::super::emitter::{RWX, install_test_fn, test_mapping};
         use super::super::ib_table::{ENTRY_PREFIX_LEN, IbTable, TABLE_BYTES};
         const CTX: usize = 4 * 4096;
         const LEN: usize = TABLE_BYTES + CTX + 2 * 4096;
@@ -2107,10 +2101,7 @@ mod tests {
             a.bind(miss);
             a.mov_imm64(RAX, MISS);
             a.bytes(&[0xc3]);
-            a.finish();
-            assert!(a.len() < 2048);
-            std::ptr::copy_nonoverlapping(a.buf.as_ptr(), code as *mut u8, a.len());
-            let ret: extern "C" fn(u64) -> u64 = std::mem::transmute(code);
+            let ret = install_test_fn(&mut a, 2048);
             let (g, h, other) = (
                 0x5555_1234_5678u64,
                 0x5555_1234_9000u64,
