@@ -152,6 +152,41 @@ FUNC cf_jmp_mem_rip
     ret
 ENDF cf_jmp_mem_rip
 
+// call [rip + slot] and jmp [rip + slot] with rdx live at both (x) -> 5 * (3x + 1): both
+// slots hold an instrumented target, which the translation expects (a PLT's jump), and
+// whose way there leaves rdx alone (it is not spilled before the check).
+FUNC cf_slot_rdx
+    mov rdx, rdi
+    call qword ptr [rip + .Lcf_slot_rdx_call_slot]
+    lea rdx, [rax + 1]
+    jmp qword ptr [rip + .Lcf_slot_rdx_jmp_slot]
+.Lcf_slot_rdx_call_target:
+    lea rax, [rdx + rdx*2]
+    ret
+.Lcf_slot_rdx_jmp_target:
+    lea rax, [rdx + rdx*4]
+    ret
+ENDF cf_slot_rdx
+
+// jmp [rip + cf_switch_slot] and call [rip + cf_switch_slot], the slot writable: the test
+// changes it between calls, so the target the translation expected is not always the one
+// taken. (x) -> target(target(x)), each target x + 11 or 3x.
+FUNC cf_slot_switch
+    call qword ptr [rip + cf_switch_slot]
+    mov rdi, rax
+    jmp qword ptr [rip + cf_switch_slot]
+ENDF cf_slot_switch
+
+FUNC cf_switch_add
+    lea rax, [rdi + 11]
+    ret
+ENDF cf_switch_add
+
+FUNC cf_switch_mul
+    lea rax, [rdi + rdi*2]
+    ret
+ENDF cf_switch_mul
+
 // Jump tables: (index 0..3, x) -> a different function of x per case.
 // Absolute entries, SIB base + index*8: jmp [rdx + rdi*8].
 FUNC cf_jt_base_index
@@ -416,6 +451,10 @@ ENDF cf_call_read_ret
     .quad .Lcf_jmp_mem_reg_target
 .Lcf_jmp_mem_rip_slot:
     .quad .Lcf_jmp_mem_rip_target
+.Lcf_slot_rdx_call_slot:
+    .quad .Lcf_slot_rdx_call_target
+.Lcf_slot_rdx_jmp_slot:
+    .quad .Lcf_slot_rdx_jmp_target
 .Lcf_abs_table:
     .quad .Lcf_case0
     .quad .Lcf_case1
@@ -441,6 +480,9 @@ ENDF cf_call_read_ret
     .p2align 3
 .Lcf_scratch:
     .quad 0
+    .globl cf_switch_slot
+cf_switch_slot:
+    .quad cf_switch_add
 
     .section .note.GNU-stack,"",@progbits
 

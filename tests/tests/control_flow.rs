@@ -149,6 +149,11 @@ unsafe extern "C" {
     safe fn cf_jmp_mem_reg(x: u64) -> u64;
     safe fn cf_call_mem_rip(x: u64) -> u64;
     safe fn cf_jmp_mem_rip(x: u64) -> u64;
+    safe fn cf_slot_rdx(x: u64) -> u64;
+    fn cf_slot_switch(x: u64) -> u64;
+    fn cf_switch_add(x: u64) -> u64;
+    fn cf_switch_mul(x: u64) -> u64;
+    static mut cf_switch_slot: u64;
     fn cf_jt_base_index(index: u64, x: u64) -> u64;
     fn cf_jt_index_disp(index: u64, x: u64) -> u64;
     fn cf_jt_relative(index: u64, x: u64) -> u64;
@@ -256,6 +261,46 @@ fn call_through_rip_relative_memory_matches_native() {
 fn jmp_through_rip_relative_memory_matches_native() {
     assert_eq!(cf_jmp_mem_rip(5), 14);
     compare_unary(cf_jmp_mem_rip, &INPUTS);
+}
+
+/// A call and a jump through slots holding their expected (instrumented) targets, with
+/// rdx an argument of each target: their way to the expected target must leave the guest's
+/// rdx as it is, with another value at every call (what the spill slot holds is the
+/// previous call's, or another branch's).
+#[test]
+fn calls_and_jumps_through_slots_keep_rdx_on_their_way_to_the_expected_target() {
+    assert_eq!(cf_slot_rdx(2), 35);
+    let inputs: Vec<u64> = (0..64)
+        .map(|i| i * 0x1_0001 + (i << 40))
+        .chain(INPUTS)
+        .collect();
+    compare_unary(cf_slot_rdx, &inputs);
+}
+
+/// A call and a jump through a slot that changes between runs: the translation expects
+/// the target the slot held then, and a branch to the other one must go to that other one
+/// (its site cache, then the lookup).
+#[test]
+fn calls_and_jumps_through_a_slot_that_changes_go_to_its_new_target() {
+    let addr = cf_slot_switch as *const () as u64;
+    let (mut vm, _stack) = vm_for(addr);
+    let targets = [
+        cf_switch_add as *const () as u64,
+        cf_switch_mul as *const () as u64,
+    ];
+    let slot = &raw mut cf_switch_slot;
+    for round in 0..12u64 {
+        let t = targets[(round % 3 % 2) as usize];
+        // SAFETY: the slot is a plain word of the test's data; no guest runs concurrently.
+        unsafe { slot.write_volatile(t) };
+        let x = round * 1000 + 1;
+        let want = if t == targets[0] { x + 22 } else { 9 * x };
+        // SAFETY: the slot holds one of the two functions, which take and return a u64.
+        assert_eq!(unsafe { cf_slot_switch(x) }, want, "native, round {round}");
+        assert_eq!(vm.call(addr, &[x]), Ok(want), "round {round}");
+    }
+    // SAFETY: as above.
+    unsafe { slot.write_volatile(targets[0]) };
 }
 
 /// Runs a jump-table function (index 0..4, x) natively and under a Vm, every case twice

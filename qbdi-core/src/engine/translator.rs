@@ -1437,9 +1437,16 @@ impl Translator {
         let ctx = env.ctx;
         let ret = instr.flow_control() == FlowControl::Return;
         let quiet = self.quiet_paths(hooks, instr);
+        // The target a jump or call through a slot (a PLT's) will most likely take.
+        let expected = if ret {
+            None
+        } else {
+            self.slot_target(instr, env)
+        };
         // A quiet return spills rdx only on its way to the table: its site cache's hits
-        // leave rdx alone.
-        let late_rdx = ret && quiet;
+        // leave rdx alone. So does a quiet branch with an expected target: its way there
+        // (and its site cache's hits) leave rdx alone too.
+        let late_rdx = quiet && (ret || expected.is_some());
         if late_rdx {
             self.asm.store(ctx + off::SPILL, RAX);
             self.asm.store(ctx + off::SPILL + 8, RCX);
@@ -1457,12 +1464,17 @@ impl Translator {
                 self.asm.lea_rsp(pop);
             }
             _ => {
-                self.load_branch_target(instr)?;
+                match expected {
+                    // The slot into rax: the check of the expected target below makes the
+                    // difference in rcx.
+                    Some(_) => load_rax_from(&mut self.asm, instr.ip_rel_memory_address()),
+                    None => self.load_branch_target(instr)?,
+                }
                 if instr.flow_control() == FlowControl::IndirectCall {
                     self.push_guest_address(instr.next_ip());
                 }
-                if let Some(expected) = self.slot_target(instr, env) {
-                    self.emit_expected_target(instr, env, hooks, expected);
+                if let Some(expected) = expected {
+                    self.emit_expected_target(instr, env, hooks, expected, late_rdx);
                 }
             }
         }
@@ -1554,29 +1566,35 @@ impl Translator {
         Some(target)
     }
 
-    /// After rcx = the target of an indirect branch (rax, rcx, rdx spilled): when it is
-    /// `expected`, the branch goes on as a direct one (its exit stub is linked to the
-    /// target's block: no table lookup, a direct jump); otherwise rcx is the target again
-    /// and the lookup follows.
+    /// After rax = the target of an indirect branch through a slot (rax and rcx spilled,
+    /// rdx too unless `late_rdx`): when it is `expected`, the branch goes on as a direct
+    /// one (its exit stub is linked to the target's block: no table lookup, a direct
+    /// jump); otherwise rcx = the target, and the site cache and the lookup follow. No
+    /// flag is touched.
     fn emit_expected_target(
         &mut self,
         instr: &Instruction,
         env: &Env<'_>,
         hooks: &mut Option<Hooks<'_>>,
         expected: u64,
+        late_rdx: bool,
     ) {
         let (hit, miss) = (self.asm.new_label(), self.asm.new_label());
-        self.asm.mov_imm64(RAX, expected);
-        self.asm.rcx_diff(RAX); // rcx = 0 iff the target is the expected one
+        self.asm.mov_imm64(RCX, expected);
+        self.asm.rcx_diff(RAX); // rcx = target - expected: 0 iff the expected one
         self.asm.jrcxz_label(hit);
         self.asm.jmp_label(miss);
         self.asm.bind(hit);
-        emit_restore(&mut self.asm, env.ctx);
+        if late_rdx {
+            self.asm.load(RAX, env.ctx + off::SPILL);
+            self.asm.load(RCX, env.ctx + off::SPILL + 8);
+        } else {
+            emit_restore(&mut self.asm, env.ctx);
+        }
         self.path_hooks(env, hooks, instr, Rip::Imm(expected));
         self.exit_to(env, expected, ExitKind::Branch, true);
         self.asm.bind(miss);
-        // rcx = expected - target, so the same again gives the target back (no flags).
-        self.asm.rcx_diff(RAX);
+        self.asm.mov_rr(RCX, RAX);
     }
 
     /// rcx = the target of `jmp/call r/m64` (the guest's rax, rcx, rdx are still in place).
@@ -1907,6 +1925,17 @@ pub(crate) fn plt_slot(bytes: &[u8; 16], at: u64) -> Option<u64> {
 
 /// `mov rcx, [slot]`: RIP-relative when `rip_relative` allows it and it reaches, else
 /// through the slot's address.
+/// rax = the 8 bytes at `slot`: RIP-relative when in reach, else `mov rax, [moffs64]`
+/// (one instruction, where rcx takes two).
+fn load_rax_from(a: &mut Asm, slot: u64) {
+    if i32::try_from(slot.wrapping_sub(a.here() + 7) as i64).is_ok() {
+        a.load(RAX, slot);
+    } else {
+        a.bytes(&[0x48, 0xa1]); // mov rax, [moffs64]
+        a.bytes(&slot.to_le_bytes());
+    }
+}
+
 fn load_rcx_from(a: &mut Asm, slot: u64, rip_relative: bool) {
     if rip_relative && i32::try_from(slot.wrapping_sub(a.here() + 7) as i64).is_ok() {
         a.load(RCX, slot);
