@@ -172,9 +172,9 @@ ENDF cf_slot_rdx
 // changes it between calls, so the target the translation expected is not always the one
 // taken. (x) -> target(target(x)), each target x + 11 or 3x.
 FUNC cf_slot_switch
-    call qword ptr [rip + cf_switch_slot]
+    call qword ptr [rip + .Lcf_switch_slot]
     mov rdi, rax
-    jmp qword ptr [rip + cf_switch_slot]
+    jmp qword ptr [rip + .Lcf_switch_slot]
 ENDF cf_slot_switch
 
 FUNC cf_switch_add
@@ -480,8 +480,12 @@ ENDF cf_call_read_ret
     .p2align 3
 .Lcf_scratch:
     .quad 0
+    // Referenced through the local label: a global symbol may be preempted in a shared
+    // object (the Python tests build these files into one), which RIP-relative code cannot
+    // address.
     .globl cf_switch_slot
 cf_switch_slot:
+.Lcf_switch_slot:
     .quad cf_switch_add
 
     .section .note.GNU-stack,"",@progbits
