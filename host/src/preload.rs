@@ -133,6 +133,8 @@ pub unsafe extern "C" fn __libc_start_main(
         // engine.
         // SAFETY: registering a plain extern "C" fn with atexit.
         unsafe { libc::atexit(at_exit) };
+        // Before any translation: every block of the run ends the process through the hook.
+        qbdi_core::threads::set_exit_group_hook(exit_group);
         qbdi_main
     } else {
         main
@@ -499,10 +501,59 @@ fn run_on_private_stack(job: &mut MainJob) {
     }
 }
 
-/// The last exit handler: finalises the plugins, on the stderr the program started with if
-/// it closed its own (GNU tools close stdout and stderr in their exit handlers), then lets
-/// what still runs natively run natively.
+/// Set when `exit` is called through this library's [`exit`]: libc's `exit` then runs
+/// natively, whatever runs under a Vm on the thread.
+static NATIVE_EXIT: AtomicBool = AtomicBool::new(false);
+
+/// The last exit handler: finalises the plugins, then lets what still runs natively run
+/// natively. When libc's exit runs under a Vm (libc instrumented, called by the guest
+/// rather than through [`exit`], this handler reached from the loader's finaliser in a
+/// native call of that Vm, not from a plugin's callback), it leaves them to the guest's
+/// `exit_group` system call ([`exit_group`]), which comes after the rest of `exit`: the
+/// other libraries' finalisers, libc's stdio flush, `_exit`. The tools then see those
+/// too.
 extern "C" fn at_exit() {
+    let exit_translated = !NATIVE_EXIT.load(Ordering::SeqCst)
+        && instrumented_exit()
+        && !crate::unwind::thread_vms().is_empty()
+        && !session::in_callback();
+    if exit_translated {
+        FINI_DEFERRED.store(true, Ordering::SeqCst);
+    } else {
+        restore_stderr();
+        session::fini_all();
+    }
+    crate::reentry::disable();
+}
+
+/// Set when [`at_exit`] left the finalisation to [`exit_group`] (in this process: a
+/// forked child finalises its own copy of the plugins there too, as at its `exit`).
+static FINI_DEFERRED: AtomicBool = AtomicBool::new(false);
+
+/// Whether libc's `_exit`, which makes the `exit_group` system call, is instrumented.
+fn instrumented_exit() -> bool {
+    let f = next_symbol(c"_exit");
+    !f.is_null() && crate::threads::instrumented(f as u64)
+}
+
+/// The guest's `exit_group` system call, under a Vm (see
+/// `qbdi_core::threads::set_exit_group_hook`): finalise the plugins if the exit handlers
+/// did not (in the session's process, or where [`at_exit`] left it to here), then end the
+/// process with the guest's status.
+fn exit_group(status: c_int) -> ! {
+    if in_session_process() || FINI_DEFERRED.load(Ordering::SeqCst) {
+        restore_stderr();
+        session::fini_all();
+    }
+    loop {
+        // SAFETY: the exit_group system call ends the process; it does not return.
+        unsafe { libc::syscall(libc::SYS_exit_group, status) };
+    }
+}
+
+/// Puts back the stderr the program started with if it closed its own (GNU tools close
+/// stdout and stderr in their exit handlers), for the plugins' last words.
+fn restore_stderr() {
     let saved = SAVED_STDERR.load(Ordering::SeqCst);
     // SAFETY: fcntl on fd 2 only queries it; dup2 puts the saved copy back in its place.
     unsafe {
@@ -510,8 +561,6 @@ extern "C" fn at_exit() {
             libc::dup2(saved, 2);
         }
     }
-    session::fini_all();
-    crate::reentry::disable();
 }
 
 /// A copy of the program's stderr at start (close-on-exec), for [`at_exit`]; -1 if none.
@@ -642,6 +691,7 @@ type ExitFn = unsafe extern "C" fn(c_int) -> !;
 /// (`at_exit`); Python tools finalise first, before the program's own handlers.
 #[unsafe(no_mangle)]
 pub extern "C" fn exit(status: c_int) -> ! {
+    NATIVE_EXIT.store(true, Ordering::SeqCst);
     if in_session_process() && python_tools() {
         session::fini_all();
     }

@@ -376,6 +376,29 @@ pub fn current_thread_id() -> u32 {
     unsafe { libc::syscall(libc::SYS_gettid) as u32 }
 }
 
+/// What ends the process in place of a guest's `exit_group` system call (0: none), see
+/// [`set_exit_group_hook`].
+static EXIT_GROUP_HOOK: AtomicUsize = AtomicUsize::new(0);
+
+/// Makes the guest's `exit_group` system call, in code translated from now on by any Vm of
+/// the process, leave the cache and call `hook` with its status instead: `hook` must end
+/// the process as the system call would (the status is the guest's `rdi`). An embedder
+/// finalises its tools there, after the last guest code of the process has run under the
+/// engine: with libc instrumented, its `exit` goes on after the `atexit` handlers (its stdio
+/// flush, the loader's lazy binding of what that calls, `_exit`), and a program may make
+/// the system call itself, without `exit` (a raw `syscall`, a Go runtime). Set it before
+/// the first translation: blocks translated before keep the plain system call.
+pub fn set_exit_group_hook(hook: fn(i32) -> !) {
+    EXIT_GROUP_HOOK.store(hook as usize, Ordering::SeqCst);
+}
+
+/// The hook set by [`set_exit_group_hook`], if any.
+pub(crate) fn exit_group_hook() -> Option<fn(i32) -> !> {
+    let h = EXIT_GROUP_HOOK.load(Ordering::SeqCst);
+    // SAFETY: a non-zero value was stored from a `fn(i32) -> !` by set_exit_group_hook.
+    (h != 0).then(|| unsafe { std::mem::transmute::<usize, fn(i32) -> !>(h) })
+}
+
 /// `Rword` of the guest's `exit` system call.
 pub(crate) const SYS_EXIT: Rword = libc::SYS_exit as Rword;
 

@@ -134,6 +134,11 @@ fn the_edges_map_is_read_through_shared_memory_as_afl_reads_it() {
     }
 }
 
+/// The edges plugin without AFL++ writes its map to a file when the plugins finalise: the
+/// same map as the callback's, which counts up to the process's last block. With libc
+/// instrumented, libc's `exit` goes on after the `atexit` handlers (the other libraries'
+/// finalisers, the stdio flush of `sort`'s and python3's buffered output, `_exit`): the
+/// plugins finalise at its `exit_group` system call, after those.
 #[test]
 fn without_afl_the_edges_map_goes_to_a_file() {
     let dir = scratch("edges-file");
@@ -142,28 +147,79 @@ fn without_afl_the_edges_map_goes_to_a_file() {
     let check = dir.join("check.map");
     let edges = format!("{}:out={},size=65536", plugin("edges"), out.display());
     let edgecheck = format!("{}:out={}", plugin("edgecheck"), check.display());
-    let q = assert_same_env(
-        &dir,
-        &[],
-        &["--all-maps", "-p", &edges, "-p", &edgecheck],
-        "gzip",
-        &["-c", &input],
-        None,
-    );
-    assert!(
-        q.stderr.contains("map entries hit, map written to"),
-        "{}",
-        q.stderr
-    );
-    let map = std::fs::read(&out).expect("the edges map file");
-    assert_eq!(map.len(), 1 << 16);
-    assert!(hits(&map) > 100);
-    assert!(map == std::fs::read(&check).unwrap(), "the maps differ");
+    let python = qbdi_tests::cli::python();
+    for (program, args) in [
+        ("gzip", vec!["-c", input.as_str()]),
+        ("sort", vec!["--parallel=1", "-n", input.as_str()]),
+        (
+            python.as_str(),
+            vec!["-c", "print(sum(i * i for i in range(2000)))"],
+        ),
+    ] {
+        let _ = std::fs::remove_file(&out);
+        let q = assert_same_env(
+            &dir,
+            &[],
+            &["--all-maps", "-p", &edges, "-p", &edgecheck],
+            program,
+            &args,
+            None,
+        );
+        assert!(
+            q.stderr.contains("map entries hit, map written to"),
+            "{program}: {}",
+            q.stderr
+        );
+        let map = std::fs::read(&out).expect("the edges map file");
+        assert_eq!(map.len(), 1 << 16);
+        assert!(hits(&map) > 100, "{program}: {} entries hit", hits(&map));
+        let expected = std::fs::read(&check).unwrap();
+        let differ: Vec<(usize, u8, u8)> = (0..map.len())
+            .filter(|&i| map[i] != expected[i])
+            .map(|i| (i, map[i], expected[i]))
+            .collect();
+        assert!(
+            differ.is_empty(),
+            "{program}: {} of {} entries differ from the callback's map (index, file, \
+             callback): {:?}",
+            differ.len(),
+            hits(&expected),
+            &differ[..differ.len().min(20)]
+        );
+    }
     // A bad size is refused before the program runs.
     let bad = format!("{}:size=1000", plugin("edges"));
     let q = qbdi_tests::cli::under_qbdi(&dir, &["-p", &bad], "true", &[], None);
     assert_ne!(q.code, Some(0));
     assert!(q.stderr.contains("size=1000"), "{}", q.stderr);
+}
+
+/// A program that ends with the `exit_group` system call itself (no `exit`, no atexit
+/// handler: a Go runtime's way, here libc's `syscall` called from python3): the plugins
+/// finalise at that system call, which the engine sees with libc instrumented, and the
+/// process ends with the program's status.
+#[test]
+fn plugins_finalise_at_a_raw_exit_group() {
+    let dir = scratch("raw-exit-group");
+    let out = dir.join("edges.map");
+    let bb = dir.join("bb.log");
+    let edges = format!("{}:out={}", plugin("edges"), out.display());
+    let bbcount = format!("{}:out={}", plugin("bbcount"), bb.display());
+    let python = qbdi_tests::cli::python();
+    let code = "import ctypes, sys; sys.stdout.flush(); ctypes.CDLL(None).syscall(231, 3)";
+    let q = qbdi_tests::cli::under_qbdi(
+        &dir,
+        &["--all-maps", "-p", &edges, "-p", &bbcount],
+        &python,
+        &["-c", code],
+        None,
+    );
+    assert_eq!(q.code, Some(3), "{}", q.stderr);
+    assert!(q.stderr.contains("map written to"), "{}", q.stderr);
+    let map = std::fs::read(&out).expect("the edges map file");
+    assert!(hits(&map) > 1000, "{} entries hit", hits(&map));
+    let report = std::fs::read_to_string(&bb).expect("the bbcount report");
+    assert!(bbcount_total(&report) > 100_000, "{report:.200}");
 }
 
 /// The total of a bbcount report's header: `# N blocks entered T times; ...`.

@@ -23,6 +23,9 @@ pub(crate) const EXIT_THREAD: u32 = 4;
 /// A block translated from memory that may change found its guest bytes changed (start in
 /// `ib_target`): translate it again.
 pub(crate) const EXIT_STALE: u32 = 5;
+/// The guest made the `exit_group` system call with an exit-group hook set
+/// (`threads::set_exit_group_hook`): the hook ends the process.
+pub(crate) const EXIT_GROUP: u32 = 6;
 
 /// How the callback routine saved the guest's FP state (`Context::fp_mode`).
 pub(crate) const FP_NONE: u8 = 0;

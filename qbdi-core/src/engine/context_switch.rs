@@ -32,7 +32,7 @@
 //! Otherwise guest and host share the thread's, as they share the thread.
 
 use super::context::{
-    EXIT_BROKER, EXIT_IB_MISS, EXIT_STOP, EXIT_THREAD, FP_FAST, FP_FULL, FP_NONE, off,
+    EXIT_BROKER, EXIT_GROUP, EXIT_IB_MISS, EXIT_STOP, EXIT_THREAD, FP_FAST, FP_FULL, FP_NONE, off,
 };
 use super::emitter::{Asm, Label, R12, R13, R14, R15, RAX, RBP, RBX, RCX, RDI, RDX, RSP};
 use super::encode::{VectorPart, kxorq_self, move_vector, vpxord_self};
@@ -57,6 +57,8 @@ pub(crate) struct Runtime {
     pub bit0_table: u64,
     /// Leaves the cache reporting the guest's `exit` system call (`EXIT_THREAD`).
     pub thread_exit: u64,
+    /// Leaves the cache reporting the guest's `exit_group` system call (`EXIT_GROUP`).
+    pub exit_group: u64,
 }
 
 /// How the callback routine protects the guest's FP state.
@@ -154,6 +156,10 @@ pub(crate) fn emit_runtime(
     a.store_imm32(ctx + off::EXIT_ID, EXIT_THREAD);
     a.jmp_to(exit);
 
+    let exit_group = a.here();
+    a.store_imm32(ctx + off::EXIT_ID, EXIT_GROUP);
+    a.jmp_to(exit);
+
     let callback = a.here();
     emit_callback(a, ctx, cb_fp, fsgs, exit_tail);
     let bit0_table = a.here();
@@ -169,6 +175,7 @@ pub(crate) fn emit_runtime(
         callback,
         bit0_table,
         thread_exit,
+        exit_group,
     }
 }
 

@@ -7,7 +7,8 @@
 
 use super::callbacks::fire_events;
 use super::context::{
-    EXIT_BROKER, EXIT_CALLBACK, EXIT_IB_MISS, EXIT_STALE, EXIT_STOP, EXIT_THREAD, FIRST_STUB_ID,
+    EXIT_BROKER, EXIT_CALLBACK, EXIT_GROUP, EXIT_IB_MISS, EXIT_STALE, EXIT_STOP, EXIT_THREAD,
+    FIRST_STUB_ID,
 };
 use super::directory::ExitKind;
 use super::translator::disassemble_at;
@@ -370,6 +371,13 @@ impl Engine {
                 // SAFETY: as above.
                 status: unsafe { (*ctx).gpr.rdi } as i32,
             }),
+            EXIT_GROUP => {
+                // SAFETY: as above.
+                let status = unsafe { (*ctx).gpr.rdi } as i32;
+                let hook = crate::threads::exit_group_hook()
+                    .expect("exit_group leaves the cache only with a hook set");
+                hook(status)
+            }
             EXIT_STOP => {
                 // SAFETY: as above.
                 unsafe { (*ctx).gpr.rip = stop };

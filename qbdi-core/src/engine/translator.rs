@@ -1157,9 +1157,12 @@ impl Translator {
         const CLONE: i32 = 56;
         const VFORK: i32 = 58;
         const CLONE3: i32 = 435;
+        const EXIT_GROUP: i32 = 231;
         let follow = crate::threads::following();
+        let exit_group_hook = crate::threads::exit_group_hook().is_some();
         let a = &mut self.asm;
-        let (clone, clone3, vfork, plain, done, exit) = (
+        let (clone, clone3, vfork, plain, done, exit, group) = (
+            a.new_label(),
             a.new_label(),
             a.new_label(),
             a.new_label(),
@@ -1175,6 +1178,10 @@ impl Translator {
         if follow {
             lea_ecx_rax_minus(a, crate::threads::SYS_EXIT as i32);
             a.jrcxz_far_label(exit);
+        }
+        if exit_group_hook {
+            lea_ecx_rax_minus(a, EXIT_GROUP);
+            a.jrcxz_far_label(group);
         }
         lea_ecx_rax_minus(a, CLONE);
         a.jrcxz_far_label(clone);
@@ -1239,6 +1246,14 @@ impl Translator {
             a.mov_imm64(RCX, ip);
             a.store(env.ctx + off::IB_TARGET, RCX);
             a.jmp_to(env.runtime.thread_exit);
+        }
+        a.bind(group);
+        if exit_group_hook {
+            // The process ends: leave the cache (the dispatcher calls the hook, which ends
+            // it with the guest's rdi as status).
+            a.mov_imm64(RCX, ip);
+            a.store(env.ctx + off::IB_TARGET, RCX);
+            a.jmp_to(env.runtime.exit_group);
         }
         a.bind(done);
     }
