@@ -384,8 +384,8 @@ static EXIT_GROUP_HOOK: AtomicUsize = AtomicUsize::new(0);
 /// the process, leave the cache and call `hook` with its status instead: `hook` must end
 /// the process as the system call would (the status is the guest's `rdi`). An embedder
 /// finalises its tools there, after the last guest code of the process has run under the
-/// engine: with libc instrumented, its `exit` goes on after the `atexit` handlers (its stdio
-/// flush, the loader's lazy binding of what that calls, `_exit`), and a program may make
+/// engine: with libc instrumented, its `exit` goes on after the `atexit` handlers (the other
+/// libraries' finalisers, its stdio flush, `_exit`), and a program may make
 /// the system call itself, without `exit` (a raw `syscall`, a Go runtime). Set it before
 /// the first translation: blocks translated before keep the plain system call.
 pub fn set_exit_group_hook(hook: fn(i32) -> !) {

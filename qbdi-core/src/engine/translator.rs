@@ -1938,10 +1938,8 @@ pub(crate) fn plt_slot(bytes: &[u8; 16], at: u64) -> Option<u64> {
     Some((at + i as u64 + 6).wrapping_add(d as i64 as u64))
 }
 
-/// `mov rcx, [slot]`: RIP-relative when `rip_relative` allows it and it reaches, else
-/// through the slot's address.
-/// rax = the 8 bytes at `slot`: RIP-relative when in reach, else `mov rax, [moffs64]`
-/// (one instruction, where rcx takes two).
+/// `mov rax, [slot]`: RIP-relative when in reach, else `mov rax, [moffs64]` (one
+/// instruction, where rcx takes two).
 fn load_rax_from(a: &mut Asm, slot: u64) {
     if i32::try_from(slot.wrapping_sub(a.here() + 7) as i64).is_ok() {
         a.load(RAX, slot);
@@ -1951,6 +1949,8 @@ fn load_rax_from(a: &mut Asm, slot: u64) {
     }
 }
 
+/// `mov rcx, [slot]`: RIP-relative when `rip_relative` allows it and it reaches, else
+/// through the slot's address.
 fn load_rcx_from(a: &mut Asm, slot: u64, rip_relative: bool) {
     if rip_relative && i32::try_from(slot.wrapping_sub(a.here() + 7) as i64).is_ok() {
         a.load(RCX, slot);
