@@ -26,6 +26,7 @@ unsafe extern "C" {
     fn nc_direct_end();
     fn nc_native_a() -> u64;
     fn nc_native_b() -> u64;
+    fn nc_native_b_end();
     static mut nc_slot: u64;
     static mut nc_seen: u64;
 }
@@ -270,4 +271,99 @@ fn a_callback_after_the_call_runs_at_every_call() {
         assert_eq!(vm.call(addr!(nc_caller), &[]).unwrap(), 0x101);
     }
     assert_eq!(hits.get(), 5);
+}
+
+/// An AFL map (65536 entries, NeverZero) of the run, as a block-entry callback computes it.
+struct CallbackMap {
+    map: Vec<u8>,
+    prev: u64,
+}
+
+/// With an edge map, a call to a PLT entry whose slot holds an instrumented target counts
+/// both of its edges (the caller to the entry, the entry to the target) at the call, and
+/// goes to the target without the entry's block; once the slot holds another target, the
+/// call goes through the entry's block as before. The map is compared with the one a
+/// block-entry callback of another Vm computes over the same calls (a callback makes the
+/// entry's block run there), the map in the first 2 GiB and above it, with the slot bound
+/// at translation, changed, and bound again.
+#[test]
+fn plt_calls_count_both_edges_whether_the_slot_kept_its_target_or_not() {
+    const MAP: usize = 1 << 16;
+    let _one = one_at_a_time();
+    for low in [true, false] {
+        // A thread of its own: the engine's `prev` word is the thread's.
+        std::thread::spawn(move || {
+            let flags =
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | if low { libc::MAP_32BIT } else { 0 };
+            // SAFETY: a fresh anonymous mapping, never unmapped (the Vm's code writes it).
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    MAP,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    flags,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(p, libc::MAP_FAILED);
+            let (start, end) = (addr!(nc_caller), addr!(nc_native_b_end));
+            let (mut vm, _stack) = vm_over(start, end);
+            // SAFETY: MAP bytes, mapped for the life of the process.
+            unsafe { vm.add_edge_map(p.cast(), MAP, qbdi_core::afl_block_hash, true) }
+                .expect("an edge map");
+            let (mut reference, _rstack) = vm_over(start, end);
+            let expected = Rc::new(std::cell::RefCell::new(CallbackMap {
+                map: vec![0; MAP],
+                prev: 0,
+            }));
+            let e = expected.clone();
+            reference
+                .add_vm_event_cb(VmEvent::BASIC_BLOCK_ENTRY, move |_vm, state, _gpr, _fpr| {
+                    let mut e = e.borrow_mut();
+                    let cur = qbdi_core::afl_block_hash(state.basic_block_start) & (MAP as u64 - 1);
+                    let at = (e.prev ^ cur) as usize;
+                    e.map[at] = match e.map[at] {
+                        255 => 1,
+                        v => v + 1,
+                    };
+                    e.prev = cur >> 1;
+                    VmAction::Continue
+                })
+                .expect("a block entry callback");
+            let (lazy, a) = (addr!(nc_lazy), addr!(nc_native_a));
+            for (round, (target, want)) in [
+                (lazy, 0x301),
+                (lazy, 0x301),
+                (a, 0x101),
+                (a, 0x101),
+                (lazy, 0x301),
+                (a, 0x101),
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                set_slot(target);
+                for caller in [addr!(nc_caller), addr!(nc_caller2)] {
+                    assert_eq!(vm.call(caller, &[]), Ok(want), "round {round}");
+                    assert_eq!(reference.call(caller, &[]), Ok(want), "round {round}");
+                }
+            }
+            // SAFETY: the map's MAP bytes; no guest runs now.
+            let map = unsafe { std::slice::from_raw_parts(p as *const u8, MAP) };
+            let expected = &expected.borrow().map;
+            let differ: Vec<(usize, u8, u8)> = (0..MAP)
+                .filter(|&i| map[i] != expected[i])
+                .map(|i| (i, map[i], expected[i]))
+                .collect();
+            assert!(expected.iter().filter(|&&b| b != 0).count() > 8);
+            assert!(
+                differ.is_empty(),
+                "low={low}: (index, inline, callback) {differ:?}"
+            );
+        })
+        .join()
+        .expect("the test's thread");
+    }
+    set_slot(0);
 }

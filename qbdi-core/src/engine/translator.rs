@@ -941,12 +941,15 @@ impl Translator {
                 if (env.in_range)(target) || target == env.boundary || !env.inline_broker {
                     // Native targets go through the dispatcher when it must report them.
                     // A real call skips the call's own paths: only when they are quiet.
-                    if self.quiet_paths(hooks, instr)
-                        && let Some(slot) = self.native_slot_call(env, hooks, target)
-                    {
+                    let quiet = self.quiet_paths(hooks, instr);
+                    if quiet && let Some(slot) = self.native_slot_call(env, hooks, target) {
                         self.emit_native_slot_call(env, target, slot, next);
                     }
                     self.push_guest_address(next);
+                    if quiet && let Some((slot, bound)) = self.counted_slot_call(env, hooks, target)
+                    {
+                        self.emit_counted_slot_call(env, target, slot, bound);
+                    }
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
                     self.exit_to(env, target, ExitKind::Branch, true);
                 } else if self.quiet_paths(hooks, instr) {
@@ -1021,13 +1024,83 @@ impl Translator {
         quiet.then_some(slot)
     }
 
+    /// The GOT slot of a call to a PLT entry (as [`native_slot_call`](Self::native_slot_call)
+    /// finds it) and the instrumented target the slot holds (not a lazy-binding stub), when
+    /// this block counts edges and the entry's block would count its edges and nothing
+    /// else (no block event, no counter, no memory recording, no instruction rule or
+    /// callback on its instructions) and is not reported as new.
+    fn counted_slot_call(
+        &self,
+        env: &Env<'_>,
+        hooks: &mut Option<Hooks<'_>>,
+        target: u64,
+    ) -> Option<(u64, u64)> {
+        if self.edge_maps.is_empty()
+            || env.new_blocks_reported
+            || !(env.in_range)(target)
+            || target == env.boundary
+        {
+            return None;
+        }
+        let bytes = (env.code_bytes)(target)?;
+        let slot = plt_slot(&bytes, target)?;
+        let bound = (env.read_word)(slot)?;
+        if !(env.in_range)(bound) || bound == env.boundary || lazy_stub(env, bound) {
+            return None;
+        }
+        let h = hooks.as_mut()?;
+        let only_edges = h
+            .inst
+            .inline()
+            .all(|(_, i)| matches!(i, crate::instrumentation::Inline::Edges { .. }));
+        (only_edges && Self::plt_block_quiet_but_inline(h, &bytes, target)).then_some((slot, bound))
+    }
+
+    /// A call to the PLT entry `plt` whose slot `slot` held `bound`, after its return
+    /// address is pushed: when the slot still holds it, both edges (this block to the
+    /// entry, the entry to `bound`) are counted here and the call goes on to `bound`'s
+    /// linked entry, the entry's block skipped; otherwise it falls through, every register
+    /// as it was, to the plain exit to the entry. Counting at the entry's exit instead
+    /// took the flag-keeping form (a PLT entry leaves without writing the flags, so they
+    /// count as live there), where `bound`'s first instructions mostly overwrite them.
+    fn emit_counted_slot_call(&mut self, env: &Env<'_>, plt: u64, slot: u64, bound: u64) {
+        let ctx = env.ctx;
+        let Some(live) = (env.flags_live_at)(bound) else {
+            return;
+        };
+        let (hit, miss) = (self.asm.new_label(), self.asm.new_label());
+        let a = &mut self.asm;
+        a.store(ctx + off::SPILL, RAX);
+        a.store(ctx + off::SPILL + 8, RCX);
+        load_rax_from(a, slot);
+        a.mov_imm64(RCX, bound);
+        a.rcx_diff(RAX); // rcx = slot - bound: 0 iff still bound there
+        a.load(RAX, ctx + off::SPILL);
+        a.jrcxz_label(hit);
+        a.load(RCX, ctx + off::SPILL + 8);
+        a.jmp_label(miss);
+        a.bind(hit);
+        a.load(RCX, ctx + off::SPILL + 8);
+        let to_plt = inline::emit_counted_exit(a, ctx, &self.edge_maps, self.edge_src, plt, live);
+        let to_bound = inline::emit_counted_exit(a, ctx, &self.edge_maps, plt, bound, live);
+        self.exit_uncounted(bound, ExitKind::Branch, true, true, true);
+        for fix in [to_plt, to_bound].into_iter().flatten() {
+            fix.emit(&mut self.asm);
+        }
+        self.asm.bind(miss);
+    }
+
     /// Whether the block of the PLT entry at `at` (its first bytes) would run nothing: no
     /// block entry or exit event, no inline work (counters, edges count every block), no
     /// memory recording (its jump reads the slot), no instruction rule, no instruction
     /// callback on its instructions.
     fn plt_block_quiet(h: &mut Hooks<'_>, bytes: &[u8; 16], at: u64) -> bool {
+        h.inst.inline().next().is_none() && Self::plt_block_quiet_but_inline(h, bytes, at)
+    }
+
+    /// [`plt_block_quiet`](Self::plt_block_quiet), inline work aside.
+    fn plt_block_quiet_but_inline(h: &mut Hooks<'_>, bytes: &[u8; 16], at: u64) -> bool {
         if h.events.intersects(ENTRY_EVENTS | EXIT_EVENTS)
-            || h.inst.inline().next().is_some()
             || h.inst.has_rules()
             || !h.mem.recorded.is_empty()
         {
