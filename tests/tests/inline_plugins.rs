@@ -119,19 +119,26 @@ fn the_edges_map_is_read_through_shared_memory_as_afl_reads_it() {
             "{program} {qbdi_args:?}: {} entries hit",
             hits(&map)
         );
-        let differ: Vec<(usize, u8, u8)> = (0..map.len())
-            .filter(|&i| map[i] != expected[i])
-            .map(|i| (i, map[i], expected[i]))
-            .collect();
-        assert!(
-            differ.is_empty(),
-            "{program} {qbdi_args:?}: {} of {} hit entries differ from the callback's map \
-             (index, inline, callback): {:?}",
-            differ.len(),
-            hits(&expected),
-            &differ[..differ.len().min(20)]
-        );
+        assert_same_map(&format!("{program} {qbdi_args:?}"), &map, &expected);
     }
+}
+
+/// Fails naming the entries (index, the map's, the callback's) where `map` differs from
+/// `expected`, the map the edgecheck plugin's callback counted.
+fn assert_same_map(what: &str, map: &[u8], expected: &[u8]) {
+    assert_eq!(map.len(), expected.len(), "{what}: map sizes");
+    let differ: Vec<(usize, u8, u8)> = (0..map.len())
+        .filter(|&i| map[i] != expected[i])
+        .map(|i| (i, map[i], expected[i]))
+        .collect();
+    assert!(
+        differ.is_empty(),
+        "{what}: {} of {} hit entries differ from the callback's map (index, map, \
+         callback): {:?}",
+        differ.len(),
+        hits(expected),
+        &differ[..differ.len().min(20)]
+    );
 }
 
 /// The edges plugin without AFL++ writes its map to a file when the plugins finalise: the
@@ -173,19 +180,7 @@ fn without_afl_the_edges_map_goes_to_a_file() {
         let map = std::fs::read(&out).expect("the edges map file");
         assert_eq!(map.len(), 1 << 16);
         assert!(hits(&map) > 100, "{program}: {} entries hit", hits(&map));
-        let expected = std::fs::read(&check).unwrap();
-        let differ: Vec<(usize, u8, u8)> = (0..map.len())
-            .filter(|&i| map[i] != expected[i])
-            .map(|i| (i, map[i], expected[i]))
-            .collect();
-        assert!(
-            differ.is_empty(),
-            "{program}: {} of {} entries differ from the callback's map (index, file, \
-             callback): {:?}",
-            differ.len(),
-            hits(&expected),
-            &differ[..differ.len().min(20)]
-        );
+        assert_same_map(program, &map, &std::fs::read(&check).unwrap());
     }
     // A bad size is refused before the program runs.
     let bad = format!("{}:size=1000", plugin("edges"));
