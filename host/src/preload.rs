@@ -21,7 +21,7 @@
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
 
 use qbdi_core::Vm;
 
@@ -674,15 +674,42 @@ fn install_finalisers() {
             {
                 continue;
             }
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction =
-                on_fatal_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
-            sa.sa_flags =
-                libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND | libc::SA_NODEFER;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
+            if libc::sigaction(sig, &finaliser(), std::ptr::null_mut()) == 0 {
+                FINALISED_SIGNALS.fetch_or(1 << sig, Ordering::SeqCst);
+            }
         }
     }
+}
+
+/// The fatal signals whose default action [`install_finalisers`] replaced with
+/// [`on_fatal_signal`], a bit each.
+static FINALISED_SIGNALS: AtomicU64 = AtomicU64::new(0);
+
+/// The disposition that finalises the plugins before a fatal signal's default action.
+fn finaliser() -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is valid; sigemptyset initialises its mask.
+    let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+    sa.sa_sigaction =
+        on_fatal_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize;
+    sa.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESETHAND | libc::SA_NODEFER;
+    // SAFETY: as above.
+    unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+    sa
+}
+
+/// What the kernel gets when the program asks for the default action of `sig`: the
+/// finaliser again when the host put it in place of that default at start (a program
+/// that sets the defaults it was started with, as shells do, would otherwise take it
+/// away, and a fatal signal then would end the run without the plugins' outputs).
+pub(crate) fn default_action(sig: c_int) -> Option<libc::sigaction> {
+    let finalised =
+        (1..64).contains(&sig) && FINALISED_SIGNALS.load(Ordering::SeqCst) & 1 << sig != 0;
+    finalised.then(finaliser)
+}
+
+/// Whether `handler` is the finaliser (reported to the program as the default action).
+pub(crate) fn is_finaliser(handler: usize) -> bool {
+    handler == on_fatal_signal as extern "C" fn(c_int, *mut libc::siginfo_t, *mut c_void) as usize
 }
 
 type ExitFn = unsafe extern "C" fn(c_int) -> !;

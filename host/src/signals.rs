@@ -121,9 +121,13 @@ pub unsafe extern "C" fn sigaction(
             wrapped = Some(ours);
         }
     }
-    // What the kernel gets: our wrapper or the program's handler. While re-entry has the
+    // What the kernel gets: our wrapper, the program's handler, or for a default action
+    // the finaliser that stood for it (`preload::default_action`). While re-entry has the
     // kernel's SIGSEGV handler, no handler blocks SIGSEGV (see `change_mask`).
-    let mut forwarded = wrapped.or(requested);
+    let default = requested
+        .filter(|a| a.sa_sigaction == libc::SIG_DFL)
+        .and_then(|_| crate::preload::default_action(sig));
+    let mut forwarded = wrapped.or(default).or(requested);
     if SEGV_TAKEN.load(Ordering::SeqCst)
         && let Some(a) = forwarded.as_mut()
     {
@@ -149,6 +153,12 @@ pub unsafe extern "C" fn sigaction(
             if !prev_siginfo {
                 o.sa_flags &= !libc::SA_SIGINFO;
             }
+        } else if crate::preload::is_finaliser(o.sa_sigaction) {
+            // The default action, as far as the program knows.
+            o.sa_sigaction = libc::SIG_DFL;
+            o.sa_flags = 0;
+            // SAFETY: the caller's sigaction's mask.
+            unsafe { libc::sigemptyset(&mut o.sa_mask) };
         }
     }
     if requested.is_some() && wrapped.is_none() {

@@ -191,6 +191,45 @@ fn fini_runs_exactly_once_however_the_program_ends() {
         "{r:?} {}",
         out.stderr
     );
+    // A shell sets the default action of the signals it was started with (SIGTERM among
+    // them) before it kills itself: the finaliser stands for the default all the same.
+    let (r, out) = testkit_run(&dir, "", "sh", &["-c", "kill -TERM $$"]);
+    assert_eq!(
+        (r.len(), out.signal),
+        (1, Some(libc::SIGTERM)),
+        "{r:?} {}",
+        out.stderr
+    );
+}
+
+/// A program asking for a fatal signal's disposition at start sees the default action
+/// (not the finaliser the host put in its place), and one that sets the default and
+/// reads it back sees the default again.
+#[test]
+fn the_finaliser_reads_as_the_default_action() {
+    let dir = scratch("fini-default");
+    let code = "import ctypes, signal\n\
+                print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n\
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)\n\
+                print(signal.getsignal(signal.SIGTERM) == signal.SIG_DFL)\n\
+                libc = ctypes.CDLL(None)\n\
+                old = (ctypes.c_char * 256)()\n\
+                libc.sigaction(signal.SIGTERM, None, old)\n\
+                print(int.from_bytes(bytes(old[:8]), 'little'))";
+    for all_maps in [false, true] {
+        let mut qargs = vec!["-p", "testkit"];
+        if all_maps {
+            qargs.push("--all-maps");
+        }
+        let out = under_qbdi(&dir, &qargs, &python(), &["-c", code], None);
+        assert_eq!(out.code, Some(0), "{}", out.stderr);
+        assert_eq!(
+            out.text(),
+            "True\nTrue\n0\n",
+            "all_maps={all_maps}: {}",
+            out.stderr
+        );
+    }
 }
 
 #[test]
