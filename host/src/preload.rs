@@ -752,13 +752,18 @@ fn exit_now(status: c_int) -> ! {
     }
 }
 
-/// The environment for a program executed by the guest: with `--follow-exec`, the host's
-/// variables are put back so the new program is instrumented too.
+/// The environment for a program executed by the guest, if not `envp` itself: with
+/// `--follow-exec`, the host's variables are put back so the new program is instrumented
+/// too. Without it, they are taken out of an `envp` that still has them: the host removes
+/// them from `environ` at start, but a program may pass its own copy of the environment
+/// (bash does), and the new program would then
+/// run instrumented, its plugins' outputs over this one's (the same pid, the same files).
 fn exec_env(envp: *const *const c_char) -> Option<Vec<CString>> {
     let config = CONFIG.get()?;
     if !config.follow_exec {
-        return None;
+        return without_host_variables(config, envp);
     }
+    let ours = host_preload(config);
     let mut env: Vec<CString> = Vec::new();
     let mut user_preload = None;
     let mut p = envp;
@@ -768,7 +773,12 @@ fn exec_env(envp: *const *const c_char) -> Option<Vec<CString>> {
             let entry = CStr::from_ptr(*p);
             let bytes = entry.to_bytes();
             if let Some(v) = bytes.strip_prefix(b"LD_PRELOAD=") {
-                user_preload = Some(String::from_utf8_lossy(v).into_owned());
+                // The host's own (an environment kept from the start): the user's.
+                user_preload = if v == ours.as_bytes() {
+                    config.user_preload.clone()
+                } else {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                };
             } else if !bytes.starts_with(format!("{CONFIG_VAR}=").as_bytes()) {
                 env.push(entry.to_owned());
             }
@@ -776,14 +786,48 @@ fn exec_env(envp: *const *const c_char) -> Option<Vec<CString>> {
         }
     }
     let mut child = config.clone();
-    child.user_preload = user_preload.clone();
-    let preload = match &user_preload {
-        Some(u) if !u.is_empty() => format!("{}:{u}", config.preload.display()),
-        _ => config.preload.display().to_string(),
-    };
-    env.push(CString::new(format!("LD_PRELOAD={preload}")).ok()?);
+    child.user_preload = user_preload;
+    env.push(CString::new(format!("LD_PRELOAD={}", host_preload(&child))).ok()?);
     env.push(CString::new(format!("{CONFIG_VAR}={}", child.encode())).ok()?);
     Some(env)
+}
+
+/// The `LD_PRELOAD` a program runs with under `config`: the host's library, then the
+/// user's own preloads.
+fn host_preload(config: &RunConfig) -> String {
+    match &config.user_preload {
+        Some(u) if !u.is_empty() => format!("{}:{u}", config.preload.display()),
+        _ => config.preload.display().to_string(),
+    }
+}
+
+/// `envp` without the host's configuration variable, and with the `LD_PRELOAD` the user
+/// started with in place of the host's, if it has that variable (None: it has not).
+fn without_host_variables(config: &RunConfig, envp: *const *const c_char) -> Option<Vec<CString>> {
+    let ours = host_preload(config);
+    let config_prefix = format!("{CONFIG_VAR}=");
+    let mut env: Vec<CString> = Vec::new();
+    let mut had_config = false;
+    let mut p = envp;
+    // SAFETY: envp is a NULL-terminated array of C strings (execve's contract).
+    unsafe {
+        while !p.is_null() && !(*p).is_null() {
+            let entry = CStr::from_ptr(*p);
+            let bytes = entry.to_bytes();
+            if bytes.starts_with(config_prefix.as_bytes()) {
+                had_config = true;
+            } else if bytes.strip_prefix(b"LD_PRELOAD=") == Some(ours.as_bytes()) {
+                // The host's own: the user's back, or none.
+                if let Some(u) = config.user_preload.as_deref().filter(|u| !u.is_empty()) {
+                    env.push(CString::new(format!("LD_PRELOAD={u}")).ok()?);
+                }
+            } else {
+                env.push(entry.to_owned());
+            }
+            p = p.add(1);
+        }
+    }
+    had_config.then_some(env)
 }
 
 type ExecveFn =

@@ -259,6 +259,25 @@ fn follow_exec_instruments_executed_programs() {
     let mut pids: Vec<u64> = lines.iter().map(|l| report_field(l, "pid")).collect();
     pids.dedup();
     assert_eq!(pids.len(), 3, "{lines:?}");
+    // bash passes its own copy of the environment, which has the host's variables:
+    // without --follow-exec, what it executes runs natively all the same (before, `exec`
+    // ran /bin/true instrumented, its report over bash's).
+    for (follow, reports) in [(false, 1), (true, 3)] {
+        let _ = std::fs::remove_file(&report);
+        let mut qargs = vec!["-p", spec.as_str()];
+        if follow {
+            qargs.insert(0, "--follow-exec");
+        }
+        let script = "/bin/true; echo done; exec /bin/true";
+        let out = under_qbdi(&dir, &qargs, "bash", &["-c", script], None);
+        assert_eq!(out.text(), "done\n");
+        let lines = testkit_reports(&report);
+        assert_eq!(
+            lines.len(),
+            reports,
+            "bash, follow-exec {follow}: {lines:?}"
+        );
+    }
 }
 
 #[test]
