@@ -756,8 +756,8 @@ fn exit_now(status: c_int) -> ! {
 /// `--follow-exec`, the host's variables are put back so the new program is instrumented
 /// too. Without it, they are taken out of an `envp` that still has them: the host removes
 /// them from `environ` at start, but a program may pass its own copy of the environment
-/// (bash does), and the new program would then
-/// run instrumented, its plugins' outputs over this one's (the same pid, the same files).
+/// (bash does), and the new program would then run instrumented, its plugins' outputs
+/// written over this one's (the same pid, the same file names).
 fn exec_env(envp: *const *const c_char) -> Option<Vec<CString>> {
     let config = CONFIG.get()?;
     if !config.follow_exec {
