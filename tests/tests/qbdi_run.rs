@@ -278,6 +278,45 @@ fn follow_exec_instruments_executed_programs() {
             "bash, follow-exec {follow}: {lines:?}"
         );
     }
+    // `exec` keeps the pid: the executed program's default output files get the next
+    // image number instead of taking the names of the first program's, which are kept.
+    let files = scratch("follow-names");
+    let out = under_qbdi(
+        &files,
+        &["--follow-exec", "-p", "edges"],
+        "bash",
+        &["-c", "exec /bin/true"],
+        None,
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    let mut names: Vec<String> = std::fs::read_dir(&files)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("edges."))
+        .collect();
+    names.sort();
+    let pid = names
+        .first()
+        .and_then(|n| n.strip_prefix("edges.")?.strip_suffix(".1.log"))
+        .unwrap_or_else(|| panic!("{names:?}: {}", out.stderr))
+        .to_owned();
+    assert_eq!(
+        names,
+        [format!("edges.{pid}.1.log"), format!("edges.{pid}.log")],
+        "{}",
+        out.stderr
+    );
+    let hits = |name: &str| {
+        let map = std::fs::read(files.join(name)).unwrap();
+        map.iter().filter(|&&b| b != 0).count()
+    };
+    // bash's map, then /bin/true's (much less code).
+    assert!(
+        hits(&names[1]) > 4 * hits(&names[0]),
+        "{} {}",
+        hits(&names[1]),
+        hits(&names[0])
+    );
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! Where a plugin writes: the `out=PATH` option.
 //!
 //! `out` absent: `<plugin>.<pid>.log` in the directory the program started in (the pid of
-//! the process that writes it, so a forked child does not overwrite its parent's file);
+//! the process that writes it, so a forked child does not overwrite its parent's file;
+//! `<plugin>.<pid>.<n>.log` for the `n`-th program a process executes under
+//! `--follow-exec`, which keeps the pid: files of that name written since the process
+//! started are an earlier image's);
 //! `out=-`: stderr; otherwise the path, made absolute at init (the program may `chdir`),
 //! with `.<pid>` appended in a `fork` child (see [`fork`](crate::fork)).
 
@@ -17,6 +20,73 @@ use crate::sync::{FINI_WAIT, lock, lock_for_fini};
 
 /// The pid of the process that resolved the `out` option (0: none yet).
 static INIT_PID: AtomicU32 = AtomicU32::new(0);
+
+/// Which program image of the process that resolved the `out` option this is, for the
+/// default name: `exec` keeps the pid, so with `--follow-exec` a program the first one
+/// executes would write its files over the first one's. 0 for the process's first image;
+/// `n` names its files `<plugin>.<pid>.<n>.log`.
+static IMAGE: AtomicU32 = AtomicU32::new(0);
+
+/// When this process started (`exec` keeps it): the boot time plus the process's start in
+/// clock ticks since boot (`/proc/self/stat`).
+fn process_start() -> Option<std::time::SystemTime> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Field 22, counted from the state (field 3) after the command's closing parenthesis.
+    let ticks: u64 = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(19)?
+        .parse()
+        .ok()?;
+    let boot: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("btime "))?
+        .trim()
+        .parse()
+        .ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()?
+        .max(1);
+    let since_boot = std::time::Duration::from_nanos(ticks.saturating_mul(1_000_000_000) / hz);
+    Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(boot) + since_boot)
+}
+
+/// The image number of this program in its process: how many earlier images wrote
+/// `plugin`'s default files in `dir` since the process started.
+fn image_number(plugin: &str, dir: &Path, pid: u32) -> u32 {
+    let Some(start) = process_start() else {
+        return 0;
+    };
+    let mut n = 0;
+    while std::fs::metadata(dir.join(default_name(plugin, pid, n)))
+        .and_then(|m| m.modified())
+        .is_ok_and(|written| written >= start)
+    {
+        n += 1;
+    }
+    n
+}
+
+/// `<plugin>.<pid>.log`, or `<plugin>.<pid>.<image>.log` for a later image.
+fn default_name(plugin: &str, pid: u32, image: u32) -> String {
+    if image == 0 {
+        format!("{plugin}.{pid}.log")
+    } else {
+        format!("{plugin}.{pid}.{image}.log")
+    }
+}
+
+/// This image's number for the default name (0 in a `fork` child: its pid is new).
+fn image() -> u32 {
+    if INIT_PID.load(Ordering::Acquire) == std::process::id() {
+        IMAGE.load(Ordering::Acquire)
+    } else {
+        0
+    }
+}
 
 /// The resolved `out` option.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +113,12 @@ impl Output {
         let _ =
             INIT_PID.compare_exchange(0, std::process::id(), Ordering::AcqRel, Ordering::Acquire);
         let out = Self::resolve(plugin, options.get("out"), &cwd);
+        if let Output::Default { plugin, dir } = &out {
+            IMAGE.store(
+                image_number(plugin, dir, std::process::id()),
+                Ordering::Release,
+            );
+        }
         if let Output::File(path) = &out {
             let dir = path.parent().unwrap_or(Path::new("/"));
             if !dir.is_dir() {
@@ -94,7 +170,7 @@ impl Output {
                 }
             }
             Output::Default { plugin, dir } => {
-                Some(dir.join(format!("{plugin}.{}.log", std::process::id())))
+                Some(dir.join(default_name(plugin, std::process::id(), image())))
             }
         }
     }
@@ -104,7 +180,9 @@ impl Output {
     pub fn thread_path(&self, tid: u32) -> Option<PathBuf> {
         match self {
             Output::Default { plugin, dir } => {
-                Some(dir.join(format!("{plugin}.{}.tid{tid}.log", std::process::id())))
+                let name = default_name(plugin, std::process::id(), image());
+                let base = name.strip_suffix(".log").unwrap_or(&name);
+                Some(dir.join(format!("{base}.tid{tid}.log")))
             }
             _ => self.path().map(|p| {
                 let mut name = p.into_os_string();
