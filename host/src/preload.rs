@@ -760,30 +760,15 @@ fn exit_now(status: c_int) -> ! {
 /// written over this one's (the same pid, the same file names).
 fn exec_env(envp: *const *const c_char) -> Option<Vec<CString>> {
     let config = CONFIG.get()?;
+    let (mut env, user_preload, had_config) = split_env(config, envp);
     if !config.follow_exec {
-        return without_host_variables(config, envp);
-    }
-    let ours = host_preload(config);
-    let mut env: Vec<CString> = Vec::new();
-    let mut user_preload = None;
-    let mut p = envp;
-    // SAFETY: envp is a NULL-terminated array of C strings (execve's contract).
-    unsafe {
-        while !p.is_null() && !(*p).is_null() {
-            let entry = CStr::from_ptr(*p);
-            let bytes = entry.to_bytes();
-            if let Some(v) = bytes.strip_prefix(b"LD_PRELOAD=") {
-                // The host's own (an environment kept from the start): the user's.
-                user_preload = if v == ours.as_bytes() {
-                    config.user_preload.clone()
-                } else {
-                    Some(String::from_utf8_lossy(v).into_owned())
-                };
-            } else if !bytes.starts_with(format!("{CONFIG_VAR}=").as_bytes()) {
-                env.push(entry.to_owned());
-            }
-            p = p.add(1);
+        if !had_config {
+            return None;
         }
+        if let Some(u) = user_preload.filter(|u| !u.is_empty()) {
+            env.push(CString::new(format!("LD_PRELOAD={u}")).ok()?);
+        }
+        return Some(env);
     }
     let mut child = config.clone();
     child.user_preload = user_preload;
@@ -801,33 +786,38 @@ fn host_preload(config: &RunConfig) -> String {
     }
 }
 
-/// `envp` without the host's configuration variable, and with the `LD_PRELOAD` the user
-/// started with in place of the host's, if it has that variable (None: it has not).
-fn without_host_variables(config: &RunConfig, envp: *const *const c_char) -> Option<Vec<CString>> {
+/// `envp` split: its entries but `LD_PRELOAD` and the host's configuration variable; the
+/// user's `LD_PRELOAD` (the one the run started with where `envp` has the host's own);
+/// whether it has the configuration variable.
+fn split_env(
+    config: &RunConfig,
+    envp: *const *const c_char,
+) -> (Vec<CString>, Option<String>, bool) {
     let ours = host_preload(config);
     let config_prefix = format!("{CONFIG_VAR}=");
-    let mut env: Vec<CString> = Vec::new();
-    let mut had_config = false;
+    let (mut env, mut user_preload, mut had_config) = (Vec::new(), None, false);
     let mut p = envp;
     // SAFETY: envp is a NULL-terminated array of C strings (execve's contract).
     unsafe {
         while !p.is_null() && !(*p).is_null() {
             let entry = CStr::from_ptr(*p);
             let bytes = entry.to_bytes();
-            if bytes.starts_with(config_prefix.as_bytes()) {
+            if let Some(v) = bytes.strip_prefix(b"LD_PRELOAD=") {
+                // The host's own (an environment kept from the start): the user's.
+                user_preload = if v == ours.as_bytes() {
+                    config.user_preload.clone()
+                } else {
+                    Some(String::from_utf8_lossy(v).into_owned())
+                };
+            } else if bytes.starts_with(config_prefix.as_bytes()) {
                 had_config = true;
-            } else if bytes.strip_prefix(b"LD_PRELOAD=") == Some(ours.as_bytes()) {
-                // The host's own: the user's back, or none.
-                if let Some(u) = config.user_preload.as_deref().filter(|u| !u.is_empty()) {
-                    env.push(CString::new(format!("LD_PRELOAD={u}")).ok()?);
-                }
             } else {
                 env.push(entry.to_owned());
             }
             p = p.add(1);
         }
     }
-    had_config.then_some(env)
+    (env, user_preload, had_config)
 }
 
 type ExecveFn =

@@ -184,22 +184,17 @@ fn fini_runs_exactly_once_however_the_program_ends() {
         "{r:?} {}",
         out.stderr
     );
-    let (r, out) = testkit_run(&dir, "", "sh", &["-c", "kill -SEGV $$"]);
-    assert_eq!(
-        (r.len(), out.signal),
-        (1, Some(libc::SIGSEGV)),
-        "{r:?} {}",
-        out.stderr
-    );
     // A shell sets the default action of the signals it was started with (SIGTERM among
     // them) before it kills itself: the finaliser stands for the default all the same.
-    let (r, out) = testkit_run(&dir, "", "sh", &["-c", "kill -TERM $$"]);
-    assert_eq!(
-        (r.len(), out.signal),
-        (1, Some(libc::SIGTERM)),
-        "{r:?} {}",
-        out.stderr
-    );
+    for (name, sig) in [("SEGV", libc::SIGSEGV), ("TERM", libc::SIGTERM)] {
+        let (r, out) = testkit_run(&dir, "", "sh", &["-c", &format!("kill -{name} $$")]);
+        assert_eq!(
+            (r.len(), out.signal),
+            (1, Some(sig)),
+            "{r:?} {}",
+            out.stderr
+        );
+    }
 }
 
 /// A program asking for a fatal signal's disposition at start sees the default action

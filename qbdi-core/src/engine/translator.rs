@@ -946,9 +946,8 @@ impl Translator {
                         self.emit_native_slot_call(env, target, slot, next);
                     }
                     self.push_guest_address(next);
-                    if quiet && let Some((slot, bound)) = self.counted_slot_call(env, hooks, target)
-                    {
-                        self.emit_counted_slot_call(env, target, slot, bound);
+                    if quiet && let Some(call) = self.counted_slot_call(env, hooks, target) {
+                        self.emit_counted_slot_call(env, target, call);
                     }
                     self.path_hooks(env, hooks, instr, Rip::Imm(target));
                     self.exit_to(env, target, ExitKind::Branch, true);
@@ -1024,17 +1023,16 @@ impl Translator {
         quiet.then_some(slot)
     }
 
-    /// The GOT slot of a call to a PLT entry (as [`native_slot_call`](Self::native_slot_call)
-    /// finds it) and the instrumented target the slot holds (not a lazy-binding stub), when
-    /// this block counts edges and the entry's block would count its edges and nothing
-    /// else (no block event, no counter, no memory recording, no instruction rule or
-    /// callback on its instructions) and is not reported as new.
+    /// A call to a PLT entry whose edges this block can count (see
+    /// [`CountedSlotCall`]), when this block counts edges and the entry's block would count
+    /// its edges and nothing else (no block event, no counter, no memory recording, no
+    /// instruction rule or callback on its instructions) and is not reported as new.
     fn counted_slot_call(
         &self,
         env: &Env<'_>,
         hooks: &mut Option<Hooks<'_>>,
         target: u64,
-    ) -> Option<(u64, u64)> {
+    ) -> Option<CountedSlotCall> {
         if self.edge_maps.is_empty()
             || env.new_blocks_reported
             || !(env.in_range)(target)
@@ -1048,26 +1046,35 @@ impl Translator {
         if !(env.in_range)(bound) || bound == env.boundary || lazy_stub(env, bound) {
             return None;
         }
+        let bound_flags_live = (env.flags_live_at)(bound)?;
         let h = hooks.as_mut()?;
         let only_edges = h
             .inst
             .inline()
             .all(|(_, i)| matches!(i, crate::instrumentation::Inline::Edges { .. }));
-        (only_edges && Self::plt_block_quiet_but_inline(h, &bytes, target)).then_some((slot, bound))
+        (only_edges && Self::plt_block_quiet_but_inline(h, &bytes, target)).then_some(
+            CountedSlotCall {
+                slot,
+                bound,
+                bound_flags_live,
+            },
+        )
     }
 
-    /// A call to the PLT entry `plt` whose slot `slot` held `bound`, after its return
-    /// address is pushed: when the slot still holds it, both edges (this block to the
+    /// A call to the PLT entry `plt` (`call`), after its return address is pushed: when the
+    /// slot still holds the target it held at translation, both edges (this block to the
     /// entry, the entry to `bound`) are counted here and the call goes on to `bound`'s
     /// linked entry, the entry's block skipped; otherwise it falls through, every register
     /// as it was, to the plain exit to the entry. Counting at the entry's exit instead
     /// took the flag-keeping form (a PLT entry leaves without writing the flags, so they
     /// count as live there), where `bound`'s first instructions mostly overwrite them.
-    fn emit_counted_slot_call(&mut self, env: &Env<'_>, plt: u64, slot: u64, bound: u64) {
+    fn emit_counted_slot_call(&mut self, env: &Env<'_>, plt: u64, call: CountedSlotCall) {
         let ctx = env.ctx;
-        let Some(live) = (env.flags_live_at)(bound) else {
-            return;
-        };
+        let CountedSlotCall {
+            slot,
+            bound,
+            bound_flags_live: live,
+        } = call;
         let (hit, miss) = (self.asm.new_label(), self.asm.new_label());
         let a = &mut self.asm;
         a.store(ctx + off::SPILL, RAX);
@@ -2009,6 +2016,18 @@ pub(crate) fn plt_slot(bytes: &[u8; 16], at: u64) -> Option<u64> {
     }
     let d = i32::from_le_bytes(bytes[i + 2..i + 6].try_into().expect("4 bytes"));
     Some((at + i as u64 + 6).wrapping_add(d as i64 as u64))
+}
+
+/// A call to a PLT entry whose slot held an instrumented target at translation
+/// ([`Translator::counted_slot_call`]).
+#[derive(Clone, Copy)]
+struct CountedSlotCall {
+    /// The entry's GOT slot.
+    slot: u64,
+    /// What it held (not a lazy-binding stub).
+    bound: u64,
+    /// Whether `bound`'s block may read the flags it gets.
+    bound_flags_live: bool,
 }
 
 /// `mov rax, [slot]`: RIP-relative when in reach, else `mov rax, [moffs64]` (one
